@@ -1,0 +1,1 @@
+"""Generated stubs of the gpt-grpc contract (package gptgrpc.v1)."""

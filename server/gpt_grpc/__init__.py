@@ -1,0 +1,1 @@
+"""gpt-grpc: a gRPC gateway to OpenAI-compatible chat models."""
