@@ -201,9 +201,7 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The gateway is shutting down and takes no new calls. UNAVAILABLE."""
     OVERLOADED: _ErrorReason.ValueType  # 19
     """The gateway has too many calls in flight. RESOURCE_EXHAUSTED."""
-    RETRY_BUDGET_EXHAUSTED: _ErrorReason.ValueType  # 20
-    """Server-wide retry budget spent while the upstream fails. UNAVAILABLE."""
-    INTERNAL_ERROR: _ErrorReason.ValueType  # 21
+    INTERNAL_ERROR: _ErrorReason.ValueType  # 20
     """A bug in the gateway. INTERNAL."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
@@ -253,9 +251,7 @@ SHUTTING_DOWN: ErrorReason.ValueType  # 18
 """The gateway is shutting down and takes no new calls. UNAVAILABLE."""
 OVERLOADED: ErrorReason.ValueType  # 19
 """The gateway has too many calls in flight. RESOURCE_EXHAUSTED."""
-RETRY_BUDGET_EXHAUSTED: ErrorReason.ValueType  # 20
-"""Server-wide retry budget spent while the upstream fails. UNAVAILABLE."""
-INTERNAL_ERROR: ErrorReason.ValueType  # 21
+INTERNAL_ERROR: ErrorReason.ValueType  # 20
 """A bug in the gateway. INTERNAL."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
