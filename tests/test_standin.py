@@ -7,6 +7,7 @@ import itertools
 import os
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -736,8 +737,13 @@ async def test_http_control_api(standin: Standin, http: aiohttp.ClientSession) -
         assert r.status == 404
 
 
-async def test_cli_runs_until_sigterm(tmp_path: Path, http: aiohttp.ClientSession) -> None:
-    port_file = tmp_path / "port"
+async def test_cli_runs_until_sigterm(http: aiohttp.ClientSession) -> None:
+    # tempfile rather than tmp_path: pytest's shared basetemp cleanup races other sessions.
+    with tempfile.TemporaryDirectory() as tmp:
+        await _run_cli(http, Path(tmp) / "port")
+
+
+async def _run_cli(http: aiohttp.ClientSession, port_file: Path) -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -761,7 +767,7 @@ async def test_cli_runs_until_sigterm(tmp_path: Path, http: aiohttp.ClientSessio
         assert proc.stdout is not None
         line = await asyncio.wait_for(proc.stdout.readline(), 30)
         assert b"listening on http://127.0.0.1:" in line
-        port = int(port_file.read_text())
+        port = int(await asyncio.to_thread(port_file.read_text))
         url = f"http://127.0.0.1:{port}/v1/chat/completions"
         async with http.post(url, json=chat_body(), headers={"Authorization": "Bearer sk-cli"}) as r:
             assert r.status in (429, 503)
