@@ -1,0 +1,218 @@
+"""The gateway's failures as data: one exception type, one reason per cause.
+
+The domain knows nothing of gRPC. Each failure carries a `Reason` (the names
+of the proto's `ErrorReason` enum, checked by a test) and whatever the caller
+needs to act on it: the upstream HTTP status and request id, a retry delay,
+field violations. `server/status.py` turns a reason into a gRPC code.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import openai
+
+
+class Reason(enum.StrEnum):
+    """Why a call failed. Values equal the proto `ErrorReason` names."""
+
+    INVALID_REQUEST = "INVALID_REQUEST"
+    API_KEY_MISSING = "API_KEY_MISSING"
+    ADMIN_TOKEN_MISSING = "ADMIN_TOKEN_MISSING"
+    ADMIN_TOKEN_INVALID = "ADMIN_TOKEN_INVALID"
+    ADMIN_DISABLED = "ADMIN_DISABLED"
+    UPSTREAM_BAD_REQUEST = "UPSTREAM_BAD_REQUEST"
+    UPSTREAM_CONTEXT_LENGTH_EXCEEDED = "UPSTREAM_CONTEXT_LENGTH_EXCEEDED"
+    UPSTREAM_AUTHENTICATION_FAILED = "UPSTREAM_AUTHENTICATION_FAILED"
+    UPSTREAM_PERMISSION_DENIED = "UPSTREAM_PERMISSION_DENIED"
+    UPSTREAM_NOT_FOUND = "UPSTREAM_NOT_FOUND"
+    UPSTREAM_RATE_LIMITED = "UPSTREAM_RATE_LIMITED"
+    UPSTREAM_QUOTA_EXCEEDED = "UPSTREAM_QUOTA_EXCEEDED"
+    UPSTREAM_UNAVAILABLE = "UPSTREAM_UNAVAILABLE"
+    UPSTREAM_RESPONSE_INVALID = "UPSTREAM_RESPONSE_INVALID"
+    UPSTREAM_TIMEOUT = "UPSTREAM_TIMEOUT"
+    DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
+    UPSTREAM_CONFLICT = "UPSTREAM_CONFLICT"
+    SHUTTING_DOWN = "SHUTTING_DOWN"
+    OVERLOADED = "OVERLOADED"
+    INTERNAL_ERROR = "INTERNAL_ERROR"
+
+
+# Upstream failures worth another attempt. Everything else is final.
+RETRYABLE: frozenset[Reason] = frozenset(
+    {
+        Reason.UPSTREAM_RATE_LIMITED,
+        Reason.UPSTREAM_UNAVAILABLE,
+        Reason.UPSTREAM_RESPONSE_INVALID,
+        Reason.UPSTREAM_TIMEOUT,
+        Reason.UPSTREAM_CONFLICT,
+    }
+)
+
+# HTTP status of an upstream error response -> reason. 5xx and unlisted 4xx
+# are handled in `reason_for_http`.
+_HTTP_REASONS: Mapping[int, Reason] = {
+    400: Reason.UPSTREAM_BAD_REQUEST,
+    401: Reason.UPSTREAM_AUTHENTICATION_FAILED,
+    403: Reason.UPSTREAM_PERMISSION_DENIED,
+    404: Reason.UPSTREAM_NOT_FOUND,
+    408: Reason.UPSTREAM_TIMEOUT,
+    409: Reason.UPSTREAM_CONFLICT,
+    422: Reason.UPSTREAM_BAD_REQUEST,
+    429: Reason.UPSTREAM_RATE_LIMITED,
+}
+
+# OpenAI error codes (body "error.code" or "error.type") that refine the HTTP status.
+_CODE_REASONS: Mapping[str, Reason] = {
+    "insufficient_quota": Reason.UPSTREAM_QUOTA_EXCEEDED,
+    "context_length_exceeded": Reason.UPSTREAM_CONTEXT_LENGTH_EXCEEDED,
+    "string_above_max_length": Reason.UPSTREAM_CONTEXT_LENGTH_EXCEEDED,
+    "model_not_found": Reason.UPSTREAM_NOT_FOUND,
+    "invalid_api_key": Reason.UPSTREAM_AUTHENTICATION_FAILED,
+}
+
+
+def reason_for_http(status: int, code: str | None = None) -> Reason:
+    """Map an upstream HTTP error status (and OpenAI error code) to a reason."""
+    if code is not None and code in _CODE_REASONS:
+        return _CODE_REASONS[code]
+    if status >= 500:
+        return Reason.UPSTREAM_UNAVAILABLE
+    return _HTTP_REASONS.get(status, Reason.UPSTREAM_BAD_REQUEST)
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    """One invalid request field (dotted path) and why."""
+
+    field: str
+    description: str
+
+
+class GatewayError(Exception):
+    """Any failure the gateway reports to its caller."""
+
+    def __init__(
+        self,
+        reason: Reason,
+        message: str,
+        *,
+        http_status: int | None = None,
+        request_id: str | None = None,
+        upstream_code: str | None = None,
+        retry_after: float | None = None,
+        field_violations: Sequence[FieldViolation] = (),
+        attempts: int = 0,
+    ) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.http_status = http_status
+        self.request_id = request_id
+        self.upstream_code = upstream_code
+        self.retry_after = retry_after
+        self.field_violations = tuple(field_violations)
+        self.attempts = attempts
+        # Set when the server-wide retry budget refused another attempt.
+        self.retry_budget_exhausted = False
+
+    @property
+    def retryable(self) -> bool:
+        return self.reason in RETRYABLE
+
+    @property
+    def from_upstream(self) -> bool:
+        return self.reason.value.startswith("UPSTREAM_")
+
+    def __repr__(self) -> str:
+        return f"GatewayError({self.reason.value}, {self.message!r}, http_status={self.http_status})"
+
+
+def invalid(violations: Sequence[FieldViolation]) -> GatewayError:
+    """An INVALID_REQUEST error listing every bad field at once."""
+    summary = "; ".join(f"{v.field}: {v.description}" for v in violations)
+    return GatewayError(Reason.INVALID_REQUEST, f"invalid request: {summary}", field_violations=violations)
+
+
+# Retry-After values beyond this are not honoured as-is: a broken or hostile
+# upstream must not park calls for hours.
+MAX_RETRY_AFTER_SECONDS = 60.0
+
+
+def parse_retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds to wait from `retry-after-ms` or `retry-after` (seconds), capped."""
+    raw_ms = headers.get("retry-after-ms")
+    seconds: float | None = None
+    if raw_ms:
+        try:
+            seconds = float(raw_ms) / 1000.0
+        except ValueError:
+            seconds = None
+    if seconds is None:
+        raw = headers.get("retry-after")
+        if raw:
+            try:
+                seconds = float(raw)
+            except ValueError:
+                seconds = None  # HTTP-date form: rare for these APIs; fall back to backoff
+    if seconds is None or seconds < 0:
+        return None
+    return min(seconds, MAX_RETRY_AFTER_SECONDS)
+
+
+def _body_code(body: object) -> tuple[str | None, str | None]:
+    """(code, message) of an OpenAI-shaped error body, if it is one."""
+    if isinstance(body, Mapping):
+        err: Any = body.get("error", body)
+        if isinstance(err, Mapping):
+            code = err.get("code") or err.get("type")
+            message = err.get("message")
+            return (str(code) if code else None, str(message) if message else None)
+    return None, None
+
+
+def from_http(status: int, headers: Mapping[str, str], body: object) -> GatewayError:
+    """Build the error for an upstream HTTP error response."""
+    code, upstream_message = _body_code(body)
+    reason = reason_for_http(status, code)
+    request_id = headers.get("x-request-id")
+    message = f"upstream returned HTTP {status}"
+    if upstream_message:
+        # Upstream messages can be long; they never contain our key (OpenAI
+        # masks keys in its messages), but be safe and bound their size.
+        message += f": {upstream_message[:500]}"
+    return GatewayError(
+        reason,
+        message,
+        http_status=status,
+        request_id=request_id,
+        upstream_code=code,
+        retry_after=parse_retry_after(headers) if reason in RETRYABLE else None,
+    )
+
+
+def from_openai(exc: openai.OpenAIError) -> GatewayError:
+    """Translate an `openai` SDK exception into a GatewayError."""
+    if isinstance(exc, openai.APIStatusError):
+        headers = {k.lower(): v for k, v in exc.response.headers.items()}
+        body: object = exc.body
+        if isinstance(body, Mapping) and "error" not in body:
+            body = {"error": body}
+        err = from_http(exc.status_code, headers, body)
+        if not isinstance(exc.body, Mapping):
+            # A non-JSON error page (an HTML page from a proxy, say): the
+            # status still says what happened; keep the message short.
+            err.message = f"upstream returned HTTP {exc.status_code} with a non-JSON body"
+        return err
+    if isinstance(exc, openai.APITimeoutError):
+        return GatewayError(Reason.UPSTREAM_TIMEOUT, "upstream did not answer within the request timeout")
+    if isinstance(exc, openai.APIConnectionError):
+        return GatewayError(Reason.UPSTREAM_UNAVAILABLE, "could not reach the upstream: connection failed")
+    if isinstance(exc, openai.APIResponseValidationError):
+        return GatewayError(
+            Reason.UPSTREAM_RESPONSE_INVALID, "upstream sent a response the gateway cannot read"
+        )
+    return GatewayError(Reason.INTERNAL_ERROR, "internal error while calling the upstream")

@@ -1,0 +1,184 @@
+"""Every retry rule of the gateway, in one place, on tenacity.
+
+- Only `GatewayError`s whose reason is retryable are retried (errors.RETRYABLE).
+- Backoff is exponential with full jitter, capped; an upstream `Retry-After`
+  (already capped when parsed) replaces it.
+- Never sleep past the caller's deadline: when the next wait would end after
+  it, stop now and report the last error.
+- A server-wide `RetryBudget` caps retries to a fraction of first attempts, so
+  a dead upstream is not hammered harder by the gateway's own retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import tenacity
+from tenacity import AsyncRetrying, RetryCallState
+
+from .errors import GatewayError
+
+T = TypeVar("T")
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
+
+# Below this much time left there is no point starting another attempt.
+MIN_ATTEMPT_SECONDS = 0.005
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How many attempts and how long to wait between them."""
+
+    max_attempts: int = 3
+    initial_backoff: float = 0.5
+    max_backoff: float = 8.0
+
+    def backoff_cap(self, retry_number: int) -> float:
+        """Upper bound of the jittered wait before retry `retry_number` (1-based)."""
+        return min(self.max_backoff, self.initial_backoff * 2.0 ** (retry_number - 1))
+
+
+class RetryBudget:
+    """Retries allowed at most `ratio` x first attempts over a sliding window, plus a floor.
+
+    Counts live in one-second buckets, so the cost is O(window) memory and O(1)
+    per call. Single-threaded (the event loop); no lock needed.
+    """
+
+    def __init__(
+        self,
+        ratio: float = 0.2,
+        min_retries: int = 10,
+        window_seconds: int = 10,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.ratio = ratio
+        self.min_retries = min_retries
+        self.window = window_seconds
+        self._clock = clock
+        self._firsts = [0] * window_seconds
+        self._retries = [0] * window_seconds
+        self._stamp = [-1] * window_seconds
+        self.refused = 0
+
+    def _slot(self) -> int:
+        second = int(self._clock())
+        i = second % self.window
+        if self._stamp[i] != second:
+            self._stamp[i] = second
+            self._firsts[i] = 0
+            self._retries[i] = 0
+        return i
+
+    def _totals(self) -> tuple[int, int]:
+        oldest = int(self._clock()) - self.window + 1
+        firsts = retries = 0
+        for i in range(self.window):
+            if self._stamp[i] >= oldest:
+                firsts += self._firsts[i]
+                retries += self._retries[i]
+        return firsts, retries
+
+    def record_first_attempt(self) -> None:
+        self._firsts[self._slot()] += 1
+
+    def try_spend(self) -> bool:
+        """Take one retry from the budget; False when it is spent."""
+        firsts, retries = self._totals()
+        if retries >= self.min_retries + self.ratio * firsts:
+            self.refused += 1
+            return False
+        self._retries[self._slot()] += 1
+        return True
+
+    def state(self) -> tuple[int, int]:
+        """(first attempts, retries) in the current window."""
+        return self._totals()
+
+
+class _Wait:
+    def __init__(self, policy: RetryPolicy, rng: Callable[[], float]) -> None:
+        self.policy = policy
+        self.rng = rng
+
+    def __call__(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, GatewayError) and exc.retry_after is not None:
+            return exc.retry_after
+        return self.rng() * self.policy.backoff_cap(state.attempt_number)
+
+
+class _Stop:
+    def __init__(
+        self,
+        policy: RetryPolicy,
+        deadline: float | None,
+        clock: Clock,
+        budget: RetryBudget | None,
+    ) -> None:
+        self.policy = policy
+        self.deadline = deadline
+        self.clock = clock
+        self.budget = budget
+
+    def __call__(self, state: RetryCallState) -> bool:
+        if state.attempt_number >= self.policy.max_attempts:
+            return True
+        if self.deadline is not None:
+            resume_at = self.clock() + state.upcoming_sleep
+            if resume_at + MIN_ATTEMPT_SECONDS >= self.deadline:
+                return True
+        if self.budget is not None and not self.budget.try_spend():
+            exc = state.outcome.exception() if state.outcome else None
+            if isinstance(exc, GatewayError):
+                exc.retry_budget_exhausted = True
+            return True
+        return False
+
+
+def _retryable(exc: BaseException) -> bool:
+    return isinstance(exc, GatewayError) and exc.retryable
+
+
+async def call_with_retries(
+    attempt: Callable[[int], Awaitable[T]],
+    policy: RetryPolicy,
+    *,
+    deadline: float | None = None,
+    budget: RetryBudget | None = None,
+    clock: Clock = time.monotonic,
+    sleep: Sleep = asyncio.sleep,
+    rng: Callable[[], float] = random.random,
+) -> tuple[T, int]:
+    """Run `attempt(n)` (n = 1, 2, ...) until it succeeds or the rules say stop.
+
+    Returns (result, attempts). The last `GatewayError` is re-raised with its
+    `attempts` set. Anything that is not a GatewayError (cancellation
+    included) propagates at once.
+    """
+    if budget is not None:
+        budget.record_first_attempt()
+    retrying = AsyncRetrying(
+        sleep=sleep,
+        stop=_Stop(policy, deadline, clock, budget),
+        wait=_Wait(policy, rng),
+        retry=tenacity.retry_if_exception(_retryable),
+        reraise=True,
+    )
+    number = 0
+    async for state in retrying:
+        with state:
+            number = state.retry_state.attempt_number
+            try:
+                return await attempt(number), number
+            except GatewayError as exc:
+                exc.attempts = number
+                raise
+    raise AssertionError("unreachable: tenacity either returns or re-raises")  # pragma: no cover

@@ -1,0 +1,1 @@
+"""The asyncio gRPC server over the GPT core."""

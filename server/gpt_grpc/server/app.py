@@ -1,0 +1,233 @@
+"""Server start-up, health, reflection and graceful shutdown.
+
+Settings come from flags, then the environment, then defaults. `Configure`
+changes the upstream settings at run time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import logging
+import os
+import resource
+import signal
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import grpc
+from gptgrpc.v1 import gateway_pb2 as pb
+from gptgrpc.v1 import gateway_pb2_grpc as pb_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from .. import tokens
+from ..errors import GatewayError
+from ..gpt import GPT
+from ..pricing import Pricing
+from ..retry import RetryBudget
+from ..settings import Settings, SettingsUpdate, apply
+from .admission import Admission
+from .auth import AdminAuth
+from .servicer import GPTServicer
+
+log = logging.getLogger("gpt_grpc.server")
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GPTService"].full_name
+DEFAULT_PORT = 50051
+# Big enough for a large conversation, small enough to bound memory per call.
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    admin_token: str | None = field(default=None, repr=False)
+    reflection: bool = True
+    grace_period: float = 30.0
+    max_in_flight: int = 10_000
+    pricing_file: str | None = None
+    upstream: SettingsUpdate = field(default_factory=SettingsUpdate)
+    retry_budget: bool = True
+
+
+class GatewayServer:
+    """One grpc.aio server with GPTService, health and reflection."""
+
+    def __init__(self, config: ServerConfig, gpt: GPT | None = None) -> None:
+        self.config = config
+        # Validate the start-up settings like a Configure call would.
+        settings = apply(Settings(), config.upstream)
+        self.gpt = gpt or GPT(
+            settings=settings,
+            pricing=Pricing(config.pricing_file),
+            budget=RetryBudget() if config.retry_budget else None,
+        )
+        self.admission = Admission(config.max_in_flight)
+        self.health = health.aio.HealthServicer()
+        self.server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        self.servicer = GPTServicer(self.gpt, AdminAuth(config.admin_token), self.admission)
+        pb_grpc.add_GPTServiceServicer_to_server(self.servicer, self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        if config.reflection:
+            names = (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
+            reflection.enable_server_reflection(names, self.server)
+        self.port = 0
+        self._stopped = asyncio.Event()
+
+    async def start(self) -> int:
+        tokens.preload()  # readiness includes the encodings: no first-call stall
+        address = f"[{self.config.host}]" if ":" in self.config.host else self.config.host
+        self.port = self.server.add_insecure_port(f"{address}:{self.config.port}")
+        if not _is_loopback(self.config.host):
+            log.warning("listening on %s without TLS: traffic is plain text", self.config.host)
+        await self.server.start()
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("gpt-grpc listening on %s:%d", self.config.host, self.port)
+        return self.port
+
+    async def stop(self, grace: float | None = None) -> None:
+        """NOT_SERVING at once, refuse new calls, let those in flight finish."""
+        grace = self.config.grace_period if grace is None else grace
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        drained = await self.admission.drain(grace)
+        if not drained:
+            log.warning(
+                "grace period over with %d calls in flight; cancelling them", self.admission.in_flight
+            )
+        await self.server.stop(0 if drained else 0.5)
+        await self.gpt.aclose()
+        self._stopped.set()
+
+    async def wait(self) -> None:
+        await self._stopped.wait()
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _env_float(name: str) -> float | None:
+    value = os.environ.get(name)
+    return float(value) if value else None
+
+
+def _read_secret_file(path: str) -> str:
+    with open(path, encoding="utf-8") as f:
+        return f.read().strip()
+
+
+def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
+    env = os.environ
+    p = argparse.ArgumentParser(
+        prog="gpt-grpc-server", description="gRPC gateway to OpenAI-compatible chat models"
+    )
+    p.add_argument("--host", default=env.get("GPT_GRPC_HOST", "127.0.0.1"), help="address to listen on")
+    p.add_argument(
+        "--port", type=int, default=int(env.get("GPT_GRPC_PORT", DEFAULT_PORT)), help="0 picks a free one"
+    )
+    p.add_argument(
+        "--admin-token-file",
+        default=env.get("GPT_GRPC_ADMIN_TOKEN_FILE"),
+        help="file holding the admin bearer token (or set GPT_GRPC_ADMIN_TOKEN)",
+    )
+    p.add_argument("--endpoint", default=env.get("OPENAI_BASE_URL"), help="upstream base URL")
+    p.add_argument(
+        "--api-key-file",
+        default=env.get("OPENAI_API_KEY_FILE"),
+        help="file holding the key (or OPENAI_API_KEY)",
+    )
+    p.add_argument("--default-model", default=env.get("GPT_GRPC_DEFAULT_MODEL"))
+    p.add_argument("--request-timeout", type=float, default=_env_float("GPT_GRPC_REQUEST_TIMEOUT"))
+    p.add_argument("--max-attempts", type=int, default=None)
+    p.add_argument("--grace-period", type=float, default=_env_float("GPT_GRPC_GRACE_PERIOD") or 30.0)
+    p.add_argument("--max-in-flight", type=int, default=int(env.get("GPT_GRPC_MAX_IN_FLIGHT", 10_000)))
+    p.add_argument("--pricing-file", default=env.get("GPT_GRPC_PRICING_FILE"), help="price overrides (JSON)")
+    p.add_argument("--no-reflection", action="store_true", help="turn server reflection off")
+    p.add_argument("--log-level", default=env.get("GPT_GRPC_LOG_LEVEL", "INFO"))
+    args = p.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr, format="%(message)s")
+
+    admin_token = env.get("GPT_GRPC_ADMIN_TOKEN") or None
+    if args.admin_token_file:
+        admin_token = _read_secret_file(args.admin_token_file)
+    api_key = env.get("OPENAI_API_KEY") or None
+    if args.api_key_file:
+        api_key = _read_secret_file(args.api_key_file)
+    upstream = SettingsUpdate(
+        api_key=api_key,
+        endpoint=args.endpoint or None,
+        organization=env.get("OPENAI_ORG_ID") or None,
+        project=env.get("OPENAI_PROJECT_ID") or None,
+        default_model=args.default_model,
+        request_timeout=args.request_timeout,
+        max_attempts=args.max_attempts,
+    )
+    return ServerConfig(
+        host=args.host,
+        port=args.port,
+        admin_token=admin_token,
+        reflection=not args.no_reflection,
+        grace_period=args.grace_period,
+        max_in_flight=args.max_in_flight,
+        pricing_file=args.pricing_file,
+        upstream=upstream,
+    )
+
+
+def _raise_open_file_limit() -> None:
+    # Each call in flight holds an upstream connection: thousands of them.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+async def serve(config: ServerConfig) -> None:
+    server = GatewayServer(config)
+    await server.start()
+    loop = asyncio.get_running_loop()
+    stopping: asyncio.Task[None] | None = None
+
+    def on_signal() -> None:
+        nonlocal stopping
+        if stopping is None:
+            log.info("shutting down: draining calls in flight (grace %.0fs)", config.grace_period)
+            stopping = loop.create_task(server.stop())
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal)
+    await server.wait()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    try:
+        config = parse_args(argv)
+    except OSError as exc:
+        print(f"gpt-grpc-server: cannot read a secret file: {exc.strerror}", file=sys.stderr)
+        raise SystemExit(2) from None
+    _raise_open_file_limit()
+    try:
+        asyncio.run(serve(config))
+    except GatewayError as exc:
+        print(f"gpt-grpc-server: invalid settings: {exc.message}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,300 @@
+"""Protobuf <-> domain translation. Field problems become FieldViolations."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+import orjson
+from google.protobuf import duration_pb2
+from gptgrpc.v1 import gateway_pb2 as pb
+
+from ..chat import ChatRequest, ChatResult, Delta, ToolCall, Usage
+from ..errors import FieldViolation, invalid
+from ..settings import Settings, SettingsUpdate, mask_key
+from ..tokens import TokenCount
+from ..usage import ModelTotals
+
+ROLE_NAMES: Mapping[int, str] = {
+    pb.ROLE_SYSTEM: "system",
+    pb.ROLE_DEVELOPER: "developer",
+    pb.ROLE_USER: "user",
+    pb.ROLE_ASSISTANT: "assistant",
+    pb.ROLE_TOOL: "tool",
+}
+FINISH_REASONS: Mapping[str, int] = {
+    "stop": pb.FINISH_REASON_STOP,
+    "length": pb.FINISH_REASON_LENGTH,
+    "tool_calls": pb.FINISH_REASON_TOOL_CALLS,
+    "content_filter": pb.FINISH_REASON_CONTENT_FILTER,
+    "function_call": pb.FINISH_REASON_FUNCTION_CALL,
+}
+TOOL_CHOICE_MODES: Mapping[int, str] = {
+    pb.TOOL_CHOICE_MODE_AUTO: "auto",
+    pb.TOOL_CHOICE_MODE_NONE: "none",
+    pb.TOOL_CHOICE_MODE_REQUIRED: "required",
+}
+_NAME = re.compile(r"[A-Za-z0-9_\-]{1,64}")
+# Bound on the text of one JSON schema / tool parameters field.
+MAX_SCHEMA_BYTES = 1_000_000
+SCALAR_PARAMS = ("temperature", "max_tokens", "top_p", "seed", "presence_penalty", "frequency_penalty")
+
+
+class _ChatFields(Protocol):
+    """What ChatCompletionRequest and StreamChatCompletionRequest share."""
+
+    model: str
+    system_message: str
+    user_message: str
+    user: str
+
+    @property
+    def messages(self) -> Sequence[pb.ChatMessage]: ...
+    @property
+    def stop(self) -> Sequence[str]: ...
+    @property
+    def tools(self) -> Sequence[pb.Tool]: ...
+    @property
+    def response_format(self) -> pb.ResponseFormat: ...
+    @property
+    def tool_choice(self) -> pb.ToolChoice: ...
+    def HasField(self, field_name: Any) -> bool: ...
+
+
+def _json_object(text: str, field: str, out: list[FieldViolation]) -> dict[str, Any] | None:
+    if len(text) > MAX_SCHEMA_BYTES:
+        out.append(FieldViolation(field, f"must be at most {MAX_SCHEMA_BYTES} bytes"))
+        return None
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:  # also raised past orjson's nesting limit
+        out.append(FieldViolation(field, "must be a JSON object"))
+        return None
+    if not isinstance(value, dict):
+        out.append(FieldViolation(field, "must be a JSON object"))
+        return None
+    return value
+
+
+def _message(m: pb.ChatMessage, path: str, out: list[FieldViolation]) -> dict[str, Any]:
+    role = ROLE_NAMES.get(m.role)
+    if role is None:
+        out.append(FieldViolation(f"{path}.role", "must be SYSTEM, DEVELOPER, USER, ASSISTANT or TOOL"))
+    message: dict[str, Any] = {"role": role or "", "content": m.content}
+    if m.HasField("name"):
+        if not _NAME.fullmatch(m.name):
+            out.append(FieldViolation(f"{path}.name", "must be 1-64 letters, digits, _ or -"))
+        message["name"] = m.name
+    if m.HasField("tool_call_id"):
+        message["tool_call_id"] = m.tool_call_id
+    if m.tool_calls:
+        message["tool_calls"] = [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments_json}}
+            for c in m.tool_calls
+        ]
+        if not m.content:
+            message["content"] = None
+    return message
+
+
+def chat_request(req: _ChatFields) -> ChatRequest:
+    """The domain request; raises GatewayError(INVALID_REQUEST) listing every bad field."""
+    out: list[FieldViolation] = []
+    if req.messages and (req.system_message or req.user_message):
+        out.append(
+            FieldViolation("messages", "give either system_message/user_message or messages, not both")
+        )
+    if req.messages:
+        messages = [_message(m, f"messages[{i}]", out) for i, m in enumerate(req.messages)]
+    else:
+        if not req.user_message:
+            out.append(FieldViolation("user_message", "must not be empty (or give messages)"))
+        messages = []
+        if req.system_message:
+            messages.append({"role": "system", "content": req.system_message})
+        if req.user_message:
+            messages.append({"role": "user", "content": req.user_message})
+
+    params: dict[str, Any] = {}
+    for name in SCALAR_PARAMS:
+        if req.HasField(name):
+            params[name] = getattr(req, name)
+    if req.stop:
+        params["stop"] = list(req.stop)
+    if req.user:
+        params["user"] = req.user
+    tool_names: set[str] = set()
+    if req.tools:
+        tools = []
+        for i, tool in enumerate(req.tools):
+            if not _NAME.fullmatch(tool.name):
+                out.append(FieldViolation(f"tools[{i}].name", "must be 1-64 letters, digits, _ or -"))
+            tool_names.add(tool.name)
+            function: dict[str, Any] = {"name": tool.name}
+            if tool.description:
+                function["description"] = tool.description
+            if tool.parameters_json:
+                schema = _json_object(tool.parameters_json, f"tools[{i}].parameters_json", out)
+                if schema is not None:
+                    function["parameters"] = schema
+            if tool.HasField("strict"):
+                function["strict"] = tool.strict
+            tools.append({"type": "function", "function": function})
+        params["tools"] = tools
+    if req.HasField("tool_choice"):
+        which = req.tool_choice.WhichOneof("choice")
+        if which == "mode":
+            mode = TOOL_CHOICE_MODES.get(req.tool_choice.mode)
+            if mode is None:
+                out.append(FieldViolation("tool_choice.mode", "must be AUTO, NONE or REQUIRED"))
+            else:
+                params["tool_choice"] = mode
+        elif which == "function_name":
+            if req.tool_choice.function_name not in tool_names:
+                out.append(FieldViolation("tool_choice.function_name", "must name one of the tools"))
+            params["tool_choice"] = {"type": "function", "function": {"name": req.tool_choice.function_name}}
+    if req.HasField("response_format"):
+        fmt = _response_format(req.response_format, out)
+        if fmt is not None:
+            params["response_format"] = fmt
+    request = ChatRequest(model=req.model, messages=messages, params=params)
+    if out:
+        raise invalid(out)
+    return request
+
+
+def _response_format(fmt: pb.ResponseFormat, out: list[FieldViolation]) -> dict[str, Any] | None:
+    if fmt.type in (pb.RESPONSE_FORMAT_TYPE_UNSPECIFIED, pb.RESPONSE_FORMAT_TYPE_TEXT):
+        return {"type": "text"} if fmt.type == pb.RESPONSE_FORMAT_TYPE_TEXT else None
+    if fmt.type == pb.RESPONSE_FORMAT_TYPE_JSON_OBJECT:
+        return {"type": "json_object"}
+    if fmt.type == pb.RESPONSE_FORMAT_TYPE_JSON_SCHEMA:
+        if not _NAME.fullmatch(fmt.schema_name):
+            out.append(FieldViolation("response_format.schema_name", "must be 1-64 letters, digits, _ or -"))
+        schema = _json_object(fmt.schema_json, "response_format.schema_json", out)
+        spec: dict[str, Any] = {"name": fmt.schema_name, "schema": schema}
+        if fmt.HasField("strict"):
+            spec["strict"] = fmt.strict
+        return {"type": "json_schema", "json_schema": spec}
+    out.append(FieldViolation("response_format.type", "must be TEXT, JSON_OBJECT or JSON_SCHEMA"))
+    return None
+
+
+def count_messages(messages: Sequence[pb.ChatMessage]) -> list[dict[str, Any]]:
+    out: list[FieldViolation] = []
+    converted = [_message(m, f"messages[{i}]", out) for i, m in enumerate(messages)]
+    if out:
+        raise invalid(out)
+    return converted
+
+
+def _usage(u: Usage) -> pb.Usage:
+    return pb.Usage(
+        prompt_tokens=u.prompt_tokens,
+        completion_tokens=u.completion_tokens,
+        total_tokens=u.total_tokens,
+        cached_prompt_tokens=u.cached_prompt_tokens,
+        reasoning_tokens=u.reasoning_tokens,
+        estimated=u.estimated,
+    )
+
+
+def _tool_calls(calls: Sequence[ToolCall]) -> list[pb.ToolCall]:
+    return [pb.ToolCall(id=c.id, name=c.name, arguments_json=c.arguments) for c in calls]
+
+
+def chat_response(r: ChatResult) -> pb.ChatCompletionResponse:
+    return pb.ChatCompletionResponse(
+        content=r.content,
+        tool_calls=_tool_calls(r.tool_calls),
+        finish_reason=FINISH_REASONS.get(r.finish_reason or "", pb.FINISH_REASON_UNSPECIFIED),  # type: ignore[arg-type]
+        model=r.model,
+        id=r.id,
+        usage=_usage(r.usage),
+        cost_usd=r.cost_usd,
+        attempts=r.attempts,
+        refusal=r.refusal,
+    )
+
+
+def stream_event(event: Delta | ChatResult) -> pb.StreamChatCompletionResponse:
+    if isinstance(event, Delta):
+        return pb.StreamChatCompletionResponse(
+            delta=pb.ChatCompletionDelta(content=event.content, refusal=event.refusal)
+        )
+    return pb.StreamChatCompletionResponse(
+        summary=pb.ChatCompletionSummary(
+            tool_calls=_tool_calls(event.tool_calls),
+            finish_reason=FINISH_REASONS.get(event.finish_reason or "", pb.FINISH_REASON_UNSPECIFIED),  # type: ignore[arg-type]
+            model=event.model,
+            id=event.id,
+            usage=_usage(event.usage),
+            cost_usd=event.cost_usd,
+            attempts=event.attempts,
+        )
+    )
+
+
+def token_count(c: TokenCount) -> pb.CountTokensResponse:
+    return pb.CountTokensResponse(token_count=c.tokens, encoding=c.encoding, encoding_fallback=c.fallback)
+
+
+def _seconds(d: duration_pb2.Duration) -> float:
+    return d.seconds + d.nanos / 1e9
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    d = duration_pb2.Duration()
+    d.FromNanoseconds(round(seconds * 1e9))
+    return d
+
+
+def settings_update(req: pb.ConfigureRequest) -> SettingsUpdate:
+    policy = req.retry_policy
+    has_policy = req.HasField("retry_policy")
+    return SettingsUpdate(
+        api_key=req.api_key if req.HasField("api_key") else None,
+        endpoint=req.endpoint if req.HasField("endpoint") else None,
+        organization=req.organization if req.HasField("organization") else None,
+        project=req.project if req.HasField("project") else None,
+        default_model=req.default_model if req.HasField("default_model") else None,
+        request_timeout=_seconds(req.request_timeout) if req.HasField("request_timeout") else None,
+        max_attempts=policy.max_attempts if has_policy and policy.HasField("max_attempts") else None,
+        initial_backoff=(
+            _seconds(policy.initial_backoff) if has_policy and policy.HasField("initial_backoff") else None
+        ),
+        max_backoff=_seconds(policy.max_backoff) if has_policy and policy.HasField("max_backoff") else None,
+    )
+
+
+def configuration(s: Settings) -> pb.Configuration:
+    return pb.Configuration(
+        api_key_masked=mask_key(s.api_key),
+        api_key_set=bool(s.api_key),
+        endpoint=s.endpoint,
+        organization=s.organization or "",
+        project=s.project or "",
+        default_model=s.default_model,
+        request_timeout=_duration(s.request_timeout),
+        retry_policy=pb.RetryPolicy(
+            max_attempts=s.retry.max_attempts,
+            initial_backoff=_duration(s.retry.initial_backoff),
+            max_backoff=_duration(s.retry.max_backoff),
+        ),
+        generation=s.generation,
+    )
+
+
+def model_usage(m: ModelTotals) -> pb.ModelUsage:
+    return pb.ModelUsage(
+        model=m.model,
+        requests=m.requests,
+        failed_requests=m.failed_requests,
+        prompt_tokens=m.prompt_tokens,
+        completion_tokens=m.completion_tokens,
+        cached_prompt_tokens=m.cached_prompt_tokens,
+        reasoning_tokens=m.reasoning_tokens,
+        cost_usd=m.cost_usd,
+        unpriced_requests=m.unpriced_requests,
+    )

@@ -1,0 +1,95 @@
+"""Domain failures -> gRPC status with google.rpc details. The table is data.
+
+Each error carries exactly one ErrorInfo (domain "gpt-grpc", reason = the
+proto ErrorReason name); RetryInfo when retrying later makes sense;
+BadRequest when fields are invalid.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from ..errors import GatewayError, Reason
+
+DOMAIN = "gpt-grpc"
+
+REASON_CODES: Mapping[Reason, grpc.StatusCode] = {
+    Reason.INVALID_REQUEST: grpc.StatusCode.INVALID_ARGUMENT,
+    Reason.API_KEY_MISSING: grpc.StatusCode.FAILED_PRECONDITION,
+    Reason.ADMIN_TOKEN_MISSING: grpc.StatusCode.UNAUTHENTICATED,
+    Reason.ADMIN_TOKEN_INVALID: grpc.StatusCode.UNAUTHENTICATED,
+    Reason.ADMIN_DISABLED: grpc.StatusCode.PERMISSION_DENIED,
+    Reason.UPSTREAM_BAD_REQUEST: grpc.StatusCode.INVALID_ARGUMENT,
+    Reason.UPSTREAM_CONTEXT_LENGTH_EXCEEDED: grpc.StatusCode.INVALID_ARGUMENT,
+    Reason.UPSTREAM_AUTHENTICATION_FAILED: grpc.StatusCode.UNAUTHENTICATED,
+    Reason.UPSTREAM_PERMISSION_DENIED: grpc.StatusCode.PERMISSION_DENIED,
+    Reason.UPSTREAM_NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    Reason.UPSTREAM_RATE_LIMITED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Reason.UPSTREAM_QUOTA_EXCEEDED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Reason.UPSTREAM_UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    Reason.UPSTREAM_RESPONSE_INVALID: grpc.StatusCode.UNAVAILABLE,
+    Reason.UPSTREAM_TIMEOUT: grpc.StatusCode.DEADLINE_EXCEEDED,
+    Reason.DEADLINE_EXCEEDED: grpc.StatusCode.DEADLINE_EXCEEDED,
+    Reason.UPSTREAM_CONFLICT: grpc.StatusCode.ABORTED,
+    Reason.SHUTTING_DOWN: grpc.StatusCode.UNAVAILABLE,
+    Reason.OVERLOADED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Reason.INTERNAL_ERROR: grpc.StatusCode.INTERNAL,
+}
+
+# Where the caller may try again later; the delay when the upstream gave none.
+RETRY_LATER: Mapping[Reason, float] = {
+    Reason.UPSTREAM_RATE_LIMITED: 1.0,
+    Reason.UPSTREAM_UNAVAILABLE: 1.0,
+    Reason.UPSTREAM_RESPONSE_INVALID: 1.0,
+    Reason.UPSTREAM_TIMEOUT: 1.0,
+    Reason.UPSTREAM_CONFLICT: 1.0,
+    Reason.SHUTTING_DOWN: 1.0,
+    Reason.OVERLOADED: 0.5,
+}
+
+
+def code_for(reason: Reason) -> grpc.StatusCode:
+    return REASON_CODES[reason]
+
+
+def _pack(message: object) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)  # type: ignore[arg-type]
+    return packed
+
+
+def to_status(err: GatewayError) -> grpc.Status:
+    """The grpc.Status (code, message, details trailer) for a domain error."""
+    code = REASON_CODES[err.reason]
+    metadata: dict[str, str] = {}
+    if err.http_status is not None:
+        metadata["http_status"] = str(err.http_status)
+    if err.request_id:
+        metadata["request_id"] = err.request_id
+    if err.upstream_code:
+        metadata["upstream_code"] = err.upstream_code[:128]
+    if err.attempts:
+        metadata["attempts"] = str(err.attempts)
+    if err.retry_budget_exhausted:
+        metadata["retry_budget_exhausted"] = "true"
+    details = [_pack(error_details_pb2.ErrorInfo(reason=err.reason.value, domain=DOMAIN, metadata=metadata))]
+    if err.reason in RETRY_LATER:
+        delay = err.retry_after if err.retry_after is not None else RETRY_LATER[err.reason]
+        retry_delay = duration_pb2.Duration()
+        retry_delay.FromNanoseconds(int(delay * 1e9))
+        details.append(_pack(error_details_pb2.RetryInfo(retry_delay=retry_delay)))
+    if err.field_violations:
+        bad = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+                for v in err.field_violations
+            ]
+        )
+        details.append(_pack(bad))
+    status = status_pb2.Status(code=getattr(code_pb2, code.name), message=err.message, details=details)
+    return rpc_status.to_status(status)

@@ -1,0 +1,83 @@
+"""Requests, tokens and cost per model since start (the original module's cost tracking)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, replace
+
+from .chat import Usage
+
+
+@dataclass(frozen=True)
+class ModelTotals:
+    model: str = ""
+    requests: int = 0
+    failed_requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_prompt_tokens: int = 0
+    reasoning_tokens: int = 0
+    cost_usd: float = 0.0
+    unpriced_requests: int = 0
+
+    def plus(self, other: ModelTotals) -> ModelTotals:
+        return ModelTotals(
+            model=self.model,
+            requests=self.requests + other.requests,
+            failed_requests=self.failed_requests + other.failed_requests,
+            prompt_tokens=self.prompt_tokens + other.prompt_tokens,
+            completion_tokens=self.completion_tokens + other.completion_tokens,
+            cached_prompt_tokens=self.cached_prompt_tokens + other.cached_prompt_tokens,
+            reasoning_tokens=self.reasoning_tokens + other.reasoning_tokens,
+            cost_usd=self.cost_usd + other.cost_usd,
+            unpriced_requests=self.unpriced_requests + other.unpriced_requests,
+        )
+
+
+class UsageTracker:
+    """Thread-safe counters; the sync `GPT` facade and the server share the type."""
+
+    def __init__(self) -> None:
+        self.since = time.time()
+        self._lock = threading.Lock()
+        self._models: dict[str, ModelTotals] = {}
+
+    def record_success(self, model: str, usage: Usage, cost_usd: float | None) -> None:
+        delta = ModelTotals(
+            model=model,
+            requests=1,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            cached_prompt_tokens=usage.cached_prompt_tokens,
+            reasoning_tokens=usage.reasoning_tokens,
+            cost_usd=cost_usd or 0.0,
+            unpriced_requests=1 if cost_usd is None else 0,
+        )
+        self._add(model, delta)
+
+    def record_failure(self, model: str, usage: Usage | None = None, cost_usd: float | None = None) -> None:
+        """A failed call; tokens already generated (a stream cut short) still count."""
+        delta = ModelTotals(model=model, failed_requests=1, cost_usd=cost_usd or 0.0)
+        if usage is not None:
+            delta = replace(
+                delta,
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+                cached_prompt_tokens=usage.cached_prompt_tokens,
+                reasoning_tokens=usage.reasoning_tokens,
+            )
+        self._add(model, delta)
+
+    def _add(self, model: str, delta: ModelTotals) -> None:
+        with self._lock:
+            self._models[model] = self._models.get(model, ModelTotals(model=model)).plus(delta)
+
+    def snapshot(self) -> tuple[list[ModelTotals], ModelTotals]:
+        """(per model sorted by name, total)."""
+        with self._lock:
+            models = sorted(self._models.values(), key=lambda m: m.model)
+        total = ModelTotals()
+        for m in models:
+            total = total.plus(m)
+        return models, total

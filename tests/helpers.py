@@ -1,0 +1,46 @@
+"""Decoding google.rpc details from a failed call, as any client would."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import grpc
+from google.rpc import error_details_pb2, status_pb2
+
+
+@dataclass
+class Details:
+    code: grpc.StatusCode
+    message: str
+    error_infos: list[error_details_pb2.ErrorInfo] = field(default_factory=list)
+    retry_info: error_details_pb2.RetryInfo | None = None
+    bad_request: error_details_pb2.BadRequest | None = None
+
+    @property
+    def reason(self) -> str:
+        assert len(self.error_infos) == 1, f"exactly one ErrorInfo expected, got {self.error_infos}"
+        return self.error_infos[0].reason
+
+    @property
+    def fields(self) -> list[str]:
+        return [v.field for v in self.bad_request.field_violations] if self.bad_request else []
+
+
+def details(err: grpc.aio.AioRpcError) -> Details:
+    out = Details(err.code(), err.details() or "")
+    for key, value in err.trailing_metadata() or ():
+        if key == "grpc-status-details-bin":
+            status = status_pb2.Status.FromString(value)
+            assert status.code == err.code().value[0]
+            for any_ in status.details:
+                if any_.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                    info = error_details_pb2.ErrorInfo()
+                    any_.Unpack(info)
+                    out.error_infos.append(info)
+                elif any_.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+                    out.retry_info = error_details_pb2.RetryInfo()
+                    any_.Unpack(out.retry_info)
+                elif any_.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+                    out.bad_request = error_details_pb2.BadRequest()
+                    any_.Unpack(out.bad_request)
+    return out
