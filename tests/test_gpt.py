@@ -48,7 +48,7 @@ async def test_chat_completion_sync_interface(standin: Standin) -> None:
         assert text == "Echo: Your user message"
         assert len(standin.requests) == 2
         assert standin.requests[-1].body["temperature"] == 0.7
-        models, total = gpt.usage.snapshot()
+        _, total = gpt.usage.snapshot()
         assert total.requests == 1 and total.cost_usd > 0
     finally:
         await asyncio.to_thread(gpt.close)
