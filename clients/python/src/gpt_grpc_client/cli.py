@@ -1,0 +1,398 @@
+"""``gpt-grpc``: command line client of the gpt-grpc gateway.
+
+Examples::
+
+    gpt-grpc chat "Write a haiku about gRPC"
+    echo "some text" | gpt-grpc count-tokens --model gpt-4o
+    gpt-grpc --admin-token-file admin.token configure --api-key-file openai.key
+    gpt-grpc models
+    gpt-grpc usage
+
+Errors print ``error: <CODE> <reason>: <message>`` on stderr and exit with status 1
+(130 on Ctrl-C, 2 on bad usage).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from typing import TextIO
+
+from google.protobuf import duration_pb2
+from gptgrpc.v1 import gateway_pb2
+
+from .client import DEFAULT_MODEL, DEFAULT_TARGET, Client
+from .errors import GatewayError
+
+__all__ = ["build_parser", "main"]
+
+TARGET_ENV = "GPT_GRPC_TARGET"
+ADMIN_TOKEN_ENV = "GPT_GRPC_ADMIN_TOKEN"
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class _CliError(Exception):
+    """A local failure (unreadable file, empty prompt...) reported as ``error: <message>``."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``gpt-grpc``."""
+    parser = argparse.ArgumentParser(
+        prog="gpt-grpc",
+        description="Command line client of the gpt-grpc gateway.",
+        epilog=f"Environment: {TARGET_ENV} (default target), {ADMIN_TOKEN_ENV} (admin token).",
+    )
+    parser.add_argument(
+        "--target",
+        default=None,
+        metavar="HOST:PORT",
+        help=f"gateway address (default: ${TARGET_ENV} or {DEFAULT_TARGET})",
+    )
+    parser.add_argument("--tls", action="store_true", help="connect with TLS")
+    parser.add_argument("--ca", metavar="FILE", help="PEM root certificates (implies --tls)")
+    parser.add_argument("--cert", metavar="FILE", help="PEM client certificate chain, for mutual TLS")
+    parser.add_argument("--key", metavar="FILE", help="PEM client private key, for mutual TLS")
+    parser.add_argument(
+        "--admin-token-file",
+        metavar="FILE",
+        help=f"file holding the admin token for configure (default: ${ADMIN_TOKEN_ENV})",
+    )
+    parser.add_argument("--timeout", type=float, metavar="SECONDS", help="deadline of each call")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    chat = commands.add_parser("chat", help="stream an answer to a prompt")
+    chat.add_argument("prompt", nargs="*", help="the prompt (default: read stdin)")
+    chat.add_argument("--model", default=DEFAULT_MODEL, help=f"model (default: {DEFAULT_MODEL})")
+    chat.add_argument("--system", default="", metavar="TEXT", help="system message")
+    chat.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (default: 0.7)")
+    chat.add_argument("--max-tokens", type=int, metavar="N", help="upper bound on generated tokens")
+    chat.add_argument("--quiet", "-q", action="store_true", help="no usage summary on stderr")
+
+    count = commands.add_parser("count-tokens", help="count the tokens of a text")
+    count.add_argument("text", nargs="*", help="the text (default: read stdin)")
+    count.add_argument("--model", default=DEFAULT_MODEL, help=f"model (default: {DEFAULT_MODEL})")
+
+    configure = commands.add_parser("configure", help="change the gateway's upstream settings (admin)")
+    key = configure.add_mutually_exclusive_group()
+    key.add_argument("--api-key-file", metavar="FILE", help="read the upstream API key from FILE")
+    key.add_argument("--api-key-stdin", action="store_true", help="read the upstream API key from stdin")
+    configure.add_argument("--endpoint", metavar="URL", help="upstream base URL")
+    configure.add_argument("--organization", metavar="ID", help="OpenAI organization ('' clears it)")
+    configure.add_argument("--project", metavar="ID", help="OpenAI project ('' clears it)")
+    configure.add_argument("--default-model", metavar="MODEL", help="model used when a request names none")
+    configure.add_argument("--request-timeout", type=float, metavar="SECONDS", help="timeout of one attempt")
+    configure.add_argument("--max-attempts", type=int, metavar="N", help="attempts in all, 1 to 10")
+    configure.add_argument("--initial-backoff", type=float, metavar="SECONDS", help="first retry's backoff")
+    configure.add_argument("--max-backoff", type=float, metavar="SECONDS", help="cap of any backoff")
+
+    commands.add_parser("config", help="show the current settings (API key masked)")
+    commands.add_parser("models", help="list the known models")
+    commands.add_parser("usage", help="requests, tokens and cost per model")
+    return parser
+
+
+def _read_file(path: str, what: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().strip()
+    except OSError as err:
+        raise _CliError(f"cannot read {what} file {path!r}: {err.strerror or err}") from None
+
+
+def _text_or_stdin(words: Sequence[str], what: str) -> str:
+    if words and list(words) != ["-"]:
+        return " ".join(words)
+    if sys.stdin is None or (sys.stdin.isatty() and not words):
+        raise _CliError(f"no {what}: give it as arguments or on stdin")
+    return sys.stdin.read()
+
+
+def _client(args: argparse.Namespace, *, admin: bool = False) -> Client:
+    target = args.target or os.environ.get(TARGET_ENV) or DEFAULT_TARGET
+    token: str | None = None
+    if admin:
+        if args.admin_token_file:
+            token = _read_file(args.admin_token_file, "admin token")
+        else:
+            token = os.environ.get(ADMIN_TOKEN_ENV, "").strip() or None
+    if (args.cert is None) != (args.key is None):
+        raise _CliError("--cert and --key go together")
+    try:
+        return Client(
+            target,
+            admin_token=token,
+            tls=args.tls,
+            root_certificates=_pem_file(args.ca, "CA"),
+            private_key=_pem_file(args.key, "key"),
+            certificate_chain=_pem_file(args.cert, "certificate"),
+            timeout=args.timeout,
+        )
+    except ValueError as err:
+        raise _CliError(str(err)) from None
+
+
+def _pem_file(path: str | None, what: str) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as err:
+        raise _CliError(f"cannot read {what} file {path!r}: {err.strerror or err}") from None
+
+
+def _seconds(duration: duration_pb2.Duration) -> str:
+    return f"{duration.seconds + duration.nanos / 1e9:g}s"
+
+
+def _money(value: float | None) -> str:
+    return "-" if value is None else f"${value:.6f}"
+
+
+def _print_table(out: TextIO, header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
+    for row in (header, *rows):
+        cells = [
+            cell.ljust(w) if i == 0 else cell.rjust(w)
+            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        print("  ".join(cells).rstrip(), file=out)
+
+
+def _print_configuration(out: TextIO, config: gateway_pb2.Configuration) -> None:
+    policy = config.retry_policy
+    rows = [
+        ("api_key", config.api_key_masked if config.api_key_set else "(not set)"),
+        ("endpoint", config.endpoint),
+        ("organization", config.organization),
+        ("project", config.project),
+        ("default_model", config.default_model),
+        ("request_timeout", _seconds(config.request_timeout) if config.HasField("request_timeout") else ""),
+        ("max_attempts", str(policy.max_attempts) if policy.HasField("max_attempts") else ""),
+        ("initial_backoff", _seconds(policy.initial_backoff) if policy.HasField("initial_backoff") else ""),
+        ("max_backoff", _seconds(policy.max_backoff) if policy.HasField("max_backoff") else ""),
+        ("generation", str(config.generation)),
+    ]
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"{name.ljust(width)}  {value}", file=out)
+
+
+def _summary_line(summary: gateway_pb2.ChatCompletionSummary) -> str:
+    usage = summary.usage
+    finish = gateway_pb2.FinishReason.Name(summary.finish_reason).removeprefix("FINISH_REASON_").lower()
+    parts = [
+        f"model {summary.model or '?'}",
+        f"finish {finish}",
+        f"tokens {usage.prompt_tokens} prompt + {usage.completion_tokens} completion"
+        f" = {usage.total_tokens}{' (estimated)' if usage.estimated else ''}",
+    ]
+    if usage.cached_prompt_tokens:
+        parts.append(f"{usage.cached_prompt_tokens} cached")
+    if usage.reasoning_tokens:
+        parts.append(f"{usage.reasoning_tokens} reasoning")
+    parts.append(f"cost {_money(summary.cost_usd) if summary.HasField('cost_usd') else 'unknown'}")
+    if summary.attempts > 1:
+        parts.append(f"attempts {summary.attempts}")
+    return "[" + ", ".join(parts) + "]"
+
+
+def _chat(args: argparse.Namespace) -> int:
+    prompt = _text_or_stdin(args.prompt, "prompt")
+    if not prompt.strip():
+        raise _CliError("the prompt is empty")
+    out = sys.stdout
+    with (
+        _client(args) as client,
+        client.stream_chat(
+            model=args.model,
+            system_message=args.system,
+            user_message=prompt,
+            temperature=args.temperature,
+            max_tokens=args.max_tokens,
+        ) as stream,
+    ):
+        ends_with_newline = True
+        for delta in stream:
+            out.write(delta)
+            out.flush()
+            ends_with_newline = delta.endswith("\n")
+        if not ends_with_newline:
+            out.write("\n")
+            out.flush()
+        if stream.refusal:
+            print(f"refusal: {stream.refusal}", file=sys.stderr)
+        if stream.summary is not None and not args.quiet:
+            print(_summary_line(stream.summary), file=sys.stderr)
+    return 0
+
+
+def _count_tokens(args: argparse.Namespace) -> int:
+    text = _text_or_stdin(args.text, "text")
+    with _client(args) as client:
+        response = client.count_tokens_detailed(text, args.model)
+    fallback = " (fallback: unknown model)" if response.encoding_fallback else ""
+    print(f"{response.token_count} tokens ({response.encoding}{fallback})")
+    return 0
+
+
+def _configure(args: argparse.Namespace) -> int:
+    api_key: str | None = None
+    if args.api_key_file:
+        api_key = _read_file(args.api_key_file, "API key")
+    elif args.api_key_stdin:
+        api_key = sys.stdin.read().strip() if sys.stdin is not None else ""
+    if api_key is not None and not api_key:
+        raise _CliError("the API key is empty")
+    with _client(args, admin=True) as client:
+        config = client.configure(
+            api_key=api_key,
+            endpoint=args.endpoint,
+            organization=args.organization,
+            project=args.project,
+            default_model=args.default_model,
+            request_timeout=args.request_timeout,
+            max_attempts=args.max_attempts,
+            initial_backoff=args.initial_backoff,
+            max_backoff=args.max_backoff,
+        )
+    _print_configuration(sys.stdout, config)
+    return 0
+
+
+def _config(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        config = client.get_configuration()
+    _print_configuration(sys.stdout, config)
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        response = client.list_models()
+
+    def price(model: gateway_pb2.ModelInfo, field: str) -> str:
+        return f"{getattr(model, field):g}" if model.HasField(field) else "-"  # type: ignore[arg-type]
+
+    rows = [
+        (
+            m.id,
+            m.encoding,
+            str(m.context_window),
+            str(m.max_output_tokens),
+            "yes" if m.reasoning else "no",
+            price(m, "input_usd_per_million"),
+            price(m, "cached_input_usd_per_million"),
+            price(m, "output_usd_per_million"),
+            m.price_source,
+        )
+        for m in response.models
+    ]
+    header = (
+        "MODEL",
+        "ENCODING",
+        "CONTEXT",
+        "MAX OUT",
+        "REASONING",
+        "IN $/M",
+        "CACHED $/M",
+        "OUT $/M",
+        "PRICES",
+    )
+    _print_table(sys.stdout, header, rows)
+    return 0
+
+
+def _usage(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        response = client.get_usage()
+
+    def row(name: str, u: gateway_pb2.ModelUsage) -> tuple[str, ...]:
+        return (
+            name,
+            str(u.requests),
+            str(u.failed_requests),
+            str(u.prompt_tokens),
+            str(u.completion_tokens),
+            str(u.cached_prompt_tokens),
+            str(u.reasoning_tokens),
+            f"{u.cost_usd:.6f}",
+            str(u.unpriced_requests),
+        )
+
+    rows = [row(u.model, u) for u in response.models]
+    rows.append(row("TOTAL", response.total))
+    header = (
+        "MODEL",
+        "REQUESTS",
+        "FAILED",
+        "PROMPT",
+        "COMPLETION",
+        "CACHED",
+        "REASONING",
+        "COST $",
+        "UNPRICED",
+    )
+    _print_table(sys.stdout, header, rows)
+    if response.HasField("since"):
+        since = response.since.ToDatetime().strftime("%Y-%m-%d %H:%M:%S UTC")
+        print(f"since {since}", file=sys.stdout)
+    return 0
+
+
+_COMMANDS = {
+    "chat": _chat,
+    "count-tokens": _count_tokens,
+    "configure": _configure,
+    "config": _config,
+    "models": _models,
+    "usage": _usage,
+}
+
+
+def _report(err: GatewayError) -> None:
+    print(f"error: {err}", file=sys.stderr)
+    for field, description in err.field_violations:
+        print(f"  {field}: {description}", file=sys.stderr)
+    if err.retry_delay is not None:
+        print(f"  retry after {err.retry_delay:g}s", file=sys.stderr)
+    if err.request_id:
+        print(f"  request id {err.request_id}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``gpt-grpc`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status.
+
+    The console script calls it with no arguments and passes the result to ``sys.exit``.
+    """
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:  # --help, or bad usage (argparse printed why)
+        return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
+    try:
+        return _COMMANDS[args.command](args)
+    except GatewayError as err:
+        _report(err)
+        return EXIT_ERROR
+    except _CliError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # e.g. `gpt-grpc chat ... | head -1`
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        except (OSError, ValueError):
+            pass
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

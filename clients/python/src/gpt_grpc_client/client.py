@@ -1,0 +1,1011 @@
+"""Synchronous and asyncio clients of the gpt-grpc gateway (``gptgrpc.v1.GPTService``)."""
+
+# ``timeout`` is the gRPC deadline, sent to the gateway (which bounds its upstream retries by
+# it), so it is a parameter of the async methods rather than an asyncio.timeout around them.
+# ruff: noqa: ASYNC109
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
+from datetime import timedelta
+from types import TracebackType
+from typing import Any, TypeAlias
+
+import grpc
+from google.protobuf import duration_pb2
+from gptgrpc.v1 import gateway_pb2, gateway_pb2_grpc
+from grpc import aio
+
+from .errors import GatewayError
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "DEFAULT_TARGET",
+    "AsyncChatStream",
+    "AsyncClient",
+    "CertificateSource",
+    "ChatStream",
+    "Client",
+    "MessageLike",
+    "MetadataPairs",
+    "Seconds",
+    "to_chat_message",
+]
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+DEFAULT_MODEL = "gpt-4o-mini"
+
+#: A chat message: a ``ChatMessage`` proto or a mapping such as ``{"role": "user", "content": "hi"}``.
+MessageLike: TypeAlias = gateway_pb2.ChatMessage | Mapping[str, Any]
+#: PEM data as bytes, or the path of a PEM file.
+CertificateSource: TypeAlias = bytes | str | os.PathLike[str]
+#: A duration in seconds, or a ``datetime.timedelta``.
+Seconds: TypeAlias = float | int | timedelta
+#: gRPC call metadata: ``(key, value)`` pairs; keys lower case, ``-bin`` keys take bytes.
+MetadataPairs: TypeAlias = Sequence[tuple[str, str | bytes]]
+
+_ROLES: dict[str, gateway_pb2.Role.ValueType] = {
+    "system": gateway_pb2.ROLE_SYSTEM,
+    "developer": gateway_pb2.ROLE_DEVELOPER,
+    "user": gateway_pb2.ROLE_USER,
+    "assistant": gateway_pb2.ROLE_ASSISTANT,
+    "tool": gateway_pb2.ROLE_TOOL,
+}
+_MESSAGE_KEYS = frozenset({"role", "content", "name", "tool_call_id", "tool_calls"})
+_CHAT_FIELDS = frozenset(gateway_pb2.ChatCompletionRequest.DESCRIPTOR.fields_by_name)
+
+
+# --------------------------------------------------------------------------- request building
+
+
+def _role(value: Any) -> gateway_pb2.Role.ValueType:
+    if isinstance(value, int) and not isinstance(value, bool):
+        for role in _ROLES.values():
+            if role == value:
+                return role
+    elif isinstance(value, str):
+        key = value.strip().lower()
+        key = key.removeprefix("role_")
+        if key in _ROLES:
+            return _ROLES[key]
+    raise ValueError(f"unknown chat message role {value!r}; use one of {', '.join(_ROLES)}")
+
+
+def _tool_call(value: Any) -> gateway_pb2.ToolCall:
+    if isinstance(value, gateway_pb2.ToolCall):
+        return value
+    if isinstance(value, Mapping):
+        function = value.get("function")
+        if isinstance(function, Mapping):  # OpenAI's shape: {"id", "type", "function": {...}}
+            return gateway_pb2.ToolCall(
+                id=str(value.get("id") or ""),
+                name=str(function.get("name") or ""),
+                arguments_json=str(function.get("arguments") or ""),
+            )
+        unknown = set(value) - {"id", "name", "arguments_json"}
+        if unknown:
+            raise ValueError(f"unknown tool call keys: {', '.join(sorted(unknown))}")
+        return gateway_pb2.ToolCall(
+            id=str(value.get("id") or ""),
+            name=str(value.get("name") or ""),
+            arguments_json=str(value.get("arguments_json") or ""),
+        )
+    raise TypeError(f"a tool call must be a ToolCall or a mapping, not {type(value).__name__}")
+
+
+def to_chat_message(message: MessageLike) -> gateway_pb2.ChatMessage:
+    """Convert ``{"role": "user", "content": "..."}`` (or a ``ChatMessage``) to a ``ChatMessage``.
+
+    Roles are ``"system"``, ``"developer"``, ``"user"``, ``"assistant"`` and ``"tool"``
+    (``Role`` values and names such as ``"ROLE_USER"`` work too). Optional keys: ``name``,
+    ``tool_call_id`` and ``tool_calls`` (``ToolCall`` protos or mappings).
+    """
+    if isinstance(message, gateway_pb2.ChatMessage):
+        return message
+    if not isinstance(message, Mapping):
+        raise TypeError(f"a chat message must be a ChatMessage or a mapping, not {type(message).__name__}")
+    unknown = set(message) - _MESSAGE_KEYS
+    if unknown:
+        raise ValueError(f"unknown chat message keys: {', '.join(sorted(map(str, unknown)))}")
+    if "role" not in message:
+        raise ValueError("a chat message needs a role")
+    result = gateway_pb2.ChatMessage(role=_role(message["role"]), content=str(message.get("content") or ""))
+    if message.get("name") is not None:
+        result.name = str(message["name"])
+    if message.get("tool_call_id") is not None:
+        result.tool_call_id = str(message["tool_call_id"])
+    for call in message.get("tool_calls") or ():
+        result.tool_calls.append(_tool_call(call))
+    return result
+
+
+def _chat_fields(
+    model: str,
+    system_message: str,
+    user_message: str,
+    temperature: float | None,
+    max_tokens: int | None,
+    messages: Iterable[MessageLike] | None,
+    extra: Mapping[str, Any],
+) -> dict[str, Any]:
+    if messages is not None and (system_message or user_message):
+        raise ValueError("give either system_message/user_message or messages, not both")
+    fields: dict[str, Any] = {"model": model, "system_message": system_message, "user_message": user_message}
+    if temperature is not None:
+        fields["temperature"] = float(temperature)
+    if max_tokens is not None:
+        fields["max_tokens"] = int(max_tokens)
+    if messages is not None:
+        fields["messages"] = [to_chat_message(m) for m in messages]
+    for key, value in extra.items():
+        if key not in _CHAT_FIELDS:
+            raise TypeError(f"unexpected keyword argument {key!r}: not a ChatCompletionRequest field")
+        if value is None:
+            continue
+        if key == "stop" and isinstance(value, str):
+            value = [value]
+        fields[key] = value
+    return fields
+
+
+def _build_chat_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """Keyword arguments of ``chat``/``stream_chat`` with ``chat_completion``'s defaults."""
+    named = dict(fields)
+    return _chat_fields(
+        model=named.pop("model", DEFAULT_MODEL),
+        system_message=named.pop("system_message", ""),
+        user_message=named.pop("user_message", ""),
+        temperature=named.pop("temperature", 0.7),
+        max_tokens=named.pop("max_tokens", None),
+        messages=named.pop("messages", None),
+        extra=named,
+    )
+
+
+def _chat_request(
+    request: gateway_pb2.ChatCompletionRequest | gateway_pb2.StreamChatCompletionRequest | None,
+    fields: Mapping[str, Any],
+) -> gateway_pb2.ChatCompletionRequest:
+    if request is None:
+        return gateway_pb2.ChatCompletionRequest(**_build_chat_fields(fields))
+    if fields:
+        raise TypeError("give either a request message or keyword fields, not both")
+    if isinstance(request, gateway_pb2.ChatCompletionRequest):
+        return request
+    if isinstance(request, gateway_pb2.StreamChatCompletionRequest):  # same fields, same numbers
+        return gateway_pb2.ChatCompletionRequest.FromString(request.SerializeToString())
+    raise TypeError(f"expected a ChatCompletionRequest, not {type(request).__name__}")
+
+
+def _stream_request(
+    request: gateway_pb2.ChatCompletionRequest | gateway_pb2.StreamChatCompletionRequest | None,
+    fields: Mapping[str, Any],
+) -> gateway_pb2.StreamChatCompletionRequest:
+    if request is None:
+        return gateway_pb2.StreamChatCompletionRequest(**_build_chat_fields(fields))
+    if fields:
+        raise TypeError("give either a request message or keyword fields, not both")
+    if isinstance(request, gateway_pb2.StreamChatCompletionRequest):
+        return request
+    if isinstance(request, gateway_pb2.ChatCompletionRequest):  # same fields, same numbers
+        return gateway_pb2.StreamChatCompletionRequest.FromString(request.SerializeToString())
+    raise TypeError(f"expected a StreamChatCompletionRequest, not {type(request).__name__}")
+
+
+def _count_request(
+    text: str, model: str, messages: Iterable[MessageLike] | None
+) -> gateway_pb2.CountTokensRequest:
+    if messages is not None and text:
+        raise ValueError("give either text or messages, not both")
+    request = gateway_pb2.CountTokensRequest(text=text, model=model)
+    if messages is not None:
+        request.messages.extend(to_chat_message(m) for m in messages)
+    return request
+
+
+def _seconds(value: Seconds | None, name: str) -> float | None:
+    if value is None:
+        return None
+    seconds = value.total_seconds() if isinstance(value, timedelta) else float(value)
+    if not math.isfinite(seconds):
+        raise ValueError(f"{name} must be a finite number of seconds, not {value!r}")
+    return seconds
+
+
+def _duration(value: Seconds, name: str) -> duration_pb2.Duration:
+    seconds = _seconds(value, name)
+    assert seconds is not None
+    duration = duration_pb2.Duration()
+    duration.FromNanoseconds(round(seconds * 1e9))
+    return duration
+
+
+def _configure_request(
+    *,
+    api_key: str | None,
+    endpoint: str | None,
+    organization: str | None,
+    project: str | None,
+    default_model: str | None,
+    request_timeout: Seconds | None,
+    max_attempts: int | None,
+    initial_backoff: Seconds | None,
+    max_backoff: Seconds | None,
+) -> gateway_pb2.ConfigureRequest:
+    request = gateway_pb2.ConfigureRequest()
+    if api_key is not None:
+        request.api_key = api_key
+    if endpoint is not None:
+        request.endpoint = endpoint
+    if organization is not None:
+        request.organization = organization
+    if project is not None:
+        request.project = project
+    if default_model is not None:
+        request.default_model = default_model
+    if request_timeout is not None:
+        request.request_timeout.CopyFrom(_duration(request_timeout, "request_timeout"))
+    if max_attempts is not None:
+        request.retry_policy.max_attempts = int(max_attempts)
+    if initial_backoff is not None:
+        request.retry_policy.initial_backoff.CopyFrom(_duration(initial_backoff, "initial_backoff"))
+    if max_backoff is not None:
+        request.retry_policy.max_backoff.CopyFrom(_duration(max_backoff, "max_backoff"))
+    return request
+
+
+def _pem(value: CertificateSource | None, name: str) -> bytes | None:
+    """PEM bytes as given, or read from a file path (a str holding PEM text is used as is)."""
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str) and value.lstrip().startswith("-----BEGIN"):
+        return value.encode()
+    if isinstance(value, (str, os.PathLike)):
+        with open(value, "rb") as f:
+            return f.read()
+    raise TypeError(f"{name} must be PEM bytes or a file path, not {type(value).__name__}")
+
+
+def _code(err: grpc.RpcError) -> Any:
+    code = getattr(err, "code", None)
+    try:
+        return code() if callable(code) else None
+    except Exception:
+        return None
+
+
+# --------------------------------------------------------------------------- streams
+
+
+class ChatStream:
+    """The text deltas of a ``StreamChatCompletion`` call (synchronous).
+
+    Iterate over it to get each piece of the answer as a ``str`` as it arrives. After the
+    iteration ends, :attr:`summary` holds the final ``ChatCompletionSummary`` (finish
+    reason, usage, cost). :meth:`cancel` (or leaving a ``with`` block early) cancels the
+    call, which closes the upstream request; the iteration then simply ends. Errors are
+    raised as :class:`GatewayError`.
+    """
+
+    def __init__(self, call: Any) -> None:
+        self._call = call
+        self._parts: list[str] = []
+        self._refusal: list[str] = []
+        self._finished = False
+        self._cancelled = False
+        #: The final ``ChatCompletionSummary``; ``None`` until the stream ended with one.
+        self.summary: gateway_pb2.ChatCompletionSummary | None = None
+
+    @property
+    def text(self) -> str:
+        """The content received so far."""
+        return "".join(self._parts)
+
+    @property
+    def refusal(self) -> str:
+        """The refusal text received so far (when the model refused)."""
+        return "".join(self._refusal)
+
+    @property
+    def done(self) -> bool:
+        """Whether the stream ended (completed, failed or cancelled)."""
+        return self._finished
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether :meth:`cancel` cancelled the call."""
+        return self._cancelled
+
+    def __iter__(self) -> ChatStream:
+        return self
+
+    def __next__(self) -> str:
+        while not self._finished:
+            try:
+                response = next(self._call)
+            except StopIteration:
+                self._finished = True
+                raise
+            except grpc.RpcError as err:
+                self._finished = True
+                if self._cancelled and _code(err) == grpc.StatusCode.CANCELLED:
+                    raise StopIteration from None
+                raise GatewayError.from_rpc_error(err) from err
+            except BaseException:  # KeyboardInterrupt and the like: close the upstream request
+                self.cancel()
+                raise
+            event = response.WhichOneof("event")
+            if event == "delta":
+                if response.delta.refusal:
+                    self._refusal.append(response.delta.refusal)
+                if response.delta.content:
+                    self._parts.append(response.delta.content)
+                    return str(response.delta.content)
+            elif event == "summary":
+                self.summary = response.summary
+        raise StopIteration
+
+    def collect(self) -> str:
+        """Read the rest of the stream and return the whole content."""
+        for _ in self:
+            pass
+        return self.text
+
+    def cancel(self) -> bool:
+        """Cancel the call if it is still running; returns whether it was cancelled."""
+        if self._finished or self._cancelled:
+            return False
+        self._cancelled = True
+        return bool(self._call.cancel())
+
+    def __enter__(self) -> ChatStream:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.cancel()
+
+    def __repr__(self) -> str:
+        state = "cancelled" if self._cancelled else "done" if self._finished else "open"
+        return f"<ChatStream {state}, {len(self.text)} chars>"
+
+
+def _task_cancelling() -> bool:
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    return bool(cancelling()) if callable(cancelling) else False
+
+
+class AsyncChatStream:
+    """The text deltas of a ``StreamChatCompletion`` call (asyncio).
+
+    ``async for delta in stream`` yields each piece of the answer as a ``str``. When the
+    consumer stops early (``break``, an exception, ``aclose()``, leaving ``async with``),
+    the call is cancelled, which closes the upstream request. After the iteration ends,
+    :attr:`summary` holds the final ``ChatCompletionSummary``. Errors are raised as
+    :class:`GatewayError`; cancelling the awaiting task propagates ``CancelledError``.
+    """
+
+    def __init__(self, call: Any) -> None:
+        self._call = call
+        self._parts: list[str] = []
+        self._refusal: list[str] = []
+        self._finished = False
+        self._cancelled = False
+        #: The final ``ChatCompletionSummary``; ``None`` until the stream ended with one.
+        self.summary: gateway_pb2.ChatCompletionSummary | None = None
+
+    @property
+    def text(self) -> str:
+        """The content received so far."""
+        return "".join(self._parts)
+
+    @property
+    def refusal(self) -> str:
+        """The refusal text received so far (when the model refused)."""
+        return "".join(self._refusal)
+
+    @property
+    def done(self) -> bool:
+        """Whether the stream ended (completed, failed or cancelled)."""
+        return self._finished
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether the call was cancelled by this side."""
+        return self._cancelled
+
+    def __aiter__(self) -> AsyncGenerator[str, None]:
+        # A generator per loop: when the loop stops early the generator is closed and its
+        # ``finally`` cancels the call, even when the stream object itself stays referenced.
+        return self._deltas()
+
+    async def _deltas(self) -> AsyncGenerator[str, None]:
+        try:
+            while True:
+                try:
+                    delta = await self.__anext__()
+                except StopAsyncIteration:
+                    return
+                yield delta
+        finally:
+            self.cancel()
+
+    async def __anext__(self) -> str:
+        while not self._finished:
+            try:
+                response = await self._call.read()
+            except asyncio.CancelledError:
+                if self._cancelled and not _task_cancelling():
+                    self._finished = True  # we cancelled the call: the stream just ends
+                    raise StopAsyncIteration from None
+                self.cancel()
+                raise
+            except grpc.RpcError as err:
+                self._finished = True
+                if self._cancelled and _code(err) == grpc.StatusCode.CANCELLED:
+                    raise StopAsyncIteration from None
+                raise GatewayError.from_rpc_error(err) from err
+            except BaseException:
+                self.cancel()
+                raise
+            if response is aio.EOF:
+                self._finished = True
+                break
+            event = response.WhichOneof("event")
+            if event == "delta":
+                if response.delta.refusal:
+                    self._refusal.append(response.delta.refusal)
+                if response.delta.content:
+                    self._parts.append(response.delta.content)
+                    return str(response.delta.content)
+            elif event == "summary":
+                self.summary = response.summary
+        raise StopAsyncIteration
+
+    async def collect(self) -> str:
+        """Read the rest of the stream and return the whole content."""
+        async for _ in self:
+            pass
+        return self.text
+
+    def cancel(self) -> bool:
+        """Cancel the call if it is still running; returns whether it was cancelled."""
+        if self._finished or self._cancelled:
+            return False
+        self._cancelled = True
+        return bool(self._call.cancel())
+
+    async def aclose(self) -> None:
+        """Stop reading: cancel the call if it is still running."""
+        self.cancel()
+
+    async def __aenter__(self) -> AsyncChatStream:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        state = "cancelled" if self._cancelled else "done" if self._finished else "open"
+        return f"<AsyncChatStream {state}, {len(self.text)} chars>"
+
+
+# --------------------------------------------------------------------------- clients
+
+
+class _BaseClient:
+    """Constructor, credentials and metadata shared by :class:`Client` and :class:`AsyncClient`."""
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        admin_token: str | None = None,
+        tls: bool = False,
+        root_certificates: CertificateSource | None = None,
+        private_key: CertificateSource | None = None,
+        certificate_chain: CertificateSource | None = None,
+        metadata: MetadataPairs = (),
+        timeout: Seconds | None = None,
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        if (private_key is None) != (certificate_chain is None):
+            raise ValueError("private_key and certificate_chain go together (mutual TLS)")
+        self._target = target
+        self.__admin_token = admin_token or None
+        self._tls = bool(tls or root_certificates or private_key or certificate_chain)
+        self._credentials: Any = None
+        if self._tls:
+            self._credentials = grpc.ssl_channel_credentials(
+                root_certificates=_pem(root_certificates, "root_certificates"),
+                private_key=_pem(private_key, "private_key"),
+                certificate_chain=_pem(certificate_chain, "certificate_chain"),
+            )
+        pairs = tuple((str(key), value) for key, value in metadata)
+        if any(key.lower() == "authorization" for key, _ in pairs):
+            raise ValueError("pass the admin token as admin_token, not as metadata")
+        self._metadata: tuple[tuple[str, str | bytes], ...] = pairs
+        self._timeout = _seconds(timeout, "timeout")
+        self._options = tuple(options)
+
+    @property
+    def target(self) -> str:
+        """The gateway address."""
+        return self._target
+
+    @property
+    def tls(self) -> bool:
+        """Whether the channel uses TLS."""
+        return self._tls
+
+    def _timeout_for(self, timeout: Seconds | None) -> float | None:
+        return _seconds(timeout, "timeout") if timeout is not None else self._timeout
+
+    def _admin_metadata(self) -> tuple[tuple[str, str | bytes], ...]:
+        if self.__admin_token is None:
+            return self._metadata
+        return (*self._metadata, ("authorization", f"Bearer {self.__admin_token}"))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(target={self._target!r}, tls={self._tls})"
+
+
+class Client(_BaseClient):
+    """Synchronous client of the gateway; a context manager that closes its channel.
+
+    Every failed call raises :class:`GatewayError` (chained to the original
+    ``grpc.RpcError``). ``timeout`` is the default deadline of each call in seconds
+    (``None``: no deadline); each method also takes its own ``timeout``.
+    """
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        admin_token: str | None = None,
+        tls: bool = False,
+        root_certificates: CertificateSource | None = None,
+        private_key: CertificateSource | None = None,
+        certificate_chain: CertificateSource | None = None,
+        metadata: MetadataPairs = (),
+        timeout: Seconds | None = None,
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        super().__init__(
+            target,
+            admin_token=admin_token,
+            tls=tls,
+            root_certificates=root_certificates,
+            private_key=private_key,
+            certificate_chain=certificate_chain,
+            metadata=metadata,
+            timeout=timeout,
+            options=options,
+        )
+        if self._credentials is not None:
+            self._channel: Any = grpc.secure_channel(target, self._credentials, options=self._options)
+        else:
+            self._channel = grpc.insecure_channel(target, options=self._options)
+        self._stub: Any = gateway_pb2_grpc.GPTServiceStub(self._channel)
+
+    @property
+    def channel(self) -> grpc.Channel:
+        """The underlying ``grpc.Channel``."""
+        return self._channel
+
+    @property
+    def stub(self) -> gateway_pb2_grpc.GPTServiceStub:
+        """The generated stub, for calls this client does not wrap."""
+        return self._stub  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        """Close the channel; calls in flight are cancelled."""
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _unary(
+        self,
+        method: Any,
+        request: Any,
+        timeout: Seconds | None,
+        metadata: tuple[tuple[str, str | bytes], ...] | None = None,
+    ) -> Any:
+        try:
+            return method(
+                request,
+                timeout=self._timeout_for(timeout),
+                metadata=self._metadata if metadata is None else metadata,
+            )
+        except grpc.RpcError as err:
+            raise GatewayError.from_rpc_error(err) from err
+
+    def chat_completion(
+        self,
+        model: str = DEFAULT_MODEL,
+        system_message: str = "",
+        user_message: str = "",
+        temperature: float | None = 0.7,
+        max_tokens: int | None = None,
+        *,
+        messages: Iterable[MessageLike] | None = None,
+        timeout: Seconds | None = None,
+        **extra: Any,
+    ) -> str:
+        """Generate one answer and return its text (the original module's interface).
+
+        ``messages`` replaces the system/user pair with a whole conversation; ``extra``
+        sets other ``ChatCompletionRequest`` fields (``top_p``, ``stop``, ``seed``,
+        ``response_format``, ``tools``...). ``temperature=None`` leaves it to the
+        upstream; ``model=""`` uses the gateway's default model.
+        """
+        fields = _chat_fields(model, system_message, user_message, temperature, max_tokens, messages, extra)
+        return self.chat(gateway_pb2.ChatCompletionRequest(**fields), timeout=timeout).content
+
+    def chat(
+        self,
+        request: gateway_pb2.ChatCompletionRequest | gateway_pb2.StreamChatCompletionRequest | None = None,
+        /,
+        *,
+        timeout: Seconds | None = None,
+        **fields: Any,
+    ) -> gateway_pb2.ChatCompletionResponse:
+        """Generate one answer and return the whole ``ChatCompletionResponse``.
+
+        Pass a request message, or the keyword arguments of :meth:`chat_completion`.
+        """
+        response: gateway_pb2.ChatCompletionResponse = self._unary(
+            self._stub.ChatCompletion, _chat_request(request, fields), timeout
+        )
+        return response
+
+    def stream_chat(
+        self,
+        request: gateway_pb2.ChatCompletionRequest | gateway_pb2.StreamChatCompletionRequest | None = None,
+        /,
+        *,
+        timeout: Seconds | None = None,
+        **fields: Any,
+    ) -> ChatStream:
+        """Start a streamed answer; iterate the returned :class:`ChatStream` for text deltas.
+
+        Pass a request message, or the keyword arguments of :meth:`chat_completion`.
+        ``timeout`` bounds the whole stream.
+        """
+        req = _stream_request(request, fields)
+        try:
+            call = self._stub.StreamChatCompletion(
+                req, timeout=self._timeout_for(timeout), metadata=self._metadata
+            )
+        except grpc.RpcError as err:
+            raise GatewayError.from_rpc_error(err) from err
+        return ChatStream(call)
+
+    def count_tokens(
+        self,
+        text: str = "",
+        model: str = DEFAULT_MODEL,
+        *,
+        messages: Iterable[MessageLike] | None = None,
+        timeout: Seconds | None = None,
+    ) -> int:
+        """Count the tokens of ``text``, or the prompt tokens of ``messages``."""
+        return int(self.count_tokens_detailed(text, model, messages=messages, timeout=timeout).token_count)
+
+    def count_tokens_detailed(
+        self,
+        text: str = "",
+        model: str = DEFAULT_MODEL,
+        *,
+        messages: Iterable[MessageLike] | None = None,
+        timeout: Seconds | None = None,
+    ) -> gateway_pb2.CountTokensResponse:
+        """Like :meth:`count_tokens`, returning the count with its encoding."""
+        response: gateway_pb2.CountTokensResponse = self._unary(
+            self._stub.CountTokens, _count_request(text, model, messages), timeout
+        )
+        return response
+
+    def configure(
+        self,
+        *,
+        api_key: str | None = None,
+        endpoint: str | None = None,
+        organization: str | None = None,
+        project: str | None = None,
+        default_model: str | None = None,
+        request_timeout: Seconds | None = None,
+        max_attempts: int | None = None,
+        initial_backoff: Seconds | None = None,
+        max_backoff: Seconds | None = None,
+        timeout: Seconds | None = None,
+    ) -> gateway_pb2.Configuration:
+        """Change the gateway's upstream settings (needs the client's ``admin_token``).
+
+        Only the arguments that are not ``None`` are sent; durations are seconds or
+        ``timedelta``. Returns the settings now in force (API key masked).
+        """
+        request = _configure_request(
+            api_key=api_key,
+            endpoint=endpoint,
+            organization=organization,
+            project=project,
+            default_model=default_model,
+            request_timeout=request_timeout,
+            max_attempts=max_attempts,
+            initial_backoff=initial_backoff,
+            max_backoff=max_backoff,
+        )
+        response: gateway_pb2.ConfigureResponse = self._unary(
+            self._stub.Configure, request, timeout, self._admin_metadata()
+        )
+        return response.configuration
+
+    def get_configuration(self, *, timeout: Seconds | None = None) -> gateway_pb2.Configuration:
+        """The gateway's current settings (API key masked)."""
+        response: gateway_pb2.GetConfigurationResponse = self._unary(
+            self._stub.GetConfiguration, gateway_pb2.GetConfigurationRequest(), timeout
+        )
+        return response.configuration
+
+    def list_models(self, *, timeout: Seconds | None = None) -> gateway_pb2.ListModelsResponse:
+        """The models the gateway knows, with encoding, context window and prices."""
+        response: gateway_pb2.ListModelsResponse = self._unary(
+            self._stub.ListModels, gateway_pb2.ListModelsRequest(), timeout
+        )
+        return response
+
+    def get_usage(self, *, timeout: Seconds | None = None) -> gateway_pb2.GetUsageResponse:
+        """Requests, tokens and cost per model since the gateway started."""
+        response: gateway_pb2.GetUsageResponse = self._unary(
+            self._stub.GetUsage, gateway_pb2.GetUsageRequest(), timeout
+        )
+        return response
+
+
+class AsyncClient(_BaseClient):
+    """asyncio client of the gateway; an async context manager that closes its channel.
+
+    The channel is created on first use, inside the running event loop, so the client
+    may be constructed anywhere. Every failed call raises :class:`GatewayError`;
+    cancelling the awaiting task cancels the call and propagates ``CancelledError``.
+    """
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        admin_token: str | None = None,
+        tls: bool = False,
+        root_certificates: CertificateSource | None = None,
+        private_key: CertificateSource | None = None,
+        certificate_chain: CertificateSource | None = None,
+        metadata: MetadataPairs = (),
+        timeout: Seconds | None = None,
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        super().__init__(
+            target,
+            admin_token=admin_token,
+            tls=tls,
+            root_certificates=root_certificates,
+            private_key=private_key,
+            certificate_chain=certificate_chain,
+            metadata=metadata,
+            timeout=timeout,
+            options=options,
+        )
+        self._channel: Any = None
+        self._stub: Any = None
+        self._closed = False
+
+    @property
+    def channel(self) -> aio.Channel:
+        """The underlying ``grpc.aio.Channel`` (created on first access)."""
+        self._ensure_stub()
+        return self._channel
+
+    @property
+    def stub(self) -> gateway_pb2_grpc.GPTServiceAsyncStub:
+        """The generated stub, for calls this client does not wrap."""
+        return self._ensure_stub()  # type: ignore[no-any-return]
+
+    def _ensure_stub(self) -> Any:
+        if self._closed:
+            raise RuntimeError("the client is closed")
+        if self._stub is None:
+            if self._credentials is not None:
+                self._channel = aio.secure_channel(self._target, self._credentials, options=self._options)
+            else:
+                self._channel = aio.insecure_channel(self._target, options=self._options)
+            self._stub = gateway_pb2_grpc.GPTServiceStub(self._channel)
+        return self._stub
+
+    async def close(self, grace: float | None = None) -> None:
+        """Close the channel; calls in flight are cancelled (after ``grace`` seconds)."""
+        self._closed = True
+        channel, self._channel, self._stub = self._channel, None, None
+        if channel is not None:
+            await channel.close(grace)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def _unary(
+        self,
+        name: str,
+        request: Any,
+        timeout: Seconds | None,
+        metadata: tuple[tuple[str, str | bytes], ...] | None = None,
+    ) -> Any:
+        method = getattr(self._ensure_stub(), name)
+        try:
+            return await method(
+                request,
+                timeout=self._timeout_for(timeout),
+                metadata=self._metadata if metadata is None else metadata,
+            )
+        except grpc.RpcError as err:
+            raise GatewayError.from_rpc_error(err) from err
+
+    async def chat_completion(
+        self,
+        model: str = DEFAULT_MODEL,
+        system_message: str = "",
+        user_message: str = "",
+        temperature: float | None = 0.7,
+        max_tokens: int | None = None,
+        *,
+        messages: Iterable[MessageLike] | None = None,
+        timeout: Seconds | None = None,
+        **extra: Any,
+    ) -> str:
+        """Generate one answer and return its text; see :meth:`Client.chat_completion`."""
+        fields = _chat_fields(model, system_message, user_message, temperature, max_tokens, messages, extra)
+        response = await self.chat(gateway_pb2.ChatCompletionRequest(**fields), timeout=timeout)
+        return response.content
+
+    async def chat(
+        self,
+        request: gateway_pb2.ChatCompletionRequest | gateway_pb2.StreamChatCompletionRequest | None = None,
+        /,
+        *,
+        timeout: Seconds | None = None,
+        **fields: Any,
+    ) -> gateway_pb2.ChatCompletionResponse:
+        """Generate one answer and return the whole ``ChatCompletionResponse``."""
+        response: gateway_pb2.ChatCompletionResponse = await self._unary(
+            "ChatCompletion", _chat_request(request, fields), timeout
+        )
+        return response
+
+    def stream_chat(
+        self,
+        request: gateway_pb2.ChatCompletionRequest | gateway_pb2.StreamChatCompletionRequest | None = None,
+        /,
+        *,
+        timeout: Seconds | None = None,
+        **fields: Any,
+    ) -> AsyncChatStream:
+        """Start a streamed answer (call it inside the event loop; it is not awaited).
+
+        ``async for delta in client.stream_chat(...)`` yields the text deltas; see
+        :class:`AsyncChatStream`.
+        """
+        req = _stream_request(request, fields)
+        stub = self._ensure_stub()
+        try:
+            call = stub.StreamChatCompletion(req, timeout=self._timeout_for(timeout), metadata=self._metadata)
+        except grpc.RpcError as err:
+            raise GatewayError.from_rpc_error(err) from err
+        return AsyncChatStream(call)
+
+    async def count_tokens(
+        self,
+        text: str = "",
+        model: str = DEFAULT_MODEL,
+        *,
+        messages: Iterable[MessageLike] | None = None,
+        timeout: Seconds | None = None,
+    ) -> int:
+        """Count the tokens of ``text``, or the prompt tokens of ``messages``."""
+        response = await self.count_tokens_detailed(text, model, messages=messages, timeout=timeout)
+        return int(response.token_count)
+
+    async def count_tokens_detailed(
+        self,
+        text: str = "",
+        model: str = DEFAULT_MODEL,
+        *,
+        messages: Iterable[MessageLike] | None = None,
+        timeout: Seconds | None = None,
+    ) -> gateway_pb2.CountTokensResponse:
+        """Like :meth:`count_tokens`, returning the count with its encoding."""
+        response: gateway_pb2.CountTokensResponse = await self._unary(
+            "CountTokens", _count_request(text, model, messages), timeout
+        )
+        return response
+
+    async def configure(
+        self,
+        *,
+        api_key: str | None = None,
+        endpoint: str | None = None,
+        organization: str | None = None,
+        project: str | None = None,
+        default_model: str | None = None,
+        request_timeout: Seconds | None = None,
+        max_attempts: int | None = None,
+        initial_backoff: Seconds | None = None,
+        max_backoff: Seconds | None = None,
+        timeout: Seconds | None = None,
+    ) -> gateway_pb2.Configuration:
+        """Change the gateway's upstream settings; see :meth:`Client.configure`."""
+        request = _configure_request(
+            api_key=api_key,
+            endpoint=endpoint,
+            organization=organization,
+            project=project,
+            default_model=default_model,
+            request_timeout=request_timeout,
+            max_attempts=max_attempts,
+            initial_backoff=initial_backoff,
+            max_backoff=max_backoff,
+        )
+        response: gateway_pb2.ConfigureResponse = await self._unary(
+            "Configure", request, timeout, self._admin_metadata()
+        )
+        return response.configuration
+
+    async def get_configuration(self, *, timeout: Seconds | None = None) -> gateway_pb2.Configuration:
+        """The gateway's current settings (API key masked)."""
+        response: gateway_pb2.GetConfigurationResponse = await self._unary(
+            "GetConfiguration", gateway_pb2.GetConfigurationRequest(), timeout
+        )
+        return response.configuration
+
+    async def list_models(self, *, timeout: Seconds | None = None) -> gateway_pb2.ListModelsResponse:
+        """The models the gateway knows, with encoding, context window and prices."""
+        response: gateway_pb2.ListModelsResponse = await self._unary(
+            "ListModels", gateway_pb2.ListModelsRequest(), timeout
+        )
+        return response
+
+    async def get_usage(self, *, timeout: Seconds | None = None) -> gateway_pb2.GetUsageResponse:
+        """Requests, tokens and cost per model since the gateway started."""
+        response: gateway_pb2.GetUsageResponse = await self._unary(
+            "GetUsage", gateway_pb2.GetUsageRequest(), timeout
+        )
+        return response
