@@ -172,6 +172,15 @@ class GPT:
             self._upstream = _Upstream(new, None)
         return new
 
+    def preview(self, update: SettingsUpdate) -> Settings:
+        """The settings `update` would give, validated, without applying them."""
+        return apply(self._upstream.settings, update)
+
+    def install(self, settings: Settings) -> None:
+        """Swap in settings made by `preview` (after persisting them, say)."""
+        with self._lock:
+            self._upstream = _Upstream(settings, None)
+
     def _configure_or_value_error(self, update: SettingsUpdate) -> None:
         try:
             self.configure(update)

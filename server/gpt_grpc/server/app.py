@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import ipaddress
 import logging
 import os
@@ -29,6 +30,7 @@ from ..gpt import GPT
 from ..pricing import Pricing
 from ..retry import RetryBudget
 from ..settings import Settings, SettingsUpdate, apply
+from ..state import StateFile, StateFileError
 from .admission import Admission
 from .auth import AdminAuth
 from .servicer import GPTServicer
@@ -52,6 +54,7 @@ class ServerConfig:
     pricing_file: str | None = None
     upstream: SettingsUpdate = field(default_factory=SettingsUpdate)
     retry_budget: bool = True
+    state_file: str | None = None
 
 
 class GatewayServer:
@@ -59,8 +62,14 @@ class GatewayServer:
 
     def __init__(self, config: ServerConfig, gpt: GPT | None = None) -> None:
         self.config = config
-        # Validate the start-up settings like a Configure call would.
+        # Validate the start-up settings like a Configure call would; settings
+        # saved by Configure before a restart win over the environment.
         settings = apply(Settings(), config.upstream)
+        self.state = StateFile(config.state_file) if config.state_file else None
+        saved = self.state.load() if self.state else None
+        if saved is not None:
+            settings = _revalidate(saved)
+            log.info("restored settings from %s (generation %d)", config.state_file, settings.generation)
         self.gpt = gpt or GPT(
             settings=settings,
             pricing=Pricing(config.pricing_file),
@@ -75,7 +84,7 @@ class GatewayServer:
                 ("grpc.so_reuseport", 0),
             ]
         )
-        self.servicer = GPTServicer(self.gpt, AdminAuth(config.admin_token), self.admission)
+        self.servicer = GPTServicer(self.gpt, AdminAuth(config.admin_token), self.admission, self.state)
         pb_grpc.add_GPTServiceServicer_to_server(self.servicer, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         if config.reflection:
@@ -112,6 +121,26 @@ class GatewayServer:
 
     async def wait(self) -> None:
         await self._stopped.wait()
+
+
+def _revalidate(saved: Settings) -> Settings:
+    """Check a saved snapshot as strictly as a Configure call (the file may have been edited)."""
+    update = SettingsUpdate(
+        api_key=saved.api_key,
+        endpoint=saved.endpoint,
+        organization=saved.organization or "",
+        project=saved.project or "",
+        default_model=saved.default_model,
+        request_timeout=saved.request_timeout,
+        max_attempts=saved.retry.max_attempts,
+        initial_backoff=saved.retry.initial_backoff,
+        max_backoff=saved.retry.max_backoff,
+    )
+    try:
+        checked = apply(Settings(), update)
+    except GatewayError as exc:
+        raise StateFileError(f"state file holds invalid settings: {exc.message}") from None
+    return dataclasses.replace(checked, generation=saved.generation)
 
 
 def _is_loopback(host: str) -> bool:
@@ -159,6 +188,11 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
     p.add_argument("--grace-period", type=float, default=_env_float("GPT_GRPC_GRACE_PERIOD") or 30.0)
     p.add_argument("--max-in-flight", type=int, default=int(env.get("GPT_GRPC_MAX_IN_FLIGHT", 10_000)))
     p.add_argument("--pricing-file", default=env.get("GPT_GRPC_PRICING_FILE"), help="price overrides (JSON)")
+    p.add_argument(
+        "--state-file",
+        default=env.get("GPT_GRPC_STATE_FILE"),
+        help="persist Configure changes here (0600) and restore them at start",
+    )
     p.add_argument("--no-reflection", action="store_true", help="turn server reflection off")
     p.add_argument("--log-level", default=env.get("GPT_GRPC_LOG_LEVEL", "INFO"))
     args = p.parse_args(argv)
@@ -188,6 +222,7 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
         max_in_flight=args.max_in_flight,
         pricing_file=args.pricing_file,
         upstream=upstream,
+        state_file=args.state_file,
     )
 
 
@@ -226,6 +261,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         asyncio.run(serve(config))
     except GatewayError as exc:
         print(f"gpt-grpc-server: invalid settings: {exc.message}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except StateFileError as exc:
+        print(f"gpt-grpc-server: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
 
 

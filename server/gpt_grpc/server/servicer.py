@@ -23,6 +23,8 @@ from gptgrpc.v1 import gateway_pb2_grpc as pb_grpc
 from .. import tokens
 from ..errors import FieldViolation, GatewayError, Reason, invalid
 from ..gpt import GPT
+from ..settings import Settings, SettingsUpdate
+from ..state import StateFile
 from . import convert
 from .admission import Admission
 from .auth import AdminAuth
@@ -117,10 +119,27 @@ def stream_rpc(
 class GPTServicer(pb_grpc.GPTServiceServicer):
     """The gptgrpc.v1.GPTService implementation."""
 
-    def __init__(self, gpt: GPT, admin: AdminAuth, admission: Admission) -> None:
+    def __init__(self, gpt: GPT, admin: AdminAuth, admission: Admission, state: StateFile | None = None) -> None:
         self.gpt = gpt
         self.admin = admin
         self.admission = admission
+        self.state = state
+        # One Configure at a time: validate, persist and swap as one step.
+        self._configure_lock = asyncio.Lock()
+
+    async def _apply(self, update: SettingsUpdate) -> Settings:
+        async with self._configure_lock:
+            settings = self.gpt.preview(update)
+            if self.state is not None:
+                try:
+                    await asyncio.to_thread(self.state.save, settings)
+                except OSError as exc:
+                    log.error("could not write the state file: %s", exc.strerror)
+                    raise GatewayError(
+                        Reason.INTERNAL_ERROR, "could not persist the settings; nothing was changed"
+                    ) from None
+            self.gpt.install(settings)
+            return settings
 
     @rpc
     async def ChatCompletion(
@@ -154,7 +173,8 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
     @rpc
     async def Configure(self, request: pb.ConfigureRequest, context: Context) -> pb.ConfigureResponse:
         self.admin.check(context.invocation_metadata())
-        settings = self.gpt.configure(convert.settings_update(request))
+        # Shielded: once the file is written, the swap happens even if the caller left.
+        settings = await asyncio.shield(self._apply(convert.settings_update(request)))
         log.info("configuration changed: %r", settings)
         return pb.ConfigureResponse(configuration=convert.configuration(settings))
 

@@ -1,0 +1,109 @@
+"""Settings that survive a restart: one JSON file, replaced atomically.
+
+Write a temporary file beside it (mode 0600: it holds the API key), fsync
+it, rename it over the old one, fsync the directory. A crash at any moment
+leaves the old file or the new one, never a mix. A file that cannot be read
+or parsed stops start-up: guessing would send prompts somewhere unintended.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from .retry import RetryPolicy
+from .settings import Settings
+
+FORMAT_VERSION = 1
+
+
+class StateFileError(Exception):
+    """The state file exists but cannot be used."""
+
+
+class StateFile:
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+
+    def load(self) -> Settings | None:
+        """The saved settings, None when there is no file yet."""
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StateFileError(f"cannot read state file {self.path}: {exc.strerror}") from None
+        try:
+            data = json.loads(raw)
+            if data.get("version") != FORMAT_VERSION:
+                raise ValueError(f"unsupported version {data.get('version')!r}")
+            return _settings_from_json(data["settings"])
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise StateFileError(
+                f"state file {self.path} is corrupt ({exc}); fix or remove it to start from the environment"
+            ) from None
+
+    def save(self, settings: Settings) -> None:
+        """Replace the file atomically with `settings`."""
+        payload = json.dumps({"version": FORMAT_VERSION, "settings": _settings_to_json(settings)}).encode()
+        directory = self.path.parent
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp = directory / f".{self.path.name}.{os.getpid()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.fchmod(fd, 0o600)  # O_CREAT's mode is masked by umask; be explicit
+            view = memoryview(payload)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.path)
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def _settings_to_json(s: Settings) -> dict[str, Any]:
+    return {
+        "api_key": s.api_key,
+        "endpoint": s.endpoint,
+        "organization": s.organization,
+        "project": s.project,
+        "default_model": s.default_model,
+        "request_timeout": s.request_timeout,
+        "retry": {
+            "max_attempts": s.retry.max_attempts,
+            "initial_backoff": s.retry.initial_backoff,
+            "max_backoff": s.retry.max_backoff,
+        },
+        "generation": s.generation,
+    }
+
+
+def _optional_str(value: object) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise TypeError("expected a string")
+
+
+def _settings_from_json(d: dict[str, Any]) -> Settings:
+    retry = d["retry"]
+    return Settings(
+        api_key=_optional_str(d["api_key"]),
+        endpoint=str(d["endpoint"]),
+        organization=_optional_str(d["organization"]),
+        project=_optional_str(d["project"]),
+        default_model=str(d["default_model"]),
+        request_timeout=float(d["request_timeout"]),
+        retry=RetryPolicy(
+            max_attempts=int(retry["max_attempts"]),
+            initial_backoff=float(retry["initial_backoff"]),
+            max_backoff=float(retry["max_backoff"]),
+        ),
+        generation=int(d["generation"]),
+    )
