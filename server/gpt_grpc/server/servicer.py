@@ -32,6 +32,9 @@ from .status import to_status
 
 log = logging.getLogger("gpt_grpc.server")
 
+# Texts above this are counted on a worker thread (tokenizing is ~10 ms per 64K).
+LARGE_TEXT_CHARS = 64_000
+
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 # grpc ships no type information: the context is typed loosely.
@@ -166,6 +169,9 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
             raise invalid([FieldViolation("text", "give either text or messages, not both")])
         if request.messages:
             count = tokens.count_messages(convert.count_messages(request.messages), model)
+        elif len(request.text) > LARGE_TEXT_CHARS:
+            # Megabytes take a while: keep the event loop serving other calls meanwhile.
+            count = await asyncio.to_thread(tokens.count_text, request.text, model)
         else:
             count = tokens.count_text(request.text, model)
         return convert.token_count(count)
