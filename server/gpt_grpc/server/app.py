@@ -247,7 +247,24 @@ async def serve(config: ServerConfig) -> None:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
+    if os.environ.get("GPT_GRPC_DEBUG_TASKS") == "1":
+        loop.add_signal_handler(signal.SIGUSR1, _log_debug_state, server)
     await server.wait()
+
+
+def _log_debug_state(server: GatewayServer) -> None:
+    """Hidden debug aid (GPT_GRPC_DEBUG_TASKS=1, then SIGUSR1): what a leak check needs.
+
+    One log line: asyncio tasks alive, calls in flight, and the upstream HTTP
+    pool's own summary (active/idle connections). Used by tests/faults.
+    """
+    pool = getattr(getattr(server.gpt._http, "_transport", None), "_pool", None)
+    log.warning(
+        "debug-state tasks=%d in_flight=%d upstream_pool=%r",
+        len(asyncio.all_tasks()),
+        server.admission.in_flight,
+        pool,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
