@@ -1,0 +1,242 @@
+/**
+ * Typed Node.js client of the gpt-grpc gateway (gptgrpc.v1.GPTService over
+ * gRPC, HTTP/2), built on Connect-ES and protobuf-es.
+ *
+ * ```ts
+ * import { createClient, errorDetails } from "@gpt-grpc/client";
+ *
+ * const client = createClient("gateway.internal:50051", {
+ *   tls: { ca: readFileSync("ca.pem"), cert: readFileSync("client.pem"), key: readFileSync("client-key.pem") },
+ *   adminToken: process.env.GPT_GRPC_ADMIN_TOKEN,
+ * });
+ * try {
+ *   const res = await client.chatCompletion({ userMessage: "hi" });
+ * } catch (err) {
+ *   const { code, reason, retryInfo } = errorDetails(err);
+ * }
+ * client.close();
+ * ```
+ */
+import type { DescMethod } from "@bufbuild/protobuf";
+import {
+  Code,
+  ConnectError,
+  createClient as createConnectClient,
+  type CallOptions,
+  type Client,
+  type Interceptor,
+  type Transport,
+} from "@connectrpc/connect";
+import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
+import type { SecureClientSessionOptions } from "node:http2";
+
+import {
+  BadRequestSchema,
+  ErrorInfoSchema,
+  RetryInfoSchema,
+  type BadRequest,
+  type ErrorInfo,
+  type RetryInfo,
+} from "./gen/google/rpc/error_details_pb.js";
+import {
+  ErrorReason,
+  ErrorReasonSchema,
+  GPTService,
+  type ChatCompletionDelta,
+  type ChatCompletionSummary,
+  type StreamChatCompletionResponse,
+} from "./gen/gptgrpc/v1/gateway_pb.js";
+
+export * from "./gen/gptgrpc/v1/gateway_pb.js";
+export {
+  BadRequestSchema,
+  ErrorInfoSchema,
+  RetryInfoSchema,
+  type BadRequest,
+  type ErrorInfo,
+  type RetryInfo,
+} from "./gen/google/rpc/error_details_pb.js";
+export { Code, ConnectError, type CallOptions, type Interceptor, type Transport } from "@connectrpc/connect";
+
+/** The google.rpc.ErrorInfo domain of the gateway's errors. */
+export const ERROR_DOMAIN = "gpt-grpc";
+
+/** PEM material for TLS and mutual TLS. */
+export interface TlsOptions {
+  /** CA certificates that sign the gateway's certificate (default: Node's root store). */
+  ca?: string | Buffer | Array<string | Buffer>;
+  /** Client certificate chain, for mutual TLS (with key). */
+  cert?: string | Buffer;
+  /** Private key of cert. */
+  key?: string | Buffer;
+  /** Name checked against the gateway's certificate (default: the host of the target). */
+  serverName?: string;
+}
+
+/** Options of createClient. */
+export interface ClientOptions {
+  /** Plaintext HTTP/2 (h2c), e.g. a gateway on loopback. Default: TLS. */
+  insecure?: boolean;
+  /** TLS settings (not with insecure). */
+  tls?: TlsOptions;
+  /** Admin token, sent as "authorization: Bearer <token>" with Configure only. */
+  adminToken?: string;
+  /** Deadline applied to every call that sets no timeoutMs. */
+  defaultTimeoutMs?: number;
+  /** Further Connect interceptors, run after the admin-token one. */
+  interceptors?: Interceptor[];
+}
+
+/** A GPTService client; close() drops its HTTP/2 connection. */
+export type GPTClient = Client<typeof GPTService> & {
+  /** The Connect transport, to build clients of other services on the same connection. */
+  readonly transport: Transport;
+  /** Closes the HTTP/2 connection; calls in flight fail. */
+  close(): void;
+};
+
+const ADMIN_METHODS: ReadonlySet<string> = new Set([`${GPTService.typeName}/Configure`]);
+
+function isAdminMethod(method: DescMethod): boolean {
+  return ADMIN_METHODS.has(`${method.parent.typeName}/${method.name}`);
+}
+
+function adminTokenInterceptor(token: string): Interceptor {
+  return (next) => async (req) => {
+    if (isAdminMethod(req.method) && !req.header.has("authorization")) {
+      req.header.set("authorization", `Bearer ${token}`);
+    }
+    return next(req);
+  };
+}
+
+/** Call options that send the admin token with one call: `client.configure(req, withAdminToken(t))`. */
+export function withAdminToken(token: string, options: CallOptions = {}): CallOptions {
+  const headers = new Headers(options.headers);
+  headers.set("authorization", `Bearer ${token}`);
+  return { ...options, headers };
+}
+
+function baseUrl(target: string, insecure: boolean): URL {
+  const m = /^(https?):\/\//.exec(target);
+  if (m) {
+    if ((m[1] === "http") !== insecure) {
+      throw new Error(`gpt-grpc: target ${target} conflicts with insecure=${insecure}`);
+    }
+    return new URL(target);
+  }
+  return new URL(`${insecure ? "http" : "https"}://${target}`);
+}
+
+/**
+ * Creates a client for the gateway at target ("host:port", or an http:// or
+ * https:// URL). Connects lazily, on the first call.
+ */
+export function createClient(target: string, options: ClientOptions = {}): GPTClient {
+  const insecure = options.insecure ?? false;
+  if (options.adminToken !== undefined && options.adminToken === "") {
+    throw new Error("gpt-grpc: adminToken is empty");
+  }
+  if (insecure && options.tls) {
+    throw new Error("gpt-grpc: insecure cannot be combined with tls options");
+  }
+  const url = baseUrl(target, insecure);
+  const nodeOptions: SecureClientSessionOptions = {};
+  if (options.tls) {
+    const { ca, cert, key, serverName } = options.tls;
+    if (ca !== undefined) nodeOptions.ca = ca;
+    if (cert !== undefined) nodeOptions.cert = cert;
+    if (key !== undefined) nodeOptions.key = key;
+    if (serverName !== undefined) nodeOptions.servername = serverName;
+  }
+  const sessionManager = new Http2SessionManager(url, {}, nodeOptions);
+  const interceptors: Interceptor[] = [];
+  if (options.adminToken) interceptors.push(adminTokenInterceptor(options.adminToken));
+  interceptors.push(...(options.interceptors ?? []));
+  const transport = createGrpcTransport({
+    baseUrl: url.toString(),
+    sessionManager,
+    interceptors,
+    ...(options.defaultTimeoutMs !== undefined ? { defaultTimeoutMs: options.defaultTimeoutMs } : {}),
+  });
+  const client = createConnectClient(GPTService, transport);
+  return Object.assign(client, {
+    transport,
+    close: () => sessionManager.abort(),
+  });
+}
+
+/** The decoded google.rpc details of a gateway error. */
+export interface GatewayErrorDetails {
+  /** The gRPC status code. */
+  code: Code;
+  /** The status message, without the code prefix. */
+  message: string;
+  /** The ErrorInfo reason, an ErrorReason name such as "UPSTREAM_RATE_LIMITED"; "" when absent. */
+  reason: string;
+  /** The first google.rpc.ErrorInfo, if any. */
+  errorInfo?: ErrorInfo;
+  /** The first google.rpc.RetryInfo, if any. */
+  retryInfo?: RetryInfo;
+  /** The first google.rpc.BadRequest, if any. */
+  badRequest?: BadRequest;
+}
+
+/** Decodes the details of any error thrown by a call (a non-Connect error gives code Unknown and no details). */
+export function errorDetails(err: unknown): GatewayErrorDetails {
+  const ce = ConnectError.from(err);
+  const errorInfo = ce.findDetails(ErrorInfoSchema)[0];
+  const retryInfo = ce.findDetails(RetryInfoSchema)[0];
+  const badRequest = ce.findDetails(BadRequestSchema)[0];
+  return {
+    code: ce.code,
+    message: ce.rawMessage,
+    reason: errorInfo?.reason ?? "",
+    ...(errorInfo ? { errorInfo } : {}),
+    ...(retryInfo ? { retryInfo } : {}),
+    ...(badRequest ? { badRequest } : {}),
+  };
+}
+
+/** The typed ErrorReason of a gateway error; ERROR_REASON_UNSPECIFIED when absent or unknown to this version. */
+export function errorReason(err: unknown): ErrorReason {
+  const { errorInfo } = errorDetails(err);
+  if (!errorInfo || errorInfo.domain !== ERROR_DOMAIN) return ErrorReason.ERROR_REASON_UNSPECIFIED;
+  const value = ErrorReasonSchema.values.find((v) => v.name === errorInfo.reason);
+  return value ? (value.number as ErrorReason) : ErrorReason.ERROR_REASON_UNSPECIFIED;
+}
+
+/** A whole streamed answer. */
+export interface StreamResult {
+  /** Every delta's content, concatenated. */
+  content: string;
+  /** Every delta's refusal, concatenated. */
+  refusal: string;
+  /** The stream's final message. */
+  summary: ChatCompletionSummary;
+}
+
+/**
+ * Reads a StreamChatCompletion stream to its end, calling onDelta for each
+ * delta as it arrives. Throws the stream's ConnectError, or an Error when
+ * the stream ends without a summary.
+ */
+export async function collectStream(
+  stream: AsyncIterable<StreamChatCompletionResponse>,
+  onDelta?: (delta: ChatCompletionDelta) => void,
+): Promise<StreamResult> {
+  let content = "";
+  let refusal = "";
+  let summary: ChatCompletionSummary | undefined;
+  for await (const res of stream) {
+    if (res.event.case === "delta") {
+      content += res.event.value.content;
+      refusal += res.event.value.refusal;
+      onDelta?.(res.event.value);
+    } else if (res.event.case === "summary") {
+      summary = res.event.value;
+    }
+  }
+  if (!summary) throw new Error("gpt-grpc: stream ended without a summary");
+  return { content, refusal, summary };
+}

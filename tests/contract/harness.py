@@ -1,0 +1,271 @@
+#!/usr/bin/env python3
+"""Run a command against a live gateway whose upstream is the stand-in.
+
+    python tests/contract/harness.py [options] -- COMMAND [ARGS...]
+
+Starts the stand-in upstream (``python -m gpt_grpc.standin``) and the gateway
+(``gpt-grpc-server``) on free loopback ports, waits until the stand-in answers
+``GET /_standin/health`` and the gateway's grpc.health.v1 reports SERVING, then
+runs COMMAND with these variables set:
+
+    GPT_GRPC_TARGET       127.0.0.1:<gateway port>
+    STANDIN_URL           http://127.0.0.1:<stand-in port>
+    GPT_GRPC_ADMIN_TOKEN  the gateway's admin token
+
+Both processes are stopped afterwards, whatever happens (SIGTERM, then SIGKILL
+after --stop-timeout seconds). The exit status is COMMAND's; 3 when the services
+could not be started. Only the standard library and grpcio(-health-checking)
+are used; run it with the project's venv Python.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import IO
+
+ROOT = Path(__file__).resolve().parents[2]
+EXIT_STARTUP = 3
+LOOPBACK = "127.0.0.1"
+
+
+class StartupError(Exception):
+    """A service did not become ready."""
+
+
+def free_port() -> int:
+    """A port that was free on loopback a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((LOOPBACK, 0))
+        return int(s.getsockname()[1])
+
+
+class Service:
+    """One child process in its own process group, logging to a file."""
+
+    def __init__(self, name: str, argv: Sequence[str], env: dict[str, str], log_dir: Path) -> None:
+        self.name = name
+        self.argv = list(argv)
+        self.log_path = log_dir / f"{name}.log"
+        self._log: IO[bytes] = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            self.argv,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # own process group: stop() reaches its children too
+            cwd=ROOT,
+        )
+
+    def check_alive(self) -> None:
+        code = self.proc.poll()
+        if code is not None:
+            raise StartupError(f"{self.name} exited with status {code} during startup")
+
+    def stop(self, timeout: float) -> None:
+        """SIGTERM the process group, wait up to timeout, then SIGKILL it."""
+        try:
+            if self.proc.poll() is None:
+                self._signal(signal.SIGTERM)
+                try:
+                    self.proc.wait(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    print(f"harness: {self.name} ignored SIGTERM for {timeout:g}s", file=sys.stderr)
+            # Also kill what is left of the group (children that outlived the leader).
+            self._signal(signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=timeout)
+        finally:
+            self._log.close()
+
+    def _signal(self, sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, sig)
+
+    def log_tail(self, max_bytes: int = 8000) -> str:
+        try:
+            data = self.log_path.read_bytes()
+        except OSError:
+            return ""
+        return data[-max_bytes:].decode("utf-8", "replace")
+
+
+def wait_until(what: str, ready: Callable[[], bool], services: Sequence[Service], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    last_error = "not tried"
+    while True:
+        for s in services:
+            s.check_alive()
+        try:
+            if ready():
+                return
+            last_error = "not ready"
+        except Exception as exc:
+            last_error = f"{type(exc).__name__}: {exc}"
+        if time.monotonic() >= deadline:
+            raise StartupError(f"{what} not ready after {timeout:g}s ({last_error})")
+        time.sleep(0.1)
+
+
+def standin_healthy(url: str) -> bool:
+    with urllib.request.urlopen(f"{url}/_standin/health", timeout=2) as resp:
+        return bool(resp.status == 200)
+
+
+def gateway_serving(target: str) -> bool:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        res = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=2)
+        return bool(res.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+def server_argv(port: int) -> list[str]:
+    exe = Path(sys.executable).with_name("gpt-grpc-server")
+    if exe.exists():
+        return [str(exe), "--host", LOOPBACK, "--port", str(port)]
+    found = shutil.which("gpt-grpc-server")
+    if found:
+        return [found, "--host", LOOPBACK, "--port", str(port)]
+    return [sys.executable, "-m", "gpt_grpc.server", "--host", LOOPBACK, "--port", str(port)]
+
+
+@contextlib.contextmanager
+def services(args: argparse.Namespace, log_dir: Path) -> Iterator[dict[str, str]]:
+    """Start the stand-in and the gateway; yield the variables for the command."""
+    api_key = "sk-test-" + secrets.token_hex(12)
+    admin_token = args.admin_token or ("admin-" + secrets.token_hex(16))
+    started: list[Service] = []
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "GPT_GRPC_"))}
+    base_env["PYTHONUNBUFFERED"] = "1"
+    try:
+        standin_port = free_port()
+        standin_url = f"http://{LOOPBACK}:{standin_port}"
+        standin = Service(
+            "standin",
+            [sys.executable, "-m", "gpt_grpc.standin", "--host", LOOPBACK, "--port", str(standin_port),
+             "--api-key", api_key],
+            base_env,
+            log_dir,
+        )  # fmt: skip
+        started.append(standin)
+        wait_until("stand-in", lambda: standin_healthy(standin_url), started, args.startup_timeout)
+
+        gateway_port = free_port()
+        target = f"{LOOPBACK}:{gateway_port}"
+        gateway_env = dict(base_env)
+        gateway_env.update(
+            OPENAI_API_KEY=api_key,
+            OPENAI_BASE_URL=f"{standin_url}/v1",
+            GPT_GRPC_ADMIN_TOKEN=admin_token,
+        )
+        gateway = Service("gateway", server_argv(gateway_port), gateway_env, log_dir)
+        started.append(gateway)
+        wait_until("gateway", lambda: gateway_serving(target), started, args.startup_timeout)
+
+        yield {"GPT_GRPC_TARGET": target, "STANDIN_URL": standin_url, "GPT_GRPC_ADMIN_TOKEN": admin_token}
+    finally:
+        for s in reversed(started):
+            s.stop(args.stop_timeout)
+
+
+def print_logs(log_dir: Path) -> None:
+    for log in sorted(log_dir.glob("*.log")):
+        text = log.read_bytes()[-8000:].decode("utf-8", "replace")
+        print(f"----- {log.stem} log (last 8000 bytes) -----\n{text}", file=sys.stderr)
+
+
+def run_command(argv: Sequence[str], env: dict[str, str], cwd: Path, timeout: float | None) -> int:
+    proc = subprocess.Popen(argv, env=env, cwd=cwd, start_new_session=True)
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        print(f"harness: command still running after {timeout:g}s: stopping it", file=sys.stderr)
+        return 124
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="harness.py",
+        description="Start the stand-in and the gateway on loopback, run a command against them, stop them.",
+        epilog="Example: python tests/contract/harness.py --cwd clients/go -- "
+        "go test -tags contract ./internal/contract/",
+    )
+    p.add_argument("--cwd", type=Path, default=Path.cwd(), help="directory to run the command in")
+    p.add_argument("--startup-timeout", type=float, default=60.0, help="seconds for each service to be ready")
+    p.add_argument("--stop-timeout", type=float, default=10.0, help="seconds between SIGTERM and SIGKILL")
+    p.add_argument("--timeout", type=float, default=900.0, help="seconds the command may run")
+    p.add_argument("--admin-token", default=None, help="admin token (default: random)")
+    p.add_argument("--show-logs", action="store_true", help="print the services' logs even on success")
+    p.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
+    args = p.parse_args(argv)
+    if args.command and args.command[0] == "--":
+        args.command = args.command[1:]
+    if not args.command:
+        p.error("give the command to run after --")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+
+    # Turn SIGTERM into KeyboardInterrupt so that the finally blocks stop the services.
+    def on_term(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, on_term)
+    with tempfile.TemporaryDirectory(prefix="gptgrpc-harness-") as tmp:
+        log_dir = Path(tmp)
+        try:
+            with services(args, log_dir) as extra_env:
+                print(
+                    f"harness: gateway {extra_env['GPT_GRPC_TARGET']}, stand-in {extra_env['STANDIN_URL']}; "
+                    f"running: {' '.join(args.command)}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                env = {**os.environ, **extra_env}
+                code = run_command(args.command, env, args.cwd.resolve(), args.timeout)
+        except StartupError as exc:
+            print(f"harness: {exc}", file=sys.stderr)
+            print_logs(log_dir)
+            return EXIT_STARTUP
+        except KeyboardInterrupt:
+            print("harness: interrupted; services stopped", file=sys.stderr)
+            return 130
+        if code != 0 or args.show_logs:
+            print_logs(log_dir)
+        print(f"harness: command exited with status {code}; services stopped", file=sys.stderr)
+        return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
