@@ -39,6 +39,14 @@ class Reason(enum.StrEnum):
     SHUTTING_DOWN = "SHUTTING_DOWN"
     OVERLOADED = "OVERLOADED"
     INTERNAL_ERROR = "INTERNAL_ERROR"
+    CLIENT_TOKEN_MISSING = "CLIENT_TOKEN_MISSING"
+    CLIENT_TOKEN_INVALID = "CLIENT_TOKEN_INVALID"
+    CLIENT_RATE_LIMITED = "CLIENT_RATE_LIMITED"
+    CLIENT_BUDGET_EXCEEDED = "CLIENT_BUDGET_EXCEEDED"
+    AUTH_RATE_LIMITED = "AUTH_RATE_LIMITED"
+    CLIENT_NOT_FOUND = "CLIENT_NOT_FOUND"
+    CLIENT_EXISTS = "CLIENT_EXISTS"
+    CLIENT_FORBIDDEN = "CLIENT_FORBIDDEN"
 
 
 # Upstream failures worth another attempt. Everything else is final.
@@ -106,6 +114,7 @@ class GatewayError(Exception):
         retry_after: float | None = None,
         field_violations: Sequence[FieldViolation] = (),
         attempts: int = 0,
+        quota_violations: Sequence[tuple[str, str]] = (),
     ) -> None:
         super().__init__(message)
         self.reason = reason
@@ -116,6 +125,8 @@ class GatewayError(Exception):
         self.retry_after = retry_after
         self.field_violations = tuple(field_violations)
         self.attempts = attempts
+        # (subject, description) pairs for a google.rpc.QuotaFailure.
+        self.quota_violations = tuple(quota_violations)
         # Set when the server-wide retry budget refused another attempt.
         self.retry_budget_exhausted = False
 

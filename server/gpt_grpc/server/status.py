@@ -39,6 +39,14 @@ REASON_CODES: Mapping[Reason, grpc.StatusCode] = {
     Reason.SHUTTING_DOWN: grpc.StatusCode.UNAVAILABLE,
     Reason.OVERLOADED: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Reason.INTERNAL_ERROR: grpc.StatusCode.INTERNAL,
+    Reason.CLIENT_TOKEN_MISSING: grpc.StatusCode.UNAUTHENTICATED,
+    Reason.CLIENT_TOKEN_INVALID: grpc.StatusCode.UNAUTHENTICATED,
+    Reason.CLIENT_RATE_LIMITED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Reason.CLIENT_BUDGET_EXCEEDED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Reason.AUTH_RATE_LIMITED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Reason.CLIENT_NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    Reason.CLIENT_EXISTS: grpc.StatusCode.ALREADY_EXISTS,
+    Reason.CLIENT_FORBIDDEN: grpc.StatusCode.PERMISSION_DENIED,
 }
 
 # Where the caller may try again later; the delay when the upstream gave none.
@@ -50,6 +58,8 @@ RETRY_LATER: Mapping[Reason, float] = {
     Reason.UPSTREAM_CONFLICT: 1.0,
     Reason.SHUTTING_DOWN: 1.0,
     Reason.OVERLOADED: 0.5,
+    Reason.CLIENT_RATE_LIMITED: 1.0,
+    Reason.AUTH_RATE_LIMITED: 60.0,
 }
 
 
@@ -91,5 +101,13 @@ def to_status(err: GatewayError) -> grpc.Status:
             ]
         )
         details.append(_pack(bad))
+    if err.quota_violations:
+        quota = error_details_pb2.QuotaFailure(
+            violations=[
+                error_details_pb2.QuotaFailure.Violation(subject=subject, description=description)
+                for subject, description in err.quota_violations
+            ]
+        )
+        details.append(_pack(quota))
     status = status_pb2.Status(code=getattr(code_pb2, code.name), message=err.message, details=details)
     return rpc_status.to_status(status)

@@ -155,6 +155,30 @@ FINISH_REASON_FUNCTION_CALL: FinishReason.ValueType  # 5
 """Legacy single function call."""
 Global___FinishReason: _TypeAlias = FinishReason  # noqa: Y015
 
+class _BudgetPeriod:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _BudgetPeriodEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_BudgetPeriod.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    BUDGET_PERIOD_UNSPECIFIED: _BudgetPeriod.ValueType  # 0
+    """No budget."""
+    BUDGET_PERIOD_DAY: _BudgetPeriod.ValueType  # 1
+    """Per UTC day."""
+    BUDGET_PERIOD_MONTH: _BudgetPeriod.ValueType  # 2
+    """Per UTC calendar month."""
+
+class BudgetPeriod(_BudgetPeriod, metaclass=_BudgetPeriodEnumTypeWrapper):
+    """BudgetPeriod is the period a spend budget covers (UTC calendar periods)."""
+
+BUDGET_PERIOD_UNSPECIFIED: BudgetPeriod.ValueType  # 0
+"""No budget."""
+BUDGET_PERIOD_DAY: BudgetPeriod.ValueType  # 1
+"""Per UTC day."""
+BUDGET_PERIOD_MONTH: BudgetPeriod.ValueType  # 2
+"""Per UTC calendar month."""
+Global___BudgetPeriod: _TypeAlias = BudgetPeriod  # noqa: Y015
+
 class _ErrorReason:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -203,6 +227,22 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The gateway has too many calls in flight. RESOURCE_EXHAUSTED."""
     INTERNAL_ERROR: _ErrorReason.ValueType  # 20
     """A bug in the gateway. INTERNAL."""
+    CLIENT_TOKEN_MISSING: _ErrorReason.ValueType  # 21
+    """Clients are defined and the call carries no token. UNAUTHENTICATED."""
+    CLIENT_TOKEN_INVALID: _ErrorReason.ValueType  # 22
+    """The client token is unknown or revoked. UNAUTHENTICATED."""
+    CLIENT_RATE_LIMITED: _ErrorReason.ValueType  # 23
+    """The client's request or token rate limit is reached. RESOURCE_EXHAUSTED + RetryInfo."""
+    CLIENT_BUDGET_EXCEEDED: _ErrorReason.ValueType  # 24
+    """The client's spend budget for the period is used up. RESOURCE_EXHAUSTED + QuotaFailure."""
+    AUTH_RATE_LIMITED: _ErrorReason.ValueType  # 25
+    """Too many failed authentications from this peer. RESOURCE_EXHAUSTED + RetryInfo."""
+    CLIENT_NOT_FOUND: _ErrorReason.ValueType  # 26
+    """No client has that name. NOT_FOUND."""
+    CLIENT_EXISTS: _ErrorReason.ValueType  # 27
+    """A client with that name exists. ALREADY_EXISTS."""
+    CLIENT_FORBIDDEN: _ErrorReason.ValueType  # 28
+    """A client token may not see another client's data. PERMISSION_DENIED."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason is the reason of the google.rpc.ErrorInfo attached to every
@@ -253,6 +293,22 @@ OVERLOADED: ErrorReason.ValueType  # 19
 """The gateway has too many calls in flight. RESOURCE_EXHAUSTED."""
 INTERNAL_ERROR: ErrorReason.ValueType  # 20
 """A bug in the gateway. INTERNAL."""
+CLIENT_TOKEN_MISSING: ErrorReason.ValueType  # 21
+"""Clients are defined and the call carries no token. UNAUTHENTICATED."""
+CLIENT_TOKEN_INVALID: ErrorReason.ValueType  # 22
+"""The client token is unknown or revoked. UNAUTHENTICATED."""
+CLIENT_RATE_LIMITED: ErrorReason.ValueType  # 23
+"""The client's request or token rate limit is reached. RESOURCE_EXHAUSTED + RetryInfo."""
+CLIENT_BUDGET_EXCEEDED: ErrorReason.ValueType  # 24
+"""The client's spend budget for the period is used up. RESOURCE_EXHAUSTED + QuotaFailure."""
+AUTH_RATE_LIMITED: ErrorReason.ValueType  # 25
+"""Too many failed authentications from this peer. RESOURCE_EXHAUSTED + RetryInfo."""
+CLIENT_NOT_FOUND: ErrorReason.ValueType  # 26
+"""No client has that name. NOT_FOUND."""
+CLIENT_EXISTS: ErrorReason.ValueType  # 27
+"""A client with that name exists. ALREADY_EXISTS."""
+CLIENT_FORBIDDEN: ErrorReason.ValueType  # 28
+"""A client token may not see another client's data. PERMISSION_DENIED."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 @_typing.final
@@ -1272,16 +1328,24 @@ Global___ListModelsResponse: _TypeAlias = ListModelsResponse  # noqa: Y015
 
 @_typing.final
 class GetUsageRequest(_message.Message):
-    """GetUsageRequest is empty."""
+    """GetUsageRequest selects whose usage to report."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    CLIENT_FIELD_NUMBER: _builtins.int
+    client: _builtins.str
+    """Client name: that client's persisted usage (admin token, or the client's
+    own token). Empty: all traffic since the server started (with a client
+    token: that client's own usage).
+    """
     def __init__(
         self,
+        *,
+        client: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client", b"client"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1350,6 +1414,9 @@ class GetUsageResponse(_message.Message):
     MODELS_FIELD_NUMBER: _builtins.int
     TOTAL_FIELD_NUMBER: _builtins.int
     SINCE_FIELD_NUMBER: _builtins.int
+    CLIENT_FIELD_NUMBER: _builtins.int
+    client: _builtins.str
+    """The client reported on; empty for all traffic."""
     @_builtins.property
     def models(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelUsage]:
         """Per model, sorted by name."""
@@ -1368,11 +1435,305 @@ class GetUsageResponse(_message.Message):
         models: _abc.Iterable[Global___ModelUsage] | None = ...,
         total: Global___ModelUsage | None = ...,
         since: _timestamp_pb2.Timestamp | None = ...,
+        client: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since", "total", b"total"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["models", b"models", "since", b"since", "total", b"total"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client", b"client", "models", b"models", "since", b"since", "total", b"total"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetUsageResponse: _TypeAlias = GetUsageResponse  # noqa: Y015
+
+@_typing.final
+class ClientLimits(_message.Message):
+    """ClientLimits caps one client. Unset fields mean no limit."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUESTS_PER_MINUTE_FIELD_NUMBER: _builtins.int
+    TOKENS_PER_MINUTE_FIELD_NUMBER: _builtins.int
+    BUDGET_USD_FIELD_NUMBER: _builtins.int
+    BUDGET_PERIOD_FIELD_NUMBER: _builtins.int
+    requests_per_minute: _builtins.int
+    """Calls allowed per sliding minute."""
+    tokens_per_minute: _builtins.int
+    """Tokens (prompt + completion) allowed per sliding minute."""
+    budget_usd: _builtins.float
+    """Spend allowed per budget_period, in USD."""
+    budget_period: Global___BudgetPeriod.ValueType
+    """The period of budget_usd (required when budget_usd is set)."""
+    def __init__(
+        self,
+        *,
+        requests_per_minute: _builtins.int | None = ...,
+        tokens_per_minute: _builtins.int | None = ...,
+        budget_usd: _builtins.float | None = ...,
+        budget_period: Global___BudgetPeriod.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_budget_usd", b"_budget_usd", "_requests_per_minute", b"_requests_per_minute", "_tokens_per_minute", b"_tokens_per_minute", "budget_usd", b"budget_usd", "requests_per_minute", b"requests_per_minute", "tokens_per_minute", b"tokens_per_minute"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_budget_usd", b"_budget_usd", "_requests_per_minute", b"_requests_per_minute", "_tokens_per_minute", b"_tokens_per_minute", "budget_period", b"budget_period", "budget_usd", b"budget_usd", "requests_per_minute", b"requests_per_minute", "tokens_per_minute", b"tokens_per_minute"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__budget_usd: _TypeAlias = _typing.Literal["budget_usd"]  # noqa: Y015
+    _WhichOneofArgType__budget_usd: _TypeAlias = _typing.Literal["_budget_usd", b"_budget_usd"]  # noqa: Y015
+    _WhichOneofReturnType__requests_per_minute: _TypeAlias = _typing.Literal["requests_per_minute"]  # noqa: Y015
+    _WhichOneofArgType__requests_per_minute: _TypeAlias = _typing.Literal["_requests_per_minute", b"_requests_per_minute"]  # noqa: Y015
+    _WhichOneofReturnType__tokens_per_minute: _TypeAlias = _typing.Literal["tokens_per_minute"]  # noqa: Y015
+    _WhichOneofArgType__tokens_per_minute: _TypeAlias = _typing.Literal["_tokens_per_minute", b"_tokens_per_minute"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__budget_usd) -> _WhichOneofReturnType__budget_usd | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__requests_per_minute) -> _WhichOneofReturnType__requests_per_minute | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__tokens_per_minute) -> _WhichOneofReturnType__tokens_per_minute | None: ...
+
+Global___ClientLimits: _TypeAlias = ClientLimits  # noqa: Y015
+
+@_typing.final
+class Client(_message.Message):
+    """Client is a named caller of the gateway."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    LIMITS_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    REVOKE_TIME_FIELD_NUMBER: _builtins.int
+    TOKEN_PREFIX_FIELD_NUMBER: _builtins.int
+    PERIOD_SPEND_USD_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Unique name: letters, digits, '_', '-' and '.', 1 to 64."""
+    token_prefix: _builtins.str
+    """The first characters of its token, to tell tokens apart (never the token)."""
+    period_spend_usd: _builtins.float
+    """Spend in the current budget period (the current UTC day when no budget is set), USD."""
+    @_builtins.property
+    def limits(self) -> Global___ClientLimits:
+        """Its limits."""
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was created."""
+
+    @_builtins.property
+    def revoke_time(self) -> _timestamp_pb2.Timestamp:
+        """Set when its token was revoked."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        limits: Global___ClientLimits | None = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        revoke_time: _timestamp_pb2.Timestamp | None = ...,
+        token_prefix: _builtins.str = ...,
+        period_spend_usd: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "limits", b"limits", "revoke_time", b"revoke_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "limits", b"limits", "name", b"name", "period_spend_usd", b"period_spend_usd", "revoke_time", b"revoke_time", "token_prefix", b"token_prefix"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Client: _TypeAlias = Client  # noqa: Y015
+
+@_typing.final
+class CreateClientRequest(_message.Message):
+    """CreateClientRequest defines a client."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    LIMITS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Unique client name."""
+    @_builtins.property
+    def limits(self) -> Global___ClientLimits:
+        """Its limits."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        limits: Global___ClientLimits | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateClientRequest: _TypeAlias = CreateClientRequest  # noqa: Y015
+
+@_typing.final
+class CreateClientResponse(_message.Message):
+    """CreateClientResponse carries the token, shown this once."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLIENT_FIELD_NUMBER: _builtins.int
+    TOKEN_FIELD_NUMBER: _builtins.int
+    token: _builtins.str
+    """Its bearer token. Store it now: only a hash is kept."""
+    @_builtins.property
+    def client(self) -> Global___Client:
+        """The new client."""
+
+    def __init__(
+        self,
+        *,
+        client: Global___Client | None = ...,
+        token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["client", b"client"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client", b"client", "token", b"token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateClientResponse: _TypeAlias = CreateClientResponse  # noqa: Y015
+
+@_typing.final
+class ListClientsRequest(_message.Message):
+    """ListClientsRequest filters the list."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INCLUDE_REVOKED_FIELD_NUMBER: _builtins.int
+    include_revoked: _builtins.bool
+    """Include revoked clients."""
+    def __init__(
+        self,
+        *,
+        include_revoked: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_revoked", b"include_revoked"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListClientsRequest: _TypeAlias = ListClientsRequest  # noqa: Y015
+
+@_typing.final
+class ListClientsResponse(_message.Message):
+    """ListClientsResponse lists clients sorted by name."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLIENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def clients(self) -> _containers.RepeatedCompositeFieldContainer[Global___Client]:
+        """The clients."""
+
+    def __init__(
+        self,
+        *,
+        clients: _abc.Iterable[Global___Client] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clients", b"clients"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListClientsResponse: _TypeAlias = ListClientsResponse  # noqa: Y015
+
+@_typing.final
+class UpdateClientRequest(_message.Message):
+    """UpdateClientRequest replaces a client's limits."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    LIMITS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The client's name."""
+    @_builtins.property
+    def limits(self) -> Global___ClientLimits:
+        """The new limits (replacing all of the old ones)."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        limits: Global___ClientLimits | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateClientRequest: _TypeAlias = UpdateClientRequest  # noqa: Y015
+
+@_typing.final
+class UpdateClientResponse(_message.Message):
+    """UpdateClientResponse returns the client as now defined."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLIENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def client(self) -> Global___Client:
+        """The client."""
+
+    def __init__(
+        self,
+        *,
+        client: Global___Client | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["client", b"client"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client", b"client"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateClientResponse: _TypeAlias = UpdateClientResponse  # noqa: Y015
+
+@_typing.final
+class RevokeClientRequest(_message.Message):
+    """RevokeClientRequest names the client to revoke."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The client's name."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeClientRequest: _TypeAlias = RevokeClientRequest  # noqa: Y015
+
+@_typing.final
+class RevokeClientResponse(_message.Message):
+    """RevokeClientResponse returns the revoked client."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLIENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def client(self) -> Global___Client:
+        """The client."""
+
+    def __init__(
+        self,
+        *,
+        client: Global___Client | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["client", b"client"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client", b"client"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeClientResponse: _TypeAlias = RevokeClientResponse  # noqa: Y015

@@ -70,6 +70,26 @@ class GPTServiceStub:
                 request_serializer=gptgrpc_dot_v1_dot_gateway__pb2.GetUsageRequest.SerializeToString,
                 response_deserializer=gptgrpc_dot_v1_dot_gateway__pb2.GetUsageResponse.FromString,
                 _registered_method=True)
+        self.CreateClient = channel.unary_unary(
+                '/gptgrpc.v1.GPTService/CreateClient',
+                request_serializer=gptgrpc_dot_v1_dot_gateway__pb2.CreateClientRequest.SerializeToString,
+                response_deserializer=gptgrpc_dot_v1_dot_gateway__pb2.CreateClientResponse.FromString,
+                _registered_method=True)
+        self.ListClients = channel.unary_unary(
+                '/gptgrpc.v1.GPTService/ListClients',
+                request_serializer=gptgrpc_dot_v1_dot_gateway__pb2.ListClientsRequest.SerializeToString,
+                response_deserializer=gptgrpc_dot_v1_dot_gateway__pb2.ListClientsResponse.FromString,
+                _registered_method=True)
+        self.UpdateClient = channel.unary_unary(
+                '/gptgrpc.v1.GPTService/UpdateClient',
+                request_serializer=gptgrpc_dot_v1_dot_gateway__pb2.UpdateClientRequest.SerializeToString,
+                response_deserializer=gptgrpc_dot_v1_dot_gateway__pb2.UpdateClientResponse.FromString,
+                _registered_method=True)
+        self.RevokeClient = channel.unary_unary(
+                '/gptgrpc.v1.GPTService/RevokeClient',
+                request_serializer=gptgrpc_dot_v1_dot_gateway__pb2.RevokeClientRequest.SerializeToString,
+                response_deserializer=gptgrpc_dot_v1_dot_gateway__pb2.RevokeClientResponse.FromString,
+                _registered_method=True)
 
 
 class GPTServiceServicer:
@@ -128,7 +148,39 @@ class GPTServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetUsage(self, request, context):
-        """GetUsage reports requests, tokens and cost per model since start.
+        """GetUsage reports requests, tokens and cost per model since start, or the
+        persisted usage of one client. A client token sees only its own usage.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateClient(self, request, context):
+        """CreateClient defines a named client with its own bearer token and limits.
+        The token is returned once and stored hashed. Requires the admin token.
+        Once any client exists, data-plane calls need a client (or admin) token.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListClients(self, request, context):
+        """ListClients lists the clients, their limits and current spend (never
+        their tokens). Requires the admin token.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateClient(self, request, context):
+        """UpdateClient replaces a client's limits. Requires the admin token.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeClient(self, request, context):
+        """RevokeClient revokes a client's token at once. Requires the admin token.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -171,6 +223,26 @@ def add_GPTServiceServicer_to_server(servicer, server):
                     servicer.GetUsage,
                     request_deserializer=gptgrpc_dot_v1_dot_gateway__pb2.GetUsageRequest.FromString,
                     response_serializer=gptgrpc_dot_v1_dot_gateway__pb2.GetUsageResponse.SerializeToString,
+            ),
+            'CreateClient': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateClient,
+                    request_deserializer=gptgrpc_dot_v1_dot_gateway__pb2.CreateClientRequest.FromString,
+                    response_serializer=gptgrpc_dot_v1_dot_gateway__pb2.CreateClientResponse.SerializeToString,
+            ),
+            'ListClients': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListClients,
+                    request_deserializer=gptgrpc_dot_v1_dot_gateway__pb2.ListClientsRequest.FromString,
+                    response_serializer=gptgrpc_dot_v1_dot_gateway__pb2.ListClientsResponse.SerializeToString,
+            ),
+            'UpdateClient': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateClient,
+                    request_deserializer=gptgrpc_dot_v1_dot_gateway__pb2.UpdateClientRequest.FromString,
+                    response_serializer=gptgrpc_dot_v1_dot_gateway__pb2.UpdateClientResponse.SerializeToString,
+            ),
+            'RevokeClient': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeClient,
+                    request_deserializer=gptgrpc_dot_v1_dot_gateway__pb2.RevokeClientRequest.FromString,
+                    response_serializer=gptgrpc_dot_v1_dot_gateway__pb2.RevokeClientResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -363,6 +435,114 @@ class GPTService:
             '/gptgrpc.v1.GPTService/GetUsage',
             gptgrpc_dot_v1_dot_gateway__pb2.GetUsageRequest.SerializeToString,
             gptgrpc_dot_v1_dot_gateway__pb2.GetUsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateClient(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gptgrpc.v1.GPTService/CreateClient',
+            gptgrpc_dot_v1_dot_gateway__pb2.CreateClientRequest.SerializeToString,
+            gptgrpc_dot_v1_dot_gateway__pb2.CreateClientResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListClients(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gptgrpc.v1.GPTService/ListClients',
+            gptgrpc_dot_v1_dot_gateway__pb2.ListClientsRequest.SerializeToString,
+            gptgrpc_dot_v1_dot_gateway__pb2.ListClientsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateClient(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gptgrpc.v1.GPTService/UpdateClient',
+            gptgrpc_dot_v1_dot_gateway__pb2.UpdateClientRequest.SerializeToString,
+            gptgrpc_dot_v1_dot_gateway__pb2.UpdateClientResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeClient(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gptgrpc.v1.GPTService/RevokeClient',
+            gptgrpc_dot_v1_dot_gateway__pb2.RevokeClientRequest.SerializeToString,
+            gptgrpc_dot_v1_dot_gateway__pb2.RevokeClientResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -66,7 +66,22 @@ class GPTServiceStub:
     window and prices. Other model names still pass through to the upstream.
     """
     GetUsage: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.GetUsageRequest, _gateway_pb2.GetUsageResponse]
-    """GetUsage reports requests, tokens and cost per model since start."""
+    """GetUsage reports requests, tokens and cost per model since start, or the
+    persisted usage of one client. A client token sees only its own usage.
+    """
+    CreateClient: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.CreateClientRequest, _gateway_pb2.CreateClientResponse]
+    """CreateClient defines a named client with its own bearer token and limits.
+    The token is returned once and stored hashed. Requires the admin token.
+    Once any client exists, data-plane calls need a client (or admin) token.
+    """
+    ListClients: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ListClientsRequest, _gateway_pb2.ListClientsResponse]
+    """ListClients lists the clients, their limits and current spend (never
+    their tokens). Requires the admin token.
+    """
+    UpdateClient: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.UpdateClientRequest, _gateway_pb2.UpdateClientResponse]
+    """UpdateClient replaces a client's limits. Requires the admin token."""
+    RevokeClient: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.RevokeClientRequest, _gateway_pb2.RevokeClientResponse]
+    """RevokeClient revokes a client's token at once. Requires the admin token."""
 
 @_typing.type_check_only
 class GPTServiceAsyncStub(GPTServiceStub):
@@ -100,7 +115,22 @@ class GPTServiceAsyncStub(GPTServiceStub):
     window and prices. Other model names still pass through to the upstream.
     """
     GetUsage: _aio.UnaryUnaryMultiCallable[_gateway_pb2.GetUsageRequest, _gateway_pb2.GetUsageResponse]  # type: ignore[assignment]
-    """GetUsage reports requests, tokens and cost per model since start."""
+    """GetUsage reports requests, tokens and cost per model since start, or the
+    persisted usage of one client. A client token sees only its own usage.
+    """
+    CreateClient: _aio.UnaryUnaryMultiCallable[_gateway_pb2.CreateClientRequest, _gateway_pb2.CreateClientResponse]  # type: ignore[assignment]
+    """CreateClient defines a named client with its own bearer token and limits.
+    The token is returned once and stored hashed. Requires the admin token.
+    Once any client exists, data-plane calls need a client (or admin) token.
+    """
+    ListClients: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ListClientsRequest, _gateway_pb2.ListClientsResponse]  # type: ignore[assignment]
+    """ListClients lists the clients, their limits and current spend (never
+    their tokens). Requires the admin token.
+    """
+    UpdateClient: _aio.UnaryUnaryMultiCallable[_gateway_pb2.UpdateClientRequest, _gateway_pb2.UpdateClientResponse]  # type: ignore[assignment]
+    """UpdateClient replaces a client's limits. Requires the admin token."""
+    RevokeClient: _aio.UnaryUnaryMultiCallable[_gateway_pb2.RevokeClientRequest, _gateway_pb2.RevokeClientResponse]  # type: ignore[assignment]
+    """RevokeClient revokes a client's token at once. Requires the admin token."""
 
 class GPTServiceServicer(metaclass=_abc_1.ABCMeta):
     """GPTService fronts an OpenAI-compatible chat completions API."""
@@ -173,6 +203,45 @@ class GPTServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _gateway_pb2.GetUsageRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_pb2.GetUsageResponse, _abc.Awaitable[_gateway_pb2.GetUsageResponse]]:
-        """GetUsage reports requests, tokens and cost per model since start."""
+        """GetUsage reports requests, tokens and cost per model since start, or the
+        persisted usage of one client. A client token sees only its own usage.
+        """
+
+    @_abc_1.abstractmethod
+    def CreateClient(
+        self,
+        request: _gateway_pb2.CreateClientRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.CreateClientResponse, _abc.Awaitable[_gateway_pb2.CreateClientResponse]]:
+        """CreateClient defines a named client with its own bearer token and limits.
+        The token is returned once and stored hashed. Requires the admin token.
+        Once any client exists, data-plane calls need a client (or admin) token.
+        """
+
+    @_abc_1.abstractmethod
+    def ListClients(
+        self,
+        request: _gateway_pb2.ListClientsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.ListClientsResponse, _abc.Awaitable[_gateway_pb2.ListClientsResponse]]:
+        """ListClients lists the clients, their limits and current spend (never
+        their tokens). Requires the admin token.
+        """
+
+    @_abc_1.abstractmethod
+    def UpdateClient(
+        self,
+        request: _gateway_pb2.UpdateClientRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.UpdateClientResponse, _abc.Awaitable[_gateway_pb2.UpdateClientResponse]]:
+        """UpdateClient replaces a client's limits. Requires the admin token."""
+
+    @_abc_1.abstractmethod
+    def RevokeClient(
+        self,
+        request: _gateway_pb2.RevokeClientRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.RevokeClientResponse, _abc.Awaitable[_gateway_pb2.RevokeClientResponse]]:
+        """RevokeClient revokes a client's token at once. Requires the admin token."""
 
 def add_GPTServiceServicer_to_server(servicer: GPTServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
