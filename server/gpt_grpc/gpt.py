@@ -557,6 +557,7 @@ async def _sse_events(lines: AsyncIterator[str]) -> AsyncIterator[Mapping[str, A
         payload = "\n".join(data)
         data.clear()
         if payload == "[DONE]":
+            await _drain_after_done(lines)
             return
         event = orjson.loads(payload)
         if not isinstance(event, Mapping):
@@ -567,6 +568,24 @@ async def _sse_events(lines: AsyncIterator[str]) -> AsyncIterator[Mapping[str, A
     if data and "\n".join(data) == "[DONE]":
         return
     raise _StreamEnded()
+
+
+# After `[DONE]` only the end of the body is left (the chunked terminator).
+# Reading it is what lets httpx put the connection back in the pool; leaving it
+# unread makes it close the connection, and every stream costs a new one.
+_MAX_LINES_AFTER_DONE = 16
+_DRAIN_SECONDS = 0.5
+
+
+async def _drain_after_done(lines: AsyncIterator[str]) -> None:
+    """Read what follows `[DONE]`, briefly and boundedly; the answer is complete either way."""
+    with contextlib.suppress(TimeoutError, httpx2.HTTPError):
+        async with asyncio.timeout(_DRAIN_SECONDS):
+            count = 0
+            async for _ in lines:
+                count += 1
+                if count >= _MAX_LINES_AFTER_DONE:
+                    break
 
 
 class _StreamState:
