@@ -1,12 +1,15 @@
 // Package gptgrpc is a small wrapper around the generated gptgrpc.v1 client
 // (package gptgrpcv1): it dials a gpt-grpc gateway with TLS or mTLS, attaches
-// the admin token to Configure only, and decodes the google.rpc error details
-// that the gateway attaches to every failure.
+// the admin token to the admin RPCs only (Configure, CreateClient,
+// ListClients, UpdateClient, RevokeClient) and a client token to the others,
+// and decodes the google.rpc error details that the gateway attaches to
+// every failure.
 //
 //	c, err := gptgrpc.Dial("gateway.internal:50051",
 //		gptgrpc.WithCAFile("ca.pem"),
 //		gptgrpc.WithClientCertFiles("client.pem", "client-key.pem"),
-//		gptgrpc.WithAdminToken(os.Getenv("GPT_GRPC_ADMIN_TOKEN")))
+//		gptgrpc.WithClientToken(os.Getenv("GPT_GRPC_TOKEN")),       // data-plane calls
+//		gptgrpc.WithAdminToken(os.Getenv("GPT_GRPC_ADMIN_TOKEN"))) // admin calls only
 //	if err != nil { ... }
 //	defer c.Close()
 //	res, err := c.ChatCompletion(ctx, &gptgrpcv1.ChatCompletionRequest{UserMessage: "hi"})
@@ -56,6 +59,7 @@ type options struct {
 	certs       []tls.Certificate
 	serverName  string
 	adminToken  string
+	clientToken string
 	dialOptions []grpc.DialOption
 }
 
@@ -125,9 +129,9 @@ func WithServerName(name string) Option {
 	return func(o *options) error { o.serverName = name; return nil }
 }
 
-// WithAdminToken sends "authorization: Bearer <token>" with Configure calls,
-// and with no other call. A token set on the call's context with
-// ContextWithAdminToken takes precedence.
+// WithAdminToken sends "authorization: Bearer <token>" with the admin RPCs
+// (see IsAdminMethod), and with no other call. A token set on the call's
+// context with ContextWithToken takes precedence.
 func WithAdminToken(token string) Option {
 	return func(o *options) error {
 		if token == "" {
@@ -138,16 +142,50 @@ func WithAdminToken(token string) Option {
 	}
 }
 
+// WithClientToken sends "authorization: Bearer <token>" with every call that
+// is not an admin RPC (chat, CountTokens, ListModels, GetUsage...): the token
+// of a client made with CreateClient. Once clients are defined, the gateway
+// requires one. A token set on the call's context takes precedence.
+func WithClientToken(token string) Option {
+	return func(o *options) error {
+		if token == "" {
+			return errors.New("gptgrpc: WithClientToken with an empty token")
+		}
+		o.clientToken = token
+		return nil
+	}
+}
+
 // WithDialOptions passes extra options to grpc.NewClient (interceptors,
 // keepalive, a custom dialer...).
 func WithDialOptions(opts ...grpc.DialOption) Option {
 	return func(o *options) error { o.dialOptions = append(o.dialOptions, opts...); return nil }
 }
 
-// adminMethods are the RPCs that take the admin bearer token.
-var adminMethods = map[string]bool{
-	gptgrpcv1.GPTService_Configure_FullMethodName: true,
-}
+// adminMethods are the RPCs that take the admin bearer token; every other
+// RPC is a data-plane call (dataPlaneMethods lists the known ones, so that a
+// test notices an RPC added to the proto and not classified here).
+var (
+	adminMethods = map[string]bool{
+		gptgrpcv1.GPTService_Configure_FullMethodName:    true,
+		gptgrpcv1.GPTService_CreateClient_FullMethodName: true,
+		gptgrpcv1.GPTService_ListClients_FullMethodName:  true,
+		gptgrpcv1.GPTService_UpdateClient_FullMethodName: true,
+		gptgrpcv1.GPTService_RevokeClient_FullMethodName: true,
+	}
+	dataPlaneMethods = map[string]bool{
+		gptgrpcv1.GPTService_ChatCompletion_FullMethodName:       true,
+		gptgrpcv1.GPTService_StreamChatCompletion_FullMethodName: true,
+		gptgrpcv1.GPTService_CountTokens_FullMethodName:          true,
+		gptgrpcv1.GPTService_GetConfiguration_FullMethodName:     true,
+		gptgrpcv1.GPTService_ListModels_FullMethodName:           true,
+		gptgrpcv1.GPTService_GetUsage_FullMethodName:             true,
+	}
+)
+
+// IsAdminMethod reports whether fullMethod ("/gptgrpc.v1.GPTService/Configure")
+// is an admin RPC, which takes the admin token rather than a client token.
+func IsAdminMethod(fullMethod string) bool { return adminMethods[fullMethod] }
 
 // Dial creates a client for the gateway at target ("host:port" or any
 // grpc.NewClient target). It does not wait for the connection: the first
@@ -182,8 +220,11 @@ func Dial(target string, opts ...Option) (*Client, error) {
 		}
 		dialOpts = append(dialOpts, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
 	}
-	if o.adminToken != "" {
-		dialOpts = append(dialOpts, grpc.WithChainUnaryInterceptor(adminTokenInterceptor(o.adminToken)))
+	if o.adminToken != "" || o.clientToken != "" {
+		t := tokens{admin: o.adminToken, client: o.clientToken}
+		dialOpts = append(dialOpts,
+			grpc.WithChainUnaryInterceptor(t.unary),
+			grpc.WithChainStreamInterceptor(t.stream))
 	}
 	dialOpts = append(dialOpts, o.dialOptions...)
 	conn, err := grpc.NewClient(target, dialOpts...)
@@ -193,21 +234,42 @@ func Dial(target string, opts ...Option) (*Client, error) {
 	return &Client{GPTServiceClient: gptgrpcv1.NewGPTServiceClient(conn), conn: conn}, nil
 }
 
-// ContextWithAdminToken returns a context whose calls carry
-// "authorization: Bearer <token>" (use it for Configure calls only).
-func ContextWithAdminToken(ctx context.Context, token string) context.Context {
+// ContextWithToken returns a context whose calls carry
+// "authorization: Bearer <token>" (an admin or a client token), overriding
+// WithAdminToken and WithClientToken for those calls.
+func ContextWithToken(ctx context.Context, token string) context.Context {
 	return metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+token)
 }
 
-func adminTokenInterceptor(token string) grpc.UnaryClientInterceptor {
-	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn,
-		invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
-		if adminMethods[method] {
-			md, _ := metadata.FromOutgoingContext(ctx)
-			if len(md.Get("authorization")) == 0 {
-				ctx = ContextWithAdminToken(ctx, token)
-			}
-		}
-		return invoker(ctx, method, req, reply, cc, opts...)
+// ContextWithAdminToken is ContextWithToken with the admin token: use it for
+// admin calls (or GetUsage of any client) only.
+func ContextWithAdminToken(ctx context.Context, token string) context.Context {
+	return ContextWithToken(ctx, token)
+}
+
+// tokens attaches the admin token to admin RPCs and the client token to the others.
+type tokens struct{ admin, client string }
+
+func (t tokens) withToken(ctx context.Context, method string) context.Context {
+	token := t.client
+	if adminMethods[method] {
+		token = t.admin
 	}
+	if token == "" {
+		return ctx
+	}
+	if md, _ := metadata.FromOutgoingContext(ctx); len(md.Get("authorization")) > 0 {
+		return ctx
+	}
+	return ContextWithToken(ctx, token)
+}
+
+func (t tokens) unary(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn,
+	invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+	return invoker(t.withToken(ctx, method), method, req, reply, cc, opts...)
+}
+
+func (t tokens) stream(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string,
+	streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+	return streamer(t.withToken(ctx, method), desc, cc, method, opts...)
 }

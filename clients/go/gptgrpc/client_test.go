@@ -74,7 +74,25 @@ func (f *fakeGateway) ChatCompletion(ctx context.Context, req *gptgrpcv1.ChatCom
 	return nil, st.Err()
 }
 
+func (f *fakeGateway) CreateClient(ctx context.Context, req *gptgrpcv1.CreateClientRequest) (*gptgrpcv1.CreateClientResponse, error) {
+	f.record(ctx, "CreateClient")
+	return &gptgrpcv1.CreateClientResponse{Client: &gptgrpcv1.Client{Name: req.GetName()}, Token: "tok"}, nil
+}
+
+func (f *fakeGateway) GetUsage(ctx context.Context, _ *gptgrpcv1.GetUsageRequest) (*gptgrpcv1.GetUsageResponse, error) {
+	f.record(ctx, "GetUsage")
+	st, err := status.New(codes.ResourceExhausted, "budget spent").WithDetails(
+		&errdetails.ErrorInfo{Reason: "CLIENT_BUDGET_EXCEEDED", Domain: gptgrpc.ErrorDomain},
+		&errdetails.QuotaFailure{Violations: []*errdetails.QuotaFailure_Violation{{Subject: "client:acme"}}},
+	)
+	if err != nil {
+		return nil, err
+	}
+	return nil, st.Err()
+}
+
 func (f *fakeGateway) StreamChatCompletion(req *gptgrpcv1.StreamChatCompletionRequest, s grpc.ServerStreamingServer[gptgrpcv1.StreamChatCompletionResponse]) error {
+	f.record(s.Context(), "StreamChatCompletion")
 	for _, part := range []string{"Echo: ", req.GetUserMessage()} {
 		if err := s.Send(&gptgrpcv1.StreamChatCompletionResponse{Event: &gptgrpcv1.StreamChatCompletionResponse_Delta{
 			Delta: &gptgrpcv1.ChatCompletionDelta{Content: part}}}); err != nil {
@@ -130,6 +148,50 @@ func TestAdminTokenOnlyOnConfigure(t *testing.T) {
 	}
 	if got := f.authFor("Configure"); len(got) != 1 || got[0] != "Bearer other" {
 		t.Errorf("Configure authorization = %q, want [Bearer other]", got)
+	}
+}
+
+func TestClientAndAdminTokens(t *testing.T) {
+	f, addr := serve(t)
+	c, err := gptgrpc.Dial(addr, gptgrpc.WithInsecure(),
+		gptgrpc.WithAdminToken("admin"), gptgrpc.WithClientToken("client"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.CreateClient(ctx(t), &gptgrpcv1.CreateClientRequest{Name: "acme"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.CountTokens(ctx(t), &gptgrpcv1.CountTokensRequest{Text: "x"}); err != nil {
+		t.Fatal(err)
+	}
+	stream, err := c.StreamChatCompletion(ctx(t), &gptgrpcv1.StreamChatCompletionRequest{UserMessage: "x"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := gptgrpc.CollectStream(stream, nil); err != nil {
+		t.Fatal(err)
+	}
+	for method, want := range map[string]string{
+		"CreateClient": "Bearer admin", "CountTokens": "Bearer client", "StreamChatCompletion": "Bearer client",
+	} {
+		if got := f.authFor(method); len(got) != 1 || got[0] != want {
+			t.Errorf("%s authorization = %q, want [%s]", method, got, want)
+		}
+	}
+	_, err = c.GetUsage(gptgrpc.ContextWithAdminToken(ctx(t), "admin"), &gptgrpcv1.GetUsageRequest{Client: "acme"})
+	if got := f.authFor("GetUsage"); len(got) != 1 || got[0] != "Bearer admin" {
+		t.Errorf("GetUsage with a per-call token: authorization = %q", got)
+	}
+	if q := gptgrpc.QuotaFailure(err); len(q.GetViolations()) != 1 || q.GetViolations()[0].GetSubject() != "client:acme" {
+		t.Errorf("QuotaFailure = %v (err %v)", q, err)
+	}
+	if gptgrpc.Reason(err) != gptgrpcv1.ErrorReason_CLIENT_BUDGET_EXCEEDED {
+		t.Errorf("Reason = %v", gptgrpc.Reason(err))
+	}
+	if !gptgrpc.IsAdminMethod(gptgrpcv1.GPTService_RevokeClient_FullMethodName) ||
+		gptgrpc.IsAdminMethod(gptgrpcv1.GPTService_GetUsage_FullMethodName) {
+		t.Error("IsAdminMethod misclassifies")
 	}
 }
 
@@ -285,6 +347,9 @@ func TestDialOptionErrors(t *testing.T) {
 	}
 	if _, err := gptgrpc.Dial("127.0.0.1:1", gptgrpc.WithAdminToken("")); err == nil {
 		t.Error("empty admin token accepted")
+	}
+	if _, err := gptgrpc.Dial("127.0.0.1:1", gptgrpc.WithClientToken("")); err == nil {
+		t.Error("empty client token accepted")
 	}
 	if _, err := gptgrpc.Dial("127.0.0.1:1", gptgrpc.WithCAFile("/nonexistent/ca.pem")); err == nil {
 		t.Error("missing CA file accepted")

@@ -48,6 +48,21 @@ func ErrorDetails(err error) (reason string, info *errdetails.ErrorInfo, retry *
 	return reason, info, retry, bad
 }
 
+// QuotaFailure returns the google.rpc.QuotaFailure of a gateway error (sent
+// with CLIENT_BUDGET_EXCEEDED), or nil.
+func QuotaFailure(err error) *errdetails.QuotaFailure {
+	st, ok := status.FromError(err)
+	if !ok {
+		return nil
+	}
+	for _, d := range st.Details() {
+		if q, ok := d.(*errdetails.QuotaFailure); ok {
+			return q
+		}
+	}
+	return nil
+}
+
 // Reason returns the typed ErrorReason of a gateway error, or
 // ERROR_REASON_UNSPECIFIED when err carries no gpt-grpc ErrorInfo or a
 // reason unknown to this client version.

@@ -274,6 +274,59 @@ func (FinishReason) EnumDescriptor() ([]byte, []int) {
 	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{3}
 }
 
+// BudgetPeriod is the period a spend budget covers (UTC calendar periods).
+type BudgetPeriod int32
+
+const (
+	// No budget.
+	BudgetPeriod_BUDGET_PERIOD_UNSPECIFIED BudgetPeriod = 0
+	// Per UTC day.
+	BudgetPeriod_BUDGET_PERIOD_DAY BudgetPeriod = 1
+	// Per UTC calendar month.
+	BudgetPeriod_BUDGET_PERIOD_MONTH BudgetPeriod = 2
+)
+
+// Enum value maps for BudgetPeriod.
+var (
+	BudgetPeriod_name = map[int32]string{
+		0: "BUDGET_PERIOD_UNSPECIFIED",
+		1: "BUDGET_PERIOD_DAY",
+		2: "BUDGET_PERIOD_MONTH",
+	}
+	BudgetPeriod_value = map[string]int32{
+		"BUDGET_PERIOD_UNSPECIFIED": 0,
+		"BUDGET_PERIOD_DAY":         1,
+		"BUDGET_PERIOD_MONTH":       2,
+	}
+)
+
+func (x BudgetPeriod) Enum() *BudgetPeriod {
+	p := new(BudgetPeriod)
+	*p = x
+	return p
+}
+
+func (x BudgetPeriod) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (BudgetPeriod) Descriptor() protoreflect.EnumDescriptor {
+	return file_gptgrpc_v1_gateway_proto_enumTypes[4].Descriptor()
+}
+
+func (BudgetPeriod) Type() protoreflect.EnumType {
+	return &file_gptgrpc_v1_gateway_proto_enumTypes[4]
+}
+
+func (x BudgetPeriod) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use BudgetPeriod.Descriptor instead.
+func (BudgetPeriod) EnumDescriptor() ([]byte, []int) {
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{4}
+}
+
 // ErrorReason is the reason of the google.rpc.ErrorInfo attached to every
 // error (ErrorInfo.reason is the value's name, ErrorInfo.domain "gpt-grpc").
 // Reasons that start with UPSTREAM_ come from the upstream API; the others
@@ -323,6 +376,22 @@ const (
 	ErrorReason_OVERLOADED ErrorReason = 19
 	// A bug in the gateway. INTERNAL.
 	ErrorReason_INTERNAL_ERROR ErrorReason = 20
+	// Clients are defined and the call carries no token. UNAUTHENTICATED.
+	ErrorReason_CLIENT_TOKEN_MISSING ErrorReason = 21
+	// The client token is unknown or revoked. UNAUTHENTICATED.
+	ErrorReason_CLIENT_TOKEN_INVALID ErrorReason = 22
+	// The client's request or token rate limit is reached. RESOURCE_EXHAUSTED + RetryInfo.
+	ErrorReason_CLIENT_RATE_LIMITED ErrorReason = 23
+	// The client's spend budget for the period is used up. RESOURCE_EXHAUSTED + QuotaFailure.
+	ErrorReason_CLIENT_BUDGET_EXCEEDED ErrorReason = 24
+	// Too many failed authentications from this peer. RESOURCE_EXHAUSTED + RetryInfo.
+	ErrorReason_AUTH_RATE_LIMITED ErrorReason = 25
+	// No client has that name. NOT_FOUND.
+	ErrorReason_CLIENT_NOT_FOUND ErrorReason = 26
+	// A client with that name exists. ALREADY_EXISTS.
+	ErrorReason_CLIENT_EXISTS ErrorReason = 27
+	// A client token may not see another client's data. PERMISSION_DENIED.
+	ErrorReason_CLIENT_FORBIDDEN ErrorReason = 28
 )
 
 // Enum value maps for ErrorReason.
@@ -349,6 +418,14 @@ var (
 		18: "SHUTTING_DOWN",
 		19: "OVERLOADED",
 		20: "INTERNAL_ERROR",
+		21: "CLIENT_TOKEN_MISSING",
+		22: "CLIENT_TOKEN_INVALID",
+		23: "CLIENT_RATE_LIMITED",
+		24: "CLIENT_BUDGET_EXCEEDED",
+		25: "AUTH_RATE_LIMITED",
+		26: "CLIENT_NOT_FOUND",
+		27: "CLIENT_EXISTS",
+		28: "CLIENT_FORBIDDEN",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED":         0,
@@ -372,6 +449,14 @@ var (
 		"SHUTTING_DOWN":                    18,
 		"OVERLOADED":                       19,
 		"INTERNAL_ERROR":                   20,
+		"CLIENT_TOKEN_MISSING":             21,
+		"CLIENT_TOKEN_INVALID":             22,
+		"CLIENT_RATE_LIMITED":              23,
+		"CLIENT_BUDGET_EXCEEDED":           24,
+		"AUTH_RATE_LIMITED":                25,
+		"CLIENT_NOT_FOUND":                 26,
+		"CLIENT_EXISTS":                    27,
+		"CLIENT_FORBIDDEN":                 28,
 	}
 )
 
@@ -386,11 +471,11 @@ func (x ErrorReason) String() string {
 }
 
 func (ErrorReason) Descriptor() protoreflect.EnumDescriptor {
-	return file_gptgrpc_v1_gateway_proto_enumTypes[4].Descriptor()
+	return file_gptgrpc_v1_gateway_proto_enumTypes[5].Descriptor()
 }
 
 func (ErrorReason) Type() protoreflect.EnumType {
-	return &file_gptgrpc_v1_gateway_proto_enumTypes[4]
+	return &file_gptgrpc_v1_gateway_proto_enumTypes[5]
 }
 
 func (x ErrorReason) Number() protoreflect.EnumNumber {
@@ -399,7 +484,7 @@ func (x ErrorReason) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ErrorReason.Descriptor instead.
 func (ErrorReason) EnumDescriptor() ([]byte, []int) {
-	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{4}
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{5}
 }
 
 // ChatMessage is one message of a conversation.
@@ -2320,9 +2405,13 @@ func (x *ListModelsResponse) GetModels() []*ModelInfo {
 	return nil
 }
 
-// GetUsageRequest is empty.
+// GetUsageRequest selects whose usage to report.
 type GetUsageRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Client name: that client's persisted usage (admin token, or the client's
+	// own token). Empty: all traffic since the server started (with a client
+	// token: that client's own usage).
+	Client        string `protobuf:"bytes,1,opt,name=client,proto3" json:"client,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2355,6 +2444,13 @@ func (x *GetUsageRequest) ProtoReflect() protoreflect.Message {
 // Deprecated: Use GetUsageRequest.ProtoReflect.Descriptor instead.
 func (*GetUsageRequest) Descriptor() ([]byte, []int) {
 	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *GetUsageRequest) GetClient() string {
+	if x != nil {
+		return x.Client
+	}
+	return ""
 }
 
 // ModelUsage is the usage of one model since start.
@@ -2483,7 +2579,9 @@ type GetUsageResponse struct {
 	// Sum over all models (model is empty).
 	Total *ModelUsage `protobuf:"bytes,2,opt,name=total,proto3" json:"total,omitempty"`
 	// When counting started.
-	Since         *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=since,proto3" json:"since,omitempty"`
+	Since *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=since,proto3" json:"since,omitempty"`
+	// The client reported on; empty for all traffic.
+	Client        string `protobuf:"bytes,4,opt,name=client,proto3" json:"client,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2535,6 +2633,572 @@ func (x *GetUsageResponse) GetTotal() *ModelUsage {
 func (x *GetUsageResponse) GetSince() *timestamppb.Timestamp {
 	if x != nil {
 		return x.Since
+	}
+	return nil
+}
+
+func (x *GetUsageResponse) GetClient() string {
+	if x != nil {
+		return x.Client
+	}
+	return ""
+}
+
+// ClientLimits caps one client. Unset fields mean no limit.
+type ClientLimits struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Calls allowed per sliding minute.
+	RequestsPerMinute *int32 `protobuf:"varint,1,opt,name=requests_per_minute,json=requestsPerMinute,proto3,oneof" json:"requests_per_minute,omitempty"`
+	// Tokens (prompt + completion) allowed per sliding minute.
+	TokensPerMinute *int64 `protobuf:"varint,2,opt,name=tokens_per_minute,json=tokensPerMinute,proto3,oneof" json:"tokens_per_minute,omitempty"`
+	// Spend allowed per budget_period, in USD.
+	BudgetUsd *float64 `protobuf:"fixed64,3,opt,name=budget_usd,json=budgetUsd,proto3,oneof" json:"budget_usd,omitempty"`
+	// The period of budget_usd (required when budget_usd is set).
+	BudgetPeriod  BudgetPeriod `protobuf:"varint,4,opt,name=budget_period,json=budgetPeriod,proto3,enum=gptgrpc.v1.BudgetPeriod" json:"budget_period,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClientLimits) Reset() {
+	*x = ClientLimits{}
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClientLimits) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClientLimits) ProtoMessage() {}
+
+func (x *ClientLimits) ProtoReflect() protoreflect.Message {
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClientLimits.ProtoReflect.Descriptor instead.
+func (*ClientLimits) Descriptor() ([]byte, []int) {
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *ClientLimits) GetRequestsPerMinute() int32 {
+	if x != nil && x.RequestsPerMinute != nil {
+		return *x.RequestsPerMinute
+	}
+	return 0
+}
+
+func (x *ClientLimits) GetTokensPerMinute() int64 {
+	if x != nil && x.TokensPerMinute != nil {
+		return *x.TokensPerMinute
+	}
+	return 0
+}
+
+func (x *ClientLimits) GetBudgetUsd() float64 {
+	if x != nil && x.BudgetUsd != nil {
+		return *x.BudgetUsd
+	}
+	return 0
+}
+
+func (x *ClientLimits) GetBudgetPeriod() BudgetPeriod {
+	if x != nil {
+		return x.BudgetPeriod
+	}
+	return BudgetPeriod_BUDGET_PERIOD_UNSPECIFIED
+}
+
+// Client is a named caller of the gateway.
+type Client struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Unique name: letters, digits, '_', '-' and '.', 1 to 64.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Its limits.
+	Limits *ClientLimits `protobuf:"bytes,2,opt,name=limits,proto3" json:"limits,omitempty"`
+	// When it was created.
+	CreateTime *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	// Set when its token was revoked.
+	RevokeTime *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=revoke_time,json=revokeTime,proto3" json:"revoke_time,omitempty"`
+	// The first characters of its token, to tell tokens apart (never the token).
+	TokenPrefix string `protobuf:"bytes,5,opt,name=token_prefix,json=tokenPrefix,proto3" json:"token_prefix,omitempty"`
+	// Spend in the current budget period (the current UTC day when no budget is set), USD.
+	PeriodSpendUsd float64 `protobuf:"fixed64,6,opt,name=period_spend_usd,json=periodSpendUsd,proto3" json:"period_spend_usd,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *Client) Reset() {
+	*x = Client{}
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Client) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Client) ProtoMessage() {}
+
+func (x *Client) ProtoReflect() protoreflect.Message {
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Client.ProtoReflect.Descriptor instead.
+func (*Client) Descriptor() ([]byte, []int) {
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *Client) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Client) GetLimits() *ClientLimits {
+	if x != nil {
+		return x.Limits
+	}
+	return nil
+}
+
+func (x *Client) GetCreateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreateTime
+	}
+	return nil
+}
+
+func (x *Client) GetRevokeTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.RevokeTime
+	}
+	return nil
+}
+
+func (x *Client) GetTokenPrefix() string {
+	if x != nil {
+		return x.TokenPrefix
+	}
+	return ""
+}
+
+func (x *Client) GetPeriodSpendUsd() float64 {
+	if x != nil {
+		return x.PeriodSpendUsd
+	}
+	return 0
+}
+
+// CreateClientRequest defines a client.
+type CreateClientRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Unique client name.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Its limits.
+	Limits        *ClientLimits `protobuf:"bytes,2,opt,name=limits,proto3" json:"limits,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateClientRequest) Reset() {
+	*x = CreateClientRequest{}
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateClientRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateClientRequest) ProtoMessage() {}
+
+func (x *CreateClientRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateClientRequest.ProtoReflect.Descriptor instead.
+func (*CreateClientRequest) Descriptor() ([]byte, []int) {
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *CreateClientRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *CreateClientRequest) GetLimits() *ClientLimits {
+	if x != nil {
+		return x.Limits
+	}
+	return nil
+}
+
+// CreateClientResponse carries the token, shown this once.
+type CreateClientResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The new client.
+	Client *Client `protobuf:"bytes,1,opt,name=client,proto3" json:"client,omitempty"`
+	// Its bearer token. Store it now: only a hash is kept.
+	Token         string `protobuf:"bytes,2,opt,name=token,proto3" json:"token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateClientResponse) Reset() {
+	*x = CreateClientResponse{}
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateClientResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateClientResponse) ProtoMessage() {}
+
+func (x *CreateClientResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateClientResponse.ProtoReflect.Descriptor instead.
+func (*CreateClientResponse) Descriptor() ([]byte, []int) {
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *CreateClientResponse) GetClient() *Client {
+	if x != nil {
+		return x.Client
+	}
+	return nil
+}
+
+func (x *CreateClientResponse) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+// ListClientsRequest filters the list.
+type ListClientsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Include revoked clients.
+	IncludeRevoked bool `protobuf:"varint,1,opt,name=include_revoked,json=includeRevoked,proto3" json:"include_revoked,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *ListClientsRequest) Reset() {
+	*x = ListClientsRequest{}
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListClientsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListClientsRequest) ProtoMessage() {}
+
+func (x *ListClientsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListClientsRequest.ProtoReflect.Descriptor instead.
+func (*ListClientsRequest) Descriptor() ([]byte, []int) {
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *ListClientsRequest) GetIncludeRevoked() bool {
+	if x != nil {
+		return x.IncludeRevoked
+	}
+	return false
+}
+
+// ListClientsResponse lists clients sorted by name.
+type ListClientsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The clients.
+	Clients       []*Client `protobuf:"bytes,1,rep,name=clients,proto3" json:"clients,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListClientsResponse) Reset() {
+	*x = ListClientsResponse{}
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListClientsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListClientsResponse) ProtoMessage() {}
+
+func (x *ListClientsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListClientsResponse.ProtoReflect.Descriptor instead.
+func (*ListClientsResponse) Descriptor() ([]byte, []int) {
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *ListClientsResponse) GetClients() []*Client {
+	if x != nil {
+		return x.Clients
+	}
+	return nil
+}
+
+// UpdateClientRequest replaces a client's limits.
+type UpdateClientRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The client's name.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// The new limits (replacing all of the old ones).
+	Limits        *ClientLimits `protobuf:"bytes,2,opt,name=limits,proto3" json:"limits,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateClientRequest) Reset() {
+	*x = UpdateClientRequest{}
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateClientRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateClientRequest) ProtoMessage() {}
+
+func (x *UpdateClientRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateClientRequest.ProtoReflect.Descriptor instead.
+func (*UpdateClientRequest) Descriptor() ([]byte, []int) {
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *UpdateClientRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *UpdateClientRequest) GetLimits() *ClientLimits {
+	if x != nil {
+		return x.Limits
+	}
+	return nil
+}
+
+// UpdateClientResponse returns the client as now defined.
+type UpdateClientResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The client.
+	Client        *Client `protobuf:"bytes,1,opt,name=client,proto3" json:"client,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateClientResponse) Reset() {
+	*x = UpdateClientResponse{}
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateClientResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateClientResponse) ProtoMessage() {}
+
+func (x *UpdateClientResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateClientResponse.ProtoReflect.Descriptor instead.
+func (*UpdateClientResponse) Descriptor() ([]byte, []int) {
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *UpdateClientResponse) GetClient() *Client {
+	if x != nil {
+		return x.Client
+	}
+	return nil
+}
+
+// RevokeClientRequest names the client to revoke.
+type RevokeClientRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The client's name.
+	Name          string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeClientRequest) Reset() {
+	*x = RevokeClientRequest{}
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeClientRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeClientRequest) ProtoMessage() {}
+
+func (x *RevokeClientRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeClientRequest.ProtoReflect.Descriptor instead.
+func (*RevokeClientRequest) Descriptor() ([]byte, []int) {
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *RevokeClientRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+// RevokeClientResponse returns the revoked client.
+type RevokeClientResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The client.
+	Client        *Client `protobuf:"bytes,1,opt,name=client,proto3" json:"client,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeClientResponse) Reset() {
+	*x = RevokeClientResponse{}
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeClientResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeClientResponse) ProtoMessage() {}
+
+func (x *RevokeClientResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeClientResponse.ProtoReflect.Descriptor instead.
+func (*RevokeClientResponse) Descriptor() ([]byte, []int) {
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *RevokeClientResponse) GetClient() *Client {
+	if x != nil {
+		return x.Client
 	}
 	return nil
 }
@@ -2726,8 +3390,9 @@ const file_gptgrpc_v1_gateway_proto_rawDesc = "" +
 	"\x1d_cached_input_usd_per_millionB\x19\n" +
 	"\x17_output_usd_per_million\"C\n" +
 	"\x12ListModelsResponse\x12-\n" +
-	"\x06models\x18\x01 \x03(\v2\x15.gptgrpc.v1.ModelInfoR\x06models\"\x11\n" +
-	"\x0fGetUsageRequest\"\xde\x02\n" +
+	"\x06models\x18\x01 \x03(\v2\x15.gptgrpc.v1.ModelInfoR\x06models\")\n" +
+	"\x0fGetUsageRequest\x12\x16\n" +
+	"\x06client\x18\x01 \x01(\tR\x06client\"\xde\x02\n" +
 	"\n" +
 	"ModelUsage\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x12\x1a\n" +
@@ -2738,11 +3403,49 @@ const file_gptgrpc_v1_gateway_proto_rawDesc = "" +
 	"\x14cached_prompt_tokens\x18\x06 \x01(\x03R\x12cachedPromptTokens\x12)\n" +
 	"\x10reasoning_tokens\x18\a \x01(\x03R\x0freasoningTokens\x12\x19\n" +
 	"\bcost_usd\x18\b \x01(\x01R\acostUsd\x12+\n" +
-	"\x11unpriced_requests\x18\t \x01(\x03R\x10unpricedRequests\"\xa2\x01\n" +
+	"\x11unpriced_requests\x18\t \x01(\x03R\x10unpricedRequests\"\xba\x01\n" +
 	"\x10GetUsageResponse\x12.\n" +
 	"\x06models\x18\x01 \x03(\v2\x16.gptgrpc.v1.ModelUsageR\x06models\x12,\n" +
 	"\x05total\x18\x02 \x01(\v2\x16.gptgrpc.v1.ModelUsageR\x05total\x120\n" +
-	"\x05since\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x05since*s\n" +
+	"\x05since\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x12\x16\n" +
+	"\x06client\x18\x04 \x01(\tR\x06client\"\x94\x02\n" +
+	"\fClientLimits\x123\n" +
+	"\x13requests_per_minute\x18\x01 \x01(\x05H\x00R\x11requestsPerMinute\x88\x01\x01\x12/\n" +
+	"\x11tokens_per_minute\x18\x02 \x01(\x03H\x01R\x0ftokensPerMinute\x88\x01\x01\x12\"\n" +
+	"\n" +
+	"budget_usd\x18\x03 \x01(\x01H\x02R\tbudgetUsd\x88\x01\x01\x12=\n" +
+	"\rbudget_period\x18\x04 \x01(\x0e2\x18.gptgrpc.v1.BudgetPeriodR\fbudgetPeriodB\x16\n" +
+	"\x14_requests_per_minuteB\x14\n" +
+	"\x12_tokens_per_minuteB\r\n" +
+	"\v_budget_usd\"\x95\x02\n" +
+	"\x06Client\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x120\n" +
+	"\x06limits\x18\x02 \x01(\v2\x18.gptgrpc.v1.ClientLimitsR\x06limits\x12;\n" +
+	"\vcreate_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"createTime\x12;\n" +
+	"\vrevoke_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"revokeTime\x12!\n" +
+	"\ftoken_prefix\x18\x05 \x01(\tR\vtokenPrefix\x12(\n" +
+	"\x10period_spend_usd\x18\x06 \x01(\x01R\x0eperiodSpendUsd\"[\n" +
+	"\x13CreateClientRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x120\n" +
+	"\x06limits\x18\x02 \x01(\v2\x18.gptgrpc.v1.ClientLimitsR\x06limits\"X\n" +
+	"\x14CreateClientResponse\x12*\n" +
+	"\x06client\x18\x01 \x01(\v2\x12.gptgrpc.v1.ClientR\x06client\x12\x14\n" +
+	"\x05token\x18\x02 \x01(\tR\x05token\"=\n" +
+	"\x12ListClientsRequest\x12'\n" +
+	"\x0finclude_revoked\x18\x01 \x01(\bR\x0eincludeRevoked\"C\n" +
+	"\x13ListClientsResponse\x12,\n" +
+	"\aclients\x18\x01 \x03(\v2\x12.gptgrpc.v1.ClientR\aclients\"[\n" +
+	"\x13UpdateClientRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x120\n" +
+	"\x06limits\x18\x02 \x01(\v2\x18.gptgrpc.v1.ClientLimitsR\x06limits\"B\n" +
+	"\x14UpdateClientResponse\x12*\n" +
+	"\x06client\x18\x01 \x01(\v2\x12.gptgrpc.v1.ClientR\x06client\")\n" +
+	"\x13RevokeClientRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"B\n" +
+	"\x14RevokeClientResponse\x12*\n" +
+	"\x06client\x18\x01 \x01(\v2\x12.gptgrpc.v1.ClientR\x06client*s\n" +
 	"\x04Role\x12\x14\n" +
 	"\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n" +
 	"\vROLE_SYSTEM\x10\x01\x12\x12\n" +
@@ -2766,7 +3469,11 @@ const file_gptgrpc_v1_gateway_proto_rawDesc = "" +
 	"\x14FINISH_REASON_LENGTH\x10\x02\x12\x1c\n" +
 	"\x18FINISH_REASON_TOOL_CALLS\x10\x03\x12 \n" +
 	"\x1cFINISH_REASON_CONTENT_FILTER\x10\x04\x12\x1f\n" +
-	"\x1bFINISH_REASON_FUNCTION_CALL\x10\x05*\xa3\x04\n" +
+	"\x1bFINISH_REASON_FUNCTION_CALL\x10\x05*]\n" +
+	"\fBudgetPeriod\x12\x1d\n" +
+	"\x19BUDGET_PERIOD_UNSPECIFIED\x10\x00\x12\x15\n" +
+	"\x11BUDGET_PERIOD_DAY\x10\x01\x12\x17\n" +
+	"\x13BUDGET_PERIOD_MONTH\x10\x02*\xe2\x05\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fINVALID_REQUEST\x10\x01\x12\x13\n" +
@@ -2790,7 +3497,15 @@ const file_gptgrpc_v1_gateway_proto_rawDesc = "" +
 	"\rSHUTTING_DOWN\x10\x12\x12\x0e\n" +
 	"\n" +
 	"OVERLOADED\x10\x13\x12\x12\n" +
-	"\x0eINTERNAL_ERROR\x10\x142\xdf\x04\n" +
+	"\x0eINTERNAL_ERROR\x10\x14\x12\x18\n" +
+	"\x14CLIENT_TOKEN_MISSING\x10\x15\x12\x18\n" +
+	"\x14CLIENT_TOKEN_INVALID\x10\x16\x12\x17\n" +
+	"\x13CLIENT_RATE_LIMITED\x10\x17\x12\x1a\n" +
+	"\x16CLIENT_BUDGET_EXCEEDED\x10\x18\x12\x15\n" +
+	"\x11AUTH_RATE_LIMITED\x10\x19\x12\x14\n" +
+	"\x10CLIENT_NOT_FOUND\x10\x1a\x12\x11\n" +
+	"\rCLIENT_EXISTS\x10\x1b\x12\x14\n" +
+	"\x10CLIENT_FORBIDDEN\x10\x1c2\xa8\a\n" +
 	"\n" +
 	"GPTService\x12W\n" +
 	"\x0eChatCompletion\x12!.gptgrpc.v1.ChatCompletionRequest\x1a\".gptgrpc.v1.ChatCompletionResponse\x12k\n" +
@@ -2800,7 +3515,11 @@ const file_gptgrpc_v1_gateway_proto_rawDesc = "" +
 	"\x10GetConfiguration\x12#.gptgrpc.v1.GetConfigurationRequest\x1a$.gptgrpc.v1.GetConfigurationResponse\x12K\n" +
 	"\n" +
 	"ListModels\x12\x1d.gptgrpc.v1.ListModelsRequest\x1a\x1e.gptgrpc.v1.ListModelsResponse\x12E\n" +
-	"\bGetUsage\x12\x1b.gptgrpc.v1.GetUsageRequest\x1a\x1c.gptgrpc.v1.GetUsageResponseB=Z;github.com/gpt-grpc/gpt-grpc/clients/go/gptgrpcv1;gptgrpcv1b\x06proto3"
+	"\bGetUsage\x12\x1b.gptgrpc.v1.GetUsageRequest\x1a\x1c.gptgrpc.v1.GetUsageResponse\x12Q\n" +
+	"\fCreateClient\x12\x1f.gptgrpc.v1.CreateClientRequest\x1a .gptgrpc.v1.CreateClientResponse\x12N\n" +
+	"\vListClients\x12\x1e.gptgrpc.v1.ListClientsRequest\x1a\x1f.gptgrpc.v1.ListClientsResponse\x12Q\n" +
+	"\fUpdateClient\x12\x1f.gptgrpc.v1.UpdateClientRequest\x1a .gptgrpc.v1.UpdateClientResponse\x12Q\n" +
+	"\fRevokeClient\x12\x1f.gptgrpc.v1.RevokeClientRequest\x1a .gptgrpc.v1.RevokeClientResponseB=Z;github.com/gpt-grpc/gpt-grpc/clients/go/gptgrpcv1;gptgrpcv1b\x06proto3"
 
 var (
 	file_gptgrpc_v1_gateway_proto_rawDescOnce sync.Once
@@ -2814,96 +3533,125 @@ func file_gptgrpc_v1_gateway_proto_rawDescGZIP() []byte {
 	return file_gptgrpc_v1_gateway_proto_rawDescData
 }
 
-var file_gptgrpc_v1_gateway_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_gptgrpc_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
+var file_gptgrpc_v1_gateway_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
+var file_gptgrpc_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
 var file_gptgrpc_v1_gateway_proto_goTypes = []any{
 	(Role)(0),                            // 0: gptgrpc.v1.Role
 	(ToolChoiceMode)(0),                  // 1: gptgrpc.v1.ToolChoiceMode
 	(ResponseFormatType)(0),              // 2: gptgrpc.v1.ResponseFormatType
 	(FinishReason)(0),                    // 3: gptgrpc.v1.FinishReason
-	(ErrorReason)(0),                     // 4: gptgrpc.v1.ErrorReason
-	(*ChatMessage)(nil),                  // 5: gptgrpc.v1.ChatMessage
-	(*Tool)(nil),                         // 6: gptgrpc.v1.Tool
-	(*ToolCall)(nil),                     // 7: gptgrpc.v1.ToolCall
-	(*ToolChoice)(nil),                   // 8: gptgrpc.v1.ToolChoice
-	(*ResponseFormat)(nil),               // 9: gptgrpc.v1.ResponseFormat
-	(*ChatCompletionRequest)(nil),        // 10: gptgrpc.v1.ChatCompletionRequest
-	(*Usage)(nil),                        // 11: gptgrpc.v1.Usage
-	(*ChatCompletionResponse)(nil),       // 12: gptgrpc.v1.ChatCompletionResponse
-	(*StreamChatCompletionRequest)(nil),  // 13: gptgrpc.v1.StreamChatCompletionRequest
-	(*ChatCompletionDelta)(nil),          // 14: gptgrpc.v1.ChatCompletionDelta
-	(*ChatCompletionSummary)(nil),        // 15: gptgrpc.v1.ChatCompletionSummary
-	(*StreamChatCompletionResponse)(nil), // 16: gptgrpc.v1.StreamChatCompletionResponse
-	(*CountTokensRequest)(nil),           // 17: gptgrpc.v1.CountTokensRequest
-	(*CountTokensResponse)(nil),          // 18: gptgrpc.v1.CountTokensResponse
-	(*RetryPolicy)(nil),                  // 19: gptgrpc.v1.RetryPolicy
-	(*ConfigureRequest)(nil),             // 20: gptgrpc.v1.ConfigureRequest
-	(*Configuration)(nil),                // 21: gptgrpc.v1.Configuration
-	(*ConfigureResponse)(nil),            // 22: gptgrpc.v1.ConfigureResponse
-	(*GetConfigurationRequest)(nil),      // 23: gptgrpc.v1.GetConfigurationRequest
-	(*GetConfigurationResponse)(nil),     // 24: gptgrpc.v1.GetConfigurationResponse
-	(*ListModelsRequest)(nil),            // 25: gptgrpc.v1.ListModelsRequest
-	(*ModelInfo)(nil),                    // 26: gptgrpc.v1.ModelInfo
-	(*ListModelsResponse)(nil),           // 27: gptgrpc.v1.ListModelsResponse
-	(*GetUsageRequest)(nil),              // 28: gptgrpc.v1.GetUsageRequest
-	(*ModelUsage)(nil),                   // 29: gptgrpc.v1.ModelUsage
-	(*GetUsageResponse)(nil),             // 30: gptgrpc.v1.GetUsageResponse
-	(*durationpb.Duration)(nil),          // 31: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),        // 32: google.protobuf.Timestamp
+	(BudgetPeriod)(0),                    // 4: gptgrpc.v1.BudgetPeriod
+	(ErrorReason)(0),                     // 5: gptgrpc.v1.ErrorReason
+	(*ChatMessage)(nil),                  // 6: gptgrpc.v1.ChatMessage
+	(*Tool)(nil),                         // 7: gptgrpc.v1.Tool
+	(*ToolCall)(nil),                     // 8: gptgrpc.v1.ToolCall
+	(*ToolChoice)(nil),                   // 9: gptgrpc.v1.ToolChoice
+	(*ResponseFormat)(nil),               // 10: gptgrpc.v1.ResponseFormat
+	(*ChatCompletionRequest)(nil),        // 11: gptgrpc.v1.ChatCompletionRequest
+	(*Usage)(nil),                        // 12: gptgrpc.v1.Usage
+	(*ChatCompletionResponse)(nil),       // 13: gptgrpc.v1.ChatCompletionResponse
+	(*StreamChatCompletionRequest)(nil),  // 14: gptgrpc.v1.StreamChatCompletionRequest
+	(*ChatCompletionDelta)(nil),          // 15: gptgrpc.v1.ChatCompletionDelta
+	(*ChatCompletionSummary)(nil),        // 16: gptgrpc.v1.ChatCompletionSummary
+	(*StreamChatCompletionResponse)(nil), // 17: gptgrpc.v1.StreamChatCompletionResponse
+	(*CountTokensRequest)(nil),           // 18: gptgrpc.v1.CountTokensRequest
+	(*CountTokensResponse)(nil),          // 19: gptgrpc.v1.CountTokensResponse
+	(*RetryPolicy)(nil),                  // 20: gptgrpc.v1.RetryPolicy
+	(*ConfigureRequest)(nil),             // 21: gptgrpc.v1.ConfigureRequest
+	(*Configuration)(nil),                // 22: gptgrpc.v1.Configuration
+	(*ConfigureResponse)(nil),            // 23: gptgrpc.v1.ConfigureResponse
+	(*GetConfigurationRequest)(nil),      // 24: gptgrpc.v1.GetConfigurationRequest
+	(*GetConfigurationResponse)(nil),     // 25: gptgrpc.v1.GetConfigurationResponse
+	(*ListModelsRequest)(nil),            // 26: gptgrpc.v1.ListModelsRequest
+	(*ModelInfo)(nil),                    // 27: gptgrpc.v1.ModelInfo
+	(*ListModelsResponse)(nil),           // 28: gptgrpc.v1.ListModelsResponse
+	(*GetUsageRequest)(nil),              // 29: gptgrpc.v1.GetUsageRequest
+	(*ModelUsage)(nil),                   // 30: gptgrpc.v1.ModelUsage
+	(*GetUsageResponse)(nil),             // 31: gptgrpc.v1.GetUsageResponse
+	(*ClientLimits)(nil),                 // 32: gptgrpc.v1.ClientLimits
+	(*Client)(nil),                       // 33: gptgrpc.v1.Client
+	(*CreateClientRequest)(nil),          // 34: gptgrpc.v1.CreateClientRequest
+	(*CreateClientResponse)(nil),         // 35: gptgrpc.v1.CreateClientResponse
+	(*ListClientsRequest)(nil),           // 36: gptgrpc.v1.ListClientsRequest
+	(*ListClientsResponse)(nil),          // 37: gptgrpc.v1.ListClientsResponse
+	(*UpdateClientRequest)(nil),          // 38: gptgrpc.v1.UpdateClientRequest
+	(*UpdateClientResponse)(nil),         // 39: gptgrpc.v1.UpdateClientResponse
+	(*RevokeClientRequest)(nil),          // 40: gptgrpc.v1.RevokeClientRequest
+	(*RevokeClientResponse)(nil),         // 41: gptgrpc.v1.RevokeClientResponse
+	(*durationpb.Duration)(nil),          // 42: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),        // 43: google.protobuf.Timestamp
 }
 var file_gptgrpc_v1_gateway_proto_depIdxs = []int32{
 	0,  // 0: gptgrpc.v1.ChatMessage.role:type_name -> gptgrpc.v1.Role
-	7,  // 1: gptgrpc.v1.ChatMessage.tool_calls:type_name -> gptgrpc.v1.ToolCall
+	8,  // 1: gptgrpc.v1.ChatMessage.tool_calls:type_name -> gptgrpc.v1.ToolCall
 	1,  // 2: gptgrpc.v1.ToolChoice.mode:type_name -> gptgrpc.v1.ToolChoiceMode
 	2,  // 3: gptgrpc.v1.ResponseFormat.type:type_name -> gptgrpc.v1.ResponseFormatType
-	5,  // 4: gptgrpc.v1.ChatCompletionRequest.messages:type_name -> gptgrpc.v1.ChatMessage
-	9,  // 5: gptgrpc.v1.ChatCompletionRequest.response_format:type_name -> gptgrpc.v1.ResponseFormat
-	6,  // 6: gptgrpc.v1.ChatCompletionRequest.tools:type_name -> gptgrpc.v1.Tool
-	8,  // 7: gptgrpc.v1.ChatCompletionRequest.tool_choice:type_name -> gptgrpc.v1.ToolChoice
-	7,  // 8: gptgrpc.v1.ChatCompletionResponse.tool_calls:type_name -> gptgrpc.v1.ToolCall
+	6,  // 4: gptgrpc.v1.ChatCompletionRequest.messages:type_name -> gptgrpc.v1.ChatMessage
+	10, // 5: gptgrpc.v1.ChatCompletionRequest.response_format:type_name -> gptgrpc.v1.ResponseFormat
+	7,  // 6: gptgrpc.v1.ChatCompletionRequest.tools:type_name -> gptgrpc.v1.Tool
+	9,  // 7: gptgrpc.v1.ChatCompletionRequest.tool_choice:type_name -> gptgrpc.v1.ToolChoice
+	8,  // 8: gptgrpc.v1.ChatCompletionResponse.tool_calls:type_name -> gptgrpc.v1.ToolCall
 	3,  // 9: gptgrpc.v1.ChatCompletionResponse.finish_reason:type_name -> gptgrpc.v1.FinishReason
-	11, // 10: gptgrpc.v1.ChatCompletionResponse.usage:type_name -> gptgrpc.v1.Usage
-	5,  // 11: gptgrpc.v1.StreamChatCompletionRequest.messages:type_name -> gptgrpc.v1.ChatMessage
-	9,  // 12: gptgrpc.v1.StreamChatCompletionRequest.response_format:type_name -> gptgrpc.v1.ResponseFormat
-	6,  // 13: gptgrpc.v1.StreamChatCompletionRequest.tools:type_name -> gptgrpc.v1.Tool
-	8,  // 14: gptgrpc.v1.StreamChatCompletionRequest.tool_choice:type_name -> gptgrpc.v1.ToolChoice
-	7,  // 15: gptgrpc.v1.ChatCompletionSummary.tool_calls:type_name -> gptgrpc.v1.ToolCall
+	12, // 10: gptgrpc.v1.ChatCompletionResponse.usage:type_name -> gptgrpc.v1.Usage
+	6,  // 11: gptgrpc.v1.StreamChatCompletionRequest.messages:type_name -> gptgrpc.v1.ChatMessage
+	10, // 12: gptgrpc.v1.StreamChatCompletionRequest.response_format:type_name -> gptgrpc.v1.ResponseFormat
+	7,  // 13: gptgrpc.v1.StreamChatCompletionRequest.tools:type_name -> gptgrpc.v1.Tool
+	9,  // 14: gptgrpc.v1.StreamChatCompletionRequest.tool_choice:type_name -> gptgrpc.v1.ToolChoice
+	8,  // 15: gptgrpc.v1.ChatCompletionSummary.tool_calls:type_name -> gptgrpc.v1.ToolCall
 	3,  // 16: gptgrpc.v1.ChatCompletionSummary.finish_reason:type_name -> gptgrpc.v1.FinishReason
-	11, // 17: gptgrpc.v1.ChatCompletionSummary.usage:type_name -> gptgrpc.v1.Usage
-	14, // 18: gptgrpc.v1.StreamChatCompletionResponse.delta:type_name -> gptgrpc.v1.ChatCompletionDelta
-	15, // 19: gptgrpc.v1.StreamChatCompletionResponse.summary:type_name -> gptgrpc.v1.ChatCompletionSummary
-	5,  // 20: gptgrpc.v1.CountTokensRequest.messages:type_name -> gptgrpc.v1.ChatMessage
-	31, // 21: gptgrpc.v1.RetryPolicy.initial_backoff:type_name -> google.protobuf.Duration
-	31, // 22: gptgrpc.v1.RetryPolicy.max_backoff:type_name -> google.protobuf.Duration
-	31, // 23: gptgrpc.v1.ConfigureRequest.request_timeout:type_name -> google.protobuf.Duration
-	19, // 24: gptgrpc.v1.ConfigureRequest.retry_policy:type_name -> gptgrpc.v1.RetryPolicy
-	31, // 25: gptgrpc.v1.Configuration.request_timeout:type_name -> google.protobuf.Duration
-	19, // 26: gptgrpc.v1.Configuration.retry_policy:type_name -> gptgrpc.v1.RetryPolicy
-	21, // 27: gptgrpc.v1.ConfigureResponse.configuration:type_name -> gptgrpc.v1.Configuration
-	21, // 28: gptgrpc.v1.GetConfigurationResponse.configuration:type_name -> gptgrpc.v1.Configuration
-	26, // 29: gptgrpc.v1.ListModelsResponse.models:type_name -> gptgrpc.v1.ModelInfo
-	29, // 30: gptgrpc.v1.GetUsageResponse.models:type_name -> gptgrpc.v1.ModelUsage
-	29, // 31: gptgrpc.v1.GetUsageResponse.total:type_name -> gptgrpc.v1.ModelUsage
-	32, // 32: gptgrpc.v1.GetUsageResponse.since:type_name -> google.protobuf.Timestamp
-	10, // 33: gptgrpc.v1.GPTService.ChatCompletion:input_type -> gptgrpc.v1.ChatCompletionRequest
-	13, // 34: gptgrpc.v1.GPTService.StreamChatCompletion:input_type -> gptgrpc.v1.StreamChatCompletionRequest
-	17, // 35: gptgrpc.v1.GPTService.CountTokens:input_type -> gptgrpc.v1.CountTokensRequest
-	20, // 36: gptgrpc.v1.GPTService.Configure:input_type -> gptgrpc.v1.ConfigureRequest
-	23, // 37: gptgrpc.v1.GPTService.GetConfiguration:input_type -> gptgrpc.v1.GetConfigurationRequest
-	25, // 38: gptgrpc.v1.GPTService.ListModels:input_type -> gptgrpc.v1.ListModelsRequest
-	28, // 39: gptgrpc.v1.GPTService.GetUsage:input_type -> gptgrpc.v1.GetUsageRequest
-	12, // 40: gptgrpc.v1.GPTService.ChatCompletion:output_type -> gptgrpc.v1.ChatCompletionResponse
-	16, // 41: gptgrpc.v1.GPTService.StreamChatCompletion:output_type -> gptgrpc.v1.StreamChatCompletionResponse
-	18, // 42: gptgrpc.v1.GPTService.CountTokens:output_type -> gptgrpc.v1.CountTokensResponse
-	22, // 43: gptgrpc.v1.GPTService.Configure:output_type -> gptgrpc.v1.ConfigureResponse
-	24, // 44: gptgrpc.v1.GPTService.GetConfiguration:output_type -> gptgrpc.v1.GetConfigurationResponse
-	27, // 45: gptgrpc.v1.GPTService.ListModels:output_type -> gptgrpc.v1.ListModelsResponse
-	30, // 46: gptgrpc.v1.GPTService.GetUsage:output_type -> gptgrpc.v1.GetUsageResponse
-	40, // [40:47] is the sub-list for method output_type
-	33, // [33:40] is the sub-list for method input_type
-	33, // [33:33] is the sub-list for extension type_name
-	33, // [33:33] is the sub-list for extension extendee
-	0,  // [0:33] is the sub-list for field type_name
+	12, // 17: gptgrpc.v1.ChatCompletionSummary.usage:type_name -> gptgrpc.v1.Usage
+	15, // 18: gptgrpc.v1.StreamChatCompletionResponse.delta:type_name -> gptgrpc.v1.ChatCompletionDelta
+	16, // 19: gptgrpc.v1.StreamChatCompletionResponse.summary:type_name -> gptgrpc.v1.ChatCompletionSummary
+	6,  // 20: gptgrpc.v1.CountTokensRequest.messages:type_name -> gptgrpc.v1.ChatMessage
+	42, // 21: gptgrpc.v1.RetryPolicy.initial_backoff:type_name -> google.protobuf.Duration
+	42, // 22: gptgrpc.v1.RetryPolicy.max_backoff:type_name -> google.protobuf.Duration
+	42, // 23: gptgrpc.v1.ConfigureRequest.request_timeout:type_name -> google.protobuf.Duration
+	20, // 24: gptgrpc.v1.ConfigureRequest.retry_policy:type_name -> gptgrpc.v1.RetryPolicy
+	42, // 25: gptgrpc.v1.Configuration.request_timeout:type_name -> google.protobuf.Duration
+	20, // 26: gptgrpc.v1.Configuration.retry_policy:type_name -> gptgrpc.v1.RetryPolicy
+	22, // 27: gptgrpc.v1.ConfigureResponse.configuration:type_name -> gptgrpc.v1.Configuration
+	22, // 28: gptgrpc.v1.GetConfigurationResponse.configuration:type_name -> gptgrpc.v1.Configuration
+	27, // 29: gptgrpc.v1.ListModelsResponse.models:type_name -> gptgrpc.v1.ModelInfo
+	30, // 30: gptgrpc.v1.GetUsageResponse.models:type_name -> gptgrpc.v1.ModelUsage
+	30, // 31: gptgrpc.v1.GetUsageResponse.total:type_name -> gptgrpc.v1.ModelUsage
+	43, // 32: gptgrpc.v1.GetUsageResponse.since:type_name -> google.protobuf.Timestamp
+	4,  // 33: gptgrpc.v1.ClientLimits.budget_period:type_name -> gptgrpc.v1.BudgetPeriod
+	32, // 34: gptgrpc.v1.Client.limits:type_name -> gptgrpc.v1.ClientLimits
+	43, // 35: gptgrpc.v1.Client.create_time:type_name -> google.protobuf.Timestamp
+	43, // 36: gptgrpc.v1.Client.revoke_time:type_name -> google.protobuf.Timestamp
+	32, // 37: gptgrpc.v1.CreateClientRequest.limits:type_name -> gptgrpc.v1.ClientLimits
+	33, // 38: gptgrpc.v1.CreateClientResponse.client:type_name -> gptgrpc.v1.Client
+	33, // 39: gptgrpc.v1.ListClientsResponse.clients:type_name -> gptgrpc.v1.Client
+	32, // 40: gptgrpc.v1.UpdateClientRequest.limits:type_name -> gptgrpc.v1.ClientLimits
+	33, // 41: gptgrpc.v1.UpdateClientResponse.client:type_name -> gptgrpc.v1.Client
+	33, // 42: gptgrpc.v1.RevokeClientResponse.client:type_name -> gptgrpc.v1.Client
+	11, // 43: gptgrpc.v1.GPTService.ChatCompletion:input_type -> gptgrpc.v1.ChatCompletionRequest
+	14, // 44: gptgrpc.v1.GPTService.StreamChatCompletion:input_type -> gptgrpc.v1.StreamChatCompletionRequest
+	18, // 45: gptgrpc.v1.GPTService.CountTokens:input_type -> gptgrpc.v1.CountTokensRequest
+	21, // 46: gptgrpc.v1.GPTService.Configure:input_type -> gptgrpc.v1.ConfigureRequest
+	24, // 47: gptgrpc.v1.GPTService.GetConfiguration:input_type -> gptgrpc.v1.GetConfigurationRequest
+	26, // 48: gptgrpc.v1.GPTService.ListModels:input_type -> gptgrpc.v1.ListModelsRequest
+	29, // 49: gptgrpc.v1.GPTService.GetUsage:input_type -> gptgrpc.v1.GetUsageRequest
+	34, // 50: gptgrpc.v1.GPTService.CreateClient:input_type -> gptgrpc.v1.CreateClientRequest
+	36, // 51: gptgrpc.v1.GPTService.ListClients:input_type -> gptgrpc.v1.ListClientsRequest
+	38, // 52: gptgrpc.v1.GPTService.UpdateClient:input_type -> gptgrpc.v1.UpdateClientRequest
+	40, // 53: gptgrpc.v1.GPTService.RevokeClient:input_type -> gptgrpc.v1.RevokeClientRequest
+	13, // 54: gptgrpc.v1.GPTService.ChatCompletion:output_type -> gptgrpc.v1.ChatCompletionResponse
+	17, // 55: gptgrpc.v1.GPTService.StreamChatCompletion:output_type -> gptgrpc.v1.StreamChatCompletionResponse
+	19, // 56: gptgrpc.v1.GPTService.CountTokens:output_type -> gptgrpc.v1.CountTokensResponse
+	23, // 57: gptgrpc.v1.GPTService.Configure:output_type -> gptgrpc.v1.ConfigureResponse
+	25, // 58: gptgrpc.v1.GPTService.GetConfiguration:output_type -> gptgrpc.v1.GetConfigurationResponse
+	28, // 59: gptgrpc.v1.GPTService.ListModels:output_type -> gptgrpc.v1.ListModelsResponse
+	31, // 60: gptgrpc.v1.GPTService.GetUsage:output_type -> gptgrpc.v1.GetUsageResponse
+	35, // 61: gptgrpc.v1.GPTService.CreateClient:output_type -> gptgrpc.v1.CreateClientResponse
+	37, // 62: gptgrpc.v1.GPTService.ListClients:output_type -> gptgrpc.v1.ListClientsResponse
+	39, // 63: gptgrpc.v1.GPTService.UpdateClient:output_type -> gptgrpc.v1.UpdateClientResponse
+	41, // 64: gptgrpc.v1.GPTService.RevokeClient:output_type -> gptgrpc.v1.RevokeClientResponse
+	54, // [54:65] is the sub-list for method output_type
+	43, // [43:54] is the sub-list for method input_type
+	43, // [43:43] is the sub-list for extension type_name
+	43, // [43:43] is the sub-list for extension extendee
+	0,  // [0:43] is the sub-list for field type_name
 }
 
 func init() { file_gptgrpc_v1_gateway_proto_init() }
@@ -2929,13 +3677,14 @@ func file_gptgrpc_v1_gateway_proto_init() {
 	file_gptgrpc_v1_gateway_proto_msgTypes[14].OneofWrappers = []any{}
 	file_gptgrpc_v1_gateway_proto_msgTypes[15].OneofWrappers = []any{}
 	file_gptgrpc_v1_gateway_proto_msgTypes[21].OneofWrappers = []any{}
+	file_gptgrpc_v1_gateway_proto_msgTypes[26].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_gptgrpc_v1_gateway_proto_rawDesc), len(file_gptgrpc_v1_gateway_proto_rawDesc)),
-			NumEnums:      5,
-			NumMessages:   26,
+			NumEnums:      6,
+			NumMessages:   36,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

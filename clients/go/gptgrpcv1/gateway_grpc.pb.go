@@ -33,6 +33,10 @@ const (
 	GPTService_GetConfiguration_FullMethodName     = "/gptgrpc.v1.GPTService/GetConfiguration"
 	GPTService_ListModels_FullMethodName           = "/gptgrpc.v1.GPTService/ListModels"
 	GPTService_GetUsage_FullMethodName             = "/gptgrpc.v1.GPTService/GetUsage"
+	GPTService_CreateClient_FullMethodName         = "/gptgrpc.v1.GPTService/CreateClient"
+	GPTService_ListClients_FullMethodName          = "/gptgrpc.v1.GPTService/ListClients"
+	GPTService_UpdateClient_FullMethodName         = "/gptgrpc.v1.GPTService/UpdateClient"
+	GPTService_RevokeClient_FullMethodName         = "/gptgrpc.v1.GPTService/RevokeClient"
 )
 
 // GPTServiceClient is the client API for GPTService service.
@@ -62,8 +66,20 @@ type GPTServiceClient interface {
 	// ListModels lists the models the gateway knows, with encoding, context
 	// window and prices. Other model names still pass through to the upstream.
 	ListModels(ctx context.Context, in *ListModelsRequest, opts ...grpc.CallOption) (*ListModelsResponse, error)
-	// GetUsage reports requests, tokens and cost per model since start.
+	// GetUsage reports requests, tokens and cost per model since start, or the
+	// persisted usage of one client. A client token sees only its own usage.
 	GetUsage(ctx context.Context, in *GetUsageRequest, opts ...grpc.CallOption) (*GetUsageResponse, error)
+	// CreateClient defines a named client with its own bearer token and limits.
+	// The token is returned once and stored hashed. Requires the admin token.
+	// Once any client exists, data-plane calls need a client (or admin) token.
+	CreateClient(ctx context.Context, in *CreateClientRequest, opts ...grpc.CallOption) (*CreateClientResponse, error)
+	// ListClients lists the clients, their limits and current spend (never
+	// their tokens). Requires the admin token.
+	ListClients(ctx context.Context, in *ListClientsRequest, opts ...grpc.CallOption) (*ListClientsResponse, error)
+	// UpdateClient replaces a client's limits. Requires the admin token.
+	UpdateClient(ctx context.Context, in *UpdateClientRequest, opts ...grpc.CallOption) (*UpdateClientResponse, error)
+	// RevokeClient revokes a client's token at once. Requires the admin token.
+	RevokeClient(ctx context.Context, in *RevokeClientRequest, opts ...grpc.CallOption) (*RevokeClientResponse, error)
 }
 
 type gPTServiceClient struct {
@@ -153,6 +169,46 @@ func (c *gPTServiceClient) GetUsage(ctx context.Context, in *GetUsageRequest, op
 	return out, nil
 }
 
+func (c *gPTServiceClient) CreateClient(ctx context.Context, in *CreateClientRequest, opts ...grpc.CallOption) (*CreateClientResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CreateClientResponse)
+	err := c.cc.Invoke(ctx, GPTService_CreateClient_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *gPTServiceClient) ListClients(ctx context.Context, in *ListClientsRequest, opts ...grpc.CallOption) (*ListClientsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListClientsResponse)
+	err := c.cc.Invoke(ctx, GPTService_ListClients_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *gPTServiceClient) UpdateClient(ctx context.Context, in *UpdateClientRequest, opts ...grpc.CallOption) (*UpdateClientResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(UpdateClientResponse)
+	err := c.cc.Invoke(ctx, GPTService_UpdateClient_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *gPTServiceClient) RevokeClient(ctx context.Context, in *RevokeClientRequest, opts ...grpc.CallOption) (*RevokeClientResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RevokeClientResponse)
+	err := c.cc.Invoke(ctx, GPTService_RevokeClient_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // GPTServiceServer is the server API for GPTService service.
 // All implementations must embed UnimplementedGPTServiceServer
 // for forward compatibility.
@@ -180,8 +236,20 @@ type GPTServiceServer interface {
 	// ListModels lists the models the gateway knows, with encoding, context
 	// window and prices. Other model names still pass through to the upstream.
 	ListModels(context.Context, *ListModelsRequest) (*ListModelsResponse, error)
-	// GetUsage reports requests, tokens and cost per model since start.
+	// GetUsage reports requests, tokens and cost per model since start, or the
+	// persisted usage of one client. A client token sees only its own usage.
 	GetUsage(context.Context, *GetUsageRequest) (*GetUsageResponse, error)
+	// CreateClient defines a named client with its own bearer token and limits.
+	// The token is returned once and stored hashed. Requires the admin token.
+	// Once any client exists, data-plane calls need a client (or admin) token.
+	CreateClient(context.Context, *CreateClientRequest) (*CreateClientResponse, error)
+	// ListClients lists the clients, their limits and current spend (never
+	// their tokens). Requires the admin token.
+	ListClients(context.Context, *ListClientsRequest) (*ListClientsResponse, error)
+	// UpdateClient replaces a client's limits. Requires the admin token.
+	UpdateClient(context.Context, *UpdateClientRequest) (*UpdateClientResponse, error)
+	// RevokeClient revokes a client's token at once. Requires the admin token.
+	RevokeClient(context.Context, *RevokeClientRequest) (*RevokeClientResponse, error)
 	mustEmbedUnimplementedGPTServiceServer()
 }
 
@@ -212,6 +280,18 @@ func (UnimplementedGPTServiceServer) ListModels(context.Context, *ListModelsRequ
 }
 func (UnimplementedGPTServiceServer) GetUsage(context.Context, *GetUsageRequest) (*GetUsageResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetUsage not implemented")
+}
+func (UnimplementedGPTServiceServer) CreateClient(context.Context, *CreateClientRequest) (*CreateClientResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CreateClient not implemented")
+}
+func (UnimplementedGPTServiceServer) ListClients(context.Context, *ListClientsRequest) (*ListClientsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListClients not implemented")
+}
+func (UnimplementedGPTServiceServer) UpdateClient(context.Context, *UpdateClientRequest) (*UpdateClientResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method UpdateClient not implemented")
+}
+func (UnimplementedGPTServiceServer) RevokeClient(context.Context, *RevokeClientRequest) (*RevokeClientResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RevokeClient not implemented")
 }
 func (UnimplementedGPTServiceServer) mustEmbedUnimplementedGPTServiceServer() {}
 func (UnimplementedGPTServiceServer) testEmbeddedByValue()                    {}
@@ -353,6 +433,78 @@ func _GPTService_GetUsage_Handler(srv interface{}, ctx context.Context, dec func
 	return interceptor(ctx, in, info, handler)
 }
 
+func _GPTService_CreateClient_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CreateClientRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(GPTServiceServer).CreateClient(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: GPTService_CreateClient_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(GPTServiceServer).CreateClient(ctx, req.(*CreateClientRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _GPTService_ListClients_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListClientsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(GPTServiceServer).ListClients(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: GPTService_ListClients_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(GPTServiceServer).ListClients(ctx, req.(*ListClientsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _GPTService_UpdateClient_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UpdateClientRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(GPTServiceServer).UpdateClient(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: GPTService_UpdateClient_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(GPTServiceServer).UpdateClient(ctx, req.(*UpdateClientRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _GPTService_RevokeClient_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RevokeClientRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(GPTServiceServer).RevokeClient(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: GPTService_RevokeClient_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(GPTServiceServer).RevokeClient(ctx, req.(*RevokeClientRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // GPTService_ServiceDesc is the grpc.ServiceDesc for GPTService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -383,6 +535,22 @@ var GPTService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetUsage",
 			Handler:    _GPTService_GetUsage_Handler,
+		},
+		{
+			MethodName: "CreateClient",
+			Handler:    _GPTService_CreateClient_Handler,
+		},
+		{
+			MethodName: "ListClients",
+			Handler:    _GPTService_ListClients_Handler,
+		},
+		{
+			MethodName: "UpdateClient",
+			Handler:    _GPTService_UpdateClient_Handler,
+		},
+		{
+			MethodName: "RevokeClient",
+			Handler:    _GPTService_RevokeClient_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

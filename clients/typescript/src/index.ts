@@ -7,7 +7,8 @@
  *
  * const client = createClient("gateway.internal:50051", {
  *   tls: { ca: readFileSync("ca.pem"), cert: readFileSync("client.pem"), key: readFileSync("client-key.pem") },
- *   adminToken: process.env.GPT_GRPC_ADMIN_TOKEN,
+ *   clientToken: process.env.GPT_GRPC_TOKEN, // data-plane calls
+ *   adminToken: process.env.GPT_GRPC_ADMIN_TOKEN, // admin calls only
  * });
  * try {
  *   const res = await client.chatCompletion({ userMessage: "hi" });
@@ -33,9 +34,11 @@ import type { SecureClientSessionOptions } from "node:http2";
 import {
   BadRequestSchema,
   ErrorInfoSchema,
+  QuotaFailureSchema,
   RetryInfoSchema,
   type BadRequest,
   type ErrorInfo,
+  type QuotaFailure,
   type RetryInfo,
 } from "./gen/google/rpc/error_details_pb.js";
 import {
@@ -51,9 +54,11 @@ export * from "./gen/gptgrpc/v1/gateway_pb.js";
 export {
   BadRequestSchema,
   ErrorInfoSchema,
+  QuotaFailureSchema,
   RetryInfoSchema,
   type BadRequest,
   type ErrorInfo,
+  type QuotaFailure,
   type RetryInfo,
 } from "./gen/google/rpc/error_details_pb.js";
 export { Code, ConnectError, type CallOptions, type Interceptor, type Transport } from "@connectrpc/connect";
@@ -79,8 +84,10 @@ export interface ClientOptions {
   insecure?: boolean;
   /** TLS settings (not with insecure). */
   tls?: TlsOptions;
-  /** Admin token, sent as "authorization: Bearer <token>" with Configure only. */
+  /** Admin token, sent as "authorization: Bearer <token>" with the admin RPCs only (see ADMIN_RPCS). */
   adminToken?: string;
+  /** Client token (from CreateClient), sent with every other call. */
+  clientToken?: string;
   /** Deadline applied to every call that sets no timeoutMs. */
   defaultTimeoutMs?: number;
   /** Further Connect interceptors, run after the admin-token one. */
@@ -95,26 +102,43 @@ export type GPTClient = Client<typeof GPTService> & {
   close(): void;
 };
 
-const ADMIN_METHODS: ReadonlySet<string> = new Set([`${GPTService.typeName}/Configure`]);
+/** The RPCs that take the admin token. */
+export const ADMIN_RPCS: readonly string[] = ["Configure", "CreateClient", "ListClients", "UpdateClient", "RevokeClient"];
+/** The other known RPCs, which take a client token (a test checks that every RPC is in one list). */
+export const DATA_PLANE_RPCS: readonly string[] = [
+  "ChatCompletion",
+  "StreamChatCompletion",
+  "CountTokens",
+  "GetConfiguration",
+  "ListModels",
+  "GetUsage",
+];
 
-function isAdminMethod(method: DescMethod): boolean {
-  return ADMIN_METHODS.has(`${method.parent.typeName}/${method.name}`);
+/** Whether method is an admin RPC of GPTService (takes the admin token, not a client token). */
+export function isAdminMethod(method: DescMethod): boolean {
+  return method.parent.typeName === GPTService.typeName && ADMIN_RPCS.includes(method.name);
 }
 
-function adminTokenInterceptor(token: string): Interceptor {
+function tokenInterceptor(adminToken: string | undefined, clientToken: string | undefined): Interceptor {
   return (next) => async (req) => {
-    if (isAdminMethod(req.method) && !req.header.has("authorization")) {
+    const token = isAdminMethod(req.method) ? adminToken : clientToken;
+    if (token && !req.header.has("authorization")) {
       req.header.set("authorization", `Bearer ${token}`);
     }
     return next(req);
   };
 }
 
-/** Call options that send the admin token with one call: `client.configure(req, withAdminToken(t))`. */
-export function withAdminToken(token: string, options: CallOptions = {}): CallOptions {
+/** Call options that send a token (admin or client) with one call: `client.getUsage(req, withToken(t))`. */
+export function withToken(token: string, options: CallOptions = {}): CallOptions {
   const headers = new Headers(options.headers);
   headers.set("authorization", `Bearer ${token}`);
   return { ...options, headers };
+}
+
+/** Call options that send the admin token with one call: `client.configure(req, withAdminToken(t))`. */
+export function withAdminToken(token: string, options: CallOptions = {}): CallOptions {
+  return withToken(token, options);
 }
 
 function baseUrl(target: string, insecure: boolean): URL {
@@ -134,9 +158,8 @@ function baseUrl(target: string, insecure: boolean): URL {
  */
 export function createClient(target: string, options: ClientOptions = {}): GPTClient {
   const insecure = options.insecure ?? false;
-  if (options.adminToken !== undefined && options.adminToken === "") {
-    throw new Error("gpt-grpc: adminToken is empty");
-  }
+  if (options.adminToken === "") throw new Error("gpt-grpc: adminToken is empty");
+  if (options.clientToken === "") throw new Error("gpt-grpc: clientToken is empty");
   if (insecure && options.tls) {
     throw new Error("gpt-grpc: insecure cannot be combined with tls options");
   }
@@ -151,7 +174,9 @@ export function createClient(target: string, options: ClientOptions = {}): GPTCl
   }
   const sessionManager = new Http2SessionManager(url, {}, nodeOptions);
   const interceptors: Interceptor[] = [];
-  if (options.adminToken) interceptors.push(adminTokenInterceptor(options.adminToken));
+  if (options.adminToken || options.clientToken) {
+    interceptors.push(tokenInterceptor(options.adminToken, options.clientToken));
+  }
   interceptors.push(...(options.interceptors ?? []));
   const transport = createGrpcTransport({
     baseUrl: url.toString(),
@@ -180,6 +205,8 @@ export interface GatewayErrorDetails {
   retryInfo?: RetryInfo;
   /** The first google.rpc.BadRequest, if any. */
   badRequest?: BadRequest;
+  /** The first google.rpc.QuotaFailure (with CLIENT_BUDGET_EXCEEDED), if any. */
+  quotaFailure?: QuotaFailure;
 }
 
 /** Decodes the details of any error thrown by a call (a non-Connect error gives code Unknown and no details). */
@@ -188,6 +215,7 @@ export function errorDetails(err: unknown): GatewayErrorDetails {
   const errorInfo = ce.findDetails(ErrorInfoSchema)[0];
   const retryInfo = ce.findDetails(RetryInfoSchema)[0];
   const badRequest = ce.findDetails(BadRequestSchema)[0];
+  const quotaFailure = ce.findDetails(QuotaFailureSchema)[0];
   return {
     code: ce.code,
     message: ce.rawMessage,
@@ -195,6 +223,7 @@ export function errorDetails(err: unknown): GatewayErrorDetails {
     ...(errorInfo ? { errorInfo } : {}),
     ...(retryInfo ? { retryInfo } : {}),
     ...(badRequest ? { badRequest } : {}),
+    ...(quotaFailure ? { quotaFailure } : {}),
   };
 }
 

@@ -13,7 +13,11 @@ import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 
 import {
+  ADMIN_RPCS,
   BadRequestSchema,
+  DATA_PLANE_RPCS,
+  QuotaFailureSchema,
+  withToken,
   Code,
   collectStream,
   ConnectError,
@@ -53,7 +57,19 @@ function routes(router: ConnectRouter): void {
         { desc: BadRequestSchema, value: { fieldViolations: [{ field: "temperature" }] } },
       ]);
     },
-    async *streamChatCompletion(req) {
+    createClient(req, ctx) {
+      record("createClient", ctx);
+      return { client: { name: req.name }, token: "tok" };
+    },
+    getUsage(_req, ctx) {
+      record("getUsage", ctx);
+      throw new ConnectError("budget spent", Code.ResourceExhausted, undefined, [
+        { desc: ErrorInfoSchema, value: { reason: "CLIENT_BUDGET_EXCEEDED", domain: "gpt-grpc" } },
+        { desc: QuotaFailureSchema, value: { violations: [{ subject: "client:acme" }] } },
+      ]);
+    },
+    async *streamChatCompletion(req, ctx) {
+      record("streamChatCompletion", ctx);
       for (const part of ["Echo: ", req.userMessage]) {
         yield { event: { case: "delta", value: { content: part } } };
       }
@@ -89,6 +105,37 @@ describe("plaintext", () => {
     } finally {
       client.close();
     }
+  });
+
+  test("admin token on admin RPCs, client token on the others", async () => {
+    const client = createClient(target, { insecure: true, adminToken: "admin", clientToken: "client" });
+    try {
+      await client.createClient({ name: "acme" });
+      await client.countTokens({ text: "x" });
+      await collectStream(client.streamChatCompletion({ userMessage: "x" }));
+      assert.equal(seenAuth.get("createClient"), "Bearer admin");
+      assert.equal(seenAuth.get("countTokens"), "Bearer client");
+      assert.equal(seenAuth.get("streamChatCompletion"), "Bearer client");
+      await assert.rejects(client.getUsage({ client: "acme" }, withToken("admin")), (err: unknown) => {
+        assert.equal(seenAuth.get("getUsage"), "Bearer admin");
+        const d = errorDetails(err);
+        assert.equal(errorReason(err), ErrorReason.CLIENT_BUDGET_EXCEEDED);
+        assert.equal(d.quotaFailure?.violations[0]?.subject, "client:acme");
+        return true;
+      });
+    } finally {
+      client.close();
+    }
+  });
+
+  test("every RPC is classified as admin or data-plane", () => {
+    for (const m of GPTService.methods) {
+      assert.ok(
+        ADMIN_RPCS.includes(m.name) !== DATA_PLANE_RPCS.includes(m.name),
+        `${m.name}: classify it in exactly one of ADMIN_RPCS and DATA_PLANE_RPCS (clients/typescript/src/index.ts)`,
+      );
+    }
+    assert.equal(ADMIN_RPCS.length + DATA_PLANE_RPCS.length, GPTService.methods.length);
   });
 
   test("error details decode", async () => {
@@ -135,6 +182,7 @@ describe("plaintext", () => {
   test("option errors", () => {
     assert.throws(() => createClient("http://127.0.0.1:1"), /conflicts with insecure/);
     assert.throws(() => createClient("127.0.0.1:1", { adminToken: "" }), /adminToken is empty/);
+    assert.throws(() => createClient("127.0.0.1:1", { clientToken: "" }), /clientToken is empty/);
     assert.throws(() => createClient("127.0.0.1:1", { insecure: true, tls: { serverName: "x" } }), /insecure cannot/);
     assert.ok(create(GPTService.method.countTokens.input, { text: "x" }));
   });

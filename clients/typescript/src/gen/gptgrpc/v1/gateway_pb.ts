@@ -19,7 +19,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file gptgrpc/v1/gateway.proto.
  */
 export const file_gptgrpc_v1_gateway: GenFile = /*@__PURE__*/
-  fileDesc("ChhncHRncnBjL3YxL2dhdGV3YXkucHJvdG8SCmdwdGdycGMudjEisAEKC0NoYXRNZXNzYWdlEh4KBHJvbGUYASABKA4yEC5ncHRncnBjLnYxLlJvbGUSDwoHY29udGVudBgCIAEoCRIRCgRuYW1lGAMgASgJSACIAQESGQoMdG9vbF9jYWxsX2lkGAQgASgJSAGIAQESKAoKdG9vbF9jYWxscxgFIAMoCzIULmdwdGdycGMudjEuVG9vbENhbGxCBwoFX25hbWVCDwoNX3Rvb2xfY2FsbF9pZCJiCgRUb29sEgwKBG5hbWUYASABKAkSEwoLZGVzY3JpcHRpb24YAiABKAkSFwoPcGFyYW1ldGVyc19qc29uGAMgASgJEhMKBnN0cmljdBgEIAEoCEgAiAEBQgkKB19zdHJpY3QiPAoIVG9vbENhbGwSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRIWCg5hcmd1bWVudHNfanNvbhgDIAEoCSJbCgpUb29sQ2hvaWNlEioKBG1vZGUYASABKA4yGi5ncHRncnBjLnYxLlRvb2xDaG9pY2VNb2RlSAASFwoNZnVuY3Rpb25fbmFtZRgCIAEoCUgAQggKBmNob2ljZSKIAQoOUmVzcG9uc2VGb3JtYXQSLAoEdHlwZRgBIAEoDjIeLmdwdGdycGMudjEuUmVzcG9uc2VGb3JtYXRUeXBlEhMKC3NjaGVtYV9uYW1lGAIgASgJEhMKC3NjaGVtYV9qc29uGAMgASgJEhMKBnN0cmljdBgEIAEoCEgAiAEBQgkKB19zdHJpY3QilAQKFUNoYXRDb21wbGV0aW9uUmVxdWVzdBINCgVtb2RlbBgBIAEoCRIWCg5zeXN0ZW1fbWVzc2FnZRgCIAEoCRIUCgx1c2VyX21lc3NhZ2UYAyABKAkSKQoIbWVzc2FnZXMYBCADKAsyFy5ncHRncnBjLnYxLkNoYXRNZXNzYWdlEhgKC3RlbXBlcmF0dXJlGAUgASgBSACIAQESFwoKbWF4X3Rva2VucxgGIAEoBUgBiAEBEhIKBXRvcF9wGAcgASgBSAKIAQESDAoEc3RvcBgIIAMoCRIRCgRzZWVkGAkgASgDSAOIAQESHQoQcHJlc2VuY2VfcGVuYWx0eRgKIAEoAUgEiAEBEh4KEWZyZXF1ZW5jeV9wZW5hbHR5GAsgASgBSAWIAQESMwoPcmVzcG9uc2VfZm9ybWF0GAwgASgLMhouZ3B0Z3JwYy52MS5SZXNwb25zZUZvcm1hdBIfCgV0b29scxgNIAMoCzIQLmdwdGdycGMudjEuVG9vbBIrCgt0b29sX2Nob2ljZRgOIAEoCzIWLmdwdGdycGMudjEuVG9vbENob2ljZRIMCgR1c2VyGA8gASgJQg4KDF90ZW1wZXJhdHVyZUINCgtfbWF4X3Rva2Vuc0IICgZfdG9wX3BCBwoFX3NlZWRCEwoRX3ByZXNlbmNlX3BlbmFsdHlCFAoSX2ZyZXF1ZW5jeV9wZW5hbHR5IpoBCgVVc2FnZRIVCg1wcm9tcHRfdG9rZW5zGAEgASgDEhkKEWNvbXBsZXRpb25fdG9rZW5zGAIgASgDEhQKDHRvdGFsX3Rva2VucxgDIAEoAxIcChRjYWNoZWRfcHJvbXB0X3Rva2VucxgEIAEoAxIYChByZWFzb25pbmdfdG9rZW5zGAUgASgDEhEKCWVzdGltYXRlZBgGIAEoCCKIAgoWQ2hhdENvbXBsZXRpb25SZXNwb25zZRIPCgdjb250ZW50GAEgASgJEigKCnRvb2xfY2FsbHMYAiADKAsyFC5ncHRncnBjLnYxLlRvb2xDYWxsEi8KDWZpbmlzaF9yZWFzb24YAyABKA4yGC5ncHRncnBjLnYxLkZpbmlzaFJlYXNvbhINCgVtb2RlbBgEIAEoCRIKCgJpZBgFIAEoCRIgCgV1c2FnZRgGIAEoCzIRLmdwdGdycGMudjEuVXNhZ2USFQoIY29zdF91c2QYByABKAFIAIgBARIQCghhdHRlbXB0cxgIIAEoBRIPCgdyZWZ1c2FsGAkgASgJQgsKCV9jb3N0X3VzZCKaBAobU3RyZWFtQ2hhdENvbXBsZXRpb25SZXF1ZXN0Eg0KBW1vZGVsGAEgASgJEhYKDnN5c3RlbV9tZXNzYWdlGAIgASgJEhQKDHVzZXJfbWVzc2FnZRgDIAEoCRIpCghtZXNzYWdlcxgEIAMoCzIXLmdwdGdycGMudjEuQ2hhdE1lc3NhZ2USGAoLdGVtcGVyYXR1cmUYBSABKAFIAIgBARIXCgptYXhfdG9rZW5zGAYgASgFSAGIAQESEgoFdG9wX3AYByABKAFIAogBARIMCgRzdG9wGAggAygJEhEKBHNlZWQYCSABKANIA4gBARIdChBwcmVzZW5jZV9wZW5hbHR5GAogASgBSASIAQESHgoRZnJlcXVlbmN5X3BlbmFsdHkYCyABKAFIBYgBARIzCg9yZXNwb25zZV9mb3JtYXQYDCABKAsyGi5ncHRncnBjLnYxLlJlc3BvbnNlRm9ybWF0Eh8KBXRvb2xzGA0gAygLMhAuZ3B0Z3JwYy52MS5Ub29sEisKC3Rvb2xfY2hvaWNlGA4gASgLMhYuZ3B0Z3JwYy52MS5Ub29sQ2hvaWNlEgwKBHVzZXIYDyABKAlCDgoMX3RlbXBlcmF0dXJlQg0KC19tYXhfdG9rZW5zQggKBl90b3BfcEIHCgVfc2VlZEITChFfcHJlc2VuY2VfcGVuYWx0eUIUChJfZnJlcXVlbmN5X3BlbmFsdHkiNwoTQ2hhdENvbXBsZXRpb25EZWx0YRIPCgdjb250ZW50GAEgASgJEg8KB3JlZnVzYWwYAiABKAki5QEKFUNoYXRDb21wbGV0aW9uU3VtbWFyeRIoCgp0b29sX2NhbGxzGAEgAygLMhQuZ3B0Z3JwYy52MS5Ub29sQ2FsbBIvCg1maW5pc2hfcmVhc29uGAIgASgOMhguZ3B0Z3JwYy52MS5GaW5pc2hSZWFzb24SDQoFbW9kZWwYAyABKAkSCgoCaWQYBCABKAkSIAoFdXNhZ2UYBSABKAsyES5ncHRncnBjLnYxLlVzYWdlEhUKCGNvc3RfdXNkGAYgASgBSACIAQESEAoIYXR0ZW1wdHMYByABKAVCCwoJX2Nvc3RfdXNkIo8BChxTdHJlYW1DaGF0Q29tcGxldGlvblJlc3BvbnNlEjAKBWRlbHRhGAEgASgLMh8uZ3B0Z3JwYy52MS5DaGF0Q29tcGxldGlvbkRlbHRhSAASNAoHc3VtbWFyeRgCIAEoCzIhLmdwdGdycGMudjEuQ2hhdENvbXBsZXRpb25TdW1tYXJ5SABCBwoFZXZlbnQiXAoSQ291bnRUb2tlbnNSZXF1ZXN0EgwKBHRleHQYASABKAkSKQoIbWVzc2FnZXMYAiADKAsyFy5ncHRncnBjLnYxLkNoYXRNZXNzYWdlEg0KBW1vZGVsGAMgASgJIlcKE0NvdW50VG9rZW5zUmVzcG9uc2USEwoLdG9rZW5fY291bnQYASABKAMSEAoIZW5jb2RpbmcYAiABKAkSGQoRZW5jb2RpbmdfZmFsbGJhY2sYAyABKAginQEKC1JldHJ5UG9saWN5EhkKDG1heF9hdHRlbXB0cxgBIAEoBUgAiAEBEjIKD2luaXRpYWxfYmFja29mZhgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIuCgttYXhfYmFja29mZhgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbkIPCg1fbWF4X2F0dGVtcHRzIrcCChBDb25maWd1cmVSZXF1ZXN0EhQKB2FwaV9rZXkYASABKAlIAIgBARIVCghlbmRwb2ludBgCIAEoCUgBiAEBEhkKDG9yZ2FuaXphdGlvbhgDIAEoCUgCiAEBEhQKB3Byb2plY3QYBCABKAlIA4gBARIaCg1kZWZhdWx0X21vZGVsGAUgASgJSASIAQESMgoPcmVxdWVzdF90aW1lb3V0GAYgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEi0KDHJldHJ5X3BvbGljeRgHIAEoCzIXLmdwdGdycGMudjEuUmV0cnlQb2xpY3lCCgoIX2FwaV9rZXlCCwoJX2VuZHBvaW50Qg8KDV9vcmdhbml6YXRpb25CCgoIX3Byb2plY3RCEAoOX2RlZmF1bHRfbW9kZWwigwIKDUNvbmZpZ3VyYXRpb24SFgoOYXBpX2tleV9tYXNrZWQYASABKAkSEwoLYXBpX2tleV9zZXQYAiABKAgSEAoIZW5kcG9pbnQYAyABKAkSFAoMb3JnYW5pemF0aW9uGAQgASgJEg8KB3Byb2plY3QYBSABKAkSFQoNZGVmYXVsdF9tb2RlbBgGIAEoCRIyCg9yZXF1ZXN0X3RpbWVvdXQYByABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SLQoMcmV0cnlfcG9saWN5GAggASgLMhcuZ3B0Z3JwYy52MS5SZXRyeVBvbGljeRISCgpnZW5lcmF0aW9uGAkgASgDIkUKEUNvbmZpZ3VyZVJlc3BvbnNlEjAKDWNvbmZpZ3VyYXRpb24YASABKAsyGS5ncHRncnBjLnYxLkNvbmZpZ3VyYXRpb24iGQoXR2V0Q29uZmlndXJhdGlvblJlcXVlc3QiTAoYR2V0Q29uZmlndXJhdGlvblJlc3BvbnNlEjAKDWNvbmZpZ3VyYXRpb24YASABKAsyGS5ncHRncnBjLnYxLkNvbmZpZ3VyYXRpb24iEwoRTGlzdE1vZGVsc1JlcXVlc3QizwIKCU1vZGVsSW5mbxIKCgJpZBgBIAEoCRIQCghlbmNvZGluZxgCIAEoCRIWCg5jb250ZXh0X3dpbmRvdxgDIAEoAxIZChFtYXhfb3V0cHV0X3Rva2VucxgEIAEoAxIRCglyZWFzb25pbmcYBSABKAgSIgoVaW5wdXRfdXNkX3Blcl9taWxsaW9uGAYgASgBSACIAQESKQocY2FjaGVkX2lucHV0X3VzZF9wZXJfbWlsbGlvbhgHIAEoAUgBiAEBEiMKFm91dHB1dF91c2RfcGVyX21pbGxpb24YCCABKAFIAogBARIUCgxwcmljZV9zb3VyY2UYCSABKAlCGAoWX2lucHV0X3VzZF9wZXJfbWlsbGlvbkIfCh1fY2FjaGVkX2lucHV0X3VzZF9wZXJfbWlsbGlvbkIZChdfb3V0cHV0X3VzZF9wZXJfbWlsbGlvbiI7ChJMaXN0TW9kZWxzUmVzcG9uc2USJQoGbW9kZWxzGAEgAygLMhUuZ3B0Z3JwYy52MS5Nb2RlbEluZm8iEQoPR2V0VXNhZ2VSZXF1ZXN0It0BCgpNb2RlbFVzYWdlEg0KBW1vZGVsGAEgASgJEhAKCHJlcXVlc3RzGAIgASgDEhcKD2ZhaWxlZF9yZXF1ZXN0cxgDIAEoAxIVCg1wcm9tcHRfdG9rZW5zGAQgASgDEhkKEWNvbXBsZXRpb25fdG9rZW5zGAUgASgDEhwKFGNhY2hlZF9wcm9tcHRfdG9rZW5zGAYgASgDEhgKEHJlYXNvbmluZ190b2tlbnMYByABKAMSEAoIY29zdF91c2QYCCABKAESGQoRdW5wcmljZWRfcmVxdWVzdHMYCSABKAMijAEKEEdldFVzYWdlUmVzcG9uc2USJgoGbW9kZWxzGAEgAygLMhYuZ3B0Z3JwYy52MS5Nb2RlbFVzYWdlEiUKBXRvdGFsGAIgASgLMhYuZ3B0Z3JwYy52MS5Nb2RlbFVzYWdlEikKBXNpbmNlGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCpzCgRSb2xlEhQKEFJPTEVfVU5TUEVDSUZJRUQQABIPCgtST0xFX1NZU1RFTRABEhIKDlJPTEVfREVWRUxPUEVSEAISDQoJUk9MRV9VU0VSEAMSEgoOUk9MRV9BU1NJU1RBTlQQBBINCglST0xFX1RPT0wQBSqHAQoOVG9vbENob2ljZU1vZGUSIAocVE9PTF9DSE9JQ0VfTU9ERV9VTlNQRUNJRklFRBAAEhkKFVRPT0xfQ0hPSUNFX01PREVfQVVUTxABEhkKFVRPT0xfQ0hPSUNFX01PREVfTk9ORRACEh0KGVRPT0xfQ0hPSUNFX01PREVfUkVRVUlSRUQQAyqlAQoSUmVzcG9uc2VGb3JtYXRUeXBlEiQKIFJFU1BPTlNFX0ZPUk1BVF9UWVBFX1VOU1BFQ0lGSUVEEAASHQoZUkVTUE9OU0VfRk9STUFUX1RZUEVfVEVYVBABEiQKIFJFU1BPTlNFX0ZPUk1BVF9UWVBFX0pTT05fT0JKRUNUEAISJAogUkVTUE9OU0VfRk9STUFUX1RZUEVfSlNPTl9TQ0hFTUEQAyrAAQoMRmluaXNoUmVhc29uEh0KGUZJTklTSF9SRUFTT05fVU5TUEVDSUZJRUQQABIWChJGSU5JU0hfUkVBU09OX1NUT1AQARIYChRGSU5JU0hfUkVBU09OX0xFTkdUSBACEhwKGEZJTklTSF9SRUFTT05fVE9PTF9DQUxMUxADEiAKHEZJTklTSF9SRUFTT05fQ09OVEVOVF9GSUxURVIQBBIfChtGSU5JU0hfUkVBU09OX0ZVTkNUSU9OX0NBTEwQBSqjBAoLRXJyb3JSZWFzb24SHAoYRVJST1JfUkVBU09OX1VOU1BFQ0lGSUVEEAASEwoPSU5WQUxJRF9SRVFVRVNUEAESEwoPQVBJX0tFWV9NSVNTSU5HEAISFwoTQURNSU5fVE9LRU5fTUlTU0lORxADEhcKE0FETUlOX1RPS0VOX0lOVkFMSUQQBBISCg5BRE1JTl9ESVNBQkxFRBAFEhgKFFVQU1RSRUFNX0JBRF9SRVFVRVNUEAYSJAogVVBTVFJFQU1fQ09OVEVYVF9MRU5HVEhfRVhDRUVERUQQBxIiCh5VUFNUUkVBTV9BVVRIRU5USUNBVElPTl9GQUlMRUQQCBIeChpVUFNUUkVBTV9QRVJNSVNTSU9OX0RFTklFRBAJEhYKElVQU1RSRUFNX05PVF9GT1VORBAKEhkKFVVQU1RSRUFNX1JBVEVfTElNSVRFRBALEhsKF1VQU1RSRUFNX1FVT1RBX0VYQ0VFREVEEAwSGAoUVVBTVFJFQU1fVU5BVkFJTEFCTEUQDRIdChlVUFNUUkVBTV9SRVNQT05TRV9JTlZBTElEEA4SFAoQVVBTVFJFQU1fVElNRU9VVBAPEhUKEURFQURMSU5FX0VYQ0VFREVEEBASFQoRVVBTVFJFQU1fQ09ORkxJQ1QQERIRCg1TSFVUVElOR19ET1dOEBISDgoKT1ZFUkxPQURFRBATEhIKDklOVEVSTkFMX0VSUk9SEBQy3wQKCkdQVFNlcnZpY2USVwoOQ2hhdENvbXBsZXRpb24SIS5ncHRncnBjLnYxLkNoYXRDb21wbGV0aW9uUmVxdWVzdBoiLmdwdGdycGMudjEuQ2hhdENvbXBsZXRpb25SZXNwb25zZRJrChRTdHJlYW1DaGF0Q29tcGxldGlvbhInLmdwdGdycGMudjEuU3RyZWFtQ2hhdENvbXBsZXRpb25SZXF1ZXN0GiguZ3B0Z3JwYy52MS5TdHJlYW1DaGF0Q29tcGxldGlvblJlc3BvbnNlMAESTgoLQ291bnRUb2tlbnMSHi5ncHRncnBjLnYxLkNvdW50VG9rZW5zUmVxdWVzdBofLmdwdGdycGMudjEuQ291bnRUb2tlbnNSZXNwb25zZRJICglDb25maWd1cmUSHC5ncHRncnBjLnYxLkNvbmZpZ3VyZVJlcXVlc3QaHS5ncHRncnBjLnYxLkNvbmZpZ3VyZVJlc3BvbnNlEl0KEEdldENvbmZpZ3VyYXRpb24SIy5ncHRncnBjLnYxLkdldENvbmZpZ3VyYXRpb25SZXF1ZXN0GiQuZ3B0Z3JwYy52MS5HZXRDb25maWd1cmF0aW9uUmVzcG9uc2USSwoKTGlzdE1vZGVscxIdLmdwdGdycGMudjEuTGlzdE1vZGVsc1JlcXVlc3QaHi5ncHRncnBjLnYxLkxpc3RNb2RlbHNSZXNwb25zZRJFCghHZXRVc2FnZRIbLmdwdGdycGMudjEuR2V0VXNhZ2VSZXF1ZXN0GhwuZ3B0Z3JwYy52MS5HZXRVc2FnZVJlc3BvbnNlQj1aO2dpdGh1Yi5jb20vZ3B0LWdycGMvZ3B0LWdycGMvY2xpZW50cy9nby9ncHRncnBjdjE7Z3B0Z3JwY3YxYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("ChhncHRncnBjL3YxL2dhdGV3YXkucHJvdG8SCmdwdGdycGMudjEisAEKC0NoYXRNZXNzYWdlEh4KBHJvbGUYASABKA4yEC5ncHRncnBjLnYxLlJvbGUSDwoHY29udGVudBgCIAEoCRIRCgRuYW1lGAMgASgJSACIAQESGQoMdG9vbF9jYWxsX2lkGAQgASgJSAGIAQESKAoKdG9vbF9jYWxscxgFIAMoCzIULmdwdGdycGMudjEuVG9vbENhbGxCBwoFX25hbWVCDwoNX3Rvb2xfY2FsbF9pZCJiCgRUb29sEgwKBG5hbWUYASABKAkSEwoLZGVzY3JpcHRpb24YAiABKAkSFwoPcGFyYW1ldGVyc19qc29uGAMgASgJEhMKBnN0cmljdBgEIAEoCEgAiAEBQgkKB19zdHJpY3QiPAoIVG9vbENhbGwSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRIWCg5hcmd1bWVudHNfanNvbhgDIAEoCSJbCgpUb29sQ2hvaWNlEioKBG1vZGUYASABKA4yGi5ncHRncnBjLnYxLlRvb2xDaG9pY2VNb2RlSAASFwoNZnVuY3Rpb25fbmFtZRgCIAEoCUgAQggKBmNob2ljZSKIAQoOUmVzcG9uc2VGb3JtYXQSLAoEdHlwZRgBIAEoDjIeLmdwdGdycGMudjEuUmVzcG9uc2VGb3JtYXRUeXBlEhMKC3NjaGVtYV9uYW1lGAIgASgJEhMKC3NjaGVtYV9qc29uGAMgASgJEhMKBnN0cmljdBgEIAEoCEgAiAEBQgkKB19zdHJpY3QilAQKFUNoYXRDb21wbGV0aW9uUmVxdWVzdBINCgVtb2RlbBgBIAEoCRIWCg5zeXN0ZW1fbWVzc2FnZRgCIAEoCRIUCgx1c2VyX21lc3NhZ2UYAyABKAkSKQoIbWVzc2FnZXMYBCADKAsyFy5ncHRncnBjLnYxLkNoYXRNZXNzYWdlEhgKC3RlbXBlcmF0dXJlGAUgASgBSACIAQESFwoKbWF4X3Rva2VucxgGIAEoBUgBiAEBEhIKBXRvcF9wGAcgASgBSAKIAQESDAoEc3RvcBgIIAMoCRIRCgRzZWVkGAkgASgDSAOIAQESHQoQcHJlc2VuY2VfcGVuYWx0eRgKIAEoAUgEiAEBEh4KEWZyZXF1ZW5jeV9wZW5hbHR5GAsgASgBSAWIAQESMwoPcmVzcG9uc2VfZm9ybWF0GAwgASgLMhouZ3B0Z3JwYy52MS5SZXNwb25zZUZvcm1hdBIfCgV0b29scxgNIAMoCzIQLmdwdGdycGMudjEuVG9vbBIrCgt0b29sX2Nob2ljZRgOIAEoCzIWLmdwdGdycGMudjEuVG9vbENob2ljZRIMCgR1c2VyGA8gASgJQg4KDF90ZW1wZXJhdHVyZUINCgtfbWF4X3Rva2Vuc0IICgZfdG9wX3BCBwoFX3NlZWRCEwoRX3ByZXNlbmNlX3BlbmFsdHlCFAoSX2ZyZXF1ZW5jeV9wZW5hbHR5IpoBCgVVc2FnZRIVCg1wcm9tcHRfdG9rZW5zGAEgASgDEhkKEWNvbXBsZXRpb25fdG9rZW5zGAIgASgDEhQKDHRvdGFsX3Rva2VucxgDIAEoAxIcChRjYWNoZWRfcHJvbXB0X3Rva2VucxgEIAEoAxIYChByZWFzb25pbmdfdG9rZW5zGAUgASgDEhEKCWVzdGltYXRlZBgGIAEoCCKIAgoWQ2hhdENvbXBsZXRpb25SZXNwb25zZRIPCgdjb250ZW50GAEgASgJEigKCnRvb2xfY2FsbHMYAiADKAsyFC5ncHRncnBjLnYxLlRvb2xDYWxsEi8KDWZpbmlzaF9yZWFzb24YAyABKA4yGC5ncHRncnBjLnYxLkZpbmlzaFJlYXNvbhINCgVtb2RlbBgEIAEoCRIKCgJpZBgFIAEoCRIgCgV1c2FnZRgGIAEoCzIRLmdwdGdycGMudjEuVXNhZ2USFQoIY29zdF91c2QYByABKAFIAIgBARIQCghhdHRlbXB0cxgIIAEoBRIPCgdyZWZ1c2FsGAkgASgJQgsKCV9jb3N0X3VzZCKaBAobU3RyZWFtQ2hhdENvbXBsZXRpb25SZXF1ZXN0Eg0KBW1vZGVsGAEgASgJEhYKDnN5c3RlbV9tZXNzYWdlGAIgASgJEhQKDHVzZXJfbWVzc2FnZRgDIAEoCRIpCghtZXNzYWdlcxgEIAMoCzIXLmdwdGdycGMudjEuQ2hhdE1lc3NhZ2USGAoLdGVtcGVyYXR1cmUYBSABKAFIAIgBARIXCgptYXhfdG9rZW5zGAYgASgFSAGIAQESEgoFdG9wX3AYByABKAFIAogBARIMCgRzdG9wGAggAygJEhEKBHNlZWQYCSABKANIA4gBARIdChBwcmVzZW5jZV9wZW5hbHR5GAogASgBSASIAQESHgoRZnJlcXVlbmN5X3BlbmFsdHkYCyABKAFIBYgBARIzCg9yZXNwb25zZV9mb3JtYXQYDCABKAsyGi5ncHRncnBjLnYxLlJlc3BvbnNlRm9ybWF0Eh8KBXRvb2xzGA0gAygLMhAuZ3B0Z3JwYy52MS5Ub29sEisKC3Rvb2xfY2hvaWNlGA4gASgLMhYuZ3B0Z3JwYy52MS5Ub29sQ2hvaWNlEgwKBHVzZXIYDyABKAlCDgoMX3RlbXBlcmF0dXJlQg0KC19tYXhfdG9rZW5zQggKBl90b3BfcEIHCgVfc2VlZEITChFfcHJlc2VuY2VfcGVuYWx0eUIUChJfZnJlcXVlbmN5X3BlbmFsdHkiNwoTQ2hhdENvbXBsZXRpb25EZWx0YRIPCgdjb250ZW50GAEgASgJEg8KB3JlZnVzYWwYAiABKAki5QEKFUNoYXRDb21wbGV0aW9uU3VtbWFyeRIoCgp0b29sX2NhbGxzGAEgAygLMhQuZ3B0Z3JwYy52MS5Ub29sQ2FsbBIvCg1maW5pc2hfcmVhc29uGAIgASgOMhguZ3B0Z3JwYy52MS5GaW5pc2hSZWFzb24SDQoFbW9kZWwYAyABKAkSCgoCaWQYBCABKAkSIAoFdXNhZ2UYBSABKAsyES5ncHRncnBjLnYxLlVzYWdlEhUKCGNvc3RfdXNkGAYgASgBSACIAQESEAoIYXR0ZW1wdHMYByABKAVCCwoJX2Nvc3RfdXNkIo8BChxTdHJlYW1DaGF0Q29tcGxldGlvblJlc3BvbnNlEjAKBWRlbHRhGAEgASgLMh8uZ3B0Z3JwYy52MS5DaGF0Q29tcGxldGlvbkRlbHRhSAASNAoHc3VtbWFyeRgCIAEoCzIhLmdwdGdycGMudjEuQ2hhdENvbXBsZXRpb25TdW1tYXJ5SABCBwoFZXZlbnQiXAoSQ291bnRUb2tlbnNSZXF1ZXN0EgwKBHRleHQYASABKAkSKQoIbWVzc2FnZXMYAiADKAsyFy5ncHRncnBjLnYxLkNoYXRNZXNzYWdlEg0KBW1vZGVsGAMgASgJIlcKE0NvdW50VG9rZW5zUmVzcG9uc2USEwoLdG9rZW5fY291bnQYASABKAMSEAoIZW5jb2RpbmcYAiABKAkSGQoRZW5jb2RpbmdfZmFsbGJhY2sYAyABKAginQEKC1JldHJ5UG9saWN5EhkKDG1heF9hdHRlbXB0cxgBIAEoBUgAiAEBEjIKD2luaXRpYWxfYmFja29mZhgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIuCgttYXhfYmFja29mZhgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbkIPCg1fbWF4X2F0dGVtcHRzIrcCChBDb25maWd1cmVSZXF1ZXN0EhQKB2FwaV9rZXkYASABKAlIAIgBARIVCghlbmRwb2ludBgCIAEoCUgBiAEBEhkKDG9yZ2FuaXphdGlvbhgDIAEoCUgCiAEBEhQKB3Byb2plY3QYBCABKAlIA4gBARIaCg1kZWZhdWx0X21vZGVsGAUgASgJSASIAQESMgoPcmVxdWVzdF90aW1lb3V0GAYgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEi0KDHJldHJ5X3BvbGljeRgHIAEoCzIXLmdwdGdycGMudjEuUmV0cnlQb2xpY3lCCgoIX2FwaV9rZXlCCwoJX2VuZHBvaW50Qg8KDV9vcmdhbml6YXRpb25CCgoIX3Byb2plY3RCEAoOX2RlZmF1bHRfbW9kZWwigwIKDUNvbmZpZ3VyYXRpb24SFgoOYXBpX2tleV9tYXNrZWQYASABKAkSEwoLYXBpX2tleV9zZXQYAiABKAgSEAoIZW5kcG9pbnQYAyABKAkSFAoMb3JnYW5pemF0aW9uGAQgASgJEg8KB3Byb2plY3QYBSABKAkSFQoNZGVmYXVsdF9tb2RlbBgGIAEoCRIyCg9yZXF1ZXN0X3RpbWVvdXQYByABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SLQoMcmV0cnlfcG9saWN5GAggASgLMhcuZ3B0Z3JwYy52MS5SZXRyeVBvbGljeRISCgpnZW5lcmF0aW9uGAkgASgDIkUKEUNvbmZpZ3VyZVJlc3BvbnNlEjAKDWNvbmZpZ3VyYXRpb24YASABKAsyGS5ncHRncnBjLnYxLkNvbmZpZ3VyYXRpb24iGQoXR2V0Q29uZmlndXJhdGlvblJlcXVlc3QiTAoYR2V0Q29uZmlndXJhdGlvblJlc3BvbnNlEjAKDWNvbmZpZ3VyYXRpb24YASABKAsyGS5ncHRncnBjLnYxLkNvbmZpZ3VyYXRpb24iEwoRTGlzdE1vZGVsc1JlcXVlc3QizwIKCU1vZGVsSW5mbxIKCgJpZBgBIAEoCRIQCghlbmNvZGluZxgCIAEoCRIWCg5jb250ZXh0X3dpbmRvdxgDIAEoAxIZChFtYXhfb3V0cHV0X3Rva2VucxgEIAEoAxIRCglyZWFzb25pbmcYBSABKAgSIgoVaW5wdXRfdXNkX3Blcl9taWxsaW9uGAYgASgBSACIAQESKQocY2FjaGVkX2lucHV0X3VzZF9wZXJfbWlsbGlvbhgHIAEoAUgBiAEBEiMKFm91dHB1dF91c2RfcGVyX21pbGxpb24YCCABKAFIAogBARIUCgxwcmljZV9zb3VyY2UYCSABKAlCGAoWX2lucHV0X3VzZF9wZXJfbWlsbGlvbkIfCh1fY2FjaGVkX2lucHV0X3VzZF9wZXJfbWlsbGlvbkIZChdfb3V0cHV0X3VzZF9wZXJfbWlsbGlvbiI7ChJMaXN0TW9kZWxzUmVzcG9uc2USJQoGbW9kZWxzGAEgAygLMhUuZ3B0Z3JwYy52MS5Nb2RlbEluZm8iIQoPR2V0VXNhZ2VSZXF1ZXN0Eg4KBmNsaWVudBgBIAEoCSLdAQoKTW9kZWxVc2FnZRINCgVtb2RlbBgBIAEoCRIQCghyZXF1ZXN0cxgCIAEoAxIXCg9mYWlsZWRfcmVxdWVzdHMYAyABKAMSFQoNcHJvbXB0X3Rva2VucxgEIAEoAxIZChFjb21wbGV0aW9uX3Rva2VucxgFIAEoAxIcChRjYWNoZWRfcHJvbXB0X3Rva2VucxgGIAEoAxIYChByZWFzb25pbmdfdG9rZW5zGAcgASgDEhAKCGNvc3RfdXNkGAggASgBEhkKEXVucHJpY2VkX3JlcXVlc3RzGAkgASgDIpwBChBHZXRVc2FnZVJlc3BvbnNlEiYKBm1vZGVscxgBIAMoCzIWLmdwdGdycGMudjEuTW9kZWxVc2FnZRIlCgV0b3RhbBgCIAEoCzIWLmdwdGdycGMudjEuTW9kZWxVc2FnZRIpCgVzaW5jZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDgoGY2xpZW50GAQgASgJItcBCgxDbGllbnRMaW1pdHMSIAoTcmVxdWVzdHNfcGVyX21pbnV0ZRgBIAEoBUgAiAEBEh4KEXRva2Vuc19wZXJfbWludXRlGAIgASgDSAGIAQESFwoKYnVkZ2V0X3VzZBgDIAEoAUgCiAEBEi8KDWJ1ZGdldF9wZXJpb2QYBCABKA4yGC5ncHRncnBjLnYxLkJ1ZGdldFBlcmlvZEIWChRfcmVxdWVzdHNfcGVyX21pbnV0ZUIUChJfdG9rZW5zX3Blcl9taW51dGVCDQoLX2J1ZGdldF91c2Qi0gEKBkNsaWVudBIMCgRuYW1lGAEgASgJEigKBmxpbWl0cxgCIAEoCzIYLmdwdGdycGMudjEuQ2xpZW50TGltaXRzEi8KC2NyZWF0ZV90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtyZXZva2VfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFAoMdG9rZW5fcHJlZml4GAUgASgJEhgKEHBlcmlvZF9zcGVuZF91c2QYBiABKAEiTQoTQ3JlYXRlQ2xpZW50UmVxdWVzdBIMCgRuYW1lGAEgASgJEigKBmxpbWl0cxgCIAEoCzIYLmdwdGdycGMudjEuQ2xpZW50TGltaXRzIkkKFENyZWF0ZUNsaWVudFJlc3BvbnNlEiIKBmNsaWVudBgBIAEoCzISLmdwdGdycGMudjEuQ2xpZW50Eg0KBXRva2VuGAIgASgJIi0KEkxpc3RDbGllbnRzUmVxdWVzdBIXCg9pbmNsdWRlX3Jldm9rZWQYASABKAgiOgoTTGlzdENsaWVudHNSZXNwb25zZRIjCgdjbGllbnRzGAEgAygLMhIuZ3B0Z3JwYy52MS5DbGllbnQiTQoTVXBkYXRlQ2xpZW50UmVxdWVzdBIMCgRuYW1lGAEgASgJEigKBmxpbWl0cxgCIAEoCzIYLmdwdGdycGMudjEuQ2xpZW50TGltaXRzIjoKFFVwZGF0ZUNsaWVudFJlc3BvbnNlEiIKBmNsaWVudBgBIAEoCzISLmdwdGdycGMudjEuQ2xpZW50IiMKE1Jldm9rZUNsaWVudFJlcXVlc3QSDAoEbmFtZRgBIAEoCSI6ChRSZXZva2VDbGllbnRSZXNwb25zZRIiCgZjbGllbnQYASABKAsyEi5ncHRncnBjLnYxLkNsaWVudCpzCgRSb2xlEhQKEFJPTEVfVU5TUEVDSUZJRUQQABIPCgtST0xFX1NZU1RFTRABEhIKDlJPTEVfREVWRUxPUEVSEAISDQoJUk9MRV9VU0VSEAMSEgoOUk9MRV9BU1NJU1RBTlQQBBINCglST0xFX1RPT0wQBSqHAQoOVG9vbENob2ljZU1vZGUSIAocVE9PTF9DSE9JQ0VfTU9ERV9VTlNQRUNJRklFRBAAEhkKFVRPT0xfQ0hPSUNFX01PREVfQVVUTxABEhkKFVRPT0xfQ0hPSUNFX01PREVfTk9ORRACEh0KGVRPT0xfQ0hPSUNFX01PREVfUkVRVUlSRUQQAyqlAQoSUmVzcG9uc2VGb3JtYXRUeXBlEiQKIFJFU1BPTlNFX0ZPUk1BVF9UWVBFX1VOU1BFQ0lGSUVEEAASHQoZUkVTUE9OU0VfRk9STUFUX1RZUEVfVEVYVBABEiQKIFJFU1BPTlNFX0ZPUk1BVF9UWVBFX0pTT05fT0JKRUNUEAISJAogUkVTUE9OU0VfRk9STUFUX1RZUEVfSlNPTl9TQ0hFTUEQAyrAAQoMRmluaXNoUmVhc29uEh0KGUZJTklTSF9SRUFTT05fVU5TUEVDSUZJRUQQABIWChJGSU5JU0hfUkVBU09OX1NUT1AQARIYChRGSU5JU0hfUkVBU09OX0xFTkdUSBACEhwKGEZJTklTSF9SRUFTT05fVE9PTF9DQUxMUxADEiAKHEZJTklTSF9SRUFTT05fQ09OVEVOVF9GSUxURVIQBBIfChtGSU5JU0hfUkVBU09OX0ZVTkNUSU9OX0NBTEwQBSpdCgxCdWRnZXRQZXJpb2QSHQoZQlVER0VUX1BFUklPRF9VTlNQRUNJRklFRBAAEhUKEUJVREdFVF9QRVJJT0RfREFZEAESFwoTQlVER0VUX1BFUklPRF9NT05USBACKuIFCgtFcnJvclJlYXNvbhIcChhFUlJPUl9SRUFTT05fVU5TUEVDSUZJRUQQABITCg9JTlZBTElEX1JFUVVFU1QQARITCg9BUElfS0VZX01JU1NJTkcQAhIXChNBRE1JTl9UT0tFTl9NSVNTSU5HEAMSFwoTQURNSU5fVE9LRU5fSU5WQUxJRBAEEhIKDkFETUlOX0RJU0FCTEVEEAUSGAoUVVBTVFJFQU1fQkFEX1JFUVVFU1QQBhIkCiBVUFNUUkVBTV9DT05URVhUX0xFTkdUSF9FWENFRURFRBAHEiIKHlVQU1RSRUFNX0FVVEhFTlRJQ0FUSU9OX0ZBSUxFRBAIEh4KGlVQU1RSRUFNX1BFUk1JU1NJT05fREVOSUVEEAkSFgoSVVBTVFJFQU1fTk9UX0ZPVU5EEAoSGQoVVVBTVFJFQU1fUkFURV9MSU1JVEVEEAsSGwoXVVBTVFJFQU1fUVVPVEFfRVhDRUVERUQQDBIYChRVUFNUUkVBTV9VTkFWQUlMQUJMRRANEh0KGVVQU1RSRUFNX1JFU1BPTlNFX0lOVkFMSUQQDhIUChBVUFNUUkVBTV9USU1FT1VUEA8SFQoRREVBRExJTkVfRVhDRUVERUQQEBIVChFVUFNUUkVBTV9DT05GTElDVBAREhEKDVNIVVRUSU5HX0RPV04QEhIOCgpPVkVSTE9BREVEEBMSEgoOSU5URVJOQUxfRVJST1IQFBIYChRDTElFTlRfVE9LRU5fTUlTU0lORxAVEhgKFENMSUVOVF9UT0tFTl9JTlZBTElEEBYSFwoTQ0xJRU5UX1JBVEVfTElNSVRFRBAXEhoKFkNMSUVOVF9CVURHRVRfRVhDRUVERUQQGBIVChFBVVRIX1JBVEVfTElNSVRFRBAZEhQKEENMSUVOVF9OT1RfRk9VTkQQGhIRCg1DTElFTlRfRVhJU1RTEBsSFAoQQ0xJRU5UX0ZPUkJJRERFThAcMqgHCgpHUFRTZXJ2aWNlElcKDkNoYXRDb21wbGV0aW9uEiEuZ3B0Z3JwYy52MS5DaGF0Q29tcGxldGlvblJlcXVlc3QaIi5ncHRncnBjLnYxLkNoYXRDb21wbGV0aW9uUmVzcG9uc2USawoUU3RyZWFtQ2hhdENvbXBsZXRpb24SJy5ncHRncnBjLnYxLlN0cmVhbUNoYXRDb21wbGV0aW9uUmVxdWVzdBooLmdwdGdycGMudjEuU3RyZWFtQ2hhdENvbXBsZXRpb25SZXNwb25zZTABEk4KC0NvdW50VG9rZW5zEh4uZ3B0Z3JwYy52MS5Db3VudFRva2Vuc1JlcXVlc3QaHy5ncHRncnBjLnYxLkNvdW50VG9rZW5zUmVzcG9uc2USSAoJQ29uZmlndXJlEhwuZ3B0Z3JwYy52MS5Db25maWd1cmVSZXF1ZXN0Gh0uZ3B0Z3JwYy52MS5Db25maWd1cmVSZXNwb25zZRJdChBHZXRDb25maWd1cmF0aW9uEiMuZ3B0Z3JwYy52MS5HZXRDb25maWd1cmF0aW9uUmVxdWVzdBokLmdwdGdycGMudjEuR2V0Q29uZmlndXJhdGlvblJlc3BvbnNlEksKCkxpc3RNb2RlbHMSHS5ncHRncnBjLnYxLkxpc3RNb2RlbHNSZXF1ZXN0Gh4uZ3B0Z3JwYy52MS5MaXN0TW9kZWxzUmVzcG9uc2USRQoIR2V0VXNhZ2USGy5ncHRncnBjLnYxLkdldFVzYWdlUmVxdWVzdBocLmdwdGdycGMudjEuR2V0VXNhZ2VSZXNwb25zZRJRCgxDcmVhdGVDbGllbnQSHy5ncHRncnBjLnYxLkNyZWF0ZUNsaWVudFJlcXVlc3QaIC5ncHRncnBjLnYxLkNyZWF0ZUNsaWVudFJlc3BvbnNlEk4KC0xpc3RDbGllbnRzEh4uZ3B0Z3JwYy52MS5MaXN0Q2xpZW50c1JlcXVlc3QaHy5ncHRncnBjLnYxLkxpc3RDbGllbnRzUmVzcG9uc2USUQoMVXBkYXRlQ2xpZW50Eh8uZ3B0Z3JwYy52MS5VcGRhdGVDbGllbnRSZXF1ZXN0GiAuZ3B0Z3JwYy52MS5VcGRhdGVDbGllbnRSZXNwb25zZRJRCgxSZXZva2VDbGllbnQSHy5ncHRncnBjLnYxLlJldm9rZUNsaWVudFJlcXVlc3QaIC5ncHRncnBjLnYxLlJldm9rZUNsaWVudFJlc3BvbnNlQj1aO2dpdGh1Yi5jb20vZ3B0LWdycGMvZ3B0LWdycGMvY2xpZW50cy9nby9ncHRncnBjdjE7Z3B0Z3JwY3YxYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * ChatMessage is one message of a conversation.
@@ -1145,11 +1145,19 @@ export const ListModelsResponseSchema: GenMessage<ListModelsResponse> = /*@__PUR
   messageDesc(file_gptgrpc_v1_gateway, 22);
 
 /**
- * GetUsageRequest is empty.
+ * GetUsageRequest selects whose usage to report.
  *
  * @generated from message gptgrpc.v1.GetUsageRequest
  */
 export type GetUsageRequest = Message<"gptgrpc.v1.GetUsageRequest"> & {
+  /**
+   * Client name: that client's persisted usage (admin token, or the client's
+   * own token). Empty: all traffic since the server started (with a client
+   * token: that client's own usage).
+   *
+   * @generated from field: string client = 1;
+   */
+  client: string;
 };
 
 /**
@@ -1262,6 +1270,13 @@ export type GetUsageResponse = Message<"gptgrpc.v1.GetUsageResponse"> & {
    * @generated from field: google.protobuf.Timestamp since = 3;
    */
   since?: Timestamp | undefined;
+
+  /**
+   * The client reported on; empty for all traffic.
+   *
+   * @generated from field: string client = 4;
+   */
+  client: string;
 };
 
 /**
@@ -1270,6 +1285,293 @@ export type GetUsageResponse = Message<"gptgrpc.v1.GetUsageResponse"> & {
  */
 export const GetUsageResponseSchema: GenMessage<GetUsageResponse> = /*@__PURE__*/
   messageDesc(file_gptgrpc_v1_gateway, 25);
+
+/**
+ * ClientLimits caps one client. Unset fields mean no limit.
+ *
+ * @generated from message gptgrpc.v1.ClientLimits
+ */
+export type ClientLimits = Message<"gptgrpc.v1.ClientLimits"> & {
+  /**
+   * Calls allowed per sliding minute.
+   *
+   * @generated from field: optional int32 requests_per_minute = 1;
+   */
+  requestsPerMinute?: number | undefined;
+
+  /**
+   * Tokens (prompt + completion) allowed per sliding minute.
+   *
+   * @generated from field: optional int64 tokens_per_minute = 2;
+   */
+  tokensPerMinute?: bigint | undefined;
+
+  /**
+   * Spend allowed per budget_period, in USD.
+   *
+   * @generated from field: optional double budget_usd = 3;
+   */
+  budgetUsd?: number | undefined;
+
+  /**
+   * The period of budget_usd (required when budget_usd is set).
+   *
+   * @generated from field: gptgrpc.v1.BudgetPeriod budget_period = 4;
+   */
+  budgetPeriod: BudgetPeriod;
+};
+
+/**
+ * Describes the message gptgrpc.v1.ClientLimits.
+ * Use `create(ClientLimitsSchema)` to create a new message.
+ */
+export const ClientLimitsSchema: GenMessage<ClientLimits> = /*@__PURE__*/
+  messageDesc(file_gptgrpc_v1_gateway, 26);
+
+/**
+ * Client is a named caller of the gateway.
+ *
+ * @generated from message gptgrpc.v1.Client
+ */
+export type Client = Message<"gptgrpc.v1.Client"> & {
+  /**
+   * Unique name: letters, digits, '_', '-' and '.', 1 to 64.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * Its limits.
+   *
+   * @generated from field: gptgrpc.v1.ClientLimits limits = 2;
+   */
+  limits?: ClientLimits | undefined;
+
+  /**
+   * When it was created.
+   *
+   * @generated from field: google.protobuf.Timestamp create_time = 3;
+   */
+  createTime?: Timestamp | undefined;
+
+  /**
+   * Set when its token was revoked.
+   *
+   * @generated from field: google.protobuf.Timestamp revoke_time = 4;
+   */
+  revokeTime?: Timestamp | undefined;
+
+  /**
+   * The first characters of its token, to tell tokens apart (never the token).
+   *
+   * @generated from field: string token_prefix = 5;
+   */
+  tokenPrefix: string;
+
+  /**
+   * Spend in the current budget period (the current UTC day when no budget is set), USD.
+   *
+   * @generated from field: double period_spend_usd = 6;
+   */
+  periodSpendUsd: number;
+};
+
+/**
+ * Describes the message gptgrpc.v1.Client.
+ * Use `create(ClientSchema)` to create a new message.
+ */
+export const ClientSchema: GenMessage<Client> = /*@__PURE__*/
+  messageDesc(file_gptgrpc_v1_gateway, 27);
+
+/**
+ * CreateClientRequest defines a client.
+ *
+ * @generated from message gptgrpc.v1.CreateClientRequest
+ */
+export type CreateClientRequest = Message<"gptgrpc.v1.CreateClientRequest"> & {
+  /**
+   * Unique client name.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * Its limits.
+   *
+   * @generated from field: gptgrpc.v1.ClientLimits limits = 2;
+   */
+  limits?: ClientLimits | undefined;
+};
+
+/**
+ * Describes the message gptgrpc.v1.CreateClientRequest.
+ * Use `create(CreateClientRequestSchema)` to create a new message.
+ */
+export const CreateClientRequestSchema: GenMessage<CreateClientRequest> = /*@__PURE__*/
+  messageDesc(file_gptgrpc_v1_gateway, 28);
+
+/**
+ * CreateClientResponse carries the token, shown this once.
+ *
+ * @generated from message gptgrpc.v1.CreateClientResponse
+ */
+export type CreateClientResponse = Message<"gptgrpc.v1.CreateClientResponse"> & {
+  /**
+   * The new client.
+   *
+   * @generated from field: gptgrpc.v1.Client client = 1;
+   */
+  client?: Client | undefined;
+
+  /**
+   * Its bearer token. Store it now: only a hash is kept.
+   *
+   * @generated from field: string token = 2;
+   */
+  token: string;
+};
+
+/**
+ * Describes the message gptgrpc.v1.CreateClientResponse.
+ * Use `create(CreateClientResponseSchema)` to create a new message.
+ */
+export const CreateClientResponseSchema: GenMessage<CreateClientResponse> = /*@__PURE__*/
+  messageDesc(file_gptgrpc_v1_gateway, 29);
+
+/**
+ * ListClientsRequest filters the list.
+ *
+ * @generated from message gptgrpc.v1.ListClientsRequest
+ */
+export type ListClientsRequest = Message<"gptgrpc.v1.ListClientsRequest"> & {
+  /**
+   * Include revoked clients.
+   *
+   * @generated from field: bool include_revoked = 1;
+   */
+  includeRevoked: boolean;
+};
+
+/**
+ * Describes the message gptgrpc.v1.ListClientsRequest.
+ * Use `create(ListClientsRequestSchema)` to create a new message.
+ */
+export const ListClientsRequestSchema: GenMessage<ListClientsRequest> = /*@__PURE__*/
+  messageDesc(file_gptgrpc_v1_gateway, 30);
+
+/**
+ * ListClientsResponse lists clients sorted by name.
+ *
+ * @generated from message gptgrpc.v1.ListClientsResponse
+ */
+export type ListClientsResponse = Message<"gptgrpc.v1.ListClientsResponse"> & {
+  /**
+   * The clients.
+   *
+   * @generated from field: repeated gptgrpc.v1.Client clients = 1;
+   */
+  clients: Client[];
+};
+
+/**
+ * Describes the message gptgrpc.v1.ListClientsResponse.
+ * Use `create(ListClientsResponseSchema)` to create a new message.
+ */
+export const ListClientsResponseSchema: GenMessage<ListClientsResponse> = /*@__PURE__*/
+  messageDesc(file_gptgrpc_v1_gateway, 31);
+
+/**
+ * UpdateClientRequest replaces a client's limits.
+ *
+ * @generated from message gptgrpc.v1.UpdateClientRequest
+ */
+export type UpdateClientRequest = Message<"gptgrpc.v1.UpdateClientRequest"> & {
+  /**
+   * The client's name.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * The new limits (replacing all of the old ones).
+   *
+   * @generated from field: gptgrpc.v1.ClientLimits limits = 2;
+   */
+  limits?: ClientLimits | undefined;
+};
+
+/**
+ * Describes the message gptgrpc.v1.UpdateClientRequest.
+ * Use `create(UpdateClientRequestSchema)` to create a new message.
+ */
+export const UpdateClientRequestSchema: GenMessage<UpdateClientRequest> = /*@__PURE__*/
+  messageDesc(file_gptgrpc_v1_gateway, 32);
+
+/**
+ * UpdateClientResponse returns the client as now defined.
+ *
+ * @generated from message gptgrpc.v1.UpdateClientResponse
+ */
+export type UpdateClientResponse = Message<"gptgrpc.v1.UpdateClientResponse"> & {
+  /**
+   * The client.
+   *
+   * @generated from field: gptgrpc.v1.Client client = 1;
+   */
+  client?: Client | undefined;
+};
+
+/**
+ * Describes the message gptgrpc.v1.UpdateClientResponse.
+ * Use `create(UpdateClientResponseSchema)` to create a new message.
+ */
+export const UpdateClientResponseSchema: GenMessage<UpdateClientResponse> = /*@__PURE__*/
+  messageDesc(file_gptgrpc_v1_gateway, 33);
+
+/**
+ * RevokeClientRequest names the client to revoke.
+ *
+ * @generated from message gptgrpc.v1.RevokeClientRequest
+ */
+export type RevokeClientRequest = Message<"gptgrpc.v1.RevokeClientRequest"> & {
+  /**
+   * The client's name.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+};
+
+/**
+ * Describes the message gptgrpc.v1.RevokeClientRequest.
+ * Use `create(RevokeClientRequestSchema)` to create a new message.
+ */
+export const RevokeClientRequestSchema: GenMessage<RevokeClientRequest> = /*@__PURE__*/
+  messageDesc(file_gptgrpc_v1_gateway, 34);
+
+/**
+ * RevokeClientResponse returns the revoked client.
+ *
+ * @generated from message gptgrpc.v1.RevokeClientResponse
+ */
+export type RevokeClientResponse = Message<"gptgrpc.v1.RevokeClientResponse"> & {
+  /**
+   * The client.
+   *
+   * @generated from field: gptgrpc.v1.Client client = 1;
+   */
+  client?: Client | undefined;
+};
+
+/**
+ * Describes the message gptgrpc.v1.RevokeClientResponse.
+ * Use `create(RevokeClientResponseSchema)` to create a new message.
+ */
+export const RevokeClientResponseSchema: GenMessage<RevokeClientResponse> = /*@__PURE__*/
+  messageDesc(file_gptgrpc_v1_gateway, 35);
 
 /**
  * Role is the author of a chat message.
@@ -1464,6 +1766,40 @@ export const FinishReasonSchema: GenEnum<FinishReason> = /*@__PURE__*/
   enumDesc(file_gptgrpc_v1_gateway, 3);
 
 /**
+ * BudgetPeriod is the period a spend budget covers (UTC calendar periods).
+ *
+ * @generated from enum gptgrpc.v1.BudgetPeriod
+ */
+export enum BudgetPeriod {
+  /**
+   * No budget.
+   *
+   * @generated from enum value: BUDGET_PERIOD_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Per UTC day.
+   *
+   * @generated from enum value: BUDGET_PERIOD_DAY = 1;
+   */
+  DAY = 1,
+
+  /**
+   * Per UTC calendar month.
+   *
+   * @generated from enum value: BUDGET_PERIOD_MONTH = 2;
+   */
+  MONTH = 2,
+}
+
+/**
+ * Describes the enum gptgrpc.v1.BudgetPeriod.
+ */
+export const BudgetPeriodSchema: GenEnum<BudgetPeriod> = /*@__PURE__*/
+  enumDesc(file_gptgrpc_v1_gateway, 4);
+
+/**
  * ErrorReason is the reason of the google.rpc.ErrorInfo attached to every
  * error (ErrorInfo.reason is the value's name, ErrorInfo.domain "gpt-grpc").
  * Reasons that start with UPSTREAM_ come from the upstream API; the others
@@ -1618,13 +1954,69 @@ export enum ErrorReason {
    * @generated from enum value: INTERNAL_ERROR = 20;
    */
   INTERNAL_ERROR = 20,
+
+  /**
+   * Clients are defined and the call carries no token. UNAUTHENTICATED.
+   *
+   * @generated from enum value: CLIENT_TOKEN_MISSING = 21;
+   */
+  CLIENT_TOKEN_MISSING = 21,
+
+  /**
+   * The client token is unknown or revoked. UNAUTHENTICATED.
+   *
+   * @generated from enum value: CLIENT_TOKEN_INVALID = 22;
+   */
+  CLIENT_TOKEN_INVALID = 22,
+
+  /**
+   * The client's request or token rate limit is reached. RESOURCE_EXHAUSTED + RetryInfo.
+   *
+   * @generated from enum value: CLIENT_RATE_LIMITED = 23;
+   */
+  CLIENT_RATE_LIMITED = 23,
+
+  /**
+   * The client's spend budget for the period is used up. RESOURCE_EXHAUSTED + QuotaFailure.
+   *
+   * @generated from enum value: CLIENT_BUDGET_EXCEEDED = 24;
+   */
+  CLIENT_BUDGET_EXCEEDED = 24,
+
+  /**
+   * Too many failed authentications from this peer. RESOURCE_EXHAUSTED + RetryInfo.
+   *
+   * @generated from enum value: AUTH_RATE_LIMITED = 25;
+   */
+  AUTH_RATE_LIMITED = 25,
+
+  /**
+   * No client has that name. NOT_FOUND.
+   *
+   * @generated from enum value: CLIENT_NOT_FOUND = 26;
+   */
+  CLIENT_NOT_FOUND = 26,
+
+  /**
+   * A client with that name exists. ALREADY_EXISTS.
+   *
+   * @generated from enum value: CLIENT_EXISTS = 27;
+   */
+  CLIENT_EXISTS = 27,
+
+  /**
+   * A client token may not see another client's data. PERMISSION_DENIED.
+   *
+   * @generated from enum value: CLIENT_FORBIDDEN = 28;
+   */
+  CLIENT_FORBIDDEN = 28,
 }
 
 /**
  * Describes the enum gptgrpc.v1.ErrorReason.
  */
 export const ErrorReasonSchema: GenEnum<ErrorReason> = /*@__PURE__*/
-  enumDesc(file_gptgrpc_v1_gateway, 4);
+  enumDesc(file_gptgrpc_v1_gateway, 5);
 
 /**
  * GPTService fronts an OpenAI-compatible chat completions API.
@@ -1702,7 +2094,8 @@ export const GPTService: GenService<{
     output: typeof ListModelsResponseSchema;
   },
   /**
-   * GetUsage reports requests, tokens and cost per model since start.
+   * GetUsage reports requests, tokens and cost per model since start, or the
+   * persisted usage of one client. A client token sees only its own usage.
    *
    * @generated from rpc gptgrpc.v1.GPTService.GetUsage
    */
@@ -1710,6 +2103,49 @@ export const GPTService: GenService<{
     methodKind: "unary";
     input: typeof GetUsageRequestSchema;
     output: typeof GetUsageResponseSchema;
+  },
+  /**
+   * CreateClient defines a named client with its own bearer token and limits.
+   * The token is returned once and stored hashed. Requires the admin token.
+   * Once any client exists, data-plane calls need a client (or admin) token.
+   *
+   * @generated from rpc gptgrpc.v1.GPTService.CreateClient
+   */
+  createClient: {
+    methodKind: "unary";
+    input: typeof CreateClientRequestSchema;
+    output: typeof CreateClientResponseSchema;
+  },
+  /**
+   * ListClients lists the clients, their limits and current spend (never
+   * their tokens). Requires the admin token.
+   *
+   * @generated from rpc gptgrpc.v1.GPTService.ListClients
+   */
+  listClients: {
+    methodKind: "unary";
+    input: typeof ListClientsRequestSchema;
+    output: typeof ListClientsResponseSchema;
+  },
+  /**
+   * UpdateClient replaces a client's limits. Requires the admin token.
+   *
+   * @generated from rpc gptgrpc.v1.GPTService.UpdateClient
+   */
+  updateClient: {
+    methodKind: "unary";
+    input: typeof UpdateClientRequestSchema;
+    output: typeof UpdateClientResponseSchema;
+  },
+  /**
+   * RevokeClient revokes a client's token at once. Requires the admin token.
+   *
+   * @generated from rpc gptgrpc.v1.GPTService.RevokeClient
+   */
+  revokeClient: {
+    methodKind: "unary";
+    input: typeof RevokeClientRequestSchema;
+    output: typeof RevokeClientResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_gptgrpc_v1_gateway, 0);
