@@ -109,9 +109,7 @@ class FakeGateway(gateway_pb2_grpc.GPTServiceServicer):
     ) -> Iterator[gateway_pb2.StreamChatCompletionResponse]:
         self._record("StreamChatCompletion", request, context)
         for text in self.deltas:
-            yield gateway_pb2.StreamChatCompletionResponse(
-                delta=gateway_pb2.ChatCompletionDelta(content=text)
-            )
+            yield gateway_pb2.StreamChatCompletionResponse(delta=gateway_pb2.ChatCompletionDelta(content=text))
         if self.block:
             self._block(context)
             return
@@ -342,9 +340,7 @@ def test_chat_completion_with_messages(client: Client, fake: FakeGateway) -> Non
         gateway_pb2.ChatMessage(role=gateway_pb2.ROLE_USER, content="And 3+3?"),
         {"role": "ROLE_USER", "content": "thanks"},
     ]
-    answer = client.chat_completion(
-        messages=messages, response_format={"type": "RESPONSE_FORMAT_TYPE_JSON_OBJECT"}
-    )
+    answer = client.chat_completion(messages=messages, response_format={"type": "RESPONSE_FORMAT_TYPE_JSON_OBJECT"})
     assert answer == "echo: thanks"
     request = fake.last("ChatCompletion").request
     assert isinstance(request, gateway_pb2.ChatCompletionRequest)
@@ -563,9 +559,7 @@ def test_gateway_error_decodes_error_info_and_retry_info(client: Client, fake: F
     )
 
 
-@pytest.mark.parametrize(
-    "method", ["count_tokens", "get_usage", "list_models", "get_configuration", "configure"]
-)
+@pytest.mark.parametrize("method", ["count_tokens", "get_usage", "list_models", "get_configuration", "configure"])
 def test_every_method_raises_gateway_error(client: Client, fake: FakeGateway, method: str) -> None:
     fake.error = BAD_REQUEST
     with pytest.raises(GatewayError) as caught:
@@ -615,9 +609,7 @@ def test_from_rpc_error_tolerates_odd_errors() -> None:
     err = GatewayError.from_rpc_error(_OddError(None))
     assert err.code == grpc.StatusCode.UNKNOWN
     status = RATE_LIMITED.SerializeToString()
-    err = GatewayError.from_rpc_error(
-        _OddError([("x-request-id", "rid"), ("grpc-status-details-bin", status)])
-    )
+    err = GatewayError.from_rpc_error(_OddError([("x-request-id", "rid"), ("grpc-status-details-bin", status)]))
     assert err.code == grpc.StatusCode.RESOURCE_EXHAUSTED  # from the Status proto
     assert err.message == "the upstream kept rate limiting"
     assert err.reason == "UPSTREAM_RATE_LIMITED" and err.request_id == "req-42"
@@ -803,9 +795,7 @@ async def test_async_errors_are_decoded(fake: FakeGateway, grpc_addr: str) -> No
     assert isinstance(err.__cause__, grpc.aio.AioRpcError)
 
 
-async def test_async_task_cancellation_propagates_and_cancels_the_call(
-    fake: FakeGateway, grpc_addr: str
-) -> None:
+async def test_async_task_cancellation_propagates_and_cancels_the_call(fake: FakeGateway, grpc_addr: str) -> None:
     fake.block = True
     async with AsyncClient(grpc_addr, timeout=20) as client:
         task = asyncio.ensure_future(client.chat_completion(user_message="slow"))
@@ -846,9 +836,7 @@ class _Stdin(io.StringIO):
         return False
 
 
-def test_cli_chat_streams_to_stdout(
-    fake: FakeGateway, grpc_addr: str, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_cli_chat_streams_to_stdout(fake: FakeGateway, grpc_addr: str, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run_cli(
         ["--target", grpc_addr, "chat", "--model", "gpt-4o", "--system", "Be brief.", "--max-tokens", "9",
          "--temperature", "0.2", "Tell", "me"],
@@ -936,9 +924,7 @@ def test_cli_configure_key_from_stdin_token_from_env(
     assert "authorization" not in fake.last("GetConfiguration").metadata
 
 
-def test_cli_models_and_usage_tables(
-    fake: FakeGateway, grpc_addr: str, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_cli_models_and_usage_tables(fake: FakeGateway, grpc_addr: str, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run_cli(["--target", grpc_addr, "models"], capsys)
     assert code == 0
     lines = out.splitlines()
@@ -969,10 +955,7 @@ def test_cli_errors(
     fake.error = RATE_LIMITED
     code, _, err = run_cli(["--target", grpc_addr, "chat", "hi"], capsys)
     assert code == 1
-    assert (
-        err.splitlines()[0]
-        == "error: RESOURCE_EXHAUSTED UPSTREAM_RATE_LIMITED: the upstream kept rate limiting"
-    )
+    assert err.splitlines()[0] == "error: RESOURCE_EXHAUSTED UPSTREAM_RATE_LIMITED: the upstream kept rate limiting"
     assert "retry after 2.5s" in err and "req-42" in err
 
     fake.error = BAD_REQUEST
@@ -984,9 +967,7 @@ def test_cli_errors(
     code, _, err = run_cli(["--target", free_addr, "--timeout", "5", "models"], capsys)
     assert code == 1 and err.startswith("error: UNAVAILABLE: ")
 
-    code, _, err = run_cli(
-        ["--target", grpc_addr, "configure", "--api-key-file", str(tmp_path / "nope")], capsys
-    )
+    code, _, err = run_cli(["--target", grpc_addr, "configure", "--api-key-file", str(tmp_path / "nope")], capsys)
     assert code == 1 and "cannot read API key file" in err
 
     code, _, err = run_cli(["--target", grpc_addr, "no-such-command"], capsys)
@@ -1057,9 +1038,7 @@ def test_console_script_entry_point() -> None:
 
 def test_wheel_contains_the_stubs_and_no_server_dependencies(tmp_path: Path) -> None:
     source = tmp_path / "src"
-    shutil.copytree(
-        CLIENT_DIR, source, ignore=shutil.ignore_patterns("build", "dist", "*.egg-info", "__pycache__")
-    )
+    shutil.copytree(CLIENT_DIR, source, ignore=shutil.ignore_patterns("build", "dist", "*.egg-info", "__pycache__"))
     out = tmp_path / "wheels"
     result = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",

@@ -88,9 +88,7 @@ async def test_a_call_keeps_the_settings_it_started_with(standin: Standin) -> No
     gpt.configure(fast_upstream(standin.base_url))
     standin.enqueue(Fault(kind="slow", delay=0.5))
     try:
-        call = asyncio.ensure_future(
-            gpt.acomplete(ChatRequest("gpt-4o-mini", [{"role": "user", "content": "x"}]))
-        )
+        call = asyncio.ensure_future(gpt.acomplete(ChatRequest("gpt-4o-mini", [{"role": "user", "content": "x"}])))
         await standin.wait_for(lambda s: len(s.requests) == 1, timeout=5)
         gpt.api_key = "sk-another-key-abcdefghijklmnopq"  # changes later calls only
         result = await call

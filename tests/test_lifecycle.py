@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import AsyncIterator
 
 import grpc
@@ -52,16 +53,26 @@ class ServerProcess:
             "GPT_GRPC_PORT": str(self.port),
             **(env or {}),
         }
+        # A file, not a pipe: nobody reads a pipe until the end, and a full one
+        # would block the server's logging (one line per call).
+        self.log = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gpt_grpc.server", *args],
             env=full_env,
-            stdout=subprocess.PIPE,
+            stdout=self.log,
             stderr=subprocess.STDOUT,
         )
 
     def output(self) -> str:
-        out, _ = self.proc.communicate(timeout=30)
-        return out.decode()
+        self.proc.wait(timeout=30)
+        self.log.seek(0)
+        return self.log.read().decode()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=10)
+        self.log.close()
 
 
 @pytest.fixture
@@ -70,11 +81,7 @@ async def process(standin: Standin) -> AsyncIterator[ServerProcess]:
     try:
         yield server
     finally:
-        if server.proc.poll() is None:
-            server.proc.kill()
-        server.proc.wait(timeout=10)
-        if server.proc.stdout is not None:
-            server.proc.stdout.close()
+        server.close()
 
 
 async def test_configured_from_the_environment(process: ServerProcess, standin: Standin) -> None:
@@ -101,9 +108,7 @@ async def test_sigterm_drains_500_streams_and_exits_zero(process: ServerProcess,
 
         async def one() -> str:
             text = []
-            async for event in stub.StreamChatCompletion(
-                pb.StreamChatCompletionRequest(user_message="go"), timeout=60
-            ):
+            async for event in stub.StreamChatCompletion(pb.StreamChatCompletionRequest(user_message="go"), timeout=60):
                 if event.HasField("delta"):
                     text.append(event.delta.content)
                 else:

@@ -55,9 +55,7 @@ async def test_which_reasons_are_retried(reason: Reason, retried: bool) -> None:
     t = FakeTime()
     attempt, calls = failing(reason)
     if retried:
-        result, attempts = await call_with_retries(
-            attempt, RetryPolicy(3, 0.5, 8), clock=t.clock, sleep=t.sleep
-        )
+        result, attempts = await call_with_retries(attempt, RetryPolicy(3, 0.5, 8), clock=t.clock, sleep=t.sleep)
         assert (result, attempts, calls) == ("ok", 2, [1, 2])
     else:
         with pytest.raises(GatewayError) as info:
@@ -76,9 +74,7 @@ async def test_which_reasons_are_retried(reason: Reason, retried: bool) -> None:
         (RetryPolicy(2, 0.1, 1.0), [0.1]),
     ],
 )
-async def test_full_jitter_backoff_is_capped_exponential(
-    policy: RetryPolicy, expected_caps: list[float]
-) -> None:
+async def test_full_jitter_backoff_is_capped_exponential(policy: RetryPolicy, expected_caps: list[float]) -> None:
     t = FakeTime()
     attempt, calls = failing(*[Reason.UPSTREAM_UNAVAILABLE] * 10)
     # rng() == 1.0 shows the cap itself; full jitter draws uniformly below it.
@@ -92,9 +88,7 @@ async def test_jitter_draws_below_the_cap() -> None:
     t = FakeTime()
     attempt, _ = failing(Reason.UPSTREAM_UNAVAILABLE, Reason.UPSTREAM_UNAVAILABLE)
     draws = iter([0.25, 0.5])
-    await call_with_retries(
-        attempt, RetryPolicy(3, 1.0, 8), clock=t.clock, sleep=t.sleep, rng=lambda: next(draws)
-    )
+    await call_with_retries(attempt, RetryPolicy(3, 1.0, 8), clock=t.clock, sleep=t.sleep, rng=lambda: next(draws))
     assert t.sleeps == pytest.approx([0.25, 1.0])
 
 
@@ -112,9 +106,7 @@ async def test_never_sleeps_past_the_deadline() -> None:
     t = FakeTime()
     attempt, calls = failing(Reason.UPSTREAM_RATE_LIMITED, retry_after=5.0)
     with pytest.raises(GatewayError) as info:
-        await call_with_retries(
-            attempt, RetryPolicy(3, 0.1, 1), deadline=t.now + 2.0, clock=t.clock, sleep=t.sleep
-        )
+        await call_with_retries(attempt, RetryPolicy(3, 0.1, 1), deadline=t.now + 2.0, clock=t.clock, sleep=t.sleep)
     assert info.value.reason is Reason.UPSTREAM_RATE_LIMITED
     assert t.sleeps == []  # the wait would end after the deadline: report now
     assert calls == [1]
@@ -122,9 +114,7 @@ async def test_never_sleeps_past_the_deadline() -> None:
 
 async def test_retries_while_the_deadline_allows() -> None:
     t = FakeTime()
-    attempt, calls = failing(
-        Reason.UPSTREAM_UNAVAILABLE, Reason.UPSTREAM_UNAVAILABLE, Reason.UPSTREAM_UNAVAILABLE
-    )
+    attempt, calls = failing(Reason.UPSTREAM_UNAVAILABLE, Reason.UPSTREAM_UNAVAILABLE, Reason.UPSTREAM_UNAVAILABLE)
     with pytest.raises(GatewayError):
         await call_with_retries(
             attempt,

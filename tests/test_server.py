@@ -93,9 +93,7 @@ async def test_all_request_fields_reach_the_upstream(gateway: Gateway, standin: 
         presence_penalty=0.1,
         frequency_penalty=-0.1,
         response_format=pb.ResponseFormat(type=pb.RESPONSE_FORMAT_TYPE_JSON_OBJECT),
-        tools=[
-            pb.Tool(name="lookup", description="find", parameters_json='{"type":"object","properties":{}}')
-        ],
+        tools=[pb.Tool(name="lookup", description="find", parameters_json='{"type":"object","properties":{}}')],
         tool_choice=pb.ToolChoice(mode=pb.TOOL_CHOICE_MODE_AUTO),
         user="user-42",
     )
@@ -518,9 +516,7 @@ async def test_unexpected_errors_are_internal_without_detail(
     assert "secret internals" in caplog.text  # the operator sees it in the log
 
 
-async def test_secrets_never_leak(
-    gateway: Gateway, standin: Standin, caplog: pytest.LogCaptureFixture
-) -> None:
+async def test_secrets_never_leak(gateway: Gateway, standin: Standin, caplog: pytest.LogCaptureFixture) -> None:
     seen: list[str] = []
     with caplog.at_level(logging.DEBUG):
         seen.append(str(await gateway.stub.GetConfiguration(pb.GetConfigurationRequest())))

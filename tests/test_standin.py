@@ -153,9 +153,7 @@ async def test_stream_with_usage_matches_unary(standin: Standin, client: openai.
 
 
 async def test_stream_wire_format(standin: Standin, http: aiohttp.ClientSession) -> None:
-    async with http.post(
-        standin.base_url + "/chat/completions", json=chat_body(stream=True), headers=AUTH
-    ) as r:
+    async with http.post(standin.base_url + "/chat/completions", json=chat_body(stream=True), headers=AUTH) as r:
         assert r.status == 200
         assert r.headers["content-type"].startswith("text/event-stream")
         assert r.headers["x-request-id"].startswith("req_")
@@ -233,9 +231,7 @@ async def test_tool_call_unary_and_stream(standin: Standin, client: openai.Async
 
 async def test_set_reply_override_chunks_and_reset(standin: Standin, http: aiohttp.ClientSession) -> None:
     standin.set_reply(content="abcdefgh", chunks=4)
-    async with http.post(
-        standin.base_url + "/chat/completions", json=chat_body(stream=True), headers=AUTH
-    ) as r:
+    async with http.post(standin.base_url + "/chat/completions", json=chat_body(stream=True), headers=AUTH) as r:
         chunks = [orjson.loads(e) for e in sse_events(await r.read())[:-1]]
     assert [c["choices"][0]["delta"].get("content") for c in chunks[1:-1]] == ["ab", "cd", "ef", "gh"]
 
@@ -248,21 +244,15 @@ async def test_set_reply_override_chunks_and_reset(standin: Standin, http: aioht
         "name": "lookup",
         "arguments": '{"q":"a long query string"}',
     }
-    async with http.post(
-        standin.base_url + "/chat/completions", json=chat_body(stream=True), headers=AUTH
-    ) as r:
+    async with http.post(standin.base_url + "/chat/completions", json=chat_body(stream=True), headers=AUTH) as r:
         chunks = [orjson.loads(e) for e in sse_events(await r.read())[:-1]]
     fragments = [
-        tc["function"]["arguments"]
-        for c in chunks[1:]
-        for tc in c["choices"][0]["delta"].get("tool_calls", [])
+        tc["function"]["arguments"] for c in chunks[1:] for tc in c["choices"][0]["delta"].get("tool_calls", [])
     ]
     assert len(fragments) > 1 and "".join(fragments) == '{"q":"a long query string"}'
 
     standin.set_reply(chunks=2)  # default echo, two pieces
-    async with http.post(
-        standin.base_url + "/chat/completions", json=chat_body(stream=True), headers=AUTH
-    ) as r:
+    async with http.post(standin.base_url + "/chat/completions", json=chat_body(stream=True), headers=AUTH) as r:
         chunks = [orjson.loads(e) for e in sse_events(await r.read())[:-1]]
     assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks) == "Echo: hello there world"
     assert len(chunks) == 4
@@ -323,9 +313,7 @@ async def test_request_validation(standin: Standin, http: aiohttp.ClientSession)
 async def test_api_keys_enforced() -> None:
     async with Standin(api_keys={"sk-good"}) as standin:
         good = openai.AsyncOpenAI(base_url=standin.base_url, api_key="sk-good", max_retries=0, timeout=10)
-        bad = openai.AsyncOpenAI(
-            base_url=standin.base_url, api_key="sk-bad-key-123", max_retries=0, timeout=10
-        )
+        bad = openai.AsyncOpenAI(base_url=standin.base_url, api_key="sk-bad-key-123", max_retries=0, timeout=10)
         try:
             ok = await good.chat.completions.create(model="gpt-4o-mini", messages=HELLO)
             assert ok.choices[0].message.content
@@ -392,10 +380,7 @@ async def test_http_error_fault_headers_and_sdk_mapping(standin: Standin, client
     assert rate.value.code == "custom" and rate.value.message.endswith("slow down")
     with pytest.raises(openai.UnprocessableEntityError) as unprocessable:
         await client.chat.completions.create(model="gpt-4o-mini", messages=HELLO)
-    assert (
-        isinstance(unprocessable.value.body, dict)
-        and unprocessable.value.body["type"] == "invalid_request_error"
-    )
+    assert isinstance(unprocessable.value.body, dict) and unprocessable.value.body["type"] == "invalid_request_error"
     with pytest.raises(openai.RateLimitError) as rate:
         await client.chat.completions.create(model="gpt-4o-mini", messages=HELLO, stream=True)
     assert rate.value.response.headers["retry-after"] == "0.25"
@@ -414,9 +399,7 @@ async def test_html_error(standin: Standin, http: aiohttp.ClientSession, client:
 # --------------------------------------------------------------------------- transport faults
 
 
-async def test_invalid_json(
-    standin: Standin, http: aiohttp.ClientSession, client: openai.AsyncOpenAI
-) -> None:
+async def test_invalid_json(standin: Standin, http: aiohttp.ClientSession, client: openai.AsyncOpenAI) -> None:
     standin.enqueue(Fault(kind="invalid_json"), Fault(kind="invalid_json"), Fault(kind="invalid_json"))
     status, headers, raw = await post_chat(http, standin)
     assert status == 200 and headers["content-type"] == "application/json"
@@ -452,16 +435,10 @@ async def test_truncated_sse(standin: Standin, http: aiohttp.ClientSession) -> N
     assert all(c["choices"][0]["finish_reason"] is None for c in chunks)
 
 
-async def test_drop_mid_stream(
-    standin: Standin, http: aiohttp.ClientSession, client: openai.AsyncOpenAI
-) -> None:
-    standin.enqueue(
-        Fault(kind="drop_mid_stream", after_chunks=2), Fault(kind="drop_mid_stream", after_chunks=1)
-    )
+async def test_drop_mid_stream(standin: Standin, http: aiohttp.ClientSession, client: openai.AsyncOpenAI) -> None:
+    standin.enqueue(Fault(kind="drop_mid_stream", after_chunks=2), Fault(kind="drop_mid_stream", after_chunks=1))
     received: list[bytes] = []
-    async with http.post(
-        standin.base_url + "/chat/completions", json=chat_body(stream=True), headers=AUTH
-    ) as r:
+    async with http.post(standin.base_url + "/chat/completions", json=chat_body(stream=True), headers=AUTH) as r:
         assert r.status == 200
         with pytest.raises(aiohttp.ClientPayloadError):
             async for line in r.content:
@@ -495,9 +472,7 @@ async def test_drop_unary_sends_half_the_body(standin: Standin, client: openai.A
     writer.close()
     await writer.wait_closed()
     head, _, payload = raw.partition(b"\r\n\r\n")
-    length = int(
-        next(h for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")).split(b":")[1]
-    )
+    length = int(next(h for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")).split(b":")[1])
     assert len(payload) == length // 2
 
     standin.enqueue(Fault(kind="drop_mid_stream"))
@@ -522,9 +497,7 @@ async def test_slow_and_slow_stream(standin: Standin, http: aiohttp.ClientSessio
 
     standin.enqueue(Fault(kind="slow_stream", delay=0.1))
     arrivals: list[float] = []
-    async with http.post(
-        standin.base_url + "/chat/completions", json=chat_body(stream=True), headers=AUTH
-    ) as r:
+    async with http.post(standin.base_url + "/chat/completions", json=chat_body(stream=True), headers=AUTH) as r:
         async for line in r.content:
             if line.startswith(b"data: "):
                 arrivals.append(time.monotonic())
@@ -537,9 +510,7 @@ async def test_slow_and_slow_stream(standin: Standin, http: aiohttp.ClientSessio
 # --------------------------------------------------------------------------- disconnects
 
 
-async def test_hang_detects_client_disconnect_via_sdk_cancel(
-    standin: Standin, client: openai.AsyncOpenAI
-) -> None:
+async def test_hang_detects_client_disconnect_via_sdk_cancel(standin: Standin, client: openai.AsyncOpenAI) -> None:
     standin.enqueue(Fault(kind="hang"))
     task = asyncio.create_task(client.chat.completions.create(model="gpt-4o-mini", messages=HELLO))
     await standin.wait_for(lambda s: len(s.requests) == 1, timeout=5)
@@ -565,9 +536,7 @@ async def test_mid_stream_client_disconnect(standin: Standin) -> None:
     standin.set_reply(content=" ".join(["word"] * 200))
     standin.enqueue(Fault(kind="slow_stream", delay=0.02))
     async with aiohttp.ClientSession(timeout=TIMEOUT) as http:
-        resp = await http.post(
-            standin.base_url + "/chat/completions", json=chat_body(stream=True), headers=AUTH
-        )
+        resp = await http.post(standin.base_url + "/chat/completions", json=chat_body(stream=True), headers=AUTH)
         await resp.content.readline()
         await resp.content.readline()
         resp.close()  # drops the connection mid-stream
@@ -647,9 +616,7 @@ async def test_fifo_fault_queue(standin: Standin, http: aiohttp.ClientSession) -
 async def test_seeded_random_faults_are_reproducible(http: aiohttp.ClientSession) -> None:
     async def campaign(seed: int) -> list[str | None]:
         async with Standin() as standin:
-            standin.set_random_faults(
-                rate=0.5, kinds=["rate_limit", "server_error", "unavailable"], seed=seed
-            )
+            standin.set_random_faults(rate=0.5, kinds=["rate_limit", "server_error", "unavailable"], seed=seed)
             for _ in range(16):
                 await post_chat(http, standin)
             return [r.fault for r in standin.requests]
@@ -716,9 +683,7 @@ async def test_http_control_api(standin: Standin, http: aiohttp.ClientSession) -
         "faults": {"rate_limit": 1, "http_error": 1},
     }
 
-    async with http.post(
-        control + "/random_faults", json={"rate": 1.0, "kinds": ["unavailable"], "seed": 1}
-    ) as r:
+    async with http.post(control + "/random_faults", json={"rate": 1.0, "kinds": ["unavailable"], "seed": 1}) as r:
         assert r.status == 200
     assert (await post_chat(http, standin))[0] == 503
 
@@ -726,9 +691,7 @@ async def test_http_control_api(standin: Standin, http: aiohttp.ClientSession) -
         assert r.status == 200
     assert standin.requests == []
     status, _, raw = await post_chat(http, standin)
-    assert (
-        status == 200 and orjson.loads(raw)["choices"][0]["message"]["content"] == "Echo: hello there world"
-    )
+    assert status == 200 and orjson.loads(raw)["choices"][0]["message"]["content"] == "Echo: hello there world"
 
     async with http.post(control + "/faults", json={"faults": [{"kind": "no-such-kind"}]}) as r:
         assert r.status == 400

@@ -84,11 +84,7 @@ async def test_kill_9_at_any_moment_leaves_old_or_new(standin: Standin, tmp_path
                 stop.set()
                 await storm
         finally:
-            if server.proc.poll() is None:
-                server.proc.kill()
-            server.proc.wait(timeout=10)
-            assert server.proc.stdout is not None
-            server.proc.stdout.close()
+            server.close()
         saved = StateFile(state_path).load()  # never a broken file
         assert saved is not None and saved.api_key == TEST_KEY
         assert saved.default_model in (f"model-{acked[-1]}", f"model-{acked[-1] + 1}")

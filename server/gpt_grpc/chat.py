@@ -37,6 +37,8 @@ class ChatRequest:
     # top_p, stop, seed, presence_penalty, frequency_penalty,
     # response_format, tools, tool_choice, user.
     params: dict[str, Any] = field(default_factory=dict)
+    # The caller's request id, sent upstream and logged; never part of the body.
+    request_id: str | None = None
 
     def body(self) -> dict[str, Any]:
         """The OpenAI request body (before model quirks)."""

@@ -223,7 +223,5 @@ def from_openai(exc: openai.OpenAIError) -> GatewayError:
     if isinstance(exc, openai.APIConnectionError):
         return GatewayError(Reason.UPSTREAM_UNAVAILABLE, "could not reach the upstream: connection failed")
     if isinstance(exc, openai.APIResponseValidationError):
-        return GatewayError(
-            Reason.UPSTREAM_RESPONSE_INVALID, "upstream sent a response the gateway cannot read"
-        )
+        return GatewayError(Reason.UPSTREAM_RESPONSE_INVALID, "upstream sent a response the gateway cannot read")
     return GatewayError(Reason.INTERNAL_ERROR, "internal error while calling the upstream")

@@ -16,7 +16,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import tenacity
 from tenacity import AsyncRetrying, RetryCallState
@@ -30,6 +30,16 @@ Sleep = Callable[[float], Awaitable[None]]
 
 # Below this much time left there is no point starting another attempt.
 MIN_ATTEMPT_SECONDS = 0.005
+
+
+class AttemptObserver(Protocol):
+    """Told about every upstream attempt (metrics implement it)."""
+
+    def attempt(self, outcome: str, seconds: float) -> None:
+        """One attempt ended: outcome is "ok" or the failure reason."""
+
+    def retry(self, reason: str) -> None:
+        """Another attempt starts after a failure with this reason."""
 
 
 @dataclass(frozen=True)
@@ -156,6 +166,7 @@ async def call_with_retries(
     clock: Clock = time.monotonic,
     sleep: Sleep = asyncio.sleep,
     rng: Callable[[], float] = random.random,
+    observer: AttemptObserver | None = None,
 ) -> tuple[T, int]:
     """Run `attempt(n)` (n = 1, 2, ...) until it succeeds or the rules say stop.
 
@@ -173,12 +184,22 @@ async def call_with_retries(
         reraise=True,
     )
     number = 0
+    last_reason = ""
     async for state in retrying:
         with state:
             number = state.retry_state.attempt_number
+            if observer is not None and number > 1:
+                observer.retry(last_reason)
+            started = time.perf_counter()
             try:
-                return await attempt(number), number
+                result = await attempt(number)
             except GatewayError as exc:
                 exc.attempts = number
+                last_reason = exc.reason.value
+                if observer is not None:
+                    observer.attempt(last_reason, time.perf_counter() - started)
                 raise
+            if observer is not None:
+                observer.attempt("ok", time.perf_counter() - started)
+            return result, number
     raise AssertionError("unreachable: tenacity either returns or re-raises")  # pragma: no cover

@@ -182,9 +182,7 @@ def apply(current: Settings, update: SettingsUpdate) -> Settings:
         organization=(current.organization if update.organization is None else update.organization or None),
         project=current.project if update.project is None else update.project or None,
         default_model=current.default_model if update.default_model is None else update.default_model,
-        request_timeout=(
-            current.request_timeout if update.request_timeout is None else update.request_timeout
-        ),
+        request_timeout=(current.request_timeout if update.request_timeout is None else update.request_timeout),
         retry=RetryPolicy(max_attempts=max_attempts, initial_backoff=initial, max_backoff=maximum),
         generation=current.generation + 1,
     )

@@ -25,14 +25,17 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from .. import tokens
+from ..accounts import Accounts, AccountsStoreError
 from ..errors import GatewayError
 from ..gpt import GPT
 from ..pricing import Pricing
 from ..retry import RetryBudget
 from ..settings import Settings, SettingsUpdate, apply
 from ..state import StateFile, StateFileError
+from . import logs
 from .admission import Admission
-from .auth import AdminAuth
+from .auth import AdminAuth, Authorizer
+from .metrics import Metrics
 from .servicer import GPTServicer
 
 log = logging.getLogger("gpt_grpc.server")
@@ -55,6 +58,12 @@ class ServerConfig:
     upstream: SettingsUpdate = field(default_factory=SettingsUpdate)
     retry_budget: bool = True
     state_file: str | None = None
+    db_path: str | None = None
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
 
 
 class GatewayServer:
@@ -70,11 +79,15 @@ class GatewayServer:
         if saved is not None:
             settings = _revalidate(saved)
             log.info("restored settings from %s (generation %d)", config.state_file, settings.generation)
+        self.metrics = Metrics()
         self.gpt = gpt or GPT(
             settings=settings,
             pricing=Pricing(config.pricing_file),
             budget=RetryBudget() if config.retry_budget else None,
+            observer=self.metrics,
         )
+        self.accounts = Accounts(config.db_path)
+        self.credentials = _server_credentials(config)
         self.admission = Admission(config.max_in_flight)
         self.health = health.aio.HealthServicer()
         self.server = grpc.aio.server(
@@ -84,22 +97,39 @@ class GatewayServer:
                 ("grpc.so_reuseport", 0),
             ]
         )
-        self.servicer = GPTServicer(self.gpt, AdminAuth(config.admin_token), self.admission, self.state)
+        self.servicer = GPTServicer(
+            self.gpt,
+            Authorizer(AdminAuth(config.admin_token), self.accounts),
+            self.admission,
+            accounts=self.accounts,
+            metrics=self.metrics,
+            state=self.state,
+        )
         pb_grpc.add_GPTServiceServicer_to_server(self.servicer, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         if config.reflection:
             names = (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
             reflection.enable_server_reflection(names, self.server)
         self.port = 0
+        self.metrics_port: int | None = None
         self._stopped = asyncio.Event()
+        self._flusher: asyncio.Task[None] | None = None
 
     async def start(self) -> int:
         tokens.preload()  # readiness includes the encodings: no first-call stall
         address = f"[{self.config.host}]" if ":" in self.config.host else self.config.host
-        self.port = self.server.add_insecure_port(f"{address}:{self.config.port}")
-        if not _is_loopback(self.config.host):
-            log.warning("listening on %s without TLS: traffic is plain text", self.config.host)
+        if self.credentials is not None:
+            self.port = self.server.add_secure_port(f"{address}:{self.config.port}", self.credentials)
+        else:
+            self.port = self.server.add_insecure_port(f"{address}:{self.config.port}")
+            if not _is_loopback(self.config.host):
+                log.warning("listening on %s without TLS: traffic is plain text", self.config.host)
         await self.server.start()
+        self.metrics.watch(asyncio.get_running_loop(), self.gpt.budget)
+        if self.config.metrics_port is not None:
+            self.metrics_port = self.metrics.serve(self.config.metrics_port, self.config.metrics_host)
+            log.info("metrics on http://%s:%d/metrics", self.config.metrics_host, self.metrics_port)
+        self._flusher = asyncio.get_running_loop().create_task(self._flush_usage())
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("gpt-grpc listening on %s:%d", self.config.host, self.port)
@@ -112,12 +142,22 @@ class GatewayServer:
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         drained = await self.admission.drain(grace)
         if not drained:
-            log.warning(
-                "grace period over with %d calls in flight; cancelling them", self.admission.in_flight
-            )
+            log.warning("grace period over with %d calls in flight; cancelling them", self.admission.in_flight)
         await self.server.stop(0 if drained else 0.5)
         await self.gpt.aclose()
+        if self._flusher is not None:
+            self._flusher.cancel()
+        await asyncio.to_thread(self.accounts.close)
         self._stopped.set()
+
+    async def _flush_usage(self) -> None:
+        """Per-client usage reaches disk every second (and at shutdown)."""
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                await asyncio.to_thread(self.accounts.flush)
+            except Exception:
+                log.exception("could not write client usage")
 
     async def wait(self) -> None:
         await self._stopped.wait()
@@ -143,6 +183,31 @@ def _revalidate(saved: Settings) -> Settings:
     return dataclasses.replace(checked, generation=saved.generation)
 
 
+def _read_bytes(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _server_credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
+    """TLS from a certificate and key; mutual TLS when a client CA is given too."""
+    if not config.tls_cert and not config.tls_key:
+        if config.tls_client_ca:
+            raise ConfigError("--tls-client-ca needs --tls-cert and --tls-key")
+        return None
+    if not (config.tls_cert and config.tls_key):
+        raise ConfigError("TLS needs both --tls-cert and --tls-key")
+    try:
+        pair = (_read_bytes(config.tls_key), _read_bytes(config.tls_cert))
+        ca = _read_bytes(config.tls_client_ca) if config.tls_client_ca else None
+    except OSError as exc:
+        raise ConfigError(f"cannot read a TLS file {exc.filename}: {exc.strerror}") from None
+    return grpc.ssl_server_credentials([pair], root_certificates=ca, require_client_auth=ca is not None)
+
+
+class ConfigError(Exception):
+    """Start-up settings that cannot work."""
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -164,13 +229,9 @@ def _read_secret_file(path: str) -> str:
 
 def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
     env = os.environ
-    p = argparse.ArgumentParser(
-        prog="gpt-grpc-server", description="gRPC gateway to OpenAI-compatible chat models"
-    )
+    p = argparse.ArgumentParser(prog="gpt-grpc-server", description="gRPC gateway to OpenAI-compatible chat models")
     p.add_argument("--host", default=env.get("GPT_GRPC_HOST", "127.0.0.1"), help="address to listen on")
-    p.add_argument(
-        "--port", type=int, default=int(env.get("GPT_GRPC_PORT", DEFAULT_PORT)), help="0 picks a free one"
-    )
+    p.add_argument("--port", type=int, default=int(env.get("GPT_GRPC_PORT", DEFAULT_PORT)), help="0 picks a free one")
     p.add_argument(
         "--admin-token-file",
         default=env.get("GPT_GRPC_ADMIN_TOKEN_FILE"),
@@ -193,10 +254,23 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
         default=env.get("GPT_GRPC_STATE_FILE"),
         help="persist Configure changes here (0600) and restore them at start",
     )
+    p.add_argument("--db", default=env.get("GPT_GRPC_DB"), help="SQLite file for clients and their usage")
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(env["GPT_GRPC_METRICS_PORT"]) if env.get("GPT_GRPC_METRICS_PORT") else None,
+        help="serve Prometheus metrics on this port (off by default)",
+    )
+    p.add_argument("--metrics-host", default=env.get("GPT_GRPC_METRICS_HOST", "127.0.0.1"))
+    p.add_argument("--tls-cert", default=env.get("GPT_GRPC_TLS_CERT"), help="server certificate chain (PEM)")
+    p.add_argument("--tls-key", default=env.get("GPT_GRPC_TLS_KEY"), help="server private key (PEM)")
+    p.add_argument(
+        "--tls-client-ca", default=env.get("GPT_GRPC_TLS_CLIENT_CA"), help="CA for client certificates (mutual TLS)"
+    )
     p.add_argument("--no-reflection", action="store_true", help="turn server reflection off")
     p.add_argument("--log-level", default=env.get("GPT_GRPC_LOG_LEVEL", "INFO"))
     args = p.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr, format="%(message)s")
+    logs.configure(args.log_level)
 
     admin_token = env.get("GPT_GRPC_ADMIN_TOKEN") or None
     if args.admin_token_file:
@@ -223,6 +297,12 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
         pricing_file=args.pricing_file,
         upstream=upstream,
         state_file=args.state_file,
+        db_path=args.db,
+        metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
     )
 
 
@@ -279,7 +359,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except GatewayError as exc:
         print(f"gpt-grpc-server: invalid settings: {exc.message}", file=sys.stderr)
         raise SystemExit(2) from None
-    except StateFileError as exc:
+    except (StateFileError, ConfigError, AccountsStoreError) as exc:
         print(f"gpt-grpc-server: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
 

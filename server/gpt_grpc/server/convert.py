@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import orjson
-from google.protobuf import duration_pb2
+from google.protobuf import duration_pb2, timestamp_pb2
 from gptgrpc.v1 import gateway_pb2 as pb
 
+from ..accounts import ClientRecord, Limits
 from ..chat import ChatRequest, ChatResult, Delta, ToolCall, Usage
 from ..errors import FieldViolation, invalid
 from ..settings import Settings, SettingsUpdate, mask_key
@@ -102,9 +103,7 @@ def chat_request(req: _ChatFields) -> ChatRequest:
     """The domain request; raises GatewayError(INVALID_REQUEST) listing every bad field."""
     out: list[FieldViolation] = []
     if req.messages and (req.system_message or req.user_message):
-        out.append(
-            FieldViolation("messages", "give either system_message/user_message or messages, not both")
-        )
+        out.append(FieldViolation("messages", "give either system_message/user_message or messages, not both"))
     if req.messages:
         messages = [_message(m, f"messages[{i}]", out) for i, m in enumerate(req.messages)]
     else:
@@ -298,3 +297,50 @@ def model_usage(m: ModelTotals) -> pb.ModelUsage:
         cost_usd=m.cost_usd,
         unpriced_requests=m.unpriced_requests,
     )
+
+
+BUDGET_PERIODS: Mapping[int, Literal["day", "month"]] = {
+    pb.BUDGET_PERIOD_DAY: "day",
+    pb.BUDGET_PERIOD_MONTH: "month",
+}
+
+
+def limits(m: pb.ClientLimits) -> Limits:
+    period: Literal["day", "month"] | None = None
+    if m.budget_period != pb.BUDGET_PERIOD_UNSPECIFIED:
+        period = BUDGET_PERIODS.get(m.budget_period)
+        if period is None:
+            raise invalid([FieldViolation("limits.budget_period", "must be DAY or MONTH")])
+    return Limits(
+        requests_per_minute=m.requests_per_minute if m.HasField("requests_per_minute") else None,
+        tokens_per_minute=m.tokens_per_minute if m.HasField("tokens_per_minute") else None,
+        budget_usd=m.budget_usd if m.HasField("budget_usd") else None,
+        budget_period=period,
+    )
+
+
+def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
+    t = timestamp_pb2.Timestamp()
+    t.FromNanoseconds(int(seconds * 1e9))
+    return t
+
+
+def client(r: ClientRecord) -> pb.Client:
+    lim = r.limits
+    out = pb.Client(
+        name=r.name,
+        limits=pb.ClientLimits(
+            requests_per_minute=lim.requests_per_minute,
+            tokens_per_minute=lim.tokens_per_minute,
+            budget_usd=lim.budget_usd,
+            budget_period={"day": pb.BUDGET_PERIOD_DAY, "month": pb.BUDGET_PERIOD_MONTH}.get(
+                lim.budget_period or "", pb.BUDGET_PERIOD_UNSPECIFIED
+            ),
+        ),
+        create_time=_timestamp(r.created_at),
+        token_prefix=r.token_prefix,
+        period_spend_usd=r.period_spend_usd,
+    )
+    if r.revoked_at is not None:
+        out.revoke_time.CopyFrom(_timestamp(r.revoked_at))
+    return out

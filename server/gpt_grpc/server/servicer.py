@@ -1,18 +1,23 @@
 """GPTService: a thin layer translating protobuf <-> the GPT core.
 
-Every handler is wrapped by `rpc`/`stream_rpc`, which admits the call, turns
-a GatewayError into its status with details, turns anything unexpected into
-INTERNAL (logged with its traceback, never sent), and lets cancellation
-through untouched.
+Every handler is wrapped by `rpc`/`stream_rpc`, which gives the call a
+request id, authorizes it (admin, client or open), admits it, turns a
+GatewayError into its status with details, turns anything unexpected into
+INTERNAL (logged with its traceback, never sent), lets cancellation through,
+and finally writes one access-log line and the metrics.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import functools
 import logging
+import re
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any, TypeAlias, TypeVar
 
 import grpc
@@ -21,19 +26,25 @@ from gptgrpc.v1 import gateway_pb2 as pb
 from gptgrpc.v1 import gateway_pb2_grpc as pb_grpc
 
 from .. import tokens
+from ..accounts import Accounts
+from ..chat import ChatRequest, ChatResult, Usage
 from ..errors import FieldViolation, GatewayError, Reason, invalid
 from ..gpt import GPT
 from ..settings import Settings, SettingsUpdate
 from ..state import StateFile
-from . import convert
+from ..usage import ModelTotals
+from . import convert, logs
 from .admission import Admission
-from .auth import AdminAuth
-from .status import to_status
+from .auth import OPEN, Authorizer, Caller
+from .metrics import Metrics
+from .status import REASON_CODES, to_status
 
 log = logging.getLogger("gpt_grpc.server")
 
 # Texts above this are counted on a worker thread (tokenizing is ~10 ms per 64K).
 LARGE_TEXT_CHARS = 64_000
+# A caller's x-request-id is used as given when it is this tame.
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
@@ -41,14 +52,44 @@ Resp = TypeVar("Resp")
 Context: TypeAlias = Any
 
 
-async def _abort(context: Context, err: GatewayError) -> None:
-    status = to_status(err)
-    await context.abort(status.code, status.details, status.trailing_metadata)
+class Access(enum.Enum):
+    """Which credential a method needs."""
+
+    OPEN = "open"  # data plane: a client token once clients exist
+    CHARGED = "charged"  # data plane that costs money: also client limits and budget
+    ADMIN = "admin"  # the admin token
 
 
-def _internal(method: str) -> GatewayError:
-    log.exception("unexpected error in %s", method)
-    return GatewayError(Reason.INTERNAL_ERROR, "internal error in the gateway")
+@dataclass
+class Call:
+    """What one call did, for its log line and metrics."""
+
+    method: str
+    request_id: str
+    peer: str
+    started: float = field(default_factory=time.perf_counter)
+    caller: Caller = OPEN
+    model: str = ""
+    usage: Usage | None = None
+    cost_usd: float | None = None
+    attempts: int = 0
+    first_chunk_at: float | None = None
+    admitted: bool = False
+
+    def took(self, result: ChatResult) -> None:
+        self.model, self.usage, self.cost_usd, self.attempts = (
+            result.model,
+            result.usage,
+            result.cost_usd,
+            result.attempts,
+        )
+
+
+def _request_id(context: Context) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == "x-request-id" and isinstance(value, str) and _REQUEST_ID.fullmatch(value):
+            return value
+    return uuid.uuid4().hex
 
 
 def _deadline(context: Context) -> float | None:
@@ -56,115 +97,214 @@ def _deadline(context: Context) -> float | None:
     return None if remaining is None else time.monotonic() + remaining
 
 
-def rpc(
-    fn: Callable[[Any, Req, Context], Awaitable[Resp]],
-) -> Callable[[Any, Req, Context], Awaitable[Resp]]:
-    """Wrap a unary handler: admission, error mapping, explicit status."""
+Handler = Callable[[Any, Req, Context, Call], Awaitable[Resp]]
+StreamHandler = Callable[[Any, Req, Context, Call], AsyncIterator[Resp]]
 
-    @functools.wraps(fn)
-    async def handler(self: GPTServicer, request: Req, context: Context) -> Resp:
-        try:
-            self.admission.enter()
-        except GatewayError as err:
-            await _abort(context, err)
-            raise  # unreachable: abort raises
-        try:
-            return await fn(self, request, context)
-        except GatewayError as err:
-            await _abort(context, err)
-            raise
-        except (asyncio.CancelledError, grpc.aio.AbortError):
-            raise
-        except Exception:
-            await _abort(context, _internal(fn.__name__))
-            raise
-        finally:
-            self.admission.leave()
 
-    handler.__gpt_grpc_wrapped__ = True  # type: ignore[attr-defined]
-    return handler
+def rpc(access: Access) -> Callable[[Handler[Req, Resp]], Callable[[Any, Req, Context], Awaitable[Resp]]]:
+    """Wrap a unary handler: request id, authorization, admission, explicit status, log line."""
+
+    def wrap(fn: Handler[Req, Resp]) -> Callable[[Any, Req, Context], Awaitable[Resp]]:
+        @functools.wraps(fn)
+        async def handler(self: GPTServicer, request: Req, context: Context) -> Resp:
+            call = self._begin(fn.__name__, context)
+            code, reason = grpc.StatusCode.OK, None
+            try:
+                self._authorize(call, access, context)
+                return await fn(self, request, context, call)
+            except GatewayError as err:
+                code, reason = REASON_CODES[err.reason], err.reason.value
+                call.attempts = call.attempts or err.attempts
+                await self._abort(context, call, err)
+                raise  # unreachable: abort raises
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except Exception:
+                code, reason = grpc.StatusCode.INTERNAL, Reason.INTERNAL_ERROR.value
+                await self._abort(context, call, _internal(fn.__name__))
+                raise
+            finally:
+                self._finish(call, access, code, reason)
+
+        handler.__gpt_grpc_wrapped__ = True  # type: ignore[attr-defined]
+        return handler
+
+    return wrap
 
 
 def stream_rpc(
-    fn: Callable[[Any, Req, Context], AsyncIterator[Resp]],
-) -> Callable[[Any, Req, Context], AsyncIterator[Resp]]:
+    access: Access,
+) -> Callable[[StreamHandler[Req, Resp]], Callable[[Any, Req, Context], AsyncIterator[Resp]]]:
     """Wrap a server-streaming handler the same way."""
 
-    @functools.wraps(fn)
-    async def handler(self: GPTServicer, request: Req, context: Context) -> AsyncIterator[Resp]:
-        try:
-            self.admission.enter()
-        except GatewayError as err:
-            await _abort(context, err)
-            raise
-        events = fn(self, request, context)
-        try:
-            async for event in events:
-                yield event
-        except GatewayError as err:
-            await _abort(context, err)
-            raise
-        except (asyncio.CancelledError, grpc.aio.AbortError):
-            raise
-        except Exception:
-            await _abort(context, _internal(fn.__name__))
-            raise
-        finally:
-            # Closing the inner generator closes the upstream request now,
-            # not when the garbage collector gets to it.
-            await events.aclose()  # type: ignore[attr-defined]
-            self.admission.leave()
+    def wrap(fn: StreamHandler[Req, Resp]) -> Callable[[Any, Req, Context], AsyncIterator[Resp]]:
+        @functools.wraps(fn)
+        async def handler(self: GPTServicer, request: Req, context: Context) -> AsyncIterator[Resp]:
+            call = self._begin(fn.__name__, context)
+            code, reason = grpc.StatusCode.OK, None
+            events: AsyncIterator[Resp] | None = None
+            try:
+                self._authorize(call, access, context)
+                events = fn(self, request, context, call)
+                async for event in events:
+                    yield event
+            except GatewayError as err:
+                code, reason = REASON_CODES[err.reason], err.reason.value
+                call.attempts = call.attempts or err.attempts
+                await self._abort(context, call, err)
+                raise
+            except (asyncio.CancelledError, GeneratorExit):
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except Exception:
+                code, reason = grpc.StatusCode.INTERNAL, Reason.INTERNAL_ERROR.value
+                await self._abort(context, call, _internal(fn.__name__))
+                raise
+            finally:
+                # Closing the inner generator closes the upstream request now,
+                # not when the garbage collector gets to it.
+                if events is not None:
+                    await events.aclose()  # type: ignore[attr-defined]
+                self._finish(call, access, code, reason)
 
-    handler.__gpt_grpc_wrapped__ = True  # type: ignore[attr-defined]
-    return handler
+        handler.__gpt_grpc_wrapped__ = True  # type: ignore[attr-defined]
+        return handler
+
+    return wrap
+
+
+def _internal(method: str) -> GatewayError:
+    log.exception("unexpected error in %s", method)
+    return GatewayError(Reason.INTERNAL_ERROR, "internal error in the gateway")
 
 
 class GPTServicer(pb_grpc.GPTServiceServicer):
     """The gptgrpc.v1.GPTService implementation."""
 
-    def __init__(self, gpt: GPT, admin: AdminAuth, admission: Admission, state: StateFile | None = None) -> None:
+    def __init__(
+        self,
+        gpt: GPT,
+        authorizer: Authorizer,
+        admission: Admission,
+        *,
+        accounts: Accounts,
+        metrics: Metrics,
+        state: StateFile | None = None,
+    ) -> None:
         self.gpt = gpt
-        self.admin = admin
+        self.authorizer = authorizer
         self.admission = admission
+        self.accounts = accounts
+        self.metrics = metrics
         self.state = state
         # One Configure at a time: validate, persist and swap as one step.
         self._configure_lock = asyncio.Lock()
 
-    async def _apply(self, update: SettingsUpdate) -> Settings:
-        async with self._configure_lock:
-            settings = self.gpt.preview(update)
-            if self.state is not None:
-                try:
-                    await asyncio.to_thread(self.state.save, settings)
-                except OSError as exc:
-                    log.error("could not write the state file: %s", exc.strerror)
-                    raise GatewayError(
-                        Reason.INTERNAL_ERROR, "could not persist the settings; nothing was changed"
-                    ) from None
-            self.gpt.install(settings)
-            return settings
+    # -- the call envelope ---------------------------------------------------------
 
-    @rpc
+    def _begin(self, method: str, context: Context) -> Call:
+        call = Call(method=method, request_id=_request_id(context), peer=context.peer() or "")
+        context.set_trailing_metadata((("x-request-id", call.request_id),))
+        return call
+
+    def _authorize(self, call: Call, access: Access, context: Context) -> None:
+        metadata = context.invocation_metadata()
+        if access is Access.ADMIN:
+            call.caller = self.authorizer.admin_call(metadata, call.peer)
+        else:
+            call.caller = self.authorizer.data_call(metadata, call.peer)
+        self.admission.enter()
+        self.metrics.in_flight.inc()
+        call.started = time.perf_counter()
+        if access is Access.CHARGED and call.caller.client is not None:
+            try:
+                self.accounts.admit(call.caller.client.name)
+            except GatewayError:
+                self._leave()
+                raise
+        call.admitted = True
+
+    def _leave(self) -> None:
+        self.admission.leave()
+        self.metrics.in_flight.dec()
+
+    async def _abort(self, context: Context, call: Call, err: GatewayError) -> None:
+        status = to_status(err)
+        metadata = (*status.trailing_metadata, ("x-request-id", call.request_id))
+        await context.abort(status.code, status.details, metadata)
+
+    def _finish(self, call: Call, access: Access, code: grpc.StatusCode, reason: str | None) -> None:
+        elapsed = time.perf_counter() - call.started
+        if call.admitted:
+            self._leave()
+        m = self.metrics
+        m.calls.labels(call.method, code.name).inc()
+        m.call_seconds.labels(call.method).observe(elapsed)
+        client = call.caller.name
+        if access is Access.CHARGED:
+            if call.usage is not None:
+                m.observe_usage(call.model, client, call.usage, call.cost_usd)
+            if client is not None:
+                self.accounts.record(client, call.model, call.usage, call.cost_usd, code == grpc.StatusCode.OK)
+        if call.first_chunk_at is not None:
+            m.first_chunk_seconds.observe(call.first_chunk_at - call.started)
+        fields: dict[str, Any] = {
+            "method": call.method,
+            "status": code.name,
+            "latency_ms": round(elapsed * 1000, 3),
+            "request_id": call.request_id,
+            "client": client or ("admin" if call.caller.admin else None),
+            "peer": call.peer,
+        }
+        if reason:
+            fields["reason"] = reason
+        if call.model:
+            fields["model"] = call.model
+        if call.usage is not None:
+            fields["prompt_tokens"] = call.usage.prompt_tokens
+            fields["completion_tokens"] = call.usage.completion_tokens
+        if call.cost_usd is not None:
+            fields["cost_usd"] = call.cost_usd
+        if call.attempts:
+            fields["attempts"] = call.attempts
+        logs.access(fields)
+
+    def _chat(self, request: Any, call: Call) -> ChatRequest:
+        chat = convert.chat_request(request)
+        chat = ChatRequest(chat.model, chat.messages, chat.params, request_id=call.request_id)
+        call.model = chat.model or self.gpt.settings.default_model
+        return chat
+
+    # -- data plane -----------------------------------------------------------------
+
+    @rpc(Access.CHARGED)
     async def ChatCompletion(
-        self, request: pb.ChatCompletionRequest, context: Context
+        self, request: pb.ChatCompletionRequest, context: Context, call: Call
     ) -> pb.ChatCompletionResponse:
-        result = await self.gpt.acomplete(convert.chat_request(request), deadline=_deadline(context))
+        result = await self.gpt.acomplete(self._chat(request, call), deadline=_deadline(context))
+        call.took(result)
         return convert.chat_response(result)
 
-    @stream_rpc
+    @stream_rpc(Access.CHARGED)
     async def StreamChatCompletion(
-        self, request: pb.StreamChatCompletionRequest, context: Context
+        self, request: pb.StreamChatCompletionRequest, context: Context, call: Call
     ) -> AsyncIterator[pb.StreamChatCompletionResponse]:
-        events = self.gpt.astream(convert.chat_request(request), deadline=_deadline(context))
+        events = self.gpt.astream(self._chat(request, call), deadline=_deadline(context))
         try:
             async for event in events:
+                if isinstance(event, ChatResult):
+                    call.took(event)
+                elif call.first_chunk_at is None:
+                    call.first_chunk_at = time.perf_counter()
                 yield convert.stream_event(event)
         finally:
             await events.aclose()  # type: ignore[attr-defined]
 
-    @rpc
-    async def CountTokens(self, request: pb.CountTokensRequest, context: Context) -> pb.CountTokensResponse:
+    @rpc(Access.OPEN)
+    async def CountTokens(self, request: pb.CountTokensRequest, context: Context, call: Call) -> pb.CountTokensResponse:
         model = request.model or self.gpt.settings.default_model
+        call.model = model
         if request.messages and request.text:
             raise invalid([FieldViolation("text", "give either text or messages, not both")])
         if request.messages:
@@ -176,22 +316,14 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
             count = tokens.count_text(request.text, model)
         return convert.token_count(count)
 
-    @rpc
-    async def Configure(self, request: pb.ConfigureRequest, context: Context) -> pb.ConfigureResponse:
-        self.admin.check(context.invocation_metadata())
-        # Shielded: once the file is written, the swap happens even if the caller left.
-        settings = await asyncio.shield(self._apply(convert.settings_update(request)))
-        log.info("configuration changed: %r", settings)
-        return pb.ConfigureResponse(configuration=convert.configuration(settings))
-
-    @rpc
+    @rpc(Access.OPEN)
     async def GetConfiguration(
-        self, request: pb.GetConfigurationRequest, context: Context
+        self, request: pb.GetConfigurationRequest, context: Context, call: Call
     ) -> pb.GetConfigurationResponse:
         return pb.GetConfigurationResponse(configuration=convert.configuration(self.gpt.settings))
 
-    @rpc
-    async def ListModels(self, request: pb.ListModelsRequest, context: Context) -> pb.ListModelsResponse:
+    @rpc(Access.OPEN)
+    async def ListModels(self, request: pb.ListModelsRequest, context: Context, call: Call) -> pb.ListModelsResponse:
         models = []
         for spec in self.gpt.catalog.models():
             price = self.gpt.pricing.price_for(spec.id)
@@ -211,11 +343,75 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
             models.append(info)
         return pb.ListModelsResponse(models=models)
 
-    @rpc
-    async def GetUsage(self, request: pb.GetUsageRequest, context: Context) -> pb.GetUsageResponse:
-        models, total = self.gpt.usage.snapshot()
+    @rpc(Access.OPEN)
+    async def GetUsage(self, request: pb.GetUsageRequest, context: Context, call: Call) -> pb.GetUsageResponse:
+        own = call.caller.name
+        name = request.client or own
+        if own is not None and name != own:
+            raise GatewayError(Reason.CLIENT_FORBIDDEN, "a client token may only read its own usage")
+        models: list[ModelTotals]
+        if name:
+            models, total, since_seconds = self.accounts.usage(name)
+        else:
+            models, total = self.gpt.usage.snapshot()
+            since_seconds = self.gpt.usage.since
         since = timestamp_pb2.Timestamp()
-        since.FromNanoseconds(int(self.gpt.usage.since * 1e9))
+        since.FromNanoseconds(int(since_seconds * 1e9))
         return pb.GetUsageResponse(
-            models=[convert.model_usage(m) for m in models], total=convert.model_usage(total), since=since
+            models=[convert.model_usage(m) for m in models],
+            total=convert.model_usage(total),
+            since=since,
+            client=name or "",
         )
+
+    # -- admin ----------------------------------------------------------------------
+
+    async def _apply(self, update: SettingsUpdate) -> Settings:
+        async with self._configure_lock:
+            settings = self.gpt.preview(update)
+            if self.state is not None:
+                try:
+                    await asyncio.to_thread(self.state.save, settings)
+                except OSError as exc:
+                    log.error("could not write the state file: %s", exc.strerror)
+                    raise GatewayError(
+                        Reason.INTERNAL_ERROR, "could not persist the settings; nothing was changed"
+                    ) from None
+            self.gpt.install(settings)
+            return settings
+
+    @rpc(Access.ADMIN)
+    async def Configure(self, request: pb.ConfigureRequest, context: Context, call: Call) -> pb.ConfigureResponse:
+        # Shielded: once the file is written, the swap happens even if the caller left.
+        settings = await asyncio.shield(self._apply(convert.settings_update(request)))
+        log.info("configuration changed: %r", settings)
+        return pb.ConfigureResponse(configuration=convert.configuration(settings))
+
+    @rpc(Access.ADMIN)
+    async def CreateClient(
+        self, request: pb.CreateClientRequest, context: Context, call: Call
+    ) -> pb.CreateClientResponse:
+        record, token = self.accounts.create(request.name, convert.limits(request.limits))
+        log.info("client created: %s", record.name)
+        return pb.CreateClientResponse(client=convert.client(record), token=token)
+
+    @rpc(Access.ADMIN)
+    async def ListClients(self, request: pb.ListClientsRequest, context: Context, call: Call) -> pb.ListClientsResponse:
+        records = self.accounts.list(include_revoked=request.include_revoked)
+        return pb.ListClientsResponse(clients=[convert.client(r) for r in records])
+
+    @rpc(Access.ADMIN)
+    async def UpdateClient(
+        self, request: pb.UpdateClientRequest, context: Context, call: Call
+    ) -> pb.UpdateClientResponse:
+        record = self.accounts.update(request.name, convert.limits(request.limits))
+        log.info("client limits changed: %s", record.name)
+        return pb.UpdateClientResponse(client=convert.client(record))
+
+    @rpc(Access.ADMIN)
+    async def RevokeClient(
+        self, request: pb.RevokeClientRequest, context: Context, call: Call
+    ) -> pb.RevokeClientResponse:
+        record = self.accounts.revoke(request.name)
+        log.info("client revoked: %s", record.name)
+        return pb.RevokeClientResponse(client=convert.client(record))

@@ -195,9 +195,7 @@ def _stream_request(
     raise TypeError(f"expected a StreamChatCompletionRequest, not {type(request).__name__}")
 
 
-def _count_request(
-    text: str, model: str, messages: Iterable[MessageLike] | None
-) -> gateway_pb2.CountTokensRequest:
+def _count_request(text: str, model: str, messages: Iterable[MessageLike] | None) -> gateway_pb2.CountTokensRequest:
     if messages is not None and text:
         raise ValueError("give either text or messages, not both")
     request = gateway_pb2.CountTokensRequest(text=text, model=model)
@@ -698,9 +696,7 @@ class Client(_BaseClient):
         """
         req = _stream_request(request, fields)
         try:
-            call = self._stub.StreamChatCompletion(
-                req, timeout=self._timeout_for(timeout), metadata=self._metadata
-            )
+            call = self._stub.StreamChatCompletion(req, timeout=self._timeout_for(timeout), metadata=self._metadata)
         except grpc.RpcError as err:
             raise GatewayError.from_rpc_error(err) from err
         return ChatStream(call)
@@ -1005,7 +1001,5 @@ class AsyncClient(_BaseClient):
 
     async def get_usage(self, *, timeout: Seconds | None = None) -> gateway_pb2.GetUsageResponse:
         """Requests, tokens and cost per model since the gateway started."""
-        response: gateway_pb2.GetUsageResponse = await self._unary(
-            "GetUsage", gateway_pb2.GetUsageRequest(), timeout
-        )
+        response: gateway_pb2.GetUsageResponse = await self._unary("GetUsage", gateway_pb2.GetUsageRequest(), timeout)
         return response

@@ -1,0 +1,113 @@
+"""Prometheus metrics: calls, latency, upstream attempts, tokens and cost.
+
+Counting is always on (a few microseconds a call); the HTTP endpoint that
+exposes it is off unless a port is given. Model names come from callers, so
+only the first MAX_MODEL_LABELS distinct names get their own label: a caller
+cannot blow up the metric cardinality.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.process_collector import ProcessCollector
+
+from ..chat import Usage
+from ..retry import RetryBudget
+
+MAX_MODEL_LABELS = 200
+OTHER = "other"
+ANONYMOUS = "anonymous"
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        ProcessCollector(registry=r)
+        self.calls = Counter("gpt_grpc_calls", "Calls by method and status code.", ["method", "code"], registry=r)
+        self.call_seconds = Histogram(
+            "gpt_grpc_call_duration_seconds", "Whole-call latency.", ["method"], buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.first_chunk_seconds = Histogram(
+            "gpt_grpc_stream_first_chunk_seconds",
+            "Time from call start to the first streamed delta.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.attempt_seconds = Histogram(
+            "gpt_grpc_upstream_attempt_duration_seconds",
+            "Latency of one upstream attempt, by outcome (ok or the failure reason).",
+            ["outcome"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.attempts = Counter("gpt_grpc_upstream_attempts", "Upstream attempts by outcome.", ["outcome"], registry=r)
+        self.retries = Counter(
+            "gpt_grpc_upstream_retries", "Retries, by the reason of the attempt that failed.", ["reason"], registry=r
+        )
+        self.in_flight = Gauge("gpt_grpc_calls_in_flight", "Calls being served.", registry=r)
+        self.tokens = Counter(
+            "gpt_grpc_tokens",
+            "Tokens by model, client and kind (prompt, completion, cached_prompt, reasoning).",
+            ["model", "client", "kind"],
+            registry=r,
+        )
+        self.cost = Counter("gpt_grpc_cost_usd", "Cost in USD by model and client.", ["model", "client"], registry=r)
+        self.tasks = Gauge("gpt_grpc_event_loop_tasks", "asyncio tasks alive in the server's loop.", registry=r)
+        self.budget_first = Gauge(
+            "gpt_grpc_retry_budget_first_attempts", "First attempts in the retry budget's window.", registry=r
+        )
+        self.budget_retries = Gauge(
+            "gpt_grpc_retry_budget_retries", "Retries in the retry budget's window.", registry=r
+        )
+        self.budget_refused = Gauge(
+            "gpt_grpc_retry_budget_refused", "Retries refused by the budget since start.", registry=r
+        )
+        self._models: set[str] = set()
+        self._lock = threading.Lock()
+
+    def watch(self, loop: asyncio.AbstractEventLoop, budget: RetryBudget | None) -> None:
+        """Gauges read at scrape time (the scrape runs on another thread)."""
+        self.tasks.set_function(lambda: len(asyncio.all_tasks(loop)))
+        if budget is not None:
+            self.budget_first.set_function(lambda: budget.state()[0])
+            self.budget_retries.set_function(lambda: budget.state()[1])
+            self.budget_refused.set_function(lambda: budget.refused)
+
+    def model_label(self, model: str) -> str:
+        if model in self._models:
+            return model
+        with self._lock:
+            if len(self._models) < MAX_MODEL_LABELS:
+                self._models.add(model)
+                return model
+        return OTHER
+
+    # AttemptObserver (retry.py): the engine reports each upstream attempt.
+    def attempt(self, outcome: str, seconds: float) -> None:
+        self.attempts.labels(outcome).inc()
+        self.attempt_seconds.labels(outcome).observe(seconds)
+
+    def retry(self, reason: str) -> None:
+        self.retries.labels(reason).inc()
+
+    def observe_usage(self, model: str, client: str | None, usage: Usage, cost_usd: float | None) -> None:
+        m, c = self.model_label(model), client or ANONYMOUS
+        self.tokens.labels(m, c, "prompt").inc(usage.prompt_tokens)
+        self.tokens.labels(m, c, "completion").inc(usage.completion_tokens)
+        if usage.cached_prompt_tokens:
+            self.tokens.labels(m, c, "cached_prompt").inc(usage.cached_prompt_tokens)
+        if usage.reasoning_tokens:
+            self.tokens.labels(m, c, "reasoning").inc(usage.reasoning_tokens)
+        if cost_usd:
+            self.cost.labels(m, c).inc(cost_usd)
+
+    def serve(self, port: int, host: str = "127.0.0.1") -> int:
+        """Expose /metrics over HTTP on a thread; returns the bound port."""
+        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        return int(server.server_port)
