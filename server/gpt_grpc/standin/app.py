@@ -187,10 +187,7 @@ _SSE_DONE = b"data: [DONE]\n\n"
 
 _DEFAULT_MESSAGES: dict[int, str] = {
     400: "Invalid request.",
-    401: (
-        "Incorrect API key provided. You can find your API key at "
-        "https://platform.openai.com/account/api-keys."
-    ),
+    401: ("Incorrect API key provided. You can find your API key at https://platform.openai.com/account/api-keys."),
     403: "Country, region, or territory not supported",
     404: "The model does not exist or you do not have access to it.",
     429: "Rate limit reached for requests per min (RPM): Limit 3, Used 3, Requested 1. Try again soon.",
@@ -645,9 +642,7 @@ class Standin:
             raise _BadRequest(400, "you must provide a model parameter")
         messages = parsed.get("messages")
         if not isinstance(messages, list):
-            raise _BadRequest(
-                400, "Missing required parameter: 'messages'.", "messages", "missing_required_parameter"
-            )
+            raise _BadRequest(400, "Missing required parameter: 'messages'.", "messages", "missing_required_parameter")
         if not messages:
             raise _BadRequest(
                 400,
@@ -712,9 +707,7 @@ class Standin:
                 return await self._hang(request, record)
             if kind == "html_error":
                 headers = {"Content-Type": "text/html", "x-request-id": _request_id(), "Server": "nginx"}
-                return await self._send(
-                    request, record, web.Response(status=502, body=_HTML_502, headers=headers)
-                )
+                return await self._send(request, record, web.Response(status=502, body=_HTML_502, headers=headers))
             if kind == "slow" and fault.delay > 0:
                 await asyncio.sleep(fault.delay)
         reply = self._build_reply(body)
@@ -722,9 +715,7 @@ class Standin:
             return await self._stream(request, record, body, reply, fault)
         return await self._unary(request, record, body, reply, fault)
 
-    def _fault_error(
-        self, fault: Fault, status_code: tuple[int, str | None], body: dict[str, Any]
-    ) -> web.Response:
+    def _fault_error(self, fault: Fault, status_code: tuple[int, str | None], body: dict[str, Any]) -> web.Response:
         status, code = status_code
         message = fault.message
         if message is None:
@@ -854,9 +845,7 @@ class Standin:
                 "created": int(time.time()),
                 "model": body["model"],
                 "system_fingerprint": "fp_standin",
-                "choices": [
-                    {"index": 0, "message": message, "logprobs": None, "finish_reason": reply.finish_reason}
-                ],
+                "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": reply.finish_reason}],
                 "usage": usage,
             }
         )
@@ -889,9 +878,7 @@ class Standin:
         else:
             transport.close()
 
-    def _stream_events(
-        self, body: dict[str, Any], reply: _Reply, fault: Fault | None
-    ) -> tuple[list[bytes], int]:
+    def _stream_events(self, body: dict[str, Any], reply: _Reply, fault: Fault | None) -> tuple[list[bytes], int]:
         """All SSE events of the stream in order, and the index of the finish_reason chunk."""
         kind = fault.kind if fault is not None else None
         options = body.get("stream_options")
