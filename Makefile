@@ -9,7 +9,7 @@ PROTO_DIR := proto
 PROTO_FILES := $(shell find $(PROTO_DIR) -name '*.proto' | sort)
 PY_STUBS := clients/python/src
 
-.PHONY: install run demo test test-py lint proto proto-check clean
+.PHONY: install run demo test test-py lint proto clean faults
 
 install: $(STAMP)
 
@@ -27,6 +27,7 @@ proto: $(STAMP)
 	  --plugin=protoc-gen-mypy=$(BIN)/protoc-gen-mypy \
 	  --plugin=protoc-gen-mypy_grpc=$(BIN)/protoc-gen-mypy_grpc \
 	  $(PROTO_FILES)
+	$(MAKE) clients-gen
 
 run: $(STAMP)
 	$(BIN)/gpt-grpc-server
@@ -34,13 +35,29 @@ run: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m gpt_grpc.demo
 
+# Everything CI checks: the Python suite (servers on loopback, the short fault
+# campaign, stale-stub checks), then the Go and TypeScript clients, the
+# contract suite in both, and buf lint + breaking against the last release.
 test: $(STAMP)
 	$(BIN)/pytest -q
+	$(MAKE) clients-build clients-test contract-test proto-check
+
+test-py: $(STAMP)
+	$(BIN)/pytest -q
+
+# The full fault campaign (3,000 calls at concurrency 200, 20% faults) and the
+# retry-budget run (upstream answering 503 for 10 s at concurrency 100).
+faults: $(STAMP)
+	$(PY) -m tests.faults.campaign --scenario faults --calls 3000 --concurrency 200
+	$(PY) -m tests.faults.campaign --scenario budget --duration 10 --concurrency 100
 
 lint: $(STAMP)
 	$(BIN)/ruff check server clients/python/src/gpt_grpc_client tests
 	$(BIN)/ruff format --check server clients/python/src/gpt_grpc_client tests
 	$(BIN)/mypy
 
-clean:
+clean: clients-clean
 	rm -rf $(VENV) .mypy_cache .ruff_cache
+
+# Last, so that `install` stays the default goal.
+include clients/clients.mk
