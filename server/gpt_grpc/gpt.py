@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
@@ -32,8 +31,9 @@ from .catalog import Catalog, adapt_request
 from .chat import ChatRequest, ChatResult, Delta, ToolCall, Usage, validate
 from .errors import GatewayError, Reason
 from .pricing import Pricing
-from .retry import AttemptObserver, RetryBudget, call_with_retries
+from .retry import RetryBudget, call_with_retries
 from .settings import Settings, SettingsUpdate, apply, mask_key
+from .upstream import chat_endpoint, iter_lines
 from .usage import UsageTracker
 
 T = TypeVar("T")
@@ -87,7 +87,6 @@ class GPT:
         pricing: Pricing | None = None,
         usage: UsageTracker | None = None,
         budget: RetryBudget | None = None,
-        observer: AttemptObserver | None = None,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
@@ -96,7 +95,6 @@ class GPT:
         self.pricing = pricing or Pricing()
         self.usage = usage or UsageTracker()
         self.budget = budget
-        self.observer = observer
         self._max_connections = max_connections
         self._sleep = sleep
         self._clock = clock
@@ -140,7 +138,9 @@ class GPT:
         params: dict[str, Any] = {"temperature": temperature}
         if max_tokens is not None:
             params["max_tokens"] = max_tokens
-        request = ChatRequest(model=model, messages=pair_messages(system_message, user_message), params=params)
+        request = ChatRequest(
+            model=model, messages=pair_messages(system_message, user_message), params=params
+        )
         return self._run_sync(self.acomplete(request)).content
 
     def count_tokens(self, text: str, model: str = "gpt-4o-mini") -> int:
@@ -253,7 +253,7 @@ class GPT:
         """Fill in the default model, validate, and build the upstream body."""
         settings = self._upstream.settings
         if not request.model:
-            request = dataclasses.replace(request, model=settings.default_model)
+            request = ChatRequest(settings.default_model, request.messages, request.params)
         violations = validate(request)
         if violations:
             raise errors.invalid(violations)
@@ -281,28 +281,26 @@ class GPT:
     @staticmethod
     def _timeout_error(by_deadline: bool) -> GatewayError:
         if by_deadline:
-            return GatewayError(Reason.DEADLINE_EXCEEDED, "the caller's deadline passed while waiting upstream")
+            return GatewayError(
+                Reason.DEADLINE_EXCEEDED, "the caller's deadline passed while waiting upstream"
+            )
         return GatewayError(Reason.UPSTREAM_TIMEOUT, "upstream did not answer within the request timeout")
 
     async def acomplete(self, request: ChatRequest, *, deadline: float | None = None) -> ChatResult:
         """One whole answer. `deadline` is a `time.monotonic()` instant."""
         request, body = self.prepare(request)
         upstream = self._snapshot()
-        client = self._require_client(upstream)
+        endpoint = chat_endpoint(self._require_client(upstream), self._http_client())
         settings = upstream.settings
-        headers = _request_headers(request)
 
         async def attempt(_: int) -> tuple[Mapping[str, Any], str | None]:
             timeout, by_deadline = self._attempt_timeout(settings, deadline)
             try:
                 async with asyncio.timeout(timeout):
-                    async with client.chat.completions.with_streaming_response.create(
-                        **body,
-                        stream=False,
-                        timeout=httpx2.Timeout(timeout, connect=CONNECT_TIMEOUT),
-                        extra_headers=headers,
+                    async with endpoint.post(
+                        {**body, "stream": False}, timeout=timeout, connect_timeout=CONNECT_TIMEOUT
                     ) as response:
-                        raw = await response.read()
+                        raw = await response.aread()
                         request_id = response.headers.get("x-request-id")
             except TimeoutError:
                 raise self._timeout_error(by_deadline) from None
@@ -313,7 +311,9 @@ class GPT:
             except httpx2.TimeoutException:
                 raise self._timeout_error(by_deadline) from None
             except httpx2.HTTPError:
-                raise GatewayError(Reason.UPSTREAM_UNAVAILABLE, "upstream connection dropped mid-response") from None
+                raise GatewayError(
+                    Reason.UPSTREAM_UNAVAILABLE, "upstream connection dropped mid-response"
+                ) from None
             return _parse_completion(raw, request_id), request_id
 
         try:
@@ -322,7 +322,6 @@ class GPT:
                 settings.retry,
                 deadline=deadline,
                 budget=self.budget,
-                observer=self.observer,
                 clock=self._clock,
                 sleep=self._sleep,
             )
@@ -414,9 +413,8 @@ class GPT:
         request, body = self.prepare(request)
         body = {**body, "stream": True, "stream_options": {"include_usage": True}}
         upstream = self._snapshot()
-        client = self._require_client(upstream)
+        endpoint = chat_endpoint(self._require_client(upstream), self._http_client())
         settings = upstream.settings
-        headers = _request_headers(request)
         state = _StreamState()
 
         async def attempt(_: int) -> tuple[contextlib.AsyncExitStack, AsyncIterator[Mapping[str, Any]]]:
@@ -426,12 +424,10 @@ class GPT:
             try:
                 async with asyncio.timeout(timeout):
                     response = await stack.enter_async_context(
-                        client.chat.completions.with_streaming_response.create(
-                            **body, timeout=httpx2.Timeout(timeout, connect=CONNECT_TIMEOUT), extra_headers=headers
-                        )
+                        endpoint.post(body, timeout=timeout, connect_timeout=CONNECT_TIMEOUT)
                     )
                     state.request_id = response.headers.get("x-request-id")
-                    events = _sse_events(response.iter_lines())
+                    events = _sse_events(iter_lines(response))
                     # Read until something can reach the caller: until then a
                     # retry is invisible to it.
                     while not state.pending and not state.done:
@@ -449,7 +445,6 @@ class GPT:
                 settings.retry,
                 deadline=deadline,
                 budget=self.budget,
-                observer=self.observer,
                 clock=self._clock,
                 sleep=self._sleep,
             )
@@ -496,11 +491,6 @@ class GPT:
         yield result
 
 
-def _request_headers(request: ChatRequest) -> dict[str, str] | None:
-    """The caller's request id travels upstream (OpenAI's X-Client-Request-Id)."""
-    return {"X-Client-Request-Id": request.request_id} if request.request_id else None
-
-
 def pair_messages(system_message: str, user_message: str) -> list[dict[str, Any]]:
     """The original module's (system, user) pair as chat messages."""
     messages: list[dict[str, Any]] = []
@@ -537,11 +527,15 @@ def _stream_error(
     if isinstance(exc, openai.OpenAIError):
         return errors.from_openai(exc)
     if isinstance(exc, _StreamEnded):
-        return GatewayError(Reason.UPSTREAM_UNAVAILABLE, "upstream stream ended before the answer was complete")
+        return GatewayError(
+            Reason.UPSTREAM_UNAVAILABLE, "upstream stream ended before the answer was complete"
+        )
     if isinstance(exc, httpx2.HTTPError):
         return GatewayError(Reason.UPSTREAM_UNAVAILABLE, "upstream connection dropped mid-stream")
     if isinstance(exc, (ValueError, KeyError, TypeError, IndexError)):
-        return GatewayError(Reason.UPSTREAM_RESPONSE_INVALID, "upstream sent a stream the gateway cannot read")
+        return GatewayError(
+            Reason.UPSTREAM_RESPONSE_INVALID, "upstream sent a stream the gateway cannot read"
+        )
     return GatewayError(Reason.INTERNAL_ERROR, "internal error while reading the upstream stream")
 
 
