@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
@@ -31,7 +32,7 @@ from .catalog import Catalog, adapt_request
 from .chat import ChatRequest, ChatResult, Delta, ToolCall, Usage, validate
 from .errors import GatewayError, Reason
 from .pricing import Pricing
-from .retry import RetryBudget, call_with_retries
+from .retry import AttemptObserver, RetryBudget, call_with_retries
 from .settings import Settings, SettingsUpdate, apply, mask_key
 from .upstream import chat_endpoint, iter_lines
 from .usage import UsageTracker
@@ -87,6 +88,7 @@ class GPT:
         pricing: Pricing | None = None,
         usage: UsageTracker | None = None,
         budget: RetryBudget | None = None,
+        observer: AttemptObserver | None = None,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
@@ -95,6 +97,7 @@ class GPT:
         self.pricing = pricing or Pricing()
         self.usage = usage or UsageTracker()
         self.budget = budget
+        self.observer = observer
         self._max_connections = max_connections
         self._sleep = sleep
         self._clock = clock
@@ -138,9 +141,7 @@ class GPT:
         params: dict[str, Any] = {"temperature": temperature}
         if max_tokens is not None:
             params["max_tokens"] = max_tokens
-        request = ChatRequest(
-            model=model, messages=pair_messages(system_message, user_message), params=params
-        )
+        request = ChatRequest(model=model, messages=pair_messages(system_message, user_message), params=params)
         return self._run_sync(self.acomplete(request)).content
 
     def count_tokens(self, text: str, model: str = "gpt-4o-mini") -> int:
@@ -253,7 +254,7 @@ class GPT:
         """Fill in the default model, validate, and build the upstream body."""
         settings = self._upstream.settings
         if not request.model:
-            request = ChatRequest(settings.default_model, request.messages, request.params)
+            request = dataclasses.replace(request, model=settings.default_model)
         violations = validate(request)
         if violations:
             raise errors.invalid(violations)
@@ -281,9 +282,7 @@ class GPT:
     @staticmethod
     def _timeout_error(by_deadline: bool) -> GatewayError:
         if by_deadline:
-            return GatewayError(
-                Reason.DEADLINE_EXCEEDED, "the caller's deadline passed while waiting upstream"
-            )
+            return GatewayError(Reason.DEADLINE_EXCEEDED, "the caller's deadline passed while waiting upstream")
         return GatewayError(Reason.UPSTREAM_TIMEOUT, "upstream did not answer within the request timeout")
 
     async def acomplete(self, request: ChatRequest, *, deadline: float | None = None) -> ChatResult:
@@ -292,13 +291,17 @@ class GPT:
         upstream = self._snapshot()
         endpoint = chat_endpoint(self._require_client(upstream), self._http_client())
         settings = upstream.settings
+        headers = _request_headers(request)
 
         async def attempt(_: int) -> tuple[Mapping[str, Any], str | None]:
             timeout, by_deadline = self._attempt_timeout(settings, deadline)
             try:
                 async with asyncio.timeout(timeout):
                     async with endpoint.post(
-                        {**body, "stream": False}, timeout=timeout, connect_timeout=CONNECT_TIMEOUT
+                        {**body, "stream": False},
+                        timeout=timeout,
+                        connect_timeout=CONNECT_TIMEOUT,
+                        headers=headers,
                     ) as response:
                         raw = await response.aread()
                         request_id = response.headers.get("x-request-id")
@@ -311,9 +314,7 @@ class GPT:
             except httpx2.TimeoutException:
                 raise self._timeout_error(by_deadline) from None
             except httpx2.HTTPError:
-                raise GatewayError(
-                    Reason.UPSTREAM_UNAVAILABLE, "upstream connection dropped mid-response"
-                ) from None
+                raise GatewayError(Reason.UPSTREAM_UNAVAILABLE, "upstream connection dropped mid-response") from None
             return _parse_completion(raw, request_id), request_id
 
         try:
@@ -322,6 +323,7 @@ class GPT:
                 settings.retry,
                 deadline=deadline,
                 budget=self.budget,
+                observer=self.observer,
                 clock=self._clock,
                 sleep=self._sleep,
             )
@@ -415,6 +417,7 @@ class GPT:
         upstream = self._snapshot()
         endpoint = chat_endpoint(self._require_client(upstream), self._http_client())
         settings = upstream.settings
+        headers = _request_headers(request)
         state = _StreamState()
 
         async def attempt(_: int) -> tuple[contextlib.AsyncExitStack, AsyncIterator[Mapping[str, Any]]]:
@@ -424,7 +427,7 @@ class GPT:
             try:
                 async with asyncio.timeout(timeout):
                     response = await stack.enter_async_context(
-                        endpoint.post(body, timeout=timeout, connect_timeout=CONNECT_TIMEOUT)
+                        endpoint.post(body, timeout=timeout, connect_timeout=CONNECT_TIMEOUT, headers=headers)
                     )
                     state.request_id = response.headers.get("x-request-id")
                     events = _sse_events(iter_lines(response))
@@ -445,6 +448,7 @@ class GPT:
                 settings.retry,
                 deadline=deadline,
                 budget=self.budget,
+                observer=self.observer,
                 clock=self._clock,
                 sleep=self._sleep,
             )
@@ -491,6 +495,11 @@ class GPT:
         yield result
 
 
+def _request_headers(request: ChatRequest) -> dict[str, str] | None:
+    """The caller's request id travels upstream (OpenAI's X-Client-Request-Id)."""
+    return {"X-Client-Request-Id": request.request_id} if request.request_id else None
+
+
 def pair_messages(system_message: str, user_message: str) -> list[dict[str, Any]]:
     """The original module's (system, user) pair as chat messages."""
     messages: list[dict[str, Any]] = []
@@ -527,15 +536,11 @@ def _stream_error(
     if isinstance(exc, openai.OpenAIError):
         return errors.from_openai(exc)
     if isinstance(exc, _StreamEnded):
-        return GatewayError(
-            Reason.UPSTREAM_UNAVAILABLE, "upstream stream ended before the answer was complete"
-        )
+        return GatewayError(Reason.UPSTREAM_UNAVAILABLE, "upstream stream ended before the answer was complete")
     if isinstance(exc, httpx2.HTTPError):
         return GatewayError(Reason.UPSTREAM_UNAVAILABLE, "upstream connection dropped mid-stream")
     if isinstance(exc, (ValueError, KeyError, TypeError, IndexError)):
-        return GatewayError(
-            Reason.UPSTREAM_RESPONSE_INVALID, "upstream sent a stream the gateway cannot read"
-        )
+        return GatewayError(Reason.UPSTREAM_RESPONSE_INVALID, "upstream sent a stream the gateway cannot read")
     return GatewayError(Reason.INTERNAL_ERROR, "internal error while reading the upstream stream")
 
 
