@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import pytest
@@ -12,6 +13,7 @@ from gptgrpc.v1 import gateway_pb2_grpc as pb_grpc
 from gpt_grpc.server.app import GatewayServer, ServerConfig
 from gpt_grpc.settings import SettingsUpdate
 from gpt_grpc.standin import Standin
+from tests.pki import make_pki
 
 TEST_KEY = "sk-test-0123456789abcdefghijklmnop"
 ADMIN_TOKEN = "admin-token-for-tests-7f3a9c"
@@ -38,6 +40,12 @@ def fast_upstream(base_url: str, **overrides: object) -> SettingsUpdate:
     }
     values.update(overrides)
     return SettingsUpdate(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Test certificates (see tests/pki.py), made once per run."""
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture

@@ -95,7 +95,7 @@ def test_create_list_get_update_revoke(accounts: Accounts, clock: Clock) -> None
     assert accounts.get("bob").revoked_at == clock.now  # still readable
     assert accounts.enabled  # alice is active
     accounts.revoke("alice")
-    assert not accounts.enabled  # only revoked clients: the data plane is open again
+    assert accounts.enabled  # only revoked clients: still closed, never reopened by a revoke
 
 
 def test_not_found_and_revoked(accounts: Accounts) -> None:

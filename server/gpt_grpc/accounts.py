@@ -398,8 +398,12 @@ class Accounts:
 
     @property
     def enabled(self) -> bool:
-        """At least one client that is not revoked: data-plane calls need a token."""
-        return bool(self._by_hash)
+        """Any client was ever defined (revoked ones too): data-plane calls need a token.
+
+        Revoking the last client must not reopen the gateway to everyone: an
+        operator revoking a leaked token expects less access, not more.
+        """
+        return bool(self._clients)
 
     def create(self, name: str, limits: Limits) -> tuple[ClientRecord, str]:
         """Define a client; returns it and its token (shown this once, stored hashed)."""
