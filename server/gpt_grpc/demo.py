@@ -23,6 +23,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from gpt_grpc_client import Client, GatewayError, gateway_pb2
 
 DEMO_KEY = "sk-demo-" + "0123456789abcdefghij"
+SCRAPE_EXCERPT = (
+    "gpt_grpc_calls_total",
+    "gpt_grpc_upstream_attempts_total",
+    "gpt_grpc_tokens_total",
+    "gpt_grpc_cost_usd_total",
+    "gpt_grpc_calls_in_flight",
+)
 
 
 def _free_port() -> int:
@@ -77,7 +84,7 @@ def _enqueue_fault(standin_root: str, fault: dict[str, object]) -> None:
 
 
 def main() -> None:
-    standin_port, gateway_port = _free_port(), _free_port()
+    standin_port, gateway_port, metrics_port = _free_port(), _free_port(), _free_port()
     standin_root = f"http://127.0.0.1:{standin_port}"
     target = f"127.0.0.1:{gateway_port}"
     admin_token = secrets.token_urlsafe(24)
@@ -87,6 +94,7 @@ def main() -> None:
         "OPENAI_BASE_URL": f"{standin_root}/v1",
         "GPT_GRPC_ADMIN_TOKEN": admin_token,
         "GPT_GRPC_PORT": str(gateway_port),
+        "GPT_GRPC_METRICS_PORT": str(metrics_port),
         "GPT_GRPC_LOG_LEVEL": "WARNING",
     }
     py = sys.executable
@@ -137,7 +145,13 @@ def main() -> None:
                 raise SystemExit("demo: expected an error")
 
             usage = client.get_usage()
-            print(f"GetUsage: {usage.total.requests} requests, ${usage.total.cost_usd:.8f} since start")
+            print(f"5. GetUsage: {usage.total.requests} requests, ${usage.total.cost_usd:.8f} since start\n")
+
+        print(f"6. One scrape of http://127.0.0.1:{metrics_port}/metrics (excerpt):")
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:
+            for line in response.read().decode().splitlines():
+                if line.startswith(SCRAPE_EXCERPT):
+                    print(f"    {line}")
 
 
 if __name__ == "__main__":
