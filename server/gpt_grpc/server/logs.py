@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 ACCESS = logging.getLogger("gpt_grpc.access")
+NOISY = ("httpx", "httpx2", "httpcore", "httpcore2", "openai", "aiohttp.access")
 
 
 class JsonFormatter(logging.Formatter):
@@ -34,6 +35,9 @@ def configure(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # One line per call is ours; the HTTP libraries' own per-request lines are noise.
+    for name in NOISY:
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
 
 
 def access(fields: dict[str, Any]) -> None:
