@@ -63,6 +63,14 @@ RETRY_LATER: Mapping[Reason, float] = {
 }
 
 
+# The status travels in trailers, and trailers past the caller's metadata limit
+# (gRPC's default: 8 KiB soft, 16 KiB hard) reach it as RESOURCE_EXHAUSTED with
+# no details at all. A request with thousands of bad fields must still be told
+# INVALID_ARGUMENT: list the first violations and bound the message.
+MAX_FIELD_VIOLATIONS = 20
+MAX_MESSAGE_CHARS = 1024
+
+
 def code_for(reason: Reason) -> grpc.StatusCode:
     return REASON_CODES[reason]
 
@@ -97,7 +105,7 @@ def to_status(err: GatewayError) -> grpc.Status:
         bad = error_details_pb2.BadRequest(
             field_violations=[
                 error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
-                for v in err.field_violations
+                for v in err.field_violations[:MAX_FIELD_VIOLATIONS]
             ]
         )
         details.append(_pack(bad))
@@ -109,5 +117,8 @@ def to_status(err: GatewayError) -> grpc.Status:
             ]
         )
         details.append(_pack(quota))
-    status = status_pb2.Status(code=getattr(code_pb2, code.name), message=err.message, details=details)
+    message = err.message if len(err.message) <= MAX_MESSAGE_CHARS else err.message[:MAX_MESSAGE_CHARS] + "..."
+    if len(err.field_violations) > MAX_FIELD_VIOLATIONS:
+        message += f" ({len(err.field_violations)} invalid fields, the first {MAX_FIELD_VIOLATIONS} listed)"
+    status = status_pb2.Status(code=getattr(code_pb2, code.name), message=message, details=details)
     return rpc_status.to_status(status)
