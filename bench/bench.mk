@@ -1,0 +1,17 @@
+# Benchmark targets. Included from the top-level Makefile (after its variables):
+#   include bench/bench.mk
+# `make bench` runs the full comparison (about 6 minutes; writes bench/results/),
+# `make bench-smoke` a tiny one (about 20 seconds; bench/results/smoke/) that CI keeps working.
+# Extra flags: make bench BENCH_ARGS="--scaling --windows 5"
+
+BENCH_STAMP ?= $(or $(STAMP),.venv/.installed)
+BENCH_PY ?= $(or $(PY),.venv/bin/python)
+BENCH_ARGS ?=
+
+.PHONY: bench bench-smoke
+
+bench: $(BENCH_STAMP)
+	$(BENCH_PY) bench/run.py $(BENCH_ARGS)
+
+bench-smoke: $(BENCH_STAMP)
+	$(BENCH_PY) bench/run.py --smoke --out bench/results/smoke $(BENCH_ARGS)

@@ -1,0 +1,791 @@
+"""`make bench`: the gateway against the SDK called directly, side by side, in one run.
+
+    .venv/bin/python bench/run.py [--smoke] [--out DIR] [--windows N] [--window S]
+
+It starts a fast stand-in upstream (bench/fast_upstream.py) and the gateway
+(`python -m gpt_grpc.server`), pins both to one core and the load generator
+(bench/load.py, one process per window) to another where the machine has two
+or more, and measures:
+
+- unary calls at concurrency 1, 32 and 256 and streams (20 chunks) at 32 and
+  at 1 (time to first chunk): the application calling `openai.AsyncOpenAI`
+  directly against the stand-in, and the same calls through the gateway. The
+  windows of the two paths alternate (direct, gateway, direct, ...) so that a
+  noisy neighbour hurts both alike;
+- CountTokens on a 1 KB text against the grpc health Check on the same server
+  (an honest empty RPC), and on a 1 MB text against gpt_grpc.tokens.count_text
+  in process;
+- the stand-in's own capacity (a raw keep-alive HTTP client), so it is known
+  not to be the bottleneck;
+- slow-upstream capacity: 10,000 calls in flight against an upstream that
+  answers after 30 s: all must end OK, server RSS must stay under 600 MB;
+- readiness: process start to health SERVING (encodings loaded);
+- with `--scaling`: unary at 256 with 1 and 2 server worker processes.
+
+Every figure is the median of the windows, with min-max. The Markdown report,
+a JSON file with every window and a PNG chart go to bench/results/ (or --out).
+It is a benchmark, not a test: it asserts nothing about speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+PY = sys.executable
+API_KEY = "sk-bench-0123456789abcdefghijklmnop"
+ADMIN_TOKEN = "bench-admin-token-0123456789"
+KB_TEXT = ("The quick brown fox jumps over the lazy dog. " * 23)[:1024]
+ONE_MB = 1 << 20
+
+TARGETS = {
+    "unary_32": ("unary calls/s, gateway / direct, concurrency 32", ">=", 1.0),
+    "unary_256": ("unary calls/s, gateway / direct, concurrency 256", ">=", 1.0),
+    "stream_32": ("streams/s, gateway / direct, concurrency 32", ">=", 1.0),
+    "ttfc_1": ("time to first chunk at concurrency 1, gateway - direct (ms)", "<=", 1.0),
+    "count_1k": ("CountTokens 1 KB calls/s / health Check calls/s", ">=", 0.9),
+    "count_1m": ("CountTokens 1 MB latency / in-process count_text latency", "<=", 1.2),
+    "slow_ok": ("slow upstream: calls OK / calls", ">=", 1.0),
+    "slow_rss": ("slow upstream: server peak RSS (MB)", "<", 600.0),
+    "ready": ("readiness: start to SERVING (s)", "<=", 1.5),
+}
+
+
+@dataclass
+class Plan:
+    windows: int = 3
+    window: float = 3.0
+    warmup: float = 1.0
+    concurrencies: tuple[int, ...] = (1, 32, 256)
+    stream_concurrency: int = 32
+    slow_calls: int = 10_000
+    slow_delay: float = 30.0
+    slow_rounds: int = 3
+    readiness_runs: int = 5
+    one_mb: int = ONE_MB
+    scaling: bool = False
+
+
+SMOKE = Plan(
+    windows=3,
+    window=0.2,
+    warmup=0.1,
+    concurrencies=(1, 4),
+    stream_concurrency=4,
+    slow_calls=40,
+    slow_delay=0.5,
+    slow_rounds=1,
+    readiness_runs=1,
+    one_mb=64 * 1024,
+)
+
+
+# --------------------------------------------------------------------------- processes
+
+
+@dataclass
+class Cpus:
+    server: set[int] | None
+    load: set[int] | None
+
+    @property
+    def pinned(self) -> bool:
+        return self.server is not None
+
+
+def plan_cpus() -> Cpus:
+    try:
+        available = sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return Cpus(None, None)
+    if len(available) < 2:
+        return Cpus(None, None)
+    half = len(available) // 2
+    return Cpus(set(available[:half]), set(available[half:]))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _preexec(cpus: set[int] | None) -> Any:
+    def pin() -> None:
+        os.setsid()  # its own process group: stopped as one, never by name
+        if cpus:
+            os.sched_setaffinity(0, cpus)
+
+    return pin
+
+
+def tree_pids(pid: int) -> list[int]:
+    """`pid` and its descendants (server workers)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo.extend(int(c) for c in f.read().split())
+    return out
+
+
+def rss_mb(pids: list[int]) -> float:
+    total = 0
+    for p in pids:
+        with contextlib.suppress(OSError), open(f"/proc/{p}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+    return total / 1024
+
+
+class RssSampler:
+    """Peak RSS of a process tree, sampled every 50 ms on a thread."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.peak = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, rss_mb(tree_pids(self.pid)))
+            self._stop.wait(0.05)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+        self.peak = max(self.peak, rss_mb(tree_pids(self.pid)))
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if self.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, 15)  # its own group (setsid): the server and its workers
+            try:
+                self.popen.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.popen.pid, 9)
+                self.popen.wait(timeout=5)
+
+
+class Stack:
+    """Processes started by the run, stopped in reverse order whatever happens."""
+
+    def __init__(self, logs: Path, cpus: Cpus) -> None:
+        self.logs = logs
+        self.cpus = cpus
+        self.procs: list[Proc] = []
+
+    def spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None, pin: bool = True) -> Proc:
+        log = self.logs / f"{name}.log"
+        with open(log, "ab") as out:
+            popen = subprocess.Popen(
+                argv,
+                cwd=ROOT,
+                env={**os.environ, **(env or {})},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_preexec(self.cpus.server if pin else None),
+            )
+        proc = Proc(name, popen, log)
+        self.procs.append(proc)
+        return proc
+
+    def stop(self, proc: Proc) -> None:
+        proc.stop()
+        if proc in self.procs:
+            self.procs.remove(proc)
+
+    def close(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
+        self.procs.clear()
+
+
+def start_upstream(stack: Stack, delay: float = 0.0) -> tuple[Proc, str]:
+    port_file = stack.logs / f"upstream-{time.monotonic_ns()}.port"
+    argv = [PY, str(BENCH / "fast_upstream.py"), "--port", "0", "--port-file", str(port_file)]
+    if delay:
+        argv += ["--delay", str(delay)]
+    proc = stack.spawn(f"upstream-delay{delay:g}", argv)
+    deadline = time.monotonic() + 20
+    while not port_file.exists():
+        if proc.popen.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"fast upstream did not start; see {proc.log}")
+        time.sleep(0.01)
+    return proc, f"http://127.0.0.1:{int(port_file.read_text())}/v1"
+
+
+def wait_serving(target: str, deadline: float) -> None:
+    """Poll until the port accepts, then until health says SERVING."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    host, port = target.rsplit(":", 1)
+    while True:
+        try:
+            with socket.create_connection((host, int(port)), timeout=0.2):
+                break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{target} never accepted a connection") from None
+            time.sleep(0.002)
+    with grpc.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while True:
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1, wait_for_ready=True)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{target} never became SERVING")
+            time.sleep(0.002)
+
+
+def start_gateway(
+    stack: Stack, base_url: str, *, name: str = "gateway", args: tuple[str, ...] = (), pin: bool = True
+) -> tuple[Proc, str, float]:
+    """The gateway process; returns it, its target and seconds from spawn to SERVING."""
+    port = free_port()
+    env = {
+        "OPENAI_API_KEY": API_KEY,
+        "OPENAI_BASE_URL": base_url,
+        "GPT_GRPC_PORT": str(port),
+        "GPT_GRPC_ADMIN_TOKEN": ADMIN_TOKEN,
+        "GPT_GRPC_REQUEST_TIMEOUT": "120",
+    }
+    started = time.monotonic()
+    proc = stack.spawn(name, [PY, "-m", "gpt_grpc.server", *args], env=env, pin=pin)
+    target = f"127.0.0.1:{port}"
+    try:
+        wait_serving(target, started + 60)
+    except TimeoutError:
+        raise RuntimeError(f"gateway did not become SERVING; see {proc.log}") from None
+    return proc, target, time.monotonic() - started
+
+
+IN_PROCESS = False  # --smoke: run the load in this process (no interpreter start per window)
+
+
+def load(spec: dict[str, Any], cpus: Cpus, timeout: float) -> dict[str, Any]:
+    """Run one bench/load.py process (pinned to the load generator's cores)."""
+    if IN_PROCESS:
+        sys.path.insert(0, str(BENCH))
+        import load as load_module  # bench/load.py
+
+        return load_module.run_spec(spec)  # type: ignore[no-any-return]
+    result = subprocess.run(
+        [PY, str(BENCH / "load.py"), json.dumps(spec)],
+        cwd=ROOT,
+        capture_output=True,
+        timeout=timeout,
+        preexec_fn=(lambda: os.sched_setaffinity(0, cpus.load)) if cpus.load else None,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"load {spec['kind']} failed: {result.stderr.decode()[-2000:]}")
+    return json.loads(result.stdout)  # type: ignore[no-any-return]
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    clean = [v for v in values if v == v]  # drop NaN
+    if not clean:
+        return {"median": float("nan"), "min": float("nan"), "max": float("nan")}
+    return {"median": statistics.median(clean), "min": min(clean), "max": max(clean)}
+
+
+@dataclass
+class Series:
+    """Windows of one measurement (one path, one scenario)."""
+
+    windows: list[dict[str, Any]] = field(default_factory=list)
+    rss_mb: list[float] = field(default_factory=list)
+    errors: dict[str, int] = field(default_factory=dict)
+
+    def add(self, result: dict[str, Any], rss: float | None = None) -> None:
+        self.windows.extend(result["windows"])
+        for k, v in result.get("error_kinds", {}).items():
+            self.errors[k] = self.errors.get(k, 0) + v
+        if rss is not None:
+            self.rss_mb.append(rss)
+
+    def stat(self, key: str) -> dict[str, float]:
+        return summary([w[key] for w in self.windows if w.get(key) is not None])
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"windows": self.windows, "errors": self.errors}
+        for key in ("rate", "p50_ms", "p99_ms", "ttfc_p50_ms", "cpu_ms_per_call"):
+            out[key] = self.stat(key)
+        if self.rss_mb:
+            out["peak_rss_mb"] = summary(self.rss_mb)
+        return out
+
+
+def ratio_of_medians(a: Series, b: Series, key: str = "rate") -> float:
+    return a.stat(key)["median"] / b.stat(key)["median"]
+
+
+def paired_ratios(a: Series, b: Series, key: str = "rate") -> dict[str, float]:
+    """Ratio per round (window i of a over window i of b): median and min-max."""
+    pairs = [x[key] / y[key] for x, y in zip(a.windows, b.windows, strict=False) if y[key]]
+    return summary(pairs)
+
+
+# --------------------------------------------------------------------------- the run
+
+
+class Bench:
+    def __init__(self, plan: Plan, out: Path, cpus: Cpus) -> None:
+        self.plan = plan
+        self.out = out
+        self.cpus = cpus
+        self.logs = Path(tempfile.mkdtemp(prefix="gpt-grpc-bench-"))
+        self.stack = Stack(self.logs, cpus)
+        self.results: dict[str, Any] = {}
+        self.series: dict[str, Series] = {}
+
+    def say(self, text: str) -> None:
+        print(text, flush=True)
+
+    def base_spec(self, kind: str, concurrency: int) -> dict[str, Any]:
+        p = self.plan
+        return {"kind": kind, "concurrency": concurrency, "warmup": p.warmup, "window": p.window, "windows": 1}
+
+    def window_timeout(self) -> float:
+        return 120 + self.plan.warmup + self.plan.window
+
+    def alternate(self, name: str, specs: dict[str, dict[str, Any]], server: Proc | None) -> dict[str, Series]:
+        """Run one window of each spec in turn, `windows` times; peak RSS of `server` per gateway window."""
+        series = {label: Series() for label in specs}
+        for round_ in range(self.plan.windows):
+            for label, spec in specs.items():
+                if server is not None and label not in ("direct", "local"):
+                    spec = {**spec, "server_pids": tree_pids(server.pid)}
+                    with RssSampler(server.pid) as rss:
+                        result = load(spec, self.cpus, self.window_timeout())
+                    series[label].add(result, rss.peak)
+                else:
+                    series[label].add(load(spec, self.cpus, self.window_timeout()))
+                last = series[label].windows[-1]
+                self.say(
+                    f"  {name:<14} {label:<8} round {round_ + 1}: {last['rate']:8.1f}/s"
+                    f"  p50 {last['p50_ms']:7.2f} ms  p99 {last['p99_ms']:7.2f} ms"
+                    + (f"  ttfc {last['ttfc_p50_ms']:.2f} ms" if last.get("ttfc_p50_ms") is not None else "")
+                    + (f"  cpu {last['cpu_ms_per_call']:.3f} ms/call" if last.get("cpu_ms_per_call") else "")
+                    + (f"  errors {last['errors']}" if last["errors"] else "")
+                )
+        for label, s in series.items():
+            self.series[f"{name}/{label}"] = s
+        return series
+
+    def run(self) -> dict[str, Any]:
+        p = self.plan
+        try:
+            self.say(f"logs in {self.logs}")
+            upstream, base_url = start_upstream(self.stack)
+            # 1. the stand-in's own capacity
+            self.say("stand-in capacity (raw keep-alive HTTP client, concurrency 32)")
+            spec = {**self.base_spec("raw_http", 32), "base_url": base_url, "server_pids": [upstream.pid]}
+            self.alternate("standin", {"raw": spec}, None)
+
+            gateway, target, first_ready = start_gateway(self.stack, base_url)
+            self.results["ready_first_s"] = first_ready
+            # 2. unary, then streams, direct and gateway alternating
+            for c in p.concurrencies:
+                self.say(f"unary, concurrency {c}")
+                self.alternate(
+                    f"unary_{c}",
+                    {
+                        "direct": {**self.base_spec("direct_unary", c), "base_url": base_url},
+                        "gateway": {**self.base_spec("gateway_unary", c), "target": target},
+                    },
+                    gateway,
+                )
+            for c in sorted({p.stream_concurrency, 1}, reverse=True):
+                self.say(f"streams of 20 chunks, concurrency {c}")
+                self.alternate(
+                    f"stream_{c}",
+                    {
+                        "direct": {**self.base_spec("direct_stream", c), "base_url": base_url},
+                        "gateway": {**self.base_spec("gateway_stream", c), "target": target},
+                    },
+                    gateway,
+                )
+            # 3. CountTokens
+            self.say("CountTokens 1 KB against the health Check (empty RPC), concurrency 32")
+            c = max(p.concurrencies)
+            c = 32 if 32 in p.concurrencies else c
+            self.alternate(
+                "count_1k",
+                {
+                    "health": {**self.base_spec("health", c), "target": target},
+                    "count": {**self.base_spec("count_tokens", c), "target": target, "text": KB_TEXT},
+                },
+                gateway,
+            )
+            self.say(f"CountTokens {p.one_mb // 1024} KB against count_text in process, concurrency 1")
+            big = _big_text(p.one_mb)
+            self.alternate(
+                "count_1m",
+                {
+                    "local": {**self.base_spec("local_count", 1), "text": big},
+                    "gateway": {**self.base_spec("count_tokens", 1), "target": target, "text": big},
+                },
+                gateway,
+            )
+            self.stack.stop(gateway)
+            # 4. slow upstream
+            self.slow()
+            # 5. readiness
+            self.readiness(base_url, first_ready)
+            # 6. workers
+            if p.scaling:
+                self.scaling(base_url)
+            self.stack.stop(upstream)
+        finally:
+            self.stack.close()
+        return self.results
+
+    def slow(self) -> None:
+        p = self.plan
+        self.say(f"slow upstream: {p.slow_calls} calls in flight, answers after {p.slow_delay:g} s")
+        upstream, base_url = start_upstream(self.stack, delay=p.slow_delay)
+        rounds = []
+        try:
+            for round_ in range(p.slow_rounds):
+                gateway, target, _ = start_gateway(self.stack, base_url, name=f"gateway-slow{round_}")
+                spec = {
+                    "kind": "slow",
+                    "target": target,
+                    "calls": p.slow_calls,
+                    "channels": max(1, min(20, p.slow_calls // 500)),
+                    "deadline": p.slow_delay * 3 + 30,
+                }
+                with RssSampler(gateway.pid) as rss:
+                    result = load(spec, self.cpus, p.slow_delay * 4 + 120)
+                result["peak_rss_mb"] = rss.peak
+                rounds.append(result)
+                self.say(
+                    f"  round {round_ + 1}: {result['ok']}/{result['calls']} OK {result['codes']}"
+                    f"  wall {result['wall_s']:.1f} s  peak RSS {rss.peak:.0f} MB"
+                )
+                self.stack.stop(gateway)
+        finally:
+            self.stack.stop(upstream)
+        self.results["slow"] = {
+            "calls": p.slow_calls,
+            "delay_s": p.slow_delay,
+            "rounds": rounds,
+            "ok_fraction": summary([r["ok"] / r["calls"] for r in rounds]),
+            "peak_rss_mb": summary([r["peak_rss_mb"] for r in rounds]),
+            "wall_s": summary([r["wall_s"] for r in rounds]),
+        }
+
+    def readiness(self, base_url: str, first: float) -> None:
+        times = [first]
+        for i in range(self.plan.readiness_runs - 1):
+            gateway, _, took = start_gateway(self.stack, base_url, name=f"gateway-ready{i}")
+            times.append(took)
+            self.stack.stop(gateway)
+        self.say("readiness: " + ", ".join(f"{t:.2f} s" for t in times))
+        self.results["ready_s"] = summary(times)
+        self.results["ready_runs"] = times
+
+    def scaling(self, base_url: str) -> None:
+        """Unary at 256 with 1 and 2 workers, nothing pinned (every core shared)."""
+        p = self.plan
+        out: dict[str, Any] = {}
+        for workers in (1, 2):
+            gateway, target, _ = start_gateway(
+                self.stack, base_url, name=f"gateway-w{workers}", args=("--workers", str(workers)), pin=False
+            )
+            series = Series()
+            unpinned = Cpus(None, None)
+            for _ in range(p.windows):
+                spec = {**self.base_spec("gateway_unary", 256), "target": target, "channels": 4}
+                spec["server_pids"] = tree_pids(gateway.pid)
+                series.add(load(spec, unpinned, self.window_timeout()))
+            self.stack.stop(gateway)
+            out[str(workers)] = series.to_json()
+            self.say(f"  workers {workers}: {series.stat('rate')['median']:.0f} calls/s (unpinned)")
+        self.results["scaling"] = out
+
+
+def _big_text(size: int) -> str:
+    words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "Iota,", "kappa."]
+    out, n, i = [], 0, 0
+    while n < size:
+        w = words[i % len(words)] + (" " if i % 13 else "\n")
+        out.append(w)
+        n += len(w)
+        i += 1
+    return "".join(out)[:size]
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _fmt(s: dict[str, float], digits: int = 0) -> str:
+    if s["median"] != s["median"]:
+        return "n/a"
+    return f"{s['median']:,.{digits}f} ({s['min']:,.{digits}f}-{s['max']:,.{digits}f})"
+
+
+def compute(bench: Bench) -> dict[str, Any]:
+    s = bench.series
+    r = bench.results
+    figures: dict[str, Any] = {"targets": {}}
+    p = bench.plan
+    for c in p.concurrencies:
+        figures[f"unary_{c}"] = paired_ratios(s[f"unary_{c}/gateway"], s[f"unary_{c}/direct"])
+    c = p.stream_concurrency
+    figures[f"stream_{c}"] = paired_ratios(s[f"stream_{c}/gateway"], s[f"stream_{c}/direct"])
+    ttfc = [
+        g["ttfc_p50_ms"] - d["ttfc_p50_ms"]
+        for g, d in zip(s["stream_1/gateway"].windows, s["stream_1/direct"].windows, strict=False)
+        if g.get("ttfc_p50_ms") is not None and d.get("ttfc_p50_ms") is not None
+    ]
+    figures["ttfc_1"] = summary(ttfc)
+    figures["count_1k"] = paired_ratios(s["count_1k/count"], s["count_1k/health"])
+    figures["count_1m"] = paired_ratios(s["count_1m/gateway"], s["count_1m/local"], key="p50_ms")
+    slow = r["slow"]
+    figures["slow_ok"] = slow["ok_fraction"]
+    figures["slow_rss"] = slow["peak_rss_mb"]
+    figures["ready"] = r["ready_s"]
+    keymap = {"unary_32": f"unary_{32 if 32 in p.concurrencies else max(p.concurrencies)}"}
+    keymap["unary_256"] = f"unary_{256 if 256 in p.concurrencies else max(p.concurrencies)}"
+    keymap["stream_32"] = f"stream_{c}"
+    for key, (label, op, bound) in TARGETS.items():
+        value = figures[keymap.get(key, key)]["median"]
+        met = {">=": value >= bound, "<=": value <= bound, "<": value < bound}[op]
+        figures["targets"][key] = {"label": label, "op": op, "bound": bound, "value": value, "met": bool(met)}
+    return figures
+
+
+def markdown(bench: Bench, figures: dict[str, Any], meta: dict[str, Any]) -> str:
+    s = bench.series
+    p = bench.plan
+    lines = [
+        "# gpt-grpc benchmark",
+        "",
+        f"{meta['when']} · {meta['machine']} · {meta['pinning']}",
+        f"{p.windows} windows of {p.window:g} s per figure (after {p.warmup:g} s warm-up); "
+        "median (min-max). Direct and gateway windows alternate.",
+        "",
+        "## Chat completions: the SDK called directly vs. through the gateway",
+        "",
+        "| path | concurrency | calls/s | p50 ms | p99 ms | time to first chunk ms | CPU ms/call "
+        "| server peak RSS MB |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    rows = [(f"unary_{c}", "unary", c) for c in p.concurrencies]
+    rows += [(f"stream_{c}", "stream (20 chunks)", c) for c in sorted({p.stream_concurrency, 1})]
+    for key, kind, c in rows:
+        for label, name in (("direct", "direct SDK"), ("gateway", "gateway")):
+            ser = s[f"{key}/{label}"]
+            ttfc = _fmt(ser.stat("ttfc_p50_ms"), 2) if kind != "unary" else "-"
+            rss = _fmt(summary(ser.rss_mb)) if ser.rss_mb else "-"
+            lines.append(
+                f"| {name} {kind} | {c} | {_fmt(ser.stat('rate'))} | {_fmt(ser.stat('p50_ms'), 2)} "
+                f"| {_fmt(ser.stat('p99_ms'), 2)} | {ttfc} | {_fmt(ser.stat('cpu_ms_per_call'), 3)} | {rss} |"
+            )
+    lines += [
+        "",
+        "CPU ms/call: direct = the application process's CPU per call; gateway = the gateway "
+        "process's CPU per call plus the gRPC client's (the application's) CPU per call.",
+        "",
+        "## CountTokens",
+        "",
+        "| call | concurrency | calls/s | p50 ms | p99 ms |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for key, name in (
+        ("count_1k/health", "grpc health Check (empty RPC)"),
+        ("count_1k/count", "CountTokens, 1 KB text"),
+        ("count_1m/local", f"count_text in process, {p.one_mb // 1024} KB"),
+        ("count_1m/gateway", f"CountTokens, {p.one_mb // 1024} KB text"),
+    ):
+        ser = s[key]
+        conc = ser.windows[0].get("concurrency", "") if ser.windows else ""
+        lines.append(
+            f"| {name} | {conc} | {_fmt(ser.stat('rate'))} | {_fmt(ser.stat('p50_ms'), 3)} "
+            f"| {_fmt(ser.stat('p99_ms'), 3)} |"
+        )
+    raw = s["standin/raw"]
+    slow = bench.results["slow"]
+    lines += [
+        "",
+        "## Stand-in upstream, slow upstream, readiness",
+        "",
+        f"- Stand-in capacity (raw keep-alive HTTP/1.1 client, concurrency 32): {_fmt(raw.stat('rate'))} req/s.",
+        f"- Slow upstream: {slow['calls']:,} calls at once, each answered after {slow['delay_s']:g} s, "
+        f"{len(slow['rounds'])} rounds: OK {_fmt(slow['ok_fraction'], 4)} of calls; "
+        f"codes {[r['codes'] for r in slow['rounds']]}; "
+        f"server peak RSS {_fmt(slow['peak_rss_mb'])} MB; wall {_fmt(slow['wall_s'], 1)} s.",
+        f"- Readiness (process start to health SERVING, encodings loaded): {_fmt(bench.results['ready_s'], 2)} s "
+        f"over {len(bench.results['ready_runs'])} starts.",
+    ]
+    if "scaling" in bench.results:
+        sc = bench.results["scaling"]
+        lines.append(
+            "- Worker processes (unary, concurrency 256, nothing pinned, load generator on the same cores): "
+            + "; ".join(f"{w} worker(s) {_fmt(v['rate'])} calls/s" for w, v in sc.items())
+            + "."
+        )
+    lines += ["", "## Ratios and targets", "", "| figure | target | value | met |", "| --- | --- | --- | --- |"]
+    for t in figures["targets"].values():
+        f = figures_key_value(t)
+        lines.append(f"| {t['label']} | {t['op']} {t['bound']:g} | {f} | {'yes' if t['met'] else 'NO'} |")
+    lines += ["", "Ratios are per round (gateway window over the direct window next to it), median (min-max)."]
+    for key in [k for k in figures if k.startswith(("unary_", "stream_"))]:
+        lines.append(f"- {key}: {_fmt(figures[key], 2)}")
+    lines += ["", "![throughput and latency](chart.png)", ""]
+    return "\n".join(lines)
+
+
+def figures_key_value(t: dict[str, Any]) -> str:
+    v = t["value"]
+    return "n/a" if v != v else f"{v:,.3f}"
+
+
+def chart(bench: Bench, path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    s = bench.series
+    cs = list(bench.plan.concurrencies)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for label, name, color in (("direct", "direct SDK", "tab:gray"), ("gateway", "gateway", "tab:blue")):
+        rates = [s[f"unary_{c}/{label}"].stat("rate") for c in cs]
+        ax1.errorbar(
+            cs,
+            [r["median"] for r in rates],
+            yerr=[[r["median"] - r["min"] for r in rates], [r["max"] - r["median"] for r in rates]],
+            marker="o",
+            capsize=3,
+            label=name,
+            color=color,
+        )
+        for key, style in (("p50_ms", "-"), ("p99_ms", "--")):
+            vals = [s[f"unary_{c}/{label}"].stat(key)["median"] for c in cs]
+            ax2.plot(cs, vals, style, marker="o", color=color, label=f"{name} {key[:3]}")
+    for ax in (ax1, ax2):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(cs)
+        ax.set_xticklabels([str(c) for c in cs])
+        ax.set_xlabel("concurrency (calls in flight)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    ax1.set_ylabel("unary calls/s")
+    ax1.set_title("Throughput (median, min-max)")
+    ax2.set_ylabel("latency ms (log)")
+    ax2.set_yscale("log")
+    ax2.set_title("Latency p50 / p99")
+    fig.suptitle("gpt-grpc: SDK called directly vs. through the gateway")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="gpt-grpc benchmark: direct SDK vs. gateway")
+    ap.add_argument("--smoke", action="store_true", help="tiny counts, a few seconds (CI)")
+    ap.add_argument("--out", type=Path, default=BENCH / "results")
+    ap.add_argument("--windows", type=int, default=None)
+    ap.add_argument("--window", type=float, default=None, help="seconds per window")
+    ap.add_argument("--scaling", action="store_true", help="also measure 1 and 2 server workers")
+    args = ap.parse_args(argv)
+    plan = Plan(**vars(SMOKE)) if args.smoke else Plan()
+    global IN_PROCESS
+    IN_PROCESS = args.smoke
+    if args.windows:
+        plan.windows = max(3, args.windows)
+    if args.window:
+        plan.window = args.window
+    plan.scaling = args.scaling
+    cpus = plan_cpus()
+    if cpus.load:
+        os.sched_setaffinity(0, cpus.load)
+    args.out.mkdir(parents=True, exist_ok=True)
+    bench = Bench(plan, args.out, cpus)
+    started = time.time()
+    bench.run()
+    figures = compute(bench)
+    meta = {
+        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
+        "machine": f"{os.cpu_count()} CPUs, {platform.machine()}, Python {platform.python_version()}",
+        "pinning": (
+            f"servers on CPU {sorted(cpus.server)}, load generator on CPU {sorted(cpus.load)}"
+            if cpus.pinned
+            else "not pinned (fewer than 2 CPUs)"
+        ),
+        "smoke": args.smoke,
+        "seconds": round(time.time() - started, 1),
+    }
+    report = markdown(bench, figures, meta)
+    (args.out / "report.md").write_text(report)
+    data = {
+        "meta": meta,
+        "plan": vars(plan),
+        "figures": figures,
+        "series": {k: v.to_json() for k, v in bench.series.items()},
+        "results": bench.results,
+    }
+    (args.out / "report.json").write_text(json.dumps(data, indent=1, default=str))
+    drew = chart(bench, args.out / "chart.png")
+    print()
+    print("ratios (median of rounds, min-max):")
+    for t in figures["targets"].values():
+        met = "met" if t["met"] else "NOT MET"
+        print(f"  {t['label']:<62} {t['op']} {t['bound']:<6g} {figures_key_value(t):>10}  {met}")
+    print(f"report: {args.out / 'report.md'}" + ("" if drew else " (no chart: matplotlib is not installed)"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
