@@ -29,3 +29,23 @@ async def test_thousands_of_invalid_fields_still_arrive_as_invalid_argument(gate
     assert (err.code, err.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST")
     assert err.fields[:2] == ["messages[0].content", "messages[1].content"] and len(err.fields) == 20
     assert "10000 invalid fields" in err.message and len(err.message) < 1200
+
+
+async def test_schema_nested_deeper_than_can_be_sent_is_invalid_not_internal(gateway: Gateway) -> None:
+    # orjson reads JSON 1024 levels deep but writes only 255: a 300-level schema was
+    # accepted, then failed while the upstream request was built, as INTERNAL.
+    deep = '{"a":' * 300 + "{}" + "}" * 300
+    tools = pb.ChatCompletionRequest(user_message="x", tools=[pb.Tool(name="t", parameters_json=deep)])
+    err = await _fails(gateway.stub.ChatCompletion(tools, timeout=10))
+    assert (err.code, err.fields) == (grpc.StatusCode.INVALID_ARGUMENT, ["tools[0].parameters_json"])
+    schema = pb.ResponseFormat(type=pb.RESPONSE_FORMAT_TYPE_JSON_SCHEMA, schema_name="s", schema_json=deep)
+    fmt = pb.StreamChatCompletionRequest(user_message="x", response_format=schema)
+    err = await _fails(_drain(gateway.stub.StreamChatCompletion(fmt, timeout=10)))
+    assert (err.code, err.fields) == (grpc.StatusCode.INVALID_ARGUMENT, ["response_format.schema_json"])
+    at_limit = '{"a":' * 127 + "{}" + "}" * 127  # 128 levels: still sent
+    ok = pb.ChatCompletionRequest(user_message="x", tools=[pb.Tool(name="t", parameters_json=at_limit)])
+    assert (await gateway.stub.ChatCompletion(ok, timeout=10)).content == "Echo: x"
+
+
+async def _drain(call: Any) -> list[Any]:
+    return [event async for event in call]

@@ -39,6 +39,10 @@ TOOL_CHOICE_MODES: Mapping[int, str] = {
 _NAME = re.compile(r"[A-Za-z0-9_\-]{1,64}")
 # Bound on the text of one JSON schema / tool parameters field.
 MAX_SCHEMA_BYTES = 1_000_000
+# orjson reads JSON nested up to 1024 levels but writes at most 255, and the
+# schema sits a few levels down in the upstream body: a deeper schema would be
+# accepted here and then fail to be sent (INTERNAL). Refuse it as invalid.
+MAX_SCHEMA_DEPTH = 128
 SCALAR_PARAMS = ("temperature", "max_tokens", "top_p", "seed", "presence_penalty", "frequency_penalty")
 
 
@@ -75,7 +79,20 @@ def _json_object(text: str, field: str, out: list[FieldViolation]) -> dict[str, 
     if not isinstance(value, dict):
         out.append(FieldViolation(field, "must be a JSON object"))
         return None
+    if _deeper_than(value, MAX_SCHEMA_DEPTH):
+        out.append(FieldViolation(field, f"must be nested at most {MAX_SCHEMA_DEPTH} levels deep"))
+        return None
     return value
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether parsed JSON nests objects/arrays more than `limit` levels (no recursion)."""
+    level: list[Any] = [value]
+    for _ in range(limit):
+        level = [c for v in level if isinstance(v, (dict, list)) for c in (v.values() if isinstance(v, dict) else v)]
+        if not level:
+            return False
+    return any(isinstance(v, (dict, list)) for v in level)
 
 
 def _message(m: pb.ChatMessage, path: str, out: list[FieldViolation]) -> dict[str, Any]:
