@@ -49,3 +49,18 @@ async def test_schema_nested_deeper_than_can_be_sent_is_invalid_not_internal(gat
 
 async def _drain(call: Any) -> list[Any]:
     return [event async for event in call]
+
+
+@pytest.mark.parametrize("method", ["ChatCompletion", "StreamChatCompletion", "CountTokens", "GetConfiguration"])
+async def test_bytes_that_are_not_protobuf_are_invalid_argument(gateway: Gateway, method: str) -> None:
+    # gRPC's deserializer raised DecodeError and gRPC answered UNKNOWN.
+    path = f"/gptgrpc.v1.GPTService/{method}"
+    for raw in (b"\x80", b"\xff\xff\xff\xff", b"\x0a\x05ab"):
+        if method.startswith("Stream"):
+            err = await _fails(_drain(gateway.channel.unary_stream(path)(raw, timeout=10)))
+        else:
+            err = await _fails(gateway.channel.unary_unary(path)(raw, timeout=10))
+        assert (err.code, err.reason, err.fields) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST", ["request"])
+    # The same method still takes a proper request.
+    if method == "GetConfiguration":
+        await gateway.stub.GetConfiguration(pb.GetConfigurationRequest(), timeout=10)

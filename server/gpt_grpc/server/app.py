@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 
 import grpc
 from gptgrpc.v1 import gateway_pb2 as pb
-from gptgrpc.v1 import gateway_pb2_grpc as pb_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -36,7 +35,7 @@ from . import logs
 from .admission import Admission
 from .auth import AdminAuth, Authorizer
 from .metrics import Metrics
-from .servicer import GPTServicer
+from .servicer import GPTServicer, add_to_server
 
 log = logging.getLogger("gpt_grpc.server")
 
@@ -105,7 +104,7 @@ class GatewayServer:
             metrics=self.metrics,
             state=self.state,
         )
-        pb_grpc.add_GPTServiceServicer_to_server(self.servicer, self.server)
+        add_to_server(self.servicer, self.server)  # undecodable requests: INVALID_ARGUMENT, not UNKNOWN
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         if config.reflection:
             names = (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)

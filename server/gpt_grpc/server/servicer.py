@@ -111,6 +111,8 @@ def rpc(access: Access) -> Callable[[Handler[Req, Resp]], Callable[[Any, Req, Co
             code, reason = grpc.StatusCode.OK, None
             try:
                 self._authorize(call, access, context)
+                if isinstance(request, Undecodable):
+                    raise request.error()
                 return await fn(self, request, context, call)
             except GatewayError as err:
                 code, reason = REASON_CODES[err.reason], err.reason.value
@@ -146,6 +148,8 @@ def stream_rpc(
             events: AsyncIterator[Resp] | None = None
             try:
                 self._authorize(call, access, context)
+                if isinstance(request, Undecodable):
+                    raise request.error()
                 events = fn(self, request, context, call)
                 async for event in events:
                     yield event
@@ -172,6 +176,58 @@ def stream_rpc(
         return handler
 
     return wrap
+
+
+class Undecodable:
+    """A request whose bytes are not the method's message.
+
+    gRPC's own deserializer raises, and gRPC answers UNKNOWN ("Unexpected
+    DecodeError"); `add_to_server` hands the handler this instead, which it
+    answers INVALID_ARGUMENT like any other invalid request.
+    """
+
+    __slots__ = ("type_name",)
+
+    def __init__(self, type_name: str) -> None:
+        self.type_name = type_name
+
+    def error(self) -> GatewayError:
+        return invalid([FieldViolation("request", f"is not a valid {self.type_name} message")])
+
+
+def _lenient(decode: Callable[[bytes], Any], type_name: str) -> Callable[[bytes], Any]:
+    def deserialize(raw: bytes) -> Any:
+        try:
+            return decode(raw)
+        except Exception:  # DecodeError, or whatever else the parser makes of garbage
+            return Undecodable(type_name)
+
+    return deserialize
+
+
+def add_to_server(servicer: GPTServicer, server: Any) -> None:
+    """Register GPTService as the generated code does, with lenient request deserializers."""
+    generated: dict[str, Any] = {}
+
+    class _Capture:
+        def add_generic_rpc_handlers(self, handlers: Any) -> None:
+            pass
+
+        def add_registered_method_handlers(self, service: str, handlers: dict[str, Any]) -> None:
+            generated.update(handlers)
+
+    pb_grpc.add_GPTServiceServicer_to_server(servicer, _Capture())
+    service = pb.DESCRIPTOR.services_by_name["GPTService"]
+    handlers = {
+        name: handler._replace(
+            request_deserializer=_lenient(
+                handler.request_deserializer, service.methods_by_name[name].input_type.full_name
+            )
+        )
+        for name, handler in generated.items()
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+    server.add_registered_method_handlers(service.full_name, handlers)
 
 
 def _internal(method: str) -> GatewayError:
