@@ -212,7 +212,7 @@ def run_command(argv: Sequence[str], env: dict[str, str], cwd: Path, timeout: fl
                 proc.wait(timeout=10)
 
 
-def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="harness.py",
         description="Start the stand-in and the gateway on loopback, run a command against them, stop them.",
@@ -226,6 +226,21 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--admin-token", default=None, help="admin token (default: random)")
     p.add_argument("--show-logs", action="store_true", help="print the services' logs even on success")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
+    return p
+
+
+def default_options(**overrides: object) -> argparse.Namespace:
+    """The harness's options with their defaults (and overrides), for services() used as a library."""
+    args = build_parser().parse_args([])
+    for name, value in overrides.items():
+        if not hasattr(args, name):
+            raise TypeError(f"unknown harness option {name!r}")
+        setattr(args, name, value)
+    return args
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    p = build_parser()
     args = p.parse_args(argv)
     if args.command and args.command[0] == "--":
         args.command = args.command[1:]
