@@ -31,11 +31,17 @@ from gptgrpc.v1 import gateway_pb2, gateway_pb2_grpc
 from grpc_status import rpc_status
 
 import gpt_grpc_client
+from gpt_grpc.server.app import ServerConfig
+from gpt_grpc.standin import Standin
 from gpt_grpc_client import AsyncClient, Client, GatewayError, cli
+from tests.conftest import ADMIN_TOKEN as GATEWAY_ADMIN_TOKEN
+from tests.conftest import fast_upstream, start_gateway, stop_gateway
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIENT_DIR = ROOT / "clients" / "python"
 ADMIN_TOKEN = "admin-token-0123456789"
+CLIENT_TOKEN = "gptk_client-token-abcdef"
+CLIENT_TOKEN_ISSUED = "gptk_ab12-issued-token-987654"
 API_KEY = "sk-proj-SECRETSECRETSECRET1234"
 
 # pytest-grpc serves with this many worker threads (a stream blocked until cancelled
@@ -51,6 +57,12 @@ class Recorded:
     method: str
     request: message.Message
     metadata: dict[str, str | bytes]
+    pairs: tuple[tuple[str, str | bytes], ...] = ()
+
+    @property
+    def authorizations(self) -> list[str | bytes]:
+        """Every ``authorization`` entry the call carried (the dict keeps only one)."""
+        return [value for key, value in self.pairs if key == "authorization"]
 
 
 class FakeGateway(gateway_pb2_grpc.GPTServiceServicer):
@@ -67,7 +79,8 @@ class FakeGateway(gateway_pb2_grpc.GPTServiceServicer):
         self.cancelled = threading.Event()
 
     def _record(self, method: str, request: message.Message, context: grpc.ServicerContext) -> None:
-        self.calls.append(Recorded(method, request, dict(context.invocation_metadata())))
+        pairs = tuple(context.invocation_metadata())
+        self.calls.append(Recorded(method, request, dict(pairs), pairs))
         if self.block:
             # A blocked call never completes by itself: whenever it ends, it was cancelled.
             # (The server may see the cancellation before it resumes the handler's generator,
@@ -187,9 +200,50 @@ class FakeGateway(gateway_pb2_grpc.GPTServiceServicer):
         total = gateway_pb2.ModelUsage()
         total.CopyFrom(usage)
         total.model = ""
-        response = gateway_pb2.GetUsageResponse(models=[usage], total=total)
+        response = gateway_pb2.GetUsageResponse(models=[usage], total=total, client=request.client)
         response.since.FromSeconds(1_700_000_000)
         return response
+
+    def _client(self, name: str, limits: gateway_pb2.ClientLimits) -> gateway_pb2.Client:
+        client = gateway_pb2.Client(name=name, limits=limits, token_prefix="gptk_ab12", period_spend_usd=0.25)
+        client.create_time.FromSeconds(1_700_000_000)
+        return client
+
+    def CreateClient(
+        self, request: gateway_pb2.CreateClientRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.CreateClientResponse:
+        self._record("CreateClient", request, context)
+        return gateway_pb2.CreateClientResponse(
+            client=self._client(request.name, request.limits), token=CLIENT_TOKEN_ISSUED
+        )
+
+    def ListClients(
+        self, request: gateway_pb2.ListClientsRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.ListClientsResponse:
+        self._record("ListClients", request, context)
+        limited = gateway_pb2.ClientLimits(
+            requests_per_minute=60, budget_usd=5, budget_period=gateway_pb2.BUDGET_PERIOD_DAY
+        )
+        clients = [self._client("billing", limited), self._client("search", gateway_pb2.ClientLimits())]
+        if request.include_revoked:
+            gone = self._client("zz-old", gateway_pb2.ClientLimits(tokens_per_minute=1000))
+            gone.revoke_time.FromSeconds(1_700_000_600)
+            clients.append(gone)
+        return gateway_pb2.ListClientsResponse(clients=clients)
+
+    def UpdateClient(
+        self, request: gateway_pb2.UpdateClientRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.UpdateClientResponse:
+        self._record("UpdateClient", request, context)
+        return gateway_pb2.UpdateClientResponse(client=self._client(request.name, request.limits))
+
+    def RevokeClient(
+        self, request: gateway_pb2.RevokeClientRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.RevokeClientResponse:
+        self._record("RevokeClient", request, context)
+        client = self._client(request.name, gateway_pb2.ClientLimits())
+        client.revoke_time.FromSeconds(1_700_000_600)
+        return gateway_pb2.RevokeClientResponse(client=client)
 
 
 def rich_status(
@@ -522,6 +576,128 @@ def test_admin_token_only_on_configure(client: Client, fake: FakeGateway, grpc_a
         Client(grpc_addr, metadata=[("authorization", "Bearer x")])
 
 
+ADMIN_METHODS = {"Configure", "CreateClient", "ListClients", "UpdateClient", "RevokeClient"}
+ALL_METHODS = set(gateway_pb2.DESCRIPTOR.services_by_name["GPTService"].methods_by_name)
+
+
+def check_token_routing(calls: list[Recorded], token: str, admin_token: str) -> None:
+    """Every RPC was called; each call carried exactly the one token of its kind."""
+    assert {c.method for c in calls} == ALL_METHODS
+    for call in calls:
+        want, other = (admin_token, token) if call.method in ADMIN_METHODS else (token, admin_token)
+        assert call.authorizations == [f"Bearer {want}"], call.method
+        assert not any(other in str(v) for _, v in call.pairs), call.method
+
+
+def test_client_token_on_data_plane_admin_token_on_admin_calls(fake: FakeGateway, grpc_addr: str) -> None:
+    with Client(grpc_addr, token=CLIENT_TOKEN, admin_token=ADMIN_TOKEN, timeout=10) as both:
+        both.chat_completion(user_message="x")
+        assert both.stream_chat(user_message="x").collect() == "Hello!"
+        both.count_tokens("x")
+        both.get_configuration()
+        both.list_models()
+        both.get_usage()
+        both.configure(default_model="gpt-4o")
+        both.create_client("a")
+        both.list_clients()
+        both.update_client("a")
+        both.revoke_client("a")
+        for text in (repr(both), str(both)):
+            assert CLIENT_TOKEN not in text and ADMIN_TOKEN not in text
+    check_token_routing(fake.calls, CLIENT_TOKEN, ADMIN_TOKEN)
+
+    fake.reset()
+    with Client(grpc_addr, token=CLIENT_TOKEN, timeout=10) as only_client:
+        only_client.count_tokens("x")
+        only_client.list_clients()
+    assert fake.last("CountTokens").authorizations == [f"Bearer {CLIENT_TOKEN}"]
+    assert fake.last("ListClients").authorizations == []  # a client token is never sent to an admin RPC
+
+
+def test_tokens_are_checked_before_sending(fake: FakeGateway, grpc_addr: str) -> None:
+    for bad in (CLIENT_TOKEN + "\n", " " + CLIENT_TOKEN, "tok en", "jeton-\u00e9"):
+        with pytest.raises(ValueError, match="printable ASCII"):
+            Client(grpc_addr, token=bad)
+        with pytest.raises(ValueError, match="printable ASCII"):
+            AsyncClient(grpc_addr, admin_token=bad)
+    with pytest.raises(TypeError, match="token must be a str"):
+        Client(grpc_addr, token=b"bytes")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="token"):
+        Client(grpc_addr, metadata=[("Authorization", f"Bearer {CLIENT_TOKEN}")])
+    with Client(grpc_addr, token="", admin_token="", timeout=10) as empty:  # "" means none
+        empty.count_tokens("x")
+        empty.configure()
+    assert all(c.authorizations == [] for c in fake.calls)
+
+
+def test_client_registry_methods(client: Client, fake: FakeGateway) -> None:
+    created = client.create_client("billing", requests_per_minute=60, budget_usd=5, budget_period="day")
+    assert isinstance(created, gateway_pb2.CreateClientResponse)
+    assert created.token == CLIENT_TOKEN_ISSUED and created.client.name == "billing"
+    request = fake.last("CreateClient").request
+    assert isinstance(request, gateway_pb2.CreateClientRequest)
+    assert request.name == "billing"
+    assert request.limits == gateway_pb2.ClientLimits(
+        requests_per_minute=60, budget_usd=5.0, budget_period=gateway_pb2.BUDGET_PERIOD_DAY
+    )
+    assert not request.limits.HasField("tokens_per_minute")  # unset: no limit
+
+    client.create_client("plain")
+    request = fake.last("CreateClient").request
+    assert isinstance(request, gateway_pb2.CreateClientRequest)
+    assert request.limits == gateway_pb2.ClientLimits()
+
+    updated = client.update_client(
+        "billing", tokens_per_minute=1000, budget_usd=100, budget_period="BUDGET_PERIOD_MONTH"
+    )
+    assert isinstance(updated, gateway_pb2.Client)
+    assert updated.limits.tokens_per_minute == 1000 and not updated.limits.HasField("requests_per_minute")
+    assert updated.limits.budget_period == gateway_pb2.BUDGET_PERIOD_MONTH
+    client.update_client("billing", budget_usd=1, budget_period=gateway_pb2.BUDGET_PERIOD_DAY)
+    request = fake.last("UpdateClient").request
+    assert isinstance(request, gateway_pb2.UpdateClientRequest)
+    assert request.limits.budget_period == gateway_pb2.BUDGET_PERIOD_DAY
+
+    assert [c.name for c in client.list_clients()] == ["billing", "search"]
+    listed = fake.last("ListClients").request
+    assert isinstance(listed, gateway_pb2.ListClientsRequest) and not listed.include_revoked
+    assert [c.name for c in client.list_clients(include_revoked=True)] == ["billing", "search", "zz-old"]
+
+    revoked = client.revoke_client("billing")
+    assert revoked.name == "billing" and revoked.HasField("revoke_time")
+    assert fake.last("RevokeClient").request == gateway_pb2.RevokeClientRequest(name="billing")
+
+    assert client.get_usage("billing").client == "billing"
+    assert fake.last("GetUsage").request == gateway_pb2.GetUsageRequest(client="billing")
+    client.get_usage()
+    assert fake.last("GetUsage").request == gateway_pb2.GetUsageRequest()
+
+    calls = len(fake.calls)
+    for period in ("week", 7, True):
+        with pytest.raises(ValueError, match="budget period"):
+            client.create_client("x", budget_usd=1, budget_period=period)  # type: ignore[arg-type]
+    assert len(fake.calls) == calls
+
+
+def test_quota_failure_is_decoded(client: Client, fake: FakeGateway) -> None:
+    status = rich_status(grpc.StatusCode.RESOURCE_EXHAUSTED, "budget used up", "CLIENT_BUDGET_EXCEEDED")
+    status.details.add().Pack(
+        error_details_pb2.QuotaFailure(
+            violations=[
+                error_details_pb2.QuotaFailure.Violation(subject="client:billing", description="daily budget used up")
+            ]
+        )
+    )
+    fake.error = status
+    with pytest.raises(GatewayError) as caught:
+        client.chat_completion(user_message="x")
+    err = caught.value
+    assert err.reason == "CLIENT_BUDGET_EXCEEDED"
+    assert err.quota_violations == [("client:billing", "daily budget used up")]
+    assert not err.retryable
+    assert pickle.loads(pickle.dumps(err)).quota_violations == err.quota_violations
+
+
 def test_read_only_methods(client: Client, fake: FakeGateway) -> None:
     config = client.get_configuration()
     assert config.endpoint == "https://api.openai.com/v1"
@@ -763,6 +939,29 @@ async def test_async_stream_error(fake: FakeGateway, grpc_addr: str) -> None:
     assert stream.text == "Hello!"
 
 
+async def test_async_client_tokens_and_client_registry(fake: FakeGateway, grpc_addr: str) -> None:
+    async with AsyncClient(grpc_addr, token=CLIENT_TOKEN, admin_token=ADMIN_TOKEN, timeout=10) as both:
+        await both.chat_completion(user_message="x")
+        assert await both.stream_chat(user_message="x").collect() == "Hello!"
+        await both.count_tokens("x")
+        await both.get_configuration()
+        await both.list_models()
+        assert (await both.get_usage("billing")).client == "billing"
+        await both.configure(default_model="gpt-4o")
+        created = await both.create_client("billing", tokens_per_minute=500, budget_usd=2, budget_period="month")
+        assert created.token == CLIENT_TOKEN_ISSUED
+        assert created.client.limits.tokens_per_minute == 500
+        assert [c.name for c in await both.list_clients(include_revoked=True)][-1] == "zz-old"
+        assert (await both.update_client("billing", requests_per_minute=3)).limits.requests_per_minute == 3
+        assert (await both.revoke_client("billing")).HasField("revoke_time")
+        assert CLIENT_TOKEN not in repr(both) and ADMIN_TOKEN not in repr(both)
+    check_token_routing(fake.calls, CLIENT_TOKEN, ADMIN_TOKEN)
+    request = fake.last("CreateClient").request
+    assert isinstance(request, gateway_pb2.CreateClientRequest)
+    assert request.limits.budget_period == gateway_pb2.BUDGET_PERIOD_MONTH
+    assert fake.last("ListClients").request == gateway_pb2.ListClientsRequest(include_revoked=True)
+
+
 async def test_async_errors_are_decoded(fake: FakeGateway, grpc_addr: str) -> None:
     fake.error = BAD_REQUEST
     async with AsyncClient(grpc_addr, timeout=10) as client:
@@ -1002,6 +1201,171 @@ def test_ctrl_c_while_waiting_for_a_delta_cancels_the_call() -> None:
     with pytest.raises(KeyboardInterrupt):
         next(stream)
     assert call.cancelled and stream.cancelled
+
+
+def test_cli_client_token_from_file_or_env(
+    fake: FakeGateway,
+    grpc_addr: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    token_file = tmp_path / "client.token"
+    token_file.write_text(CLIENT_TOKEN + "\n")
+    monkeypatch.setenv("GPT_GRPC_ADMIN_TOKEN", ADMIN_TOKEN)  # never sent on data-plane calls
+    code, out, err = run_cli(["--target", grpc_addr, "--token-file", str(token_file), "chat", "-q", "hi"], capsys)
+    assert code == 0 and out == "Hello!\n", err
+    assert fake.last("StreamChatCompletion").authorizations == [f"Bearer {CLIENT_TOKEN}"]
+
+    monkeypatch.setenv("GPT_GRPC_TOKEN", CLIENT_TOKEN)
+    for argv in (["count-tokens", "x"], ["models"], ["config"], ["usage"]):
+        code, _, err = run_cli(["--target", grpc_addr, *argv], capsys)
+        assert code == 0, err
+    assert [c.authorizations for c in fake.calls[1:]] == [[f"Bearer {CLIENT_TOKEN}"]] * 4
+
+    code, _, _ = run_cli(["--target", grpc_addr, "configure", "--default-model", "m"], capsys)
+    assert code == 0 and fake.last("Configure").authorizations == [f"Bearer {ADMIN_TOKEN}"]
+
+    code, _, err = run_cli(["--target", grpc_addr, "--token-file", str(tmp_path / "nope"), "models"], capsys)
+    assert code == 1 and "cannot read token file" in err
+
+
+def test_cli_clients(
+    fake: FakeGateway,
+    grpc_addr: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    admin_file = tmp_path / "admin.token"
+    admin_file.write_text(ADMIN_TOKEN + "\n")
+    monkeypatch.setenv("GPT_GRPC_TOKEN", CLIENT_TOKEN)  # never sent on admin calls
+    base = ["--target", grpc_addr, "--admin-token-file", str(admin_file), "clients"]
+
+    code, out, err = run_cli(
+        [*base, "create", "billing", "--requests-per-minute", "60", "--budget-usd", "5", "--budget-period", "day"],
+        capsys,
+    )
+    assert code == 0, err
+    assert out == CLIENT_TOKEN_ISSUED + "\n"  # the token alone on stdout: `> billing.token` stores it
+    assert "created client billing" in err and "gptk_ab12" in err and "$5/day" in err and "shown this once" in err
+    assert CLIENT_TOKEN_ISSUED not in err and ADMIN_TOKEN not in out + err
+    call = fake.last("CreateClient")
+    assert call.request == gateway_pb2.CreateClientRequest(
+        name="billing",
+        limits=gateway_pb2.ClientLimits(
+            requests_per_minute=60, budget_usd=5, budget_period=gateway_pb2.BUDGET_PERIOD_DAY
+        ),
+    )
+    assert call.authorizations == [f"Bearer {ADMIN_TOKEN}"]
+
+    code, out, _ = run_cli([*base, "list", "--all"], capsys)
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split()[:2] == ["NAME", "TOKEN"]
+    assert lines[1].split()[:6] == ["billing", "gptk_ab12", "60", "-", "$5/day", "0.250000"]
+    assert lines[2].split()[:5] == ["search", "gptk_ab12", "-", "-", "-"]
+    assert lines[3].split()[0] == "zz-old" and lines[3].split()[-2:] == ["2023-11-14", "22:23:20"]
+    assert fake.last("ListClients").request == gateway_pb2.ListClientsRequest(include_revoked=True)
+
+    code, out, _ = run_cli([*base, "update", "billing", "--tokens-per-minute", "1000"], capsys)
+    assert code == 0 and out.splitlines()[1].split()[:5] == ["billing", "gptk_ab12", "-", "1000", "-"]
+    assert fake.last("UpdateClient").request == gateway_pb2.UpdateClientRequest(
+        name="billing", limits=gateway_pb2.ClientLimits(tokens_per_minute=1000)
+    )
+
+    code, out, err = run_cli([*base, "revoke", "billing"], capsys)
+    assert (code, out) == (0, "") and "revoked client billing" in err
+    assert fake.last("RevokeClient").request == gateway_pb2.RevokeClientRequest(name="billing")
+
+    # A client's usage: GetUsage (a data-plane RPC) with the admin token.
+    code, out, _ = run_cli([*base, "usage", "billing"], capsys)
+    assert code == 0 and out.splitlines()[-1] == "client billing"
+    call = fake.last("GetUsage")
+    assert call.request == gateway_pb2.GetUsageRequest(client="billing")
+    assert call.authorizations == [f"Bearer {ADMIN_TOKEN}"]
+
+    for call in fake.calls:
+        assert not any(CLIENT_TOKEN in str(v) for _, v in call.pairs), call.method
+
+    calls = len(fake.calls)
+    code, _, err = run_cli([*base, "create", "x", "--budget-usd", "5"], capsys)
+    assert code == 1 and "--budget-usd and --budget-period go together" in err
+    code, _, err = run_cli([*base, "create", "x", "--budget-period", "week"], capsys)
+    assert code == 2 and "invalid choice" in err
+    code, _, err = run_cli([*base, "frobnicate"], capsys)
+    assert code == 2
+    assert len(fake.calls) == calls
+
+
+async def test_client_tokens_against_the_gateway(
+    standin: Standin, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The package end to end against the real gateway with a clients database."""
+    config = ServerConfig(
+        port=0,
+        admin_token=GATEWAY_ADMIN_TOKEN,
+        upstream=fast_upstream(standin.base_url),
+        db_path=str(tmp_path / "clients.db"),
+    )
+    gw = await start_gateway(config)
+    try:
+        async with AsyncClient(gw.target, admin_token=GATEWAY_ADMIN_TOKEN, timeout=10) as admin:
+            assert await admin.chat_completion(user_message="open") == "Echo: open"  # no client yet: open
+            created = await admin.create_client("billing", requests_per_minute=2)
+            assert created.token.startswith(created.client.token_prefix)
+            # The admin token is not sent on data-plane calls: the data plane is now closed to this client.
+            with pytest.raises(GatewayError) as missing:
+                await admin.chat_completion(user_message="x")
+            assert (missing.value.code, missing.value.reason) == (
+                grpc.StatusCode.UNAUTHENTICATED,
+                "CLIENT_TOKEN_MISSING",
+            )
+            assert [c.name for c in await admin.list_clients()] == ["billing"]
+
+        async with AsyncClient(gw.target, token=created.token, timeout=10) as billing:
+            assert await billing.chat_completion(user_message="one") == "Echo: one"
+            assert await billing.stream_chat(user_message="two").collect() == "Echo: two"
+            with pytest.raises(GatewayError) as limited:
+                await billing.chat_completion(user_message="three")
+            assert (limited.value.code, limited.value.reason) == (
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "CLIENT_RATE_LIMITED",
+            )
+            assert limited.value.retry_delay is not None and limited.value.retry_delay > 0
+            with pytest.raises(GatewayError) as forbidden:
+                await billing.get_usage("someone-else")
+            assert forbidden.value.reason == "CLIENT_FORBIDDEN"
+
+        # The CLI, from a thread (the gateway serves on this event loop).
+        admin_file, token_file = tmp_path / "admin.token", tmp_path / "search.token"
+        admin_file.write_text(GATEWAY_ADMIN_TOKEN)
+        base = ["--target", gw.target, "--timeout", "10"]
+
+        async def cli_run(*argv: str) -> tuple[int, str, str]:
+            code = await asyncio.to_thread(cli.main, [*base, *argv])
+            out, err = capsys.readouterr()
+            return code, out, err
+
+        code, out, err = await cli_run("--admin-token-file", str(admin_file), "clients", "create", "search")
+        assert code == 0, err
+        token_file.write_text(out)
+        code, out, err = await cli_run("--token-file", str(token_file), "chat", "-q", "via the cli")
+        assert (code, out) == (0, "Echo: via the cli\n"), err
+        code, out, err = await cli_run("--token-file", str(token_file), "usage")
+        assert code == 0 and out.splitlines()[-1] == "client search", err
+        code, out, _ = await cli_run("--admin-token-file", str(admin_file), "clients", "list")
+        assert [line.split()[0] for line in out.splitlines()] == ["NAME", "billing", "search"]
+        code, out, _ = await cli_run("--admin-token-file", str(admin_file), "clients", "usage", "billing")
+        assert code == 0 and out.splitlines()[-1] == "client billing"
+        rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()[1:] if line[:1].strip()}
+        assert rows["gpt-4o-mini"][0] == "2" and rows["TOTAL"][0] == "2"  # two answered calls
+        code, _, _ = await cli_run("--admin-token-file", str(admin_file), "clients", "revoke", "search")
+        assert code == 0
+        code, _, err = await cli_run("--token-file", str(token_file), "count-tokens", "x")
+        assert code == 1 and "UNAUTHENTICATED CLIENT_TOKEN_INVALID" in err
+    finally:
+        await stop_gateway(gw)
 
 
 def test_console_script_entry_point() -> None:

@@ -5,6 +5,8 @@ Examples::
     gpt-grpc chat "Write a haiku about gRPC"
     echo "some text" | gpt-grpc count-tokens --model gpt-4o
     gpt-grpc --admin-token-file admin.token configure --api-key-file openai.key
+    gpt-grpc --admin-token-file admin.token clients create billing --requests-per-minute 60 > billing.token
+    gpt-grpc --token-file billing.token chat "Hello"
     gpt-grpc models
     gpt-grpc usage
 
@@ -18,7 +20,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from typing import TextIO
+from typing import Any, TextIO
 
 from google.protobuf import duration_pb2
 from gptgrpc.v1 import gateway_pb2
@@ -30,6 +32,7 @@ __all__ = ["build_parser", "main"]
 
 TARGET_ENV = "GPT_GRPC_TARGET"
 ADMIN_TOKEN_ENV = "GPT_GRPC_ADMIN_TOKEN"
+TOKEN_ENV = "GPT_GRPC_TOKEN"
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -44,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gpt-grpc",
         description="Command line client of the gpt-grpc gateway.",
-        epilog=f"Environment: {TARGET_ENV} (default target), {ADMIN_TOKEN_ENV} (admin token).",
+        epilog=f"Environment: {TARGET_ENV} (default target), {TOKEN_ENV} (client token), "
+        f"{ADMIN_TOKEN_ENV} (admin token).",
     )
     parser.add_argument(
         "--target",
@@ -57,9 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cert", metavar="FILE", help="PEM client certificate chain, for mutual TLS")
     parser.add_argument("--key", metavar="FILE", help="PEM client private key, for mutual TLS")
     parser.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help=f"file holding the client token, sent on data-plane calls (default: ${TOKEN_ENV})",
+    )
+    parser.add_argument(
         "--admin-token-file",
         metavar="FILE",
-        help=f"file holding the admin token for configure (default: ${ADMIN_TOKEN_ENV})",
+        help=f"file holding the admin token, sent on configure and clients calls (default: ${ADMIN_TOKEN_ENV})",
     )
     parser.add_argument("--timeout", type=float, metavar="SECONDS", help="deadline of each call")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -91,8 +100,35 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("config", help="show the current settings (API key masked)")
     commands.add_parser("models", help="list the known models")
-    commands.add_parser("usage", help="requests, tokens and cost per model")
+    commands.add_parser("usage", help="requests, tokens and cost per model (with a client token: its own)")
+    _add_clients_parser(commands)
     return parser
+
+
+def _add_limit_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--requests-per-minute", type=int, metavar="N", help="calls per sliding minute")
+    parser.add_argument("--tokens-per-minute", type=int, metavar="N", help="prompt + completion tokens per minute")
+    parser.add_argument("--budget-usd", type=float, metavar="USD", help="spend allowed per budget period")
+    parser.add_argument("--budget-period", choices=("day", "month"), help="period of --budget-usd (UTC)")
+
+
+def _add_clients_parser(commands: Any) -> None:
+    clients = commands.add_parser("clients", help="define, list, change and revoke clients (admin)")
+    actions = clients.add_subparsers(dest="clients_command", metavar="ACTION", required=True)
+    create = actions.add_parser(
+        "create", help="define a client; prints its token on stdout (shown this once), the rest on stderr"
+    )
+    create.add_argument("name", help="letters, digits, '_', '-' and '.', 1 to 64")
+    _add_limit_arguments(create)
+    listing = actions.add_parser("list", help="list the clients, their limits and spend (never their tokens)")
+    listing.add_argument("--all", action="store_true", help="include revoked clients")
+    update = actions.add_parser("update", help="replace a client's limits (the limits not given are removed)")
+    update.add_argument("name")
+    _add_limit_arguments(update)
+    revoke = actions.add_parser("revoke", help="revoke a client's token at once")
+    revoke.add_argument("name")
+    usage = actions.add_parser("usage", help="a client's persisted usage per model")
+    usage.add_argument("name")
 
 
 def _read_file(path: str, what: str) -> str:
@@ -111,20 +147,34 @@ def _text_or_stdin(words: Sequence[str], what: str) -> str:
     return sys.stdin.read()
 
 
+def _admin_token(args: argparse.Namespace) -> str | None:
+    if args.admin_token_file:
+        return _read_file(args.admin_token_file, "admin token") or None
+    return os.environ.get(ADMIN_TOKEN_ENV, "").strip() or None
+
+
+def _client_token(args: argparse.Namespace) -> str | None:
+    if args.token_file:
+        return _read_file(args.token_file, "token") or None
+    return os.environ.get(TOKEN_ENV, "").strip() or None
+
+
 def _client(args: argparse.Namespace, *, admin: bool = False) -> Client:
-    target = args.target or os.environ.get(TARGET_ENV) or DEFAULT_TARGET
-    token: str | None = None
+    """A client with the one token the command needs: the admin token for admin commands, else the client token."""
     if admin:
-        if args.admin_token_file:
-            token = _read_file(args.admin_token_file, "admin token")
-        else:
-            token = os.environ.get(ADMIN_TOKEN_ENV, "").strip() or None
+        return _connect(args, token=None, admin_token=_admin_token(args))
+    return _connect(args, token=_client_token(args), admin_token=None)
+
+
+def _connect(args: argparse.Namespace, *, token: str | None, admin_token: str | None) -> Client:
+    target = args.target or os.environ.get(TARGET_ENV) or DEFAULT_TARGET
     if (args.cert is None) != (args.key is None):
         raise _CliError("--cert and --key go together")
     try:
         return Client(
             target,
-            admin_token=token,
+            token=token,
+            admin_token=admin_token,
             tls=args.tls,
             root_certificates=_pem_file(args.ca, "CA"),
             private_key=_pem_file(args.key, "key"),
@@ -309,7 +359,11 @@ def _models(args: argparse.Namespace) -> int:
 def _usage(args: argparse.Namespace) -> int:
     with _client(args) as client:
         response = client.get_usage()
+    _print_usage(response)
+    return 0
 
+
+def _print_usage(response: gateway_pb2.GetUsageResponse) -> None:
     def row(name: str, u: gateway_pb2.ModelUsage) -> tuple[str, ...]:
         return (
             name,
@@ -340,6 +394,78 @@ def _usage(args: argparse.Namespace) -> int:
     if response.HasField("since"):
         since = response.since.ToDatetime().strftime("%Y-%m-%d %H:%M:%S UTC")
         print(f"since {since}", file=sys.stdout)
+    if response.client:
+        print(f"client {response.client}", file=sys.stdout)
+
+
+def _limits_text(limits: gateway_pb2.ClientLimits) -> tuple[str, str, str]:
+    rpm = str(limits.requests_per_minute) if limits.HasField("requests_per_minute") else "-"
+    tpm = str(limits.tokens_per_minute) if limits.HasField("tokens_per_minute") else "-"
+    budget = "-"
+    if limits.HasField("budget_usd"):
+        period = gateway_pb2.BudgetPeriod.Name(limits.budget_period).removeprefix("BUDGET_PERIOD_").lower()
+        budget = f"${limits.budget_usd:g}/{period}"
+    return rpm, tpm, budget
+
+
+def _when(client: gateway_pb2.Client, field: str) -> str:
+    if not client.HasField(field):  # type: ignore[arg-type]
+        return "-"
+    return str(getattr(client, field).ToDatetime().strftime("%Y-%m-%d %H:%M:%S"))
+
+
+def _print_clients(out: TextIO, clients: Sequence[gateway_pb2.Client]) -> None:
+    rows = [
+        (
+            c.name,
+            c.token_prefix,
+            *_limits_text(c.limits),
+            f"{c.period_spend_usd:.6f}",
+            _when(c, "create_time"),
+            _when(c, "revoke_time"),
+        )
+        for c in clients
+    ]
+    header = ("NAME", "TOKEN PREFIX", "REQ/MIN", "TOKENS/MIN", "BUDGET", "SPEND $", "CREATED (UTC)", "REVOKED (UTC)")
+    _print_table(out, header, rows)
+
+
+def _limit_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    if (args.budget_usd is None) != (args.budget_period is None):
+        raise _CliError("--budget-usd and --budget-period go together")
+    return {
+        "requests_per_minute": args.requests_per_minute,
+        "tokens_per_minute": args.tokens_per_minute,
+        "budget_usd": args.budget_usd,
+        "budget_period": args.budget_period,
+    }
+
+
+def _clients(args: argparse.Namespace) -> int:
+    action = args.clients_command
+    if action == "usage":
+        # A client's persisted usage is a data-plane call (GetUsage) that the admin token may make.
+        with _connect(args, token=_admin_token(args), admin_token=None) as client:
+            _print_usage(client.get_usage(args.name))
+        return 0
+    with _client(args, admin=True) as client:
+        if action == "create":
+            created = client.create_client(args.name, **_limit_kwargs(args))
+            # Only the token goes to stdout, so that `... > name.token` stores it and nothing else.
+            print(created.token, flush=True)
+            rpm, tpm, budget = _limits_text(created.client.limits)
+            print(
+                f"created client {created.client.name} (token prefix {created.client.token_prefix}; requests/min "
+                f"{rpm}, tokens/min {tpm}, budget {budget}). The token is shown this once: store it now.",
+                file=sys.stderr,
+            )
+        elif action == "list":
+            _print_clients(sys.stdout, client.list_clients(include_revoked=args.all))
+        elif action == "update":
+            _print_clients(sys.stdout, [client.update_client(args.name, **_limit_kwargs(args))])
+        else:  # revoke
+            revoked = client.revoke_client(args.name)
+            print(f"revoked client {revoked.name} (token prefix {revoked.token_prefix})", file=sys.stderr)
     return 0
 
 
@@ -350,6 +476,7 @@ _COMMANDS = {
     "config": _config,
     "models": _models,
     "usage": _usage,
+    "clients": _clients,
 }
 
 
@@ -357,6 +484,8 @@ def _report(err: GatewayError) -> None:
     print(f"error: {err}", file=sys.stderr)
     for field, description in err.field_violations:
         print(f"  {field}: {description}", file=sys.stderr)
+    for subject, description in err.quota_violations:
+        print(f"  {subject}: {description}", file=sys.stderr)
     if err.retry_delay is not None:
         print(f"  retry after {err.retry_delay:g}s", file=sys.stderr)
     if err.request_id:

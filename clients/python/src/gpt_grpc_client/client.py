@@ -26,6 +26,7 @@ __all__ = [
     "DEFAULT_TARGET",
     "AsyncChatStream",
     "AsyncClient",
+    "BudgetPeriodLike",
     "CertificateSource",
     "ChatStream",
     "Client",
@@ -46,6 +47,8 @@ CertificateSource: TypeAlias = bytes | str | os.PathLike[str]
 Seconds: TypeAlias = float | int | timedelta
 #: gRPC call metadata: ``(key, value)`` pairs; keys lower case, ``-bin`` keys take bytes.
 MetadataPairs: TypeAlias = Sequence[tuple[str, str | bytes]]
+#: A client's budget period: ``"day"`` or ``"month"`` (UTC), or a ``BudgetPeriod`` value.
+BudgetPeriodLike: TypeAlias = str | int
 
 _ROLES: dict[str, gateway_pb2.Role.ValueType] = {
     "system": gateway_pb2.ROLE_SYSTEM,
@@ -255,6 +258,44 @@ def _configure_request(
     return request
 
 
+_BUDGET_PERIODS: dict[str, gateway_pb2.BudgetPeriod.ValueType] = {
+    "day": gateway_pb2.BUDGET_PERIOD_DAY,
+    "month": gateway_pb2.BUDGET_PERIOD_MONTH,
+}
+
+
+def _budget_period(value: Any) -> gateway_pb2.BudgetPeriod.ValueType:
+    """``"day"``/``"month"`` (or a ``BudgetPeriod`` value or name) as a ``BudgetPeriod``."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        for period in _BUDGET_PERIODS.values():
+            if period == value:
+                return period
+    elif isinstance(value, str):
+        key = value.strip().lower().removeprefix("budget_period_")
+        if key in _BUDGET_PERIODS:
+            return _BUDGET_PERIODS[key]
+    raise ValueError(f"unknown budget period {value!r}; use 'day' or 'month'")
+
+
+def _client_limits(
+    requests_per_minute: int | None,
+    tokens_per_minute: int | None,
+    budget_usd: float | None,
+    budget_period: BudgetPeriodLike | None,
+) -> gateway_pb2.ClientLimits:
+    """The ``ClientLimits`` with only the given limits set (an unset limit means no limit)."""
+    limits = gateway_pb2.ClientLimits()
+    if requests_per_minute is not None:
+        limits.requests_per_minute = int(requests_per_minute)
+    if tokens_per_minute is not None:
+        limits.tokens_per_minute = int(tokens_per_minute)
+    if budget_usd is not None:
+        limits.budget_usd = float(budget_usd)
+    if budget_period is not None:
+        limits.budget_period = _budget_period(budget_period)
+    return limits
+
+
 def _pem(value: CertificateSource | None, name: str) -> bytes | None:
     """PEM bytes as given, or read from a file path (a str holding PEM text is used as is)."""
     if value is None:
@@ -267,6 +308,18 @@ def _pem(value: CertificateSource | None, name: str) -> bytes | None:
         with open(value, "rb") as f:
             return f.read()
     raise TypeError(f"{name} must be PEM bytes or a file path, not {type(value).__name__}")
+
+
+def _with_bearer(
+    metadata: tuple[tuple[str, str | bytes], ...], token: str | None, name: str
+) -> tuple[tuple[str, str | bytes], ...]:
+    if not token:
+        return metadata
+    if not isinstance(token, str):
+        raise TypeError(f"{name} must be a str, not {type(token).__name__}")
+    if token != token.strip() or any(not (" " < c <= "~") for c in token):
+        raise ValueError(f"{name} must be printable ASCII without spaces (strip the newline of a token file)")
+    return (*metadata, ("authorization", f"Bearer {token}"))
 
 
 def _code(err: grpc.RpcError) -> Any:
@@ -513,6 +566,7 @@ class _BaseClient:
         self,
         target: str = DEFAULT_TARGET,
         *,
+        token: str | None = None,
         admin_token: str | None = None,
         tls: bool = False,
         root_certificates: CertificateSource | None = None,
@@ -525,7 +579,6 @@ class _BaseClient:
         if (private_key is None) != (certificate_chain is None):
             raise ValueError("private_key and certificate_chain go together (mutual TLS)")
         self._target = target
-        self.__admin_token = admin_token or None
         self._tls = bool(tls or root_certificates or private_key or certificate_chain)
         self._credentials: Any = None
         if self._tls:
@@ -536,8 +589,11 @@ class _BaseClient:
             )
         pairs = tuple((str(key), value) for key, value in metadata)
         if any(key.lower() == "authorization" for key, _ in pairs):
-            raise ValueError("pass the admin token as admin_token, not as metadata")
-        self._metadata: tuple[tuple[str, str | bytes], ...] = pairs
+            raise ValueError("pass the tokens as token (client) and admin_token, not as metadata")
+        # Each call carries at most one bearer token: the client token on data-plane calls,
+        # the admin token on admin calls. Neither is kept anywhere else (repr shows none).
+        self._metadata: tuple[tuple[str, str | bytes], ...] = _with_bearer(pairs, token, "token")
+        self._admin_md: tuple[tuple[str, str | bytes], ...] = _with_bearer(pairs, admin_token, "admin_token")
         self._timeout = _seconds(timeout, "timeout")
         self._options = tuple(options)
 
@@ -555,9 +611,7 @@ class _BaseClient:
         return _seconds(timeout, "timeout") if timeout is not None else self._timeout
 
     def _admin_metadata(self) -> tuple[tuple[str, str | bytes], ...]:
-        if self.__admin_token is None:
-            return self._metadata
-        return (*self._metadata, ("authorization", f"Bearer {self.__admin_token}"))
+        return self._admin_md
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(target={self._target!r}, tls={self._tls})"
@@ -569,12 +623,20 @@ class Client(_BaseClient):
     Every failed call raises :class:`GatewayError` (chained to the original
     ``grpc.RpcError``). ``timeout`` is the default deadline of each call in seconds
     (``None``: no deadline); each method also takes its own ``timeout``.
+
+    Tokens: ``token`` (a client token from :meth:`create_client`) is sent as
+    ``authorization: Bearer <token>`` on every data-plane call (chat, streams,
+    ``count_tokens``, ``list_models``, ``get_configuration``, ``get_usage``), and
+    ``admin_token`` on the admin calls only (``configure`` and the client registry:
+    ``create_client``, ``list_clients``, ``update_client``, ``revoke_client``); a call
+    never carries both. The gateway needs a client token once a client exists.
     """
 
     def __init__(
         self,
         target: str = DEFAULT_TARGET,
         *,
+        token: str | None = None,
         admin_token: str | None = None,
         tls: bool = False,
         root_certificates: CertificateSource | None = None,
@@ -586,6 +648,7 @@ class Client(_BaseClient):
     ) -> None:
         super().__init__(
             target,
+            token=token,
             admin_token=admin_token,
             tls=tls,
             root_certificates=root_certificates,
@@ -740,7 +803,7 @@ class Client(_BaseClient):
         max_backoff: Seconds | None = None,
         timeout: Seconds | None = None,
     ) -> gateway_pb2.Configuration:
-        """Change the gateway's upstream settings (needs the client's ``admin_token``).
+        """Change the gateway's upstream settings (admin: needs the client's ``admin_token``).
 
         Only the arguments that are not ``None`` are sent; durations are seconds or
         ``timedelta``. Returns the settings now in force (API key masked).
@@ -775,12 +838,79 @@ class Client(_BaseClient):
         )
         return response
 
-    def get_usage(self, *, timeout: Seconds | None = None) -> gateway_pb2.GetUsageResponse:
-        """Requests, tokens and cost per model since the gateway started."""
+    def get_usage(self, client: str | None = None, *, timeout: Seconds | None = None) -> gateway_pb2.GetUsageResponse:
+        """Requests, tokens and cost per model.
+
+        Without ``client``: all traffic since the gateway started, or, with a client
+        ``token``, that client's own usage. With ``client``: that client's persisted usage
+        (its own token, or the admin token given as ``token``).
+        """
         response: gateway_pb2.GetUsageResponse = self._unary(
-            self._stub.GetUsage, gateway_pb2.GetUsageRequest(), timeout
+            self._stub.GetUsage, gateway_pb2.GetUsageRequest(client=client or ""), timeout
         )
         return response
+
+    def create_client(
+        self,
+        name: str,
+        *,
+        requests_per_minute: int | None = None,
+        tokens_per_minute: int | None = None,
+        budget_usd: float | None = None,
+        budget_period: BudgetPeriodLike | None = None,
+        timeout: Seconds | None = None,
+    ) -> gateway_pb2.CreateClientResponse:
+        """Define a client with its own token and limits (admin).
+
+        Limits left ``None`` are unlimited; ``budget_usd`` needs ``budget_period``
+        (``"day"`` or ``"month"``, UTC). The response's ``token`` is shown this once (the
+        gateway keeps only a hash). Once a client exists, data-plane calls need a token.
+        """
+        request = gateway_pb2.CreateClientRequest(
+            name=name, limits=_client_limits(requests_per_minute, tokens_per_minute, budget_usd, budget_period)
+        )
+        response: gateway_pb2.CreateClientResponse = self._unary(
+            self._stub.CreateClient, request, timeout, self._admin_metadata()
+        )
+        return response
+
+    def list_clients(
+        self, include_revoked: bool = False, *, timeout: Seconds | None = None
+    ) -> list[gateway_pb2.Client]:
+        """The clients sorted by name, with their limits and current spend, never their tokens (admin)."""
+        response: gateway_pb2.ListClientsResponse = self._unary(
+            self._stub.ListClients,
+            gateway_pb2.ListClientsRequest(include_revoked=include_revoked),
+            timeout,
+            self._admin_metadata(),
+        )
+        return list(response.clients)
+
+    def update_client(
+        self,
+        name: str,
+        *,
+        requests_per_minute: int | None = None,
+        tokens_per_minute: int | None = None,
+        budget_usd: float | None = None,
+        budget_period: BudgetPeriodLike | None = None,
+        timeout: Seconds | None = None,
+    ) -> gateway_pb2.Client:
+        """Replace a client's limits (admin): the limits not given are removed. Returns the client."""
+        request = gateway_pb2.UpdateClientRequest(
+            name=name, limits=_client_limits(requests_per_minute, tokens_per_minute, budget_usd, budget_period)
+        )
+        response: gateway_pb2.UpdateClientResponse = self._unary(
+            self._stub.UpdateClient, request, timeout, self._admin_metadata()
+        )
+        return response.client
+
+    def revoke_client(self, name: str, *, timeout: Seconds | None = None) -> gateway_pb2.Client:
+        """Revoke a client's token at once (admin). Returns the revoked client."""
+        response: gateway_pb2.RevokeClientResponse = self._unary(
+            self._stub.RevokeClient, gateway_pb2.RevokeClientRequest(name=name), timeout, self._admin_metadata()
+        )
+        return response.client
 
 
 class AsyncClient(_BaseClient):
@@ -789,12 +919,14 @@ class AsyncClient(_BaseClient):
     The channel is created on first use, inside the running event loop, so the client
     may be constructed anywhere. Every failed call raises :class:`GatewayError`;
     cancelling the awaiting task cancels the call and propagates ``CancelledError``.
+    ``token`` and ``admin_token`` go on data-plane and admin calls as in :class:`Client`.
     """
 
     def __init__(
         self,
         target: str = DEFAULT_TARGET,
         *,
+        token: str | None = None,
         admin_token: str | None = None,
         tls: bool = False,
         root_certificates: CertificateSource | None = None,
@@ -806,6 +938,7 @@ class AsyncClient(_BaseClient):
     ) -> None:
         super().__init__(
             target,
+            token=token,
             admin_token=admin_token,
             tls=tls,
             root_certificates=root_certificates,
@@ -999,7 +1132,68 @@ class AsyncClient(_BaseClient):
         )
         return response
 
-    async def get_usage(self, *, timeout: Seconds | None = None) -> gateway_pb2.GetUsageResponse:
-        """Requests, tokens and cost per model since the gateway started."""
-        response: gateway_pb2.GetUsageResponse = await self._unary("GetUsage", gateway_pb2.GetUsageRequest(), timeout)
+    async def get_usage(
+        self, client: str | None = None, *, timeout: Seconds | None = None
+    ) -> gateway_pb2.GetUsageResponse:
+        """Requests, tokens and cost per model; see :meth:`Client.get_usage`."""
+        response: gateway_pb2.GetUsageResponse = await self._unary(
+            "GetUsage", gateway_pb2.GetUsageRequest(client=client or ""), timeout
+        )
         return response
+
+    async def create_client(
+        self,
+        name: str,
+        *,
+        requests_per_minute: int | None = None,
+        tokens_per_minute: int | None = None,
+        budget_usd: float | None = None,
+        budget_period: BudgetPeriodLike | None = None,
+        timeout: Seconds | None = None,
+    ) -> gateway_pb2.CreateClientResponse:
+        """Define a client with its own token and limits (admin); see :meth:`Client.create_client`."""
+        request = gateway_pb2.CreateClientRequest(
+            name=name, limits=_client_limits(requests_per_minute, tokens_per_minute, budget_usd, budget_period)
+        )
+        response: gateway_pb2.CreateClientResponse = await self._unary(
+            "CreateClient", request, timeout, self._admin_metadata()
+        )
+        return response
+
+    async def list_clients(
+        self, include_revoked: bool = False, *, timeout: Seconds | None = None
+    ) -> list[gateway_pb2.Client]:
+        """The clients sorted by name (admin); see :meth:`Client.list_clients`."""
+        response: gateway_pb2.ListClientsResponse = await self._unary(
+            "ListClients",
+            gateway_pb2.ListClientsRequest(include_revoked=include_revoked),
+            timeout,
+            self._admin_metadata(),
+        )
+        return list(response.clients)
+
+    async def update_client(
+        self,
+        name: str,
+        *,
+        requests_per_minute: int | None = None,
+        tokens_per_minute: int | None = None,
+        budget_usd: float | None = None,
+        budget_period: BudgetPeriodLike | None = None,
+        timeout: Seconds | None = None,
+    ) -> gateway_pb2.Client:
+        """Replace a client's limits (admin); see :meth:`Client.update_client`."""
+        request = gateway_pb2.UpdateClientRequest(
+            name=name, limits=_client_limits(requests_per_minute, tokens_per_minute, budget_usd, budget_period)
+        )
+        response: gateway_pb2.UpdateClientResponse = await self._unary(
+            "UpdateClient", request, timeout, self._admin_metadata()
+        )
+        return response.client
+
+    async def revoke_client(self, name: str, *, timeout: Seconds | None = None) -> gateway_pb2.Client:
+        """Revoke a client's token at once (admin)."""
+        response: gateway_pb2.RevokeClientResponse = await self._unary(
+            "RevokeClient", gateway_pb2.RevokeClientRequest(name=name), timeout, self._admin_metadata()
+        )
+        return response.client

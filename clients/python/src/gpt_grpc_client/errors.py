@@ -4,7 +4,8 @@ Every failure of the gateway is a gRPC status whose ``grpc-status-details-bin``
 trailing metadata holds a serialized ``google.rpc.Status``. Its details carry
 exactly one ``google.rpc.ErrorInfo`` (domain ``"gpt-grpc"``, reason = an
 ``ErrorReason`` name), plus ``google.rpc.RetryInfo`` when retrying later makes
-sense and ``google.rpc.BadRequest`` for invalid fields.
+sense, ``google.rpc.BadRequest`` for invalid fields and ``google.rpc.QuotaFailure``
+when a client's budget is used up (``CLIENT_BUDGET_EXCEEDED``).
 
 This module decodes them with googleapis-common-protos only: the client does not
 need grpcio-status.
@@ -43,6 +44,8 @@ class GatewayError(Exception):
         retry_delay: Seconds to wait before retrying, from ``RetryInfo``; ``None`` when
             the gateway does not suggest a retry.
         field_violations: ``(field, description)`` pairs from ``BadRequest``.
+        quota_violations: ``(subject, description)`` pairs from ``QuotaFailure``
+            (e.g. ``("client:billing", "daily budget of $5.00 used: ...")``).
         request_id: The request id from ErrorInfo metadata, ``RequestInfo`` or the
             ``x-request-id`` trailer; ``None`` when unknown.
         status: The decoded ``google.rpc.Status``, or ``None`` when there was none.
@@ -55,6 +58,7 @@ class GatewayError(Exception):
     metadata: dict[str, str]
     retry_delay: float | None
     field_violations: list[tuple[str, str]]
+    quota_violations: list[tuple[str, str]]
     request_id: str | None
     status: status_pb2.Status | None
 
@@ -68,6 +72,7 @@ class GatewayError(Exception):
         metadata: dict[str, str] | None = None,
         retry_delay: float | None = None,
         field_violations: Iterable[tuple[str, str]] = (),
+        quota_violations: Iterable[tuple[str, str]] = (),
         request_id: str | None = None,
         status: status_pb2.Status | None = None,
     ) -> None:
@@ -79,6 +84,7 @@ class GatewayError(Exception):
         self.metadata = dict(metadata or {})
         self.retry_delay = retry_delay
         self.field_violations = list(field_violations)
+        self.quota_violations = list(quota_violations)
         self.request_id = request_id
         self.status = status
 
@@ -114,6 +120,7 @@ class GatewayError(Exception):
             "metadata": self.metadata,
             "retry_delay": self.retry_delay,
             "field_violations": self.field_violations,
+            "quota_violations": self.quota_violations,
             "request_id": self.request_id,
             "status": self.status.SerializeToString() if self.status is not None else None,
         }
@@ -146,6 +153,7 @@ class GatewayError(Exception):
         metadata: dict[str, str] = {}
         retry_delay: float | None = None
         violations: list[tuple[str, str]] = []
+        quota: list[tuple[str, str]] = []
         request_id: str | None = None
         if status is not None:
             have_info = False
@@ -164,6 +172,10 @@ class GatewayError(Exception):
                     bad = error_details_pb2.BadRequest()
                     if detail.Unpack(bad):
                         violations.extend((v.field, v.description) for v in bad.field_violations)
+                elif detail.Is(error_details_pb2.QuotaFailure.DESCRIPTOR):
+                    failure = error_details_pb2.QuotaFailure()
+                    if detail.Unpack(failure):
+                        quota.extend((v.subject, v.description) for v in failure.violations)
                 elif detail.Is(error_details_pb2.RequestInfo.DESCRIPTOR):
                     req = error_details_pb2.RequestInfo()
                     if detail.Unpack(req) and req.request_id:
@@ -187,6 +199,7 @@ class GatewayError(Exception):
             metadata=metadata,
             retry_delay=retry_delay,
             field_violations=violations,
+            quota_violations=quota,
             request_id=request_id,
             status=status,
         )
