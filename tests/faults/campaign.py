@@ -304,9 +304,9 @@ class CampaignReport:
             f"  upstream requests       {self.upstream_requests:8d}",
             "  faults injected by kind:",
         ]
-        lines += [f"    {kind:<22}{n:8d}" for kind, n in sorted(self.faults.items(), key=lambda kv: -kv[1])]
+        lines += [f"    {kind:<26}{n:8d}" for kind, n in sorted(self.faults.items(), key=lambda kv: -kv[1])]
         lines.append("  outcomes by status:")
-        lines += [f"    {name:<44}{n:8d}" for name, n in self.outcomes().most_common()]
+        lines += [f"    {name:<52}{n:8d}" for name, n in self.outcomes().most_common()]
         lines.append("  upstream attempts per call:")
         lines += [f"    {k:<22}{v:8d}" for k, v in sorted(self.attempts.items())]
         elapsed = [c.elapsed for c in self.calls]
