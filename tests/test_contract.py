@@ -302,6 +302,10 @@ async def test_contract_case(case: dict[str, Any], exact: dict[str, Any], servic
         assert expect.get("reason"), f"expect.reason is required with code {want_code}"
     method = SERVICE.methods_by_name.get(case["rpc"])
     assert method is not None, f"rpc {case['rpc']!r} is not a method of {SERVICE.full_name}"
+    save: dict[str, str] = case.get("save") or {}
+    if save:
+        assert want_code == "OK" and not method.server_streaming, "save needs expect.code OK on a unary RPC"
+        assert all(VARIABLE.fullmatch(f"${{{name}}}") for name in save), f"save: bad variable names {list(save)}"
     request = message_factory.GetMessageClass(method.input_type)()
     json_format.ParseDict(case.get("request") or {}, request)
     timeout = (case.get("timeout_ms") or FILE["defaults"]["timeout_ms"]) / 1000
@@ -334,6 +338,24 @@ async def test_contract_case(case: dict[str, Any], exact: dict[str, Any], servic
     if "upstream_chat_requests" in expect:
         stats = await standin(f"{services.standin_url}/_standin/stats")
         assert stats["requests"] == expect["upstream_chat_requests"], "chat requests the stand-in received"
+
+    # 5: save values for later cases.
+    for name, path in save.items():
+        services.saved[name] = saved_value(to_json(responses[0]), path)
+
+
+def saved_value(view: Any, path: str) -> str:
+    """The string at ``path`` (dotted proto field names) of a response's JSON view."""
+    value = view
+    for key in path.split("."):
+        if not isinstance(value, dict):
+            pytest.fail(f"save: the response has no field {path!r} ({key} is not a message)", pytrace=False)
+        if key not in value:  # field names only: the values may be secrets (tokens)
+            pytest.fail(f"save: the response has no field {path!r} (fields there: {', '.join(sorted(value))})", False)
+        value = value[key]
+    if not isinstance(value, str):
+        pytest.fail(f"save: {path} is not a string", pytrace=False)
+    return value
 
 
 # --------------------------------------------------------------------------- the matcher itself
@@ -423,3 +445,12 @@ def test_stream_shape() -> None:
     for bad in ([], [delta("a")], [summary, delta("a")], [delta("a"), summary, summary]):
         with pytest.raises((AssertionError, pytest.fail.Exception)):
             check_stream(bad, {})
+
+
+def test_saved_value() -> None:
+    view = {"token": "gptk_1", "client": {"name": "c", "limits": {"requests_per_minute": 1}}}
+    assert saved_value(view, "token") == "gptk_1"
+    assert saved_value(view, "client.name") == "c"
+    for path in ("missing", "client.missing", "token.deeper", "client.limits.requests_per_minute", "client"):
+        with pytest.raises(pytest.fail.Exception):
+            saved_value(view, path)

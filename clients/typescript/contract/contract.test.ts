@@ -29,7 +29,7 @@ import {
   RetryInfoSchema,
   type GPTClient,
 } from "../src/index.js";
-import { match, type Json } from "./match.js";
+import { match, savedValue, type Json } from "./match.js";
 
 interface ContractCase {
   name: string;
@@ -38,6 +38,7 @@ interface ContractCase {
   faults?: Json[];
   request?: Json;
   timeout_ms?: number;
+  save?: Record<string, string>;
   expect: {
     code: string;
     reason?: string;
@@ -71,10 +72,11 @@ function requireEnv(name: string): string {
   return v;
 }
 
-function expandEnv(value: string): string {
+/** Substitutes ${NAME}: a variable saved by an earlier case, else an environment variable. */
+function expandVars(value: string, saved: Map<string, string>): string {
   return value.replace(/\$\{([A-Za-z_][A-Za-z0-9_]*)\}/g, (_m, name: string) => {
-    const v = process.env[name];
-    if (v === undefined) throw new Error(`metadata refers to \${${name}}, which is not set`);
+    const v = saved.get(name) ?? process.env[name];
+    if (v === undefined) throw new Error(`metadata refers to \${${name}}, which is neither saved by an earlier case nor set`);
     return v;
   });
 }
@@ -188,6 +190,7 @@ test("contract", async (t) => {
   assert.equal(new Set(file.cases.map((c) => c.name)).size, file.cases.length, "duplicate case names");
 
   const client = createClient(target, { insecure: true });
+  const saved = new Map<string, string>(); // variables saved by earlier cases ("save")
   try {
     for (const c of file.cases) {
       await t.test(c.name, async () => {
@@ -195,13 +198,18 @@ test("contract", async (t) => {
         const method = GPTService.methods.find((m) => m.name === c.rpc);
         assert.ok(method, `rpc ${c.rpc} is not a method of ${GPTService.typeName}`);
         if (exp.code !== "OK") assert.ok(exp.reason, `expect.reason is required with code ${exp.code}`);
+        const save = Object.entries(c.save ?? {});
+        if (save.length > 0) {
+          assert.ok(exp.code === "OK" && method.methodKind === "unary", "save needs expect.code OK on a unary RPC");
+          for (const [name] of save) assert.match(name, /^[A-Za-z_][A-Za-z0-9_]*$/, "save: variable name");
+        }
         const request = fromJson(method.input, (c.request ?? {}) as JsonValue);
 
         await standin(`${standinUrl}/_standin/reset`, {});
         if (c.faults && c.faults.length > 0) await standin(`${standinUrl}/_standin/faults`, { faults: c.faults });
 
         const headers = new Headers();
-        for (const [k, v] of Object.entries(c.metadata ?? {})) headers.append(k, expandEnv(v));
+        for (const [k, v] of Object.entries(c.metadata ?? {})) headers.append(k, expandVars(v, saved));
         let responses: Message[] = [];
         let error: ConnectError | undefined;
         try {
@@ -229,6 +237,12 @@ test("contract", async (t) => {
         if (exp.upstream_chat_requests !== undefined) {
           const stats = (await standin(`${standinUrl}/_standin/stats`)) as { requests: number };
           assert.equal(stats.requests, exp.upstream_chat_requests, "chat requests the stand-in received");
+        }
+
+        // 5: save values for later cases (every check above passed: they throw).
+        if (save.length > 0) {
+          const view = toJson(method.output, responses[0]!, jsonOut);
+          for (const [name, path] of save) saved.set(name, savedValue(view, path));
         }
       });
     }

@@ -100,3 +100,23 @@ export function match(path: string, pattern: Json, actual: unknown): string | un
   }
   return pattern === actual ? undefined : `${path}: want ${show(pattern)}, got ${show(actual)}`;
 }
+
+/**
+ * The string at path (dotted proto field names, e.g. "client.token_prefix") of a
+ * response's JSON view: the value a case's "save" stores for later cases. Throws
+ * when the field is missing or not a string.
+ */
+export function savedValue(view: unknown, path: string): string {
+  let v: unknown = view;
+  for (const key of path.split(".")) {
+    if (!isObject(v)) throw new Error(`the response has no field ${JSON.stringify(path)} (${key} is not a message)`);
+    if (!Object.prototype.hasOwnProperty.call(v, key)) {
+      // Field names only: the values may be secrets (tokens).
+      const fields = Object.keys(v).sort().join(", ");
+      throw new Error(`the response has no field ${JSON.stringify(path)} (fields there: ${fields})`);
+    }
+    v = v[key];
+  }
+  if (typeof v !== "string") throw new Error(`${path} is not a string`);
+  return v;
+}

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { match, type Json } from "../contract/match.js";
+import { match, savedValue, type Json } from "../contract/match.js";
 
 const actual = JSON.parse(`{"content":"Echo: ping","usage":{"total_tokens":"12","estimated":false},
   "attempts":1,"tags":["a","b"],"violations":[{"field":"temperature","description":"0..2"}]}`) as Json;
@@ -37,5 +37,14 @@ test("patterns that do not match", () => {
     `{"content":{"$nonEmpty":false}}`,
   ]) {
     assert.notEqual(match("$", JSON.parse(p) as Json, actual), undefined, p);
+  }
+});
+
+test("values saved for later cases", () => {
+  const view = JSON.parse(`{"token":"gptk_1","client":{"name":"c","limits":{"requests_per_minute":1}}}`) as Json;
+  assert.equal(savedValue(view, "token"), "gptk_1");
+  assert.equal(savedValue(view, "client.name"), "c");
+  for (const path of ["missing", "client.missing", "token.deeper", "client.limits.requests_per_minute", "client"]) {
+    assert.throws(() => savedValue(view, path), Error, path);
   }
 });

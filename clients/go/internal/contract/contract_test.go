@@ -52,6 +52,7 @@ type contractCase struct {
 	Request   json.RawMessage   `json:"request"`
 	TimeoutMS int               `json:"timeout_ms"`
 	Expect    json.RawMessage   `json:"expect"`
+	Save      map[string]string `json:"save"`
 }
 
 type expectation struct {
@@ -73,6 +74,7 @@ var (
 	jsonOut  = protojson.MarshalOptions{UseProtoNames: true, EmitDefaultValues: true}
 	jsonIn   = protojson.UnmarshalOptions{}
 	envRef   = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)\}`)
+	varName  = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 	httpc    = &http.Client{Timeout: 10 * time.Second}
 	harness  = "run it through tests/contract/harness.py (make contract-test), which starts the stand-in and the gateway"
 	required = []string{"GPT_GRPC_TARGET", "STANDIN_URL", "GPT_GRPC_ADMIN_TOKEN"}
@@ -112,6 +114,7 @@ func TestContract(t *testing.T) {
 	standin := strings.TrimRight(os.Getenv("STANDIN_URL"), "/")
 
 	seen := map[string]bool{}
+	saved := map[string]string{} // variables saved by earlier cases ("save")
 	for _, c := range file.Cases {
 		if seen[c.Name] {
 			t.Fatalf("duplicate case name %q", c.Name)
@@ -122,12 +125,12 @@ func TestContract(t *testing.T) {
 			timeout = file.Defaults.TimeoutMS
 		}
 		t.Run(c.Name, func(t *testing.T) {
-			runCase(t, client.Conn(), svc, standin, c, time.Duration(timeout)*time.Millisecond)
+			runCase(t, client.Conn(), svc, standin, c, time.Duration(timeout)*time.Millisecond, saved)
 		})
 	}
 }
 
-func runCase(t *testing.T, conn *grpc.ClientConn, svc protoreflect.ServiceDescriptor, standin string, c contractCase, timeout time.Duration) {
+func runCase(t *testing.T, conn *grpc.ClientConn, svc protoreflect.ServiceDescriptor, standin string, c contractCase, timeout time.Duration, saved map[string]string) {
 	var exp expectation
 	if err := json.Unmarshal(c.Expect, &exp); err != nil {
 		t.Fatalf("expect: %v", err)
@@ -142,6 +145,16 @@ func runCase(t *testing.T, conn *grpc.ClientConn, svc protoreflect.ServiceDescri
 	md := svc.Methods().ByName(protoreflect.Name(c.RPC))
 	if md == nil {
 		t.Fatalf("rpc %q is not a method of %s", c.RPC, svc.FullName())
+	}
+	if len(c.Save) > 0 {
+		if wantCode != codes.OK || md.IsStreamingServer() || md.IsStreamingClient() {
+			t.Fatalf("save needs expect.code OK on a unary RPC")
+		}
+		for name := range c.Save {
+			if !varName.MatchString(name) {
+				t.Fatalf("save: bad variable name %q", name)
+			}
+		}
 	}
 	req := newMessage(t, md.Input())
 	if len(c.Request) > 0 {
@@ -160,7 +173,7 @@ func runCase(t *testing.T, conn *grpc.ClientConn, svc protoreflect.ServiceDescri
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	for k, v := range c.Metadata {
-		ctx = metadata.AppendToOutgoingContext(ctx, k, expandEnv(t, v))
+		ctx = metadata.AppendToOutgoingContext(ctx, k, expandVars(t, v, saved))
 	}
 	fullMethod := fmt.Sprintf("/%s/%s", svc.FullName(), md.Name())
 	var responses []proto.Message
@@ -208,6 +221,18 @@ func runCase(t *testing.T, conn *grpc.ClientConn, svc protoreflect.ServiceDescri
 		}
 		if stats.Requests != *exp.UpstreamChatRequests {
 			t.Errorf("the stand-in received %d chat requests, want %d", stats.Requests, *exp.UpstreamChatRequests)
+		}
+	}
+
+	// 5: save values for later cases (only when everything above passed).
+	if len(c.Save) > 0 && !t.Failed() {
+		view := toJSON(t, responses[0])
+		for name, path := range c.Save {
+			v, err := SavedValue(view, path)
+			if err != nil {
+				t.Fatalf("save %s: %v", name, err)
+			}
+			saved[name] = v
 		}
 	}
 }
@@ -368,13 +393,17 @@ func matchJSON(t *testing.T, what string, pattern json.RawMessage, actual any) {
 	}
 }
 
-func expandEnv(t *testing.T, s string) string {
+// expandVars substitutes ${NAME}: a variable saved by an earlier case, else an environment variable.
+func expandVars(t *testing.T, s string, saved map[string]string) string {
 	t.Helper()
 	return envRef.ReplaceAllStringFunc(s, func(ref string) string {
 		name := envRef.FindStringSubmatch(ref)[1]
+		if v, ok := saved[name]; ok {
+			return v
+		}
 		v, ok := os.LookupEnv(name)
 		if !ok {
-			t.Fatalf("metadata refers to ${%s}, which is not set", name)
+			t.Fatalf("metadata refers to ${%s}, which is neither saved by an earlier case nor set", name)
 		}
 		return v
 	})

@@ -197,3 +197,25 @@ func show(v any) string {
 	}
 	return string(b)
 }
+
+// SavedValue is the string at path (dotted proto field names, e.g.
+// "client.token_prefix") of a response's JSON view: the value a case's
+// "save" stores for later cases.
+func SavedValue(view any, path string) (string, error) {
+	v := view
+	for _, key := range strings.Split(path, ".") {
+		obj, ok := v.(map[string]any)
+		if !ok {
+			return "", fmt.Errorf("the response has no field %q (%s is not a message)", path, key)
+		}
+		if v, ok = obj[key]; !ok {
+			// Field names only: the values may be secrets (tokens).
+			return "", fmt.Errorf("the response has no field %q (fields there: %s)", path, strings.Join(sortedKeys(obj), ", "))
+		}
+	}
+	s, ok := v.(string)
+	if !ok {
+		return "", fmt.Errorf("%s is not a string", path)
+	}
+	return s, nil
+}

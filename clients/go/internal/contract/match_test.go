@@ -51,3 +51,20 @@ func TestMatch(t *testing.T) {
 		}
 	}
 }
+
+func TestSavedValue(t *testing.T) {
+	view, err := Decode([]byte(`{"token":"gptk_1","client":{"name":"c","limits":{"requests_per_minute":1}}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for path, want := range map[string]string{"token": "gptk_1", "client.name": "c"} {
+		if got, err := SavedValue(view, path); err != nil || got != want {
+			t.Errorf("SavedValue(%q) = %q, %v; want %q", path, got, err, want)
+		}
+	}
+	for _, path := range []string{"missing", "client.missing", "token.deeper", "client.limits.requests_per_minute", "client"} {
+		if got, err := SavedValue(view, path); err == nil {
+			t.Errorf("SavedValue(%q) = %q, want an error", path, got)
+		}
+	}
+}
