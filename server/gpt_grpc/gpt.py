@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
@@ -34,6 +35,7 @@ from .errors import GatewayError, Reason
 from .pricing import Pricing
 from .retry import AttemptObserver, RetryBudget, call_with_retries
 from .settings import Settings, SettingsUpdate, apply, mask_key
+from .transport import proxies_configured, transport_for
 from .upstream import chat_endpoint, iter_lines
 from .usage import UsageTracker
 
@@ -205,13 +207,15 @@ class GPT:
     def _http_client(self) -> httpx2.AsyncClient:
         loop = asyncio.get_running_loop()
         if self._http is None:
+            limits = httpx2.Limits(
+                max_connections=self._max_connections,
+                max_keepalive_connections=DEFAULT_KEEPALIVE_CONNECTIONS,
+            )
             self._http = openai.DefaultAsyncHttpx2Client(
-                limits=httpx2.Limits(
-                    max_connections=self._max_connections,
-                    max_keepalive_connections=DEFAULT_KEEPALIVE_CONNECTIONS,
-                ),
+                limits=limits,
                 # Redirects could carry prompts somewhere the operator did not choose.
                 follow_redirects=False,
+                transport=_transport(limits),
             )
             self._http_loop = loop
         elif self._http_loop is not loop:
@@ -498,6 +502,14 @@ class GPT:
 def _request_headers(request: ChatRequest) -> dict[str, str] | None:
     """The caller's request id travels upstream (OpenAI's X-Client-Request-Id)."""
     return {"X-Client-Request-Id": request.request_id} if request.request_id else None
+
+
+def _transport(limits: httpx2.Limits) -> httpx2.AsyncBaseTransport | None:
+    """The upstream pool: transport.FastTransport, unless a proxy is configured or
+    GPT_GRPC_UPSTREAM_TRANSPORT=httpx asks for httpx2's own (None: httpx2 decides)."""
+    if os.environ.get("GPT_GRPC_UPSTREAM_TRANSPORT", "fast") == "httpx" or proxies_configured(os.environ):
+        return None
+    return transport_for(limits, fallback=httpx2.AsyncHTTPTransport(limits=limits))
 
 
 def pair_messages(system_message: str, user_message: str) -> list[dict[str, Any]]:
