@@ -31,7 +31,7 @@ from ..pricing import Pricing
 from ..retry import RetryBudget
 from ..settings import Settings, SettingsUpdate, apply
 from ..state import StateFile, StateFileError
-from . import logs
+from . import logs, workers
 from .admission import Admission
 from .auth import AdminAuth, Authorizer
 from .metrics import Metrics
@@ -63,6 +63,10 @@ class ServerConfig:
     tls_cert: str | None = None
     tls_key: str | None = None
     tls_client_ca: str | None = None
+    # Server processes sharing the port (see workers.py); a worker binds with SO_REUSEPORT.
+    workers: int = 1
+    reuse_port: bool = False
+    loop: str = "auto"
 
 
 class GatewayServer:
@@ -93,7 +97,7 @@ class GatewayServer:
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.so_reuseport", 0),
+                ("grpc.so_reuseport", 1 if config.reuse_port else 0),
             ]
         )
         self.servicer = GPTServicer(
@@ -266,6 +270,18 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
     p.add_argument(
         "--tls-client-ca", default=env.get("GPT_GRPC_TLS_CLIENT_CA"), help="CA for client certificates (mutual TLS)"
     )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=int(env.get("GPT_GRPC_WORKERS", 1)),
+        help="server processes sharing the port (SO_REUSEPORT); about one per core",
+    )
+    p.add_argument(
+        "--loop",
+        choices=("auto", "uvloop", "asyncio"),
+        default=env.get("GPT_GRPC_LOOP", "auto"),
+        help="event loop: uvloop when installed (auto), or asyncio's",
+    )
     p.add_argument("--no-reflection", action="store_true", help="turn server reflection off")
     p.add_argument("--log-level", default=env.get("GPT_GRPC_LOG_LEVEL", "INFO"))
     args = p.parse_args(argv)
@@ -302,6 +318,8 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         tls_client_ca=args.tls_client_ca,
+        workers=args.workers,
+        loop=args.loop,
     )
 
 
@@ -328,7 +346,18 @@ async def serve(config: ServerConfig) -> None:
         loop.add_signal_handler(sig, on_signal)
     if os.environ.get("GPT_GRPC_DEBUG_TASKS") == "1":
         loop.add_signal_handler(signal.SIGUSR1, _log_debug_state, server)
+    follower = None
+    if config.reuse_port and server.state is not None:  # a worker: Configure may happen in another one
+        state = server.state
+        follower = loop.create_task(workers.follow_state_file(server, lambda: _load_state(state)))
     await server.wait()
+    if follower is not None:
+        follower.cancel()
+
+
+def _load_state(state: StateFile) -> Settings | None:
+    saved = state.load()
+    return None if saved is None else _revalidate(saved)
 
 
 def _log_debug_state(server: GatewayServer) -> None:
@@ -352,9 +381,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     except OSError as exc:
         print(f"gpt-grpc-server: cannot read a secret file: {exc.strerror}", file=sys.stderr)
         raise SystemExit(2) from None
+    problem = workers.check(config)
+    if problem is not None:
+        print(f"gpt-grpc-server: {problem}", file=sys.stderr)
+        raise SystemExit(2)
+    index = workers.worker_index()
+    if config.workers > 1 and index is None:
+        raise SystemExit(workers.supervise(config, sys.argv[1:] if argv is None else argv))
+    if index is not None:
+        config = workers.as_worker(config, index)
     _raise_open_file_limit()
     try:
-        asyncio.run(serve(config))
+        workers.loop_runner(config.loop)(serve(config))
     except GatewayError as exc:
         print(f"gpt-grpc-server: invalid settings: {exc.message}", file=sys.stderr)
         raise SystemExit(2) from None
