@@ -12,10 +12,24 @@ runs COMMAND with these variables set:
     STANDIN_URL           http://127.0.0.1:<stand-in port>
     GPT_GRPC_ADMIN_TOKEN  the gateway's admin token
 
+With --tls the gateway serves TLS only, with certificates made for the run
+(openssl, in a temporary directory: a CA, a server certificate for 127.0.0.1, a
+client certificate from the same CA, and a "rogue" client certificate from a CA
+the gateway does not trust); --mtls also requires client certificates from that
+CA. Both add:
+
+    GPT_GRPC_TLS_MODE        tls or mtls
+    GPT_GRPC_TLS_CA          PEM file of the CA that signed the gateway's certificate
+    GPT_GRPC_TLS_CERT        PEM client certificate (trusted by the gateway under --mtls)
+    GPT_GRPC_TLS_KEY         its private key
+    GPT_GRPC_TLS_ROGUE_CERT  PEM client certificate from a CA the gateway does not trust
+    GPT_GRPC_TLS_ROGUE_KEY   its private key
+
 Both processes are stopped afterwards, whatever happens (SIGTERM, then SIGKILL
 after --stop-timeout seconds). The exit status is COMMAND's; 3 when the services
-could not be started. Only the standard library and grpcio(-health-checking)
-are used; run it with the project's venv Python.
+could not be started. Only the standard library, grpcio(-health-checking) and
+the openssl command (for --tls/--mtls) are used; run it with the project's venv
+Python.
 """
 
 from __future__ import annotations
@@ -126,11 +140,21 @@ def standin_healthy(url: str) -> bool:
         return bool(resp.status == 200)
 
 
-def gateway_serving(target: str) -> bool:
+def gateway_serving(target: str, tls: dict[str, str] | None = None) -> bool:
+    """Whether the gateway's grpc.health.v1 says SERVING (over TLS, with the client certificate, when tls is given)."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    with grpc.insecure_channel(target) as channel:
+    if tls is None:
+        channel = grpc.insecure_channel(target)
+    else:
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=Path(tls["GPT_GRPC_TLS_CA"]).read_bytes(),
+            private_key=Path(tls["GPT_GRPC_TLS_KEY"]).read_bytes(),
+            certificate_chain=Path(tls["GPT_GRPC_TLS_CERT"]).read_bytes(),
+        )
+        channel = grpc.secure_channel(target, credentials)
+    with channel:
         stub = health_pb2_grpc.HealthStub(channel)
         res = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=2)
         return bool(res.status == health_pb2.HealthCheckResponse.SERVING)
@@ -144,6 +168,48 @@ def server_argv(port: int) -> list[str]:
     if found:
         return [found, "--host", LOOPBACK, "--port", str(port)]
     return [sys.executable, "-m", "gpt_grpc.server", "--host", LOOPBACK, "--port", str(port)]
+
+
+def make_certificates(d: Path) -> dict[str, str]:
+    """Test certificates (EC P-256, valid 2 days) made with openssl in d; returns the GPT_GRPC_TLS_* paths.
+
+    ca.pem signs server.pem (127.0.0.1, localhost) and client.pem; rogue-ca.pem, which the
+    gateway does not trust, signs rogue-client.pem.
+    """
+    d.mkdir(parents=True, exist_ok=True)
+
+    def openssl(*argv: str) -> None:
+        try:
+            subprocess.run(["openssl", *argv], cwd=d, check=True, capture_output=True, timeout=60)
+        except FileNotFoundError:
+            raise StartupError("--tls/--mtls need the openssl command") from None
+        except subprocess.CalledProcessError as exc:
+            raise StartupError(f"openssl {argv[0]} failed: {exc.stderr.decode(errors='replace')}") from None
+
+    key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    for ca in ("ca", "rogue-ca"):
+        openssl("req", "-x509", *key, "-days", "2", "-subj", f"/CN=gpt-grpc harness {ca}",
+                "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+                "-keyout", f"{ca}.key", "-out", f"{ca}.pem")  # fmt: skip
+    (d / "server.ext").write_text(
+        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n"
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n"
+    )
+    (d / "client.ext").write_text(
+        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n"
+    )
+    leaves = (("server", "ca", "server"), ("client", "ca", "client"), ("rogue-client", "rogue-ca", "client"))
+    for name, ca, ext in leaves:
+        openssl("req", *key, "-subj", f"/CN=gpt-grpc harness {name}", "-keyout", f"{name}.key", "-out", f"{name}.csr")
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key", "-CAcreateserial",
+                "-days", "2", "-extfile", f"{ext}.ext", "-out", f"{name}.pem")  # fmt: skip
+    return {
+        "GPT_GRPC_TLS_CA": str(d / "ca.pem"),
+        "GPT_GRPC_TLS_CERT": str(d / "client.pem"),
+        "GPT_GRPC_TLS_KEY": str(d / "client.key"),
+        "GPT_GRPC_TLS_ROGUE_CERT": str(d / "rogue-client.pem"),
+        "GPT_GRPC_TLS_ROGUE_KEY": str(d / "rogue-client.key"),
+    }
 
 
 @contextlib.contextmanager
@@ -175,11 +241,25 @@ def services(args: argparse.Namespace, log_dir: Path) -> Iterator[dict[str, str]
             OPENAI_BASE_URL=f"{standin_url}/v1",
             GPT_GRPC_ADMIN_TOKEN=admin_token,
         )
-        gateway = Service("gateway", server_argv(gateway_port), gateway_env, log_dir)
+        argv = server_argv(gateway_port)
+        tls: dict[str, str] | None = None
+        if args.tls:
+            tls = make_certificates(log_dir / "pki")
+            pki = log_dir / "pki"
+            argv += ["--tls-cert", str(pki / "server.pem"), "--tls-key", str(pki / "server.key")]
+            if args.tls == "mtls":
+                argv += ["--tls-client-ca", tls["GPT_GRPC_TLS_CA"]]
+            tls["GPT_GRPC_TLS_MODE"] = args.tls
+        gateway = Service("gateway", argv, gateway_env, log_dir)
         started.append(gateway)
-        wait_until("gateway", lambda: gateway_serving(target), started, args.startup_timeout)
+        wait_until("gateway", lambda: gateway_serving(target, tls), started, args.startup_timeout)
 
-        yield {"GPT_GRPC_TARGET": target, "STANDIN_URL": standin_url, "GPT_GRPC_ADMIN_TOKEN": admin_token}
+        yield {
+            "GPT_GRPC_TARGET": target,
+            "STANDIN_URL": standin_url,
+            "GPT_GRPC_ADMIN_TOKEN": admin_token,
+            **(tls or {}),
+        }
     finally:
         for s in reversed(started):
             s.stop(args.stop_timeout)
@@ -224,6 +304,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop-timeout", type=float, default=10.0, help="seconds between SIGTERM and SIGKILL")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds the command may run")
     p.add_argument("--admin-token", default=None, help="admin token (default: random)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--tls",
+        dest="tls",
+        action="store_const",
+        const="tls",
+        default=None,
+        help="serve TLS with certificates made for the run (exports GPT_GRPC_TLS_*)",
+    )
+    mode.add_argument(
+        "--mtls",
+        dest="tls",
+        action="store_const",
+        const="mtls",
+        help="like --tls, and require client certificates from the run's CA (mutual TLS)",
+    )
     p.add_argument("--show-logs", action="store_true", help="print the services' logs even on success")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
     return p
@@ -261,8 +357,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         log_dir = Path(tmp)
         try:
             with services(args, log_dir) as extra_env:
+                mode = {"tls": " (TLS)", "mtls": " (mutual TLS)"}.get(args.tls or "", "")
                 print(
-                    f"harness: gateway {extra_env['GPT_GRPC_TARGET']}, stand-in {extra_env['STANDIN_URL']}; "
+                    f"harness: gateway {extra_env['GPT_GRPC_TARGET']}{mode}, stand-in {extra_env['STANDIN_URL']}; "
                     f"running: {' '.join(args.command)}",
                     file=sys.stderr,
                     flush=True,
