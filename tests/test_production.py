@@ -363,3 +363,12 @@ async def test_admin_client_rpcs_validate(keyed: Gateway) -> None:
     no_admin = details(await fail(keyed.stub.ListClients(pb.ListClientsRequest())))
     assert no_admin.reason == "ADMIN_TOKEN_MISSING"
     await asyncio.sleep(0)
+
+
+async def test_refused_calls_are_not_usage(keyed: Gateway) -> None:
+    token = await create(keyed, "one", requests_per_minute=1)
+    await keyed.stub.ChatCompletion(HI, metadata=bearer(token))
+    refused = details(await fail(keyed.stub.ChatCompletion(HI, metadata=bearer(token))))
+    assert refused.reason == "CLIENT_RATE_LIMITED"
+    usage = await keyed.stub.GetUsage(pb.GetUsageRequest(client="one"), metadata=ADMIN)
+    assert [(m.model, m.requests, m.failed_requests) for m in usage.models] == [("gpt-4o-mini", 1, 0)]

@@ -301,7 +301,8 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
         if access is Access.CHARGED:
             if call.usage is not None:
                 m.observe_usage(call.model, client, call.usage, call.cost_usd)
-            if client is not None:
+            # A call refused before it ran (token, limits, budget) used nothing upstream.
+            if client is not None and call.admitted:
                 self.accounts.record(client, call.model, call.usage, call.cost_usd, code == grpc.StatusCode.OK)
         if call.first_chunk_at is not None:
             m.first_chunk_seconds.observe(call.first_chunk_at - call.started)
