@@ -75,6 +75,8 @@ class Call:
     attempts: int = 0
     first_chunk_at: float | None = None
     admitted: bool = False
+    code: grpc.StatusCode = grpc.StatusCode.OK
+    reason: str | None = None
 
     def took(self, result: ChatResult) -> None:
         self.model, self.usage, self.cost_usd, self.attempts = (
@@ -108,26 +110,17 @@ def rpc(access: Access) -> Callable[[Handler[Req, Resp]], Callable[[Any, Req, Co
         @functools.wraps(fn)
         async def handler(self: GPTServicer, request: Req, context: Context) -> Resp:
             call = self._begin(fn.__name__, context)
-            code, reason = grpc.StatusCode.OK, None
             try:
-                self._authorize(call, access, context)
-                if isinstance(request, Undecodable):
-                    raise request.error()
+                self._open(call, access, request, context)
                 return await fn(self, request, context, call)
-            except GatewayError as err:
-                code, reason = REASON_CODES[err.reason], err.reason.value
-                call.attempts = call.attempts or err.attempts
-                await self._abort(context, call, err)
-                raise  # unreachable: abort raises
             except asyncio.CancelledError:
-                code = grpc.StatusCode.CANCELLED
+                call.code = grpc.StatusCode.CANCELLED
                 raise
-            except Exception:
-                code, reason = grpc.StatusCode.INTERNAL, Reason.INTERNAL_ERROR.value
-                await self._abort(context, call, _internal(fn.__name__))
-                raise
+            except Exception as exc:
+                await self._fail(context, call, exc)
+                raise  # unreachable: abort raises
             finally:
-                self._finish(call, access, code, reason)
+                self._finish(call, access)
 
         handler.__gpt_grpc_wrapped__ = True  # type: ignore[attr-defined]
         return handler
@@ -144,33 +137,24 @@ def stream_rpc(
         @functools.wraps(fn)
         async def handler(self: GPTServicer, request: Req, context: Context) -> AsyncIterator[Resp]:
             call = self._begin(fn.__name__, context)
-            code, reason = grpc.StatusCode.OK, None
             events: AsyncIterator[Resp] | None = None
             try:
-                self._authorize(call, access, context)
-                if isinstance(request, Undecodable):
-                    raise request.error()
+                self._open(call, access, request, context)
                 events = fn(self, request, context, call)
                 async for event in events:
                     yield event
-            except GatewayError as err:
-                code, reason = REASON_CODES[err.reason], err.reason.value
-                call.attempts = call.attempts or err.attempts
-                await self._abort(context, call, err)
-                raise
             except (asyncio.CancelledError, GeneratorExit):
-                code = grpc.StatusCode.CANCELLED
+                call.code = grpc.StatusCode.CANCELLED
                 raise
-            except Exception:
-                code, reason = grpc.StatusCode.INTERNAL, Reason.INTERNAL_ERROR.value
-                await self._abort(context, call, _internal(fn.__name__))
+            except Exception as exc:
+                await self._fail(context, call, exc)
                 raise
             finally:
                 # Closing the inner generator closes the upstream request now,
                 # not when the garbage collector gets to it.
                 if events is not None:
                     await events.aclose()  # type: ignore[attr-defined]
-                self._finish(call, access, code, reason)
+                self._finish(call, access)
 
         handler.__gpt_grpc_wrapped__ = True  # type: ignore[attr-defined]
         return handler
@@ -281,6 +265,18 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
                 raise
         call.admitted = True
 
+    def _open(self, call: Call, access: Access, request: object, context: Context) -> None:
+        self._authorize(call, access, context)
+        if isinstance(request, Undecodable):
+            raise request.error()
+
+    async def _fail(self, context: Context, call: Call, exc: Exception) -> None:
+        """End the call with the status of `exc`: its own, or INTERNAL for a bug."""
+        err = exc if isinstance(exc, GatewayError) else _internal(call.method)
+        call.code, call.reason = REASON_CODES[err.reason], err.reason.value
+        call.attempts = call.attempts or err.attempts
+        await self._abort(context, call, err)
+
     def _leave(self) -> None:
         self.admission.leave()
         self.metrics.in_flight.dec()
@@ -290,7 +286,8 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
         metadata = (*status.trailing_metadata, ("x-request-id", call.request_id))
         await context.abort(status.code, status.details, metadata)
 
-    def _finish(self, call: Call, access: Access, code: grpc.StatusCode, reason: str | None) -> None:
+    def _finish(self, call: Call, access: Access) -> None:
+        code, reason = call.code, call.reason
         elapsed = time.perf_counter() - call.started
         if call.admitted:
             self._leave()
