@@ -591,22 +591,9 @@ class Accounts:
         """Account one finished call of `name` (tokens, spend, usage rows). Unknown names are ignored."""
         now = self._clock()
         cost = cost_usd if cost_usd is not None and math.isfinite(cost_usd) and cost_usd > 0 else 0.0
-        delta = ModelTotals(
-            model=model,
-            requests=1 if ok else 0,
-            failed_requests=0 if ok else 1,
-            cost_usd=cost,
-            unpriced_requests=1 if ok and cost_usd is None else 0,
-        )
+        delta = replace(ModelTotals.of_call(model, usage, cost_usd, ok), cost_usd=cost)
         tokens = 0
         if usage is not None:
-            delta = replace(
-                delta,
-                prompt_tokens=usage.prompt_tokens,
-                completion_tokens=usage.completion_tokens,
-                cached_prompt_tokens=usage.cached_prompt_tokens,
-                reasoning_tokens=usage.reasoning_tokens,
-            )
             tokens = usage.total_tokens or (usage.prompt_tokens + usage.completion_tokens)
         with self._lock:
             client = self._clients.get(name)

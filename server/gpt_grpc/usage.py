@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from .chat import Usage
 
@@ -20,6 +20,21 @@ class ModelTotals:
     reasoning_tokens: int = 0
     cost_usd: float = 0.0
     unpriced_requests: int = 0
+
+    @classmethod
+    def of_call(cls, model: str, usage: Usage | None, cost_usd: float | None, ok: bool) -> ModelTotals:
+        """The totals one finished call adds; tokens of a failed call (a stream cut short) count too."""
+        return cls(
+            model=model,
+            requests=1 if ok else 0,
+            failed_requests=0 if ok else 1,
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+            completion_tokens=usage.completion_tokens if usage else 0,
+            cached_prompt_tokens=usage.cached_prompt_tokens if usage else 0,
+            reasoning_tokens=usage.reasoning_tokens if usage else 0,
+            cost_usd=cost_usd or 0.0,
+            unpriced_requests=1 if ok and cost_usd is None else 0,
+        )
 
     def plus(self, other: ModelTotals) -> ModelTotals:
         return ModelTotals(
@@ -44,30 +59,11 @@ class UsageTracker:
         self._models: dict[str, ModelTotals] = {}
 
     def record_success(self, model: str, usage: Usage, cost_usd: float | None) -> None:
-        delta = ModelTotals(
-            model=model,
-            requests=1,
-            prompt_tokens=usage.prompt_tokens,
-            completion_tokens=usage.completion_tokens,
-            cached_prompt_tokens=usage.cached_prompt_tokens,
-            reasoning_tokens=usage.reasoning_tokens,
-            cost_usd=cost_usd or 0.0,
-            unpriced_requests=1 if cost_usd is None else 0,
-        )
-        self._add(model, delta)
+        self._add(model, ModelTotals.of_call(model, usage, cost_usd, ok=True))
 
     def record_failure(self, model: str, usage: Usage | None = None, cost_usd: float | None = None) -> None:
         """A failed call; tokens already generated (a stream cut short) still count."""
-        delta = ModelTotals(model=model, failed_requests=1, cost_usd=cost_usd or 0.0)
-        if usage is not None:
-            delta = replace(
-                delta,
-                prompt_tokens=usage.prompt_tokens,
-                completion_tokens=usage.completion_tokens,
-                cached_prompt_tokens=usage.cached_prompt_tokens,
-                reasoning_tokens=usage.reasoning_tokens,
-            )
-        self._add(model, delta)
+        self._add(model, ModelTotals.of_call(model, usage, cost_usd, ok=False))
 
     def _add(self, model: str, delta: ModelTotals) -> None:
         with self._lock:
