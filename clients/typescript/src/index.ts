@@ -29,7 +29,8 @@ import {
   type Transport,
 } from "@connectrpc/connect";
 import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
-import type { SecureClientSessionOptions } from "node:http2";
+import { AsyncLocalStorage } from "node:async_hooks";
+import type { ClientHttp2Session, ClientHttp2Stream, SecureClientSessionOptions } from "node:http2";
 
 import {
   BadRequestSchema,
@@ -90,7 +91,10 @@ export interface ClientOptions {
   clientToken?: string;
   /** Deadline applied to every call that sets no timeoutMs. */
   defaultTimeoutMs?: number;
-  /** Further Connect interceptors, run after the admin-token one. */
+  /**
+   * Further Connect interceptors, run after the admin-token one. A connection that
+   * fails before the gateway answers reaches them (and the caller) as Unavailable.
+   */
   interceptors?: Interceptor[];
 }
 
@@ -98,7 +102,7 @@ export interface ClientOptions {
 export type GPTClient = Client<typeof GPTService> & {
   /** The Connect transport, to build clients of other services on the same connection. */
   readonly transport: Transport;
-  /** Closes the HTTP/2 connection; calls in flight fail. */
+  /** Closes the HTTP/2 connection; calls in flight fail (Canceled). */
   close(): void;
 };
 
@@ -141,6 +145,102 @@ export function withAdminToken(token: string, options: CallOptions = {}): CallOp
   return withToken(token, options);
 }
 
+/**
+ * What the HTTP/2 layer saw of one attempt of a call: filled in by
+ * GatewaySessionManager.request(), read by connectionFailureInterceptor().
+ */
+interface CallConnection {
+  /** The connection could not be established (refused, unresolvable, TLS handshake failed, ...). */
+  connectFailed: boolean;
+  /** The connection the call's stream was opened on. */
+  session?: ClientHttp2Session;
+  /** Response headers arrived: the gateway answered, whatever the status. */
+  responded: boolean;
+  /** close() was called while the call was waiting for its response headers. */
+  closedByCaller: boolean;
+}
+
+/** The CallConnection of the call being made (set by the interceptor, around the transport). */
+const currentCall = new AsyncLocalStorage<CallConnection>();
+
+/**
+ * The client's HTTP/2 connection: Connect's session manager, which also records,
+ * for the call being made, whether its connection failed before the gateway answered.
+ */
+class GatewaySessionManager extends Http2SessionManager {
+  /** Calls waiting for their response headers, marked by abort() (client.close()). */
+  readonly waiting = new Set<CallConnection>();
+  /** Sessions given a fallback "error" listener. */
+  private readonly guarded = new WeakSet<ClientHttp2Session>();
+
+  override async request(...args: Parameters<Http2SessionManager["request"]>): Promise<ClientHttp2Stream> {
+    const call = currentCall.getStore();
+    let stream: ClientHttp2Stream;
+    try {
+      stream = await super.request(...args);
+    } catch (err) {
+      // Connection failures come as ConnectErrors; anything else (e.g. an invalid
+      // header value, thrown by Node) is the caller's.
+      if (call && err instanceof ConnectError) call.connectFailed = true;
+      throw err;
+    }
+    const session = stream.session as ClientHttp2Session | undefined;
+    if (session && !this.guarded.has(session)) {
+      // Connect removes its listeners when the client is closed, but Node may emit
+      // a session error (e.g. a peer that does not speak HTTP/2) a tick after the
+      // call failed on it: without a listener, that error would crash the process.
+      // Calls already got it through their streams.
+      this.guarded.add(session);
+      session.on("error", () => {});
+    }
+    if (call) {
+      if (session) call.session = session;
+      stream.once("response", () => {
+        call.responded = true;
+      });
+    }
+    return stream;
+  }
+
+  override abort(reason?: Error): void {
+    for (const call of this.waiting) call.closedByCaller = true;
+    super.abort(reason);
+  }
+}
+
+/**
+ * Reports a connection that failed before the gateway answered as Unavailable,
+ * as gRPC (and the Go and Python clients) do. Connect-node raises Canceled
+ * ("http/2 stream closed with error code CANCEL") when the peer closes the
+ * connection (plaintext to a TLS port, a client certificate refused under mTLS),
+ * Internal for a TLS handshake error (server certificate that does not verify)
+ * or an HTTP/2 protocol error, Aborted for a connection reset while connecting.
+ * Left as they are: calls the caller cancelled (AbortSignal, deadline,
+ * client.close()), and any call that received response headers (a status the
+ * gateway sent, with its details). The innermost interceptor, so that the
+ * caller's interceptors see the mapped error.
+ */
+function connectionFailureInterceptor(sessionManager: GatewaySessionManager): Interceptor {
+  return (next) => async (req) => {
+    const call: CallConnection = { connectFailed: false, responded: false, closedByCaller: false };
+    sessionManager.waiting.add(call);
+    try {
+      return await currentCall.run(call, () => next(req));
+    } catch (err) {
+      if (req.signal.aborted || call.closedByCaller || call.responded) throw err;
+      // The stream failed with its connection (a gateway that resets one stream keeps the connection).
+      const lost = call.session !== undefined && (call.session.destroyed || call.session.closed);
+      if (!call.connectFailed && !lost) throw err;
+      const ce = ConnectError.from(err);
+      if (ce.code === Code.Unavailable) throw err;
+      const message = lost ? `connection closed before the gateway answered: ${ce.rawMessage}` : ce.rawMessage;
+      throw new ConnectError(message, Code.Unavailable, undefined, undefined, ce.cause ?? ce);
+    } finally {
+      sessionManager.waiting.delete(call);
+    }
+  };
+}
+
 function baseUrl(target: string, insecure: boolean): URL {
   const m = /^(https?):\/\//.exec(target);
   if (m) {
@@ -172,12 +272,13 @@ export function createClient(target: string, options: ClientOptions = {}): GPTCl
     if (key !== undefined) nodeOptions.key = key;
     if (serverName !== undefined) nodeOptions.servername = serverName;
   }
-  const sessionManager = new Http2SessionManager(url, {}, nodeOptions);
+  const sessionManager = new GatewaySessionManager(url, {}, nodeOptions);
   const interceptors: Interceptor[] = [];
   if (options.adminToken || options.clientToken) {
     interceptors.push(tokenInterceptor(options.adminToken, options.clientToken));
   }
   interceptors.push(...(options.interceptors ?? []));
+  interceptors.push(connectionFailureInterceptor(sessionManager));
   const transport = createGrpcTransport({
     baseUrl: url.toString(),
     sessionManager,

@@ -7,6 +7,7 @@ import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import * as http2 from "node:http2";
+import * as net from "node:net";
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -78,7 +79,7 @@ function routes(router: ConnectRouter): void {
   });
 }
 
-function listen(server: http2.Http2Server | http2.Http2SecureServer): Promise<number> {
+function listen(server: http2.Http2Server | http2.Http2SecureServer | net.Server): Promise<number> {
   return new Promise((resolve) => {
     server.listen(0, "127.0.0.1", () => resolve((server.address() as AddressInfo).port));
   });
@@ -241,11 +242,72 @@ describe("mutual TLS", { skip: haveOpenssl() ? false : "openssl not found" }, ()
     }
   });
 
-  test("without the client certificate the call fails", async () => {
-    const client = createClient(target, { tls: { ca: pem("ca.pem") }, defaultTimeoutMs: 10_000 });
+  test("without the client certificate the call fails as Unavailable", async () => {
+    await assertUnavailable(target, { tls: { ca: pem("ca.pem") } });
+  });
+
+  test("without the CA the server is not trusted: Unavailable", async () => {
+    const err = await assertUnavailable(target, { tls: { cert: pem("client.pem"), key: pem("client.key") } });
+    assert.match(err.message, /certificate/i);
+  });
+
+  test("a plaintext client is refused as Unavailable", async () => {
+    await assertUnavailable(target, { insecure: true });
+  });
+});
+
+/** A countTokens call from a client made with options fails as Unavailable, with no reason; returns its error. */
+async function assertUnavailable(target: string, options: Parameters<typeof createClient>[1]): Promise<ConnectError> {
+  const client = createClient(target, { defaultTimeoutMs: 10_000, ...options });
+  try {
+    const err = await client.countTokens({ text: "x" }).then(
+      () => assert.fail("the call succeeded"),
+      (e: unknown) => e,
+    );
+    assert.ok(err instanceof ConnectError, `not a ConnectError: ${String(err)}`);
+    assert.equal(Code[err.code], "Unavailable", err.message);
+    const d = errorDetails(err);
+    assert.equal(d.code, Code.Unavailable);
+    assert.equal(d.reason, "");
+    assert.ok(err.cause !== undefined, "the transport error is kept as the cause");
+    return err;
+  } finally {
+    client.close();
+  }
+}
+
+/** A TCP server: onSocket gets every connection; close() also destroys them. */
+function tcpServer(onSocket: (s: net.Socket) => void): { server: net.Server; close(): void } {
+  const sockets = new Set<net.Socket>();
+  const server = net.createServer((s) => {
+    sockets.add(s);
+    s.on("error", () => {});
+    onSocket(s);
+  });
+  return {
+    server,
+    close() {
+      for (const s of sockets) s.destroy();
+      server.close();
+    },
+  };
+}
+
+// Go and Python report UNAVAILABLE for a connection that fails before the gateway
+// answers; Connect-node says Canceled, Internal or Aborted for most of them (the
+// wrapper maps them), and Unavailable for a refused connection.
+describe("connection failures", () => {
+  test("nothing listening on the port: Unavailable (unary and streaming, plaintext and TLS)", async () => {
+    const { server, close } = tcpServer(() => {});
+    const target = `127.0.0.1:${await listen(server)}`;
+    close();
+    const err = await assertUnavailable(target, { insecure: true });
+    assert.equal((err.cause as NodeJS.ErrnoException).code, "ECONNREFUSED");
+    await assertUnavailable(target, {});
+    const client = createClient(target, { insecure: true });
     try {
-      await assert.rejects(client.countTokens({ text: "x" }), (err: unknown) => {
-        assert.ok(err instanceof ConnectError);
+      await assert.rejects(collectStream(client.streamChatCompletion({ userMessage: "x" })), (e: unknown) => {
+        assert.equal(errorDetails(e).code, Code.Unavailable);
         return true;
       });
     } finally {
@@ -253,16 +315,137 @@ describe("mutual TLS", { skip: haveOpenssl() ? false : "openssl not found" }, ()
     }
   });
 
-  test("without the CA the server is not trusted", async () => {
-    const client = createClient(target, { tls: { cert: pem("client.pem"), key: pem("client.key") }, defaultTimeoutMs: 10_000 });
+  test("the peer closes the connection before answering: Unavailable, not Canceled", async () => {
+    const srv = tcpServer((s) => s.destroy());
+    try {
+      const err = await assertUnavailable(`127.0.0.1:${await listen(srv.server)}`, { insecure: true });
+      assert.match(err.message, /connection closed before the gateway answered/);
+    } finally {
+      srv.close();
+    }
+  });
+
+  test("the peer resets the connection: Unavailable, not Aborted", async () => {
+    const srv = tcpServer((s) => s.resetAndDestroy());
+    try {
+      await assertUnavailable(`127.0.0.1:${await listen(srv.server)}`, { insecure: true });
+    } finally {
+      srv.close();
+    }
+  });
+
+  test("a peer that does not speak HTTP/2: Unavailable, and close() right after does not crash", async () => {
+    const srv = tcpServer((s) => s.end("HTTP/1.1 400 Bad Request\r\n\r\n"));
+    try {
+      await assertUnavailable(`127.0.0.1:${await listen(srv.server)}`, { insecure: true });
+      // Node emits the session's error a tick later; an unhandled one would fail this test.
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    } finally {
+      srv.close();
+    }
+  });
+
+  test("a caller's abort, deadline or close() stays Canceled / DeadlineExceeded", async () => {
+    // Accepts connections and never answers (plaintext: the HTTP/2 stream is open; TLS: the handshake hangs).
+    const srv = tcpServer(() => {});
+    const target = `127.0.0.1:${await listen(srv.server)}`;
+    try {
+      for (const options of [{ insecure: true }, {}]) {
+        const client = createClient(target, options);
+        try {
+          const ac = new AbortController();
+          setTimeout(() => ac.abort(), 50);
+          await assert.rejects(client.countTokens({ text: "x" }, { signal: ac.signal }), (err: unknown) => {
+            assert.equal(Code[errorDetails(err).code], "Canceled");
+            return true;
+          });
+          await assert.rejects(client.countTokens({ text: "x" }, { timeoutMs: 50 }), (err: unknown) => {
+            assert.equal(Code[errorDetails(err).code], "DeadlineExceeded");
+            return true;
+          });
+          const call = client.countTokens({ text: "x" });
+          setTimeout(() => client.close(), 50);
+          await assert.rejects(call, (err: unknown) => {
+            assert.equal(Code[errorDetails(err).code], "Canceled", String(err));
+            return true;
+          });
+        } finally {
+          client.close();
+        }
+      }
+    } finally {
+      srv.close();
+    }
+  });
+
+  test("a stream the server resets on a live connection stays Canceled", async () => {
+    const server = http2.createServer();
+    server.on("stream", (stream) => stream.close(http2.constants.NGHTTP2_CANCEL));
+    const client = createClient(`127.0.0.1:${await listen(server)}`, { insecure: true });
     try {
       await assert.rejects(client.countTokens({ text: "x" }), (err: unknown) => {
-        assert.ok(err instanceof ConnectError);
-        assert.match(err.message, /certificate/i);
+        assert.equal(Code[errorDetails(err).code], "Canceled");
         return true;
       });
     } finally {
       client.close();
+      server.close();
+    }
+  });
+
+  test("a status the server sent is kept, with its details (even Canceled or Internal)", async () => {
+    for (const code of [Code.Canceled, Code.Internal, Code.Unavailable]) {
+      const server = http2.createServer(
+        connectNodeAdapter({
+          routes(router) {
+            router.service(GPTService, {
+              countTokens() {
+                throw new ConnectError("from the gateway", code, undefined, [
+                  { desc: ErrorInfoSchema, value: { reason: "UPSTREAM_UNAVAILABLE", domain: "gpt-grpc" } },
+                ]);
+              },
+            });
+          },
+        }),
+      );
+      const client = createClient(`127.0.0.1:${await listen(server)}`, { insecure: true });
+      try {
+        await assert.rejects(client.countTokens({ text: "x" }), (err: unknown) => {
+          const d = errorDetails(err);
+          assert.equal(Code[d.code], Code[code]);
+          assert.equal(d.message, "from the gateway");
+          assert.equal(d.reason, "UPSTREAM_UNAVAILABLE");
+          return true;
+        });
+      } finally {
+        client.close();
+        server.close();
+      }
+    }
+  });
+
+  test("the caller's interceptors see the mapped error", async () => {
+    const { server, close } = tcpServer((s) => s.destroy());
+    const seen: Code[] = [];
+    const client = createClient(`127.0.0.1:${await listen(server)}`, {
+      insecure: true,
+      interceptors: [
+        (next) => async (req) => {
+          try {
+            return await next(req);
+          } catch (err) {
+            seen.push(ConnectError.from(err).code);
+            throw err;
+          }
+        },
+      ],
+    });
+    try {
+      await assert.rejects(client.countTokens({ text: "x" }));
+      assert.deepEqual(seen.map((c) => Code[c]), ["Unavailable"]);
+    } finally {
+      client.close();
+      close();
     }
   });
 });
