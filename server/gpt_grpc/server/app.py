@@ -98,6 +98,12 @@ class GatewayServer:
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.so_reuseport", 1 if config.reuse_port else 0),
+                # Calls the transport accepted that the application has not picked
+                # up yet. gRPC's defaults (1,000, hard 3,000) cancel calls of a
+                # burst of thousands within a second, before admission sees them;
+                # admission (max_in_flight) is the limit that answers OVERLOADED.
+                ("grpc.server.max_pending_requests", max(1_000, config.max_in_flight)),
+                ("grpc.server.max_pending_requests_hard_limit", max(3_000, 2 * config.max_in_flight)),
             ]
         )
         self.servicer = GPTServicer(
