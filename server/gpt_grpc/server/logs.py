@@ -6,7 +6,9 @@ import json
 import logging
 import sys
 import time
-from typing import Any
+from typing import IO, Any
+
+import orjson
 
 ACCESS = logging.getLogger("gpt_grpc.access")
 NOISY = ("httpx", "httpx2", "httpcore", "httpcore2", "openai", "aiohttp.access")
@@ -29,9 +31,16 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, separators=(",", ":"), default=str)
 
 
+# The handler `configure` installed: while it is the only one, an access line is
+# written straight to its stream (see `access`).
+_handler: logging.StreamHandler[Any] | None = None
+
+
 def configure(level: str = "INFO") -> None:
+    global _handler
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
+    _handler = handler
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -41,9 +50,39 @@ def configure(level: str = "INFO") -> None:
 
 
 def access(fields: dict[str, Any]) -> None:
-    """The one line a call writes at the default level."""
-    if ACCESS.isEnabledFor(logging.INFO):
+    """The one line a call writes at the default level.
+
+    Through `logging` it costs ~50 us a call (a LogRecord, the formatter,
+    json.dumps, the handler's lock); while the handler `configure` installed is
+    the only one on the way, the same JSON line (same keys, same order) is
+    written to its stream directly, serialized with orjson.
+    """
+    if not ACCESS.isEnabledFor(logging.INFO):
+        return
+    stream = _direct_stream()
+    if stream is None:
         ACCESS.info("call", extra={"fields": fields})
+        return
+    entry = {"ts": round(time.time(), 3), "level": "info", "logger": ACCESS.name, **fields}
+    try:
+        stream.write(orjson.dumps(entry, default=str, option=orjson.OPT_APPEND_NEWLINE))
+        stream.flush()
+    except (OSError, ValueError):  # a closed or broken stderr must not fail the call
+        pass
+
+
+def _direct_stream() -> IO[bytes] | None:
+    handler = _handler
+    if handler is None or ACCESS.handlers or not ACCESS.propagate or handler.level > logging.INFO:
+        return None
+    if logging.getLogger().handlers != [handler] or handler.filters or ACCESS.filters:
+        return None
+    text = handler.stream
+    raw = getattr(text, "buffer", None)
+    if raw is None:
+        return None
+    text.flush()  # keep the order of lines written through logging
+    return raw  # type: ignore[no-any-return]
 
 
 def now() -> float:
