@@ -215,3 +215,24 @@ def test_lines_split_like_httpx(lines: list[str], ends: list[str], cuts: list[in
     ours = asyncio.run(_lines(chunks, ours=True))
     theirs = asyncio.run(_lines(chunks, ours=False))
     assert ours == theirs
+
+
+async def test_cookies_the_upstream_set_go_back_like_the_sdks() -> None:
+    def set_cookie(request: httpx2.Request) -> httpx2.Response:
+        body = {"id": "x", "object": "chat.completion", "model": "m", "choices": [], "created": 0}
+        return httpx2.Response(200, json=body, headers={"set-cookie": "__cf_bm=abc; path=/; HttpOnly"})
+
+    seen, transport = capture(set_cookie)
+    async with openai.DefaultAsyncHttpx2Client(transport=transport, follow_redirects=False) as http:
+        client = openai.AsyncOpenAI(
+            api_key=KEY, base_url="https://upstream.test/v1", max_retries=0, timeout=60.0, http_client=http
+        )
+        for _ in range(2):
+            async with client.chat.completions.with_streaming_response.create(
+                **BODY, timeout=httpx2.Timeout(9.0, connect=5.0)
+            ) as response:
+                await response.read()
+        async with chat_endpoint(client, http).post(BODY, timeout=9.0, connect_timeout=5.0) as fast:
+            await fast.aread()
+    assert seen[1].headers["cookie"] == "__cf_bm=abc"
+    assert wire(seen[2]) == wire(seen[1])

@@ -61,6 +61,19 @@ def _timeout(timeouts: dict[str, float | None], key: str) -> float | None:
 class _Connection(asyncio.Protocol):
     """One HTTP/1.1 connection: one request at a time."""
 
+    __slots__ = (
+        "_drain",
+        "_read_paused",
+        "_waiter",
+        "_write_paused",
+        "buffer",
+        "eof",
+        "error",
+        "idle_since",
+        "loop",
+        "transport",
+    )
+
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.transport: asyncio.Transport | None = None
@@ -260,6 +273,8 @@ class _Body:
 
 
 class _ResponseStream(httpx2.AsyncByteStream):
+    __slots__ = ("_body", "_closed", "_conn", "_origin", "_pool", "_read_timeout", "_reusable")
+
     def __init__(
         self,
         pool: FastTransport,

@@ -50,18 +50,23 @@ class ChatEndpoint:
     def __init__(self, client: openai.AsyncOpenAI, http: httpx2.AsyncClient) -> None:
         self.client = client
         self.http = http
-        self.url = str(client.base_url) + CHAT_PATH
-        self._headers: list[tuple[str, str]] | None = None
+        self.url = httpx2.URL(str(client.base_url) + CHAT_PATH)
+        self._template: httpx2.Headers | None = None
 
-    def _base_headers(self) -> list[tuple[str, str]]:
-        # Built on first use, inside the event loop: X-Stainless-Async names
-        # the running async library, as it does when the SDK builds a request.
-        if self._headers is None:
+    def _base_headers(self) -> httpx2.Headers:
+        """Every header but the per-call ones, merged with the HTTP client's as httpx2 does.
+
+        Built on first use, inside the event loop: X-Stainless-Async names the
+        running async library, as it does when the SDK builds a request. Each
+        request copies it (the entries are shared, not re-normalized: ~5 KB less
+        per call in flight than building the request from scratch).
+        """
+        if self._template is None:
             merged: dict[str, Any] = {**self.client.auth_headers, **self.client.default_headers}
             headers = [(k, v) for k, v in merged.items() if isinstance(v, str)]  # Omit() drops a header
             headers.append(_RAW_RESPONSE_HEADER)
-            self._headers = headers
-        return self._headers
+            self._template = self.http.build_request("POST", self.url, headers=headers, content=b"").headers
+        return self._template
 
     def post(
         self,
@@ -72,18 +77,26 @@ class ChatEndpoint:
         headers: Mapping[str, str] | None = None,
     ) -> _Post:
         """`async with endpoint.post(...) as response:` the streamed httpx2 response (2xx only)."""
-        request_headers = list(self._base_headers())
+        content = orjson.dumps(body)
+        if len(content) < 4096:
+            content = bytes(memoryview(content))  # orjson's buffer is 4 KB whatever the length
+        request_headers = self._base_headers().copy()
+        request_headers["Content-Length"] = str(len(content))
         if headers:
-            request_headers.extend(headers.items())
-        request_headers.append(("x-stainless-retry-count", "0"))
-        request_headers.append(("x-stainless-read-timeout", str(float(timeout))))
-        request = self.http.build_request(
+            for name, value in headers.items():
+                request_headers[name] = value
+        request_headers["x-stainless-retry-count"] = "0"
+        request_headers["x-stainless-read-timeout"] = str(float(timeout))
+        request = httpx2.Request(
             "POST",
             self.url,
-            headers=request_headers,
-            content=orjson.dumps(body),
-            timeout=httpx2.Timeout(timeout, connect=connect_timeout),
+            content=content,
+            extensions={"timeout": httpx2.Timeout(timeout, connect=connect_timeout).as_dict()},
         )
+        request.headers = request_headers
+        cookies = self.http.cookies
+        if cookies:  # what build_request adds: cookies the upstream set earlier
+            httpx2.Cookies(cookies).set_cookie_header(request)
         return _Post(self, request)
 
 
