@@ -1,6 +1,7 @@
 """Load generator: one scenario per process, JSON result on stdout.
 
     python bench/load.py '{"kind": "gateway_unary", "target": "127.0.0.1:50051", ...}'
+    python bench/load.py - < spec.json
 
 Closed-loop: `concurrency` workers each issue calls back to back. After a
 warm-up, the run is cut into `windows` windows of `window` seconds; every
@@ -419,7 +420,8 @@ def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def main() -> None:
-    spec = json.loads(sys.argv[1])
+    # The spec comes as an argument, or on stdin with "-" (a 1 MB text is too long for argv).
+    spec = json.loads(sys.stdin.read() if sys.argv[1] == "-" else sys.argv[1])
     raise_open_file_limit()
     json.dump(run_spec(spec), sys.stdout)
 

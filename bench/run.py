@@ -312,7 +312,8 @@ def load(spec: dict[str, Any], cpus: Cpus, timeout: float) -> dict[str, Any]:
 
         return load_module.run_spec(spec)  # type: ignore[no-any-return]
     result = subprocess.run(
-        [PY, str(BENCH / "load.py"), json.dumps(spec)],
+        [PY, str(BENCH / "load.py"), "-"],
+        input=json.dumps(spec).encode(),
         cwd=ROOT,
         capture_output=True,
         timeout=timeout,
