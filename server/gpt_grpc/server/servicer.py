@@ -365,7 +365,7 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
             count = tokens.count_messages(convert.count_messages(request.messages), model)
         elif len(request.text) > LARGE_TEXT_CHARS:
             # Megabytes take a while: keep the event loop serving other calls meanwhile.
-            count = await asyncio.to_thread(tokens.count_text, request.text, model)
+            count = await tokens.count_text_off_loop(request.text, model)
         else:
             count = tokens.count_text(request.text, model)
         return convert.token_count(count)
