@@ -2,7 +2,7 @@
 #   include bench/bench.mk
 # `make bench` runs the full comparison (about 6 minutes; writes bench/results/),
 # `make bench-smoke` a tiny one (about 20 seconds; bench/results/smoke/) that CI keeps working.
-# Extra flags: make bench BENCH_ARGS="--scaling --windows 5"
+# Extra flags: make bench BENCH_ARGS="--no-scaling --windows 5"
 
 BENCH_STAMP ?= $(or $(STAMP),.venv/.installed)
 BENCH_PY ?= $(or $(PY),.venv/bin/python)
