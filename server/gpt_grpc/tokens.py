@@ -357,6 +357,13 @@ def _reset_cache() -> None:
 # --------------------------------------------------------------------------- model -> encoding
 
 
+# Answers of encoding_name_for, which are fixed (packaged catalog, tiktoken's
+# tables): every CountTokens and every usage estimate asks. Model names come
+# from callers, so the memo is bounded.
+_NAME_MEMO_MAX = 4096
+_name_memo: dict[tuple[str, str], tuple[str, bool]] = {}
+
+
 def encoding_name_for(model: str, default: str = DEFAULT_ENCODING) -> tuple[str, bool]:
     """``(encoding name, fallback)`` for a model; unknown models get ``default`` and ``True``.
 
@@ -364,6 +371,17 @@ def encoding_name_for(model: str, default: str = DEFAULT_ENCODING) -> tuple[str,
     model tables (``tiktoken.model``: exact names and prefixes such as ``gpt-4o-``,
     ``o3-``, ``gpt-5``, ``ft:gpt-4o``).
     """
+    key = (model, default)
+    answer = _name_memo.get(key)
+    if answer is None:
+        answer = _encoding_name_for(model, default)
+        if len(_name_memo) >= _NAME_MEMO_MAX:
+            _name_memo.clear()
+        _name_memo[key] = answer
+    return answer
+
+
+def _encoding_name_for(model: str, default: str) -> tuple[str, bool]:
     spec = default_catalog().lookup(model)
     if spec is not None:
         return spec.encoding, False
