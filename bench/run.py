@@ -631,6 +631,15 @@ def markdown(bench: Bench, figures: dict[str, Any], meta: dict[str, Any]) -> str
         f"{p.windows} windows of {p.window:g} s per figure (after {p.warmup:g} s warm-up); "
         "median (min-max). Direct and gateway windows alternate.",
         "",
+        *(
+            [
+                "**Smoke run**: tiny counts (concurrency 1 and 4, a 64 KB text, 40 slow calls); it checks that the "
+                "benchmark works, its figures mean nothing.",
+                "",
+            ]
+            if meta["smoke"]
+            else []
+        ),
         "## Chat completions: the SDK called directly vs. through the gateway",
         "",
         "| path | concurrency | calls/s | p50 ms | p99 ms | time to first chunk ms | CPU ms/call "
