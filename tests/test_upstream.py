@@ -23,9 +23,7 @@ BODY: dict[str, Any] = {
         {
             "role": "assistant",
             "content": None,
-            "tool_calls": [
-                {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": '{"a":1}'}}
-            ],
+            "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "f", "arguments": '{"a":1}'}}],
         },
         {"role": "tool", "tool_call_id": "call_1", "content": "42"},
     ],
@@ -104,9 +102,7 @@ async def test_the_wire_request_is_the_sdks(
             **body, timeout=httpx2.Timeout(timeout, connect=5.0), extra_headers=extra
         ) as response:
             await response.read()
-        async with chat_endpoint(client, http).post(
-            body, timeout=timeout, connect_timeout=5.0, headers=extra
-        ) as fast:
+        async with chat_endpoint(client, http).post(body, timeout=timeout, connect_timeout=5.0, headers=extra) as fast:
             await fast.aread()
     assert len(seen) == 2
     assert wire(seen[1]) == wire(seen[0])
