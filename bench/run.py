@@ -136,6 +136,13 @@ def _preexec(cpus: set[int] | None) -> Any:
     return pin
 
 
+def _every_cpu() -> set[int] | None:
+    try:
+        return set(range(os.cpu_count() or 1)) if hasattr(os, "sched_setaffinity") else None
+    except OSError:
+        return None
+
+
 def tree_pids(pid: int) -> list[int]:
     """`pid` and its descendants (server workers)."""
     out, todo = [], [pid]
@@ -222,7 +229,8 @@ class Stack:
                 env={**os.environ, **(env or {})},
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                preexec_fn=_preexec(self.cpus.server if pin else None),
+                # Unpinned means every CPU: a child would otherwise inherit this process's (the load generator's).
+                preexec_fn=_preexec(self.cpus.server if pin else _every_cpu()),
             )
         proc = Proc(name, popen, log)
         self.procs.append(proc)
@@ -548,7 +556,7 @@ class Bench:
         """
         p = self.plan
         out: dict[str, Any] = {}
-        every_cpu = Cpus(None, set(range(os.cpu_count() or 1)))
+        every_cpu = Cpus(None, _every_cpu())
         for workers in (1, 2):
             # Configure reaches every worker through the state file: required with an admin token.
             state = self.logs / f"state-w{workers}.json"
