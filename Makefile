@@ -52,8 +52,8 @@ faults: $(STAMP)
 	$(PY) -m tests.faults.campaign --scenario budget --duration 10 --concurrency 100
 
 lint: $(STAMP)
-	$(BIN)/ruff check server clients/python/src/gpt_grpc_client tests
-	$(BIN)/ruff format --check server clients/python/src/gpt_grpc_client tests
+	$(BIN)/ruff check server clients/python/src/gpt_grpc_client tests bench
+	$(BIN)/ruff format --check server clients/python/src/gpt_grpc_client tests bench
 	$(BIN)/mypy
 
 clean: clients-clean
@@ -61,3 +61,4 @@ clean: clients-clean
 
 # Last, so that `install` stays the default goal.
 include clients/clients.mk
+include bench/bench.mk

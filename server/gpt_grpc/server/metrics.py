@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.process_collector import ProcessCollector
@@ -69,6 +70,7 @@ class Metrics:
             "gpt_grpc_retry_budget_refused", "Retries refused by the budget since start.", registry=r
         )
         self._models: set[str] = set()
+        self._call_children: dict[tuple[str, str], tuple[Any, Any]] = {}
         self._lock = threading.Lock()
 
     def watch(self, loop: asyncio.AbstractEventLoop, budget: RetryBudget | None) -> None:
@@ -87,6 +89,16 @@ class Metrics:
                 self._models.add(model)
                 return model
         return OTHER
+
+    def observe_call(self, method: str, code: str, seconds: float) -> None:
+        """One finished call. Label children are cached: `labels()` costs a lock and a hash each time."""
+        key = (method, code)
+        children = self._call_children.get(key)
+        if children is None:
+            children = (self.calls.labels(method, code), self.call_seconds.labels(method))
+            self._call_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     # AttemptObserver (retry.py): the engine reports each upstream attempt.
     def attempt(self, outcome: str, seconds: float) -> None:

@@ -12,10 +12,11 @@ from __future__ import annotations
 import asyncio
 import enum
 import functools
+import itertools
 import logging
 import re
+import secrets
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias, TypeVar
@@ -87,11 +88,17 @@ class Call:
         )
 
 
+# Generated request ids: a random per-process prefix and a counter (unique, and no
+# random-number syscall per call as uuid4 would make).
+_ID_PREFIX = secrets.token_hex(8)
+_ID_COUNTER = itertools.count(1)
+
+
 def _request_id(context: Context) -> str:
     for key, value in context.invocation_metadata() or ():
         if key == "x-request-id" and isinstance(value, str) and _REQUEST_ID.fullmatch(value):
             return value
-    return uuid.uuid4().hex
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
 
 
 def _deadline(context: Context) -> float | None:
@@ -292,8 +299,7 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
         if call.admitted:
             self._leave()
         m = self.metrics
-        m.calls.labels(call.method, code.name).inc()
-        m.call_seconds.labels(call.method).observe(elapsed)
+        m.observe_call(call.method, code.name, elapsed)
         client = call.caller.name
         if access is Access.CHARGED:
             if call.usage is not None:
