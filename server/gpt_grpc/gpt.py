@@ -289,6 +289,28 @@ class GPT:
             return GatewayError(Reason.DEADLINE_EXCEEDED, "the caller's deadline passed while waiting upstream")
         return GatewayError(Reason.UPSTREAM_TIMEOUT, "upstream did not answer within the request timeout")
 
+    async def _with_retries(
+        self,
+        attempt: Callable[[int], Awaitable[T]],
+        request: ChatRequest,
+        settings: Settings,
+        deadline: float | None,
+    ) -> tuple[T, int]:
+        """The snapshot's retry policy under the server-wide budget; a final failure is counted."""
+        try:
+            return await call_with_retries(
+                attempt,
+                settings.retry,
+                deadline=deadline,
+                budget=self.budget,
+                observer=self.observer,
+                clock=self._clock,
+                sleep=self._sleep,
+            )
+        except GatewayError:
+            self.usage.record_failure(request.model)
+            raise
+
     async def acomplete(self, request: ChatRequest, *, deadline: float | None = None) -> ChatResult:
         """One whole answer. `deadline` is a `time.monotonic()` instant."""
         request, body = self.prepare(request)
@@ -321,19 +343,7 @@ class GPT:
                 raise GatewayError(Reason.UPSTREAM_UNAVAILABLE, "upstream connection dropped mid-response") from None
             return _parse_completion(raw, request_id), request_id
 
-        try:
-            (data, request_id), attempts = await call_with_retries(
-                attempt,
-                settings.retry,
-                deadline=deadline,
-                budget=self.budget,
-                observer=self.observer,
-                clock=self._clock,
-                sleep=self._sleep,
-            )
-        except GatewayError:
-            self.usage.record_failure(request.model)
-            raise
+        (data, request_id), attempts = await self._with_retries(attempt, request, settings, deadline)
         result = self._result_from_completion(request, body, data, attempts, request_id)
         self.usage.record_success(request.model, result.usage, result.cost_usd)
         return result
@@ -446,19 +456,7 @@ class GPT:
                     raise
                 raise _stream_error(exc, by_deadline, self._timeout_error) from None
 
-        try:
-            (stack, events), attempts = await call_with_retries(
-                attempt,
-                settings.retry,
-                deadline=deadline,
-                budget=self.budget,
-                observer=self.observer,
-                clock=self._clock,
-                sleep=self._sleep,
-            )
-        except GatewayError:
-            self.usage.record_failure(request.model)
-            raise
+        (stack, events), attempts = await self._with_retries(attempt, request, settings, deadline)
         try:
             async with stack:
                 while True:
