@@ -333,15 +333,8 @@ def _code(err: grpc.RpcError) -> Any:
 # --------------------------------------------------------------------------- streams
 
 
-class ChatStream:
-    """The text deltas of a ``StreamChatCompletion`` call (synchronous).
-
-    Iterate over it to get each piece of the answer as a ``str`` as it arrives. After the
-    iteration ends, :attr:`summary` holds the final ``ChatCompletionSummary`` (finish
-    reason, usage, cost). :meth:`cancel` (or leaving a ``with`` block early) cancels the
-    call, which closes the upstream request; the iteration then simply ends. Errors are
-    raised as :class:`GatewayError`.
-    """
+class _StreamBase:
+    """What both stream classes record: the text so far, the summary, how it ended."""
 
     def __init__(self, call: Any) -> None:
         self._call = call
@@ -366,6 +359,17 @@ class ChatStream:
     def done(self) -> bool:
         """Whether the stream ended (completed, failed or cancelled)."""
         return self._finished
+
+
+class ChatStream(_StreamBase):
+    """The text deltas of a ``StreamChatCompletion`` call (synchronous).
+
+    Iterate over it to get each piece of the answer as a ``str`` as it arrives. After the
+    iteration ends, :attr:`summary` holds the final ``ChatCompletionSummary`` (finish
+    reason, usage, cost). :meth:`cancel` (or leaving a ``with`` block early) cancels the
+    call, which closes the upstream request; the iteration then simply ends. Errors are
+    raised as :class:`GatewayError`.
+    """
 
     @property
     def cancelled(self) -> bool:
@@ -436,7 +440,7 @@ def _task_cancelling() -> bool:
     return bool(cancelling()) if callable(cancelling) else False
 
 
-class AsyncChatStream:
+class AsyncChatStream(_StreamBase):
     """The text deltas of a ``StreamChatCompletion`` call (asyncio).
 
     ``async for delta in stream`` yields each piece of the answer as a ``str``. When the
@@ -445,30 +449,6 @@ class AsyncChatStream:
     :attr:`summary` holds the final ``ChatCompletionSummary``. Errors are raised as
     :class:`GatewayError`; cancelling the awaiting task propagates ``CancelledError``.
     """
-
-    def __init__(self, call: Any) -> None:
-        self._call = call
-        self._parts: list[str] = []
-        self._refusal: list[str] = []
-        self._finished = False
-        self._cancelled = False
-        #: The final ``ChatCompletionSummary``; ``None`` until the stream ended with one.
-        self.summary: gateway_pb2.ChatCompletionSummary | None = None
-
-    @property
-    def text(self) -> str:
-        """The content received so far."""
-        return "".join(self._parts)
-
-    @property
-    def refusal(self) -> str:
-        """The refusal text received so far (when the model refused)."""
-        return "".join(self._refusal)
-
-    @property
-    def done(self) -> bool:
-        """Whether the stream ended (completed, failed or cancelled)."""
-        return self._finished
 
     @property
     def cancelled(self) -> bool:
