@@ -16,6 +16,7 @@ import importlib.resources
 import os
 import re
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -323,8 +324,11 @@ class Standin:
         *,
         max_recorded: int | None = None,
         shutdown_timeout: float = 1.0,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.host = host
+        # HTTPS like the real API when given: the gateway's TLS client path gets tested.
+        self.ssl_context = ssl_context
         self._port = port
         self.api_keys: frozenset[str] | None = frozenset(api_keys) if api_keys is not None else None
         self.max_recorded = max_recorded
@@ -352,7 +356,7 @@ class Standin:
         self._server = _TrackingServer(self._handle, handler_cancellation=True, access_log=None)
         self._runner = web.ServerRunner(self._server, shutdown_timeout=self._shutdown_timeout)
         await self._runner.setup()
-        self._site = web.TCPSite(self._runner, self.host, self._port, reuse_address=True)
+        self._site = web.TCPSite(self._runner, self.host, self._port, reuse_address=True, ssl_context=self.ssl_context)
         try:
             await self._site.start()
         except BaseException:
@@ -404,9 +408,10 @@ class Standin:
 
     @property
     def root_url(self) -> str:
-        """``http://host:port`` (the control API lives under ``/_standin``)."""
+        """``http(s)://host:port`` (the control API lives under ``/_standin``)."""
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self._port}"
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://{host}:{self._port}"
 
     @property
     def base_url(self) -> str:
