@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import grpc
+import pytest
 from google.rpc import error_details_pb2, status_pb2
 
 
@@ -15,11 +16,16 @@ class Details:
     error_infos: list[error_details_pb2.ErrorInfo] = field(default_factory=list)
     retry_info: error_details_pb2.RetryInfo | None = None
     bad_request: error_details_pb2.BadRequest | None = None
+    quota_failure: error_details_pb2.QuotaFailure | None = None
 
     @property
     def reason(self) -> str:
         assert len(self.error_infos) == 1, f"exactly one ErrorInfo expected, got {self.error_infos}"
         return self.error_infos[0].reason
+
+    @property
+    def quota_violations(self) -> list[tuple[str, str]]:
+        return [(v.subject, v.description) for v in self.quota_failure.violations] if self.quota_failure else []
 
     @property
     def fields(self) -> list[str]:
@@ -43,4 +49,14 @@ def details(err: grpc.aio.AioRpcError) -> Details:
                 elif any_.Is(error_details_pb2.BadRequest.DESCRIPTOR):
                     out.bad_request = error_details_pb2.BadRequest()
                     any_.Unpack(out.bad_request)
+                elif any_.Is(error_details_pb2.QuotaFailure.DESCRIPTOR):
+                    out.quota_failure = error_details_pb2.QuotaFailure()
+                    any_.Unpack(out.quota_failure)
     return out
+
+
+async def fail(call: object) -> grpc.aio.AioRpcError:
+    """The error a call that must fail ended with."""
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await call  # type: ignore[misc]
+    return info.value

@@ -18,7 +18,7 @@ from gpt_grpc.server.app import ServerConfig
 from gpt_grpc.standin import Fault, Standin
 from gpt_grpc_client import AsyncClient, GatewayError
 from tests.conftest import ADMIN, ADMIN_TOKEN, TEST_KEY, Gateway, fast_upstream, start_gateway, stop_gateway
-from tests.helpers import details
+from tests.helpers import details, fail
 from tests.test_lifecycle import ServerProcess, wait_serving
 
 HI = pb.ChatCompletionRequest(model="gpt-4o-mini", user_message="hello metrics")
@@ -26,12 +26,6 @@ HI = pb.ChatCompletionRequest(model="gpt-4o-mini", user_message="hello metrics")
 
 def bearer(token: str) -> tuple[tuple[str, str]]:
     return (("authorization", f"Bearer {token}"),)
-
-
-async def fail(call: object) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        await call  # type: ignore[misc]
-    return info.value
 
 
 def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -287,10 +281,9 @@ async def test_budget_refuses_with_quota_failure_and_usage_survives_restart(stan
         first = await gw.stub.ChatCompletion(HI, metadata=bearer(spender))
         second = await gw.stub.ChatCompletion(HI, metadata=bearer(spender))
         assert first.cost_usd < 0.000005 < first.cost_usd + second.cost_usd
-        over = await fail(gw.stub.ChatCompletion(HI, metadata=bearer(spender)))
-        err = details(over)
+        err = details(await fail(gw.stub.ChatCompletion(HI, metadata=bearer(spender))))
         assert (err.code, err.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "CLIENT_BUDGET_EXCEEDED")
-        quota = _quota_failure(over)
+        quota = err.quota_violations
         assert quota == [("client:spender", quota[0][1])] and "daily budget" in quota[0][1]
         assert (await gw.stub.ChatCompletion(HI, metadata=bearer(saver))).content  # unaffected
         own = await gw.stub.GetUsage(pb.GetUsageRequest(), metadata=bearer(spender))
@@ -311,19 +304,6 @@ async def test_budget_refuses_with_quota_failure_and_usage_survives_restart(stan
         assert {c.name: c.period_spend_usd > 0 for c in clients} == {"saver": True, "spender": True}
     finally:
         await stop_gateway(gw)
-
-
-def _quota_failure(err: grpc.aio.AioRpcError) -> list[tuple[str, str]]:
-    from google.rpc import error_details_pb2, status_pb2
-
-    for key, value in err.trailing_metadata() or ():
-        if key == "grpc-status-details-bin":
-            for any_ in status_pb2.Status.FromString(value).details:
-                if any_.Is(error_details_pb2.QuotaFailure.DESCRIPTOR):
-                    failure = error_details_pb2.QuotaFailure()
-                    any_.Unpack(failure)
-                    return [(v.subject, v.description) for v in failure.violations]
-    return []
 
 
 async def test_repeated_auth_failures_are_rate_limited(keyed: Gateway, standin: Standin) -> None:

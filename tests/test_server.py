@@ -16,7 +16,7 @@ from gpt_grpc.server.app import ServerConfig
 from gpt_grpc.server.servicer import GPTServicer
 from gpt_grpc.standin import Fault, Standin
 from tests.conftest import ADMIN, ADMIN_TOKEN, TEST_KEY, Gateway, fast_upstream, start_gateway, stop_gateway
-from tests.helpers import details
+from tests.helpers import details, fail
 
 HI = pb.ChatCompletionRequest(model="gpt-4o-mini", system_message="Be brief.", user_message="hi there")
 
@@ -25,12 +25,6 @@ def stream_request(**fields: object) -> pb.StreamChatCompletionRequest:
     base = {"model": "gpt-4o-mini", "user_message": "one two three four five six"}
     base.update(fields)
     return pb.StreamChatCompletionRequest(**base)  # type: ignore[arg-type]
-
-
-async def fail(call: object) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        await call  # type: ignore[misc]
-    return info.value
 
 
 # -- the contract is implemented ---------------------------------------------------

@@ -13,7 +13,7 @@ from gptgrpc.v1 import gateway_pb2 as pb
 from gpt_grpc.server.app import ServerConfig
 from gpt_grpc.standin import Fault, Standin
 from tests.conftest import ADMIN_TOKEN, TEST_KEY, Gateway, fast_upstream, start_gateway, stop_gateway
-from tests.helpers import details
+from tests.helpers import details, fail
 
 HI = pb.ChatCompletionRequest(model="gpt-4o-mini", user_message="over https")
 
@@ -46,7 +46,7 @@ async def test_https_upstream(
         events = [e async for e in gw.stub.StreamChatCompletion(stream, timeout=10)]
         assert "".join(e.delta.content for e in events[:-1]) == "Echo: streamed over https"
         https_standin.enqueue(*[Fault(kind="server_error")] * 3)
-        err = details(await _fail(gw.stub.ChatCompletion(HI, timeout=10)))
+        err = details(await fail(gw.stub.ChatCompletion(HI, timeout=10)))
         assert (err.code, err.reason) == (grpc.StatusCode.UNAVAILABLE, "UPSTREAM_UNAVAILABLE")
         # Keep-alive over TLS: the calls above shared the pool's connections.
         assert https_standin.total_connections < len(https_standin.requests)
@@ -60,14 +60,8 @@ async def test_untrusted_upstream_certificate_is_refused(
 ) -> None:
     gw = await gateway_trusting(pki / "rogue-ca.pem", https_standin, transport, monkeypatch)
     try:
-        err = details(await _fail(gw.stub.ChatCompletion(HI, timeout=10)))
+        err = details(await fail(gw.stub.ChatCompletion(HI, timeout=10)))
         assert (err.code, err.reason) == (grpc.StatusCode.UNAVAILABLE, "UPSTREAM_UNAVAILABLE")
         assert https_standin.requests == []  # no prompt went to an unverified server
     finally:
         await stop_gateway(gw)
-
-
-async def _fail(call: object) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        await call  # type: ignore[misc]
-    return info.value

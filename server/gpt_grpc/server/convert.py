@@ -116,7 +116,7 @@ def _message(m: pb.ChatMessage, path: str, out: list[FieldViolation]) -> dict[st
     return message
 
 
-def chat_request(req: _ChatFields) -> ChatRequest:
+def chat_request(req: _ChatFields, request_id: str | None = None) -> ChatRequest:
     """The domain request; raises GatewayError(INVALID_REQUEST) listing every bad field."""
     out: list[FieldViolation] = []
     if req.messages and (req.system_message or req.user_message):
@@ -174,7 +174,7 @@ def chat_request(req: _ChatFields) -> ChatRequest:
         fmt = _response_format(req.response_format, out)
         if fmt is not None:
             params["response_format"] = fmt
-    request = ChatRequest(model=req.model, messages=messages, params=params)
+    request = ChatRequest(model=req.model, messages=messages, params=params, request_id=request_id)
     if out:
         raise invalid(out)
     return request

@@ -331,8 +331,7 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
         logs.access(fields)
 
     def _chat(self, request: Any, call: Call) -> ChatRequest:
-        chat = convert.chat_request(request)
-        chat = ChatRequest(chat.model, chat.messages, chat.params, request_id=call.request_id)
+        chat = convert.chat_request(request, call.request_id)
         call.model = chat.model or self.gpt.settings.default_model
         return chat
 
