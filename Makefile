@@ -33,7 +33,7 @@ run: $(STAMP)
 	$(BIN)/gpt-grpc-server
 
 demo: $(STAMP)
-	$(PY) -m gpt_grpc.demo
+	$(PY) -m demo
 
 # Everything CI checks: the Python suite (servers on loopback, the short fault
 # campaign, stale-stub checks), then the Go and TypeScript clients, the
@@ -52,8 +52,8 @@ faults: $(STAMP)
 	$(PY) -m tests.faults.campaign --scenario budget --duration 10 --concurrency 100
 
 lint: $(STAMP)
-	$(BIN)/ruff check server clients/python/src/gpt_grpc_client tests bench
-	$(BIN)/ruff format --check server clients/python/src/gpt_grpc_client tests bench
+	$(BIN)/ruff check server clients/python/src/gpt_grpc_client tests bench demo
+	$(BIN)/ruff format --check server clients/python/src/gpt_grpc_client tests bench demo
 	$(BIN)/mypy
 
 clean: clients-clean

@@ -1,6 +1,6 @@
 """A minimal, fast OpenAI-compatible upstream for benchmarks.
 
-The project's stand-in (gpt_grpc.standin, aiohttp) is built for fault
+The project's stand-in (tests.standin, aiohttp) is built for fault
 injection and request recording; it counts tokens per request and goes
 through aiohttp's machinery, so it answers a few thousand requests a second.
 A benchmark of the gateway needs an upstream that is never the bottleneck:

@@ -50,7 +50,7 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 PY = sys.executable
 API_KEY = "sk-bench-0123456789abcdefghijklmnop"
-ADMIN_TOKEN = "bench-admin-token-0123456789"
+ADMIN_TOKEN = "bench-admin-token-0123456789-abcdefgh"
 KB_TEXT = ("The quick brown fox jumps over the lazy dog. " * 23)[:1024]
 ONE_MB = 1 << 20
 

@@ -12,11 +12,11 @@ from gptgrpc.v1 import gateway_pb2_grpc as pb_grpc
 
 from gpt_grpc.server.app import GatewayServer, ServerConfig
 from gpt_grpc.settings import SettingsUpdate
-from gpt_grpc.standin import Standin
 from tests.pki import make_pki
+from tests.standin import Standin
 
 TEST_KEY = "sk-test-0123456789abcdefghijklmnop"
-ADMIN_TOKEN = "admin-token-for-tests-7f3a9c"
+ADMIN_TOKEN = "admin-token-for-tests-7f3a9c-0123456789abcdef"
 ADMIN = (("authorization", f"Bearer {ADMIN_TOKEN}"),)
 
 

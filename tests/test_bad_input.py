@@ -86,7 +86,7 @@ class Servers:
 def servers() -> Iterator[Servers]:
     tmp = Path(tempfile.mkdtemp(prefix="gpt-grpc-bad-input-"))
     standin = subprocess.Popen(
-        [sys.executable, "-m", "gpt_grpc.standin", "--port", "0", "--port-file", str(tmp / "port"), "--api-key", KEY],
+        [sys.executable, "-m", "tests.standin", "--port", "0", "--port-file", str(tmp / "port"), "--api-key", KEY],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

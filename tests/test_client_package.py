@@ -32,14 +32,14 @@ from grpc_status import rpc_status
 
 import gpt_grpc_client
 from gpt_grpc.server.app import ServerConfig
-from gpt_grpc.standin import Standin
 from gpt_grpc_client import AsyncClient, Client, GatewayError, cli
 from tests.conftest import ADMIN_TOKEN as GATEWAY_ADMIN_TOKEN
 from tests.conftest import fast_upstream, start_gateway, stop_gateway
+from tests.standin import Standin
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIENT_DIR = ROOT / "clients" / "python"
-ADMIN_TOKEN = "admin-token-0123456789"
+ADMIN_TOKEN = "admin-token-0123456789-abcdefghijklmnopqrstuv"
 CLIENT_TOKEN = "gptk_client-token-abcdef"
 CLIENT_TOKEN_ISSUED = "gptk_ab12-issued-token-987654"
 API_KEY = "sk-proj-SECRETSECRETSECRET1234"

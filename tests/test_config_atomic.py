@@ -15,9 +15,9 @@ import pytest
 from gptgrpc.v1 import gateway_pb2 as pb
 
 from gpt_grpc.server.app import ServerConfig
-from gpt_grpc.standin import Standin
 from tests.conftest import ADMIN, ADMIN_TOKEN, fast_upstream, start_gateway, stop_gateway
 from tests.faults.campaign import CallResult, one_call
+from tests.standin import Standin
 
 KEY_A = "key-for-upstream-a-0123456789"
 KEY_B = "key-for-upstream-b-9876543210"

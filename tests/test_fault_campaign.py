@@ -8,9 +8,9 @@ from __future__ import annotations
 import pytest
 from gptgrpc.v1 import gateway_pb2 as pb
 
-from gpt_grpc.standin import Standin
 from tests.conftest import Gateway
 from tests.faults.campaign import CampaignOptions, run_campaign
+from tests.standin import Standin
 
 
 @pytest.mark.timeout(90)

@@ -10,8 +10,8 @@ from gpt_grpc.chat import ChatRequest, ChatResult, Delta
 from gpt_grpc.errors import GatewayError, Reason
 from gpt_grpc.gpt import GPT
 from gpt_grpc.settings import Settings
-from gpt_grpc.standin import Fault, Standin
 from tests.conftest import TEST_KEY, fast_upstream
+from tests.standin import Fault, Standin
 
 
 def test_api_key_and_endpoint_validate_as_they_are_set() -> None:

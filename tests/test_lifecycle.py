@@ -17,9 +17,9 @@ from gptgrpc.v1 import gateway_pb2 as pb
 from gptgrpc.v1 import gateway_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from gpt_grpc.standin import Standin
 from tests.conftest import ADMIN_TOKEN, TEST_KEY
 from tests.helpers import details
+from tests.standin import Standin
 
 
 def free_port() -> int:

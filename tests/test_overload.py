@@ -18,9 +18,9 @@ from gptgrpc.v1 import gateway_pb2 as pb
 from gptgrpc.v1 import gateway_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from gpt_grpc.standin import Standin
 from tests.faults.campaign import CallResult, one_call
 from tests.faults.harness import KEY, GatewayProcess, percentile
+from tests.standin import Standin
 
 LIMIT = 20  # --max-in-flight
 SLOW = 3.0  # seconds the upstream takes to answer each held call

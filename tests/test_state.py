@@ -17,9 +17,9 @@ from gptgrpc.v1 import gateway_pb2 as pb
 from gptgrpc.v1 import gateway_pb2_grpc as pb_grpc
 
 from gpt_grpc.settings import Settings, SettingsUpdate, apply
-from gpt_grpc.standin import Standin
 from gpt_grpc.state import StateFile, StateFileError
 from tests.conftest import ADMIN, TEST_KEY
+from tests.standin import Standin
 from tests.test_lifecycle import ServerProcess, wait_serving
 
 

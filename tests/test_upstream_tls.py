@@ -11,9 +11,9 @@ import pytest
 from gptgrpc.v1 import gateway_pb2 as pb
 
 from gpt_grpc.server.app import ServerConfig
-from gpt_grpc.standin import Fault, Standin
 from tests.conftest import ADMIN_TOKEN, TEST_KEY, Gateway, fast_upstream, start_gateway, stop_gateway
 from tests.helpers import details, fail
+from tests.standin import Fault, Standin
 
 HI = pb.ChatCompletionRequest(model="gpt-4o-mini", user_message="over https")
 

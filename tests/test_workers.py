@@ -21,8 +21,8 @@ from gptgrpc.v1 import gateway_pb2_grpc as pb_grpc
 
 from gpt_grpc.server import workers
 from gpt_grpc.server.app import ServerConfig
-from gpt_grpc.standin import Standin
 from tests.conftest import ADMIN, ADMIN_TOKEN, TEST_KEY
+from tests.standin import Standin
 from tests.test_lifecycle import free_port, wait_serving
 
 

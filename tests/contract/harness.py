@@ -3,7 +3,7 @@
 
     python tests/contract/harness.py [options] -- COMMAND [ARGS...]
 
-Starts the stand-in upstream (``python -m gpt_grpc.standin``) and the gateway
+Starts the stand-in upstream (``python -m tests.standin``) and the gateway
 (``gpt-grpc-server``) on free loopback ports, waits until the stand-in answers
 ``GET /_standin/health`` and the gateway's grpc.health.v1 reports SERVING, then
 runs COMMAND with these variables set:
@@ -225,7 +225,7 @@ def services(args: argparse.Namespace, log_dir: Path) -> Iterator[dict[str, str]
         standin_url = f"http://{LOOPBACK}:{standin_port}"
         standin = Service(
             "standin",
-            [sys.executable, "-m", "gpt_grpc.standin", "--host", LOOPBACK, "--port", str(standin_port),
+            [sys.executable, "-m", "tests.standin", "--host", LOOPBACK, "--port", str(standin_port),
              "--api-key", api_key],
             base_env,
             log_dir,

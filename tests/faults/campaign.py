@@ -39,9 +39,9 @@ from google.protobuf import duration_pb2
 from gptgrpc.v1 import gateway_pb2 as pb
 from gptgrpc.v1 import gateway_pb2_grpc as pb_grpc
 
-from gpt_grpc.standin import RecordedRequest, Standin
 from tests.faults.harness import ADMIN, KEY, GatewayProcess, RssSampler, percentile
 from tests.helpers import details
+from tests.standin import RecordedRequest, Standin
 
 # The faults of the issue: 429 with Retry-After, 500, 502, 503, a hang past the
 # request timeout, a connection dropped mid-stream, invalid JSON, an HTML error

@@ -25,7 +25,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 KEY = "sk-campaign-0123456789abcdefghij"
-ADMIN_TOKEN = "admin-token-for-campaigns-4b1d"
+ADMIN_TOKEN = "admin-token-for-campaigns-4b1d-0123456789abcdef"
 ADMIN = (("authorization", f"Bearer {ADMIN_TOKEN}"),)
 
 _POOL = re.compile(

@@ -43,6 +43,8 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GPTService"].full_name
 DEFAULT_PORT = 50051
 # Big enough for a large conversation, small enough to bound memory per call.
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+# The admin token decides where prompts and the key go: a short one can be guessed.
+MIN_ADMIN_TOKEN_CHARS = 32
 
 
 @dataclass
@@ -74,6 +76,7 @@ class GatewayServer:
 
     def __init__(self, config: ServerConfig, gpt: GPT | None = None) -> None:
         self.config = config
+        _check_admin_token(config.admin_token)
         # Validate the start-up settings like a Configure call would; settings
         # saved by Configure before a restart win over the environment.
         settings = apply(Settings(), config.upstream)
@@ -215,6 +218,15 @@ def _server_credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
 
 class ConfigError(Exception):
     """Start-up settings that cannot work."""
+
+
+def _check_admin_token(token: str | None) -> None:
+    """Refuse a guessable admin token at start, saying how to make a good one."""
+    if token is not None and len(token) < MIN_ADMIN_TOKEN_CHARS:
+        raise ConfigError(
+            f"the admin token has {len(token)} characters; it must have at least {MIN_ADMIN_TOKEN_CHARS}. "
+            "Make one with: openssl rand -base64 32"
+        )
 
 
 def _is_loopback(host: str) -> bool:

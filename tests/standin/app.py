@@ -488,7 +488,7 @@ class Standin:
     async def wait_for(
         self,
         predicate: Callable[[Standin], bool],
-        timeout: float = 5.0,  # noqa: ASYNC109 - the helper's documented signature
+        timeout: float = 5.0,
         interval: float = 0.01,
     ) -> None:
         """Poll until ``predicate(self)`` is true; raise TimeoutError after ``timeout`` s.

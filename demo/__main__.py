@@ -1,7 +1,8 @@
 """`make demo`: the stand-in upstream, the gateway, and a client, all on loopback.
 
-Starts both servers as real processes on free ports, then shows a streamed
-chat, a token count, a Configure call and one mapped error, and stops them.
+Run as `python -m demo` from the repository root. Starts both servers as real
+processes on free ports, then shows a streamed chat, a token count, a Configure
+call and one mapped error, and stops them.
 """
 
 from __future__ import annotations
@@ -16,11 +17,15 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gpt_grpc_client import Client, GatewayError, gateway_pb2
+
+# The stand-in is a test double in tests/standin: started from the repository root.
+ROOT = Path(__file__).resolve().parents[1]
 
 DEMO_KEY = "sk-demo-" + "0123456789abcdefghij"
 SCRAPE_EXCERPT = (
@@ -62,7 +67,7 @@ def _wait_serving(target: str, deadline: float) -> None:
 
 @contextmanager
 def _process(args: list[str], env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         yield proc
     finally:
@@ -87,7 +92,7 @@ def main() -> None:
     standin_port, gateway_port, metrics_port = _free_port(), _free_port(), _free_port()
     standin_root = f"http://127.0.0.1:{standin_port}"
     target = f"127.0.0.1:{gateway_port}"
-    admin_token = secrets.token_urlsafe(24)
+    admin_token = secrets.token_urlsafe(32)
     env = {
         **os.environ,
         "OPENAI_API_KEY": DEMO_KEY,
@@ -98,7 +103,7 @@ def main() -> None:
         "GPT_GRPC_LOG_LEVEL": "WARNING",
     }
     py = sys.executable
-    standin_cmd = [py, "-m", "gpt_grpc.standin", "--host", "127.0.0.1", "--port", str(standin_port)]
+    standin_cmd = [py, "-m", "tests.standin", "--host", "127.0.0.1", "--port", str(standin_port)]
     with _process(standin_cmd, env), _process([py, "-m", "gpt_grpc.server"], env):
         deadline = time.monotonic() + 30
         _wait_http(f"{standin_root}/_standin/health", deadline)

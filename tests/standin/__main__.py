@@ -1,6 +1,6 @@
 """CLI: run the stand-in upstream until SIGINT/SIGTERM.
 
-python -m gpt_grpc.standin --host 127.0.0.1 --port 8000 [--api-key K ...]
+python -m tests.standin --host 127.0.0.1 --port 8000 [--api-key K ...]
     [--fault-rate 0.2 --fault-seed 1 --fault-kinds rate_limit server_error ...]
 """
 
@@ -18,7 +18,7 @@ from .faults import DEFAULT_RANDOM_DELAY, DEFAULT_RANDOM_KINDS, FAULT_KINDS
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="gpt-grpc-standin",
+        prog="python -m tests.standin",
         description="OpenAI-compatible stand-in upstream for tests, demos and benchmarks.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
