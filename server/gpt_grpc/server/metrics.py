@@ -69,6 +69,11 @@ class Metrics:
         self.budget_refused = Gauge(
             "gpt_grpc_retry_budget_refused", "Retries refused by the budget since start.", registry=r
         )
+        self.store_degraded = Gauge(
+            "gpt_grpc_store_degraded",
+            "1 while the shared store cannot be reached: serving from what this process knows, limits per replica.",
+            registry=r,
+        )
         self._models: set[str] = set()
         self._call_children: dict[tuple[str, str], tuple[Any, Any]] = {}
         self._lock = threading.Lock()

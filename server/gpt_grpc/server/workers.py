@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("gpt_grpc.server")
 
 WORKER_ENV = "GPT_GRPC_WORKER"
-STATE_POLL_SECONDS = 1.0
+SHARED_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 def worker_index() -> int | None:
@@ -57,10 +57,13 @@ def check(config: ServerConfig) -> str | None:
         return None
     if config.port == 0:
         return "--workers needs a fixed --port (each worker binds the same one)"
-    if config.db_path:
-        return "--db keeps per-client limits in one process's memory: use --workers 1 with it"
-    if config.admin_token and not config.state_file:
-        return "--workers with an admin token needs --state-file (Configure reaches the workers through it)"
+    url = config.store_url or ""
+    if not url.lower().startswith(SHARED_SCHEMES):
+        return (
+            "--workers shares clients, limits, usage and settings through a shared store: give "
+            "--store redis://host:6379/0 (a SQLite or in-memory store serves one process; see README, "
+            "'Running a fleet')"
+        )
     return None
 
 
@@ -107,35 +110,6 @@ def supervise(config: ServerConfig, argv: Sequence[str]) -> int:
     for child in children:
         code = max(code, abs(child.returncode or 0))
     return code
-
-
-async def follow_state_file(server: GatewayServer, load: Callable[[], Any]) -> None:
-    """Install settings another worker saved: the state file is checked every second."""
-    state = server.state
-    if state is None:
-        return
-    seen = _mtime(state.path)
-    while True:
-        await asyncio.sleep(STATE_POLL_SECONDS)
-        now = _mtime(state.path)
-        if now == seen:
-            continue
-        seen = now
-        try:
-            settings = await asyncio.to_thread(load)
-        except Exception as exc:  # a bad file must not stop serving with the settings in force
-            log.error("state file changed but cannot be used: %s", exc)
-            continue
-        if settings is not None and settings.generation != server.gpt.settings.generation:
-            server.gpt.install(settings)
-            log.info("settings from the state file: %r", settings)
-
-
-def _mtime(path: os.PathLike[str] | str) -> float | None:
-    try:
-        return os.stat(path).st_mtime
-    except OSError:
-        return None
 
 
 def loop_runner(choice: str) -> Callable[[Coroutine[Any, Any, None]], None]:
