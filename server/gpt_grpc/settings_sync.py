@@ -218,4 +218,3 @@ def _encode(s: Settings, key: dict[str, str] | None) -> bytes:
         },
     }
     return json.dumps({"version": DOC_VERSION, "settings": settings, "api_key": key, "upstreams": None}).encode()
-

@@ -34,7 +34,7 @@ from ..settings import Settings, SettingsUpdate, apply
 from ..settings_sync import SettingsRecordError, SettingsSync
 from ..state import StateFile, StateFileError
 from ..store import StoreError, store_from_url
-from ..store.secrets import SecretKeyError, Sealer, sealer_from_env
+from ..store.secrets import Sealer, SecretKeyError, sealer_from_env
 from . import logs, workers
 from .admission import Admission
 from .auth import AdminAuth, Authorizer

@@ -11,9 +11,9 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from gptgrpc.v1 import gateway_pb2 as pb
 
 from ..accounts import ClientRecord
-from ..limits import Limits
 from ..chat import ChatRequest, ChatResult, Delta, ToolCall, Usage
 from ..errors import FieldViolation, invalid
+from ..limits import Limits
 from ..settings import Settings, SettingsUpdate, mask_key
 from ..tokens import TokenCount
 from ..usage import ModelTotals

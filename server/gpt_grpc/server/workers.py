@@ -35,7 +35,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .app import GatewayServer, ServerConfig
+    from .app import ServerConfig
 
 log = logging.getLogger("gpt_grpc.server")
 

@@ -12,9 +12,7 @@ SQLITE_SCHEME = "sqlite://"
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 
-def store_from_url(
-    url: str | None, *, password: str | None = None, clock: Callable[[], float] = time.time
-) -> Store:
+def store_from_url(url: str | None, *, password: str | None = None, clock: Callable[[], float] = time.time) -> Store:
     """The store named by `url` (not yet opened): None or "memory" is an in-memory SQLite store.
 
     `sqlite:///var/lib/gpt-grpc/gateway.db` (an absolute path after the

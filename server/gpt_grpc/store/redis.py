@@ -65,7 +65,7 @@ from ..limits import (
     rate_refusal,
 )
 from ..usage import ModelTotals
-from .base import ClientRow, Charge, SettingsDoc, Store, StoreError, sorted_usage
+from .base import Charge, ClientRow, SettingsDoc, Store, StoreError, sorted_usage
 
 log = logging.getLogger("gpt_grpc.store")
 
@@ -381,17 +381,23 @@ class RedisStore(Store):
                     ) from None
                 await asyncio.sleep(0.2)
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._flush_forever()), loop.create_task(self._watch())]
+        self._flusher_task = loop.create_task(self._flush_forever())
+        self._tasks = [self._flusher_task, loop.create_task(self._watch())]
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        for task in self._tasks:
+        # The watcher sees _closed within POLL_SECONDS and closes its subscription itself:
+        # a cancelled PubSub.get_message can leave the task hanging.
+        self._flusher_task.cancel()
+        done, stuck = await asyncio.wait(self._tasks, timeout=POLL_SECONDS * 4)
+        for task in stuck:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await task
+                if task in done:
+                    await task
         if self._redis is not None:
             with contextlib.suppress(RedisError, OSError):
                 await self.flush()
@@ -459,7 +465,7 @@ class RedisStore(Store):
         """Follow settings and clients changed elsewhere (pub/sub + polling); detect Redis coming back."""
         pubsub: Any = None
         last_renewal = time.monotonic()
-        while True:
+        while not self._closed:
             try:
                 if pubsub is None:
                     pubsub = self._client().pubsub()
@@ -484,6 +490,9 @@ class RedisStore(Store):
             except Exception:
                 log.exception("error while following the store")
                 await asyncio.sleep(POLL_SECONDS)
+        if pubsub is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await pubsub.aclose()
 
     async def _poll(self) -> None:
         r = self._client()
@@ -786,5 +795,6 @@ class RedisStore(Store):
 
 def _unavailable() -> GatewayError:
     return GatewayError(
-        Reason.STORE_UNAVAILABLE, "the shared store cannot be reached; nothing was changed (the data plane still serves)"
+        Reason.STORE_UNAVAILABLE,
+        "the shared store cannot be reached; nothing was changed (the data plane still serves)",
     )

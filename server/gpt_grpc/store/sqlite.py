@@ -33,7 +33,7 @@ from pathlib import Path
 from ..errors import GatewayError, Reason
 from ..limits import Estimate, Limits, LocalLimiter, Periods, Ticket
 from ..usage import ModelTotals
-from .base import ClientRow, Charge, SettingsDoc, Store, StoreError, sorted_usage
+from .base import Charge, ClientRow, SettingsDoc, Store, StoreError, sorted_usage
 
 log = logging.getLogger("gpt_grpc.store")
 
