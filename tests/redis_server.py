@@ -55,7 +55,7 @@ class RedisServer:
                 str(self.dir),
                 "--protected-mode",
                 "yes",
-            ],  # fmt: skip
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

@@ -406,5 +406,5 @@ async def test_unreachable_redis_at_start_is_a_clear_error(clock: Clock) -> None
     from tests.redis_server import free_port
 
     store = RedisStore(f"redis://127.0.0.1:{free_port()}/0", clock=clock, start_wait=0.5)
-    with pytest.raises(StoreError, match="cannot reach Redis at redis://127.0.0.1:"):
+    with pytest.raises(StoreError, match=r"cannot reach Redis at redis://127\.0\.0\.1:"):
         await store.open()
