@@ -26,7 +26,7 @@ def free_port() -> int:
 class RedisServer:
     """One redis-server process (no persistence, loopback only)."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, *, persistent: bool = False) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed: run `make deps-debian` (the Makefile does it for test)")
@@ -34,28 +34,19 @@ class RedisServer:
         self.port = port or free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="gpt-grpc-redis-"))
         self.proc: subprocess.Popen[bytes] | None = None
+        # Persistent: every write is in the append-only file before Redis answers, so a
+        # kill -9 and a restart on the same directory lose nothing acknowledged.
+        self.persistent = persistent
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
+        aof = ["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else ["--appendonly", "no"]
+        args = ["--port", str(self.port), "--bind", "127.0.0.1", "--save", "", *aof, "--dir", str(self.dir)]
         self.proc = subprocess.Popen(
-            [
-                self.binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.dir),
-                "--protected-mode",
-                "yes",
-            ],
+            [self.binary, *args, "--protected-mode", "yes"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

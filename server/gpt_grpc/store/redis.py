@@ -202,6 +202,20 @@ redis.call('PUBLISH', ARGV[6], 'clients')
 return 1
 """
 
+# A batch of settles, applied at most once: a batch whose reply was lost (Redis killed after
+# applying it) is sent again, and then skipped. KEYS batch marker; ARGV (op, key, field, value)*.
+_APPLY = """
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', 3600) then return 0 end
+for i = 1, #ARGV, 4 do
+  local op, key, f, v = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  if op == 'hi' then redis.call('HINCRBY', key, f, v)
+  elseif op == 'hf' then redis.call('HINCRBYFLOAT', key, f, v)
+  elseif op == 'sf' then redis.call('INCRBYFLOAT', key, v); redis.call('EXPIRE', key, f)
+  elseif op == 'zr' then redis.call('ZREM', key, v) end
+end
+return 1
+"""
+
 # Client by token hash: KEYS tokens, clients; ARGV hex.
 _FIND_TOKEN = """
 local name = redis.call('HGET', KEYS[1], ARGV[1])
@@ -289,16 +303,6 @@ class _Pending:
     def __bool__(self) -> bool:
         return bool(self.usage or self.spend or self.tokens or self.releases)
 
-    def merge(self, later: _Pending) -> None:
-        for k, u in later.usage.items():
-            seen = self.usage.get(k)
-            self.usage[k] = u if seen is None else seen.plus(u)
-        for k2, v in later.spend.items():
-            self.spend[k2] = self.spend.get(k2, 0.0) + v
-        for k3, n in later.tokens.items():
-            self.tokens[k3] = self.tokens.get(k3, 0) + n
-        self.releases.extend(later.releases)
-
 
 class RedisStore(Store):
     """See the module docstring."""
@@ -329,6 +333,8 @@ class RedisStore(Store):
         self._generation: bytes | str | None = None
         self._local = LocalLimiter(clock)
         self._pending = _Pending()
+        self._unsent: list[tuple[str, list[str | int | float]]] = []  # batches not yet applied, oldest first
+        self._flush_lock = asyncio.Lock()
         self._last_spend: dict[str, tuple[str, float, str, float]] = {}
         self._open_leases: dict[str, str] = {}  # ticket id -> client, for calls holding an in-flight slot
         self._degraded = False
@@ -345,8 +351,9 @@ class RedisStore(Store):
         options: dict[str, Any] = {
             "socket_timeout": COMMAND_TIMEOUT_SECONDS,
             "socket_connect_timeout": COMMAND_TIMEOUT_SECONDS,
-            # This store decides what a failure means (degraded mode): no hidden retries.
-            "retry": Retry(NoBackoff(), 0),
+            # This store decides what a failure means (degraded mode). One immediate retry only:
+            # a pooled connection broken by a Redis restart fails once, then reconnects.
+            "retry": Retry(NoBackoff(), 1),
             "client_name": f"gpt-grpc-{os.getpid()}",
         }
         if self._password:
@@ -361,6 +368,7 @@ class RedisStore(Store):
         self._swap_script = r.register_script(_SWAP_CLIENT)
         self._find_script = r.register_script(_FIND_TOKEN)
         self._save_script = r.register_script(_SAVE_SETTINGS)
+        self._apply_script = r.register_script(_APPLY)
         deadline = time.monotonic() + self._start_wait
         while True:
             try:
@@ -401,20 +409,21 @@ class RedisStore(Store):
         if self._redis is not None:
             with contextlib.suppress(RedisError, OSError):
                 await self.flush()
-            if self._pending:
+            if self._pending or self._unsent:
                 log.error("Redis unreachable at shutdown: usage of recent calls was not written")
             await self._redis.aclose()
 
     async def flush(self) -> None:
+        """Write what is buffered, as batches applied at most once each (see _APPLY)."""
         pending, self._pending = self._pending, _Pending()
-        if not pending:
-            return
-        try:
-            await self._write(pending)
-        except BaseException:
-            pending.merge(self._pending)
-            self._pending = pending
-            raise
+        if pending:
+            self._unsent.append((f"{self._ticket_prefix}-b{next(self._serial)}", self._ops(pending)))
+        async with self._flush_lock:  # the background flusher and a reader's flush: one batch at a time
+            while self._unsent:
+                batch_id, ops = self._unsent[0]
+                self.round_trips += 1
+                await self._apply_script(keys=[self._p + "batch:" + batch_id], args=ops, client=self._client())
+                self._unsent.pop(0)
 
     @property
     def degraded(self) -> bool:
@@ -499,8 +508,10 @@ class RedisStore(Store):
         self.round_trips += 1
         version, generation = await r.mget(self._p + "version", self._p + "generation")
         if self._degraded:
-            self._set_degraded(False)
+            # Connections pooled before the outage are dead: drop them all, then write back.
+            await r.connection_pool.disconnect()
             await self.flush()
+            self._set_degraded(False)
         if version != self._version:
             await self._reload_clients()
             self._version = version
@@ -530,7 +541,7 @@ class RedisStore(Store):
     async def _flush_forever(self) -> None:
         while True:
             await asyncio.sleep(FLUSH_SECONDS)
-            if self._degraded or not self._pending:
+            if self._degraded or not (self._pending or self._unsent):
                 continue
             try:
                 await self.flush()
@@ -539,31 +550,26 @@ class RedisStore(Store):
             except Exception:
                 log.exception("could not write usage to %s", self.description)
 
-    async def _write(self, pending: _Pending) -> None:
+    def _ops(self, pending: _Pending) -> list[str | int | float]:
+        """The batch as _APPLY's argument list (op, key, field, value)."""
         p = self._p
-        async with self._client().pipeline(transaction=False) as pipe:
-            for (client, model), totals in pending.usage.items():
-                for key in (p + "usage:" + client, p + "usage-all"):
-                    for column in _USAGE_FIELDS:
-                        value = getattr(totals, column)
-                        if not value:
-                            continue
-                        f = model + _SEP + column
-                        if column == "cost_usd":
-                            pipe.hincrbyfloat(key, f, value)
-                        else:
-                            pipe.hincrby(key, f, value)
-            for (client, label), amount in pending.spend.items():
-                if amount:
-                    pipe.incrbyfloat(p + f"spend:{client}:{label}", amount)
-                    pipe.expire(p + f"spend:{client}:{label}", SPEND_TTL_SECONDS)
-            for (client, slot), n in pending.tokens.items():
-                if n:
-                    pipe.hincrby(p + "tw:" + client, str(slot), n)
-            for client, ticket_id in pending.releases:
-                pipe.zrem(p + "if:" + client, ticket_id)
-            self.round_trips += 1
-            await pipe.execute()
+        ops: list[str | int | float] = []
+        for (client, model), totals in pending.usage.items():
+            for key in (p + "usage:" + client, p + "usage-all"):
+                for column in _USAGE_FIELDS:
+                    value = getattr(totals, column)
+                    if value:
+                        op = "hf" if column == "cost_usd" else "hi"
+                        ops += [op, key, model + _SEP + column, repr(value) if op == "hf" else value]
+        for (client, label), amount in pending.spend.items():
+            if amount:
+                ops += ["sf", p + f"spend:{client}:{label}", SPEND_TTL_SECONDS, repr(amount)]
+        for (client, slot), n in pending.tokens.items():
+            if n:
+                ops += ["hi", p + "tw:" + client, str(slot), n]
+        for client, ticket_id in pending.releases:
+            ops += ["zr", p + "if:" + client, "", ticket_id]
+        return ops
 
     # -- clients -----------------------------------------------------------------
 
