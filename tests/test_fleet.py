@@ -63,6 +63,11 @@ def fleet_redis() -> Iterator[RedisServer]:
         server.stop()
 
 
+def spawn_replica(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "wb") as out:
+        return subprocess.Popen([sys.executable, "-m", "gpt_grpc.server"], env=env, stdout=out, stderr=out)
+
+
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def fleet(fleet_redis: RedisServer) -> AsyncIterator[Fleet]:
     async with Standin(host="127.0.0.1", port=0, api_keys={TEST_KEY}) as standin:
@@ -84,10 +89,7 @@ async def fleet(fleet_redis: RedisServer) -> AsyncIterator[Fleet]:
                 }
                 log = logdir / f"replica{i}.log"
                 f.logs.append(log)
-                with open(log, "wb") as out:
-                    f.procs.append(
-                        subprocess.Popen([sys.executable, "-m", "gpt_grpc.server"], env=env, stdout=out, stderr=out)
-                    )
+                f.procs.append(spawn_replica(env, log))
                 channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
                 f.channels.append(channel)
                 f.stubs.append(pb_grpc.GPTServiceStub(channel))
@@ -121,6 +123,7 @@ async def test_a_client_created_on_one_replica_works_on_the_others(fleet: Fleet)
         reply = await stub.ChatCompletion(pb.ChatCompletionRequest(user_message="hi"), metadata=bearer(token))
         assert reply.content == "Echo: hi"
     await c.RevokeClient(pb.RevokeClientRequest(name="everywhere"), metadata=ADMIN)
+    X = pb.ChatCompletionRequest(user_message="x")
     async with asyncio.timeout(PROPAGATION_ALLOWANCE_SECONDS):
         while True:
             refusals = [
