@@ -123,7 +123,6 @@ async def test_a_client_created_on_one_replica_works_on_the_others(fleet: Fleet)
         reply = await stub.ChatCompletion(pb.ChatCompletionRequest(user_message="hi"), metadata=bearer(token))
         assert reply.content == "Echo: hi"
     await c.RevokeClient(pb.RevokeClientRequest(name="everywhere"), metadata=ADMIN)
-    X = pb.ChatCompletionRequest(user_message="x")
     async with asyncio.timeout(PROPAGATION_ALLOWANCE_SECONDS):
         while True:
             refusals = [
