@@ -9,7 +9,7 @@ PROTO_DIR := proto
 PROTO_FILES := $(shell find $(PROTO_DIR) -name '*.proto' | sort)
 PY_STUBS := clients/python/src
 
-.PHONY: install run demo test test-py lint proto clean faults
+.PHONY: install run demo test test-py lint proto clean faults deps-debian
 
 install: $(STAMP)
 
@@ -18,6 +18,12 @@ $(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e clients/python -e '.[dev]'
 	touch $(STAMP)
+
+# Debian packages the tests start themselves (a real redis-server for the store and fleet
+# tests), installed when missing; `apt-get update` only if the first try fails.
+deps-debian:
+	@command -v redis-server >/dev/null || apt-get install -y redis-server \
+	  || (apt-get update && apt-get install -y redis-server)
 
 # Regenerate every stub from proto/ (pinned generator versions: reproducible).
 proto: $(STAMP)
@@ -38,11 +44,11 @@ demo: $(STAMP)
 # Everything CI checks: the Python suite (servers on loopback, the short fault
 # campaign, stale-stub checks), then the Go and TypeScript clients, the
 # contract suite in both, and buf lint + breaking against the last release.
-test: $(STAMP)
+test: $(STAMP) deps-debian
 	$(BIN)/pytest -q
 	$(MAKE) clients-build clients-test contract-test proto-check
 
-test-py: $(STAMP)
+test-py: $(STAMP) deps-debian
 	$(BIN)/pytest -q
 
 # The full fault campaign (3,000 calls at concurrency 200, 20% faults) and the
