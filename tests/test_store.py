@@ -408,3 +408,27 @@ async def test_unreachable_redis_at_start_is_a_clear_error(clock: Clock) -> None
     store = RedisStore(f"redis://127.0.0.1:{free_port()}/0", clock=clock, start_wait=0.5)
     with pytest.raises(StoreError, match=r"cannot reach Redis at redis://127\.0\.0\.1:"):
         await store.open()
+
+
+async def test_admission_is_one_round_trip_and_settles_are_batched(redis_url: str, clock: Clock) -> None:
+    store = RedisStore(redis_url, clock=clock)
+    await store.open()
+    try:
+        acc = Accounts(store, clock=clock)
+        await acc.create("bob", Limits(requests_per_minute=1000, tokens_per_minute=10**6, max_in_flight=100))
+        row = await acc.authenticate((await acc.create("carol", Limits(requests_per_minute=1000)))[1])
+        assert row is not None
+        before = store.trips.copy()
+        tickets = [await acc.admit(row, Estimate(tokens=10)) for _ in range(20)]
+        # One script per admission; the rest, if any, is the background watcher (poll every 0.5 s).
+        during = store.trips - before
+        assert during["admit"] == 20 and set(during) <= {"admit", "poll", "clients"}
+        before = store.trips.copy()
+        for ticket in tickets:
+            acc.record("carol", "m", Usage(1, 1, 2), 0.001, True, ticket)
+        assert store.trips["batch"] == before["batch"]  # settling never waits on the store
+        await store.flush()
+        assert store.trips["batch"] - before["batch"] == 1  # 20 settles, one batch
+        assert (await acc.usage("carol"))[1].requests == 20
+    finally:
+        await store.close()

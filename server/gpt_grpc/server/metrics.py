@@ -18,6 +18,7 @@ from prometheus_client.process_collector import ProcessCollector
 
 from ..chat import Usage
 from ..retry import RetryBudget
+from ..store.base import Store
 
 MAX_MODEL_LABELS = 200
 # Gauges a worker samples for the parent's scrape (multiprocess mode).
@@ -97,29 +98,39 @@ class Metrics:
             registry=r,
             multiprocess_mode="max",
         )
+        self.store_round_trips = Gauge(
+            "gpt_grpc_store_round_trips",
+            "Requests sent to the store since start (a pipeline or a script is one).",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self._sampler: asyncio.Task[None] | None = None
         self._models: set[str] = set()
         self._call_children: dict[tuple[str, str], tuple[Any, Any]] = {}
         self._lock = threading.Lock()
 
-    def watch(self, loop: asyncio.AbstractEventLoop, budget: RetryBudget | None) -> None:
+    def watch(self, loop: asyncio.AbstractEventLoop, budget: RetryBudget | None, store: Store | None = None) -> None:
         """Gauges read at scrape time (the scrape runs on another thread).
 
         In multiprocess mode the scrape happens in the parent, which cannot call
         into a worker: each worker samples them every SAMPLE_SECONDS instead.
         """
         if self.multiprocess:
-            self._sampler = loop.create_task(self._sample(loop, budget))
+            self._sampler = loop.create_task(self._sample(loop, budget, store))
             return
         self.tasks.set_function(lambda: len(asyncio.all_tasks(loop)))
+        if store is not None:
+            self.store_round_trips.set_function(lambda: store.round_trips)
         if budget is not None:
             self.budget_first.set_function(lambda: budget.state()[0])
             self.budget_retries.set_function(lambda: budget.state()[1])
             self.budget_refused.set_function(lambda: budget.refused)
 
-    async def _sample(self, loop: asyncio.AbstractEventLoop, budget: RetryBudget | None) -> None:
+    async def _sample(self, loop: asyncio.AbstractEventLoop, budget: RetryBudget | None, store: Store | None) -> None:
         while True:
             self.tasks.set(len(asyncio.all_tasks(loop)))
+            if store is not None:
+                self.store_round_trips.set(store.round_trips)
             if budget is not None:
                 first, retries = budget.state()[:2]
                 self.budget_first.set(first)

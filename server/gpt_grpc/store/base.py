@@ -89,6 +89,8 @@ class Store(abc.ABC):
     shared: bool = False
     # Where it is, for logs (never a password).
     description: str = ""
+    # Requests sent to the store (a pipeline or script is one): a metric, and the bench's figure.
+    round_trips: int = 0
 
     def __init__(self) -> None:
         self._settings_listeners: list[SettingsListener] = []

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import collections
 import contextlib
 import hmac
 import itertools
@@ -341,9 +342,9 @@ class RedisStore(Store):
         self._since = clock()
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
+        self.trips: collections.Counter[str] = collections.Counter()  # round trips by purpose (tests, bench)
         self._serial = itertools.count(1)
         self._ticket_prefix = secrets.token_hex(6)
-        self.round_trips = 0  # commands and pipelines sent (bench, tests)
 
     # -- life cycle ------------------------------------------------------------
 
@@ -421,7 +422,7 @@ class RedisStore(Store):
         async with self._flush_lock:  # the background flusher and a reader's flush: one batch at a time
             while self._unsent:
                 batch_id, ops = self._unsent[0]
-                self.round_trips += 1
+                self._count("batch")
                 await self._apply_script(keys=[self._p + "batch:" + batch_id], args=ops, client=self._client())
                 self._unsent.pop(0)
 
@@ -440,12 +441,19 @@ class RedisStore(Store):
             raise GatewayError(Reason.INTERNAL_ERROR, "the store is not open")
         return self._redis
 
-    async def _call(self, op: Callable[[aioredis.Redis], Awaitable[T]]) -> T:
-        """One round trip; unreachable Redis -> degraded mode and STORE_UNAVAILABLE."""
+    def _count(self, kind: str) -> None:
+        self.round_trips += 1
+        self.trips[kind] += 1
+
+    async def _call(
+        self, op: Callable[[aioredis.Redis], Awaitable[T]], *, counted: bool = False, kind: str = "admin"
+    ) -> T:
+        """One round trip (`counted`: op counts its own); unreachable Redis -> degraded mode, STORE_UNAVAILABLE."""
         if self._degraded:
             raise _unavailable()
         try:
-            self.round_trips += 1
+            if not counted:
+                self._count(kind)
             return await op(self._client())
         except (RedisError, OSError) as exc:
             if isinstance(exc, ResponseError) and not isinstance(exc, NoScriptError):
@@ -505,7 +513,7 @@ class RedisStore(Store):
 
     async def _poll(self) -> None:
         r = self._client()
-        self.round_trips += 1
+        self._count("poll")
         version, generation = await r.mget(self._p + "version", self._p + "generation")
         if self._degraded:
             # Connections pooled before the outage are dead: drop them all, then write back.
@@ -522,7 +530,7 @@ class RedisStore(Store):
                 self._settings_changed(doc)
 
     async def _reload_clients(self) -> None:
-        self.round_trips += 1
+        self._count("clients")
         rows = await self._client().hgetall(self._p + "clients")
         clients = {_text(k): _row_of(_text(k), v) for k, v in rows.items()}
         self._clients = clients
@@ -535,7 +543,7 @@ class RedisStore(Store):
         async with self._client().pipeline(transaction=False) as pipe:
             for ticket_id, client in list(self._open_leases.items()):
                 pipe.zadd(self._p + "if:" + client, {ticket_id: until}, xx=True)
-            self.round_trips += 1
+            self._count("leases")
             await pipe.execute()
 
     async def _flush_forever(self) -> None:
@@ -628,7 +636,7 @@ class RedisStore(Store):
 
     async def list_clients(self) -> builtins.list[ClientRow]:
         if not self._degraded:
-            await self._call(lambda r: self._reload_clients())  # fresh, not as last notified
+            await self._call(lambda r: self._reload_clients(), counted=True)  # fresh, not as last notified
         return [row for _, row in sorted(self._clients.items())]
 
     async def get_client(self, name: str) -> ClientRow | None:
@@ -688,7 +696,7 @@ class RedisStore(Store):
             int(LEASE_SECONDS * 2),
         ]
         try:
-            reply = await self._call(lambda r: self._admit_script(keys=keys, args=args, client=r))
+            reply = await self._call(lambda r: self._admit_script(keys=keys, args=args, client=r), kind="admit")
         except GatewayError as exc:
             if exc.reason is not Reason.STORE_UNAVAILABLE:
                 raise
@@ -776,10 +784,10 @@ class RedisStore(Store):
     # -- settings ----------------------------------------------------------------------
 
     async def load_settings(self) -> SettingsDoc | None:
-        return await self._call(lambda r: self._load_settings_raw())
+        return await self._call(lambda r: self._load_settings_raw(), counted=True)
 
     async def _load_settings_raw(self) -> SettingsDoc | None:
-        self.round_trips += 1
+        self._count("settings")
         body, generation = await self._client().mget(self._p + "settings", self._p + "generation")
         if body is None or generation is None:
             return None
