@@ -182,6 +182,19 @@ class GatewayClientTest {
   }
 
   @Test
+  void aViewsDeadlineStartsWithEachCall() throws Exception {
+    // grpc-java's stub.withDeadlineAfter fixes one instant when the stub is made: a view used later would send
+    // an ever shorter deadline. The view's deadline must count from the start of each call.
+    GatewayClient view = client(plaintext()).withDeadline(Duration.ofSeconds(5));
+    Thread.sleep(1500);
+    view.countTokens("", "x");
+    long left = gateway.deadlineMs.get("CountTokens");
+    assertTrue(left > 4000, "the deadline counted from the view's creation: " + left + " ms left of 5000");
+    view.async().countTokens(CountTokensRequest.getDefaultInstance()).get(WAIT_S, TimeUnit.SECONDS);
+    assertTrue(gateway.deadlineMs.get("CountTokens") > 4000, "async view: " + gateway.deadlineMs.get("CountTokens"));
+  }
+
+  @Test
   void asyncCallsCompleteAndFail() throws Exception {
     AsyncGatewayClient a = client(plaintext().clientToken("client")).async();
     assertEquals("Echo: hi", a.chatCompletion(null, "hi").get(WAIT_S, TimeUnit.SECONDS));
