@@ -331,3 +331,11 @@ def test_auth_failure_limiter_is_bounded() -> None:
 )
 def test_peer_host(peer: str, host: str) -> None:
     assert peer_host(peer) == host
+
+
+def test_counted_fields_are_every_usage_column() -> None:
+    import dataclasses
+
+    from gpt_grpc.usage import COUNTED_FIELDS, ModelTotals
+
+    assert COUNTED_FIELDS == tuple(f.name for f in dataclasses.fields(ModelTotals) if f.name != "model")

@@ -65,7 +65,7 @@ from ..limits import (
     in_flight_refusal,
     rate_refusal,
 )
-from ..usage import ModelTotals
+from ..usage import COUNTED_FIELDS, ModelTotals
 from .base import Charge, ClientRow, SettingsDoc, Store, StoreError, sorted_usage
 
 log = logging.getLogger("gpt_grpc.store")
@@ -81,16 +81,7 @@ COMMAND_TIMEOUT_SECONDS = 1.0
 START_WAIT_SECONDS = 10.0
 # Spend keys outlive their period by a margin (a month is at most 31 days).
 SPEND_TTL_SECONDS = 40 * 86400
-_USAGE_FIELDS = (
-    "requests",
-    "failed_requests",
-    "prompt_tokens",
-    "completion_tokens",
-    "cached_prompt_tokens",
-    "reasoning_tokens",
-    "cost_usd",
-    "unpriced_requests",
-)
+_USAGE_FIELDS = COUNTED_FIELDS
 _SEP = "\x1f"
 T = TypeVar("T")
 
@@ -361,8 +352,8 @@ class RedisStore(Store):
             options["password"] = self._password
         try:
             self._redis = aioredis.Redis.from_url(self._url, **options)
-        except (ValueError, RedisError) as exc:
-            raise StoreError(f"--store {self.description} is not a usable Redis URL: {exc}") from None
+        except (ValueError, RedisError):  # the parser's message may quote the URL, password and all
+            raise StoreError(f"--store {self.description} is not a usable Redis URL") from None
         r = self._redis
         self._admit_script = r.register_script(_ADMIT)
         self._add_script = r.register_script(_ADD_CLIENT)

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from ..errors import GatewayError, Reason
 from ..limits import Estimate, Limits, LocalLimiter, Periods, Ticket
-from ..usage import ModelTotals
+from ..usage import COUNTED_FIELDS, ModelTotals
 from .base import Charge, ClientRow, SettingsDoc, Store, StoreError, sorted_usage
 
 log = logging.getLogger("gpt_grpc.store")
@@ -72,16 +72,7 @@ _SCHEMA_V2 = """
 ALTER TABLE clients ADD COLUMN max_in_flight INTEGER;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)
 """
-USAGE_COLUMNS = (
-    "requests",
-    "failed_requests",
-    "prompt_tokens",
-    "completion_tokens",
-    "cached_prompt_tokens",
-    "reasoning_tokens",
-    "cost_usd",
-    "unpriced_requests",
-)
+USAGE_COLUMNS = COUNTED_FIELDS
 
 
 class SqliteStore(Store):
