@@ -202,7 +202,7 @@ async def test_a_budget_holds_across_the_fleet(fleet: Fleet) -> None:
 
 async def test_usage_is_the_same_on_every_replica(fleet: Fleet) -> None:
     token = await create(fleet.stubs[2], "counted")
-    before = [(await s.GetUsage(pb.GetUsageRequest(), metadata=ADMIN)).total.requests for s in fleet.stubs]
+    before = await all_traffic(fleet)
     replies = await asyncio.gather(
         *(
             fleet.stubs[i % REPLICAS].ChatCompletion(
@@ -216,9 +216,17 @@ async def test_usage_is_the_same_on_every_replica(fleet: Fleet) -> None:
     for stub in fleet.stubs:
         usage = await stub.GetUsage(pb.GetUsageRequest(client="counted"), metadata=ADMIN)
         assert (usage.total.requests, usage.total.prompt_tokens + usage.total.completion_tokens) == (30, tokens)
-        everything = await stub.GetUsage(pb.GetUsageRequest(), metadata=ADMIN)
-        assert everything.total.requests - before[0] == 30
-    assert len(set(before)) == 1  # every replica answered the same fleet-wide total before, too
+    assert await all_traffic(fleet) - before == 30  # every replica answers the same fleet-wide total
+
+
+async def all_traffic(fleet: Fleet, timeout: float = 15.0) -> int:
+    """The all-traffic request count once every replica answers the same (earlier calls' settles written)."""
+    async with asyncio.timeout(timeout):
+        while True:
+            totals = {(await s.GetUsage(pb.GetUsageRequest(), metadata=ADMIN)).total.requests for s in fleet.stubs}
+            if len(totals) == 1:
+                return totals.pop()
+            await asyncio.sleep(0.1)
 
 
 async def settled(fleet: Fleet, client: str, requests: int, timeout: float = 15.0) -> None:
