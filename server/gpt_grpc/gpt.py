@@ -35,7 +35,7 @@ from .errors import GatewayError, Reason
 from .pricing import Pricing
 from .retry import AttemptObserver, RetryBudget, call_with_retries
 from .settings import Settings, SettingsUpdate, apply, mask_key
-from .transport import proxies_configured, transport_for
+from .transport import KEEPALIVE_EXPIRY, transport_for
 from .upstream import chat_endpoint, iter_lines
 from .usage import UsageTracker
 
@@ -210,6 +210,7 @@ class GPT:
             limits = httpx2.Limits(
                 max_connections=self._max_connections,
                 max_keepalive_connections=DEFAULT_KEEPALIVE_CONNECTIONS,
+                keepalive_expiry=KEEPALIVE_EXPIRY,  # below common servers' 5 s (see transport.py)
             )
             self._http = openai.DefaultAsyncHttpx2Client(
                 limits=limits,
@@ -503,9 +504,9 @@ def _request_headers(request: ChatRequest) -> dict[str, str] | None:
 
 
 def _transport(limits: httpx2.Limits) -> httpx2.AsyncBaseTransport | None:
-    """The upstream pool: transport.FastTransport, unless a proxy is configured or
+    """The upstream pool: transport.FastTransport (httpx2's for requests a system proxy applies to), unless
     GPT_GRPC_UPSTREAM_TRANSPORT=httpx asks for httpx2's own (None: httpx2 decides)."""
-    if os.environ.get("GPT_GRPC_UPSTREAM_TRANSPORT", "fast") == "httpx" or proxies_configured(os.environ):
+    if os.environ.get("GPT_GRPC_UPSTREAM_TRANSPORT", "fast") == "httpx":
         return None
     return transport_for(limits, fallback=httpx2.AsyncHTTPTransport(limits=limits))
 
