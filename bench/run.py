@@ -1,6 +1,6 @@
 """`make bench`: the gateway against the SDK called directly, side by side, in one run.
 
-    .venv/bin/python bench/run.py [--smoke] [--out DIR] [--windows N] [--window S]
+    .venv/bin/python bench/run.py [--smoke] [--out DIR] [--windows N] [--window S] [--transports]
 
 It starts a fast stand-in upstream (bench/fast_upstream.py) and the gateway
 (`python -m gpt_grpc.server`), pins both to one core and the load generator
@@ -21,7 +21,11 @@ or more, and measures:
   answers after 30 s: all must end OK, server RSS must stay under 600 MB;
 - readiness: process start to health SERVING (encodings loaded);
 - unary at 256 with 1 and 2 server worker processes (`--workers`), nothing
-  pinned (skipped by --no-scaling and --smoke).
+  pinned (skipped by --no-scaling and --smoke);
+- the upstream transport (GPT_GRPC_UPSTREAM_TRANSPORT): one gateway per
+  candidate in `TRANSPORTS` against the same stand-in, unary and streams at
+  concurrency 32, the candidates' windows alternating. `--transports` runs
+  only these rows (and the stand-in's capacity) and writes transports.md.
 
 Every figure is the median of the windows, with min-max. The Markdown report,
 a JSON file with every window and a PNG chart go to bench/results/ (or --out).
@@ -65,6 +69,16 @@ TARGETS = {
     "slow_rss": ("slow upstream: server peak RSS (MB)", "<", 600.0),
     "ready": ("readiness: start to SERVING (s)", "<=", 1.5),
 }
+
+
+# GPT_GRPC_UPSTREAM_TRANSPORT values compared side by side: the gateway's own pool (default), httpx's.
+TRANSPORTS = ("fast", "httpx", "llhttp")
+TRANSPORT_NAMES = {
+    "fast": "own pool (http1.py parser)",
+    "httpx": "httpx2's transport (httpcore, h11)",
+    "llhttp": "own pool, llhttp (httptools) parser",
+}
+TRANSPORT_CONCURRENCY = 32
 
 
 @dataclass
@@ -290,11 +304,18 @@ def wait_serving(target: str, deadline: float) -> None:
 
 
 def start_gateway(
-    stack: Stack, base_url: str, *, name: str = "gateway", args: tuple[str, ...] = (), pin: bool = True
+    stack: Stack,
+    base_url: str,
+    *,
+    name: str = "gateway",
+    args: tuple[str, ...] = (),
+    pin: bool = True,
+    extra_env: dict[str, str] | None = None,
 ) -> tuple[Proc, str, float]:
     """The gateway process; returns it, its target and seconds from spawn to SERVING."""
     port = free_port()
     env = {
+        **(extra_env or {}),
         "OPENAI_API_KEY": API_KEY,
         "OPENAI_BASE_URL": base_url,
         "GPT_GRPC_PORT": str(port),
@@ -405,12 +426,20 @@ class Bench:
     def window_timeout(self) -> float:
         return 120 + self.plan.warmup + self.plan.window
 
-    def alternate(self, name: str, specs: dict[str, dict[str, Any]], server: Proc | None) -> dict[str, Series]:
-        """Run one window of each spec in turn, `windows` times; peak RSS of `server` per gateway window."""
+    def alternate(
+        self, name: str, specs: dict[str, dict[str, Any]], server: Proc | dict[str, Proc] | None
+    ) -> dict[str, Series]:
+        """Run one window of each spec in turn, `windows` times; peak RSS of the server (of each
+        label's own server, when `server` maps labels to processes) per gateway window."""
         series = {label: Series() for label in specs}
         for round_ in range(self.plan.windows):
             for label, spec in specs.items():
-                if server is not None and label not in ("direct", "local"):
+                if isinstance(server, dict):
+                    spec = {**spec, "server_pids": tree_pids(server[label].pid)}
+                    with RssSampler(server[label].pid) as rss:
+                        result = load(spec, self.cpus, self.window_timeout())
+                    series[label].add(result, rss.peak)
+                elif server is not None and label not in ("direct", "local"):
                     spec = {**spec, "server_pids": tree_pids(server.pid)}
                     with RssSampler(server.pid) as rss:
                         result = load(spec, self.cpus, self.window_timeout())
@@ -489,7 +518,9 @@ class Bench:
             self.slow()
             # 5. readiness
             self.readiness(base_url, first_ready)
-            # 6. workers (optional: a failure here is reported, the rest of the report stands)
+            # 6. the upstream transport candidates
+            self.transports(base_url)
+            # 7. workers (optional: a failure here is reported, the rest of the report stands)
             if p.scaling:
                 try:
                     self.scaling(base_url)
@@ -500,6 +531,36 @@ class Bench:
         finally:
             self.stack.close()
         return self.results
+
+    def run_transports(self) -> None:
+        """Only the transport comparison (`--transports`), after the stand-in's capacity."""
+        try:
+            self.say(f"logs in {self.logs}")
+            upstream, base_url = start_upstream(self.stack)
+            self.say("stand-in capacity (raw keep-alive HTTP client, concurrency 32)")
+            spec = {**self.base_spec("raw_http", 32), "base_url": base_url, "server_pids": [upstream.pid]}
+            self.alternate("standin", {"raw": spec}, None)
+            self.transports(base_url)
+            self.stack.stop(upstream)
+        finally:
+            self.stack.close()
+
+    def transports(self, base_url: str) -> None:
+        """One gateway per GPT_GRPC_UPSTREAM_TRANSPORT candidate, same stand-in; their windows alternate."""
+        gateways: dict[str, Proc] = {}
+        targets: dict[str, str] = {}
+        for name in TRANSPORTS:
+            env = {"GPT_GRPC_UPSTREAM_TRANSPORT": name}
+            gateways[name], targets[name], _ = start_gateway(
+                self.stack, base_url, name=f"gateway-{name}", extra_env=env
+            )
+        c = TRANSPORT_CONCURRENCY
+        for kind, what in (("unary", "unary"), ("stream", "streams of 20 chunks")):
+            self.say(f"upstream transports, {what}, concurrency {c}")
+            specs = {name: {**self.base_spec(f"gateway_{kind}", c), "target": targets[name]} for name in TRANSPORTS}
+            self.alternate(f"transport_{kind}", specs, gateways)
+        for proc in gateways.values():
+            self.stack.stop(proc)
 
     def slow(self) -> None:
         p = self.plan
@@ -712,7 +773,8 @@ def markdown(bench: Bench, figures: dict[str, Any], meta: dict[str, Any]) -> str
             )
             + "."
         )
-    lines += ["", "## Ratios and targets", "", "| figure | target | value | met |", "| --- | --- | --- | --- |"]
+    lines += ["", *transport_section(bench)]
+    lines += ["## Ratios and targets", "", "| figure | target | value | met |", "| --- | --- | --- | --- |"]
     for t in figures["targets"].values():
         f = figures_key_value(t)
         lines.append(f"| {t['label']} | {t['op']} {t['bound']:g} | {f} | {'yes' if t['met'] else 'NO'} |")
@@ -721,6 +783,51 @@ def markdown(bench: Bench, figures: dict[str, Any], meta: dict[str, Any]) -> str
         lines.append(f"- {key}: {_fmt(figures[key], 2)}")
     lines += ["", "![throughput and latency](chart.png)", ""]
     return "\n".join(lines)
+
+
+def transport_section(bench: Bench) -> list[str]:
+    """The transport candidates' table: calls/s and the gateway's CPU per call, unary and streams."""
+    s = bench.series
+    if "transport_unary/fast" not in s:
+        return []
+    lines = [
+        f"## Upstream transport (GPT_GRPC_UPSTREAM_TRANSPORT), concurrency {TRANSPORT_CONCURRENCY}",
+        "",
+        "One gateway per candidate against the same stand-in; the candidates' windows alternate. "
+        "Gateway CPU = the gateway process's CPU per call (the gRPC client's is not included). "
+        "vs own pool = per round, this candidate's calls/s over the own pool's window of the same round.",
+        "",
+        "| transport | unary calls/s | gateway CPU ms/unary call | unary p50 ms | streams/s "
+        "| gateway CPU ms/stream | unary vs own pool | streams vs own pool |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name in TRANSPORTS:
+        unary, stream = s[f"transport_unary/{name}"], s[f"transport_stream/{name}"]
+        lines.append(
+            f"| {TRANSPORT_NAMES[name]} (`{name}`) | {_fmt(unary.stat('rate'))} "
+            f"| {_fmt(unary.stat('server_cpu_ms_per_call'), 3)} | {_fmt(unary.stat('p50_ms'), 2)} "
+            f"| {_fmt(stream.stat('rate'))} | {_fmt(stream.stat('server_cpu_ms_per_call'), 3)} "
+            f"| {_fmt(paired_ratios(unary, s['transport_unary/fast']), 2)} "
+            f"| {_fmt(paired_ratios(stream, s['transport_stream/fast']), 2)} |"
+        )
+    return [*lines, ""]
+
+
+def transports_report(bench: Bench, meta: dict[str, Any]) -> str:
+    raw = bench.series["standin/raw"]
+    return "\n".join(
+        [
+            "# gpt-grpc benchmark: upstream transports",
+            "",
+            f"{meta['when']} · {meta['machine']} · {meta['pinning']}",
+            f"{bench.plan.windows} windows of {bench.plan.window:g} s per figure (after {bench.plan.warmup:g} s "
+            "warm-up); median (min-max).",
+            "",
+            *transport_section(bench),
+            f"Stand-in capacity (raw keep-alive HTTP/1.1 client, concurrency 32): {_fmt(raw.stat('rate'))} req/s.",
+            "",
+        ]
+    )
 
 
 def figures_key_value(t: dict[str, Any]) -> str:
@@ -779,6 +886,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--windows", type=int, default=None)
     ap.add_argument("--window", type=float, default=None, help="seconds per window")
     ap.add_argument("--no-scaling", action="store_true", help="skip the 1- and 2-worker measurement")
+    ap.add_argument(
+        "--transports", action="store_true", help="only the upstream transport comparison (writes transports.md)"
+    )
     args = ap.parse_args(argv)
     plan = Plan(**vars(SMOKE)) if args.smoke else Plan()
     global IN_PROCESS
@@ -794,8 +904,10 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     bench = Bench(plan, args.out, cpus)
     started = time.time()
-    bench.run()
-    figures = compute(bench)
+    if args.transports:
+        bench.run_transports()
+    else:
+        bench.run()
     meta = {
         "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
         "machine": f"{os.cpu_count()} CPUs, {platform.machine()}, Python {platform.python_version()}",
@@ -807,6 +919,13 @@ def main(argv: list[str] | None = None) -> int:
         "smoke": args.smoke,
         "seconds": round(time.time() - started, 1),
     }
+    if args.transports:
+        (args.out / "transports.md").write_text(transports_report(bench, meta))
+        series = {k: v.to_json() for k, v in bench.series.items()}
+        (args.out / "transports.json").write_text(json.dumps({"meta": meta, "series": series}, indent=1))
+        print(f"report: {args.out / 'transports.md'}")
+        return 0
+    figures = compute(bench)
     report = markdown(bench, figures, meta)
     (args.out / "report.md").write_text(report)
     data = {

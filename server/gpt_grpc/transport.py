@@ -120,6 +120,10 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.buffer += data
         self.received = True
+        self.buffered()
+
+    def buffered(self) -> None:
+        """Bytes were added to the buffer: stop reading the socket past the high-water mark, wake the reader."""
         if len(self.buffer) > _READ_HIGH_WATER and not self._read_paused and self.transport is not None:
             self._read_paused = True
             self.transport.pause_reading()
@@ -158,6 +162,11 @@ class _Connection(asyncio.Protocol):
     def usable(self) -> bool:
         transport = self.transport
         return not self.eof and transport is not None and not transport.is_closing() and not self.buffer
+
+    def begin_request(self) -> None:
+        """A request is about to be sent on this connection."""
+        self.requests += 1
+        self.received = False
 
     def ended_error(self, what: str) -> httpx2.TransportError:
         """The error for a connection that ended before `what` was complete."""
@@ -325,6 +334,8 @@ class _Retry(Exception):
 
 class FastTransport(httpx2.AsyncBaseTransport):
     """HTTP/1.1 keep-alive pool on asyncio protocols; see the module docstring."""
+
+    _protocol: type[_Connection] = _Connection
 
     def __init__(
         self,
@@ -502,7 +513,7 @@ class FastTransport(httpx2.AsyncBaseTransport):
         try:
             async with asyncio.timeout(limit):
                 return await open_connection(
-                    self._resolver, hostname, port, lambda: _Connection(loop), tls, self.happy_eyeballs_delay
+                    self._resolver, hostname, port, lambda: self._protocol(loop), tls, self.happy_eyeballs_delay
                 )
         except TimeoutError:
             raise httpx2.ConnectTimeout(f"timed out connecting to {hostname}:{port}") from None
@@ -571,8 +582,7 @@ class FastTransport(httpx2.AsyncBaseTransport):
         Raises _Retry (the connection closed, its slot kept) when a reused connection ended
         before any byte of the response."""
         reused = conn.requests > 0
-        conn.requests += 1
-        conn.received = False
+        conn.begin_request()
         try:
             write_timeout = _timeout(timeouts, "write")
             if len(content) < _INLINE_BODY:
@@ -580,8 +590,7 @@ class FastTransport(httpx2.AsyncBaseTransport):
             else:
                 await conn.write(head, write_timeout)
                 await conn.write(content, write_timeout)
-            parsed = await _read_head(conn, _timeout(timeouts, "read"))
-            framed = framing(request.method, request.headers.get("connection", ""), parsed)
+            parsed, framed = await self._response_head(conn, request, _timeout(timeouts, "read"))
         except BaseException as exc:
             if reused and conn.eof and not conn.received and isinstance(exc, httpx2.TransportError):
                 conn.close()
@@ -592,6 +601,12 @@ class FastTransport(httpx2.AsyncBaseTransport):
             raise
         conn.idle_timeout = framed.idle_timeout
         return parsed, framed
+
+    async def _response_head(
+        self, conn: _Connection, request: httpx2.Request, read_timeout: float | None
+    ) -> tuple[Head, Framing]:
+        head = await _read_head(conn, read_timeout)
+        return head, framing(request.method, request.headers.get("connection", ""), head)
 
     async def aclose(self) -> None:
         self._closed = True
@@ -633,9 +648,18 @@ async def _read_head(conn: _Connection, read_timeout: float | None) -> Head:
         return head
 
 
-def transport_for(limits: httpx2.Limits, fallback: httpx2.AsyncBaseTransport) -> httpx2.AsyncBaseTransport:
-    """The gateway's upstream transport for `limits`: the pool, behind the system's proxies if it has any."""
-    pool = FastTransport(
+def transport_for(
+    limits: httpx2.Limits, fallback: httpx2.AsyncBaseTransport, parser: str = "own"
+) -> httpx2.AsyncBaseTransport:
+    """The gateway's upstream transport for `limits`: the pool, behind the system's proxies if it has any.
+
+    `parser`: "own" (http1.py) or "llhttp" (transport_llhttp.py, a candidate measured by bench/run.py)."""
+    kind = FastTransport
+    if parser == "llhttp":
+        from .transport_llhttp import LlhttpTransport
+
+        kind = LlhttpTransport
+    pool = kind(
         max_connections=limits.max_connections or 1_000_000,
         max_keepalive_connections=limits.max_keepalive_connections,
         keepalive_expiry=KEEPALIVE_EXPIRY if limits.keepalive_expiry is None else limits.keepalive_expiry,
