@@ -261,18 +261,21 @@ class Stack:
         self.procs.clear()
 
 
-def start_upstream(stack: Stack, delay: float = 0.0) -> tuple[Proc, str]:
+def start_upstream(stack: Stack, delay: float = 0.0, tls: Path | None = None) -> tuple[Proc, str]:
+    """The fast upstream; with `tls` (a tests/pki.py directory) over HTTPS with its server certificate."""
     port_file = stack.logs / f"upstream-{time.monotonic_ns()}.port"
     argv = [PY, str(BENCH / "fast_upstream.py"), "--port", "0", "--port-file", str(port_file)]
     if delay:
         argv += ["--delay", str(delay)]
+    if tls is not None:
+        argv += ["--tls-cert", str(tls / "server.pem"), "--tls-key", str(tls / "server.key")]
     proc = stack.spawn(f"upstream-delay{delay:g}", argv)
     deadline = time.monotonic() + 20
     while not port_file.exists():
         if proc.popen.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(f"fast upstream did not start; see {proc.log}")
         time.sleep(0.01)
-    return proc, f"http://127.0.0.1:{int(port_file.read_text())}/v1"
+    return proc, f"{'https' if tls else 'http'}://127.0.0.1:{int(port_file.read_text())}/v1"
 
 
 def wait_serving(target: str, deadline: float) -> None:
@@ -562,6 +565,46 @@ class Bench:
         for proc in gateways.values():
             self.stack.stop(proc)
 
+    def tls_scale(self) -> None:
+        """`--tls-scale`: the slow-upstream scenario over plain HTTP, then over HTTPS (TLS on loopback).
+
+        The same fast upstream serves TLS with a certificate from tests/pki.py; the gateway trusts
+        its CA through SSL_CERT_FILE, as an operator's would trust a private CA. One round each."""
+        sys.path.insert(0, str(ROOT))
+        from tests.pki import make_pki
+
+        pki = make_pki(Path(tempfile.mkdtemp(prefix="gpt-grpc-bench-pki-")))
+        p = self.plan
+        out: dict[str, Any] = {}
+        for scheme in ("http", "https"):
+            self.say(f"{scheme}: {p.slow_calls} calls in flight, answers after {p.slow_delay:g} s")
+            upstream, base_url = start_upstream(self.stack, delay=p.slow_delay, tls=pki if scheme == "https" else None)
+            try:
+                env = {"SSL_CERT_FILE": str(pki / "ca.pem")}
+                gateway, target, _ = start_gateway(self.stack, base_url, name=f"gateway-{scheme}", extra_env=env)
+                with RssSampler(gateway.pid) as rss:
+                    result = load(self.slow_spec(target), self.cpus, p.slow_delay * 4 + 300)
+                result["peak_rss_mb"] = rss.peak
+                self.stack.stop(gateway)
+            finally:
+                self.stack.stop(upstream)
+            out[scheme] = result
+            self.say(
+                f"  {result['ok']}/{result['calls']} OK {result['codes']} {result.get('failures', {})}"
+                f"  wall {result['wall_s']:.1f} s  gateway peak RSS {rss.peak:.0f} MB"
+            )
+        self.results["tls_scale"] = out
+
+    def slow_spec(self, target: str) -> dict[str, Any]:
+        p = self.plan
+        return {
+            "kind": "slow",
+            "target": target,
+            "calls": p.slow_calls,
+            "channels": max(1, min(20, p.slow_calls // 500)),
+            "deadline": p.slow_delay * 3 + 30,
+        }
+
     def slow(self) -> None:
         p = self.plan
         self.say(f"slow upstream: {p.slow_calls} calls in flight, answers after {p.slow_delay:g} s")
@@ -570,15 +613,8 @@ class Bench:
         try:
             for round_ in range(p.slow_rounds):
                 gateway, target, _ = start_gateway(self.stack, base_url, name=f"gateway-slow{round_}")
-                spec = {
-                    "kind": "slow",
-                    "target": target,
-                    "calls": p.slow_calls,
-                    "channels": max(1, min(20, p.slow_calls // 500)),
-                    "deadline": p.slow_delay * 3 + 30,
-                }
                 with RssSampler(gateway.pid) as rss:
-                    result = load(spec, self.cpus, p.slow_delay * 4 + 120)
+                    result = load(self.slow_spec(target), self.cpus, p.slow_delay * 4 + 120)
                 result["peak_rss_mb"] = rss.peak
                 rounds.append(result)
                 self.say(
@@ -830,6 +866,26 @@ def transports_report(bench: Bench, meta: dict[str, Any]) -> str:
     )
 
 
+def tls_scale_report(bench: Bench, meta: dict[str, Any]) -> str:
+    p = bench.plan
+    lines = [
+        "# gpt-grpc benchmark: slow upstream over HTTPS",
+        "",
+        f"{meta['when']} · {meta['machine']} · {meta['pinning']}",
+        f"{p.slow_calls:,} ChatCompletion calls at once, each answered after {p.slow_delay:g} s by the fast upstream; "
+        "one round per scheme.",
+        "",
+        "| upstream | calls OK | status codes | failures (status: message) | gateway peak RSS MB | wall s |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for scheme, r in bench.results["tls_scale"].items():
+        lines.append(
+            f"| {scheme} | {r['ok']:,} / {r['calls']:,} | {r['codes']} | {r.get('failures', {})} "
+            f"| {r['peak_rss_mb']:.0f} | {r['wall_s']:.1f} |"
+        )
+    return "\n".join([*lines, ""])
+
+
 def figures_key_value(t: dict[str, Any]) -> str:
     v = t["value"]
     return "n/a" if v != v else f"{v:,.3f}"
@@ -889,6 +945,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--transports", action="store_true", help="only the upstream transport comparison (writes transports.md)"
     )
+    ap.add_argument(
+        "--tls-scale", action="store_true", help="only the slow upstream over HTTP and HTTPS (writes tls_scale.md)"
+    )
     args = ap.parse_args(argv)
     plan = Plan(**vars(SMOKE)) if args.smoke else Plan()
     global IN_PROCESS
@@ -906,6 +965,11 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     if args.transports:
         bench.run_transports()
+    elif args.tls_scale:
+        try:
+            bench.tls_scale()
+        finally:
+            bench.stack.close()
     else:
         bench.run()
     meta = {
@@ -919,6 +983,11 @@ def main(argv: list[str] | None = None) -> int:
         "smoke": args.smoke,
         "seconds": round(time.time() - started, 1),
     }
+    if args.tls_scale:
+        (args.out / "tls_scale.md").write_text(tls_scale_report(bench, meta))
+        (args.out / "tls_scale.json").write_text(json.dumps({"meta": meta, **bench.results}, indent=1))
+        print(f"report: {args.out / 'tls_scale.md'}")
+        return 0
     if args.transports:
         (args.out / "transports.md").write_text(transports_report(bench, meta))
         series = {k: v.to_json() for k, v in bench.series.items()}
