@@ -131,18 +131,10 @@ async def serving(
                 await asyncio.wait(upstream.handlers, timeout=2)
 
 
-# The pool under test: the own parser, or the llhttp candidate (bench/run.py --transports compares them).
-POOL: type[FastTransport] = FastTransport
-if os.environ.get("GPT_GRPC_TEST_POOL") == "llhttp":
-    from gpt_grpc.transport_llhttp import LlhttpTransport
-
-    POOL = LlhttpTransport
-
-
 def fast(**kwargs: Any) -> FastTransport:
     options: dict[str, Any] = {"max_connections": 100, "max_keepalive_connections": 10}
     options.update(kwargs)
-    return POOL(**options)
+    return FastTransport(**options)
 
 
 def on_loop(loop: str, main: Callable[[], Awaitable[object]]) -> object:

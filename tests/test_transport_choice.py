@@ -16,7 +16,7 @@ from tests.standin import Fault, Standin
 HI = pb.ChatCompletionRequest(model="gpt-4o-mini", user_message="which transport")
 
 
-@pytest.fixture(params=["fast", "httpx", "llhttp"])
+@pytest.fixture(params=["fast", "httpx"])
 async def any_transport(
     request: pytest.FixtureRequest, standin: Standin, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[Gateway]:

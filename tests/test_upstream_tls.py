@@ -34,7 +34,7 @@ async def gateway_trusting(ca: Path, standin: Standin, transport: str, monkeypat
     return await start_gateway(config)
 
 
-@pytest.mark.parametrize("transport", ["fast", "httpx", "llhttp"])
+@pytest.mark.parametrize("transport", ["fast", "httpx"])
 async def test_https_upstream(
     transport: str, https_standin: Standin, pki: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -54,7 +54,7 @@ async def test_https_upstream(
         await stop_gateway(gw)
 
 
-@pytest.mark.parametrize("transport", ["fast", "httpx", "llhttp"])
+@pytest.mark.parametrize("transport", ["fast", "httpx"])
 async def test_untrusted_upstream_certificate_is_refused(
     transport: str, https_standin: Standin, pki: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -506,11 +506,9 @@ def _request_headers(request: ChatRequest) -> dict[str, str] | None:
 def _transport(limits: httpx2.Limits) -> httpx2.AsyncBaseTransport | None:
     """The upstream pool: transport.FastTransport (httpx2's for requests a system proxy applies to), unless
     GPT_GRPC_UPSTREAM_TRANSPORT=httpx asks for httpx2's own (None: httpx2 decides)."""
-    choice = os.environ.get("GPT_GRPC_UPSTREAM_TRANSPORT", "fast")
-    if choice == "httpx":
+    if os.environ.get("GPT_GRPC_UPSTREAM_TRANSPORT", "fast") == "httpx":
         return None
-    parser = "llhttp" if choice == "llhttp" else "own"
-    return transport_for(limits, fallback=httpx2.AsyncHTTPTransport(limits=limits), parser=parser)
+    return transport_for(limits, fallback=httpx2.AsyncHTTPTransport(limits=limits))
 
 
 def pair_messages(system_message: str, user_message: str) -> list[dict[str, Any]]:

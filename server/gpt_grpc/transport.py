@@ -120,10 +120,6 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.buffer += data
         self.received = True
-        self.buffered()
-
-    def buffered(self) -> None:
-        """Bytes were added to the buffer: stop reading the socket past the high-water mark, wake the reader."""
         if len(self.buffer) > _READ_HIGH_WATER and not self._read_paused and self.transport is not None:
             self._read_paused = True
             self.transport.pause_reading()
@@ -335,8 +331,6 @@ class _Retry(Exception):
 class FastTransport(httpx2.AsyncBaseTransport):
     """HTTP/1.1 keep-alive pool on asyncio protocols; see the module docstring."""
 
-    _protocol: type[_Connection] = _Connection
-
     def __init__(
         self,
         *,
@@ -513,7 +507,7 @@ class FastTransport(httpx2.AsyncBaseTransport):
         try:
             async with asyncio.timeout(limit):
                 return await open_connection(
-                    self._resolver, hostname, port, lambda: self._protocol(loop), tls, self.happy_eyeballs_delay
+                    self._resolver, hostname, port, lambda: _Connection(loop), tls, self.happy_eyeballs_delay
                 )
         except TimeoutError:
             raise httpx2.ConnectTimeout(f"timed out connecting to {hostname}:{port}") from None
@@ -590,7 +584,8 @@ class FastTransport(httpx2.AsyncBaseTransport):
             else:
                 await conn.write(head, write_timeout)
                 await conn.write(content, write_timeout)
-            parsed, framed = await self._response_head(conn, request, _timeout(timeouts, "read"))
+            parsed = await _read_head(conn, _timeout(timeouts, "read"))
+            framed = framing(request.method, request.headers.get("connection", ""), parsed)
         except BaseException as exc:
             if reused and conn.eof and not conn.received and isinstance(exc, httpx2.TransportError):
                 conn.close()
@@ -601,12 +596,6 @@ class FastTransport(httpx2.AsyncBaseTransport):
             raise
         conn.idle_timeout = framed.idle_timeout
         return parsed, framed
-
-    async def _response_head(
-        self, conn: _Connection, request: httpx2.Request, read_timeout: float | None
-    ) -> tuple[Head, Framing]:
-        head = await _read_head(conn, read_timeout)
-        return head, framing(request.method, request.headers.get("connection", ""), head)
 
     async def aclose(self) -> None:
         self._closed = True
@@ -648,18 +637,9 @@ async def _read_head(conn: _Connection, read_timeout: float | None) -> Head:
         return head
 
 
-def transport_for(
-    limits: httpx2.Limits, fallback: httpx2.AsyncBaseTransport, parser: str = "own"
-) -> httpx2.AsyncBaseTransport:
-    """The gateway's upstream transport for `limits`: the pool, behind the system's proxies if it has any.
-
-    `parser`: "own" (http1.py) or "llhttp" (transport_llhttp.py, a candidate measured by bench/run.py)."""
-    kind = FastTransport
-    if parser == "llhttp":
-        from .transport_llhttp import LlhttpTransport
-
-        kind = LlhttpTransport
-    pool = kind(
+def transport_for(limits: httpx2.Limits, fallback: httpx2.AsyncBaseTransport) -> httpx2.AsyncBaseTransport:
+    """The gateway's upstream transport for `limits`: the pool, behind the system's proxies if it has any."""
+    pool = FastTransport(
         max_connections=limits.max_connections or 1_000_000,
         max_keepalive_connections=limits.max_keepalive_connections,
         keepalive_expiry=KEEPALIVE_EXPIRY if limits.keepalive_expiry is None else limits.keepalive_expiry,
