@@ -259,15 +259,16 @@ class Stack:
         self.procs.clear()
 
 
-def start_upstream(stack: Stack, delay: float = 0.0, tls: Path | None = None) -> tuple[Proc, str]:
-    """The fast upstream; with `tls` (a tests/pki.py directory) over HTTPS with its server certificate."""
+def start_upstream(stack: Stack, delay: float = 0.0, tls: Path | None = None, pin: bool = True) -> tuple[Proc, str]:
+    """The fast upstream; with `tls` (a tests/pki.py directory) over HTTPS with its server certificate;
+    `pin`: on the servers' CPUs (with the gateway), else on every CPU."""
     port_file = stack.logs / f"upstream-{time.monotonic_ns()}.port"
     argv = [PY, str(BENCH / "fast_upstream.py"), "--port", "0", "--port-file", str(port_file)]
     if delay:
         argv += ["--delay", str(delay)]
     if tls is not None:
         argv += ["--tls-cert", str(tls / "server.pem"), "--tls-key", str(tls / "server.key")]
-    proc = stack.spawn(f"upstream-delay{delay:g}", argv)
+    proc = stack.spawn(f"upstream-delay{delay:g}", argv, pin=pin)
     deadline = time.monotonic() + 20
     while not port_file.exists():
         if proc.popen.poll() is not None or time.monotonic() > deadline:
@@ -459,15 +460,20 @@ class Bench:
             self.series[f"{name}/{label}"] = s
         return series
 
+    def start_standin(self) -> tuple[Proc, str]:
+        """The fast upstream, and its own capacity measured (so it is known not to be the bottleneck)."""
+        self.say(f"logs in {self.logs}")
+        upstream, base_url = start_upstream(self.stack)
+        self.say("stand-in capacity (raw keep-alive HTTP client, concurrency 32)")
+        spec = {**self.base_spec("raw_http", 32), "base_url": base_url, "server_pids": [upstream.pid]}
+        self.alternate("standin", {"raw": spec}, None)
+        return upstream, base_url
+
     def run(self) -> dict[str, Any]:
         p = self.plan
         try:
-            self.say(f"logs in {self.logs}")
-            upstream, base_url = start_upstream(self.stack)
             # 1. the stand-in's own capacity
-            self.say("stand-in capacity (raw keep-alive HTTP client, concurrency 32)")
-            spec = {**self.base_spec("raw_http", 32), "base_url": base_url, "server_pids": [upstream.pid]}
-            self.alternate("standin", {"raw": spec}, None)
+            upstream, base_url = self.start_standin()
 
             gateway, target, first_ready = start_gateway(self.stack, base_url)
             self.results["ready_first_s"] = first_ready
@@ -536,11 +542,7 @@ class Bench:
     def run_transports(self) -> None:
         """Only the transport comparison (`--transports`), after the stand-in's capacity."""
         try:
-            self.say(f"logs in {self.logs}")
-            upstream, base_url = start_upstream(self.stack)
-            self.say("stand-in capacity (raw keep-alive HTTP client, concurrency 32)")
-            spec = {**self.base_spec("raw_http", 32), "base_url": base_url, "server_pids": [upstream.pid]}
-            self.alternate("standin", {"raw": spec}, None)
+            upstream, base_url = self.start_standin()
             self.transports(base_url)
             self.stack.stop(upstream)
         finally:
@@ -567,7 +569,9 @@ class Bench:
         """`--tls-scale`: the slow-upstream scenario over plain HTTP, then over HTTPS (TLS on loopback).
 
         The same fast upstream serves TLS with a certificate from tests/pki.py; the gateway trusts
-        its CA through SSL_CERT_FILE, as an operator's would trust a private CA. One round each."""
+        its CA through SSL_CERT_FILE, as an operator's would trust a private CA. One round each. The
+        upstream is not pinned with the gateway here: its 10,000 server-side handshakes would take the
+        gateway's core (a real upstream runs elsewhere)."""
         sys.path.insert(0, str(ROOT))
         from tests.pki import make_pki
 
@@ -576,7 +580,8 @@ class Bench:
         out: dict[str, Any] = {}
         for scheme in ("http", "https"):
             self.say(f"{scheme}: {p.slow_calls} calls in flight, answers after {p.slow_delay:g} s")
-            upstream, base_url = start_upstream(self.stack, delay=p.slow_delay, tls=pki if scheme == "https" else None)
+            tls = pki if scheme == "https" else None
+            upstream, base_url = start_upstream(self.stack, delay=p.slow_delay, tls=tls, pin=False)
             try:
                 env = {"SSL_CERT_FILE": str(pki / "ca.pem")}
                 gateway, target, _ = start_gateway(self.stack, base_url, name=f"gateway-{scheme}", extra_env=env)

@@ -249,7 +249,7 @@ class _ResponseStream(httpx2.AsyncByteStream):
 
     def __init__(
         self,
-        pool: FastTransport,
+        pool: _Pool,
         origin: Origin,
         conn: _Connection,
         body: Body,
@@ -293,25 +293,9 @@ class _ResponseStream(httpx2.AsyncByteStream):
         if self._closed:
             return
         self._closed = True
-        self._pool._active_requests -= 1
+        self._pool.active_requests -= 1
         reuse = self._reusable and self._body.done and self._body.kind != "close"
-        self._pool._release(self._origin, self._conn, reuse)
-
-
-class _PoolSummary:
-    """httpcore's pool summary line, for the debug aid (app._log_debug_state)."""
-
-    def __init__(self, transport: FastTransport) -> None:
-        self._transport = transport
-
-    def __repr__(self) -> str:
-        t = self._transport
-        idle = t._idle_count
-        active = t._open - idle
-        return (
-            f"<FastTransport [Requests: {t._active_requests} active, {t._queued} queued | "
-            f"Connections: {active} active, {idle} idle]>"
-        )
+        self._pool.release(self._origin, self._conn, reuse)
 
 
 class _Waiter:
@@ -328,58 +312,42 @@ class _Retry(Exception):
     """The reused connection ended before any response byte: send again on a new connection."""
 
 
-class FastTransport(httpx2.AsyncBaseTransport):
-    """HTTP/1.1 keep-alive pool on asyncio protocols; see the module docstring."""
+class _Pool:
+    """FastTransport's slots, idle connections and waiters: which request gets which connection, and when an
+    idle one is closed. Its repr is httpcore's pool summary line (the debug aid in server/app.py logs it)."""
 
-    def __init__(
-        self,
-        *,
-        max_connections: int,
-        max_keepalive_connections: int | None,
-        keepalive_expiry: float = KEEPALIVE_EXPIRY,
-        ssl_context: ssl.SSLContext | None = None,
-        fallback: httpx2.AsyncBaseTransport | None = None,
-        dns_ttl: float = DNS_TTL,
-        happy_eyeballs_delay: float = HAPPY_EYEBALLS_DELAY,
-    ) -> None:
+    def __init__(self, max_connections: int, max_keepalive_connections: int | None, keepalive_expiry: float) -> None:
         self.max_connections = max_connections
         self.max_keepalive_connections = max_keepalive_connections  # None: no limit
         self.keepalive_expiry = keepalive_expiry
-        self.happy_eyeballs_delay = happy_eyeballs_delay
-        self._ssl_context = ssl_context
-        self._fallback = fallback
-        self._resolver = Resolver(dns_ttl)
         # Idle connections per origin, oldest first: reuse takes the newest, the sweep closes from the front.
         self._idle: dict[Origin, collections.deque[_Connection]] = {}
         self._idle_count = 0
         self._open = 0  # connections open or opening (each holds a slot)
-        self._active_requests = 0
+        self.active_requests = 0
         self._waiters: collections.deque[_Waiter] = collections.deque()
         self._queued = 0  # waiters not yet served nor gone
         self._sweep: asyncio.TimerHandle | None = None
-        self._closed = False
-        self._pool = _PoolSummary(self)  # same attribute and summary format as httpcore's pool
+        self.closed = False
 
-    def _ssl(self) -> ssl.SSLContext:
-        if self._ssl_context is None:
-            context = httpx2.create_ssl_context()
-            context.set_alpn_protocols(["http/1.1"])
-            self._ssl_context = context
-        return self._ssl_context
+    def __repr__(self) -> str:
+        idle = self._idle_count
+        return (
+            f"<FastTransport [Requests: {self.active_requests} active, {self._queued} queued | "
+            f"Connections: {self._open - idle} active, {idle} idle]>"
+        )
 
-    # -- pool ----------------------------------------------------------------------
-
-    def _take_idle(self, origin: Origin, now: float) -> _Connection | None:
+    def take_idle(self, origin: Origin, now: float) -> _Connection | None:
         idle = self._idle.get(origin)
         while idle:
             conn = idle.pop()
             self._idle_count -= 1
             if conn.usable and now < conn.expires_at:
                 return conn
-            self._discard(conn)
+            self.discard(conn)
         return None
 
-    def _evict_one_idle(self) -> bool:
+    def evict_one_idle(self) -> bool:
         """Close the oldest idle connection; its slot is the caller's to use or free. False when none is idle."""
         oldest: collections.deque[_Connection] | None = None
         for conns in self._idle.values():
@@ -391,12 +359,12 @@ class FastTransport(httpx2.AsyncBaseTransport):
         self._idle_count -= 1
         return True
 
-    def _discard(self, conn: _Connection) -> None:
+    def discard(self, conn: _Connection) -> None:
         """Close a connection and free its slot (for the first waiter)."""
         conn.close()
-        self._free_slot()
+        self.free_slot()
 
-    def _free_slot(self) -> None:
+    def free_slot(self) -> None:
         self._open -= 1
         while self._waiters and self._open < self.max_connections:
             waiter = self._waiters.popleft()
@@ -405,10 +373,10 @@ class FastTransport(httpx2.AsyncBaseTransport):
                 self._queued -= 1
                 waiter.future.set_result(None)
 
-    def _release(self, origin: Origin, conn: _Connection, reuse: bool) -> None:
+    def release(self, origin: Origin, conn: _Connection, reuse: bool) -> None:
         """A response is over: its connection goes to the first waiter, the idle lists, or is closed."""
-        if not reuse or not conn.usable or self._closed:
-            self._discard(conn)
+        if not reuse or not conn.usable or self.closed:
+            self.discard(conn)
             return
         while self._waiters:
             waiter = self._waiters[0]
@@ -426,9 +394,9 @@ class FastTransport(httpx2.AsyncBaseTransport):
             expiry = min(expiry, conn.idle_timeout * _SERVER_TIMEOUT_SHARE)
         keep = self.max_keepalive_connections
         if self._waiters or expiry <= 0 or keep == 0:
-            self._discard(conn)
+            self.discard(conn)
             return
-        if keep is not None and self._idle_count >= keep and self._evict_one_idle():
+        if keep is not None and self._idle_count >= keep and self.evict_one_idle():
             self._open -= 1  # the oldest idle connection made room (nobody waits for its slot)
         conn.expires_at = conn.loop.time() + expiry
         idle = self._idle.get(origin)
@@ -453,7 +421,7 @@ class FastTransport(httpx2.AsyncBaseTransport):
         for origin, conns in list(self._idle.items()):
             while conns and (conns[0].expires_at <= now or not conns[0].usable):
                 self._idle_count -= 1
-                self._discard(conns.popleft())
+                self.discard(conns.popleft())
             if conns:
                 earliest = conns[0].expires_at if earliest is None else min(earliest, conns[0].expires_at)
             else:
@@ -461,17 +429,17 @@ class FastTransport(httpx2.AsyncBaseTransport):
         if earliest is not None:
             self._arm_sweep(loop, earliest)
 
-    async def _acquire(self, origin: Origin, limit: float | None) -> _Connection | None:
+    async def acquire(self, origin: Origin, limit: float | None) -> _Connection | None:
         """An idle connection, or None with a slot reserved for a new one."""
         loop = asyncio.get_running_loop()
         if not self._queued:  # first come, first served: nobody may pass a queued request
-            conn = self._take_idle(origin, loop.time())
+            conn = self.take_idle(origin, loop.time())
             if conn is not None:
                 return conn
             if self._open < self.max_connections:
                 self._open += 1
                 return None
-            if self._evict_one_idle():
+            if self.evict_one_idle():
                 return None  # the evicted connection's slot
         future: asyncio.Future[_Connection | None] = loop.create_future()
         self._waiters.append(_Waiter(origin, future))
@@ -487,9 +455,9 @@ class FastTransport(httpx2.AsyncBaseTransport):
                 # Served, then cancelled before it ran: the connection or slot goes to the next waiter.
                 granted = future.result()
                 if granted is None:
-                    self._free_slot()
+                    self.free_slot()
                 else:
-                    self._release(origin, granted, reuse=True)
+                    self.release(origin, granted, reuse=True)
             else:
                 self._queued -= 1
             raise
@@ -498,6 +466,53 @@ class FastTransport(httpx2.AsyncBaseTransport):
                 handle.cancel()
             if not future.done():
                 future.cancel()
+
+    def close(self) -> None:
+        """The transport closes: idle connections now, the others when their responses end."""
+        self.closed = True
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
+        for conns in self._idle.values():
+            for conn in conns:
+                conn.close()
+                self._open -= 1
+        self._idle.clear()
+        self._idle_count = 0
+
+
+class FastTransport(httpx2.AsyncBaseTransport):
+    """HTTP/1.1 keep-alive pool on asyncio protocols; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        max_connections: int,
+        max_keepalive_connections: int | None,
+        keepalive_expiry: float = KEEPALIVE_EXPIRY,
+        ssl_context: ssl.SSLContext | None = None,
+        fallback: httpx2.AsyncBaseTransport | None = None,
+        dns_ttl: float = DNS_TTL,
+        happy_eyeballs_delay: float = HAPPY_EYEBALLS_DELAY,
+    ) -> None:
+        self.happy_eyeballs_delay = happy_eyeballs_delay
+        self._ssl_context = ssl_context
+        self._fallback = fallback
+        self._resolver = Resolver(dns_ttl)
+        self._pool = _Pool(max_connections, max_keepalive_connections, keepalive_expiry)  # httpcore's name
+
+    @property
+    def keepalive_expiry(self) -> float:
+        return self._pool.keepalive_expiry
+
+    def _ssl(self) -> ssl.SSLContext:
+        if self._ssl_context is None:
+            context = httpx2.create_ssl_context()
+            context.set_alpn_protocols(["http/1.1"])
+            self._ssl_context = context
+        return self._ssl_context
+
+    # -- requests ------------------------------------------------------------------
 
     async def _connect(self, origin: Origin, limit: float | None) -> _Connection:
         scheme, host, port = origin
@@ -514,8 +529,6 @@ class FastTransport(httpx2.AsyncBaseTransport):
         except (OSError, ssl.SSLError) as exc:
             raise httpx2.ConnectError(str(exc) or type(exc).__name__) from exc
 
-    # -- requests ------------------------------------------------------------------
-
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         url = request.url
         scheme = url.raw_scheme
@@ -525,16 +538,16 @@ class FastTransport(httpx2.AsyncBaseTransport):
             content = request.content
         except httpx2.RequestNotRead:
             content = None
-        if port is None or content is None or self._closed:
-            if self._fallback is None or self._closed:
+        if port is None or content is None or self._pool.closed:
+            if self._fallback is None or self._pool.closed:
                 raise httpx2.UnsupportedProtocol(f"FastTransport cannot send {url!r}")
             return await self._fallback.handle_async_request(request)
         origin: Origin = (scheme, url.raw_host, port)
         timeouts: dict[str, float | None] = request.extensions.get("timeout", {})
         wire_head = request_head(request)
-        self._active_requests += 1
+        self._pool.active_requests += 1
         try:
-            conn = await self._acquire(origin, _timeout(timeouts, "pool"))
+            conn = await self._pool.acquire(origin, _timeout(timeouts, "pool"))
             if conn is None:
                 conn = await self._connect_in_slot(origin, timeouts)
             try:
@@ -544,10 +557,10 @@ class FastTransport(httpx2.AsyncBaseTransport):
                 conn = await self._connect_in_slot(origin, timeouts)
                 response = await self._exchange(request, conn, wire_head, content, timeouts)
         except BaseException:
-            self._active_requests -= 1
+            self._pool.active_requests -= 1
             raise
         head, framed = response
-        stream = _ResponseStream(self, origin, conn, framed.body, _timeout(timeouts, "read"), framed.keep_alive)
+        stream = _ResponseStream(self._pool, origin, conn, framed.body, _timeout(timeouts, "read"), framed.keep_alive)
         return httpx2.Response(
             head.status,
             headers=head.headers,
@@ -560,7 +573,7 @@ class FastTransport(httpx2.AsyncBaseTransport):
         try:
             return await self._connect(origin, _timeout(timeouts, "connect"))
         except BaseException:
-            self._free_slot()
+            self._pool.free_slot()
             raise
 
     async def _exchange(
@@ -590,7 +603,7 @@ class FastTransport(httpx2.AsyncBaseTransport):
             if reused and conn.eof and not conn.received and isinstance(exc, httpx2.TransportError):
                 conn.close()
                 raise _Retry from exc
-            self._discard(conn)
+            self._pool.discard(conn)
             if isinstance(exc, httpx2.WriteError) and conn.error is not None:
                 raise httpx2.WriteError(str(conn.error)) from exc
             raise
@@ -598,16 +611,7 @@ class FastTransport(httpx2.AsyncBaseTransport):
         return parsed, framed
 
     async def aclose(self) -> None:
-        self._closed = True
-        if self._sweep is not None:
-            self._sweep.cancel()
-            self._sweep = None
-        for conns in self._idle.values():
-            for conn in conns:
-                conn.close()
-                self._open -= 1
-        self._idle.clear()
-        self._idle_count = 0
+        self._pool.close()
         if self._fallback is not None:
             await self._fallback.aclose()
 
