@@ -1,6 +1,6 @@
 """`make bench`: the gateway against the SDK called directly, side by side, in one run.
 
-    .venv/bin/python bench/run.py [--smoke] [--out DIR] [--windows N] [--window S] [--transports]
+    .venv/bin/python bench/run.py [--smoke] [--out DIR] [--windows N] [--window S] [--transports | --tls-scale]
 
 It starts a fast stand-in upstream (bench/fast_upstream.py) and the gateway
 (`python -m gpt_grpc.server`), pins both to one core and the load generator
@@ -25,7 +25,9 @@ or more, and measures:
 - the upstream transport (GPT_GRPC_UPSTREAM_TRANSPORT): one gateway per
   candidate in `TRANSPORTS` against the same stand-in, unary and streams at
   concurrency 32, the candidates' windows alternating. `--transports` runs
-  only these rows (and the stand-in's capacity) and writes transports.md.
+  only these rows (and the stand-in's capacity) and writes transports.md;
+- `--tls-scale` (not part of the default run): the slow-upstream scenario
+  over plain HTTP, then over HTTPS (TLS on loopback), writes tls_scale.md.
 
 Every figure is the median of the windows, with min-max. The Markdown report,
 a JSON file with every window and a PNG chart go to bench/results/ (or --out).
