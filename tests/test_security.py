@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
+import tracemalloc
 
+import grpc
 import pytest
+from gptgrpc.v1 import gateway_pb2 as pb
 
+from gpt_grpc import tokens
+from gpt_grpc.chat import MAX_MODEL_CHARS
+from gpt_grpc.gpt import GPT
 from gpt_grpc.server.app import MIN_ADMIN_TOKEN_CHARS, ConfigError, GatewayServer, ServerConfig
+from gpt_grpc.usage import MAX_MODELS, OTHER_MODELS, UsageTracker
+from tests.conftest import Gateway
+from tests.helpers import details, fail
 
 
 def test_a_short_admin_token_is_refused_at_start() -> None:
@@ -23,3 +33,48 @@ def test_the_server_command_exits_2_on_a_short_admin_token() -> None:
     assert done.returncode == 2
     assert "must have at least 32" in done.stderr
     assert "too-short" not in done.stderr + done.stdout  # the token itself is never echoed
+
+
+# --------------------------------------------------------------------------- 3: CountTokens and caller-chosen names
+
+
+@pytest.mark.parametrize(
+    "model",
+    ["m" * 4 * 1024 * 1024, "m" * (MAX_MODEL_CHARS + 1), "gpt-4o\nX-Injected: 1", "gpt-4o\x00", "   "],
+    ids=["4MB", "257", "newline", "nul", "blank"],
+)
+async def test_count_tokens_validates_the_model_as_chat_does(gateway: Gateway, model: str) -> None:
+    request = pb.CountTokensRequest(text="hello", model=model)
+    err = details(await fail(gateway.stub.CountTokens(request, timeout=10)))
+    assert (err.code, err.reason, err.fields) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST", ["model"])
+    chat = pb.ChatCompletionRequest(user_message="hello", model=model)
+    same = details(await fail(gateway.stub.ChatCompletion(chat, timeout=10)))
+    assert (same.code, same.fields) == (err.code, err.fields)
+    assert same.bad_request == err.bad_request  # one validator, one message
+    assert len(err.message) < 1000  # the name itself is not echoed back
+
+
+def test_counting_with_invented_model_names_pins_no_memory() -> None:
+    """60 calls with 4 MB names pinned 240 MB in the model -> encoding memo, for good."""
+    gpt = GPT()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(60):
+            with pytest.raises(ValueError, match="model"):
+                gpt.count_tokens("hello", model=f"{i}" + "m" * 4 * 1024 * 1024)
+            tokens.count_text("hello", f"{i}" + "n" * 100_000)  # the core itself memoizes no long name
+        gc.collect()
+        pinned = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert pinned < 2 * 1024 * 1024, f"{pinned / 1e6:.1f} MB still held"
+
+
+def test_usage_per_model_is_bounded_in_names_not_in_totals() -> None:
+    tracker = UsageTracker()
+    for i in range(MAX_MODELS + 500):
+        tracker.record_failure(f"invented-{i}")
+    models, total = tracker.snapshot()
+    assert len(models) == MAX_MODELS + 1 and OTHER_MODELS in {m.model for m in models}
+    assert total.failed_requests == MAX_MODELS + 500

@@ -30,7 +30,7 @@ import orjson
 
 from . import errors, tokens
 from .catalog import Catalog, adapt_request
-from .chat import ChatRequest, ChatResult, Delta, ToolCall, Usage, validate
+from .chat import ChatRequest, ChatResult, Delta, ToolCall, Usage, check_model, validate
 from .errors import GatewayError, Reason
 from .pricing import Pricing
 from .retry import AttemptObserver, RetryBudget, call_with_retries
@@ -148,6 +148,9 @@ class GPT:
 
     def count_tokens(self, text: str, model: str = "gpt-4o-mini") -> int:
         """Tokens of `text` for `model` (offline; unknown models use o200k_base)."""
+        bad_model = check_model(model)
+        if bad_model:
+            raise ValueError(f"model {bad_model}")
         return tokens.count_text(text, model).tokens
 
     def close(self) -> None:

@@ -28,7 +28,7 @@ from gptgrpc.v1 import gateway_pb2_grpc as pb_grpc
 
 from .. import tokens
 from ..accounts import Accounts
-from ..chat import ChatRequest, ChatResult, Usage
+from ..chat import ChatRequest, ChatResult, Usage, check_model
 from ..errors import FieldViolation, GatewayError, Reason, invalid
 from ..gpt import GPT
 from ..settings import Settings, SettingsUpdate
@@ -363,9 +363,16 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
     @rpc(Access.OPEN)
     async def CountTokens(self, request: pb.CountTokensRequest, context: Context, call: Call) -> pb.CountTokensResponse:
         model = request.model or self.gpt.settings.default_model
-        call.model = model
+        violations = []
+        bad_model = check_model(model)
+        if bad_model:
+            violations.append(FieldViolation("model", bad_model))
+        else:
+            call.model = model
         if request.messages and request.text:
-            raise invalid([FieldViolation("text", "give either text or messages, not both")])
+            violations.append(FieldViolation("text", "give either text or messages, not both"))
+        if violations:
+            raise invalid(violations)
         if request.messages:
             count = tokens.count_messages(convert.count_messages(request.messages), model)
         elif len(request.text) > LARGE_TEXT_CHARS:
