@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import logging
 import subprocess
 import sys
 import tracemalloc
@@ -15,6 +16,8 @@ from gpt_grpc import tokens
 from gpt_grpc.chat import MAX_MODEL_CHARS
 from gpt_grpc.gpt import GPT
 from gpt_grpc.server.app import MIN_ADMIN_TOKEN_CHARS, ConfigError, GatewayServer, ServerConfig
+from gpt_grpc.server.logs import MAX_LOGGED_CHARS, JsonFormatter
+from gpt_grpc.server.metrics import OTHER, Metrics
 from gpt_grpc.usage import MAX_MODELS, OTHER_MODELS, UsageTracker
 from tests.conftest import Gateway
 from tests.helpers import details, fail
@@ -78,3 +81,27 @@ def test_usage_per_model_is_bounded_in_names_not_in_totals() -> None:
     models, total = tracker.snapshot()
     assert len(models) == MAX_MODELS + 1 and OTHER_MODELS in {m.model for m in models}
     assert total.failed_requests == MAX_MODELS + 500
+
+
+# --------------------------------------------------------------------------- 7: logs and labels
+
+
+async def test_access_log_bounds_a_model_name_the_caller_chose(
+    gateway: Gateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 5 MB model name made a 5 MB access-log line."""
+    caplog.set_level(logging.INFO, logger="gpt_grpc.access")
+    huge = "m" * 5 * 1024 * 1024
+    await fail(gateway.stub.ChatCompletion(pb.ChatCompletionRequest(user_message="x", model=huge), timeout=10))
+    events = [r for r in caplog.records if r.name == "gpt_grpc.access"]
+    assert len(events) == 1
+    fields = events[0].fields  # type: ignore[attr-defined]
+    assert fields["status"] == "INVALID_ARGUMENT"
+    assert fields["model"].startswith("mmmm") and len(fields["model"]) <= MAX_LOGGED_CHARS + 40
+    assert len(JsonFormatter().format(events[0])) < 2000
+
+
+def test_metric_labels_never_carry_a_long_model_name() -> None:
+    metrics = Metrics()
+    assert metrics.model_label("gpt-4o") == "gpt-4o"
+    assert metrics.model_label("m" * (MAX_MODEL_CHARS + 1)) == OTHER

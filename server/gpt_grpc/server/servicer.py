@@ -320,7 +320,7 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
         if reason:
             fields["reason"] = reason
         if call.model:
-            fields["model"] = call.model
+            fields["model"] = logs.clip(call.model)
         if call.usage is not None:
             fields["prompt_tokens"] = call.usage.prompt_tokens
             fields["completion_tokens"] = call.usage.completion_tokens
