@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
+import stat
 import subprocess
 import sys
 import tracemalloc
+from pathlib import Path
 
 import grpc
 import pytest
@@ -18,8 +21,10 @@ from gpt_grpc.gpt import GPT
 from gpt_grpc.server.app import MIN_ADMIN_TOKEN_CHARS, ConfigError, GatewayServer, ServerConfig
 from gpt_grpc.server.logs import MAX_LOGGED_CHARS, JsonFormatter
 from gpt_grpc.server.metrics import OTHER, Metrics
+from gpt_grpc.settings import Settings, SettingsUpdate, apply
+from gpt_grpc.state import StateFile, StateFileError
 from gpt_grpc.usage import MAX_MODELS, OTHER_MODELS, UsageTracker
-from tests.conftest import Gateway
+from tests.conftest import TEST_KEY, Gateway
 from tests.helpers import details, fail
 
 
@@ -105,3 +110,79 @@ def test_metric_labels_never_carry_a_long_model_name() -> None:
     metrics = Metrics()
     assert metrics.model_label("gpt-4o") == "gpt-4o"
     assert metrics.model_label("m" * (MAX_MODEL_CHARS + 1)) == OTHER
+
+
+# --------------------------------------------------------------------------- 7: the state file
+
+
+def test_state_file_write_follows_no_symlink_planted_at_the_temporary_name(tmp_path: Path) -> None:
+    """The temporary name was predictable (`.state.json.<pid>.tmp`) and opened without O_EXCL:
+    a symlink planted there made the gateway write the key through it, wherever it pointed."""
+    victim = tmp_path / "victim"
+    victim.write_text("untouched")
+    state = StateFile(tmp_path / "state.json")
+    (tmp_path / f".state.json.{os.getpid()}.tmp").symlink_to(victim)
+    settings = apply(Settings(), SettingsUpdate(api_key=TEST_KEY))
+    state.save(settings)
+    assert victim.read_text() == "untouched"
+    assert state.load() == settings
+    assert stat.S_IMODE(os.lstat(state.path).st_mode) == 0o600 and not state.path.is_symlink()
+    # Saved again and again, each under a fresh random name: nothing is left behind.
+    state.save(settings)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [".state.json.%d.tmp" % os.getpid(), "state.json", "victim"]
+    )
+
+
+def test_state_file_temporary_is_created_exclusively(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    opened: list[int] = []
+    real_open = os.open
+
+    def spy(path: object, flags: int, *args: object, **kwargs: object) -> int:
+        if str(path).endswith(".tmp"):
+            opened.append(flags)
+        return real_open(path, flags, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "open", spy)
+    StateFile(tmp_path / "state.json").save(Settings())
+    assert len(opened) == 1
+    assert opened[0] & os.O_EXCL and opened[0] & os.O_NOFOLLOW and opened[0] & os.O_CREAT
+
+
+# --------------------------------------------------------------------------- 7: start-up
+
+
+def _start(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gpt_grpc.server", "--port", "0", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "OPENAI_API_KEY": TEST_KEY, **(env or {})},
+    )
+
+
+def test_a_deeply_nested_state_file_ends_in_a_clear_message(tmp_path: Path) -> None:
+    """json.loads raised RecursionError, which ended start-up in a traceback."""
+    path = tmp_path / "state.json"
+    path.write_text('{"version": 1, "settings": ' + "[" * 200_000 + "]" * 200_000 + "}")
+    with pytest.raises(StateFileError, match="is corrupt"):
+        StateFile(path).load()
+    done = _start("--state-file", str(path))
+    assert done.returncode == 2
+    assert "is corrupt" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_certificate_and_key_that_do_not_match_end_in_a_clear_message(pki: Path) -> None:
+    """gRPC said only "Failed to bind to address" (and a traceback)."""
+    args = ("--tls-cert", str(pki / "server.pem"), "--tls-key", str(pki / "client.key"))
+    done = _start(*args)
+    assert done.returncode == 2, done.stderr
+    assert "do not match" in done.stderr and "Traceback" not in done.stderr
+    assert "Failed to bind" not in done.stderr
+
+
+def test_a_key_file_that_is_not_a_key_ends_in_a_clear_message(pki: Path) -> None:
+    done = _start("--tls-cert", str(pki / "server.pem"), "--tls-key", str(pki / "server.csr"))
+    assert done.returncode == 2, done.stderr
+    assert "server.csr" in done.stderr and "Traceback" not in done.stderr

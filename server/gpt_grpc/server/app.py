@@ -14,6 +14,7 @@ import logging
 import os
 import resource
 import signal
+import ssl
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -213,7 +214,34 @@ def _server_credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
         ca = _read_bytes(config.tls_client_ca) if config.tls_client_ca else None
     except OSError as exc:
         raise ConfigError(f"cannot read a TLS file {exc.filename}: {exc.strerror}") from None
+    _check_tls_files(config.tls_cert, config.tls_key, config.tls_client_ca)
     return grpc.ssl_server_credentials([pair], root_certificates=ca, require_client_auth=ca is not None)
+
+
+def _check_tls_files(cert: str, key: str, client_ca: str | None) -> None:
+    """Load the files as OpenSSL will, so a bad pair is named at start.
+
+    gRPC itself says only "Failed to bind to address" when the key does not
+    belong to the certificate or a file is not PEM.
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        # A password callback: an encrypted key fails here instead of prompting on the terminal.
+        context.load_cert_chain(cert, key, password=lambda: b"")
+    except ssl.SSLError as exc:
+        if exc.reason == "KEY_VALUES_MISMATCH":
+            raise ConfigError(
+                f"the TLS certificate {cert} and key {key} do not match: use the certificate's own key"
+            ) from None
+        raise ConfigError(
+            f"cannot use the TLS certificate {cert} with the key {key} ({exc.reason or exc}): "
+            "both must be PEM, the key unencrypted"
+        ) from None
+    if client_ca:
+        try:
+            context.load_verify_locations(cafile=client_ca)
+        except ssl.SSLError as exc:
+            raise ConfigError(f"cannot use the client CA {client_ca} ({exc.reason or exc}): it must be PEM") from None
 
 
 class ConfigError(Exception):
