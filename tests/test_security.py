@@ -19,12 +19,13 @@ from gpt_grpc import tokens
 from gpt_grpc.chat import MAX_MODEL_CHARS
 from gpt_grpc.gpt import GPT
 from gpt_grpc.server.app import MIN_ADMIN_TOKEN_CHARS, ConfigError, GatewayServer, ServerConfig
+from gpt_grpc.server.servicer import MAX_COUNT_TOKENS_BYTES
 from gpt_grpc.server.logs import MAX_LOGGED_CHARS, JsonFormatter
 from gpt_grpc.server.metrics import OTHER, Metrics
 from gpt_grpc.settings import Settings, SettingsUpdate, apply
 from gpt_grpc.state import StateFile, StateFileError
 from gpt_grpc.usage import MAX_MODELS, OTHER_MODELS, UsageTracker
-from tests.conftest import TEST_KEY, Gateway
+from tests.conftest import ADMIN, TEST_KEY, Gateway
 from tests.helpers import details, fail
 
 
@@ -186,3 +187,36 @@ def test_a_key_file_that_is_not_a_key_ends_in_a_clear_message(pki: Path) -> None
     done = _start("--tls-cert", str(pki / "server.pem"), "--tls-key", str(pki / "server.csr"))
     assert done.returncode == 2, done.stderr
     assert "server.csr" in done.stderr and "Traceback" not in done.stderr
+
+
+# --------------------------------------------------------------------------- 7: CountTokens
+
+
+async def test_count_tokens_counts_against_the_client_request_rate(gateway: Gateway) -> None:
+    """CountTokens ignored client limits: a client held to 2 requests a minute could count all day."""
+    limits = pb.ClientLimits(requests_per_minute=2, budget_usd=0, budget_period=pb.BUDGET_PERIOD_DAY)
+    reply = await gateway.stub.CreateClient(pb.CreateClientRequest(name="counter", limits=limits), metadata=ADMIN)
+    client = (("authorization", f"Bearer {reply.token}"),)
+    count = pb.CountTokensRequest(text="hello world")
+    # A spent budget stops chat calls, not counting: counting costs no money.
+    assert (await gateway.stub.CountTokens(count, metadata=client, timeout=10)).token_count == 2
+    assert (await gateway.stub.CountTokens(count, metadata=client, timeout=10)).token_count == 2
+    err = details(await fail(gateway.stub.CountTokens(count, metadata=client, timeout=10)))
+    assert (err.code, err.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "CLIENT_RATE_LIMITED")
+    assert err.retry_info is not None
+    # The admin token is not a client: no client limits apply to it.
+    assert (await gateway.stub.CountTokens(count, metadata=ADMIN, timeout=10)).token_count == 2
+
+
+async def test_count_tokens_refuses_texts_past_its_size_cap(gateway: Gateway) -> None:
+    at_cap = pb.CountTokensRequest(text="a" * (MAX_COUNT_TOKENS_BYTES - 10))
+    assert at_cap.ByteSize() <= MAX_COUNT_TOKENS_BYTES
+    assert (await gateway.stub.CountTokens(at_cap, timeout=30)).token_count > 0
+    for past in (
+        pb.CountTokensRequest(text="a" * MAX_COUNT_TOKENS_BYTES),
+        pb.CountTokensRequest(messages=[pb.ChatMessage(role=pb.ROLE_USER, content="a" * 1024 * 1024)] * 5),
+    ):
+        err = details(await fail(gateway.stub.CountTokens(past, timeout=30)))
+        assert (err.code, err.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST")
+        assert err.fields == ["text" if past.text else "messages"]
+        assert "4 MiB" in err.bad_request.field_violations[0].description  # type: ignore[union-attr]

@@ -44,6 +44,10 @@ log = logging.getLogger("gpt_grpc.server")
 
 # Texts above this are counted on a worker thread (tokenizing is ~10 ms per 64K).
 LARGE_TEXT_CHARS = 64_000
+# A CountTokens request may hold at most this much (serialized): 4 MiB is about a
+# million tokens of English, the largest context window a catalogued model has,
+# and bounds the CPU one call can take (~0.1 s) below the 16 MiB message limit.
+MAX_COUNT_TOKENS_BYTES = 4 * 1024 * 1024
 # A caller's x-request-id is used as given when it is this tame.
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 
@@ -58,6 +62,7 @@ class Access(enum.Enum):
 
     OPEN = "open"  # data plane: a client token once clients exist
     CHARGED = "charged"  # data plane that costs money: also client limits and budget
+    COUNTED = "counted"  # free, but a request against the client's request rate (CountTokens)
     ADMIN = "admin"  # the admin token
 
 
@@ -264,9 +269,9 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
         self.admission.enter()
         self.metrics.in_flight.inc()
         call.started = time.perf_counter()
-        if access is Access.CHARGED and call.caller.client is not None:
+        if access in (Access.CHARGED, Access.COUNTED) and call.caller.client is not None:
             try:
-                self.accounts.admit(call.caller.client.name)
+                self.accounts.admit(call.caller.client.name, requests_only=access is Access.COUNTED)
             except GatewayError:
                 self._leave()
                 raise
@@ -360,7 +365,7 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
         finally:
             await events.aclose()  # type: ignore[attr-defined]
 
-    @rpc(Access.OPEN)
+    @rpc(Access.COUNTED)
     async def CountTokens(self, request: pb.CountTokensRequest, context: Context, call: Call) -> pb.CountTokensResponse:
         model = request.model or self.gpt.settings.default_model
         violations = []
@@ -371,6 +376,9 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
             call.model = model
         if request.messages and request.text:
             violations.append(FieldViolation("text", "give either text or messages, not both"))
+        elif request.ByteSize() > MAX_COUNT_TOKENS_BYTES:
+            where = "messages" if request.messages else "text"
+            violations.append(FieldViolation(where, f"must be at most {MAX_COUNT_TOKENS_BYTES // 1024 // 1024} MiB"))
         if violations:
             raise invalid(violations)
         if request.messages:
