@@ -14,14 +14,15 @@ from pathlib import Path
 import grpc
 import pytest
 from gptgrpc.v1 import gateway_pb2 as pb
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gpt_grpc import tokens
 from gpt_grpc.chat import MAX_MODEL_CHARS
 from gpt_grpc.gpt import GPT
 from gpt_grpc.server.app import MIN_ADMIN_TOKEN_CHARS, ConfigError, GatewayServer, ServerConfig
-from gpt_grpc.server.servicer import MAX_COUNT_TOKENS_BYTES
 from gpt_grpc.server.logs import MAX_LOGGED_CHARS, JsonFormatter
 from gpt_grpc.server.metrics import OTHER, Metrics
+from gpt_grpc.server.servicer import MAX_COUNT_TOKENS_BYTES
 from gpt_grpc.settings import Settings, SettingsUpdate, apply
 from gpt_grpc.state import StateFile, StateFileError
 from gpt_grpc.usage import MAX_MODELS, OTHER_MODELS, UsageTracker
@@ -130,9 +131,8 @@ def test_state_file_write_follows_no_symlink_planted_at_the_temporary_name(tmp_p
     assert stat.S_IMODE(os.lstat(state.path).st_mode) == 0o600 and not state.path.is_symlink()
     # Saved again and again, each under a fresh random name: nothing is left behind.
     state.save(settings)
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        [".state.json.%d.tmp" % os.getpid(), "state.json", "victim"]
-    )
+    planted = f".state.json.{os.getpid()}.tmp"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([planted, "state.json", "victim"])
 
 
 def test_state_file_temporary_is_created_exclusively(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -209,14 +209,65 @@ async def test_count_tokens_counts_against_the_client_request_rate(gateway: Gate
 
 
 async def test_count_tokens_refuses_texts_past_its_size_cap(gateway: Gateway) -> None:
-    at_cap = pb.CountTokensRequest(text="a" * (MAX_COUNT_TOKENS_BYTES - 10))
-    assert at_cap.ByteSize() <= MAX_COUNT_TOKENS_BYTES
-    assert (await gateway.stub.CountTokens(at_cap, timeout=30)).token_count > 0
+    at_cap = pb.CountTokensRequest(text="ab " * (MAX_COUNT_TOKENS_BYTES // 3) + "a")
+    assert len(at_cap.text) == MAX_COUNT_TOKENS_BYTES
+    assert (await gateway.stub.CountTokens(at_cap, timeout=30)).token_count > MAX_COUNT_TOKENS_BYTES // 3
     for past in (
-        pb.CountTokensRequest(text="a" * MAX_COUNT_TOKENS_BYTES),
+        pb.CountTokensRequest(text="a" * (MAX_COUNT_TOKENS_BYTES + 1)),
+        pb.CountTokensRequest(text="é" * (MAX_COUNT_TOKENS_BYTES // 2 + 1)),  # counted in UTF-8 bytes
         pb.CountTokensRequest(messages=[pb.ChatMessage(role=pb.ROLE_USER, content="a" * 1024 * 1024)] * 5),
     ):
         err = details(await fail(gateway.stub.CountTokens(past, timeout=30)))
         assert (err.code, err.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST")
         assert err.fields == ["text" if past.text else "messages"]
         assert "4 MiB" in err.bad_request.field_violations[0].description  # type: ignore[union-attr]
+
+
+# --------------------------------------------------------------------------- 7: health and reflection
+
+GARBAGE = (b"\x80", b"\xff\xff\xff\xff", b"\x0a\x05ab")  # a cut varint, a field past the maximum, a short string
+UNARY, SERVER_STREAM, BIDI = "unary", "server-stream", "bidi"
+
+
+async def _send_raw(gateway: Gateway, path: str, shape: str, raw: bytes) -> grpc.aio.AioRpcError:
+    if shape == UNARY:
+        return await fail(gateway.channel.unary_unary(path)(raw, timeout=10))
+    if shape == SERVER_STREAM:
+        call = gateway.channel.unary_stream(path)(raw, timeout=10)
+    else:
+        call = gateway.channel.stream_stream(path)(iter([raw]), timeout=10)
+
+    async def drain() -> None:
+        async for _ in call:
+            pass
+
+    return await fail(drain())
+
+
+@pytest.mark.parametrize(
+    ("path", "shape"),
+    [
+        ("/grpc.health.v1.Health/Check", UNARY),
+        ("/grpc.health.v1.Health/Watch", SERVER_STREAM),
+        ("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", BIDI),
+        ("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo", BIDI),
+    ],
+    ids=["health-check", "health-watch", "reflection-v1alpha", "reflection-v1"],
+)
+async def test_garbage_to_health_and_reflection_is_invalid_argument_logged_once(
+    gateway: Gateway, caplog: pytest.LogCaptureFixture, path: str, shape: str
+) -> None:
+    """They answered UNKNOWN ("Exception deserializing request!") with a traceback in the log per call."""
+    caplog.set_level(logging.INFO)
+    for raw in GARBAGE * 2:
+        err = await _send_raw(gateway, path, shape, raw)
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, (raw, err.code(), err.details())
+        assert "Error" not in (err.details() or "") and "Exception" not in (err.details() or "")
+    noted = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(noted) == 1 and path in noted[0].getMessage(), [r.getMessage() for r in noted]
+    assert noted[0].exc_info is None and "Traceback" not in caplog.text
+    # The service still answers a proper request.
+    health = health_pb2_grpc.HealthStub(gateway.channel)
+    assert (
+        await health.Check(health_pb2.HealthCheckRequest(), timeout=10)
+    ).status == health_pb2.HealthCheckResponse.SERVING

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 import grpc
 from gptgrpc.v1 import gateway_pb2 as pb
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from .. import tokens
 from ..accounts import Accounts, AccountsStoreError
@@ -32,7 +31,7 @@ from ..pricing import Pricing
 from ..retry import RetryBudget
 from ..settings import Settings, SettingsUpdate, apply
 from ..state import StateFile, StateFileError
-from . import logs, workers
+from . import logs, reflection, registration, workers
 from .admission import Admission
 from .auth import AdminAuth, Authorizer
 from .metrics import Metrics
@@ -41,6 +40,7 @@ from .servicer import GPTServicer, add_to_server
 log = logging.getLogger("gpt_grpc.server")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GPTService"].full_name
+_HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"]
 DEFAULT_PORT = 50051
 # Big enough for a large conversation, small enough to bound memory per call.
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -118,11 +118,17 @@ class GatewayServer:
             metrics=self.metrics,
             state=self.state,
         )
-        add_to_server(self.servicer, self.server)  # undecodable requests: INVALID_ARGUMENT, not UNKNOWN
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        # Undecodable requests: INVALID_ARGUMENT, not UNKNOWN with a traceback (registration.py).
+        add_to_server(self.servicer, self.server)
+        health_handlers = registration.generated_handlers(health_pb2_grpc.add_HealthServicer_to_server, self.health)
+        health_types = {m.name: m.input_type.full_name for m in _HEALTH.methods}
+        registration.register(
+            self.server,
+            _HEALTH.full_name,
+            registration.guarded(_HEALTH.full_name, registration.lenient(health_handlers, health_types)),
+        )
         if config.reflection:
-            names = (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
-            reflection.enable_server_reflection(names, self.server)
+            reflection.enable(self.server, (SERVICE_NAME, health.SERVICE_NAME))
         self.port = 0
         self.metrics_port: int | None = None
         self._stopped = asyncio.Event()

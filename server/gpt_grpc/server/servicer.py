@@ -34,10 +34,11 @@ from ..gpt import GPT
 from ..settings import Settings, SettingsUpdate
 from ..state import StateFile
 from ..usage import ModelTotals
-from . import convert, logs
+from . import convert, logs, registration
 from .admission import Admission
 from .auth import OPEN, Authorizer, Caller
 from .metrics import Metrics
+from .registration import Undecodable
 from .status import REASON_CODES, to_status
 
 log = logging.getLogger("gpt_grpc.server")
@@ -48,6 +49,7 @@ LARGE_TEXT_CHARS = 64_000
 # million tokens of English, the largest context window a catalogued model has,
 # and bounds the CPU one call can take (~0.1 s) below the 16 MiB message limit.
 MAX_COUNT_TOKENS_BYTES = 4 * 1024 * 1024
+_MAX_UTF8_BYTES = 4  # per character
 # A caller's x-request-id is used as given when it is this tame.
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 
@@ -174,56 +176,22 @@ def stream_rpc(
     return wrap
 
 
-class Undecodable:
-    """A request whose bytes are not the method's message.
-
-    gRPC's own deserializer raises, and gRPC answers UNKNOWN ("Unexpected
-    DecodeError"); `add_to_server` hands the handler this instead, which it
-    answers INVALID_ARGUMENT like any other invalid request.
-    """
-
-    __slots__ = ("type_name",)
-
-    def __init__(self, type_name: str) -> None:
-        self.type_name = type_name
-
-    def error(self) -> GatewayError:
-        return invalid([FieldViolation("request", f"is not a valid {self.type_name} message")])
-
-
-def _lenient(decode: Callable[[bytes], Any], type_name: str) -> Callable[[bytes], Any]:
-    def deserialize(raw: bytes) -> Any:
-        try:
-            return decode(raw)
-        except Exception:  # DecodeError, or whatever else the parser makes of garbage
-            return Undecodable(type_name)
-
-    return deserialize
-
-
 def add_to_server(servicer: GPTServicer, server: Any) -> None:
     """Register GPTService as the generated code does, with lenient request deserializers."""
-    generated: dict[str, Any] = {}
-
-    class _Capture:
-        def add_generic_rpc_handlers(self, handlers: Any) -> None:
-            pass
-
-        def add_registered_method_handlers(self, service: str, handlers: dict[str, Any]) -> None:
-            generated.update(handlers)
-
-    pb_grpc.add_GPTServiceServicer_to_server(servicer, _Capture())
     service = pb.DESCRIPTOR.services_by_name["GPTService"]
-    handlers = {
-        name: handler._replace(
-            request_deserializer=_lenient(
-                handler.request_deserializer, service.methods_by_name[name].input_type.full_name
-            )
-        )
-        for name, handler in generated.items()
-    }
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
-    server.add_registered_method_handlers(service.full_name, handlers)
+    handlers = registration.generated_handlers(pb_grpc.add_GPTServiceServicer_to_server, servicer)
+    input_types = {method.name: method.input_type.full_name for method in service.methods}
+    registration.register(server, service.full_name, registration.lenient(handlers, input_types))
+
+
+def _counted_bytes(request: pb.CountTokensRequest) -> int:
+    """The size of what CountTokens would count: the text in UTF-8, or the messages serialized."""
+    if request.messages:
+        return sum(message.ByteSize() for message in request.messages)
+    text = request.text
+    if len(text) * _MAX_UTF8_BYTES <= MAX_COUNT_TOKENS_BYTES:
+        return len(text)  # small enough whatever its characters: no need to encode it
+    return len(text.encode("utf-8", "surrogatepass"))
 
 
 def _internal(method: str) -> GatewayError:
@@ -376,7 +344,7 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
             call.model = model
         if request.messages and request.text:
             violations.append(FieldViolation("text", "give either text or messages, not both"))
-        elif request.ByteSize() > MAX_COUNT_TOKENS_BYTES:
+        elif _counted_bytes(request) > MAX_COUNT_TOKENS_BYTES:
             where = "messages" if request.messages else "text"
             violations.append(FieldViolation(where, f"must be at most {MAX_COUNT_TOKENS_BYTES // 1024 // 1024} MiB"))
         if violations:
