@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 import logging
+import math
 import os
 import stat
 import subprocess
@@ -19,15 +22,16 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from gpt_grpc import tokens
 from gpt_grpc.chat import MAX_MODEL_CHARS
 from gpt_grpc.gpt import GPT
-from gpt_grpc.server.app import MIN_ADMIN_TOKEN_CHARS, ConfigError, GatewayServer, ServerConfig
+from gpt_grpc.server.app import MIN_ADMIN_TOKEN_CHARS, ConfigError, GatewayServer, ServerConfig, parse_args
 from gpt_grpc.server.logs import MAX_LOGGED_CHARS, JsonFormatter
 from gpt_grpc.server.metrics import OTHER, Metrics
 from gpt_grpc.server.servicer import MAX_COUNT_TOKENS_BYTES
 from gpt_grpc.settings import Settings, SettingsUpdate, apply
 from gpt_grpc.state import StateFile, StateFileError
 from gpt_grpc.usage import MAX_MODELS, OTHER_MODELS, UsageTracker
-from tests.conftest import ADMIN, TEST_KEY, Gateway
+from tests.conftest import ADMIN, ADMIN_TOKEN, TEST_KEY, Gateway, fast_upstream, start_gateway, stop_gateway
 from tests.helpers import details, fail
+from tests.standin import Fault, Standin
 
 
 def test_a_short_admin_token_is_refused_at_start() -> None:
@@ -271,3 +275,75 @@ async def test_garbage_to_health_and_reflection_is_invalid_argument_logged_once(
     assert (
         await health.Check(health_pb2.HealthCheckRequest(), timeout=10)
     ).status == health_pb2.HealthCheckResponse.SERVING
+
+
+# --------------------------------------------------------------------------- 7: idle connections
+
+
+async def _gateway_with(standin: Standin, **config: float) -> Gateway:
+    return await start_gateway(
+        ServerConfig(port=0, admin_token=ADMIN_TOKEN, upstream=fast_upstream(standin.base_url), **config)  # type: ignore[arg-type]
+    )
+
+
+async def _state_becomes(channel: grpc.aio.Channel, wanted: grpc.ChannelConnectivity, within: float) -> bool:
+    deadline = asyncio.get_running_loop().time() + within
+    state = channel.get_state()
+    while state != wanted:
+        left = deadline - asyncio.get_running_loop().time()
+        if left <= 0:
+            return False
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(left):
+                await channel.wait_for_state_change(state)
+        state = channel.get_state()
+    return True
+
+
+async def test_an_idle_connection_is_closed_by_the_server(standin: Standin) -> None:
+    """Ready HTTP/2 connections were held forever (gRPC's default idle limit is infinite)."""
+    gw = await _gateway_with(standin, max_connection_idle=0.3)
+    try:
+        await gw.stub.GetConfiguration(pb.GetConfigurationRequest(), timeout=10)
+        assert gw.channel.get_state() == grpc.ChannelConnectivity.READY
+        # The server's GOAWAY puts the client's channel back to IDLE; nothing else would within 10 s.
+        assert await _state_becomes(gw.channel, grpc.ChannelConnectivity.IDLE, within=10)
+        # The next call simply reconnects.
+        await gw.stub.GetConfiguration(pb.GetConfigurationRequest(), timeout=10)
+    finally:
+        await stop_gateway(gw)
+
+
+async def test_a_connection_past_its_age_is_replaced_and_calls_in_flight_finish(
+    standin: Standin, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="gpt_grpc.access")
+    gw = await _gateway_with(standin, max_connection_age=0.3, max_connection_age_grace=30)
+    try:
+        standin.enqueue(Fault(kind="slow", delay=1.5))  # a call longer than the age, shorter than the grace
+        slow = asyncio.ensure_future(gw.stub.ChatCompletion(pb.ChatCompletionRequest(user_message="slow"), timeout=20))
+        for _ in range(20):  # bounded: 20 calls, 0.1 s apart
+            await gw.stub.GetConfiguration(pb.GetConfigurationRequest(), timeout=10)
+            await asyncio.sleep(0.1)
+        assert (await slow).content == "Echo: slow"
+        peers = {r.fields["peer"] for r in caplog.records if r.name == "gpt_grpc.access"}  # type: ignore[attr-defined]
+        assert len(peers) >= 2, peers  # the client was made to open a new connection
+    finally:
+        await stop_gateway(gw)
+
+
+def test_connection_limits_have_defaults_and_flags() -> None:
+    default = parse_args([])
+    assert (default.max_connection_idle, default.max_connection_age, default.max_connection_age_grace) == (
+        300.0,
+        3600.0,
+        600.0,
+    )
+    flags = parse_args(["--max-connection-idle", "60", "--max-connection-age", "0", "--max-connection-age-grace", "5"])
+    assert (flags.max_connection_idle, flags.max_connection_age, flags.max_connection_age_grace) == (60.0, 0.0, 5.0)
+
+
+@pytest.mark.parametrize("seconds", [-1.0, math.nan, 1e10])
+def test_a_connection_limit_that_cannot_work_stops_start_up(seconds: float) -> None:
+    with pytest.raises(ConfigError, match="--max-connection-idle must be"):
+        GatewayServer(ServerConfig(port=0, max_connection_idle=seconds))

@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import ipaddress
 import logging
+import math
 import os
 import resource
 import signal
@@ -18,6 +19,7 @@ import ssl
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import overload
 
 import grpc
 from gptgrpc.v1 import gateway_pb2 as pb
@@ -44,6 +46,16 @@ _HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"]
 DEFAULT_PORT = 50051
 # Big enough for a large conversation, small enough to bound memory per call.
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+# A connection without calls for this long is closed (GOAWAY); the client reconnects
+# on its next call. gRPC's default keeps it forever.
+DEFAULT_MAX_CONNECTION_IDLE = 300.0
+# Every connection is replaced after about this long (gRPC adds +-10% jitter), so that
+# no client holds one forever and new connections spread over the workers.
+DEFAULT_MAX_CONNECTION_AGE = 3600.0
+# Calls in flight on a connection past its age get this long to finish: longer than
+# a long streamed answer.
+DEFAULT_MAX_CONNECTION_AGE_GRACE = 600.0
+_MAX_GRPC_MS = 2**31 - 1  # gRPC's integer options are C ints
 # The admin token decides where prompts and the key go: a short one can be guessed.
 MIN_ADMIN_TOKEN_CHARS = 32
 
@@ -70,6 +82,10 @@ class ServerConfig:
     workers: int = 1
     reuse_port: bool = False
     loop: str = "auto"
+    # HTTP/2 connection lifetimes, in seconds; 0 turns one off (see _connection_options).
+    max_connection_idle: float = DEFAULT_MAX_CONNECTION_IDLE
+    max_connection_age: float = DEFAULT_MAX_CONNECTION_AGE
+    max_connection_age_grace: float = DEFAULT_MAX_CONNECTION_AGE_GRACE
 
 
 class GatewayServer:
@@ -78,6 +94,7 @@ class GatewayServer:
     def __init__(self, config: ServerConfig, gpt: GPT | None = None) -> None:
         self.config = config
         _check_admin_token(config.admin_token)
+        connection_options = _connection_options(config)
         # Validate the start-up settings like a Configure call would; settings
         # saved by Configure before a restart win over the environment.
         settings = apply(Settings(), config.upstream)
@@ -108,6 +125,7 @@ class GatewayServer:
                 # admission (max_in_flight) is the limit that answers OVERLOADED.
                 ("grpc.server.max_pending_requests", max(1_000, config.max_in_flight)),
                 ("grpc.server.max_pending_requests_hard_limit", max(3_000, 2 * config.max_in_flight)),
+                *connection_options,
             ]
         )
         self.servicer = GPTServicer(
@@ -180,6 +198,21 @@ class GatewayServer:
 
     async def wait(self) -> None:
         await self._stopped.wait()
+
+
+def _connection_options(config: ServerConfig) -> list[tuple[str, int]]:
+    """gRPC's connection lifetimes from the config's seconds; 0 leaves gRPC's default (no limit)."""
+    out = []
+    for option, flag, seconds in (
+        ("grpc.max_connection_idle_ms", "--max-connection-idle", config.max_connection_idle),
+        ("grpc.max_connection_age_ms", "--max-connection-age", config.max_connection_age),
+        ("grpc.max_connection_age_grace_ms", "--max-connection-age-grace", config.max_connection_age_grace),
+    ):
+        if not math.isfinite(seconds) or seconds < 0 or seconds * 1000 > _MAX_GRPC_MS:
+            raise ConfigError(f"{flag} must be 0 (no limit) or a number of seconds up to {_MAX_GRPC_MS // 1000}")
+        if seconds > 0:
+            out.append((option, max(1, round(seconds * 1000))))
+    return out
 
 
 def _revalidate(saved: Settings) -> Settings:
@@ -272,9 +305,13 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _env_float(name: str) -> float | None:
+@overload
+def _env_float(name: str) -> float | None: ...
+@overload
+def _env_float(name: str, default: float) -> float: ...
+def _env_float(name: str, default: float | None = None) -> float | None:
     value = os.environ.get(name)
-    return float(value) if value else None
+    return float(value) if value else default
 
 
 def _read_secret_file(path: str) -> str:
@@ -334,6 +371,24 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
         default=env.get("GPT_GRPC_LOOP", "auto"),
         help="event loop: uvloop when installed (auto), or asyncio's",
     )
+    p.add_argument(
+        "--max-connection-idle",
+        type=float,
+        default=_env_float("GPT_GRPC_MAX_CONNECTION_IDLE", DEFAULT_MAX_CONNECTION_IDLE),
+        help="seconds a connection may stay without calls before the server closes it (0: never)",
+    )
+    p.add_argument(
+        "--max-connection-age",
+        type=float,
+        default=_env_float("GPT_GRPC_MAX_CONNECTION_AGE", DEFAULT_MAX_CONNECTION_AGE),
+        help="seconds after which a connection is replaced (0: never)",
+    )
+    p.add_argument(
+        "--max-connection-age-grace",
+        type=float,
+        default=_env_float("GPT_GRPC_MAX_CONNECTION_AGE_GRACE", DEFAULT_MAX_CONNECTION_AGE_GRACE),
+        help="seconds calls in flight on a replaced connection get to finish (0: no limit)",
+    )
     p.add_argument("--no-reflection", action="store_true", help="turn server reflection off")
     p.add_argument("--log-level", default=env.get("GPT_GRPC_LOG_LEVEL", "INFO"))
     args = p.parse_args(argv)
@@ -372,6 +427,9 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
         tls_client_ca=args.tls_client_ca,
         workers=args.workers,
         loop=args.loop,
+        max_connection_idle=args.max_connection_idle,
+        max_connection_age=args.max_connection_age,
+        max_connection_age_grace=args.max_connection_age_grace,
     )
 
 
