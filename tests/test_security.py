@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import ipaddress
 import logging
 import math
 import os
@@ -19,8 +20,10 @@ import pytest
 from gptgrpc.v1 import gateway_pb2 as pb
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from gpt_grpc import tokens
+from gpt_grpc import egress, tokens
 from gpt_grpc.chat import MAX_MODEL_CHARS
+from gpt_grpc.egress import EgressPolicy, endpoint_problem
+from gpt_grpc.errors import GatewayError
 from gpt_grpc.gpt import GPT
 from gpt_grpc.server.app import MIN_ADMIN_TOKEN_CHARS, ConfigError, GatewayServer, ServerConfig, parse_args
 from gpt_grpc.server.logs import MAX_LOGGED_CHARS, JsonFormatter
@@ -347,3 +350,169 @@ def test_connection_limits_have_defaults_and_flags() -> None:
 def test_a_connection_limit_that_cannot_work_stops_start_up(seconds: float) -> None:
     with pytest.raises(ConfigError, match="--max-connection-idle must be"):
         GatewayServer(ServerConfig(port=0, max_connection_idle=seconds))
+
+
+# --------------------------------------------------------------------------- 5: where prompts and the key may go
+
+REFUSED_ENDPOINTS = [
+    "http://169.254.169.254/latest/meta-data",
+    "https://169.254.169.254/v1",
+    "https://169.254.170.2/v1",  # ECS task metadata
+    "https://[fe80::1]/v1",
+    "https://[fe80::1%25eth0]/v1",
+    "https://[fd00:ec2::254]/v1",
+    "https://[::ffff:169.254.169.254]/v1",  # the same, IPv4-mapped
+    "https://[64:ff9b::a9fe:a9fe]/v1",  # the same, through NAT64
+    "https://2852039166/v1",  # the same, as one number (the resolver reads it so)
+    "https://0xa9.0xfe.0xa9fe/v1",
+    "https://metadata.google.internal/computeMetadata/v1",
+    "https://METADATA.google.internal./v1",
+    "https://metadata/v1",
+    "https://0.0.0.0/v1",
+    "https://0/v1",
+    "https://[::]/v1",
+    "http://10.0.0.5:8000/v1",  # plain http off loopback
+    "http://llm.example.com/v1",
+]
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [(u, "plain http" if u.startswith("http:") and "169.254" not in u else "link-local") for u in REFUSED_ENDPOINTS],
+)
+def test_the_egress_policy_refuses(url: str, why: str) -> None:
+    problem = endpoint_problem(url, EgressPolicy())
+    assert problem is not None
+    assert ("must use https" if why == "plain http" else "link-local, metadata") in problem
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://api.openai.com/v1",
+        "https://10.0.0.5:8000/v1",  # private ranges: allowed (narrow them with the allowlist)
+        "https://[fd12:3456::1]/v1",
+        "http://127.0.0.1:11434/v1",
+        "http://127.8.9.10/v1",
+        "http://[::1]:8000/v1",
+        "http://LOCALHOST:8000/v1",
+        "https://169.254.example.com/v1",  # a name, not an address
+    ],
+)
+def test_the_egress_policy_allows(url: str) -> None:
+    assert endpoint_problem(url, EgressPolicy()) is None
+
+
+def test_the_operator_flags_widen_http_and_narrow_hosts() -> None:
+    insecure = EgressPolicy.of(allow_insecure=True, allowed_hosts=None)
+    assert endpoint_problem("http://10.0.0.5:8000/v1", insecure) is None
+    assert endpoint_problem("http://169.254.169.254/v1", insecure) is not None  # never metadata
+    allow = EgressPolicy.of(allow_insecure=False, allowed_hosts=" api.openai.com, 127.0.0.1 ,[::1],")
+    assert allow.allowed_hosts == {"api.openai.com", "127.0.0.1", "::1"}
+    assert endpoint_problem("https://API.openai.com./v1", allow) is None
+    assert endpoint_problem("http://[::1]:9/v1", allow) is None
+    assert "allowed-upstream-hosts" in (endpoint_problem("https://evil.example/v1", allow) or "")
+    assert EgressPolicy.of(allow_insecure=False, allowed_hosts="").allowed_hosts is None
+
+
+async def _configure(gateway: Gateway, **fields: str) -> pb.Configuration:
+    reply = await gateway.stub.Configure(pb.ConfigureRequest(**fields), metadata=ADMIN, timeout=10)
+    return reply.configuration
+
+
+async def test_moving_the_endpoint_to_another_host_needs_the_key_in_the_same_configure(
+    gateway: Gateway, standin: Standin
+) -> None:
+    """An endpoint change alone kept the key, which then went to the new host with every call."""
+    before = (await gateway.stub.GetConfiguration(pb.GetConfigurationRequest(), timeout=10)).configuration
+    async with Standin(api_keys={"other-key"}) as other:
+        err = details(await fail(gateway.stub.Configure(pb.ConfigureRequest(endpoint=other.base_url), metadata=ADMIN)))
+        assert (err.code, err.fields) == (grpc.StatusCode.INVALID_ARGUMENT, ["api_key"])
+        assert "another host" in err.bad_request.field_violations[0].description  # type: ignore[union-attr]
+        now = (await gateway.stub.GetConfiguration(pb.GetConfigurationRequest(), timeout=10)).configuration
+        assert now == before
+        await gateway.stub.ChatCompletion(pb.ChatCompletionRequest(user_message="hi"), timeout=10)
+        assert other.requests == []  # the key never went there
+        # Same host and port, another path: the key stays.
+        moved = await _configure(gateway, endpoint=standin.base_url + "/")
+        assert moved.api_key_set and moved.generation == before.generation + 1
+        # With a key of its own, the move is fine.
+        assert (await _configure(gateway, endpoint=other.base_url, api_key="other-key")).endpoint == other.base_url
+        await gateway.stub.ChatCompletion(pb.ChatCompletionRequest(user_message="hi"), timeout=10)
+        assert [r.api_key for r in other.requests] == ["other-key"]
+
+
+@pytest.mark.parametrize("url", REFUSED_ENDPOINTS[:4] + REFUSED_ENDPOINTS[10:12] + REFUSED_ENDPOINTS[-2:])
+async def test_configure_refuses_metadata_and_remote_plain_http(gateway: Gateway, url: str) -> None:
+    before = (await gateway.stub.GetConfiguration(pb.GetConfigurationRequest(), timeout=10)).configuration
+    err = details(
+        await fail(gateway.stub.Configure(pb.ConfigureRequest(endpoint=url, api_key="k-123"), metadata=ADMIN))
+    )
+    assert (err.code, err.reason, err.fields) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST", ["endpoint"])
+    assert (await gateway.stub.GetConfiguration(pb.GetConfigurationRequest(), timeout=10)).configuration == before
+
+
+async def test_configure_refuses_a_name_that_resolves_to_a_metadata_address(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = egress.resolve_host
+
+    async def resolver(host: str) -> list[egress.IPAddress]:
+        if host == "rebind.example":
+            return [ipaddress.ip_address("10.1.2.3"), ipaddress.ip_address("169.254.169.254")]
+        return await real(host)
+
+    monkeypatch.setattr(egress, "resolve_host", resolver)
+    err = details(
+        await fail(
+            gateway.stub.Configure(
+                pb.ConfigureRequest(endpoint="https://rebind.example/v1", api_key="k-123"), metadata=ADMIN
+            )
+        )
+    )
+    assert (err.code, err.fields) == (grpc.StatusCode.INVALID_ARGUMENT, ["endpoint"])
+    assert "resolves to 169.254.169.254" in err.bad_request.field_violations[0].description  # type: ignore[union-attr]
+    # The system resolver answers for localhost (loopback): accepted.
+    assert (await _configure(gateway, endpoint="https://localhost:9/v1", api_key="k-123")).endpoint
+
+
+async def test_the_allowlist_and_insecure_flag_apply_to_configure(standin: Standin) -> None:
+    gw = await start_gateway(
+        ServerConfig(
+            port=0,
+            admin_token=ADMIN_TOKEN,
+            upstream=fast_upstream(standin.base_url),
+            allowed_upstream_hosts="127.0.0.1,10.0.0.5",
+            allow_insecure_upstream=True,
+        )
+    )
+    try:
+        assert (await _configure(gw, endpoint="http://10.0.0.5:8000/v1", api_key="k-123")).endpoint
+        err = details(
+            await fail(
+                gw.stub.Configure(
+                    pb.ConfigureRequest(endpoint="https://api.openai.com/v1", api_key=TEST_KEY), metadata=ADMIN
+                )
+            )
+        )
+        assert err.fields == ["endpoint"] and "allowed-upstream-hosts" in err.message
+    finally:
+        await stop_gateway(gw)
+
+
+def test_start_up_applies_the_same_rules() -> None:
+    metadata = SettingsUpdate(api_key=TEST_KEY, endpoint="http://169.254.169.254/v1")
+    with pytest.raises(GatewayError, match="link-local"):
+        GatewayServer(ServerConfig(port=0, upstream=metadata))
+    with pytest.raises(GatewayError, match="allowed-upstream-hosts"):  # the default endpoint is not on the list
+        GatewayServer(ServerConfig(port=0, allowed_upstream_hosts="127.0.0.1"))
+
+
+def test_the_server_command_refuses_a_metadata_endpoint_and_state_file(tmp_path: Path) -> None:
+    done = _start("--endpoint", "http://169.254.169.254/v1")
+    assert done.returncode == 2 and "link-local" in done.stderr and "Traceback" not in done.stderr
+    path = tmp_path / "state.json"
+    StateFile(path).save(Settings(api_key=TEST_KEY, endpoint="https://metadata.google.internal/v1"))
+    done = _start("--state-file", str(path))
+    assert done.returncode == 2 and "state file holds invalid settings" in done.stderr
+    assert TEST_KEY not in done.stderr

@@ -31,6 +31,7 @@ import orjson
 from . import errors, tokens
 from .catalog import Catalog, adapt_request
 from .chat import ChatRequest, ChatResult, Delta, ToolCall, Usage, check_model, validate
+from .egress import EgressPolicy
 from .errors import GatewayError, Reason
 from .pricing import Pricing
 from .retry import AttemptObserver, RetryBudget, call_with_retries
@@ -179,9 +180,9 @@ class GPT:
             self._upstream = _Upstream(new, None)
         return new
 
-    def preview(self, update: SettingsUpdate) -> Settings:
-        """The settings `update` would give, validated, without applying them."""
-        return apply(self._upstream.settings, update)
+    def preview(self, update: SettingsUpdate, policy: EgressPolicy | None = None) -> Settings:
+        """The settings `update` would give, validated (under the operator's `policy`), without applying them."""
+        return apply(self._upstream.settings, update, policy)
 
     def install(self, settings: Settings) -> None:
         """Swap in settings made by `preview` (after persisting them, say)."""

@@ -27,7 +27,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from .. import tokens
 from ..accounts import Accounts, AccountsStoreError
-from ..errors import GatewayError
+from ..egress import EgressPolicy, resolved_problem
+from ..errors import FieldViolation, GatewayError, invalid
 from ..gpt import GPT
 from ..pricing import Pricing
 from ..retry import RetryBudget
@@ -82,6 +83,9 @@ class ServerConfig:
     workers: int = 1
     reuse_port: bool = False
     loop: str = "auto"
+    # Where prompts and the key may go (egress.py): plain http off loopback, and an allowlist.
+    allow_insecure_upstream: bool = False
+    allowed_upstream_hosts: str | None = None  # comma-separated; None or empty: any host
     # HTTP/2 connection lifetimes, in seconds; 0 turns one off (see _connection_options).
     max_connection_idle: float = DEFAULT_MAX_CONNECTION_IDLE
     max_connection_age: float = DEFAULT_MAX_CONNECTION_AGE
@@ -95,13 +99,15 @@ class GatewayServer:
         self.config = config
         _check_admin_token(config.admin_token)
         connection_options = _connection_options(config)
-        # Validate the start-up settings like a Configure call would; settings
-        # saved by Configure before a restart win over the environment.
-        settings = apply(Settings(), config.upstream)
+        # Validate the start-up settings like a Configure call would, under the same
+        # egress policy; settings saved by Configure before a restart win over the
+        # environment. (What the endpoint's name resolves to is checked in start.)
+        self.egress = EgressPolicy.of(config.allow_insecure_upstream, config.allowed_upstream_hosts)
+        settings = apply(Settings(), config.upstream, self.egress)
         self.state = StateFile(config.state_file) if config.state_file else None
         saved = self.state.load() if self.state else None
         if saved is not None:
-            settings = _revalidate(saved)
+            settings = _revalidate(saved, self.egress)
             log.info("restored settings from %s (generation %d)", config.state_file, settings.generation)
         self.metrics = Metrics()
         self.gpt = gpt or GPT(
@@ -135,6 +141,7 @@ class GatewayServer:
             accounts=self.accounts,
             metrics=self.metrics,
             state=self.state,
+            egress=self.egress,
         )
         # Undecodable requests: INVALID_ARGUMENT, not UNKNOWN with a traceback (registration.py).
         add_to_server(self.servicer, self.server)
@@ -153,6 +160,9 @@ class GatewayServer:
         self._flusher: asyncio.Task[None] | None = None
 
     async def start(self) -> int:
+        problem = await resolved_problem(self.gpt.settings.endpoint)
+        if problem:
+            raise invalid([FieldViolation("endpoint", problem)])
         tokens.preload()  # readiness includes the encodings: no first-call stall
         address = f"[{self.config.host}]" if ":" in self.config.host else self.config.host
         if self.credentials is not None:
@@ -215,7 +225,7 @@ def _connection_options(config: ServerConfig) -> list[tuple[str, int]]:
     return out
 
 
-def _revalidate(saved: Settings) -> Settings:
+def _revalidate(saved: Settings, policy: EgressPolicy) -> Settings:
     """Check a saved snapshot as strictly as a Configure call (the file may have been edited)."""
     update = SettingsUpdate(
         api_key=saved.api_key,
@@ -229,7 +239,7 @@ def _revalidate(saved: Settings) -> Settings:
         max_backoff=saved.retry.max_backoff,
     )
     try:
-        checked = apply(Settings(), update)
+        checked = apply(Settings(), update, policy)
     except GatewayError as exc:
         raise StateFileError(f"state file holds invalid settings: {exc.message}") from None
     return dataclasses.replace(checked, generation=saved.generation)
@@ -335,6 +345,17 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
         default=env.get("OPENAI_API_KEY_FILE"),
         help="file holding the key (or OPENAI_API_KEY)",
     )
+    p.add_argument(
+        "--allowed-upstream-hosts",
+        default=env.get("GPT_GRPC_ALLOWED_UPSTREAM_HOSTS"),
+        help="comma-separated hosts the upstream endpoint may name (default: any that is not refused)",
+    )
+    p.add_argument(
+        "--allow-insecure-upstream",
+        action="store_true",
+        default=env.get("GPT_GRPC_ALLOW_INSECURE_UPSTREAM", "") in ("1", "true", "yes"),
+        help="allow a plain http upstream off loopback (prompts and the key in clear text)",
+    )
     p.add_argument("--default-model", default=env.get("GPT_GRPC_DEFAULT_MODEL"))
     p.add_argument("--request-timeout", type=float, default=_env_float("GPT_GRPC_REQUEST_TIMEOUT"))
     p.add_argument("--max-attempts", type=int, default=None)
@@ -427,6 +448,8 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
         tls_client_ca=args.tls_client_ca,
         workers=args.workers,
         loop=args.loop,
+        allow_insecure_upstream=args.allow_insecure_upstream,
+        allowed_upstream_hosts=args.allowed_upstream_hosts,
         max_connection_idle=args.max_connection_idle,
         max_connection_age=args.max_connection_age,
         max_connection_age_grace=args.max_connection_age_grace,
@@ -459,15 +482,15 @@ async def serve(config: ServerConfig) -> None:
     follower = None
     if config.reuse_port and server.state is not None:  # a worker: Configure may happen in another one
         state = server.state
-        follower = loop.create_task(workers.follow_state_file(server, lambda: _load_state(state)))
+        follower = loop.create_task(workers.follow_state_file(server, lambda: _load_state(state, server.egress)))
     await server.wait()
     if follower is not None:
         follower.cancel()
 
 
-def _load_state(state: StateFile) -> Settings | None:
+def _load_state(state: StateFile, policy: EgressPolicy) -> Settings | None:
     saved = state.load()
-    return None if saved is None else _revalidate(saved)
+    return None if saved is None else _revalidate(saved, policy)
 
 
 def _log_debug_state(server: GatewayServer) -> None:

@@ -29,6 +29,7 @@ from gptgrpc.v1 import gateway_pb2_grpc as pb_grpc
 from .. import tokens
 from ..accounts import Accounts
 from ..chat import ChatRequest, ChatResult, Usage, check_model
+from ..egress import EgressPolicy, origin, resolved_problem
 from ..errors import FieldViolation, GatewayError, Reason, invalid
 from ..gpt import GPT
 from ..settings import Settings, SettingsUpdate
@@ -211,8 +212,10 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
         accounts: Accounts,
         metrics: Metrics,
         state: StateFile | None = None,
+        egress: EgressPolicy | None = None,
     ) -> None:
         self.gpt = gpt
+        self.egress = egress or EgressPolicy()
         self.authorizer = authorizer
         self.admission = admission
         self.accounts = accounts
@@ -410,7 +413,12 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
 
     async def _apply(self, update: SettingsUpdate) -> Settings:
         async with self._configure_lock:
-            settings = self.gpt.preview(update)
+            current = self.gpt.settings
+            settings = self.gpt.preview(update, self.egress)
+            if origin(settings.endpoint) != origin(current.endpoint):
+                problem = await resolved_problem(settings.endpoint)
+                if problem:
+                    raise invalid([FieldViolation("endpoint", problem)])
             if self.state is not None:
                 try:
                     await asyncio.to_thread(self.state.save, settings)
