@@ -30,7 +30,8 @@ import orjson
 
 from . import errors, tokens
 from .catalog import Catalog, adapt_request
-from .chat import ChatRequest, ChatResult, Delta, ToolCall, Usage, validate
+from .chat import ChatRequest, ChatResult, Delta, ToolCall, Usage, check_model, validate
+from .egress import EgressPolicy
 from .errors import GatewayError, Reason
 from .pricing import Pricing
 from .retry import AttemptObserver, RetryBudget, call_with_retries
@@ -148,6 +149,9 @@ class GPT:
 
     def count_tokens(self, text: str, model: str = "gpt-4o-mini") -> int:
         """Tokens of `text` for `model` (offline; unknown models use o200k_base)."""
+        bad_model = check_model(model)
+        if bad_model:
+            raise ValueError(f"model {bad_model}")
         return tokens.count_text(text, model).tokens
 
     def close(self) -> None:
@@ -176,9 +180,9 @@ class GPT:
             self._upstream = _Upstream(new, None)
         return new
 
-    def preview(self, update: SettingsUpdate) -> Settings:
-        """The settings `update` would give, validated, without applying them."""
-        return apply(self._upstream.settings, update)
+    def preview(self, update: SettingsUpdate, policy: EgressPolicy | None = None) -> Settings:
+        """The settings `update` would give, validated (under the operator's `policy`), without applying them."""
+        return apply(self._upstream.settings, update, policy)
 
     def install(self, settings: Settings) -> None:
         """Swap in settings made by `preview` (after persisting them, say)."""
