@@ -43,13 +43,16 @@ demo: $(STAMP)
 	$(PY) -m demo
 
 # Everything CI checks: the Python suite (servers on loopback, the short fault
-# campaign, stale-stub checks), then the Go, TypeScript and Java clients, the
-# contract suite in each, and buf lint + breaking against the last release.
+# campaign, stale-stub checks, grpcurl/ghz/grpc-health-probe against the
+# gateway), then the Go, TypeScript and Java clients, the contract suite in
+# each, and buf lint + breaking against the last release.
 test: $(STAMP) deps-debian
+	$(MAKE) grpc-tools
 	$(BIN)/pytest -q
 	$(MAKE) clients-build clients-test contract-test proto-check
 
 test-py: $(STAMP) deps-debian
+	$(MAKE) grpc-tools
 	$(BIN)/pytest -q
 
 # The full fault campaign (3,000 calls at concurrency 200, 20% faults) and the
@@ -64,8 +67,9 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 clean: clients-clean
-	rm -rf $(VENV) .mypy_cache .ruff_cache
+	rm -rf $(VENV) .mypy_cache .ruff_cache $(TOOLS_BIN)
 
 # Last, so that `install` stays the default goal.
 include clients/clients.mk
 include bench/bench.mk
+include tests/tools/tools.mk

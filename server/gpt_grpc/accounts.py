@@ -138,8 +138,18 @@ class Accounts:
             return None
         return await self.store.find_token(hash_token(token))
 
-    async def admit(self, client: ClientRow, estimate: Estimate) -> Ticket | None:
-        """Reserve one call of `client`, or raise why not. None: the client has no limits to check."""
+    async def admit(self, client: ClientRow, estimate: Estimate, *, requests_only: bool = False) -> Ticket | None:
+        """Reserve one call of `client`, or raise why not. None: nothing to check, or nothing to settle.
+
+        `requests_only`: a call that costs nothing upstream (CountTokens) is held
+        to the request rate alone, not to the token rate, the budget or the
+        calls in flight, and is not settled.
+        """
+        if requests_only:
+            if client.limits.requests_per_minute is None:
+                return None
+            await self.store.admit(client, estimate, requests_only=True)
+            return None
         if not client.limits.metered:
             return None
         refusal = too_big(client.limits, estimate)

@@ -403,8 +403,13 @@ class LocalLimiter:
                     w.tokens.clear()
                     w.tokens_sum = 0
 
-    def admit(self, name: str, limits: Limits, estimate: Estimate) -> Ticket:
-        """Reserve one call of `name`, or raise why not (a refused call reserves nothing)."""
+    def admit(self, name: str, limits: Limits, estimate: Estimate, *, requests_only: bool = False) -> Ticket:
+        """Reserve one call of `name`, or raise why not (a refused call reserves nothing).
+
+        `requests_only`: held to the request rate alone, and holds nothing to settle.
+        """
+        if requests_only:
+            limits = Limits(requests_per_minute=limits.requests_per_minute)
         now = self._clock()
         with self._lock:
             w, p = self._window(name, now)
@@ -438,10 +443,12 @@ class LocalLimiter:
                 w.requests.append(now)
             if estimate.tokens:
                 self._add_tokens(w, now, estimate.tokens)
+            self._serial += 1
+            if requests_only:
+                return Ticket(f"local-{self._serial}", name, NO_ESTIMATE, now, p.day, p.month, local=False)
             w.day_spend += estimate.cost_usd
             w.month_spend += estimate.cost_usd
             w.in_flight += 1
-            self._serial += 1
             return Ticket(f"local-{self._serial}", name, estimate, now, p.day, p.month)
 
     def settle(self, ticket: Ticket | None, name: str, tokens: int, cost_usd: float) -> None:

@@ -34,7 +34,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from .errors import GatewayError, Reason
+from .egress import EgressPolicy, origin, resolved_problem
+from .errors import FieldViolation, GatewayError, Reason, invalid
 from .settings import Settings, SettingsUpdate, apply
 from .state import StateFile
 from .store.base import SettingsDoc, Store
@@ -63,12 +64,14 @@ class SettingsSync:
         *,
         sealer: Sealer | None = None,
         state: StateFile | None = None,
+        policy: EgressPolicy | None = None,
     ) -> None:
         self.store = store
         self._initial = initial  # the start-up settings (environment, or the state file)
         self._install = install
         self._sealer = sealer
         self._state = state
+        self._policy = policy  # the operator's egress policy (egress.py), for what Configure sets
         self._current = initial
         self._seen = 0  # generation of the record last installed (0: none)
         self._lock = asyncio.Lock()
@@ -101,7 +104,11 @@ class SettingsSync:
                     current, expected, key = self._current, 0, None
                 else:
                     current, expected, key = self._decode(doc)
-                new = apply(current, update)  # raises INVALID_REQUEST, nothing stored
+                new = apply(current, update, self._policy)  # raises INVALID_REQUEST, nothing stored
+                if self._policy is not None and origin(new.endpoint) != origin(current.endpoint):
+                    problem = await resolved_problem(new.endpoint)
+                    if problem:
+                        raise invalid([FieldViolation("endpoint", problem)])
                 if update.api_key is not None:
                     key = self._seal(update.api_key)
                 body = _encode(new, key)

@@ -162,8 +162,11 @@ class Store(abc.ABC):
     # -- limits --------------------------------------------------------------------
 
     @abc.abstractmethod
-    async def admit(self, client: ClientRow, estimate: Estimate) -> Ticket:
-        """Reserve one call (at most one store round trip); raises the refusal (limits.py)."""
+    async def admit(self, client: ClientRow, estimate: Estimate, *, requests_only: bool = False) -> Ticket:
+        """Reserve one call (at most one store round trip); raises the refusal (limits.py).
+
+        `requests_only`: count it against the request rate alone (nothing to settle).
+        """
 
     @abc.abstractmethod
     def settle(self, charge: Charge) -> None:

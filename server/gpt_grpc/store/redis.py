@@ -86,7 +86,8 @@ _SEP = "\x1f"
 T = TypeVar("T")
 
 # Admission: KEYS clients, rw, tw, if, spend-day, spend-month.
-# ARGV name, now, est_tokens, est_cost, ticket id, lease until, window, slot, spend ttl, lease ttl.
+# ARGV name, now, est_tokens, est_cost, ticket id, lease until, window, slot, spend ttl, lease ttl,
+# requests only ('1': the request rate alone, as for CountTokens).
 # Returns {0, day_spend, month_spend} admitted; {1} unknown/revoked; {2, spend} budget;
 # {3, wait, flags(1 rpm, 2 tpm)} rate; {4, max_in_flight} in flight. Mirrors limits.LocalLimiter.admit.
 _ADMIT = """
@@ -95,6 +96,7 @@ if not raw then return {1} end
 local c = cjson.decode(raw)
 if c.revoked_at ~= nil and c.revoked_at ~= cjson.null then return {1} end
 local l = c.limits
+if ARGV[11] == '1' then l = {requests_per_minute = l.requests_per_minute} end
 local now = tonumber(ARGV[2])
 local est_tokens = tonumber(ARGV[3])
 local est_cost = tonumber(ARGV[4])
@@ -658,11 +660,11 @@ class RedisStore(Store):
 
     # -- limits --------------------------------------------------------------------
 
-    async def admit(self, client: ClientRow, estimate: Estimate) -> Ticket:
+    async def admit(self, client: ClientRow, estimate: Estimate, *, requests_only: bool = False) -> Ticket:
         now = self._clock()
         p = Periods.at(now)
         if self._degraded:
-            return self._local.admit(client.name, client.limits, estimate)
+            return self._local.admit(client.name, client.limits, estimate, requests_only=requests_only)
         ticket_id = f"{self._ticket_prefix}-{next(self._serial)}"
         name = client.name
         k = self._p
@@ -685,17 +687,19 @@ class RedisStore(Store):
             repr(SLOT_SECONDS),
             SPEND_TTL_SECONDS,
             int(LEASE_SECONDS * 2),
+            "1" if requests_only else "0",
         ]
         try:
             reply = await self._call(lambda r: self._admit_script(keys=keys, args=args, client=r), kind="admit")
         except GatewayError as exc:
             if exc.reason is not Reason.STORE_UNAVAILABLE:
                 raise
-            return self._local.admit(client.name, client.limits, estimate)  # degraded now: per replica
+            # Degraded now: per replica.
+            return self._local.admit(client.name, client.limits, estimate, requests_only=requests_only)
         code = int(reply[0])
         if code == 0:
             self._last_spend[name] = (p.day, float(reply[1]), p.month, float(reply[2]))
-            if client.limits.max_in_flight is not None:
+            if client.limits.max_in_flight is not None and not requests_only:
                 self._open_leases[ticket_id] = name
             return Ticket(ticket_id, name, estimate, now, p.day, p.month, local=False)
         if code == 1:

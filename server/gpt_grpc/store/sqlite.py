@@ -362,12 +362,12 @@ class SqliteStore(Store):
 
     # -- limits --------------------------------------------------------------------
 
-    async def admit(self, client: ClientRow, estimate: Estimate) -> Ticket:
+    async def admit(self, client: ClientRow, estimate: Estimate, *, requests_only: bool = False) -> Ticket:
         with self._lock:
             current = self._clients.get(client.name)
         if current is None or current.revoked_at is not None:
             raise GatewayError(Reason.CLIENT_TOKEN_INVALID, "the client token is unknown or revoked")
-        return self._limiter.admit(client.name, current.limits, estimate)
+        return self._limiter.admit(client.name, current.limits, estimate, requests_only=requests_only)
 
     def settle(self, charge: Charge) -> None:
         day = Periods.at(self._clock()).day
