@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gpt_grpc.transport import FastTransport, _Body
+from gpt_grpc.upstream.transport import FastTransport, _Body
 
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], "asyncio.Future[None] | object"]
 

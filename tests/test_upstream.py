@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gpt_grpc.upstream import chat_endpoint, iter_lines
+from gpt_grpc.upstream.endpoints import chat_endpoint, iter_lines
 
 BODY: dict[str, Any] = {
     "model": "gpt-4o-mini",

@@ -35,8 +35,8 @@ from .errors import GatewayError, Reason
 from .pricing import Pricing
 from .retry import AttemptObserver, RetryBudget, call_with_retries
 from .settings import Settings, SettingsUpdate, apply, mask_key
-from .transport import proxies_configured, transport_for
-from .upstream import chat_endpoint, iter_lines
+from .upstream.transport import proxies_configured, transport_for
+from .upstream.endpoints import chat_endpoint, iter_lines
 from .usage import UsageTracker
 
 T = TypeVar("T")
