@@ -25,8 +25,9 @@ from grpc_reflection.v1alpha import reflection
 
 from .. import tokens
 from ..accounts import Accounts, AccountsStoreError
+from ..engine import Engine
 from ..errors import GatewayError
-from ..gpt import GPT
+from ..models import Models
 from ..pricing import Pricing
 from ..retry import RetryBudget
 from ..settings import Settings, SettingsUpdate, apply
@@ -74,7 +75,7 @@ class ServerConfig:
 class GatewayServer:
     """One grpc.aio server with GPTService, health and reflection."""
 
-    def __init__(self, config: ServerConfig, gpt: GPT | None = None) -> None:
+    def __init__(self, config: ServerConfig, engine: Engine | None = None) -> None:
         self.config = config
         _check_admin_token(config.admin_token)
         # Validate the start-up settings like a Configure call would; settings
@@ -86,9 +87,9 @@ class GatewayServer:
             settings = _revalidate(saved)
             log.info("restored settings from %s (generation %d)", config.state_file, settings.generation)
         self.metrics = Metrics()
-        self.gpt = gpt or GPT(
-            settings=settings,
-            pricing=Pricing(config.pricing_file),
+        self.engine = engine or Engine(
+            settings,
+            models=Models(pricing=Pricing(config.pricing_file)),
             budget=RetryBudget() if config.retry_budget else None,
             observer=self.metrics,
         )
@@ -110,7 +111,7 @@ class GatewayServer:
             ]
         )
         self.servicer = GPTServicer(
-            self.gpt,
+            self.engine,
             Authorizer(AdminAuth(config.admin_token), self.accounts),
             self.admission,
             accounts=self.accounts,
@@ -137,7 +138,7 @@ class GatewayServer:
             if not _is_loopback(self.config.host):
                 log.warning("listening on %s without TLS: traffic is plain text", self.config.host)
         await self.server.start()
-        self.metrics.watch(asyncio.get_running_loop(), self.gpt.budget)
+        self.metrics.watch(asyncio.get_running_loop(), self.engine.budget)
         if self.config.metrics_port is not None:
             self.metrics_port = self.metrics.serve(self.config.metrics_port, self.config.metrics_host)
             log.info("metrics on http://%s:%d/metrics", self.config.metrics_host, self.metrics_port)
@@ -156,7 +157,7 @@ class GatewayServer:
         if not drained:
             log.warning("grace period over with %d calls in flight; cancelling them", self.admission.in_flight)
         await self.server.stop(0 if drained else 0.5)
-        await self.gpt.aclose()
+        await self.engine.aclose()
         if self._flusher is not None:
             self._flusher.cancel()
         await asyncio.to_thread(self.accounts.close)
@@ -384,7 +385,7 @@ def _log_debug_state(server: GatewayServer) -> None:
     One log line: asyncio tasks alive, calls in flight, and the upstream HTTP
     pool's own summary (active/idle connections). Used by tests/faults.
     """
-    pool = getattr(getattr(server.gpt._http, "_transport", None), "_pool", None)
+    pool = server.engine.client.pool_summary()
     log.warning(
         "debug-state tasks=%d in_flight=%d upstream_pool=%r",
         len(asyncio.all_tasks()),

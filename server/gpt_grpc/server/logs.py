@@ -83,7 +83,3 @@ def _direct_stream() -> IO[bytes] | None:
         return None
     text.flush()  # keep the order of lines written through logging
     return raw  # type: ignore[no-any-return]
-
-
-def now() -> float:
-    return time.perf_counter()

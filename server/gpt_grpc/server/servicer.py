@@ -1,4 +1,4 @@
-"""GPTService: a thin layer translating protobuf <-> the GPT core.
+"""GPTService: a thin layer translating protobuf <-> the engine.
 
 Every handler is wrapped by `rpc`/`stream_rpc`, which gives the call a
 request id, authorizes it (admin, client or open), admits it, turns a
@@ -28,9 +28,9 @@ from gptgrpc.v1 import gateway_pb2_grpc as pb_grpc
 
 from .. import tokens
 from ..accounts import Accounts
-from ..chat import ChatRequest, ChatResult, Usage
+from ..chat import ChatResult, Usage, validate_counted
+from ..engine import Engine, PreparedCall
 from ..errors import FieldViolation, GatewayError, Reason, invalid
-from ..gpt import GPT
 from ..settings import Settings, SettingsUpdate
 from ..state import StateFile
 from ..usage import ModelTotals
@@ -231,7 +231,7 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
 
     def __init__(
         self,
-        gpt: GPT,
+        engine: Engine,
         authorizer: Authorizer,
         admission: Admission,
         *,
@@ -239,7 +239,7 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
         metrics: Metrics,
         state: StateFile | None = None,
     ) -> None:
-        self.gpt = gpt
+        self.engine = engine
         self.authorizer = authorizer
         self.admission = admission
         self.accounts = accounts
@@ -330,10 +330,12 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
             fields["attempts"] = call.attempts
         logs.access(fields)
 
-    def _chat(self, request: Any, call: Call) -> ChatRequest:
+    def _prepare(self, request: Any, call: Call) -> PreparedCall:
         chat = convert.chat_request(request, call.request_id)
-        call.model = chat.model or self.gpt.settings.default_model
-        return chat
+        call.model = chat.model  # as asked, until the engine has resolved it
+        prepared = self.engine.prepare(chat)
+        call.model = prepared.model.name
+        return prepared
 
     # -- data plane -----------------------------------------------------------------
 
@@ -341,7 +343,7 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
     async def ChatCompletion(
         self, request: pb.ChatCompletionRequest, context: Context, call: Call
     ) -> pb.ChatCompletionResponse:
-        result = await self.gpt.acomplete(self._chat(request, call), deadline=_deadline(context))
+        result = await self.engine.acomplete(self._prepare(request, call), deadline=_deadline(context))
         call.took(result)
         return convert.chat_response(result)
 
@@ -349,7 +351,7 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
     async def StreamChatCompletion(
         self, request: pb.StreamChatCompletionRequest, context: Context, call: Call
     ) -> AsyncIterator[pb.StreamChatCompletionResponse]:
-        events = self.gpt.astream(self._chat(request, call), deadline=_deadline(context))
+        events = self.engine.astream(self._prepare(request, call), deadline=_deadline(context))
         try:
             async for event in events:
                 if isinstance(event, ChatResult):
@@ -362,30 +364,34 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
 
     @rpc(Access.OPEN)
     async def CountTokens(self, request: pb.CountTokensRequest, context: Context, call: Call) -> pb.CountTokensResponse:
-        model = request.model or self.gpt.settings.default_model
-        call.model = model
+        model = self.engine.model_for(request.model, priced=False)
+        call.model = model.name
         if request.messages and request.text:
             raise invalid([FieldViolation("text", "give either text or messages, not both")])
         if request.messages:
-            count = tokens.count_messages(convert.count_messages(request.messages), model)
+            messages = convert.count_messages(request.messages)
+            violations = validate_counted(messages)
+            if violations:
+                raise invalid(violations)
+            count = tokens.count_messages(messages, model.name, encoding=model.encoding)
         elif len(request.text) > LARGE_TEXT_CHARS:
             # Megabytes take a while: keep the event loop serving other calls meanwhile.
-            count = await tokens.count_text_off_loop(request.text, model)
+            count = await tokens.count_text_off_loop(request.text, model.name, encoding=model.encoding)
         else:
-            count = tokens.count_text(request.text, model)
+            count = tokens.count_text(request.text, model.name, encoding=model.encoding)
         return convert.token_count(count)
 
     @rpc(Access.OPEN)
     async def GetConfiguration(
         self, request: pb.GetConfigurationRequest, context: Context, call: Call
     ) -> pb.GetConfigurationResponse:
-        return pb.GetConfigurationResponse(configuration=convert.configuration(self.gpt.settings))
+        return pb.GetConfigurationResponse(configuration=convert.configuration(self.engine.settings))
 
     @rpc(Access.OPEN)
     async def ListModels(self, request: pb.ListModelsRequest, context: Context, call: Call) -> pb.ListModelsResponse:
         models = []
-        for spec in self.gpt.catalog.models():
-            price = self.gpt.pricing.price_for(spec.id)
+        for spec in self.engine.models.catalog.models():
+            price = self.engine.models.pricing.price_for(spec.id)
             info = pb.ModelInfo(
                 id=spec.id,
                 encoding=spec.encoding,
@@ -412,8 +418,8 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
         if name:
             models, total, since_seconds = self.accounts.usage(name)
         else:
-            models, total = self.gpt.usage.snapshot()
-            since_seconds = self.gpt.usage.since
+            models, total = self.engine.usage.snapshot()
+            since_seconds = self.engine.usage.since
         since = timestamp_pb2.Timestamp()
         since.FromNanoseconds(int(since_seconds * 1e9))
         return pb.GetUsageResponse(
@@ -427,7 +433,7 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
 
     async def _apply(self, update: SettingsUpdate) -> Settings:
         async with self._configure_lock:
-            settings = self.gpt.preview(update)
+            settings = self.engine.preview(update)
             if self.state is not None:
                 try:
                     await asyncio.to_thread(self.state.save, settings)
@@ -436,7 +442,7 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
                     raise GatewayError(
                         Reason.INTERNAL_ERROR, "could not persist the settings; nothing was changed"
                     ) from None
-            self.gpt.install(settings)
+            self.engine.install(settings)
             return settings
 
     @rpc(Access.ADMIN)
