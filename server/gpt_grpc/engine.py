@@ -14,7 +14,7 @@ A call goes through the engine once:
    upstreams with failover), sends through the shared `UpstreamClient`, and
    hands any failure to `failures.translate` (one translation, secrets
    scrubbed, cause chained). Every attempt of both kinds of call runs through
-   `_attempt`: the place to observe one attempt with its endpoint (a span).
+   `_attempts.one`: the place to observe one attempt with its endpoint (a span).
    A stream is retried only until its first delta is ready for the caller.
 3. The result (usage as reported, or counted when the upstream sent none;
    cost from the model record) or the failure goes to the one `ResultSink`,
@@ -192,9 +192,11 @@ class Engine:
         failures: list[GatewayError] = []
 
         async def one(number: int) -> T:
+            # Every attempt of every call passes here, with its endpoint: where a span would wrap it.
             endpoint = first if number == 1 else router.endpoint_for(call.model, number, failures[-1])
             try:
-                return await self._attempt(call, endpoint, deadline, attempt)
+                seconds, by_deadline = self._attempt_timeout(call.snapshot.settings, deadline)
+                return await attempt(endpoint, seconds, by_deadline)
             except GatewayError as exc:
                 failures.append(exc)
                 raise
@@ -208,17 +210,6 @@ class Engine:
             clock=self._clock,
             sleep=self._sleep,
         )
-
-    async def _attempt(
-        self,
-        call: PreparedCall,
-        endpoint: Endpoint,
-        deadline: float | None,
-        attempt: Callable[[Endpoint, float, bool], Awaitable[T]],
-    ) -> T:
-        """One attempt on one endpoint, within the request timeout or what is left of the deadline."""
-        timeout, by_deadline = self._attempt_timeout(call.snapshot.settings, deadline)
-        return await attempt(endpoint, timeout, by_deadline)
 
     def _finish(self, call: PreparedCall, result: ChatResult | None, error: BaseException | None) -> None:
         """The one place a finished call is recorded."""
@@ -417,6 +408,8 @@ def _answered(model: object, call: PreparedCall, scrubber: Scrubber) -> str:
 
 def _count(value: object) -> int:
     """A token count from the upstream's usage: a non-negative integer, or 0."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return 0
-    return max(0, int(value))
+    if type(value) is int:
+        return value if value > 0 else 0
+    if isinstance(value, float) and math.isfinite(value):
+        return max(0, int(value))
+    return 0

@@ -11,7 +11,7 @@ from typing import IO, Any
 import orjson
 
 ACCESS = logging.getLogger("gpt_grpc.access")
-NOISY = ("httpx", "httpx2", "httpcore", "httpcore2", "openai", "aiohttp.access")
+NOISY = ("httpx", "httpx2", "httpcore", "httpcore2", "aiohttp.access")
 
 
 class JsonFormatter(logging.Formatter):

@@ -126,10 +126,12 @@ class Exchange:
 
 
 async def read(response: httpx2.Response) -> bytes:
-    """A whole answer; AnswerTooLarge past MAX_ANSWER_BYTES (told by Content-Length before reading)."""
-    length = response.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > MAX_ANSWER_BYTES:
-        raise AnswerTooLarge(MAX_ANSWER_BYTES)
+    """A whole answer; AnswerTooLarge past MAX_ANSWER_BYTES.
+
+    Counted as it arrives (decoded), not taken from Content-Length: a compressed
+    or chunked body announces nothing reliable, and a header lookup on every
+    call would cost more than the rare oversized answer it would save reading.
+    """
     body, complete = await _read_up_to(response, MAX_ANSWER_BYTES)
     if not complete:
         raise AnswerTooLarge(MAX_ANSWER_BYTES)
