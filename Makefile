@@ -19,7 +19,8 @@ $(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(PY) -m pip install --quiet -e clients/python -e '.[dev]'
 	touch $(STAMP)
 
-# Regenerate every stub from proto/ (pinned generator versions: reproducible).
+# Regenerate every stub from proto/ (pinned generator versions: reproducible);
+# the Java client generates its stubs at build time: clients-gen rebuilds it.
 proto: $(STAMP)
 	$(PY) -m grpc_tools.protoc -I $(PROTO_DIR) \
 	  --python_out=$(PY_STUBS) --grpc_python_out=$(PY_STUBS) \
@@ -36,13 +37,16 @@ demo: $(STAMP)
 	$(PY) -m demo
 
 # Everything CI checks: the Python suite (servers on loopback, the short fault
-# campaign, stale-stub checks), then the Go and TypeScript clients, the
-# contract suite in both, and buf lint + breaking against the last release.
+# campaign, stale-stub checks, grpcurl/ghz/grpc-health-probe against the
+# gateway), then the Go, TypeScript and Java clients, the contract suite in
+# each, and buf lint + breaking against the last release.
 test: $(STAMP)
+	$(MAKE) grpc-tools
 	$(BIN)/pytest -q
 	$(MAKE) clients-build clients-test contract-test proto-check
 
 test-py: $(STAMP)
+	$(MAKE) grpc-tools
 	$(BIN)/pytest -q
 
 # The full fault campaign (3,000 calls at concurrency 200, 20% faults) and the
@@ -57,8 +61,9 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 clean: clients-clean
-	rm -rf $(VENV) .mypy_cache .ruff_cache
+	rm -rf $(VENV) .mypy_cache .ruff_cache $(TOOLS_BIN)
 
 # Last, so that `install` stays the default goal.
 include clients/clients.mk
 include bench/bench.mk
+include tests/tools/tools.mk

@@ -21,6 +21,7 @@ from .errors import FieldViolation
 ROLES = ("system", "developer", "user", "assistant", "tool")
 MAX_STOP_SEQUENCES = 4
 MAX_TOOLS = 128
+# Model names come from callers: bounded before they are sent, logged, labelled or cached.
 MAX_MODEL_CHARS = 256
 # Names of messages, tools and JSON schemas, as OpenAI accepts them.
 NAME = re.compile(r"[A-Za-z0-9_\-]{1,64}")
@@ -120,13 +121,21 @@ def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def check_model(model: str) -> str | None:
+    """Why `model` is not an acceptable model name, or None (chat, CountTokens and the library alike)."""
+    if not model.strip():
+        return "must not be empty"
+    if len(model) > MAX_MODEL_CHARS or not model.isprintable():
+        return f"must be printable and at most {MAX_MODEL_CHARS} characters"
+    return None
+
+
 def validate(request: ChatRequest) -> list[FieldViolation]:
     """Every problem of the request, with the field it is in; empty when valid."""
     out = list(request.problems)
-    if not request.model.strip():
-        out.append(FieldViolation("model", "must not be empty"))
-    elif len(request.model) > MAX_MODEL_CHARS or not request.model.isprintable():
-        out.append(FieldViolation("model", f"must be printable and at most {MAX_MODEL_CHARS} characters"))
+    bad_model = check_model(request.model)
+    if bad_model:
+        out.append(FieldViolation("model", bad_model))
     if request.pair:
         for message in request.messages:
             if message.get("role") == "user" and not message.get("content"):

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from . import tokens
 from .catalog import Catalog
-from .chat import ChatRequest, ChatResult, Delta
+from .chat import ChatRequest, ChatResult, Delta, check_model
 from .engine import Engine, PreparedCall
 from .errors import GatewayError
 from .models import Models
@@ -118,6 +118,9 @@ class GPT:
 
     def count_tokens(self, text: str, model: str = DEFAULT_MODEL) -> int:
         """Tokens of `text` for `model` (offline; unknown models use o200k_base)."""
+        bad_model = check_model(model)
+        if bad_model:
+            raise ValueError(f"model {bad_model}")
         return tokens.count_text(text, model).tokens
 
     def close(self) -> None:

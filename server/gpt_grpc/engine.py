@@ -41,6 +41,7 @@ import orjson
 from . import errors, tokens
 from .catalog import adapt_request
 from .chat import ChatRequest, ChatResult, Delta, ToolCall, Usage, validate
+from .egress import EgressPolicy
 from .errors import GatewayError, Reason
 from .models import ModelRecord, Models
 from .retry import AttemptObserver, RetryBudget, call_with_retries
@@ -138,9 +139,9 @@ class Engine:
             self._snapshot = self._build(new)
         return new
 
-    def preview(self, update: SettingsUpdate) -> Settings:
-        """The settings `update` would give, validated, without applying them."""
-        return apply(self._snapshot.settings, update)
+    def preview(self, update: SettingsUpdate, policy: EgressPolicy | None = None) -> Settings:
+        """The settings `update` would give, validated (under the operator's `policy`), without applying them."""
+        return apply(self._snapshot.settings, update, policy)
 
     def install(self, settings: Settings) -> None:
         """Swap in settings made by `preview` (after persisting them, say)."""
@@ -157,7 +158,7 @@ class Engine:
         """Fill in the default model, validate, resolve the model and build the upstream body."""
         snapshot = self._snapshot
         if not request.model:
-            request = dataclasses.replace(request, model=snapshot.settings.default_model)
+            request = dataclasses.replace(request, model=self.model_name(request.model, snapshot.settings))
         violations = validate(request)
         if violations:
             raise errors.invalid(violations)
@@ -165,9 +166,9 @@ class Engine:
         body = adapt_request(request.body(), model.spec, model.name)
         return PreparedCall(request, model, body, snapshot)
 
-    def model_for(self, name: str, *, priced: bool = True) -> ModelRecord:
-        """The record of a model a caller named (or of the default model, for no name)."""
-        return self.models.resolve(name or self._snapshot.settings.default_model, priced=priced)
+    def model_name(self, requested: str, settings: Settings | None = None) -> str:
+        """The model a call is for: the one the caller named, else the default model (filled in here only)."""
+        return requested or (settings or self._snapshot.settings).default_model
 
     def _attempt_timeout(self, settings: Settings, deadline: float | None) -> tuple[float, bool]:
         """(seconds for this attempt, whether the caller's deadline is what limits it)."""

@@ -1,7 +1,7 @@
 """The pooled HTTP client every call to an upstream goes through.
 
 One httpx2 client per event loop, over the gateway's own HTTP/1.1 pool
-(transport.FastTransport) unless a proxy is configured or
+(transport.FastTransport, behind the system's proxies if it has any) unless
 `GPT_GRPC_UPSTREAM_TRANSPORT=httpx` asks for httpx2's own. Redirects are not
 followed: they could carry prompts somewhere the operator did not choose.
 
@@ -22,7 +22,7 @@ import httpx2
 
 from .endpoints import Endpoint
 from .failures import AnswerTooLarge, StatusFailure
-from .transport import proxies_configured, transport_for
+from .transport import KEEPALIVE_EXPIRY, transport_for
 
 # Enough for thousands of slow calls in flight (httpx's default, 100, would make calls queue).
 DEFAULT_MAX_CONNECTIONS = 20_000
@@ -37,8 +37,9 @@ MAX_ERROR_BODY_BYTES = 64 * 1024
 
 
 def _transport(limits: httpx2.Limits) -> httpx2.AsyncBaseTransport | None:
-    """The pool: FastTransport, unless a proxy is configured or the operator asked for httpx2's (None)."""
-    if os.environ.get("GPT_GRPC_UPSTREAM_TRANSPORT", "fast") == "httpx" or proxies_configured(os.environ):
+    """The pool: FastTransport (httpx2's for requests a system proxy applies to), unless
+    GPT_GRPC_UPSTREAM_TRANSPORT=httpx asks for httpx2's own (None: httpx2 decides)."""
+    if os.environ.get("GPT_GRPC_UPSTREAM_TRANSPORT", "fast") == "httpx":
         return None
     return transport_for(limits, fallback=httpx2.AsyncHTTPTransport(limits=limits))
 
@@ -64,6 +65,7 @@ class UpstreamClient:
             limits = httpx2.Limits(
                 max_connections=self._max_connections,
                 max_keepalive_connections=DEFAULT_KEEPALIVE_CONNECTIONS,
+                keepalive_expiry=KEEPALIVE_EXPIRY,  # below common servers' 5 s (see transport.py)
             )
             transport = self._transport or _transport(limits)
             self._http = httpx2.AsyncClient(limits=limits, follow_redirects=False, transport=transport)
