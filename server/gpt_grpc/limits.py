@@ -31,8 +31,9 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from . import tokens
+from .chat import Usage
 from .errors import FieldViolation, GatewayError, Reason, invalid
-from .pricing import Pricing
+from .models import ModelRecord
 
 WINDOW_SECONDS = 60.0
 # Token windows are kept in slots of this many seconds: a client's window holds
@@ -201,38 +202,41 @@ NO_ESTIMATE = Estimate()
 
 @dataclass(frozen=True)
 class Pricer:
-    """Prices a call before it runs (estimate) and after (cost), with the operator's fallback."""
+    """Prices a call before it runs (estimate) and, for a model without a price, after (the fallback)."""
 
-    pricing: Pricing
     fallback: FallbackPrice | None = None
     default_completion_tokens: int = DEFAULT_RESERVED_COMPLETION_TOKENS
 
-    def cost(self, model: str, prompt_tokens: int, completion_tokens: int, cached: int = 0) -> float | None:
-        cost = self.pricing.cost_usd(model, prompt_tokens, completion_tokens, cached)
-        if cost is None and self.fallback is not None:
-            return self.fallback.cost(prompt_tokens, completion_tokens)
-        return cost
+    def fallback_cost(self, usage: Usage) -> float | None:
+        """The operator's price for a call whose model has none (None without a fallback)."""
+        if self.fallback is None:
+            return None
+        return self.fallback.cost(usage.prompt_tokens, usage.completion_tokens)
 
-    def estimate(self, client: str, limits: Limits, model: str, body: Mapping[str, Any]) -> Estimate:
+    def estimate(self, client: str, limits: Limits, model: ModelRecord, body: Mapping[str, Any]) -> Estimate:
         """The tokens and cost one call of `client` reserves; raises CLIENT_MODEL_UNPRICED.
 
-        `body` is the OpenAI request body (messages, tools, max_tokens).
+        `model` is the call's resolved record (encoding, price), `body` the upstream
+        body (messages, tools, max_tokens or max_completion_tokens).
         """
         if not limits.needs_estimate:
             return NO_ESTIMATE
-        prompt = tokens.count_messages(body.get("messages") or [], model, tools=body.get("tools")).tokens
+        messages = body.get("messages") or []
+        prompt = tokens.count_messages(messages, model.name, tools=body.get("tools"), encoding=model.encoding).tokens
         asked = body.get("max_tokens") or body.get("max_completion_tokens")
         completion: int = asked if isinstance(asked, int) and asked > 0 else self.default_completion_tokens
         cost = 0.0
         if limits.budget_usd is not None:
-            priced = self.cost(model, prompt, completion)
-            if priced is None:
+            if model.price is not None:
+                cost = model.price.cost_usd(prompt, completion)
+            elif self.fallback is not None:
+                cost = self.fallback.cost(prompt, completion)
+            else:
                 raise GatewayError(
                     Reason.CLIENT_MODEL_UNPRICED,
-                    f"client {client!r} has a budget and model {model[:64]!r} has no known price, so its spend "
-                    "cannot be counted; call a priced model, or have the operator set --unpriced-model-price",
+                    f"client {client!r} has a budget and model {model.name[:64]!r} has no known price, so its "
+                    "spend cannot be counted; call a priced model, or have the operator set --unpriced-model-price",
                 )
-            cost = priced
         return Estimate(tokens=prompt + completion, cost_usd=cost)
 
 

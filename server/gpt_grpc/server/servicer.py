@@ -1,4 +1,4 @@
-"""GPTService: a thin layer translating protobuf <-> the GPT core.
+"""GPTService: a thin layer translating protobuf <-> the engine.
 
 Every handler is wrapped by `rpc`/`stream_rpc`, which gives the call a
 request id, authorizes it (admin, client or open), admits it, turns a
@@ -28,10 +28,10 @@ from gptgrpc.v1 import gateway_pb2_grpc as pb_grpc
 
 from .. import tokens
 from ..accounts import Accounts
-from ..chat import ChatRequest, ChatResult, Usage, check_model
+from ..chat import ChatResult, Usage, check_model, validate_counted
 from ..egress import EgressPolicy
+from ..engine import Engine, PreparedCall
 from ..errors import FieldViolation, GatewayError, Reason, invalid
-from ..gpt import GPT
 from ..limits import NO_ESTIMATE, Pricer, Ticket
 from ..settings import Settings, SettingsUpdate
 from ..settings_sync import SettingsSync
@@ -209,7 +209,7 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
 
     def __init__(
         self,
-        gpt: GPT,
+        engine: Engine,
         authorizer: Authorizer,
         admission: Admission,
         *,
@@ -219,7 +219,7 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
         pricer: Pricer,
         egress: EgressPolicy | None = None,
     ) -> None:
-        self.gpt = gpt
+        self.engine = engine
         self.egress = egress or EgressPolicy()
         self.authorizer = authorizer
         self.admission = admission
@@ -257,11 +257,11 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
         if isinstance(request, Undecodable):
             raise request.error()
 
-    async def _meter(self, call: Call, chat: ChatRequest) -> None:
+    async def _meter(self, call: Call, prepared: PreparedCall) -> None:
         """The client's limits: reserve the call's estimate (one store round trip), or raise why not."""
         client = call.caller.client
         if client is not None:
-            estimate = self.pricer.estimate(client.name, client.limits, call.model, chat.body())
+            estimate = self.pricer.estimate(client.name, client.limits, prepared.model, prepared.body)
             call.ticket = await self.accounts.admit(client, estimate)
         call.metered = True
 
@@ -324,14 +324,15 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
         """The call's cost; for a model without a price, the operator's fallback price if set."""
         if call.cost_usd is not None or call.usage is None:
             return call.cost_usd
-        u = call.usage
-        return self.pricer.cost(call.model, u.prompt_tokens, u.completion_tokens, u.cached_prompt_tokens)
+        return self.pricer.fallback_cost(call.usage)
 
-    async def _chat(self, request: Any, call: Call) -> ChatRequest:
+    async def _prepare(self, request: Any, call: Call) -> PreparedCall:
         chat = convert.chat_request(request, call.request_id)
-        call.model = chat.model or self.gpt.settings.default_model
-        await self._meter(call, chat)
-        return chat
+        call.model = chat.model  # as asked, until the engine has resolved it
+        prepared = self.engine.prepare(chat)
+        call.model = prepared.model.name
+        await self._meter(call, prepared)
+        return prepared
 
     # -- data plane -----------------------------------------------------------------
 
@@ -339,7 +340,7 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
     async def ChatCompletion(
         self, request: pb.ChatCompletionRequest, context: Context, call: Call
     ) -> pb.ChatCompletionResponse:
-        result = await self.gpt.acomplete(await self._chat(request, call), deadline=_deadline(context))
+        result = await self.engine.acomplete(await self._prepare(request, call), deadline=_deadline(context))
         call.took(result)
         return convert.chat_response(result)
 
@@ -347,7 +348,7 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
     async def StreamChatCompletion(
         self, request: pb.StreamChatCompletionRequest, context: Context, call: Call
     ) -> AsyncIterator[pb.StreamChatCompletionResponse]:
-        events = self.gpt.astream(await self._chat(request, call), deadline=_deadline(context))
+        events = self.engine.astream(await self._prepare(request, call), deadline=_deadline(context))
         try:
             async for event in events:
                 if isinstance(event, ChatResult):
@@ -360,13 +361,13 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
 
     @rpc(Access.COUNTED)
     async def CountTokens(self, request: pb.CountTokensRequest, context: Context, call: Call) -> pb.CountTokensResponse:
-        model = request.model or self.gpt.settings.default_model
+        name = self.engine.model_name(request.model)
         violations = []
-        bad_model = check_model(model)
+        bad_model = check_model(name)
         if bad_model:
             violations.append(FieldViolation("model", bad_model))
         else:
-            call.model = model
+            call.model = name
         if request.messages and request.text:
             violations.append(FieldViolation("text", "give either text or messages, not both"))
         elif _counted_bytes(request) > MAX_COUNT_TOKENS_BYTES:
@@ -374,26 +375,31 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
             violations.append(FieldViolation(where, f"must be at most {MAX_COUNT_TOKENS_BYTES // 1024 // 1024} MiB"))
         if violations:
             raise invalid(violations)
+        model = self.engine.models.resolve(name, priced=False)
         if request.messages:
-            count = tokens.count_messages(convert.count_messages(request.messages), model)
+            messages = convert.count_messages(request.messages)
+            violations = validate_counted(messages)
+            if violations:
+                raise invalid(violations)
+            count = tokens.count_messages(messages, model.name, encoding=model.encoding)
         elif len(request.text) > LARGE_TEXT_CHARS:
             # Megabytes take a while: keep the event loop serving other calls meanwhile.
-            count = await tokens.count_text_off_loop(request.text, model)
+            count = await tokens.count_text_off_loop(request.text, model.name, encoding=model.encoding)
         else:
-            count = tokens.count_text(request.text, model)
+            count = tokens.count_text(request.text, model.name, encoding=model.encoding)
         return convert.token_count(count)
 
     @rpc(Access.OPEN)
     async def GetConfiguration(
         self, request: pb.GetConfigurationRequest, context: Context, call: Call
     ) -> pb.GetConfigurationResponse:
-        return pb.GetConfigurationResponse(configuration=convert.configuration(self.gpt.settings))
+        return pb.GetConfigurationResponse(configuration=convert.configuration(self.engine.settings))
 
     @rpc(Access.OPEN)
     async def ListModels(self, request: pb.ListModelsRequest, context: Context, call: Call) -> pb.ListModelsResponse:
         models = []
-        for spec in self.gpt.catalog.models():
-            price = self.gpt.pricing.price_for(spec.id)
+        for spec in self.engine.models.catalog.models():
+            price = self.engine.models.pricing.price_for(spec.id)
             info = pb.ModelInfo(
                 id=spec.id,
                 encoding=spec.encoding,
