@@ -330,6 +330,6 @@ async def test_a_replica_whose_secret_key_cannot_open_the_stored_key_refuses_to_
     same = GatewayServer(config(SECRET))  # the right secret starts, with the stored key
     await same.start()
     try:
-        assert same.gpt.settings.api_key == TEST_KEY
+        assert same.engine.settings.api_key == TEST_KEY
     finally:
         await same.stop(grace=1.0)
