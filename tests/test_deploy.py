@@ -147,7 +147,8 @@ def test_secrets_are_referenced_not_written() -> None:
         for document in _documents(K8S / name):
             assert document["kind"] != "Secret", "a Secret belongs in secret.example.yaml only (not applied)"
     # Secrets reach the process as files only: no variable holds one.
-    assert not [name for name in env if re.search("KEY|TOKEN|PASSWORD", name) and not name.endswith("_FILE")]
+    secret_like = re.compile("(^|_)(KEY|TOKEN|PASSWORD)(_|$)")
+    assert not [name for name in env if secret_like.search(name) and not name.endswith("_FILE")]
     # The Redis store is named by URL, from the ConfigMap.
     store = env["GPT_GRPC_STORE"]["valueFrom"]["configMapKeyRef"]
     assert _one("ConfigMap")["data"][store["key"]].startswith(("redis://", "rediss://"))
