@@ -125,6 +125,36 @@ async def test_a_killed_replica_is_skipped(own_fleet: Fleet, standin: Standin) -
         assert after == ["OK"] * CALLS
 
 
+@module_loop
+async def test_streams_of_a_killed_replica_end_unavailable(own_fleet: Fleet, standin: Standin) -> None:
+    """Mid-stream (deltas received), a direct connection lost reports UNAVAILABLE; the other streams finish."""
+    streams = 6
+    async with AsyncClient(own_fleet.ipv4_target, load_balancing="round_robin", timeout=30) as gpt:
+        await _until_connected_to_all(gpt, own_fleet)
+        standin.enqueue(*[Fault("slow_stream", delay=0.3)] * streams)
+
+        async def stream() -> tuple[str, int]:
+            received = 0
+            try:
+                async with gpt.stream_chat(user_message="a b c d e f") as chunks:
+                    async for _ in chunks:
+                        received += 1
+            except GatewayError as err:
+                return err.code.name, received
+            return "OK", received
+
+        tasks = [asyncio.ensure_future(stream()) for _ in range(streams)]
+        await _until_in_flight(own_fleet, streams)
+        victim = own_fleet.replicas[0]
+        lost = int(await victim.metric("gpt_grpc_calls_in_flight"))
+        await asyncio.sleep(0.7)  # the first deltas went out
+        victim.kill()
+        outcomes = await asyncio.wait_for(asyncio.gather(*tasks), WAIT_SECONDS)
+    failed = [o for o in outcomes if o[0] != "OK"]
+    assert len(failed) == lost > 0, outcomes
+    assert all(code == "UNAVAILABLE" and received > 0 for code, received in failed), outcomes
+
+
 async def _until_connected_to_all(gpt: AsyncClient, fleet: Fleet) -> None:
     """Calls, one at a time, until every replica served one (bounded).
 
