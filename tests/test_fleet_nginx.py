@@ -92,7 +92,13 @@ async def test_calls_through_nginx_are_spread_over_every_replica(
     served = [r.served("ChatCompletion") - b for r, b in zip(fleet.replicas, before, strict=True)]
     assert sum(served) == calls, served
     assert all(n > 0 for n in served), f"a replica got no call: {served}"
-    # nginx's own access log names the replica of every call, with the grpc-status trailer it relayed.
+    # nginx's own access log names the replica of every call, with the grpc-status trailer it
+    # relayed. nginx writes a line after the call's last frame went out: wait for the last ones.
+
+    async def all_logged() -> bool:
+        return len(nginx.access_lines()) - relayed_before >= calls
+
+    await _until("nginx logged every call", all_logged)
     relayed = nginx.access_lines()[relayed_before:]
     assert len(relayed) == calls and all("/ChatCompletion" in line for line in relayed)
     assert all("grpc_status=0" in line for line in relayed)
