@@ -7,8 +7,10 @@ import json
 import signal
 from collections.abc import AsyncIterator, Iterator
 
+import grpc
 import pytest
 import pytest_asyncio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gpt_grpc_client import AsyncClient, Client, GatewayError
 from gpt_grpc_client.balancing import HEALTH_SERVICE, balancing_options
@@ -19,6 +21,8 @@ from tests.standin import Fault, Standin
 REPLICAS = 3
 CALLS = 30
 WAIT_SECONDS = 15.0
+# How long the stand-in holds the calls that must be in flight at a kill or a SIGTERM.
+HOLD_SECONDS = 5.0
 
 # The stand-in and the shared fleet live across the module's tests, in one event loop.
 module_loop = pytest.mark.asyncio(loop_scope="module")
@@ -96,13 +100,14 @@ async def test_a_draining_replica_gets_no_new_call(own_fleet: Fleet, standin: St
     async with AsyncClient(own_fleet.ipv4_target, load_balancing="round_robin", timeout=30) as gpt:
         await _until_connected_to_all(gpt, own_fleet)
         # One call held by the upstream on each replica keeps them all busy...
-        standin.enqueue(*[Fault("slow", delay=3.0)] * REPLICAS)
+        standin.enqueue(*[Fault("slow", delay=HOLD_SECONDS)] * REPLICAS)
         held = [asyncio.ensure_future(gpt.chat_completion(user_message="held")) for _ in range(REPLICAS)]
         await _until_in_flight(own_fleet, REPLICAS)
         draining = own_fleet.replicas[0]
         before = draining.served("ChatCompletion", None)
         draining.process.signal(signal.SIGTERM)  # ...so this one drains for a while
-        await asyncio.sleep(0.5)  # the health watch reports NOT_SERVING to the channel
+        await wait_not_serving(draining.target)
+        await asyncio.sleep(0.5)  # the channel's health watch got the same news
         answers = await asyncio.gather(*(gpt.chat_completion(user_message="new") for _ in range(CALLS)))
         assert len(answers) == CALLS  # none refused with UNAVAILABLE / SHUTTING_DOWN
         assert all("held" in a for a in await asyncio.gather(*held))
@@ -113,7 +118,7 @@ async def test_a_draining_replica_gets_no_new_call(own_fleet: Fleet, standin: St
 async def test_a_killed_replica_is_skipped(own_fleet: Fleet, standin: Standin) -> None:
     async with AsyncClient(own_fleet.ipv4_target, load_balancing="round_robin", timeout=30) as gpt:
         await _until_connected_to_all(gpt, own_fleet)
-        standin.enqueue(*[Fault("slow", delay=2.0)] * CALLS)
+        standin.enqueue(*[Fault("slow", delay=HOLD_SECONDS)] * CALLS)
         load = [asyncio.ensure_future(_outcome(gpt.chat_completion(user_message="x"))) for _ in range(CALLS)]
         await _until_in_flight(own_fleet, CALLS)
         victim = own_fleet.replicas[0]
@@ -129,30 +134,33 @@ async def test_a_killed_replica_is_skipped(own_fleet: Fleet, standin: Standin) -
 async def test_streams_of_a_killed_replica_end_unavailable(own_fleet: Fleet, standin: Standin) -> None:
     """Mid-stream (deltas received), a direct connection lost reports UNAVAILABLE; the other streams finish."""
     streams = 6
+    received = [0] * streams
     async with AsyncClient(own_fleet.ipv4_target, load_balancing="round_robin", timeout=30) as gpt:
         await _until_connected_to_all(gpt, own_fleet)
-        standin.enqueue(*[Fault("slow_stream", delay=0.3)] * streams)
+        standin.enqueue(*[Fault("slow_stream", delay=0.2)] * streams)
 
-        async def stream() -> tuple[str, int]:
-            received = 0
+        async def stream(i: int) -> str:
             try:
-                async with gpt.stream_chat(user_message="a b c d e f") as chunks:
+                async with gpt.stream_chat(user_message=" ".join(f"w{n}" for n in range(20))) as chunks:
                     async for _ in chunks:
-                        received += 1
+                        received[i] += 1
             except GatewayError as err:
-                return err.code.name, received
-            return "OK", received
+                return err.code.name
+            return "OK"
 
-        tasks = [asyncio.ensure_future(stream()) for _ in range(streams)]
-        await _until_in_flight(own_fleet, streams)
+        tasks = [asyncio.ensure_future(stream(i)) for i in range(streams)]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + WAIT_SECONDS
+        while not all(received):  # every stream got its first delta; ~20 more are coming
+            assert loop.time() < deadline, f"streams not started after {WAIT_SECONDS:g}s: {received}"
+            await asyncio.sleep(0.02)
         victim = own_fleet.replicas[0]
         lost = int(await victim.metric("gpt_grpc_calls_in_flight"))
-        await asyncio.sleep(0.7)  # the first deltas went out
         victim.kill()
         outcomes = await asyncio.wait_for(asyncio.gather(*tasks), WAIT_SECONDS)
-    failed = [o for o in outcomes if o[0] != "OK"]
+    failed = [o for o in outcomes if o != "OK"]
     assert len(failed) == lost > 0, outcomes
-    assert all(code == "UNAVAILABLE" and received > 0 for code, received in failed), outcomes
+    assert all(code == "UNAVAILABLE" for code in failed), outcomes
 
 
 async def _until_connected_to_all(gpt: AsyncClient, fleet: Fleet) -> None:
@@ -168,6 +176,20 @@ async def _until_connected_to_all(gpt: AsyncClient, fleet: Fleet) -> None:
     while not all(_delta(_served(fleet), before)):
         assert loop.time() < deadline, f"not connected to every replica after {WAIT_SECONDS:g}s"
         await gpt.chat_completion(user_message="warm")
+
+
+async def wait_not_serving(target: str) -> None:
+    """Until the replica's grpc.health.v1 says NOT_SERVING for the gateway's service (bounded)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + WAIT_SECONDS
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while True:
+            reply = await stub.Check(health_pb2.HealthCheckRequest(service=HEALTH_SERVICE), timeout=2)
+            if reply.status == health_pb2.HealthCheckResponse.NOT_SERVING:
+                return
+            assert loop.time() < deadline, f"{target} still SERVING {WAIT_SECONDS:g}s after SIGTERM"
+            await asyncio.sleep(0.05)
 
 
 async def _outcome(call: object) -> str:
