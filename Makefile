@@ -19,7 +19,8 @@ $(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(PY) -m pip install --quiet -e clients/python -e '.[dev]'
 	touch $(STAMP)
 
-# Regenerate every stub from proto/ (pinned generator versions: reproducible).
+# Regenerate every stub from proto/ (pinned generator versions: reproducible);
+# the Java client generates its stubs at build time: clients-gen rebuilds it.
 proto: $(STAMP)
 	$(PY) -m grpc_tools.protoc -I $(PROTO_DIR) \
 	  --python_out=$(PY_STUBS) --grpc_python_out=$(PY_STUBS) \
@@ -36,22 +37,26 @@ demo: $(STAMP)
 	$(PY) -m demo
 
 # Everything CI checks: the Python suite (servers on loopback, the short fault
-# campaign, stale-stub checks), then the Go and TypeScript clients, the
-# contract suite in both, and buf lint + breaking against the last release.
+# campaign, stale-stub checks, grpcurl/ghz/grpc-health-probe against the
+# gateway), then the Go, TypeScript and Java clients, the contract suite in
+# each, and buf lint + breaking against the last release.
 test: $(STAMP) debian-packages
+	$(MAKE) grpc-tools
 	$(BIN)/pytest -q
 	$(MAKE) clients-build clients-test contract-test proto-check
 
 test-py: $(STAMP) debian-packages
+	$(MAKE) grpc-tools
 	$(BIN)/pytest -q
 
 # Debian packages the tests run as real processes: redis-server (the shared
 # store) and nginx (grpc_pass in front of gateway replicas). Installed when
 # missing, never started as system services: the tests start their own, on free
-# loopback ports with their own config and temporary directories. Under
-# DEBIAN_PACKAGES_POLICY (a policy-rc.d answering 101, "action forbidden", unless
-# one is already in place) the packages' postinst scripts start nothing, so no
-# system nginx is left on port 80 and no redis on 6379. Fast when installed: two
+# loopback ports with their own config and temporary directories. Under a
+# policy-rc.d answering 101 ("action forbidden"; written for the install and
+# removed after, unless one is already in place, as in Debian container images)
+# the packages' postinst scripts start nothing, so no system nginx is left on
+# port 80 and no redis on 6379. Fast when installed: two
 # `command -v`. Needs root (CI runs as root); `apt-get update` only when the
 # install fails on a stale package list.
 DEBIAN_PACKAGES := redis-server nginx
@@ -89,8 +94,9 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 clean: clients-clean
-	rm -rf $(VENV) .mypy_cache .ruff_cache
+	rm -rf $(VENV) .mypy_cache .ruff_cache $(TOOLS_BIN)
 
 # Last, so that `install` stays the default goal.
 include clients/clients.mk
 include bench/bench.mk
+include tests/tools/tools.mk

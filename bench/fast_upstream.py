@@ -11,7 +11,8 @@ chunk, usage chunk, ``[DONE]``), chunked like OpenAI's.
 
     python bench/fast_upstream.py --port 0 --port-file P [--delay 30] [--chunks 20]
 
-``--delay`` holds every answer that long (the slow-upstream capacity test).
+``--delay`` holds every answer that long (the slow-upstream capacity test);
+``--tls-cert``/``--tls-key`` serve HTTPS (bench/run.py --tls-scale).
 ``GET /_bench/stats`` returns {"requests": n, "open_connections": m}.
 It binds loopback only.
 """
@@ -25,6 +26,7 @@ import re
 import resource
 import signal
 import socket
+import ssl
 import sys
 from pathlib import Path
 
@@ -199,19 +201,21 @@ def raise_open_file_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-async def serve(host: str, port: int, delay: float, chunks: int, port_file: Path | None) -> None:
+async def serve(
+    host: str, port: int, delay: float, chunks: int, port_file: Path | None, tls: ssl.SSLContext | None = None
+) -> None:
     loop = asyncio.get_running_loop()
     answers = Answers(chunks)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
-    server = await loop.create_server(lambda: UpstreamProtocol(answers, delay), sock=sock, backlog=4096)
+    server = await loop.create_server(lambda: UpstreamProtocol(answers, delay), sock=sock, backlog=4096, ssl=tls)
     bound = sock.getsockname()[1]
     if port_file is not None:
         tmp = port_file.with_suffix(".tmp")
         tmp.write_text(f"{bound}\n")
         tmp.replace(port_file)
-    print(f"fast upstream on http://{host}:{bound}/v1 (delay {delay}s)", flush=True)
+    print(f"fast upstream on {'https' if tls else 'http'}://{host}:{bound}/v1 (delay {delay}s)", flush=True)
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
@@ -227,7 +231,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--delay", type=float, default=0.0, help="seconds before each answer")
     p.add_argument("--chunks", type=int, default=CONTENT_WORDS, help="content chunks per stream")
     p.add_argument("--no-uvloop", action="store_true")
+    p.add_argument("--tls-cert", type=Path, default=None, help="certificate chain (PEM): serve HTTPS")
+    p.add_argument("--tls-key", type=Path, default=None, help="its private key (PEM)")
     args = p.parse_args(argv)
+    tls = None
+    if args.tls_cert is not None:
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(args.tls_cert, args.tls_key)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         sys.exit("fast_upstream binds loopback only")
     raise_open_file_limit()
@@ -239,7 +249,7 @@ def main(argv: list[str] | None = None) -> None:
             run = uvloop.run
         except ImportError:
             pass
-    run(serve(args.host, args.port, args.delay, args.chunks, args.port_file))
+    run(serve(args.host, args.port, args.delay, args.chunks, args.port_file, tls))
 
 
 if __name__ == "__main__":

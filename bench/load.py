@@ -384,6 +384,7 @@ async def run_slow(spec: dict[str, Any]) -> dict[str, Any]:
         await asyncio.wait_for(c.channel_ready(), 10)
     request = pb.ChatCompletionRequest(model=MODEL, user_message=PROMPT)
     codes: dict[str, int] = {}
+    failures: dict[str, int] = {}  # "status: message" (the first 100 characters), e.g. connect failures
     latencies: list[float] = []
     started = time.perf_counter()
 
@@ -394,6 +395,8 @@ async def run_slow(spec: dict[str, Any]) -> dict[str, Any]:
             code = "OK" if reply.content else "EMPTY"
         except grpc.aio.AioRpcError as exc:
             code = exc.code().name
+            failure = f"{code}: {(exc.details() or '')[:100]}"
+            failures[failure] = failures.get(failure, 0) + 1
         codes[code] = codes.get(code, 0) + 1
         latencies.append(time.perf_counter() - t0)
 
@@ -403,6 +406,7 @@ async def run_slow(spec: dict[str, Any]) -> dict[str, Any]:
     return {
         "calls": total,
         "codes": codes,
+        "failures": failures,
         "ok": codes.get("OK", 0),
         "wall_s": time.perf_counter() - started,
         "p50_s": percentile(latencies, 50),

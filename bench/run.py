@@ -1,6 +1,6 @@
 """`make bench`: the gateway against the SDK called directly, side by side, in one run.
 
-    .venv/bin/python bench/run.py [--smoke] [--out DIR] [--windows N] [--window S]
+    .venv/bin/python bench/run.py [--smoke] [--out DIR] [--windows N] [--window S] [--transports | --tls-scale]
 
 It starts a fast stand-in upstream (bench/fast_upstream.py) and the gateway
 (`python -m gpt_grpc.server`), pins both to one core and the load generator
@@ -21,7 +21,13 @@ or more, and measures:
   answers after 30 s: all must end OK, server RSS must stay under 600 MB;
 - readiness: process start to health SERVING (encodings loaded);
 - unary at 256 with 1 and 2 server worker processes (`--workers`), nothing
-  pinned (skipped by --no-scaling and --smoke).
+  pinned (skipped by --no-scaling and --smoke);
+- the upstream transport (GPT_GRPC_UPSTREAM_TRANSPORT): one gateway per
+  candidate in `TRANSPORTS` against the same stand-in, unary and streams at
+  concurrency 32, the candidates' windows alternating. `--transports` runs
+  only these rows (and the stand-in's capacity) and writes transports.md;
+- `--tls-scale` (not part of the default run): the slow-upstream scenario
+  over plain HTTP, then over HTTPS (TLS on loopback), writes tls_scale.md.
 
 Every figure is the median of the windows, with min-max. The Markdown report,
 a JSON file with every window and a PNG chart go to bench/results/ (or --out).
@@ -65,6 +71,14 @@ TARGETS = {
     "slow_rss": ("slow upstream: server peak RSS (MB)", "<", 600.0),
     "ready": ("readiness: start to SERVING (s)", "<=", 1.5),
 }
+
+
+# GPT_GRPC_UPSTREAM_TRANSPORT values compared side by side: the gateway's own pool (default), httpx's (the
+# fallback). A third candidate, the own pool with llhttp (httptools) as its parser, was measured here and
+# dropped (issue 12): no faster, and it refuses answers RFC 9112 says a client must accept.
+TRANSPORTS = ("fast", "httpx")
+TRANSPORT_NAMES = {"fast": "own pool", "httpx": "httpx2's transport (httpcore, h11)"}
+TRANSPORT_CONCURRENCY = 32
 
 
 @dataclass
@@ -247,18 +261,22 @@ class Stack:
         self.procs.clear()
 
 
-def start_upstream(stack: Stack, delay: float = 0.0) -> tuple[Proc, str]:
+def start_upstream(stack: Stack, delay: float = 0.0, tls: Path | None = None, pin: bool = True) -> tuple[Proc, str]:
+    """The fast upstream; with `tls` (a tests/pki.py directory) over HTTPS with its server certificate;
+    `pin`: on the servers' CPUs (with the gateway), else on every CPU."""
     port_file = stack.logs / f"upstream-{time.monotonic_ns()}.port"
     argv = [PY, str(BENCH / "fast_upstream.py"), "--port", "0", "--port-file", str(port_file)]
     if delay:
         argv += ["--delay", str(delay)]
-    proc = stack.spawn(f"upstream-delay{delay:g}", argv)
+    if tls is not None:
+        argv += ["--tls-cert", str(tls / "server.pem"), "--tls-key", str(tls / "server.key")]
+    proc = stack.spawn(f"upstream-delay{delay:g}", argv, pin=pin)
     deadline = time.monotonic() + 20
     while not port_file.exists():
         if proc.popen.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(f"fast upstream did not start; see {proc.log}")
         time.sleep(0.01)
-    return proc, f"http://127.0.0.1:{int(port_file.read_text())}/v1"
+    return proc, f"{'https' if tls else 'http'}://127.0.0.1:{int(port_file.read_text())}/v1"
 
 
 def wait_serving(target: str, deadline: float) -> None:
@@ -290,11 +308,18 @@ def wait_serving(target: str, deadline: float) -> None:
 
 
 def start_gateway(
-    stack: Stack, base_url: str, *, name: str = "gateway", args: tuple[str, ...] = (), pin: bool = True
+    stack: Stack,
+    base_url: str,
+    *,
+    name: str = "gateway",
+    args: tuple[str, ...] = (),
+    pin: bool = True,
+    extra_env: dict[str, str] | None = None,
 ) -> tuple[Proc, str, float]:
     """The gateway process; returns it, its target and seconds from spawn to SERVING."""
     port = free_port()
     env = {
+        **(extra_env or {}),
         "OPENAI_API_KEY": API_KEY,
         "OPENAI_BASE_URL": base_url,
         "GPT_GRPC_PORT": str(port),
@@ -405,12 +430,20 @@ class Bench:
     def window_timeout(self) -> float:
         return 120 + self.plan.warmup + self.plan.window
 
-    def alternate(self, name: str, specs: dict[str, dict[str, Any]], server: Proc | None) -> dict[str, Series]:
-        """Run one window of each spec in turn, `windows` times; peak RSS of `server` per gateway window."""
+    def alternate(
+        self, name: str, specs: dict[str, dict[str, Any]], server: Proc | dict[str, Proc] | None
+    ) -> dict[str, Series]:
+        """Run one window of each spec in turn, `windows` times; peak RSS of the server (of each
+        label's own server, when `server` maps labels to processes) per gateway window."""
         series = {label: Series() for label in specs}
         for round_ in range(self.plan.windows):
             for label, spec in specs.items():
-                if server is not None and label not in ("direct", "local"):
+                if isinstance(server, dict):
+                    spec = {**spec, "server_pids": tree_pids(server[label].pid)}
+                    with RssSampler(server[label].pid) as rss:
+                        result = load(spec, self.cpus, self.window_timeout())
+                    series[label].add(result, rss.peak)
+                elif server is not None and label not in ("direct", "local"):
                     spec = {**spec, "server_pids": tree_pids(server.pid)}
                     with RssSampler(server.pid) as rss:
                         result = load(spec, self.cpus, self.window_timeout())
@@ -429,15 +462,20 @@ class Bench:
             self.series[f"{name}/{label}"] = s
         return series
 
+    def start_standin(self) -> tuple[Proc, str]:
+        """The fast upstream, and its own capacity measured (so it is known not to be the bottleneck)."""
+        self.say(f"logs in {self.logs}")
+        upstream, base_url = start_upstream(self.stack)
+        self.say("stand-in capacity (raw keep-alive HTTP client, concurrency 32)")
+        spec = {**self.base_spec("raw_http", 32), "base_url": base_url, "server_pids": [upstream.pid]}
+        self.alternate("standin", {"raw": spec}, None)
+        return upstream, base_url
+
     def run(self) -> dict[str, Any]:
         p = self.plan
         try:
-            self.say(f"logs in {self.logs}")
-            upstream, base_url = start_upstream(self.stack)
             # 1. the stand-in's own capacity
-            self.say("stand-in capacity (raw keep-alive HTTP client, concurrency 32)")
-            spec = {**self.base_spec("raw_http", 32), "base_url": base_url, "server_pids": [upstream.pid]}
-            self.alternate("standin", {"raw": spec}, None)
+            upstream, base_url = self.start_standin()
 
             gateway, target, first_ready = start_gateway(self.stack, base_url)
             self.results["ready_first_s"] = first_ready
@@ -489,7 +527,9 @@ class Bench:
             self.slow()
             # 5. readiness
             self.readiness(base_url, first_ready)
-            # 6. workers (optional: a failure here is reported, the rest of the report stands)
+            # 6. the upstream transport candidates
+            self.transports(base_url)
+            # 7. workers (optional: a failure here is reported, the rest of the report stands)
             if p.scaling:
                 try:
                     self.scaling(base_url)
@@ -501,6 +541,75 @@ class Bench:
             self.stack.close()
         return self.results
 
+    def run_transports(self) -> None:
+        """Only the transport comparison (`--transports`), after the stand-in's capacity."""
+        try:
+            upstream, base_url = self.start_standin()
+            self.transports(base_url)
+            self.stack.stop(upstream)
+        finally:
+            self.stack.close()
+
+    def transports(self, base_url: str) -> None:
+        """One gateway per GPT_GRPC_UPSTREAM_TRANSPORT candidate, same stand-in; their windows alternate."""
+        gateways: dict[str, Proc] = {}
+        targets: dict[str, str] = {}
+        for name in TRANSPORTS:
+            env = {"GPT_GRPC_UPSTREAM_TRANSPORT": name}
+            gateways[name], targets[name], _ = start_gateway(
+                self.stack, base_url, name=f"gateway-{name}", extra_env=env
+            )
+        c = TRANSPORT_CONCURRENCY
+        for kind, what in (("unary", "unary"), ("stream", "streams of 20 chunks")):
+            self.say(f"upstream transports, {what}, concurrency {c}")
+            specs = {name: {**self.base_spec(f"gateway_{kind}", c), "target": targets[name]} for name in TRANSPORTS}
+            self.alternate(f"transport_{kind}", specs, gateways)
+        for proc in gateways.values():
+            self.stack.stop(proc)
+
+    def tls_scale(self) -> None:
+        """`--tls-scale`: the slow-upstream scenario over plain HTTP, then over HTTPS (TLS on loopback).
+
+        The same fast upstream serves TLS with a certificate from tests/pki.py; the gateway trusts
+        its CA through SSL_CERT_FILE, as an operator's would trust a private CA. One round each. The
+        upstream is not pinned with the gateway here: its 10,000 server-side handshakes would take the
+        gateway's core (a real upstream runs elsewhere)."""
+        sys.path.insert(0, str(ROOT))
+        from tests.pki import make_pki
+
+        pki = make_pki(Path(tempfile.mkdtemp(prefix="gpt-grpc-bench-pki-")))
+        p = self.plan
+        out: dict[str, Any] = {}
+        for scheme in ("http", "https"):
+            self.say(f"{scheme}: {p.slow_calls} calls in flight, answers after {p.slow_delay:g} s")
+            tls = pki if scheme == "https" else None
+            upstream, base_url = start_upstream(self.stack, delay=p.slow_delay, tls=tls, pin=False)
+            try:
+                env = {"SSL_CERT_FILE": str(pki / "ca.pem")}
+                gateway, target, _ = start_gateway(self.stack, base_url, name=f"gateway-{scheme}", extra_env=env)
+                with RssSampler(gateway.pid) as rss:
+                    result = load(self.slow_spec(target), self.cpus, p.slow_delay * 4 + 300)
+                result["peak_rss_mb"] = rss.peak
+                self.stack.stop(gateway)
+            finally:
+                self.stack.stop(upstream)
+            out[scheme] = result
+            self.say(
+                f"  {result['ok']}/{result['calls']} OK {result['codes']} {result.get('failures', {})}"
+                f"  wall {result['wall_s']:.1f} s  gateway peak RSS {rss.peak:.0f} MB"
+            )
+        self.results["tls_scale"] = out
+
+    def slow_spec(self, target: str) -> dict[str, Any]:
+        p = self.plan
+        return {
+            "kind": "slow",
+            "target": target,
+            "calls": p.slow_calls,
+            "channels": max(1, min(20, p.slow_calls // 500)),
+            "deadline": p.slow_delay * 3 + 30,
+        }
+
     def slow(self) -> None:
         p = self.plan
         self.say(f"slow upstream: {p.slow_calls} calls in flight, answers after {p.slow_delay:g} s")
@@ -509,15 +618,8 @@ class Bench:
         try:
             for round_ in range(p.slow_rounds):
                 gateway, target, _ = start_gateway(self.stack, base_url, name=f"gateway-slow{round_}")
-                spec = {
-                    "kind": "slow",
-                    "target": target,
-                    "calls": p.slow_calls,
-                    "channels": max(1, min(20, p.slow_calls // 500)),
-                    "deadline": p.slow_delay * 3 + 30,
-                }
                 with RssSampler(gateway.pid) as rss:
-                    result = load(spec, self.cpus, p.slow_delay * 4 + 120)
+                    result = load(self.slow_spec(target), self.cpus, p.slow_delay * 4 + 120)
                 result["peak_rss_mb"] = rss.peak
                 rounds.append(result)
                 self.say(
@@ -712,7 +814,8 @@ def markdown(bench: Bench, figures: dict[str, Any], meta: dict[str, Any]) -> str
             )
             + "."
         )
-    lines += ["", "## Ratios and targets", "", "| figure | target | value | met |", "| --- | --- | --- | --- |"]
+    lines += ["", *transport_section(bench)]
+    lines += ["## Ratios and targets", "", "| figure | target | value | met |", "| --- | --- | --- | --- |"]
     for t in figures["targets"].values():
         f = figures_key_value(t)
         lines.append(f"| {t['label']} | {t['op']} {t['bound']:g} | {f} | {'yes' if t['met'] else 'NO'} |")
@@ -721,6 +824,71 @@ def markdown(bench: Bench, figures: dict[str, Any], meta: dict[str, Any]) -> str
         lines.append(f"- {key}: {_fmt(figures[key], 2)}")
     lines += ["", "![throughput and latency](chart.png)", ""]
     return "\n".join(lines)
+
+
+def transport_section(bench: Bench) -> list[str]:
+    """The transport candidates' table: calls/s and the gateway's CPU per call, unary and streams."""
+    s = bench.series
+    if "transport_unary/fast" not in s:
+        return []
+    lines = [
+        f"## Upstream transport (GPT_GRPC_UPSTREAM_TRANSPORT), concurrency {TRANSPORT_CONCURRENCY}",
+        "",
+        "One gateway per candidate against the same stand-in; the candidates' windows alternate. "
+        "Gateway CPU = the gateway process's CPU per call (the gRPC client's is not included). "
+        "vs own pool = per round, this candidate's calls/s over the own pool's window of the same round.",
+        "",
+        "| transport | unary calls/s | gateway CPU ms/unary call | unary p50 ms | streams/s "
+        "| gateway CPU ms/stream | unary vs own pool | streams vs own pool |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name in TRANSPORTS:
+        unary, stream = s[f"transport_unary/{name}"], s[f"transport_stream/{name}"]
+        lines.append(
+            f"| {TRANSPORT_NAMES[name]} (`{name}`) | {_fmt(unary.stat('rate'))} "
+            f"| {_fmt(unary.stat('server_cpu_ms_per_call'), 3)} | {_fmt(unary.stat('p50_ms'), 2)} "
+            f"| {_fmt(stream.stat('rate'))} | {_fmt(stream.stat('server_cpu_ms_per_call'), 3)} "
+            f"| {_fmt(paired_ratios(unary, s['transport_unary/fast']), 2)} "
+            f"| {_fmt(paired_ratios(stream, s['transport_stream/fast']), 2)} |"
+        )
+    return [*lines, ""]
+
+
+def transports_report(bench: Bench, meta: dict[str, Any]) -> str:
+    raw = bench.series["standin/raw"]
+    return "\n".join(
+        [
+            "# gpt-grpc benchmark: upstream transports",
+            "",
+            f"{meta['when']} · {meta['machine']} · {meta['pinning']}",
+            f"{bench.plan.windows} windows of {bench.plan.window:g} s per figure (after {bench.plan.warmup:g} s "
+            "warm-up); median (min-max).",
+            "",
+            *transport_section(bench),
+            f"Stand-in capacity (raw keep-alive HTTP/1.1 client, concurrency 32): {_fmt(raw.stat('rate'))} req/s.",
+            "",
+        ]
+    )
+
+
+def tls_scale_report(bench: Bench, meta: dict[str, Any]) -> str:
+    p = bench.plan
+    lines = [
+        "# gpt-grpc benchmark: slow upstream over HTTPS",
+        "",
+        f"{meta['when']} · {meta['machine']} · {meta['pinning']}",
+        f"{p.slow_calls:,} ChatCompletion calls at once, each answered after {p.slow_delay:g} s by the fast upstream; "
+        "one round per scheme.",
+        "",
+        "| upstream | calls OK | status codes | failures (status: message) | gateway peak RSS MB | wall s |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for scheme, r in bench.results["tls_scale"].items():
+        lines.append(
+            f"| {scheme} | {r['ok']:,} / {r['calls']:,} | {r['codes']} | {r.get('failures', {})} "
+            f"| {r['peak_rss_mb']:.0f} | {r['wall_s']:.1f} |"
+        )
+    return "\n".join([*lines, ""])
 
 
 def figures_key_value(t: dict[str, Any]) -> str:
@@ -779,6 +947,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--windows", type=int, default=None)
     ap.add_argument("--window", type=float, default=None, help="seconds per window")
     ap.add_argument("--no-scaling", action="store_true", help="skip the 1- and 2-worker measurement")
+    ap.add_argument(
+        "--transports", action="store_true", help="only the upstream transport comparison (writes transports.md)"
+    )
+    ap.add_argument(
+        "--tls-scale", action="store_true", help="only the slow upstream over HTTP and HTTPS (writes tls_scale.md)"
+    )
     args = ap.parse_args(argv)
     plan = Plan(**vars(SMOKE)) if args.smoke else Plan()
     global IN_PROCESS
@@ -794,8 +968,15 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     bench = Bench(plan, args.out, cpus)
     started = time.time()
-    bench.run()
-    figures = compute(bench)
+    if args.transports:
+        bench.run_transports()
+    elif args.tls_scale:
+        try:
+            bench.tls_scale()
+        finally:
+            bench.stack.close()
+    else:
+        bench.run()
     meta = {
         "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
         "machine": f"{os.cpu_count()} CPUs, {platform.machine()}, Python {platform.python_version()}",
@@ -807,6 +988,18 @@ def main(argv: list[str] | None = None) -> int:
         "smoke": args.smoke,
         "seconds": round(time.time() - started, 1),
     }
+    if args.tls_scale:
+        (args.out / "tls_scale.md").write_text(tls_scale_report(bench, meta))
+        (args.out / "tls_scale.json").write_text(json.dumps({"meta": meta, **bench.results}, indent=1))
+        print(f"report: {args.out / 'tls_scale.md'}")
+        return 0
+    if args.transports:
+        (args.out / "transports.md").write_text(transports_report(bench, meta))
+        series = {k: v.to_json() for k, v in bench.series.items()}
+        (args.out / "transports.json").write_text(json.dumps({"meta": meta, "series": series}, indent=1))
+        print(f"report: {args.out / 'transports.md'}")
+        return 0
+    figures = compute(bench)
     report = markdown(bench, figures, meta)
     (args.out / "report.md").write_text(report)
     data = {

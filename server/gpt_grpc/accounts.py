@@ -526,15 +526,19 @@ class Accounts:
                 return None
             return self._record_of(client, self._clock())
 
-    def admit(self, name: str) -> None:
-        """Let one call of `name` through, or raise why not (the refused call is not counted)."""
+    def admit(self, name: str, *, requests_only: bool = False) -> None:
+        """Let one call of `name` through, or raise why not (the refused call is not counted).
+
+        `requests_only`: a call that costs nothing upstream (CountTokens) is held
+        to the request rate alone, not to the token rate or the budget.
+        """
         now = self._clock()
         with self._lock:
             client = self._clients.get(name)
             if client is None or client.revoked_at is not None:
                 raise GatewayError(Reason.CLIENT_TOKEN_INVALID, "the client token is unknown or revoked")
             limits = client.limits
-            if limits.budget_usd is not None:
+            if limits.budget_usd is not None and not requests_only:
                 p = self._roll(client, now)
                 if limits.budget_period == "month":
                     spend, start, end, label = client.month_spend, p.month_start, p.month_end, "monthly"
@@ -566,7 +570,7 @@ class Accounts:
                     # The (len - rpm + 1)th oldest must leave for a slot to free.
                     wait = max(wait, requests[len(requests) - rpm] - horizon)
                     why.append(f"{rpm} requests per minute")
-            tpm = limits.tokens_per_minute
+            tpm = None if requests_only else limits.tokens_per_minute
             if tpm is not None:
                 self._expire_tokens(client, horizon)
                 if client.tokens_sum >= tpm:

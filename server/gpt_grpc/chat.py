@@ -18,6 +18,8 @@ ROLES = ("system", "developer", "user", "assistant", "tool")
 MAX_STOP_SEQUENCES = 4
 MAX_TOOLS = 128
 MAX_NAME_LENGTH = 64
+# Model names come from callers: bounded before they are sent, logged, labelled or cached.
+MAX_MODEL_CHARS = 256
 # Sampling ranges documented by OpenAI.
 RANGES: Mapping[str, tuple[float, float]] = {
     "temperature": (0.0, 2.0),
@@ -90,13 +92,21 @@ def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def check_model(model: str) -> str | None:
+    """Why `model` is not an acceptable model name, or None (chat, CountTokens and the library alike)."""
+    if not model.strip():
+        return "must not be empty"
+    if len(model) > MAX_MODEL_CHARS or not model.isprintable():
+        return f"must be printable and at most {MAX_MODEL_CHARS} characters"
+    return None
+
+
 def validate(request: ChatRequest) -> list[FieldViolation]:
     """Every problem of the request, with the field it is in; empty when valid."""
     out: list[FieldViolation] = []
-    if not request.model.strip():
-        out.append(FieldViolation("model", "must not be empty"))
-    elif len(request.model) > 256 or not request.model.isprintable():
-        out.append(FieldViolation("model", "must be printable and at most 256 characters"))
+    bad_model = check_model(request.model)
+    if bad_model:
+        out.append(FieldViolation("model", bad_model))
     if not request.messages:
         out.append(FieldViolation("messages", "must not be empty"))
     for i, message in enumerate(request.messages):

@@ -30,12 +30,13 @@ import orjson
 
 from . import errors, tokens
 from .catalog import Catalog, adapt_request
-from .chat import ChatRequest, ChatResult, Delta, ToolCall, Usage, validate
+from .chat import ChatRequest, ChatResult, Delta, ToolCall, Usage, check_model, validate
+from .egress import EgressPolicy
 from .errors import GatewayError, Reason
 from .pricing import Pricing
 from .retry import AttemptObserver, RetryBudget, call_with_retries
 from .settings import Settings, SettingsUpdate, apply, mask_key
-from .transport import proxies_configured, transport_for
+from .transport import KEEPALIVE_EXPIRY, transport_for
 from .upstream import chat_endpoint, iter_lines
 from .usage import UsageTracker
 
@@ -148,6 +149,9 @@ class GPT:
 
     def count_tokens(self, text: str, model: str = "gpt-4o-mini") -> int:
         """Tokens of `text` for `model` (offline; unknown models use o200k_base)."""
+        bad_model = check_model(model)
+        if bad_model:
+            raise ValueError(f"model {bad_model}")
         return tokens.count_text(text, model).tokens
 
     def close(self) -> None:
@@ -176,9 +180,9 @@ class GPT:
             self._upstream = _Upstream(new, None)
         return new
 
-    def preview(self, update: SettingsUpdate) -> Settings:
-        """The settings `update` would give, validated, without applying them."""
-        return apply(self._upstream.settings, update)
+    def preview(self, update: SettingsUpdate, policy: EgressPolicy | None = None) -> Settings:
+        """The settings `update` would give, validated (under the operator's `policy`), without applying them."""
+        return apply(self._upstream.settings, update, policy)
 
     def install(self, settings: Settings) -> None:
         """Swap in settings made by `preview` (after persisting them, say)."""
@@ -210,6 +214,7 @@ class GPT:
             limits = httpx2.Limits(
                 max_connections=self._max_connections,
                 max_keepalive_connections=DEFAULT_KEEPALIVE_CONNECTIONS,
+                keepalive_expiry=KEEPALIVE_EXPIRY,  # below common servers' 5 s (see transport.py)
             )
             self._http = openai.DefaultAsyncHttpx2Client(
                 limits=limits,
@@ -503,9 +508,9 @@ def _request_headers(request: ChatRequest) -> dict[str, str] | None:
 
 
 def _transport(limits: httpx2.Limits) -> httpx2.AsyncBaseTransport | None:
-    """The upstream pool: transport.FastTransport, unless a proxy is configured or
+    """The upstream pool: transport.FastTransport (httpx2's for requests a system proxy applies to), unless
     GPT_GRPC_UPSTREAM_TRANSPORT=httpx asks for httpx2's own (None: httpx2 decides)."""
-    if os.environ.get("GPT_GRPC_UPSTREAM_TRANSPORT", "fast") == "httpx" or proxies_configured(os.environ):
+    if os.environ.get("GPT_GRPC_UPSTREAM_TRANSPORT", "fast") == "httpx":
         return None
     return transport_for(limits, fallback=httpx2.AsyncHTTPTransport(limits=limits))
 

@@ -45,6 +45,8 @@ import genai_prices
 from genai_prices import data_snapshot
 from genai_prices import types as gp_types
 
+from .chat import MAX_MODEL_CHARS
+
 __all__ = ["ModelPrice", "Pricing", "PricingConfigError"]
 
 _MILLION = Decimal(1_000_000)
@@ -152,6 +154,8 @@ class Pricing:
                     self._cache.move_to_end(model)
                     return entry
         entry = self._resolve(model, today)
+        if len(model) > MAX_MODEL_CHARS:  # a name no valid request has: not worth a cache slot of its size
+            return entry
         with self._lock:
             self._cache[model] = entry
             self._cache.move_to_end(model)

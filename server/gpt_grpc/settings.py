@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from .egress import EgressPolicy, endpoint_problem, origin
 from .errors import FieldViolation, invalid
 from .retry import RetryPolicy
 
@@ -25,6 +26,10 @@ MAX_ID_LENGTH = 256
 # OpenAI keys: "sk-", then an optional kind ("proj-", "svcacct-", "admin-")
 # and a long run of url-safe characters.
 _OPENAI_KEY = re.compile(r"sk-[A-Za-z0-9_\-]{16,}")
+KEY_MUST_FOLLOW = (
+    "must be given with an endpoint on another host (scheme, host or port): "
+    "the key in force is never sent to a new host"
+)
 # Header-safe token: visible ASCII only (no spaces, no control characters).
 _TOKEN = re.compile(r"[\x21-\x7e]+")
 
@@ -134,10 +139,13 @@ def _finite_between(value: float, low: float, high: float) -> bool:
     return math.isfinite(value) and low < value <= high
 
 
-def apply(current: Settings, update: SettingsUpdate) -> Settings:
+def apply(current: Settings, update: SettingsUpdate, policy: EgressPolicy | None = None) -> Settings:
     """The settings after `update`, all checked first; raises GatewayError(INVALID_REQUEST).
 
     Every violation is reported at once, and nothing is applied unless all pass.
+    With the operator's `policy` (the server; the library passes none) the
+    resulting endpoint must pass it, and an endpoint moved to another origin
+    needs an api_key in the same update: the key in force never follows it.
     """
     violations: list[FieldViolation] = []
 
@@ -152,6 +160,10 @@ def apply(current: Settings, update: SettingsUpdate) -> Settings:
     endpoint_ok = update.endpoint is None or check_endpoint(update.endpoint) is None
     if api_key is not None and endpoint_ok and (update.api_key is not None or update.endpoint is not None):
         bad("api_key", check_api_key(api_key, endpoint))
+    if policy is not None and endpoint_ok:
+        bad("endpoint", endpoint_problem(endpoint, policy))
+        if current.api_key is not None and update.api_key is None and origin(endpoint) != origin(current.endpoint):
+            bad("api_key", KEY_MUST_FOLLOW)
     if update.organization is not None:
         bad("organization", _check_id(update.organization, allow_empty=True))
     if update.project is not None:

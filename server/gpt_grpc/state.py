@@ -1,7 +1,8 @@
 """Settings that survive a restart: one JSON file, replaced atomically.
 
-Write a temporary file beside it (mode 0600: it holds the API key), fsync
-it, rename it over the old one, fsync the directory. A crash at any moment
+Write a temporary file beside it (a random name created exclusively, never
+through a symlink, mode 0600: it holds the API key), fsync it, rename it over
+the old one, fsync the directory. A crash at any moment
 leaves the old file or the new one, never a mix. A file that cannot be read
 or parsed stops start-up: guessing would send prompts somewhere unintended.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ from .retry import RetryPolicy
 from .settings import Settings
 
 FORMAT_VERSION = 1
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class StateFileError(Exception):
@@ -40,6 +43,10 @@ class StateFile:
             if data.get("version") != FORMAT_VERSION:
                 raise ValueError(f"unsupported version {data.get('version')!r}")
             return _settings_from_json(data["settings"])
+        except RecursionError:  # nested deeper than the JSON parser goes
+            raise StateFileError(
+                f"state file {self.path} is corrupt (nested too deeply); fix or remove it to start from the environment"
+            ) from None
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise StateFileError(
                 f"state file {self.path} is corrupt ({exc}); fix or remove it to start from the environment"
@@ -50,17 +57,23 @@ class StateFile:
         payload = json.dumps({"version": FORMAT_VERSION, "settings": _settings_to_json(settings)}).encode()
         directory = self.path.parent
         directory.mkdir(parents=True, exist_ok=True)
-        tmp = directory / f".{self.path.name}.{os.getpid()}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        # A random name, created here and now (O_EXCL) and never through a symlink
+        # (O_NOFOLLOW): nobody can plant a file or a link where the key is written.
+        tmp = directory / f".{self.path.name}.{secrets.token_hex(16)}.tmp"
+        fd = os.open(tmp, _CREATE_FLAGS, 0o600)
         try:
-            os.fchmod(fd, 0o600)  # O_CREAT's mode is masked by umask; be explicit
-            view = memoryview(payload)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
+            try:
+                os.fchmod(fd, 0o600)  # O_CREAT's mode is masked by umask; be explicit
+                view = memoryview(payload)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.path)  # rename replaces a symlink at the path, never writes through it
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         dir_fd = os.open(directory, os.O_RDONLY)
         try:
             os.fsync(dir_fd)

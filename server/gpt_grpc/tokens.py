@@ -84,6 +84,7 @@ import tiktoken
 from tiktoken.model import encoding_name_for_model
 
 from gpt_grpc.catalog import default_catalog, normalize_model_name
+from gpt_grpc.chat import MAX_MODEL_CHARS
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
@@ -359,8 +360,11 @@ def _reset_cache() -> None:
 
 # Answers of encoding_name_for, which are fixed (packaged catalog, tiktoken's
 # tables): every CountTokens and every usage estimate asks. Model names come
-# from callers, so the memo is bounded.
+# from callers, so the memo is bounded in entries and in bytes: only names of
+# at most _NAME_MEMO_MAX_CHARS (the longest valid model name) are kept, so it
+# holds at most 4,096 x 256 characters, whatever callers invent.
 _NAME_MEMO_MAX = 4096
+_NAME_MEMO_MAX_CHARS = MAX_MODEL_CHARS
 _name_memo: dict[tuple[str, str], tuple[str, bool]] = {}
 
 
@@ -375,6 +379,8 @@ def encoding_name_for(model: str, default: str = DEFAULT_ENCODING) -> tuple[str,
     answer = _name_memo.get(key)
     if answer is None:
         answer = _encoding_name_for(model, default)
+        if len(model) > _NAME_MEMO_MAX_CHARS or len(default) > _NAME_MEMO_MAX_CHARS:
+            return answer
         if len(_name_memo) >= _NAME_MEMO_MAX:
             _name_memo.clear()
         _name_memo[key] = answer

@@ -8,6 +8,10 @@ from dataclasses import dataclass
 
 from .chat import Usage
 
+# Distinct model names tracked one by one; calls naming further ones add to OTHER_MODELS.
+MAX_MODELS = 1000
+OTHER_MODELS = "(other)"
+
 
 @dataclass(frozen=True)
 class ModelTotals:
@@ -67,6 +71,8 @@ class UsageTracker:
 
     def _add(self, model: str, delta: ModelTotals) -> None:
         with self._lock:
+            if model not in self._models and len(self._models) >= MAX_MODELS:
+                model = OTHER_MODELS  # callers name models: their number is bounded, the totals stay whole
             self._models[model] = self._models.get(model, ModelTotals(model=model)).plus(delta)
 
     def snapshot(self) -> tuple[list[ModelTotals], ModelTotals]:

@@ -11,27 +11,30 @@ import asyncio
 import dataclasses
 import ipaddress
 import logging
+import math
 import os
 import resource
 import signal
+import ssl
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import overload
 
 import grpc
 from gptgrpc.v1 import gateway_pb2 as pb
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from .. import tokens
 from ..accounts import Accounts, AccountsStoreError
-from ..errors import GatewayError
+from ..egress import EgressPolicy, resolved_problem
+from ..errors import FieldViolation, GatewayError, invalid
 from ..gpt import GPT
 from ..pricing import Pricing
 from ..retry import RetryBudget
 from ..settings import Settings, SettingsUpdate, apply
 from ..state import StateFile, StateFileError
-from . import logs, workers
+from . import logs, reflection, registration, workers
 from .admission import Admission
 from .auth import AdminAuth, Authorizer
 from .metrics import Metrics
@@ -40,9 +43,20 @@ from .servicer import GPTServicer, add_to_server
 log = logging.getLogger("gpt_grpc.server")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GPTService"].full_name
+_HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"]
 DEFAULT_PORT = 50051
 # Big enough for a large conversation, small enough to bound memory per call.
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+# A connection without calls for this long is closed (GOAWAY); the client reconnects
+# on its next call. gRPC's default keeps it forever.
+DEFAULT_MAX_CONNECTION_IDLE = 300.0
+# Every connection is replaced after about this long (gRPC adds +-10% jitter), so that
+# no client holds one forever and new connections spread over the workers.
+DEFAULT_MAX_CONNECTION_AGE = 3600.0
+# Calls in flight on a connection past its age get this long to finish: longer than
+# a long streamed answer.
+DEFAULT_MAX_CONNECTION_AGE_GRACE = 600.0
+_MAX_GRPC_MS = 2**31 - 1  # gRPC's integer options are C ints
 # The admin token decides where prompts and the key go: a short one can be guessed.
 MIN_ADMIN_TOKEN_CHARS = 32
 
@@ -69,6 +83,13 @@ class ServerConfig:
     workers: int = 1
     reuse_port: bool = False
     loop: str = "auto"
+    # Where prompts and the key may go (egress.py): plain http off loopback, and an allowlist.
+    allow_insecure_upstream: bool = False
+    allowed_upstream_hosts: str | None = None  # comma-separated; None or empty: any host
+    # HTTP/2 connection lifetimes, in seconds; 0 turns one off (see _connection_options).
+    max_connection_idle: float = DEFAULT_MAX_CONNECTION_IDLE
+    max_connection_age: float = DEFAULT_MAX_CONNECTION_AGE
+    max_connection_age_grace: float = DEFAULT_MAX_CONNECTION_AGE_GRACE
 
 
 class GatewayServer:
@@ -77,13 +98,16 @@ class GatewayServer:
     def __init__(self, config: ServerConfig, gpt: GPT | None = None) -> None:
         self.config = config
         _check_admin_token(config.admin_token)
-        # Validate the start-up settings like a Configure call would; settings
-        # saved by Configure before a restart win over the environment.
-        settings = apply(Settings(), config.upstream)
+        connection_options = _connection_options(config)
+        # Validate the start-up settings like a Configure call would, under the same
+        # egress policy; settings saved by Configure before a restart win over the
+        # environment. (What the endpoint's name resolves to is checked in start.)
+        self.egress = EgressPolicy.of(config.allow_insecure_upstream, config.allowed_upstream_hosts)
+        settings = apply(Settings(), config.upstream, self.egress)
         self.state = StateFile(config.state_file) if config.state_file else None
         saved = self.state.load() if self.state else None
         if saved is not None:
-            settings = _revalidate(saved)
+            settings = _revalidate(saved, self.egress)
             log.info("restored settings from %s (generation %d)", config.state_file, settings.generation)
         self.metrics = Metrics()
         self.gpt = gpt or GPT(
@@ -107,6 +131,7 @@ class GatewayServer:
                 # admission (max_in_flight) is the limit that answers OVERLOADED.
                 ("grpc.server.max_pending_requests", max(1_000, config.max_in_flight)),
                 ("grpc.server.max_pending_requests_hard_limit", max(3_000, 2 * config.max_in_flight)),
+                *connection_options,
             ]
         )
         self.servicer = GPTServicer(
@@ -116,18 +141,28 @@ class GatewayServer:
             accounts=self.accounts,
             metrics=self.metrics,
             state=self.state,
+            egress=self.egress,
         )
-        add_to_server(self.servicer, self.server)  # undecodable requests: INVALID_ARGUMENT, not UNKNOWN
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        # Undecodable requests: INVALID_ARGUMENT, not UNKNOWN with a traceback (registration.py).
+        add_to_server(self.servicer, self.server)
+        health_handlers = registration.generated_handlers(health_pb2_grpc.add_HealthServicer_to_server, self.health)
+        health_types = {m.name: m.input_type.full_name for m in _HEALTH.methods}
+        registration.register(
+            self.server,
+            _HEALTH.full_name,
+            registration.guarded(_HEALTH.full_name, registration.lenient(health_handlers, health_types)),
+        )
         if config.reflection:
-            names = (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
-            reflection.enable_server_reflection(names, self.server)
+            reflection.enable(self.server, (SERVICE_NAME, health.SERVICE_NAME))
         self.port = 0
         self.metrics_port: int | None = None
         self._stopped = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
 
     async def start(self) -> int:
+        problem = await resolved_problem(self.gpt.settings.endpoint)
+        if problem:
+            raise invalid([FieldViolation("endpoint", problem)])
         tokens.preload()  # readiness includes the encodings: no first-call stall
         address = f"[{self.config.host}]" if ":" in self.config.host else self.config.host
         if self.credentials is not None:
@@ -175,7 +210,22 @@ class GatewayServer:
         await self._stopped.wait()
 
 
-def _revalidate(saved: Settings) -> Settings:
+def _connection_options(config: ServerConfig) -> list[tuple[str, int]]:
+    """gRPC's connection lifetimes from the config's seconds; 0 leaves gRPC's default (no limit)."""
+    out = []
+    for option, flag, seconds in (
+        ("grpc.max_connection_idle_ms", "--max-connection-idle", config.max_connection_idle),
+        ("grpc.max_connection_age_ms", "--max-connection-age", config.max_connection_age),
+        ("grpc.max_connection_age_grace_ms", "--max-connection-age-grace", config.max_connection_age_grace),
+    ):
+        if not math.isfinite(seconds) or seconds < 0 or seconds * 1000 > _MAX_GRPC_MS:
+            raise ConfigError(f"{flag} must be 0 (no limit) or a number of seconds up to {_MAX_GRPC_MS // 1000}")
+        if seconds > 0:
+            out.append((option, max(1, round(seconds * 1000))))
+    return out
+
+
+def _revalidate(saved: Settings, policy: EgressPolicy) -> Settings:
     """Check a saved snapshot as strictly as a Configure call (the file may have been edited)."""
     update = SettingsUpdate(
         api_key=saved.api_key,
@@ -189,7 +239,7 @@ def _revalidate(saved: Settings) -> Settings:
         max_backoff=saved.retry.max_backoff,
     )
     try:
-        checked = apply(Settings(), update)
+        checked = apply(Settings(), update, policy)
     except GatewayError as exc:
         raise StateFileError(f"state file holds invalid settings: {exc.message}") from None
     return dataclasses.replace(checked, generation=saved.generation)
@@ -213,7 +263,34 @@ def _server_credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
         ca = _read_bytes(config.tls_client_ca) if config.tls_client_ca else None
     except OSError as exc:
         raise ConfigError(f"cannot read a TLS file {exc.filename}: {exc.strerror}") from None
+    _check_tls_files(config.tls_cert, config.tls_key, config.tls_client_ca)
     return grpc.ssl_server_credentials([pair], root_certificates=ca, require_client_auth=ca is not None)
+
+
+def _check_tls_files(cert: str, key: str, client_ca: str | None) -> None:
+    """Load the files as OpenSSL will, so a bad pair is named at start.
+
+    gRPC itself says only "Failed to bind to address" when the key does not
+    belong to the certificate or a file is not PEM.
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        # A password callback: an encrypted key fails here instead of prompting on the terminal.
+        context.load_cert_chain(cert, key, password=lambda: b"")
+    except ssl.SSLError as exc:
+        if exc.reason == "KEY_VALUES_MISMATCH":
+            raise ConfigError(
+                f"the TLS certificate {cert} and key {key} do not match: use the certificate's own key"
+            ) from None
+        raise ConfigError(
+            f"cannot use the TLS certificate {cert} with the key {key} ({exc.reason or exc}): "
+            "both must be PEM, the key unencrypted"
+        ) from None
+    if client_ca:
+        try:
+            context.load_verify_locations(cafile=client_ca)
+        except ssl.SSLError as exc:
+            raise ConfigError(f"cannot use the client CA {client_ca} ({exc.reason or exc}): it must be PEM") from None
 
 
 class ConfigError(Exception):
@@ -238,9 +315,13 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _env_float(name: str) -> float | None:
+@overload
+def _env_float(name: str) -> float | None: ...
+@overload
+def _env_float(name: str, default: float) -> float: ...
+def _env_float(name: str, default: float | None = None) -> float | None:
     value = os.environ.get(name)
-    return float(value) if value else None
+    return float(value) if value else default
 
 
 def _read_secret_file(path: str) -> str:
@@ -263,6 +344,17 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
         "--api-key-file",
         default=env.get("OPENAI_API_KEY_FILE"),
         help="file holding the key (or OPENAI_API_KEY)",
+    )
+    p.add_argument(
+        "--allowed-upstream-hosts",
+        default=env.get("GPT_GRPC_ALLOWED_UPSTREAM_HOSTS"),
+        help="comma-separated hosts the upstream endpoint may name (default: any that is not refused)",
+    )
+    p.add_argument(
+        "--allow-insecure-upstream",
+        action="store_true",
+        default=env.get("GPT_GRPC_ALLOW_INSECURE_UPSTREAM", "") in ("1", "true", "yes"),
+        help="allow a plain http upstream off loopback (prompts and the key in clear text)",
     )
     p.add_argument("--default-model", default=env.get("GPT_GRPC_DEFAULT_MODEL"))
     p.add_argument("--request-timeout", type=float, default=_env_float("GPT_GRPC_REQUEST_TIMEOUT"))
@@ -299,6 +391,24 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
         choices=("auto", "uvloop", "asyncio"),
         default=env.get("GPT_GRPC_LOOP", "auto"),
         help="event loop: uvloop when installed (auto), or asyncio's",
+    )
+    p.add_argument(
+        "--max-connection-idle",
+        type=float,
+        default=_env_float("GPT_GRPC_MAX_CONNECTION_IDLE", DEFAULT_MAX_CONNECTION_IDLE),
+        help="seconds a connection may stay without calls before the server closes it (0: never)",
+    )
+    p.add_argument(
+        "--max-connection-age",
+        type=float,
+        default=_env_float("GPT_GRPC_MAX_CONNECTION_AGE", DEFAULT_MAX_CONNECTION_AGE),
+        help="seconds after which a connection is replaced (0: never)",
+    )
+    p.add_argument(
+        "--max-connection-age-grace",
+        type=float,
+        default=_env_float("GPT_GRPC_MAX_CONNECTION_AGE_GRACE", DEFAULT_MAX_CONNECTION_AGE_GRACE),
+        help="seconds calls in flight on a replaced connection get to finish (0: no limit)",
     )
     p.add_argument("--no-reflection", action="store_true", help="turn server reflection off")
     p.add_argument("--log-level", default=env.get("GPT_GRPC_LOG_LEVEL", "INFO"))
@@ -338,6 +448,11 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
         tls_client_ca=args.tls_client_ca,
         workers=args.workers,
         loop=args.loop,
+        allow_insecure_upstream=args.allow_insecure_upstream,
+        allowed_upstream_hosts=args.allowed_upstream_hosts,
+        max_connection_idle=args.max_connection_idle,
+        max_connection_age=args.max_connection_age,
+        max_connection_age_grace=args.max_connection_age_grace,
     )
 
 
@@ -367,15 +482,15 @@ async def serve(config: ServerConfig) -> None:
     follower = None
     if config.reuse_port and server.state is not None:  # a worker: Configure may happen in another one
         state = server.state
-        follower = loop.create_task(workers.follow_state_file(server, lambda: _load_state(state)))
+        follower = loop.create_task(workers.follow_state_file(server, lambda: _load_state(state, server.egress)))
     await server.wait()
     if follower is not None:
         follower.cancel()
 
 
-def _load_state(state: StateFile) -> Settings | None:
+def _load_state(state: StateFile, policy: EgressPolicy) -> Settings | None:
     saved = state.load()
-    return None if saved is None else _revalidate(saved)
+    return None if saved is None else _revalidate(saved, policy)
 
 
 def _log_debug_state(server: GatewayServer) -> None:

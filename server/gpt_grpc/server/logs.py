@@ -11,6 +11,8 @@ from typing import IO, Any
 import orjson
 
 ACCESS = logging.getLogger("gpt_grpc.access")
+# A caller-chosen string (a model name, say) is cut to this many characters in a log line.
+MAX_LOGGED_CHARS = 256
 NOISY = ("httpx", "httpx2", "httpcore", "httpcore2", "openai", "aiohttp.access")
 
 
@@ -34,6 +36,13 @@ class JsonFormatter(logging.Formatter):
 # The handler `configure` installed: while it is the only one, an access line is
 # written straight to its stream (see `access`).
 _handler: logging.StreamHandler[Any] | None = None
+
+
+def clip(text: str, limit: int = MAX_LOGGED_CHARS) -> str:
+    """`text`, or its first `limit` characters and how long it was: a caller cannot make a line huge."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}...[{len(text)} chars]"
 
 
 def configure(level: str = "INFO") -> None:

@@ -2,8 +2,9 @@
 
 Counting is always on (a few microseconds a call); the HTTP endpoint that
 exposes it is off unless a port is given. Model names come from callers, so
-only the first MAX_MODEL_LABELS distinct names get their own label: a caller
-cannot blow up the metric cardinality.
+only the first MAX_MODEL_LABELS distinct names, of at most MAX_MODEL_CHARS
+characters each, get their own label: a caller cannot blow up the metric
+cardinality or the size of a scrape.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.process_collector import ProcessCollector
 
-from ..chat import Usage
+from ..chat import MAX_MODEL_CHARS, Usage
 from ..retry import RetryBudget
 
 MAX_MODEL_LABELS = 200
@@ -84,6 +85,8 @@ class Metrics:
     def model_label(self, model: str) -> str:
         if model in self._models:
             return model
+        if len(model) > MAX_MODEL_CHARS:  # no valid request names one: never a label
+            return OTHER
         with self._lock:
             if len(self._models) < MAX_MODEL_LABELS:
                 self._models.add(model)

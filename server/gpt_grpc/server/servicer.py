@@ -28,22 +28,29 @@ from gptgrpc.v1 import gateway_pb2_grpc as pb_grpc
 
 from .. import tokens
 from ..accounts import Accounts
-from ..chat import ChatRequest, ChatResult, Usage
+from ..chat import ChatRequest, ChatResult, Usage, check_model
+from ..egress import EgressPolicy, origin, resolved_problem
 from ..errors import FieldViolation, GatewayError, Reason, invalid
 from ..gpt import GPT
 from ..settings import Settings, SettingsUpdate
 from ..state import StateFile
 from ..usage import ModelTotals
-from . import convert, logs
+from . import convert, logs, registration
 from .admission import Admission
 from .auth import OPEN, Authorizer, Caller
 from .metrics import Metrics
+from .registration import Undecodable
 from .status import REASON_CODES, to_status
 
 log = logging.getLogger("gpt_grpc.server")
 
 # Texts above this are counted on a worker thread (tokenizing is ~10 ms per 64K).
 LARGE_TEXT_CHARS = 64_000
+# A CountTokens request may hold at most this much (serialized): 4 MiB is about a
+# million tokens of English, the largest context window a catalogued model has,
+# and bounds the CPU one call can take (~0.1 s) below the 16 MiB message limit.
+MAX_COUNT_TOKENS_BYTES = 4 * 1024 * 1024
+_MAX_UTF8_BYTES = 4  # per character
 # A caller's x-request-id is used as given when it is this tame.
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 
@@ -58,6 +65,7 @@ class Access(enum.Enum):
 
     OPEN = "open"  # data plane: a client token once clients exist
     CHARGED = "charged"  # data plane that costs money: also client limits and budget
+    COUNTED = "counted"  # free, but a request against the client's request rate (CountTokens)
     ADMIN = "admin"  # the admin token
 
 
@@ -169,56 +177,22 @@ def stream_rpc(
     return wrap
 
 
-class Undecodable:
-    """A request whose bytes are not the method's message.
-
-    gRPC's own deserializer raises, and gRPC answers UNKNOWN ("Unexpected
-    DecodeError"); `add_to_server` hands the handler this instead, which it
-    answers INVALID_ARGUMENT like any other invalid request.
-    """
-
-    __slots__ = ("type_name",)
-
-    def __init__(self, type_name: str) -> None:
-        self.type_name = type_name
-
-    def error(self) -> GatewayError:
-        return invalid([FieldViolation("request", f"is not a valid {self.type_name} message")])
-
-
-def _lenient(decode: Callable[[bytes], Any], type_name: str) -> Callable[[bytes], Any]:
-    def deserialize(raw: bytes) -> Any:
-        try:
-            return decode(raw)
-        except Exception:  # DecodeError, or whatever else the parser makes of garbage
-            return Undecodable(type_name)
-
-    return deserialize
-
-
 def add_to_server(servicer: GPTServicer, server: Any) -> None:
     """Register GPTService as the generated code does, with lenient request deserializers."""
-    generated: dict[str, Any] = {}
-
-    class _Capture:
-        def add_generic_rpc_handlers(self, handlers: Any) -> None:
-            pass
-
-        def add_registered_method_handlers(self, service: str, handlers: dict[str, Any]) -> None:
-            generated.update(handlers)
-
-    pb_grpc.add_GPTServiceServicer_to_server(servicer, _Capture())
     service = pb.DESCRIPTOR.services_by_name["GPTService"]
-    handlers = {
-        name: handler._replace(
-            request_deserializer=_lenient(
-                handler.request_deserializer, service.methods_by_name[name].input_type.full_name
-            )
-        )
-        for name, handler in generated.items()
-    }
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
-    server.add_registered_method_handlers(service.full_name, handlers)
+    handlers = registration.generated_handlers(pb_grpc.add_GPTServiceServicer_to_server, servicer)
+    input_types = {method.name: method.input_type.full_name for method in service.methods}
+    registration.register(server, service.full_name, registration.lenient(handlers, input_types))
+
+
+def _counted_bytes(request: pb.CountTokensRequest) -> int:
+    """The size of what CountTokens would count: the text in UTF-8, or the messages serialized."""
+    if request.messages:
+        return sum(message.ByteSize() for message in request.messages)
+    text = request.text
+    if len(text) * _MAX_UTF8_BYTES <= MAX_COUNT_TOKENS_BYTES:
+        return len(text)  # small enough whatever its characters: no need to encode it
+    return len(text.encode("utf-8", "surrogatepass"))
 
 
 def _internal(method: str) -> GatewayError:
@@ -238,8 +212,10 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
         accounts: Accounts,
         metrics: Metrics,
         state: StateFile | None = None,
+        egress: EgressPolicy | None = None,
     ) -> None:
         self.gpt = gpt
+        self.egress = egress or EgressPolicy()
         self.authorizer = authorizer
         self.admission = admission
         self.accounts = accounts
@@ -264,9 +240,9 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
         self.admission.enter()
         self.metrics.in_flight.inc()
         call.started = time.perf_counter()
-        if access is Access.CHARGED and call.caller.client is not None:
+        if access in (Access.CHARGED, Access.COUNTED) and call.caller.client is not None:
             try:
-                self.accounts.admit(call.caller.client.name)
+                self.accounts.admit(call.caller.client.name, requests_only=access is Access.COUNTED)
             except GatewayError:
                 self._leave()
                 raise
@@ -320,7 +296,7 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
         if reason:
             fields["reason"] = reason
         if call.model:
-            fields["model"] = call.model
+            fields["model"] = logs.clip(call.model)
         if call.usage is not None:
             fields["prompt_tokens"] = call.usage.prompt_tokens
             fields["completion_tokens"] = call.usage.completion_tokens
@@ -360,12 +336,22 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
         finally:
             await events.aclose()  # type: ignore[attr-defined]
 
-    @rpc(Access.OPEN)
+    @rpc(Access.COUNTED)
     async def CountTokens(self, request: pb.CountTokensRequest, context: Context, call: Call) -> pb.CountTokensResponse:
         model = request.model or self.gpt.settings.default_model
-        call.model = model
+        violations = []
+        bad_model = check_model(model)
+        if bad_model:
+            violations.append(FieldViolation("model", bad_model))
+        else:
+            call.model = model
         if request.messages and request.text:
-            raise invalid([FieldViolation("text", "give either text or messages, not both")])
+            violations.append(FieldViolation("text", "give either text or messages, not both"))
+        elif _counted_bytes(request) > MAX_COUNT_TOKENS_BYTES:
+            where = "messages" if request.messages else "text"
+            violations.append(FieldViolation(where, f"must be at most {MAX_COUNT_TOKENS_BYTES // 1024 // 1024} MiB"))
+        if violations:
+            raise invalid(violations)
         if request.messages:
             count = tokens.count_messages(convert.count_messages(request.messages), model)
         elif len(request.text) > LARGE_TEXT_CHARS:
@@ -427,7 +413,12 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
 
     async def _apply(self, update: SettingsUpdate) -> Settings:
         async with self._configure_lock:
-            settings = self.gpt.preview(update)
+            current = self.gpt.settings
+            settings = self.gpt.preview(update, self.egress)
+            if origin(settings.endpoint) != origin(current.endpoint):
+                problem = await resolved_problem(settings.endpoint)
+                if problem:
+                    raise invalid([FieldViolation("endpoint", problem)])
             if self.state is not None:
                 try:
                     await asyncio.to_thread(self.state.save, settings)
