@@ -6,8 +6,10 @@ import grpc
 import pytest
 from gptgrpc.v1 import gateway_pb2 as pb
 
-from gpt_grpc.errors import Reason, from_http, parse_retry_after, reason_for_http
+from gpt_grpc.errors import Reason, parse_retry_after, reason_for_http
 from gpt_grpc.server.status import REASON_CODES
+from gpt_grpc.upstream.failures import from_http
+from gpt_grpc.upstream.scrub import NO_SECRETS
 
 
 def test_reasons_match_the_proto_enum() -> None:
@@ -68,13 +70,15 @@ def test_retry_after_parsing(headers: dict[str, str], expected: float | None) ->
 
 def test_from_http_keeps_request_id_and_retry_after_only_when_retryable() -> None:
     body = {"error": {"message": "slow down", "type": "rate_limit_error", "code": "rate_limit_exceeded"}}
-    err = from_http(429, {"x-request-id": "req_1", "retry-after": "1"}, body)
+    err = from_http(429, {"x-request-id": "req_1", "retry-after": "1"}, body, scrubber=NO_SECRETS)
     assert (err.reason, err.request_id, err.retry_after, err.http_status) == (
         Reason.UPSTREAM_RATE_LIMITED,
         "req_1",
         1.0,
         429,
     )
-    quota = from_http(429, {"retry-after": "1"}, {"error": {"code": "insufficient_quota", "message": "pay"}})
+    quota = from_http(
+        429, {"retry-after": "1"}, {"error": {"code": "insufficient_quota", "message": "pay"}}, scrubber=NO_SECRETS
+    )
     assert quota.retry_after is None
     assert "slow down" in err.message

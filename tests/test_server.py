@@ -502,7 +502,7 @@ async def test_unexpected_errors_are_internal_without_detail(
     async def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("secret internals")
 
-    monkeypatch.setattr(gateway.server.gpt, "acomplete", broken)
+    monkeypatch.setattr(gateway.server.engine, "acomplete", broken)
     with caplog.at_level(logging.ERROR):
         err = details(await fail(gateway.stub.ChatCompletion(HI)))
     assert (err.code, err.reason) == (grpc.StatusCode.INTERNAL, "INTERNAL_ERROR")

@@ -21,9 +21,9 @@ async def test_counts_off_the_event_loop_thread(monkeypatch: pytest.MonkeyPatch)
     seen: list[str] = []
     original = tokens._count_text_on_thread
 
-    def spy(text: str, model: str, default: str) -> tokens.TokenCount:
+    def spy(text: str, model: str, default: str, choice: tokens.EncodingChoice | None) -> tokens.TokenCount:
         seen.append(threading.current_thread().name)
-        return original(text, model, default)
+        return original(text, model, default, choice)
 
     monkeypatch.setattr(tokens, "_count_text_on_thread", spy)
     await tokens.count_text_off_loop("abc", "gpt-4o-mini")

@@ -26,9 +26,9 @@ import uvloop
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gpt_grpc import transport as transport_module
-from gpt_grpc.http1 import Body
-from gpt_grpc.transport import FastTransport, transport_for
+from gpt_grpc.upstream import transport as transport_module
+from gpt_grpc.upstream.http1 import Body
+from gpt_grpc.upstream.transport import FastTransport, transport_for
 
 
 class Act(enum.Enum):

@@ -1,4 +1,4 @@
-"""The direct upstream path sends what the SDK sends and fails the way the SDK fails."""
+"""The upstream path without the SDK: the wire request OpenAI reads, and one translation of every failure."""
 
 from __future__ import annotations
 
@@ -13,7 +13,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gpt_grpc.upstream import chat_endpoint, iter_lines
+from gpt_grpc.chat import ChatRequest
+from gpt_grpc.engine import Engine
+from gpt_grpc.errors import GatewayError, Reason
+from gpt_grpc.retry import RetryPolicy
+from gpt_grpc.server.app import MAX_MESSAGE_BYTES
+from gpt_grpc.settings import Settings
+from gpt_grpc.upstream import client as upstream_client
+from gpt_grpc.upstream.client import MAX_ANSWER_BYTES, UpstreamClient
+from gpt_grpc.upstream.endpoints import openai_endpoint
+from gpt_grpc.upstream.failures import AnswerTooLarge, StatusFailure
+from gpt_grpc.upstream.scrub import NO_SECRETS
+from gpt_grpc.upstream.sse import iter_lines
 
 BODY: dict[str, Any] = {
     "model": "gpt-4o-mini",
@@ -28,31 +39,23 @@ BODY: dict[str, Any] = {
         {"role": "tool", "tool_call_id": "call_1", "content": "42"},
     ],
     "temperature": 0.7,
-    "top_p": 0.5,
     "max_tokens": 20,
     "stop": ["\n\n"],
     "seed": 123456789012,
-    "presence_penalty": -1.5,
-    "frequency_penalty": 0.25,
-    "user": "u-1",
-    "tools": [
-        {
-            "type": "function",
-            "function": {
-                "name": "f",
-                "description": "d",
-                "parameters": {"type": "object", "properties": {"a": {"type": "integer"}}},
-                "strict": True,
-            },
-        }
-    ],
+    "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}, "strict": True}}],
     "tool_choice": {"type": "function", "function": {"name": "f"}},
-    "response_format": {
-        "type": "json_schema",
-        "json_schema": {"name": "s", "schema": {"type": "object"}, "strict": True},
-    },
 }
 KEY = "sk-test-0123456789abcdefghijklmnop"
+BASE = "http://127.0.0.1:9/v1"
+COMPLETION = {
+    "id": "chatcmpl-1",
+    "object": "chat.completion",
+    "model": "gpt-4o-mini",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6},
+}
+# What OpenAI reads of a request (the SDK's X-Stainless-* telemetry headers are not sent).
+OPENAI_HEADERS = ("authorization", "openai-organization", "openai-project", "content-type", "accept", "host")
 
 
 def capture(responder: Callable[[httpx2.Request], httpx2.Response]) -> tuple[list[httpx2.Request], Any]:
@@ -66,46 +69,42 @@ def capture(responder: Callable[[httpx2.Request], httpx2.Response]) -> tuple[lis
 
 
 def ok(request: httpx2.Request) -> httpx2.Response:
-    body = {"id": "x", "object": "chat.completion", "model": "m", "choices": [], "created": 0}
-    return httpx2.Response(200, json=body)
+    return httpx2.Response(200, json=COMPLETION)
 
 
-def sdk_client(http: httpx2.AsyncClient, **kwargs: Any) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(
-        api_key=KEY, base_url="http://127.0.0.1:9/v1", max_retries=0, timeout=60.0, http_client=http, **kwargs
-    )
-
-
-def wire(request: httpx2.Request) -> tuple[str, str, list[tuple[str, str]], Any, Any]:
-    headers = sorted((k.lower(), v) for k, v in request.headers.multi_items())
-    return request.method, str(request.url), headers, orjson.loads(request.content), request.extensions
+def engine_on(transport: httpx2.AsyncBaseTransport, **settings: Any) -> Engine:
+    values: dict[str, Any] = {"api_key": KEY, "endpoint": BASE, "retry": RetryPolicy(max_attempts=1)}
+    values.update(settings)
+    return Engine(Settings(**values), client=UpstreamClient(transport=transport))
 
 
 @pytest.mark.parametrize(
-    ("client_kwargs", "extra"),
-    [
-        ({}, None),
-        ({"organization": "org-1", "project": "proj_1"}, {"X-Client-Request-Id": "req-42"}),
-        ({"default_headers": {"X-Custom": "yes"}}, None),
-    ],
+    ("client_kwargs", "request_id"),
+    [({}, None), ({"organization": "org-1", "project": "proj_1"}, "req-42")],
 )
-@pytest.mark.parametrize("stream", [False, True])
-async def test_the_wire_request_is_the_sdks(
-    client_kwargs: dict[str, Any], extra: dict[str, str] | None, stream: bool
+async def test_the_wire_request_is_what_the_sdk_sends_openai(
+    client_kwargs: dict[str, Any], request_id: str | None
 ) -> None:
+    """URL, body and every header OpenAI reads equal the SDK's; the timeouts are the attempt's."""
     seen, transport = capture(ok)
     async with openai.DefaultAsyncHttpx2Client(transport=transport, follow_redirects=False) as http:
-        client = sdk_client(http, **client_kwargs)
-        body = {**BODY, "stream": stream}
-        timeout = 12.345
-        async with client.chat.completions.with_streaming_response.create(
-            **body, timeout=httpx2.Timeout(timeout, connect=5.0), extra_headers=extra
-        ) as response:
-            await response.read()
-        async with chat_endpoint(client, http).post(body, timeout=timeout, connect_timeout=5.0, headers=extra) as fast:
-            await fast.aread()
-    assert len(seen) == 2
-    assert wire(seen[1]) == wire(seen[0])
+        sdk = openai.AsyncOpenAI(api_key=KEY, base_url=BASE, max_retries=0, http_client=http, **client_kwargs)
+        extra = {"X-Client-Request-Id": request_id} if request_id else None
+        await sdk.chat.completions.with_raw_response.create(**BODY, extra_headers=extra)  # type: ignore[call-overload]
+    client = UpstreamClient(transport=transport)
+    endpoint = openai_endpoint(Settings(api_key=KEY, endpoint=BASE, **client_kwargs), NO_SECRETS)
+    async with client.post(endpoint, orjson.dumps(BODY), timeout=12.5, client_request_id=request_id) as response:
+        await response.aread()
+    await client.aclose()
+    theirs, ours = seen
+    assert (ours.method, str(ours.url)) == (theirs.method, str(theirs.url)) == ("POST", BASE + "/chat/completions")
+    assert orjson.loads(ours.content) == orjson.loads(theirs.content) == BODY
+    assert ours.headers["content-length"] == str(len(ours.content))
+    for name in (*OPENAI_HEADERS, "x-client-request-id"):
+        assert ours.headers.get(name) == theirs.headers.get(name), name
+    assert ours.headers["user-agent"].startswith("gpt-grpc")
+    assert not [name for name in ours.headers if name.lower().startswith("x-stainless")]
+    assert ours.extensions["timeout"] == {"connect": 5.0, "read": 12.5, "write": 12.5, "pool": 12.5}
 
 
 def status(code: int, body: bytes, **headers: str) -> Callable[[httpx2.Request], httpx2.Response]:
@@ -123,50 +122,57 @@ ERROR_BODY = b'{"error": {"message": "nope", "type": "invalid_request_error", "c
 
 
 @pytest.mark.parametrize(
-    "responder",
+    ("responder", "reason", "message", "cause"),
     [
-        status(400, ERROR_BODY),
-        status(401, ERROR_BODY),
-        status(403, ERROR_BODY),
-        status(404, ERROR_BODY),
-        status(409, ERROR_BODY),
-        status(422, ERROR_BODY),
-        status(429, ERROR_BODY, **{"retry-after": "2", "x-request-id": "req_1"}),
-        status(500, b"<html>oops</html>"),
-        status(503, b""),
-        status(302, b"", location="http://elsewhere/"),
-        status(418, b'{"message": "teapot"}'),
-        fails(httpx2.ConnectTimeout("slow")),
-        fails(httpx2.ReadTimeout("slow")),
-        fails(httpx2.ConnectError("refused")),
-        fails(httpx2.RemoteProtocolError("bad")),
+        (status(400, ERROR_BODY), Reason.UPSTREAM_BAD_REQUEST, "upstream returned HTTP 400: nope", StatusFailure),
+        (status(401, ERROR_BODY), Reason.UPSTREAM_AUTHENTICATION_FAILED, "HTTP 401: nope", StatusFailure),
+        (status(403, ERROR_BODY), Reason.UPSTREAM_PERMISSION_DENIED, "HTTP 403: nope", StatusFailure),
+        (status(404, ERROR_BODY), Reason.UPSTREAM_NOT_FOUND, "HTTP 404: nope", StatusFailure),
+        (status(409, ERROR_BODY), Reason.UPSTREAM_CONFLICT, "HTTP 409: nope", StatusFailure),
+        (status(422, ERROR_BODY), Reason.UPSTREAM_BAD_REQUEST, "HTTP 422: nope", StatusFailure),
+        (status(429, ERROR_BODY), Reason.UPSTREAM_RATE_LIMITED, "HTTP 429: nope", StatusFailure),
+        (status(500, b"<html>oops</html>"), Reason.UPSTREAM_UNAVAILABLE, "HTTP 500 with a non-JSON", StatusFailure),
+        (status(503, b""), Reason.UPSTREAM_UNAVAILABLE, "HTTP 503 with a non-JSON body", StatusFailure),
+        (status(302, b"", location="http://x/"), Reason.UPSTREAM_BAD_REQUEST, "HTTP 302", StatusFailure),
+        (status(418, b'{"message": "teapot"}'), Reason.UPSTREAM_BAD_REQUEST, "HTTP 418: teapot", StatusFailure),
+        (status(200, b'{"choices": []}'), Reason.UPSTREAM_RESPONSE_INVALID, "cannot read", ValueError),
+        (status(200, b"{"), Reason.UPSTREAM_RESPONSE_INVALID, "completion the gateway cannot read", ValueError),
+        (fails(httpx2.ConnectTimeout("slow")), Reason.UPSTREAM_TIMEOUT, "within the request timeout", None),
+        (fails(httpx2.ReadTimeout("slow")), Reason.UPSTREAM_TIMEOUT, "within the request timeout", None),
+        (fails(httpx2.ConnectError("refused")), Reason.UPSTREAM_UNAVAILABLE, "could not reach the upstream", None),
+        (fails(httpx2.RemoteProtocolError("bad")), Reason.UPSTREAM_UNAVAILABLE, "connection failed", None),
+        (fails(ConnectionResetError("reset")), Reason.UPSTREAM_UNAVAILABLE, "connection failed", None),
     ],
 )
-async def test_failures_are_the_sdks(responder: Callable[[httpx2.Request], httpx2.Response]) -> None:
+async def test_every_failure_is_translated_once_with_its_cause(
+    responder: Callable[[httpx2.Request], httpx2.Response],
+    reason: Reason,
+    message: str,
+    cause: type[BaseException] | None,
+) -> None:
     _, transport = capture(responder)
-    async with openai.DefaultAsyncHttpx2Client(transport=transport, follow_redirects=False) as http:
-        client = sdk_client(http)
-        with pytest.raises(openai.OpenAIError) as by_sdk:
-            async with client.chat.completions.with_streaming_response.create(**BODY) as response:
-                await response.read()
-        with pytest.raises(openai.OpenAIError) as by_us:
-            async with chat_endpoint(client, http).post(BODY, timeout=60.0, connect_timeout=5.0) as fast:
-                await fast.aread()
-    a, b = by_sdk.value, by_us.value
-    assert type(b) is type(a)
-    assert str(b) == str(a)
-    if isinstance(a, openai.APIStatusError):
-        assert isinstance(b, openai.APIStatusError)
-        assert (b.status_code, b.body, b.code, b.type) == (a.status_code, a.body, a.code, a.type)
-        assert dict(b.response.headers) == dict(a.response.headers)
+    engine = engine_on(transport)
+    with pytest.raises(GatewayError) as info:
+        await engine.acomplete(ChatRequest("gpt-4o-mini", [{"role": "user", "content": "hi"}]))
+    await engine.aclose()
+    err = info.value
+    assert err.reason is reason and message in err.message
+    # The original failure is chained, not dropped: the cause is what the HTTP stack (or the parser) raised.
+    assert err.__cause__ is not None
+    if cause is not None:
+        assert isinstance(err.__cause__, cause)
+    else:
+        assert isinstance(err.__cause__, (httpx2.HTTPError, OSError))
 
 
-async def test_one_endpoint_per_client() -> None:
-    _, transport = capture(ok)
-    async with openai.DefaultAsyncHttpx2Client(transport=transport) as http:
-        client = sdk_client(http)
-        assert chat_endpoint(client, http) is chat_endpoint(client, http)
-        assert chat_endpoint(sdk_client(http), http) is not chat_endpoint(client, http)
+async def test_retry_after_and_request_id_of_an_error_reach_the_error() -> None:
+    _, transport = capture(status(429, ERROR_BODY, **{"retry-after": "2", "x-request-id": "req_1"}))
+    engine = engine_on(transport)
+    with pytest.raises(GatewayError) as info:
+        await engine.acomplete(ChatRequest("gpt-4o-mini", [{"role": "user", "content": "hi"}]))
+    await engine.aclose()
+    assert (info.value.retry_after, info.value.request_id, info.value.http_status) == (2.0, "req_1", 429)
+    assert info.value.upstream_code == "bad"
 
 
 class _Chunks(httpx2.AsyncByteStream):
@@ -182,7 +188,7 @@ class _Chunks(httpx2.AsyncByteStream):
 async def _lines(chunks: list[bytes], ours: bool) -> list[str]:
     response = httpx2.Response(200, stream=_Chunks(chunks), headers={"content-type": "text/event-stream"})
     if ours:
-        return [line async for line in iter_lines(response)]
+        return [line async for line in iter_lines(response, MAX_ANSWER_BYTES)]
     return [line async for line in response.aiter_lines()]
 
 
@@ -213,22 +219,44 @@ def test_lines_split_like_httpx(lines: list[str], ends: list[str], cuts: list[in
     assert ours == theirs
 
 
-async def test_cookies_the_upstream_set_go_back_like_the_sdks() -> None:
+async def test_a_stream_past_the_bound_is_refused() -> None:
+    response = httpx2.Response(200, stream=_Chunks([b"data: x\n\n" * 100] * 3))
+    with pytest.raises(AnswerTooLarge):
+        async for _ in iter_lines(response, 2_000):
+            pass
+
+
+async def test_a_whole_answer_is_bounded() -> None:
+    assert MAX_ANSWER_BYTES < MAX_MESSAGE_BYTES  # what fits the bound fits a gRPC message
+    piece = b"x" * (1 << 20)
+    unannounced = httpx2.Response(200, stream=_Chunks([piece] * (MAX_ANSWER_BYTES // len(piece) + 1)))
+    with pytest.raises(AnswerTooLarge):
+        await upstream_client.read(unannounced)
+    exact = httpx2.Response(200, stream=_Chunks([piece] * (MAX_ANSWER_BYTES // len(piece))))
+    assert len(await upstream_client.read(exact)) == MAX_ANSWER_BYTES
+
+
+async def test_cookies_the_upstream_set_go_back() -> None:
     def set_cookie(request: httpx2.Request) -> httpx2.Response:
-        body = {"id": "x", "object": "chat.completion", "model": "m", "choices": [], "created": 0}
-        return httpx2.Response(200, json=body, headers={"set-cookie": "__cf_bm=abc; path=/; HttpOnly"})
+        return httpx2.Response(200, json=COMPLETION, headers={"set-cookie": "__cf_bm=abc; path=/; HttpOnly"})
 
     seen, transport = capture(set_cookie)
-    async with openai.DefaultAsyncHttpx2Client(transport=transport, follow_redirects=False) as http:
-        client = openai.AsyncOpenAI(
-            api_key=KEY, base_url="https://upstream.test/v1", max_retries=0, timeout=60.0, http_client=http
-        )
-        for _ in range(2):
-            async with client.chat.completions.with_streaming_response.create(
-                **BODY, timeout=httpx2.Timeout(9.0, connect=5.0)
-            ) as response:
-                await response.read()
-        async with chat_endpoint(client, http).post(BODY, timeout=9.0, connect_timeout=5.0) as fast:
-            await fast.aread()
+    engine = engine_on(transport, endpoint="https://upstream.test/v1")
+    for _ in range(2):
+        await engine.acomplete(ChatRequest("gpt-4o-mini", [{"role": "user", "content": "hi"}]))
+    await engine.aclose()
+    assert "cookie" not in seen[0].headers
     assert seen[1].headers["cookie"] == "__cf_bm=abc"
-    assert wire(seen[2]) == wire(seen[1])
+
+
+async def test_one_endpoint_per_settings_snapshot() -> None:
+    seen, transport = capture(ok)
+    engine = engine_on(transport)
+    request = ChatRequest("gpt-4o-mini", [{"role": "user", "content": "hi"}])
+    first = engine.prepare(request).snapshot
+    assert engine.prepare(request).snapshot is first  # built once, not per call
+    engine.install(Settings(api_key="sk-other-0123456789abcdefghijkl", endpoint=BASE))
+    await engine.acomplete(request)
+    await engine.aclose()
+    assert engine.prepare(request).snapshot is not first
+    assert seen[-1].headers["authorization"] == "Bearer sk-other-0123456789abcdefghijkl"

@@ -11,9 +11,6 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
-
-import openai
 
 
 class Reason(enum.StrEnum):
@@ -115,6 +112,7 @@ class GatewayError(Exception):
         field_violations: Sequence[FieldViolation] = (),
         attempts: int = 0,
         quota_violations: Sequence[tuple[str, str]] = (),
+        final: bool = False,
     ) -> None:
         super().__init__(message)
         self.reason = reason
@@ -129,14 +127,13 @@ class GatewayError(Exception):
         self.quota_violations = tuple(quota_violations)
         # Set when the server-wide retry budget refused another attempt.
         self.retry_budget_exhausted = False
+        # Retrying would give the same answer (an oversized one, say): neither the
+        # gateway nor, through RetryInfo, the caller is told to try again.
+        self.final = final
 
     @property
     def retryable(self) -> bool:
-        return self.reason in RETRYABLE
-
-    @property
-    def from_upstream(self) -> bool:
-        return self.reason.value.startswith("UPSTREAM_")
+        return self.reason in RETRYABLE and not self.final
 
     def __repr__(self) -> str:
         return f"GatewayError({self.reason.value}, {self.message!r}, http_status={self.http_status})"
@@ -172,56 +169,3 @@ def parse_retry_after(headers: Mapping[str, str]) -> float | None:
     if seconds is None or seconds < 0:
         return None
     return min(seconds, MAX_RETRY_AFTER_SECONDS)
-
-
-def _body_code(body: object) -> tuple[str | None, str | None]:
-    """(code, message) of an OpenAI-shaped error body, if it is one."""
-    if isinstance(body, Mapping):
-        err: Any = body.get("error", body)
-        if isinstance(err, Mapping):
-            code = err.get("code") or err.get("type")
-            message = err.get("message")
-            return (str(code) if code else None, str(message) if message else None)
-    return None, None
-
-
-def from_http(status: int, headers: Mapping[str, str], body: object) -> GatewayError:
-    """Build the error for an upstream HTTP error response."""
-    code, upstream_message = _body_code(body)
-    reason = reason_for_http(status, code)
-    request_id = headers.get("x-request-id")
-    message = f"upstream returned HTTP {status}"
-    if upstream_message:
-        # Upstream messages can be long; they never contain our key (OpenAI
-        # masks keys in its messages), but be safe and bound their size.
-        message += f": {upstream_message[:500]}"
-    return GatewayError(
-        reason,
-        message,
-        http_status=status,
-        request_id=request_id,
-        upstream_code=code,
-        retry_after=parse_retry_after(headers) if reason in RETRYABLE else None,
-    )
-
-
-def from_openai(exc: openai.OpenAIError) -> GatewayError:
-    """Translate an `openai` SDK exception into a GatewayError."""
-    if isinstance(exc, openai.APIStatusError):
-        headers = {k.lower(): v for k, v in exc.response.headers.items()}
-        body: object = exc.body
-        if isinstance(body, Mapping) and "error" not in body:
-            body = {"error": body}
-        err = from_http(exc.status_code, headers, body)
-        if not isinstance(exc.body, Mapping):
-            # A non-JSON error page (an HTML page from a proxy, say): the
-            # status still says what happened; keep the message short.
-            err.message = f"upstream returned HTTP {exc.status_code} with a non-JSON body"
-        return err
-    if isinstance(exc, openai.APITimeoutError):
-        return GatewayError(Reason.UPSTREAM_TIMEOUT, "upstream did not answer within the request timeout")
-    if isinstance(exc, openai.APIConnectionError):
-        return GatewayError(Reason.UPSTREAM_UNAVAILABLE, "could not reach the upstream: connection failed")
-    if isinstance(exc, openai.APIResponseValidationError):
-        return GatewayError(Reason.UPSTREAM_RESPONSE_INVALID, "upstream sent a response the gateway cannot read")
-    return GatewayError(Reason.INTERNAL_ERROR, "internal error while calling the upstream")

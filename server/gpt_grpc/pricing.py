@@ -47,7 +47,7 @@ from genai_prices import types as gp_types
 
 from .chat import MAX_MODEL_CHARS
 
-__all__ = ["ModelPrice", "Pricing", "PricingConfigError"]
+__all__ = ["ModelPrice", "PriceEntry", "Pricing", "PricingConfigError"]
 
 _MILLION = Decimal(1_000_000)
 _OVERRIDE_KEYS = frozenset({"input_usd_per_million", "cached_input_usd_per_million", "output_usd_per_million"})
@@ -73,12 +73,34 @@ _Tiers = tuple[tuple[int, Decimal], ...]
 
 
 @dataclass(frozen=True)
-class _Entry:
+class PriceEntry:
+    """A model's resolved prices: what one call looks up once and bills with."""
+
     price: ModelPrice
     input_tiers: _Tiers = ()
     cached_tiers: _Tiers = ()
     output_tiers: _Tiers = ()
     valid_on: date | None = None  # None: valid forever; else only on this UTC day
+
+    def cost_usd(self, prompt_tokens: int, completion_tokens: int, cached_prompt_tokens: int = 0) -> float:
+        """USD cost of one request (see `Pricing.cost_usd`)."""
+        if prompt_tokens < 0 or completion_tokens < 0 or cached_prompt_tokens < 0:
+            raise ValueError(
+                f"token counts must be non-negative: prompt={prompt_tokens}, "
+                f"completion={completion_tokens}, cached={cached_prompt_tokens}"
+            )
+        price = self.price
+        cached = min(cached_prompt_tokens, prompt_tokens)
+        input_rate = _rate(price.input_usd_per_million, self.input_tiers, prompt_tokens)
+        if price.cached_input_usd_per_million is None:
+            cached_rate = input_rate
+        else:
+            cached_rate = _rate(price.cached_input_usd_per_million, self.cached_tiers, prompt_tokens)
+        output_rate = _rate(price.output_usd_per_million, self.output_tiers, prompt_tokens)
+        total = (
+            (prompt_tokens - cached) * input_rate + cached * cached_rate + completion_tokens * output_rate
+        ) / _MILLION
+        return float(total)
 
 
 def _rate(base: Decimal, tiers: _Tiers, prompt_tokens: int) -> Decimal:
@@ -92,7 +114,7 @@ class Pricing:
     """Per-model prices: overrides (if any) first, then genai-prices' bundled data."""
 
     def __init__(self, override_path: str | os.PathLike[str] | None = None, *, provider_id: str = "openai") -> None:
-        self._overrides: dict[str, _Entry] = {}
+        self._overrides: dict[str, PriceEntry] = {}
         if override_path is not None:
             self._overrides = _load_overrides(override_path)
         self._snapshot = data_snapshot.get_snapshot()
@@ -101,12 +123,12 @@ class Pricing:
         except LookupError as exc:
             raise PricingConfigError(f"genai-prices has no provider {provider_id!r}") from exc
         self._source = f"genai-prices {genai_prices.__version__}"
-        self._cache: OrderedDict[str, _Entry | None] = OrderedDict()
+        self._cache: OrderedDict[str, PriceEntry | None] = OrderedDict()
         self._lock = threading.Lock()
 
     def price_for(self, model: str) -> ModelPrice | None:
         """Prices for ``model`` (base tier), or ``None`` if unknown."""
-        entry = self._entry(model)
+        entry = self.entry(model)
         return entry.price if entry is not None else None
 
     def cost_usd(
@@ -119,30 +141,15 @@ class Pricing:
         Cached tokens above ``prompt_tokens`` (inconsistent upstream usage) are
         clamped to ``prompt_tokens``. Negative counts raise ``ValueError``.
         """
-        if prompt_tokens < 0 or completion_tokens < 0 or cached_prompt_tokens < 0:
-            raise ValueError(
-                f"token counts must be non-negative: prompt={prompt_tokens}, "
-                f"completion={completion_tokens}, cached={cached_prompt_tokens}"
-            )
-        entry = self._entry(model)
+        entry = self.entry(model)
         if entry is None:
             return None
-        price = entry.price
-        cached = min(cached_prompt_tokens, prompt_tokens)
-        input_rate = _rate(price.input_usd_per_million, entry.input_tiers, prompt_tokens)
-        if price.cached_input_usd_per_million is None:
-            cached_rate = input_rate
-        else:
-            cached_rate = _rate(price.cached_input_usd_per_million, entry.cached_tiers, prompt_tokens)
-        output_rate = _rate(price.output_usd_per_million, entry.output_tiers, prompt_tokens)
-        total = (
-            (prompt_tokens - cached) * input_rate + cached * cached_rate + completion_tokens * output_rate
-        ) / _MILLION
-        return float(total)
+        return entry.cost_usd(prompt_tokens, completion_tokens, cached_prompt_tokens)
 
     # ------------------------------------------------------------------ lookup
 
-    def _entry(self, model: str) -> _Entry | None:
+    def entry(self, model: str) -> PriceEntry | None:
+        """The resolved prices of ``model`` (``None`` if unknown): what a call resolves once."""
         override = self._overrides.get(model)
         if override is not None:
             return override
@@ -163,7 +170,7 @@ class Pricing:
                 self._cache.popitem(last=False)
         return entry
 
-    def _resolve(self, model: str, today: date) -> _Entry | None:
+    def _resolve(self, model: str, today: date) -> PriceEntry | None:
         info = self._provider.find_model(model, all_providers=self._snapshot.providers)
         if info is None:
             return None
@@ -176,7 +183,7 @@ class Pricing:
         cached_base, cached_tiers = _split(prices.cache_read_mtok)
         if input_base is None or output_base is None:
             return None  # not priced per text token (audio, images, ...)
-        return _Entry(
+        return PriceEntry(
             price=ModelPrice(
                 input_usd_per_million=input_base,
                 cached_input_usd_per_million=cached_base,
@@ -211,7 +218,7 @@ def _split(value: Any) -> tuple[Decimal | None, _Tiers]:
 # ---------------------------------------------------------------------- overrides
 
 
-def _load_overrides(path: str | os.PathLike[str]) -> dict[str, _Entry]:
+def _load_overrides(path: str | os.PathLike[str]) -> dict[str, PriceEntry]:
     where = os.fspath(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -246,7 +253,7 @@ def _load_overrides(path: str | os.PathLike[str]) -> dict[str, _Entry]:
         raise PricingConfigError(f'{where}: "models" must be an object mapping model name to prices')
 
     source = f"override:{where}"
-    entries: dict[str, _Entry] = {}
+    entries: dict[str, PriceEntry] = {}
     for model, spec in models.items():
         at = f"{where}: models[{model!r}]"
         if not model.strip():
@@ -260,7 +267,7 @@ def _load_overrides(path: str | os.PathLike[str]) -> dict[str, _Entry]:
         if missing:
             raise PricingConfigError(f"{at}: missing {missing}")
         cached = spec.get("cached_input_usd_per_million")
-        entries[model] = _Entry(
+        entries[model] = PriceEntry(
             price=ModelPrice(
                 input_usd_per_million=_price(at, "input_usd_per_million", spec["input_usd_per_million"]),
                 cached_input_usd_per_million=(

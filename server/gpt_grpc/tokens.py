@@ -78,7 +78,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import tiktoken
 from tiktoken.model import encoding_name_for_model
@@ -93,11 +93,13 @@ __all__ = [
     "BUNDLED_SHA256",
     "DEFAULT_ENCODING",
     "MAX_CHUNK_CHARS",
+    "EncodingChoice",
     "EncodingUnavailableError",
     "TokenCount",
     "count_messages",
     "count_text",
     "count_text_off_loop",
+    "encoding_choice",
     "encoding_name_for",
     "get_encoding",
     "loaded_encodings",
@@ -153,6 +155,13 @@ _LAST_SAFE_CUT = re.compile(r"(?s).*(?:(?<=\S)(?= )|(?<=[^\W_])(?=\n))")
 
 class EncodingUnavailableError(Exception):
     """Unknown encoding name, or its data is missing or fails verification."""
+
+
+class EncodingChoice(NamedTuple):
+    """The encoding a model counts with; ``fallback`` when the model was unknown and the default stood in."""
+
+    name: str
+    fallback: bool
 
 
 @dataclass(frozen=True)
@@ -389,18 +398,27 @@ def encoding_name_for(model: str, default: str = DEFAULT_ENCODING) -> tuple[str,
 
 def _encoding_name_for(model: str, default: str) -> tuple[str, bool]:
     spec = default_catalog().lookup(model)
-    if spec is not None:
-        return spec.encoding, False
+    return encoding_choice(model, spec.encoding if spec is not None else None, default)
+
+
+def encoding_choice(model: str, catalog_encoding: str | None, default: str = DEFAULT_ENCODING) -> EncodingChoice:
+    """The encoding of a model whose catalog entry (its encoding, if catalogued) was looked up already.
+
+    Not catalogued: tiktoken's own model tables (exact names and prefixes such
+    as ``gpt-4o-``, ``o3-``, ``ft:gpt-4o``), else ``default`` as a fallback.
+    """
+    if catalog_encoding is not None:
+        return EncodingChoice(catalog_encoding, False)
     for candidate in dict.fromkeys((model, normalize_model_name(model))):
         try:
-            return encoding_name_for_model(candidate), False
+            return EncodingChoice(encoding_name_for_model(candidate), False)
         except KeyError:
             continue
-    return default, True
+    return EncodingChoice(default, True)
 
 
-def _resolve(model: str, default: str) -> tuple[tiktoken.Encoding, str, bool]:
-    name, fallback = encoding_name_for(model, default)
+def _resolve(model: str, default: str, choice: EncodingChoice | None = None) -> tuple[tiktoken.Encoding, str, bool]:
+    name, fallback = choice if choice is not None else encoding_name_for(model, default)
     if fallback or name in BUNDLED_SHA256:
         return get_encoding(name), name, fallback
     try:
@@ -448,10 +466,15 @@ def _count(encoding: tiktoken.Encoding, text: str) -> int:
     return sum(len(encoding.encode_ordinary(chunk)) for chunk in _chunks(text))
 
 
-def count_text(text: str, model: str, default: str = DEFAULT_ENCODING) -> TokenCount:
-    """Tokens in ``text`` for ``model``; special-token text counts as ordinary text."""
-    encoding, name, fallback = _resolve(model, default)
-    return TokenCount(tokens=_count(encoding, text), encoding=name, fallback=fallback)
+def count_text(
+    text: str, model: str, default: str = DEFAULT_ENCODING, *, encoding: EncodingChoice | None = None
+) -> TokenCount:
+    """Tokens in ``text`` for ``model``; special-token text counts as ordinary text.
+
+    ``encoding``: the model's, when the caller resolved it already (models.py).
+    """
+    tiktoken_encoding, name, fallback = _resolve(model, default, encoding)
+    return TokenCount(tokens=_count(tiktoken_encoding, text), encoding=name, fallback=fallback)
 
 
 def _message_overheads(model: str) -> tuple[int, int]:
@@ -548,6 +571,8 @@ def count_messages(
     model: str,
     default: str = DEFAULT_ENCODING,
     tools: Sequence[Mapping[str, Any]] | None = None,
+    *,
+    encoding: EncodingChoice | None = None,
 ) -> TokenCount:
     """Prompt tokens OpenAI bills for a chat request with these messages (and tools).
 
@@ -566,8 +591,10 @@ def count_messages(
       end). Property-schema keys the cookbook does not model (nested ``items``,
       ``properties``, ...) add the tokens of their compact JSON. Non-function
       tools add the tokens of their JSON.
+
+    ``encoding``: the model's, when the caller resolved it already (models.py).
     """
-    encoding, name, fallback = _resolve(model, default)
+    enc, name, fallback = _resolve(model, default, encoding)
     per_message, per_name = _message_overheads(model)
     total = 0
     for message in messages:
@@ -576,18 +603,18 @@ def count_messages(
             if value is None or key in _NOT_COUNTED_KEYS:
                 continue
             if key == "content":
-                total += _content_tokens(encoding, value)
+                total += _content_tokens(enc, value)
             elif key == "tool_calls":
-                total += _tool_calls_tokens(encoding, value)
+                total += _tool_calls_tokens(enc, value)
             elif key == "function_call":
-                total += _function_call_tokens(encoding, value)
+                total += _function_call_tokens(enc, value)
             elif isinstance(value, str):
-                total += _count(encoding, value)
+                total += _count(enc, value)
                 if key == "name":
                     total += per_name
     total += _REPLY_PRIMING
     if tools:
-        total += _tools_tokens(encoding, name, tools)
+        total += _tools_tokens(enc, name, tools)
     return TokenCount(tokens=total, encoding=name, fallback=fallback)
 
 
@@ -622,12 +649,14 @@ def _own_encoding(name: str) -> tiktoken.Encoding:
     return encoding
 
 
-def _count_text_on_thread(text: str, model: str, default: str) -> TokenCount:
-    _, name, fallback = _resolve(model, default)
+def _count_text_on_thread(text: str, model: str, default: str, choice: EncodingChoice | None) -> TokenCount:
+    _, name, fallback = _resolve(model, default, choice)
     return TokenCount(tokens=_count(_own_encoding(name), text), encoding=name, fallback=fallback)
 
 
-async def count_text_off_loop(text: str, model: str, default: str = DEFAULT_ENCODING) -> TokenCount:
+async def count_text_off_loop(
+    text: str, model: str, default: str = DEFAULT_ENCODING, *, encoding: EncodingChoice | None = None
+) -> TokenCount:
     """`count_text` on a counting thread, for texts long enough to stall the event loop."""
     global _off_loop
     if _off_loop is None:
@@ -635,4 +664,4 @@ async def count_text_off_loop(text: str, model: str, default: str = DEFAULT_ENCO
             if _off_loop is None:
                 _off_loop = ThreadPoolExecutor(_OFF_LOOP_THREADS, thread_name_prefix="gpt-grpc-count")
     loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(_off_loop, _count_text_on_thread, text, model, default)
+    return await loop.run_in_executor(_off_loop, _count_text_on_thread, text, model, default, encoding)

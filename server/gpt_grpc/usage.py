@@ -1,12 +1,41 @@
-"""Requests, tokens and cost per model since start (the original module's cost tracking)."""
+"""What finished calls used: the outcome the engine records, and the per-model totals since start.
+
+The engine hands every finished call (a result, or the failure it ended
+with) to one `ResultSink`, once. `UsageTracker` (the original module's cost
+tracking) is the sink today; per-client spend, conversation turns or a
+store are sinks of their own beside it.
+"""
 
 from __future__ import annotations
 
 import threading
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
-from .chat import Usage
+from .chat import ChatResult, Usage
+from .models import ModelRecord
+
+
+@dataclass(frozen=True, slots=True)
+class CallOutcome:
+    """One finished call: its model, and its result or how it failed."""
+
+    model: ModelRecord
+    result: ChatResult | None  # None: the call failed (or the caller went away)
+    error: BaseException | None = None
+    request_id: str | None = None  # the caller's
+
+    @property
+    def ok(self) -> bool:
+        return self.result is not None
+
+
+class ResultSink(Protocol):
+    """Told about every finished call, exactly once."""
+
+    def record(self, outcome: CallOutcome) -> None: ...
+
 
 # Distinct model names tracked one by one; calls naming further ones add to OTHER_MODELS.
 MAX_MODELS = 1000
@@ -61,6 +90,13 @@ class UsageTracker:
         self.since = time.time()
         self._lock = threading.Lock()
         self._models: dict[str, ModelTotals] = {}
+
+    def record(self, outcome: CallOutcome) -> None:
+        result = outcome.result
+        if result is None:
+            self.record_failure(outcome.model.name)
+        else:
+            self.record_success(outcome.model.name, result.usage, result.cost_usd)
 
     def record_success(self, model: str, usage: Usage, cost_usd: float | None) -> None:
         self._add(model, ModelTotals.of_call(model, usage, cost_usd, ok=True))

@@ -24,13 +24,14 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 import orjson
 import tiktoken
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
-from .faults import HANG_LIMIT_SECONDS, Fault, FaultPlan
+from .faults import HANG_LIMIT_SECONDS, OVERSIZED_BYTES, Fault, FaultPlan
 
 __all__ = ["RecordedRequest", "Standin", "count_prompt_tokens", "count_tokens"]
 
@@ -175,6 +176,7 @@ _WORD_RE = re.compile(r"\s*\S+\s*")
 _MODELS = ("gpt-4o-mini", "gpt-4o", "gpt-4.1", "gpt-4.1-mini", "gpt-4.1-nano", "o3-mini")
 _MODEL_CREATED = 1715367049
 _ARG_FRAGMENT = 8  # tool-call argument characters per streamed fragment
+_OVERSIZED_PIECE = 64 * 1024  # bytes per write (or per delta) of an oversized answer
 _HANG_POLL = 0.05
 
 _HTML_502 = (
@@ -235,6 +237,27 @@ def _error_response(
         headers.update(extra_headers)
     body = _error_body(message, _error_type(status, code), code, param)
     return web.Response(status=status, body=body, headers=headers)
+
+
+def _echo(record: RecordedRequest) -> tuple[str, str, str]:
+    """(message, code, request id) of a hostile upstream that echoes the caller's credentials.
+
+    The message holds the Authorization header as sent, and the key bare and URL-encoded
+    (path-style, fully, and form-style), as misconfigured proxies and debug handlers do.
+    """
+    authorization = record.headers.get("authorization", "")
+    key = record.api_key or ""
+    message = (
+        f"Invalid header 'Authorization: {authorization}' (key {key}); "
+        f"seen in ?key={quote(key)} &api_key={quote(key, safe='')} &k={quote_plus(key)}"
+    )
+    return message, authorization, f"req-{key}"
+
+
+def _echo_key_error(fault: Fault, record: RecordedRequest) -> web.Response:
+    status = fault.status or 401
+    message, code, request_id = _echo(record)
+    return _error_response(status, message, code, extra_headers={"x-request-id": request_id})
 
 
 def _format_seconds(value: float) -> str:
@@ -705,6 +728,10 @@ class Standin:
             if status is not None:
                 return await self._send(request, record, self._fault_error(fault, status, body))
             kind = fault.kind
+            if kind == "echo_key":
+                return await self._send(request, record, _echo_key_error(fault, record))
+            if kind in ("oversized", "oversized_chunked") and not stream:
+                return await self._oversized(request, record, body, chunked=kind == "oversized_chunked")
             if kind == "reset":
                 _reset_connection(request)
                 return web.Response(status=500)  # never written: the transport is gone
@@ -868,6 +895,37 @@ class Standin:
         self._drop(request)
         return response
 
+    async def _oversized(
+        self, request: web.BaseRequest, record: RecordedRequest, body: dict[str, Any], chunked: bool
+    ) -> web.StreamResponse:
+        """A well-formed completion whose content alone is OVERSIZED_BYTES."""
+        message = {"role": "assistant", "content": "x" * OVERSIZED_BYTES, "refusal": None}
+        payload = orjson.dumps(
+            {
+                "id": "chatcmpl-" + os.urandom(15).hex(),
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": body["model"],
+                "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": "stop"}],
+                "usage": self._usage(count_prompt_tokens(body["messages"]), OVERSIZED_BYTES // 4),
+            }
+        )
+        headers = {"Content-Type": _JSON, "x-request-id": _request_id()}
+        if not chunked:
+            return await self._send(request, record, web.Response(body=payload, headers=headers))
+        response = web.StreamResponse(headers=headers)
+        response.enable_chunked_encoding()
+        try:
+            await response.prepare(request)
+            for start in range(0, len(payload), _OVERSIZED_PIECE):
+                await response.write(payload[start : start + _OVERSIZED_PIECE])
+            await response.write_eof()
+        except ConnectionError:
+            self._note_closed(request, record)
+            return response
+        record.completed = True
+        return response
+
     @staticmethod
     def _drop(request: web.BaseRequest) -> None:
         """Cut the connection mid-response (FIN after flushing what was already written).
@@ -926,6 +984,9 @@ class Standin:
             for start in range(0, len(arguments), _ARG_FRAGMENT):
                 fragment = arguments[start : start + _ARG_FRAGMENT]
                 events.append(chunk({"tool_calls": [{"index": index, "function": {"arguments": fragment}}]}))
+        if kind in ("oversized", "oversized_chunked"):
+            piece = "x" * _OVERSIZED_PIECE
+            events[1:] = [chunk({"content": piece})] * (OVERSIZED_BYTES // _OVERSIZED_PIECE)
         if kind == "invalid_json":
             events.insert(1, b"data: {not json\n\n")
         finish_index = len(events)
@@ -946,15 +1007,20 @@ class Standin:
     ) -> web.StreamResponse:
         kind = fault.kind if fault is not None else None
         events, finish_index = self._stream_events(body, reply, fault)
-        if fault is not None and kind in ("drop_mid_stream", "truncated_sse"):
+        if fault is not None and kind in ("drop_mid_stream", "truncated_sse", "echo_key_sse"):
             # The role chunk plus after_chunks deltas, never reaching the finish_reason chunk.
             events = events[: min(1 + fault.after_chunks, finish_index)]
+        request_id = _request_id()
+        if kind == "echo_key_sse":
+            message, code, request_id = _echo(record)
+            error = {"error": {"message": message, "type": "server_error", "param": None, "code": code}}
+            events.append(b"data: " + orjson.dumps(error) + b"\n\n")
         delay = fault.delay if fault is not None and kind == "slow_stream" else 0.0
         response = web.StreamResponse(
             headers={
                 "Content-Type": "text/event-stream; charset=utf-8",
                 "Cache-Control": "no-cache",
-                "x-request-id": _request_id(),
+                "x-request-id": request_id,
             }
         )
         try:

@@ -40,6 +40,16 @@ BEHAVIOUR_KINDS: frozenset[str] = frozenset(
         "html_error",
         "no_usage",
         "reset",
+        # Hostile upstreams (issue 9): the first echoes the caller's Authorization header
+        # (and the key URL-encoded) into an HTTP error's message, code and X-Request-Id
+        # (status from `status`, default 401); the second does the same in an SSE
+        # `{"error": ...}` event sent after `after_chunks` content deltas (0: before any).
+        "echo_key",
+        "echo_key_sse",
+        # An answer of OVERSIZED_BYTES: a unary body with Content-Length, the same body
+        # chunked (no length announced), or a stream of that many bytes of deltas.
+        "oversized",
+        "oversized_chunked",
     }
 )
 
@@ -62,6 +72,9 @@ DEFAULT_RANDOM_DELAY = 0.05
 
 # Applied to a "rate_limit" fault that names no retry hint, so clients see a realistic header.
 DEFAULT_RATE_LIMIT_RETRY_AFTER = 0.05
+
+# What the "oversized" faults send: more than any gateway should relay in one answer.
+OVERSIZED_BYTES = 20 * 1024 * 1024
 
 # Hung requests give up after this long so a leaked client cannot pin a handler forever.
 HANG_LIMIT_SECONDS = 120.0

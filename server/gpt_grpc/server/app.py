@@ -28,8 +28,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from .. import tokens
 from ..accounts import Accounts, AccountsStoreError
 from ..egress import EgressPolicy, resolved_problem
+from ..engine import Engine
 from ..errors import FieldViolation, GatewayError, invalid
-from ..gpt import GPT
+from ..models import Models
 from ..pricing import Pricing
 from ..retry import RetryBudget
 from ..settings import Settings, SettingsUpdate, apply
@@ -95,7 +96,7 @@ class ServerConfig:
 class GatewayServer:
     """One grpc.aio server with GPTService, health and reflection."""
 
-    def __init__(self, config: ServerConfig, gpt: GPT | None = None) -> None:
+    def __init__(self, config: ServerConfig, engine: Engine | None = None) -> None:
         self.config = config
         _check_admin_token(config.admin_token)
         connection_options = _connection_options(config)
@@ -110,9 +111,9 @@ class GatewayServer:
             settings = _revalidate(saved, self.egress)
             log.info("restored settings from %s (generation %d)", config.state_file, settings.generation)
         self.metrics = Metrics()
-        self.gpt = gpt or GPT(
-            settings=settings,
-            pricing=Pricing(config.pricing_file),
+        self.engine = engine or Engine(
+            settings,
+            models=Models(pricing=Pricing(config.pricing_file)),
             budget=RetryBudget() if config.retry_budget else None,
             observer=self.metrics,
         )
@@ -135,7 +136,7 @@ class GatewayServer:
             ]
         )
         self.servicer = GPTServicer(
-            self.gpt,
+            self.engine,
             Authorizer(AdminAuth(config.admin_token), self.accounts),
             self.admission,
             accounts=self.accounts,
@@ -160,7 +161,7 @@ class GatewayServer:
         self._flusher: asyncio.Task[None] | None = None
 
     async def start(self) -> int:
-        problem = await resolved_problem(self.gpt.settings.endpoint)
+        problem = await resolved_problem(self.engine.settings.endpoint)
         if problem:
             raise invalid([FieldViolation("endpoint", problem)])
         tokens.preload()  # readiness includes the encodings: no first-call stall
@@ -172,7 +173,7 @@ class GatewayServer:
             if not _is_loopback(self.config.host):
                 log.warning("listening on %s without TLS: traffic is plain text", self.config.host)
         await self.server.start()
-        self.metrics.watch(asyncio.get_running_loop(), self.gpt.budget)
+        self.metrics.watch(asyncio.get_running_loop(), self.engine.budget)
         if self.config.metrics_port is not None:
             self.metrics_port = self.metrics.serve(self.config.metrics_port, self.config.metrics_host)
             log.info("metrics on http://%s:%d/metrics", self.config.metrics_host, self.metrics_port)
@@ -191,7 +192,7 @@ class GatewayServer:
         if not drained:
             log.warning("grace period over with %d calls in flight; cancelling them", self.admission.in_flight)
         await self.server.stop(0 if drained else 0.5)
-        await self.gpt.aclose()
+        await self.engine.aclose()
         if self._flusher is not None:
             self._flusher.cancel()
         await asyncio.to_thread(self.accounts.close)
@@ -499,7 +500,7 @@ def _log_debug_state(server: GatewayServer) -> None:
     One log line: asyncio tasks alive, calls in flight, and the upstream HTTP
     pool's own summary (active/idle connections). Used by tests/faults.
     """
-    pool = getattr(getattr(server.gpt._http, "_transport", None), "_pool", None)
+    pool = server.engine.client.pool_summary()
     log.warning(
         "debug-state tasks=%d in_flight=%d upstream_pool=%r",
         len(asyncio.all_tasks()),

@@ -1,8 +1,14 @@
-"""Protobuf <-> domain translation. Field problems become FieldViolations."""
+"""Protobuf <-> domain translation, and nothing else.
+
+A chat request is translated whatever it holds: what cannot be expressed in
+the domain's terms (an unknown enum number, a JSON field that is not a JSON
+object, both request forms at once) travels as `ChatRequest.problems`, and
+`chat.validate` (the one validator) reports those together with every rule
+of the request itself.
+"""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, Protocol
 
@@ -36,7 +42,6 @@ TOOL_CHOICE_MODES: Mapping[int, str] = {
     pb.TOOL_CHOICE_MODE_NONE: "none",
     pb.TOOL_CHOICE_MODE_REQUIRED: "required",
 }
-_NAME = re.compile(r"[A-Za-z0-9_\-]{1,64}")
 # Bound on the text of one JSON schema / tool parameters field.
 MAX_SCHEMA_BYTES = 1_000_000
 # orjson reads JSON nested up to 1024 levels but writes at most 255, and the
@@ -95,14 +100,10 @@ def _deeper_than(value: Any, limit: int) -> bool:
     return any(isinstance(v, (dict, list)) for v in level)
 
 
-def _message(m: pb.ChatMessage, path: str, out: list[FieldViolation]) -> dict[str, Any]:
-    role = ROLE_NAMES.get(m.role)
-    if role is None:
-        out.append(FieldViolation(f"{path}.role", "must be SYSTEM, DEVELOPER, USER, ASSISTANT or TOOL"))
-    message: dict[str, Any] = {"role": role or "", "content": m.content}
+def _message(m: pb.ChatMessage) -> dict[str, Any]:
+    # An unknown role number has no name: the validator refuses the empty one.
+    message: dict[str, Any] = {"role": ROLE_NAMES.get(m.role, ""), "content": m.content}
     if m.HasField("name"):
-        if not _NAME.fullmatch(m.name):
-            out.append(FieldViolation(f"{path}.name", "must be 1-64 letters, digits, _ or -"))
         message["name"] = m.name
     if m.HasField("tool_call_id"):
         message["tool_call_id"] = m.tool_call_id
@@ -117,21 +118,8 @@ def _message(m: pb.ChatMessage, path: str, out: list[FieldViolation]) -> dict[st
 
 
 def chat_request(req: _ChatFields, request_id: str | None = None) -> ChatRequest:
-    """The domain request; raises GatewayError(INVALID_REQUEST) listing every bad field."""
+    """The domain request; what could not be translated is in its `problems` (chat.validate reports them)."""
     out: list[FieldViolation] = []
-    if req.messages and (req.system_message or req.user_message):
-        out.append(FieldViolation("messages", "give either system_message/user_message or messages, not both"))
-    if req.messages:
-        messages = [_message(m, f"messages[{i}]", out) for i, m in enumerate(req.messages)]
-    else:
-        if not req.user_message:
-            out.append(FieldViolation("user_message", "must not be empty (or give messages)"))
-        messages = []
-        if req.system_message:
-            messages.append({"role": "system", "content": req.system_message})
-        if req.user_message:
-            messages.append({"role": "user", "content": req.user_message})
-
     params: dict[str, Any] = {}
     for name in SCALAR_PARAMS:
         if req.HasField(name):
@@ -140,13 +128,9 @@ def chat_request(req: _ChatFields, request_id: str | None = None) -> ChatRequest
         params["stop"] = list(req.stop)
     if req.user:
         params["user"] = req.user
-    tool_names: set[str] = set()
     if req.tools:
         tools = []
         for i, tool in enumerate(req.tools):
-            if not _NAME.fullmatch(tool.name):
-                out.append(FieldViolation(f"tools[{i}].name", "must be 1-64 letters, digits, _ or -"))
-            tool_names.add(tool.name)
             function: dict[str, Any] = {"name": tool.name}
             if tool.description:
                 function["description"] = tool.description
@@ -167,17 +151,19 @@ def chat_request(req: _ChatFields, request_id: str | None = None) -> ChatRequest
             else:
                 params["tool_choice"] = mode
         elif which == "function_name":
-            if req.tool_choice.function_name not in tool_names:
-                out.append(FieldViolation("tool_choice.function_name", "must name one of the tools"))
             params["tool_choice"] = {"type": "function", "function": {"name": req.tool_choice.function_name}}
     if req.HasField("response_format"):
         fmt = _response_format(req.response_format, out)
         if fmt is not None:
             params["response_format"] = fmt
-    request = ChatRequest(model=req.model, messages=messages, params=params, request_id=request_id)
-    if out:
-        raise invalid(out)
-    return request
+    if req.messages:
+        if req.system_message or req.user_message:
+            out.append(FieldViolation("messages", "give either system_message/user_message or messages, not both"))
+        messages = [_message(m) for m in req.messages]
+        return ChatRequest(req.model, messages, params, request_id=request_id, problems=tuple(out))
+    return ChatRequest.from_pair(
+        req.model, req.system_message, req.user_message, params, request_id=request_id, problems=tuple(out)
+    )
 
 
 def _response_format(fmt: pb.ResponseFormat, out: list[FieldViolation]) -> dict[str, Any] | None:
@@ -186,8 +172,6 @@ def _response_format(fmt: pb.ResponseFormat, out: list[FieldViolation]) -> dict[
     if fmt.type == pb.RESPONSE_FORMAT_TYPE_JSON_OBJECT:
         return {"type": "json_object"}
     if fmt.type == pb.RESPONSE_FORMAT_TYPE_JSON_SCHEMA:
-        if not _NAME.fullmatch(fmt.schema_name):
-            out.append(FieldViolation("response_format.schema_name", "must be 1-64 letters, digits, _ or -"))
         schema = _json_object(fmt.schema_json, "response_format.schema_json", out)
         spec: dict[str, Any] = {"name": fmt.schema_name, "schema": schema}
         if fmt.HasField("strict"):
@@ -198,11 +182,7 @@ def _response_format(fmt: pb.ResponseFormat, out: list[FieldViolation]) -> dict[
 
 
 def count_messages(messages: Sequence[pb.ChatMessage]) -> list[dict[str, Any]]:
-    out: list[FieldViolation] = []
-    converted = [_message(m, f"messages[{i}]", out) for i, m in enumerate(messages)]
-    if out:
-        raise invalid(out)
-    return converted
+    return [_message(m) for m in messages]
 
 
 def _usage(u: Usage) -> pb.Usage:

@@ -13,7 +13,7 @@ import orjson
 ACCESS = logging.getLogger("gpt_grpc.access")
 # A caller-chosen string (a model name, say) is cut to this many characters in a log line.
 MAX_LOGGED_CHARS = 256
-NOISY = ("httpx", "httpx2", "httpcore", "httpcore2", "openai", "aiohttp.access")
+NOISY = ("httpx", "httpx2", "httpcore", "httpcore2", "aiohttp.access")
 
 
 class JsonFormatter(logging.Formatter):
@@ -92,7 +92,3 @@ def _direct_stream() -> IO[bytes] | None:
         return None
     text.flush()  # keep the order of lines written through logging
     return raw  # type: ignore[no-any-return]
-
-
-def now() -> float:
-    return time.perf_counter()

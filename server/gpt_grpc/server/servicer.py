@@ -1,4 +1,4 @@
-"""GPTService: a thin layer translating protobuf <-> the GPT core.
+"""GPTService: a thin layer translating protobuf <-> the engine.
 
 Every handler is wrapped by `rpc`/`stream_rpc`, which gives the call a
 request id, authorizes it (admin, client or open), admits it, turns a
@@ -28,10 +28,10 @@ from gptgrpc.v1 import gateway_pb2_grpc as pb_grpc
 
 from .. import tokens
 from ..accounts import Accounts
-from ..chat import ChatRequest, ChatResult, Usage, check_model
+from ..chat import ChatResult, Usage, check_model, validate_counted
 from ..egress import EgressPolicy, origin, resolved_problem
+from ..engine import Engine, PreparedCall
 from ..errors import FieldViolation, GatewayError, Reason, invalid
-from ..gpt import GPT
 from ..settings import Settings, SettingsUpdate
 from ..state import StateFile
 from ..usage import ModelTotals
@@ -205,7 +205,7 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
 
     def __init__(
         self,
-        gpt: GPT,
+        engine: Engine,
         authorizer: Authorizer,
         admission: Admission,
         *,
@@ -214,7 +214,7 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
         state: StateFile | None = None,
         egress: EgressPolicy | None = None,
     ) -> None:
-        self.gpt = gpt
+        self.engine = engine
         self.egress = egress or EgressPolicy()
         self.authorizer = authorizer
         self.admission = admission
@@ -306,10 +306,12 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
             fields["attempts"] = call.attempts
         logs.access(fields)
 
-    def _chat(self, request: Any, call: Call) -> ChatRequest:
+    def _prepare(self, request: Any, call: Call) -> PreparedCall:
         chat = convert.chat_request(request, call.request_id)
-        call.model = chat.model or self.gpt.settings.default_model
-        return chat
+        call.model = chat.model  # as asked, until the engine has resolved it
+        prepared = self.engine.prepare(chat)
+        call.model = prepared.model.name
+        return prepared
 
     # -- data plane -----------------------------------------------------------------
 
@@ -317,7 +319,7 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
     async def ChatCompletion(
         self, request: pb.ChatCompletionRequest, context: Context, call: Call
     ) -> pb.ChatCompletionResponse:
-        result = await self.gpt.acomplete(self._chat(request, call), deadline=_deadline(context))
+        result = await self.engine.acomplete(self._prepare(request, call), deadline=_deadline(context))
         call.took(result)
         return convert.chat_response(result)
 
@@ -325,7 +327,7 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
     async def StreamChatCompletion(
         self, request: pb.StreamChatCompletionRequest, context: Context, call: Call
     ) -> AsyncIterator[pb.StreamChatCompletionResponse]:
-        events = self.gpt.astream(self._chat(request, call), deadline=_deadline(context))
+        events = self.engine.astream(self._prepare(request, call), deadline=_deadline(context))
         try:
             async for event in events:
                 if isinstance(event, ChatResult):
@@ -338,13 +340,13 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
 
     @rpc(Access.COUNTED)
     async def CountTokens(self, request: pb.CountTokensRequest, context: Context, call: Call) -> pb.CountTokensResponse:
-        model = request.model or self.gpt.settings.default_model
+        name = self.engine.model_name(request.model)
         violations = []
-        bad_model = check_model(model)
+        bad_model = check_model(name)
         if bad_model:
             violations.append(FieldViolation("model", bad_model))
         else:
-            call.model = model
+            call.model = name
         if request.messages and request.text:
             violations.append(FieldViolation("text", "give either text or messages, not both"))
         elif _counted_bytes(request) > MAX_COUNT_TOKENS_BYTES:
@@ -352,26 +354,31 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
             violations.append(FieldViolation(where, f"must be at most {MAX_COUNT_TOKENS_BYTES // 1024 // 1024} MiB"))
         if violations:
             raise invalid(violations)
+        model = self.engine.models.resolve(name, priced=False)
         if request.messages:
-            count = tokens.count_messages(convert.count_messages(request.messages), model)
+            messages = convert.count_messages(request.messages)
+            violations = validate_counted(messages)
+            if violations:
+                raise invalid(violations)
+            count = tokens.count_messages(messages, model.name, encoding=model.encoding)
         elif len(request.text) > LARGE_TEXT_CHARS:
             # Megabytes take a while: keep the event loop serving other calls meanwhile.
-            count = await tokens.count_text_off_loop(request.text, model)
+            count = await tokens.count_text_off_loop(request.text, model.name, encoding=model.encoding)
         else:
-            count = tokens.count_text(request.text, model)
+            count = tokens.count_text(request.text, model.name, encoding=model.encoding)
         return convert.token_count(count)
 
     @rpc(Access.OPEN)
     async def GetConfiguration(
         self, request: pb.GetConfigurationRequest, context: Context, call: Call
     ) -> pb.GetConfigurationResponse:
-        return pb.GetConfigurationResponse(configuration=convert.configuration(self.gpt.settings))
+        return pb.GetConfigurationResponse(configuration=convert.configuration(self.engine.settings))
 
     @rpc(Access.OPEN)
     async def ListModels(self, request: pb.ListModelsRequest, context: Context, call: Call) -> pb.ListModelsResponse:
         models = []
-        for spec in self.gpt.catalog.models():
-            price = self.gpt.pricing.price_for(spec.id)
+        for spec in self.engine.models.catalog.models():
+            price = self.engine.models.pricing.price_for(spec.id)
             info = pb.ModelInfo(
                 id=spec.id,
                 encoding=spec.encoding,
@@ -398,8 +405,8 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
         if name:
             models, total, since_seconds = self.accounts.usage(name)
         else:
-            models, total = self.gpt.usage.snapshot()
-            since_seconds = self.gpt.usage.since
+            models, total = self.engine.usage.snapshot()
+            since_seconds = self.engine.usage.since
         since = timestamp_pb2.Timestamp()
         since.FromNanoseconds(int(since_seconds * 1e9))
         return pb.GetUsageResponse(
@@ -413,8 +420,8 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
 
     async def _apply(self, update: SettingsUpdate) -> Settings:
         async with self._configure_lock:
-            current = self.gpt.settings
-            settings = self.gpt.preview(update, self.egress)
+            current = self.engine.settings
+            settings = self.engine.preview(update, self.egress)
             if origin(settings.endpoint) != origin(current.endpoint):
                 problem = await resolved_problem(settings.endpoint)
                 if problem:
@@ -427,7 +434,7 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
                     raise GatewayError(
                         Reason.INTERNAL_ERROR, "could not persist the settings; nothing was changed"
                     ) from None
-            self.gpt.install(settings)
+            self.engine.install(settings)
             return settings
 
     @rpc(Access.ADMIN)

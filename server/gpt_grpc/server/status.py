@@ -71,10 +71,6 @@ MAX_FIELD_VIOLATIONS = 20
 MAX_MESSAGE_CHARS = 1024
 
 
-def code_for(reason: Reason) -> grpc.StatusCode:
-    return REASON_CODES[reason]
-
-
 def _pack(message: object) -> any_pb2.Any:
     packed = any_pb2.Any()
     packed.Pack(message)  # type: ignore[arg-type]
@@ -96,7 +92,7 @@ def to_status(err: GatewayError) -> grpc.Status:
     if err.retry_budget_exhausted:
         metadata["retry_budget_exhausted"] = "true"
     details = [_pack(error_details_pb2.ErrorInfo(reason=err.reason.value, domain=DOMAIN, metadata=metadata))]
-    if err.reason in RETRY_LATER:
+    if err.reason in RETRY_LATER and not err.final:
         delay = err.retry_after if err.retry_after is not None else RETRY_LATER[err.reason]
         retry_delay = duration_pb2.Duration()
         retry_delay.FromNanoseconds(int(delay * 1e9))

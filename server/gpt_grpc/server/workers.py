@@ -126,8 +126,8 @@ async def follow_state_file(server: GatewayServer, load: Callable[[], Any]) -> N
         except Exception as exc:  # a bad file must not stop serving with the settings in force
             log.error("state file changed but cannot be used: %s", exc)
             continue
-        if settings is not None and settings.generation != server.gpt.settings.generation:
-            server.gpt.install(settings)
+        if settings is not None and settings.generation != server.engine.settings.generation:
+            server.engine.install(settings)
             log.info("settings from the state file: %r", settings)
 
 

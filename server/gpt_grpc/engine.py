@@ -1,0 +1,416 @@
+"""The async engine: one chat call, from a request to a recorded result.
+
+A call goes through the engine once:
+
+1. `prepare`: the default model is filled in, the request validated
+   (`chat.validate`, the one validator), the model resolved once
+   (`models.Models.resolve`) and the upstream body built for its quirks
+   (`catalog.adapt_request`). The call keeps the settings snapshot it started
+   with, and the router built for that snapshot.
+2. Attempts, under the snapshot's retry policy and the server-wide retry
+   budget (`retry.call_with_retries`, which tells the `AttemptObserver` -
+   metrics - about each attempt and retry). Each attempt asks the router
+   which upstream serves it (`Router.endpoint_for`: the seam for several
+   upstreams with failover), sends through the shared `UpstreamClient`, and
+   hands any failure to `failures.translate` (one translation, secrets
+   scrubbed, cause chained). Every attempt of both kinds of call runs through
+   `_attempts.one`: the place to observe one attempt with its endpoint (a span).
+   A stream is retried only until its first delta is ready for the caller.
+3. The result (usage as reported, or counted when the upstream sent none;
+   cost from the model record) or the failure goes to the one `ResultSink`,
+   exactly once per call (`_finish`).
+
+The engine imports neither grpc nor any SDK; the server and the sync `GPT`
+facade (compat.py) are its two users.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import math
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NoReturn, TypeVar
+
+import orjson
+
+from . import errors, tokens
+from .catalog import adapt_request
+from .chat import ChatRequest, ChatResult, Delta, ToolCall, Usage, validate
+from .egress import EgressPolicy
+from .errors import GatewayError, Reason
+from .models import ModelRecord, Models
+from .retry import AttemptObserver, RetryBudget, call_with_retries
+from .settings import Settings, SettingsUpdate, apply
+from .upstream import client as upstream_client
+from .upstream import sse
+from .upstream.client import MAX_ANSWER_BYTES, UpstreamClient
+from .upstream.endpoints import Endpoint
+from .upstream.failures import Phase, translate
+from .upstream.routing import Router, RouterFactory, SingleUpstream
+from .upstream.scrub import MAX_ID_CHARS, Scrubber, Secrets, scrubbed
+from .usage import CallOutcome, ResultSink, UsageTracker
+
+T = TypeVar("T")
+
+# Upstream-controlled names in a result (the model that answered) are bounded like a caller's.
+MAX_ANSWERED_MODEL_CHARS = 256
+
+
+@dataclass(frozen=True, slots=True)
+class _Snapshot:
+    """A settings snapshot and the router built for it; swapped as one."""
+
+    settings: Settings
+    router: Router
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedCall:
+    """A validated request with its model resolved, bound to the snapshot it started with."""
+
+    request: ChatRequest  # the default model filled in
+    model: ModelRecord
+    body: dict[str, Any]  # the upstream body, model quirks applied (no stream flags)
+    snapshot: _Snapshot
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    """What one successful unary attempt read, before the call's totals are known."""
+
+    content: str
+    tool_calls: tuple[ToolCall, ...]
+    finish_reason: str | None
+    model: str
+    id: str
+    usage: Usage
+    refusal: str
+    request_id: str | None
+
+
+class Engine:
+    """Chat calls with retries, streams, deadlines, usage and cost; see the module docstring."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        models: Models | None = None,
+        usage: UsageTracker | None = None,
+        sink: ResultSink | None = None,
+        budget: RetryBudget | None = None,
+        observer: AttemptObserver | None = None,
+        router: RouterFactory = SingleUpstream,
+        client: UpstreamClient | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.models = models or Models()
+        self.usage = usage or UsageTracker()
+        self.sink: ResultSink = sink or self.usage
+        self.budget = budget
+        self.observer = observer
+        self.client = client or UpstreamClient()
+        self.secrets = Secrets()
+        self._router = router
+        self._sleep = sleep
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._snapshot = self._build(settings or Settings())
+
+    # -- settings: a call reads the snapshot once, so Configure never mixes two -------------
+
+    def _build(self, settings: Settings) -> _Snapshot:
+        return _Snapshot(settings, self._router(settings, self.secrets))
+
+    @property
+    def settings(self) -> Settings:
+        return self._snapshot.settings
+
+    def configure(self, update: SettingsUpdate) -> Settings:
+        """Validate `update` whole, then swap the snapshot; raises GatewayError."""
+        with self._lock:
+            new = apply(self._snapshot.settings, update)
+            self._snapshot = self._build(new)
+        return new
+
+    def preview(self, update: SettingsUpdate, policy: EgressPolicy | None = None) -> Settings:
+        """The settings `update` would give, validated (under the operator's `policy`), without applying them."""
+        return apply(self._snapshot.settings, update, policy)
+
+    def install(self, settings: Settings) -> None:
+        """Swap in settings made by `preview` (after persisting them, say)."""
+        snapshot = self._build(settings)
+        with self._lock:
+            self._snapshot = snapshot
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    # -- one call -----------------------------------------------------------------------
+
+    def prepare(self, request: ChatRequest) -> PreparedCall:
+        """Fill in the default model, validate, resolve the model and build the upstream body."""
+        snapshot = self._snapshot
+        if not request.model:
+            request = dataclasses.replace(request, model=self.model_name(request.model, snapshot.settings))
+        violations = validate(request)
+        if violations:
+            raise errors.invalid(violations)
+        model = self.models.resolve(request.model)
+        body = adapt_request(request.body(), model.spec, model.name)
+        return PreparedCall(request, model, body, snapshot)
+
+    def model_name(self, requested: str, settings: Settings | None = None) -> str:
+        """The model a call is for: the one the caller named, else the default model (filled in here only)."""
+        return requested or (settings or self._snapshot.settings).default_model
+
+    def _attempt_timeout(self, settings: Settings, deadline: float | None) -> tuple[float, bool]:
+        """(seconds for this attempt, whether the caller's deadline is what limits it)."""
+        timeout = settings.request_timeout
+        if deadline is None:
+            return timeout, False
+        left = deadline - self._clock()
+        if left <= 0:
+            raise GatewayError(Reason.DEADLINE_EXCEEDED, "the caller's deadline passed")
+        return (left, True) if left < timeout else (timeout, False)
+
+    async def _attempts(
+        self, call: PreparedCall, deadline: float | None, attempt: Callable[[Endpoint, float, bool], Awaitable[T]]
+    ) -> tuple[T, int]:
+        """Run `attempt(endpoint, seconds, by_deadline)` under the retry rules: (its result, attempts).
+
+        The first endpoint is chosen before any attempt starts, so a call that no
+        upstream can serve (no key) fails without counting as an attempt.
+        """
+        router = call.snapshot.router
+        first = router.endpoint_for(call.model, 1, None)
+        failures: list[GatewayError] = []
+
+        async def one(number: int) -> T:
+            # Every attempt of every call passes here, with its endpoint: where a span would wrap it.
+            endpoint = first if number == 1 else router.endpoint_for(call.model, number, failures[-1])
+            try:
+                seconds, by_deadline = self._attempt_timeout(call.snapshot.settings, deadline)
+                return await attempt(endpoint, seconds, by_deadline)
+            except GatewayError as exc:
+                failures.append(exc)
+                raise
+
+        return await call_with_retries(
+            one,
+            call.snapshot.settings.retry,
+            deadline=deadline,
+            budget=self.budget,
+            observer=self.observer,
+            clock=self._clock,
+            sleep=self._sleep,
+        )
+
+    def _finish(self, call: PreparedCall, result: ChatResult | None, error: BaseException | None) -> None:
+        """The one place a finished call is recorded."""
+        self.sink.record(CallOutcome(call.model, result, error, call.request.request_id))
+
+    # -- a whole answer -----------------------------------------------------------------
+
+    async def acomplete(self, request: ChatRequest | PreparedCall, *, deadline: float | None = None) -> ChatResult:
+        """One whole answer. `deadline` is a `time.monotonic()` instant."""
+        call = request if isinstance(request, PreparedCall) else self.prepare(request)
+        content = _encode({**call.body, "stream": False})
+
+        async def attempt(endpoint: Endpoint, seconds: float, by_deadline: bool) -> _Answer:
+            phase, request_id = Phase.SEND, None
+            try:
+                async with asyncio.timeout(seconds):
+                    async with self.client.post(
+                        endpoint, content, timeout=seconds, client_request_id=call.request.request_id
+                    ) as response:
+                        request_id = response.headers.get("x-request-id")
+                        phase = Phase.BODY
+                        raw = await upstream_client.read(response)
+                return self._answer(call, orjson.loads(raw), request_id, endpoint.scrubber)
+            except BaseException as exc:
+                _fail(exc, phase, by_deadline, endpoint.scrubber, request_id)
+
+        try:
+            answer, attempts = await self._attempts(call, deadline, attempt)
+        except BaseException as exc:
+            self._finish(call, None, exc)
+            raise
+        result = ChatResult(
+            content=answer.content,
+            tool_calls=answer.tool_calls,
+            finish_reason=answer.finish_reason,
+            model=answer.model,
+            id=answer.id,
+            usage=answer.usage,
+            cost_usd=self.models.cost_usd(call.model, answer.model, answer.usage),
+            attempts=attempts,
+            refusal=answer.refusal,
+            request_id=answer.request_id,
+        )
+        self._finish(call, result, None)
+        return result
+
+    def _answer(self, call: PreparedCall, data: Any, request_id: str | None, scrubber: Scrubber) -> _Answer:
+        """A completion body read; anything missing or misshapen raises (an unreadable answer)."""
+        choices = data["choices"]
+        if not isinstance(choices, list) or not choices or not isinstance(choices[0], Mapping):
+            raise ValueError("no choices")
+        choice = choices[0]
+        message = choice.get("message") or {}
+        content = message.get("content") or ""
+        calls = tuple(
+            ToolCall(
+                id=str(c.get("id") or ""),
+                name=str((c.get("function") or {}).get("name") or ""),
+                arguments=str((c.get("function") or {}).get("arguments") or ""),
+            )
+            for c in message.get("tool_calls") or ()
+        )
+        return _Answer(
+            content=content,
+            tool_calls=calls,
+            finish_reason=choice.get("finish_reason"),
+            model=_answered(data.get("model"), call, scrubber),
+            id=scrubbed(str(data.get("id") or ""), scrubber, MAX_ID_CHARS) or "",
+            usage=self._usage(data.get("usage"), call, content, calls),
+            refusal=message.get("refusal") or "",
+            request_id=scrubbed(request_id, scrubber, MAX_ID_CHARS),
+        )
+
+    def _usage(self, reported: object, call: PreparedCall, content: str, calls: Sequence[ToolCall]) -> Usage:
+        if isinstance(reported, Mapping) and "prompt_tokens" in reported:
+            prompt_details = reported.get("prompt_tokens_details") or {}
+            completion_details = reported.get("completion_tokens_details") or {}
+            prompt = _count(reported.get("prompt_tokens"))
+            completion = _count(reported.get("completion_tokens"))
+            return Usage(
+                prompt_tokens=prompt,
+                completion_tokens=completion,
+                total_tokens=_count(reported.get("total_tokens")) or prompt + completion,
+                cached_prompt_tokens=_count(prompt_details.get("cached_tokens")),
+                reasoning_tokens=_count(completion_details.get("reasoning_tokens")),
+            )
+        # Some OpenAI-compatible servers send no usage: count it ourselves.
+        model, body = call.model, call.body
+        prompt = tokens.count_messages(
+            body["messages"], model.name, tools=body.get("tools"), encoding=model.encoding
+        ).tokens
+        generated = content + "".join(c.name + c.arguments for c in calls)
+        completion = tokens.count_text(generated, model.name, encoding=model.encoding).tokens
+        return Usage(prompt, completion, prompt + completion, estimated=True)
+
+    # -- a stream -----------------------------------------------------------------------
+
+    async def astream(
+        self, request: ChatRequest | PreparedCall, *, deadline: float | None = None
+    ) -> AsyncIterator[Delta | ChatResult]:
+        """Deltas as they arrive, then one ChatResult.
+
+        Retries only until the first delta is ready for the caller; a failure
+        after that raises a GatewayError into the stream. Closing the
+        iterator (the caller went away) closes the upstream request at once.
+        """
+        call = request if isinstance(request, PreparedCall) else self.prepare(request)
+        content = _encode({**call.body, "stream": True, "stream_options": {"include_usage": True}})
+        state = sse.StreamState()
+
+        async def attempt(
+            endpoint: Endpoint, seconds: float, by_deadline: bool
+        ) -> tuple[contextlib.AsyncExitStack, AsyncIterator[Mapping[str, Any]], Endpoint]:
+            stack = contextlib.AsyncExitStack()
+            state.reset()
+            state.request_id = None
+            phase = Phase.SEND
+            try:
+                async with asyncio.timeout(seconds):
+                    response = await stack.enter_async_context(
+                        self.client.post(endpoint, content, timeout=seconds, client_request_id=call.request.request_id)
+                    )
+                    state.request_id = response.headers.get("x-request-id")
+                    phase = Phase.STREAM
+                    events = sse.events(sse.iter_lines(response, MAX_ANSWER_BYTES))
+                    # Read until something can reach the caller: until then a
+                    # retry is invisible to it.
+                    while not state.pending and not state.done:
+                        await state.advance(events)
+                return stack, events, endpoint
+            except BaseException as exc:
+                await stack.aclose()
+                _fail(exc, phase, by_deadline, endpoint.scrubber, state.request_id)
+
+        try:
+            (stack, events, endpoint), attempts = await self._attempts(call, deadline, attempt)
+        except BaseException as exc:
+            self._finish(call, None, exc)
+            raise
+        try:
+            async with stack:
+                while True:
+                    for delta in state.take():
+                        yield delta
+                    if state.done:
+                        break
+                    try:
+                        await state.advance(events)
+                    except BaseException as exc:
+                        _fail(exc, Phase.STREAM, False, endpoint.scrubber, state.request_id)
+            calls = state.tool_calls()
+            text = "".join(state.content)
+            usage = self._usage(state.usage, call, text, calls)
+            model = _answered(state.model, call, endpoint.scrubber)
+            result = ChatResult(
+                content=text,
+                tool_calls=calls,
+                finish_reason=state.finish_reason,
+                model=model,
+                id=scrubbed(state.id, endpoint.scrubber, MAX_ID_CHARS) or "",
+                usage=usage,
+                cost_usd=self.models.cost_usd(call.model, model, usage),
+                attempts=attempts,
+                refusal="".join(state.refusal),
+                request_id=scrubbed(state.request_id, endpoint.scrubber, MAX_ID_CHARS),
+            )
+        except BaseException as exc:
+            if isinstance(exc, GatewayError):
+                exc.attempts = attempts
+            self._finish(call, None, exc)
+            raise
+        self._finish(call, result, None)
+        yield result
+
+
+def _fail(exc: BaseException, phase: Phase, by_deadline: bool, scrubber: Scrubber, request_id: str | None) -> NoReturn:
+    """Raise what `exc` means to the caller (failures.translate), `exc` chained as its cause."""
+    error = translate(exc, phase=phase, by_deadline=by_deadline, scrubber=scrubber, request_id=request_id)
+    if error is exc:
+        raise exc
+    raise error from exc
+
+
+def _encode(body: Mapping[str, Any]) -> bytes:
+    """The body's JSON, once per call (not per attempt)."""
+    content = orjson.dumps(body)
+    if len(content) < 4096:
+        content = bytes(memoryview(content))  # orjson's buffer is 4 KB whatever the length
+    return content
+
+
+def _answered(model: object, call: PreparedCall, scrubber: Scrubber) -> str:
+    """The model that answered, as the upstream named it (bounded), else the one asked for."""
+    return scrubbed(str(model or ""), scrubber, MAX_ANSWERED_MODEL_CHARS) or call.model.name
+
+
+def _count(value: object) -> int:
+    """A token count from the upstream's usage: a non-negative integer, or 0."""
+    if type(value) is int:
+        return value if value > 0 else 0
+    if isinstance(value, float) and math.isfinite(value):
+        return max(0, int(value))
+    return 0

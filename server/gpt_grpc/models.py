@@ -1,0 +1,58 @@
+"""The model of a call, resolved once: one record that everything after it reads.
+
+`Models.resolve` fills in the default model, looks the name up in the
+catalog (encoding, context window, max output, reasoning and no-system
+quirks) and in the prices, once per call. The request rewrite
+(`catalog.adapt_request`), token counting (`tokens`) and the cost all take
+the record instead of looking the name up again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import tokens
+from .catalog import Catalog, ModelSpec
+from .chat import Usage
+from .pricing import PriceEntry, Pricing
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRecord:
+    """A call's model: its name as sent upstream, and what the gateway knows of it."""
+
+    name: str
+    spec: ModelSpec | None  # None: not in the catalog (passed through untouched)
+    encoding: tokens.EncodingChoice
+    price: PriceEntry | None  # None: no known price (the call's cost is unknown)
+
+
+class Models:
+    """The catalog and the prices, asked once per call."""
+
+    def __init__(self, catalog: Catalog | None = None, pricing: Pricing | None = None) -> None:
+        self.catalog = catalog or Catalog()
+        self.pricing = pricing or Pricing()
+
+    def resolve(self, name: str, *, priced: bool = True) -> ModelRecord:
+        """The record of `name` (the default model already filled in); without prices if not `priced`."""
+        spec = self.catalog.lookup(name)
+        return ModelRecord(
+            name=name,
+            spec=spec,
+            encoding=tokens.encoding_choice(name, spec.encoding if spec is not None else None),
+            price=self.pricing.entry(name) if priced else None,
+        )
+
+    def cost_usd(self, model: ModelRecord, answered: str, usage: Usage) -> float | None:
+        """What the call cost: at the prices of the model that answered, else of the one asked for.
+
+        The upstream may answer with a dated name (`gpt-4o-mini-2024-07-18`) whose
+        price differs from the alias asked for; that one is looked up only then.
+        """
+        price = model.price
+        if answered and answered != model.name:
+            price = self.pricing.entry(answered) or price
+        if price is None:
+            return None
+        return price.cost_usd(usage.prompt_tokens, usage.completion_tokens, usage.cached_prompt_tokens)

@@ -1,0 +1,153 @@
+"""The pooled HTTP client every call to an upstream goes through.
+
+One httpx2 client per event loop, over the gateway's own HTTP/1.1 pool
+(transport.FastTransport, behind the system's proxies if it has any) unless
+`GPT_GRPC_UPSTREAM_TRANSPORT=httpx` asks for httpx2's own. Redirects are not
+followed: they could carry prompts somewhere the operator did not choose.
+
+`post` sends one attempt's request and yields the streamed response when
+its status is 2xx; otherwise it reads the start of the error body and raises
+`failures.StatusFailure`. `read` reads a whole answer, bounded by
+MAX_ANSWER_BYTES. Nothing here decides what a failure means: the engine
+hands every exception to `failures.translate`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from types import TracebackType
+
+import httpx2
+
+from .endpoints import Endpoint
+from .failures import AnswerTooLarge, StatusFailure
+from .transport import KEEPALIVE_EXPIRY, transport_for
+
+# Enough for thousands of slow calls in flight (httpx's default, 100, would make calls queue).
+DEFAULT_MAX_CONNECTIONS = 20_000
+DEFAULT_KEEPALIVE_CONNECTIONS = 1_000
+CONNECT_TIMEOUT_SECONDS = 5.0
+# The most of one answer (a body, or a stream's total) the gateway reads and relays: below
+# the gRPC send limit (16 MiB, server/app.py), with room for the rest of the response
+# message, so an answer that fits here always reaches the caller.
+MAX_ANSWER_BYTES = 15 * 1024 * 1024
+# An error body is read only this far: enough for any real error object.
+MAX_ERROR_BODY_BYTES = 64 * 1024
+
+
+def _transport(limits: httpx2.Limits) -> httpx2.AsyncBaseTransport | None:
+    """The pool: FastTransport (httpx2's for requests a system proxy applies to), unless
+    GPT_GRPC_UPSTREAM_TRANSPORT=httpx asks for httpx2's own (None: httpx2 decides)."""
+    if os.environ.get("GPT_GRPC_UPSTREAM_TRANSPORT", "fast") == "httpx":
+        return None
+    return transport_for(limits, fallback=httpx2.AsyncHTTPTransport(limits=limits))
+
+
+class UpstreamClient:
+    """The shared connection pool; serves the event loop that first used it."""
+
+    def __init__(
+        self, max_connections: int = DEFAULT_MAX_CONNECTIONS, *, transport: httpx2.AsyncBaseTransport | None = None
+    ) -> None:
+        self._max_connections = max_connections
+        self._transport = transport  # a given one (a test double) instead of the pool
+        self._http: httpx2.AsyncClient | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def started(self) -> bool:
+        return self._http is not None and self._loop is not None and not self._loop.is_closed()
+
+    def http(self) -> httpx2.AsyncClient:
+        loop = asyncio.get_running_loop()
+        if self._http is None:
+            limits = httpx2.Limits(
+                max_connections=self._max_connections,
+                max_keepalive_connections=DEFAULT_KEEPALIVE_CONNECTIONS,
+                keepalive_expiry=KEEPALIVE_EXPIRY,  # below common servers' 5 s (see transport.py)
+            )
+            transport = self._transport or _transport(limits)
+            self._http = httpx2.AsyncClient(limits=limits, follow_redirects=False, transport=transport)
+            self._loop = loop
+        elif self._loop is not loop:
+            raise RuntimeError("a GPT instance serves one event loop; use one GPT per loop")
+        return self._http
+
+    def pool_summary(self) -> object:
+        """The pool's own one-line summary (active and idle connections), for the debug aid."""
+        return getattr(getattr(self._http, "_transport", None), "_pool", None)
+
+    def post(self, endpoint: Endpoint, content: bytes, *, timeout: float, client_request_id: str | None) -> Exchange:
+        """`async with client.post(...) as response:` the streamed 2xx response of one attempt."""
+        http = self.http()
+        request = endpoint.request(
+            content, timeout=timeout, connect_timeout=CONNECT_TIMEOUT_SECONDS, client_request_id=client_request_id
+        )
+        cookies = http.cookies
+        if cookies:  # what httpx2's build_request adds: cookies the upstream set earlier (Cloudflare's)
+            httpx2.Cookies(cookies).set_cookie_header(request)
+        return Exchange(http, request)
+
+    async def aclose(self) -> None:
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
+            self._loop = None
+
+
+class Exchange:
+    """One request and its response; the response is closed on the way out."""
+
+    __slots__ = ("http", "request", "response")
+
+    def __init__(self, http: httpx2.AsyncClient, request: httpx2.Request) -> None:
+        self.http = http
+        self.request = request
+        self.response: httpx2.Response | None = None
+
+    async def __aenter__(self) -> httpx2.Response:
+        response = await self.http.send(self.request, stream=True)
+        if not response.is_success:
+            try:
+                body, complete = await _read_up_to(response, MAX_ERROR_BODY_BYTES)
+            finally:
+                await response.aclose()
+            raise StatusFailure(response.status_code, response.headers, body, complete)
+        self.response = response
+        return response
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self.response is not None:
+            await self.response.aclose()
+
+
+async def read(response: httpx2.Response) -> bytes:
+    """A whole answer; AnswerTooLarge past MAX_ANSWER_BYTES.
+
+    Counted as it arrives (decoded), not taken from Content-Length: a compressed
+    or chunked body announces nothing reliable, and a header lookup on every
+    call would cost more than the rare oversized answer it would save reading.
+    """
+    body, complete = await _read_up_to(response, MAX_ANSWER_BYTES)
+    if not complete:
+        raise AnswerTooLarge(MAX_ANSWER_BYTES)
+    return body
+
+
+async def _read_up_to(response: httpx2.Response, limit: int) -> tuple[bytes, bool]:
+    """(the body's first `limit` bytes, whether that is all of it)."""
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in response.aiter_bytes():
+        total += len(chunk)
+        if total > limit:
+            chunks.append(chunk[: limit - (total - len(chunk))])
+            return b"".join(chunks), False
+        chunks.append(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks), True

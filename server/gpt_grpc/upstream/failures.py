@@ -1,0 +1,189 @@
+"""Every failure on the way to the upstream becomes a `GatewayError` here, once.
+
+`translate` is the one mapping from what can go wrong during an attempt to
+the gateway's error: a timeout (ours or the transport's), a connection that
+failed or dropped, an HTTP error status, an `{"error": ...}` event inside a
+stream, a body that cannot be read, a stream cut short, an answer larger
+than the gateway relays. The original exception stays chained as the cause.
+
+Text that came from the upstream (its error message and code, its request
+id) is scrubbed of every key the gateway holds (scrub.py) and bounded in
+length and to printable characters before it is put into an error: from
+here on it reaches callers, logs and spans as it is.
+
+The exceptions defined here are the vocabulary of the reading code
+(client.py, sse.py) for failures that are not exceptions of the HTTP stack.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import ssl
+from collections.abc import Mapping
+from typing import Any
+
+import anyio
+import httpx2
+import orjson
+
+from ..errors import RETRYABLE, GatewayError, Reason, parse_retry_after, reason_for_http
+from .scrub import MAX_CODE_CHARS, MAX_ID_CHARS, MAX_MESSAGE_CHARS, Scrubber, scrubbed
+
+
+class Phase(enum.Enum):
+    """Where in an attempt a failure happened (the message tells the caller)."""
+
+    SEND = "send"  # connecting, sending, waiting for the status line
+    BODY = "body"  # reading a whole answer
+    STREAM = "stream"  # reading a stream
+
+
+class StatusFailure(Exception):
+    """The upstream answered with a non-2xx status; `body` is its start (bounded), `complete` if whole."""
+
+    def __init__(self, status: int, headers: Mapping[str, str], body: bytes, complete: bool) -> None:
+        super().__init__(f"upstream returned HTTP {status}")
+        self.status = status
+        self.headers = headers
+        self.body = body
+        self.complete = complete
+
+
+class ErrorEvent(Exception):
+    """A stream carried an `{"error": ...}` event instead of a chunk."""
+
+    def __init__(self, event: Mapping[str, Any]) -> None:
+        super().__init__("upstream sent an error event")
+        self.event = event
+
+
+class StreamCut(Exception):
+    """A stream ended before its answer was complete (no finish_reason)."""
+
+
+class AnswerTooLarge(Exception):
+    """The upstream's answer (a body, or a stream's total) is over the gateway's bound."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"upstream answer over {limit} bytes")
+        self.limit = limit
+
+
+# Left as they are: the caller went away, or the process is stopping.
+_PASS_THROUGH = (asyncio.CancelledError, GeneratorExit, KeyboardInterrupt, SystemExit)
+# The connection failed or dropped: httpx2's errors, and what its own transport may
+# leak untranslated (ssl.SSLError, anyio.EndOfStream), and plain socket errors.
+_CONNECTION_ERRORS = (httpx2.HTTPError, ssl.SSLError, anyio.EndOfStream, OSError)
+# A body or an event the gateway cannot read.
+_UNREADABLE = (ValueError, KeyError, TypeError, IndexError)
+
+_DROPPED = {
+    Phase.SEND: "could not reach the upstream: connection failed",
+    Phase.BODY: "upstream connection dropped mid-response",
+    Phase.STREAM: "upstream connection dropped mid-stream",
+}
+_UNREADABLE_MESSAGES = {
+    Phase.SEND: "upstream sent a response the gateway cannot read",
+    Phase.BODY: "upstream sent a completion the gateway cannot read",
+    Phase.STREAM: "upstream sent a stream the gateway cannot read",
+}
+
+
+def translate(
+    exc: BaseException,
+    *,
+    phase: Phase,
+    by_deadline: bool,
+    scrubber: Scrubber,
+    request_id: str | None = None,
+) -> BaseException:
+    """The exception to raise for `exc`, raised during an attempt (`raise translate(...) from exc`).
+
+    A GatewayError, a cancellation or an exit comes back as it is, and so does
+    anything this module does not know (a bug: the server logs it and answers
+    INTERNAL). `by_deadline` says whether the caller's deadline, not the
+    request timeout, limited the attempt; `request_id` is the upstream's, when
+    a response had begun.
+    """
+    if isinstance(exc, (GatewayError, *_PASS_THROUGH)):
+        return exc
+    upstream_id = scrubbed(request_id, scrubber, MAX_ID_CHARS)
+    if isinstance(exc, (TimeoutError, httpx2.TimeoutException)):
+        if by_deadline:
+            return GatewayError(Reason.DEADLINE_EXCEEDED, "the caller's deadline passed while waiting upstream")
+        return GatewayError(Reason.UPSTREAM_TIMEOUT, "upstream did not answer within the request timeout")
+    if isinstance(exc, StatusFailure):
+        return _status_error(exc, scrubber)
+    if isinstance(exc, ErrorEvent):
+        return _event_error(exc.event, upstream_id, scrubber)
+    if isinstance(exc, AnswerTooLarge):
+        return GatewayError(
+            Reason.UPSTREAM_RESPONSE_INVALID,
+            f"upstream answer is larger than {exc.limit // (1024 * 1024)} MiB, the most the gateway relays",
+            http_status=200,
+            request_id=upstream_id,
+            final=True,  # the same question would get the same answer
+        )
+    if isinstance(exc, StreamCut):
+        return GatewayError(Reason.UPSTREAM_UNAVAILABLE, "upstream stream ended before the answer was complete")
+    if isinstance(exc, _CONNECTION_ERRORS):
+        return GatewayError(Reason.UPSTREAM_UNAVAILABLE, _DROPPED[phase])
+    if isinstance(exc, _UNREADABLE):
+        return GatewayError(
+            Reason.UPSTREAM_RESPONSE_INVALID, _UNREADABLE_MESSAGES[phase], http_status=200, request_id=upstream_id
+        )
+    return exc
+
+
+def _status_error(exc: StatusFailure, scrubber: Scrubber) -> GatewayError:
+    body: object = None
+    if exc.complete:
+        try:
+            body = orjson.loads(exc.body)
+        except orjson.JSONDecodeError:
+            body = None
+    return from_http(exc.status, exc.headers, body, scrubber=scrubber)
+
+
+def from_http(status: int, headers: Mapping[str, str], body: object, *, scrubber: Scrubber) -> GatewayError:
+    """The error for an upstream HTTP error status; `body` is its parsed JSON (None if it was not JSON)."""
+    error = body.get("error", body) if isinstance(body, Mapping) else None
+    code, upstream_message = _code_and_message(error, scrubber)
+    reason = reason_for_http(status, code)
+    message = f"upstream returned HTTP {status}"
+    if not isinstance(error, Mapping):
+        # A non-JSON error page (an HTML page from a proxy, say): the status
+        # still says what happened; keep the message short.
+        message += " with a non-JSON body"
+    elif upstream_message:
+        message += f": {upstream_message}"
+    return GatewayError(
+        reason,
+        message,
+        http_status=status,
+        request_id=scrubbed(headers.get("x-request-id"), scrubber, MAX_ID_CHARS),
+        upstream_code=code,
+        retry_after=parse_retry_after(headers) if reason in RETRYABLE else None,
+    )
+
+
+def _event_error(event: Mapping[str, Any], request_id: str | None, scrubber: Scrubber) -> GatewayError:
+    code, upstream_message = _code_and_message(event.get("error"), scrubber)
+    message = "upstream sent an error in the stream"
+    if upstream_message:
+        message += f": {upstream_message}"
+    # The stream's status was 200; the error says what went wrong, as a 5xx would.
+    return GatewayError(reason_for_http(500, code), message, http_status=200, request_id=request_id, upstream_code=code)
+
+
+def _code_and_message(error: object, scrubber: Scrubber) -> tuple[str | None, str | None]:
+    """(code, message) of an OpenAI-shaped error object, scrubbed and bounded."""
+    if not isinstance(error, Mapping):
+        return None, None
+    code = error.get("code") or error.get("type")
+    message = error.get("message")
+    return (
+        scrubbed(str(code), scrubber, MAX_CODE_CHARS) if code else None,
+        scrubbed(str(message), scrubber, MAX_MESSAGE_CHARS) if message else None,
+    )
