@@ -1047,7 +1047,7 @@ class RedisProc:
     def __enter__(self) -> RedisProc:
         binary = shutil.which("redis-server")
         if binary is None:
-            raise RuntimeError("redis-server is not installed (make deps-debian)")
+            raise RuntimeError("redis-server is not installed (make debian-packages)")
         args = ["--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
         self.proc = subprocess.Popen(
             [binary, *args, "--dir", str(self.dir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL

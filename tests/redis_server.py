@@ -1,6 +1,6 @@
 """A real redis-server on a free loopback port, started (and killed, and restarted) by the tests.
 
-The Makefile installs Debian's redis-server when it is missing (`make deps-debian`);
+The Makefile installs Debian's redis-server when it is missing (`make debian-packages`);
 a machine without it fails these tests loudly rather than skipping them.
 """
 
@@ -29,7 +29,9 @@ class RedisServer:
     def __init__(self, port: int | None = None, *, persistent: bool = False) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
-            raise RuntimeError("redis-server is not installed: run `make deps-debian` (the Makefile does it for test)")
+            raise RuntimeError(
+                "redis-server is not installed: run `make debian-packages` (the Makefile does it for test)"
+            )
         self.binary = binary
         self.port = port or free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="gpt-grpc-redis-"))
