@@ -327,6 +327,63 @@ func (BudgetPeriod) EnumDescriptor() ([]byte, []int) {
 	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{4}
 }
 
+// TrimmingPolicy is how a conversation that outgrows its context is shortened
+// before a turn.
+type TrimmingPolicy int32
+
+const (
+	// Not set: TRIM_OLDEST.
+	TrimmingPolicy_TRIMMING_POLICY_UNSPECIFIED TrimmingPolicy = 0
+	// Leave the oldest turns out of the prompt. Never the system message, and
+	// an assistant tool call goes with its tool results. The stored history
+	// keeps every message.
+	TrimmingPolicy_TRIM_OLDEST TrimmingPolicy = 1
+	// Replace the oldest turns with a summary the model writes: one extra
+	// upstream call, billed and counted like any other.
+	TrimmingPolicy_SUMMARIZE TrimmingPolicy = 2
+)
+
+// Enum value maps for TrimmingPolicy.
+var (
+	TrimmingPolicy_name = map[int32]string{
+		0: "TRIMMING_POLICY_UNSPECIFIED",
+		1: "TRIM_OLDEST",
+		2: "SUMMARIZE",
+	}
+	TrimmingPolicy_value = map[string]int32{
+		"TRIMMING_POLICY_UNSPECIFIED": 0,
+		"TRIM_OLDEST":                 1,
+		"SUMMARIZE":                   2,
+	}
+)
+
+func (x TrimmingPolicy) Enum() *TrimmingPolicy {
+	p := new(TrimmingPolicy)
+	*p = x
+	return p
+}
+
+func (x TrimmingPolicy) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (TrimmingPolicy) Descriptor() protoreflect.EnumDescriptor {
+	return file_gptgrpc_v1_gateway_proto_enumTypes[5].Descriptor()
+}
+
+func (TrimmingPolicy) Type() protoreflect.EnumType {
+	return &file_gptgrpc_v1_gateway_proto_enumTypes[5]
+}
+
+func (x TrimmingPolicy) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use TrimmingPolicy.Descriptor instead.
+func (TrimmingPolicy) EnumDescriptor() ([]byte, []int) {
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{5}
+}
+
 // ErrorReason is the reason of the google.rpc.ErrorInfo attached to every
 // error (ErrorInfo.reason is the value's name, ErrorInfo.domain "gpt-grpc").
 // Reasons that start with UPSTREAM_ come from the upstream API; the others
@@ -406,6 +463,19 @@ const (
 	// The shared store cannot be reached for an admin change (client or
 	// settings); nothing was changed. The data plane keeps serving. UNAVAILABLE.
 	ErrorReason_STORE_UNAVAILABLE ErrorReason = 36
+	// No conversation has that id for this caller: it never existed, was
+	// deleted, expired, or belongs to another client. NOT_FOUND.
+	ErrorReason_CONVERSATION_NOT_FOUND ErrorReason = 57
+	// Another turn of the conversation is in progress: this one was refused,
+	// not queued (it changed nothing). ABORTED + RetryInfo.
+	ErrorReason_CONVERSATION_BUSY ErrorReason = 58
+	// The conversation holds the most messages a conversation may
+	// (--conversation-max-messages): start another one. FAILED_PRECONDITION.
+	ErrorReason_CONVERSATION_FULL ErrorReason = 59
+	// The new message does not fit the conversation's context limit even with
+	// every older turn left out (the message says how many tokens it has
+	// against the limit). INVALID_ARGUMENT.
+	ErrorReason_CONVERSATION_CONTEXT_EXCEEDED ErrorReason = 60
 )
 
 // Enum value maps for ErrorReason.
@@ -444,6 +514,10 @@ var (
 		34: "SECRET_KEY_MISSING",
 		35: "CLIENT_IN_FLIGHT_LIMITED",
 		36: "STORE_UNAVAILABLE",
+		57: "CONVERSATION_NOT_FOUND",
+		58: "CONVERSATION_BUSY",
+		59: "CONVERSATION_FULL",
+		60: "CONVERSATION_CONTEXT_EXCEEDED",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED":         0,
@@ -479,6 +553,10 @@ var (
 		"SECRET_KEY_MISSING":               34,
 		"CLIENT_IN_FLIGHT_LIMITED":         35,
 		"STORE_UNAVAILABLE":                36,
+		"CONVERSATION_NOT_FOUND":           57,
+		"CONVERSATION_BUSY":                58,
+		"CONVERSATION_FULL":                59,
+		"CONVERSATION_CONTEXT_EXCEEDED":    60,
 	}
 )
 
@@ -493,11 +571,11 @@ func (x ErrorReason) String() string {
 }
 
 func (ErrorReason) Descriptor() protoreflect.EnumDescriptor {
-	return file_gptgrpc_v1_gateway_proto_enumTypes[5].Descriptor()
+	return file_gptgrpc_v1_gateway_proto_enumTypes[6].Descriptor()
 }
 
 func (ErrorReason) Type() protoreflect.EnumType {
-	return &file_gptgrpc_v1_gateway_proto_enumTypes[5]
+	return &file_gptgrpc_v1_gateway_proto_enumTypes[6]
 }
 
 func (x ErrorReason) Number() protoreflect.EnumNumber {
@@ -506,7 +584,7 @@ func (x ErrorReason) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ErrorReason.Descriptor instead.
 func (ErrorReason) EnumDescriptor() ([]byte, []int) {
-	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{5}
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{6}
 }
 
 // ChatMessage is one message of a conversation.
@@ -3240,6 +3318,1359 @@ func (x *RevokeClientResponse) GetClient() *Client {
 	return nil
 }
 
+// Conversation is a dialogue the gateway keeps (without its messages).
+type Conversation struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Unguessable identifier: "conv_" and 32 URL-safe characters.
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// The model every turn is sent to (the default model filled in at creation).
+	Model string `protobuf:"bytes,2,opt,name=model,proto3" json:"model,omitempty"`
+	// Sent first in every turn; never trimmed.
+	SystemMessage string `protobuf:"bytes,3,opt,name=system_message,json=systemMessage,proto3" json:"system_message,omitempty"`
+	// The cap set at creation on the prompt plus the tokens reserved for the
+	// answer; unset: the model's context window.
+	MaxContextTokens *int64 `protobuf:"varint,4,opt,name=max_context_tokens,json=maxContextTokens,proto3,oneof" json:"max_context_tokens,omitempty"`
+	// How the conversation is shortened when it outgrows its context.
+	TrimmingPolicy TrimmingPolicy `protobuf:"varint,5,opt,name=trimming_policy,json=trimmingPolicy,proto3,enum=gptgrpc.v1.TrimmingPolicy" json:"trimming_policy,omitempty"`
+	// The labels given at creation.
+	Labels map[string]string `protobuf:"bytes,6,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// When it was created.
+	CreateTime *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	// When its last turn was appended (its creation before any turn).
+	UpdateTime *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	// When it expires, unless a turn comes first (each turn moves it to ttl
+	// after that turn). Expired conversations are removed.
+	ExpireTime *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
+	// Its time to live after its last change.
+	Ttl *durationpb.Duration `protobuf:"bytes,10,opt,name=ttl,proto3" json:"ttl,omitempty"`
+	// Messages it holds (user, assistant and tool; the system message is not
+	// counted).
+	MessageCount int32 `protobuf:"varint,11,opt,name=message_count,json=messageCount,proto3" json:"message_count,omitempty"`
+	// Of those, the oldest ones that the summary replaces (SUMMARIZE).
+	SummarizedMessages int32 `protobuf:"varint,12,opt,name=summarized_messages,json=summarizedMessages,proto3" json:"summarized_messages,omitempty"`
+	// Tokens of what the next turn starts from before trimming: the system
+	// message, the summary and the messages it does not replace, counted
+	// offline with the model's encoding.
+	ContextTokens int64 `protobuf:"varint,13,opt,name=context_tokens,json=contextTokens,proto3" json:"context_tokens,omitempty"`
+	// The limit a turn's prompt plus its reserved answer tokens must fit: the
+	// smaller of max_context_tokens and the model's context window.
+	ContextLimit int64 `protobuf:"varint,14,opt,name=context_limit,json=contextLimit,proto3" json:"context_limit,omitempty"`
+	// The client that owns it; empty when it was made without a client token.
+	Client        string `protobuf:"bytes,15,opt,name=client,proto3" json:"client,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Conversation) Reset() {
+	*x = Conversation{}
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Conversation) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Conversation) ProtoMessage() {}
+
+func (x *Conversation) ProtoReflect() protoreflect.Message {
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Conversation.ProtoReflect.Descriptor instead.
+func (*Conversation) Descriptor() ([]byte, []int) {
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *Conversation) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *Conversation) GetModel() string {
+	if x != nil {
+		return x.Model
+	}
+	return ""
+}
+
+func (x *Conversation) GetSystemMessage() string {
+	if x != nil {
+		return x.SystemMessage
+	}
+	return ""
+}
+
+func (x *Conversation) GetMaxContextTokens() int64 {
+	if x != nil && x.MaxContextTokens != nil {
+		return *x.MaxContextTokens
+	}
+	return 0
+}
+
+func (x *Conversation) GetTrimmingPolicy() TrimmingPolicy {
+	if x != nil {
+		return x.TrimmingPolicy
+	}
+	return TrimmingPolicy_TRIMMING_POLICY_UNSPECIFIED
+}
+
+func (x *Conversation) GetLabels() map[string]string {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
+}
+
+func (x *Conversation) GetCreateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreateTime
+	}
+	return nil
+}
+
+func (x *Conversation) GetUpdateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.UpdateTime
+	}
+	return nil
+}
+
+func (x *Conversation) GetExpireTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpireTime
+	}
+	return nil
+}
+
+func (x *Conversation) GetTtl() *durationpb.Duration {
+	if x != nil {
+		return x.Ttl
+	}
+	return nil
+}
+
+func (x *Conversation) GetMessageCount() int32 {
+	if x != nil {
+		return x.MessageCount
+	}
+	return 0
+}
+
+func (x *Conversation) GetSummarizedMessages() int32 {
+	if x != nil {
+		return x.SummarizedMessages
+	}
+	return 0
+}
+
+func (x *Conversation) GetContextTokens() int64 {
+	if x != nil {
+		return x.ContextTokens
+	}
+	return 0
+}
+
+func (x *Conversation) GetContextLimit() int64 {
+	if x != nil {
+		return x.ContextLimit
+	}
+	return 0
+}
+
+func (x *Conversation) GetClient() string {
+	if x != nil {
+		return x.Client
+	}
+	return ""
+}
+
+// CreateConversationRequest describes a new conversation.
+type CreateConversationRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Model name. Empty means the configured default model. A model the
+	// gateway does not know needs max_context_tokens (its window is unknown).
+	Model string `protobuf:"bytes,1,opt,name=model,proto3" json:"model,omitempty"`
+	// System message sent first in every turn (optional).
+	SystemMessage string `protobuf:"bytes,2,opt,name=system_message,json=systemMessage,proto3" json:"system_message,omitempty"`
+	// Cap on each turn's prompt plus the tokens reserved for its answer, at
+	// least 1. Unset: the model's context window.
+	MaxContextTokens *int64 `protobuf:"varint,3,opt,name=max_context_tokens,json=maxContextTokens,proto3,oneof" json:"max_context_tokens,omitempty"`
+	// How to shorten the conversation when it outgrows its context. Unset:
+	// TRIM_OLDEST.
+	TrimmingPolicy TrimmingPolicy `protobuf:"varint,4,opt,name=trimming_policy,json=trimmingPolicy,proto3,enum=gptgrpc.v1.TrimmingPolicy" json:"trimming_policy,omitempty"`
+	// Time to live after the last change, 1 second to 90 days. Unset: 7 days.
+	Ttl *durationpb.Duration `protobuf:"bytes,5,opt,name=ttl,proto3" json:"ttl,omitempty"`
+	// Labels for the caller's own use: at most 16; keys 1 to 63 lower-case
+	// letters, digits, '_' and '-' starting with a letter; values at most 63
+	// characters.
+	Labels        map[string]string `protobuf:"bytes,6,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateConversationRequest) Reset() {
+	*x = CreateConversationRequest{}
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateConversationRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateConversationRequest) ProtoMessage() {}
+
+func (x *CreateConversationRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateConversationRequest.ProtoReflect.Descriptor instead.
+func (*CreateConversationRequest) Descriptor() ([]byte, []int) {
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *CreateConversationRequest) GetModel() string {
+	if x != nil {
+		return x.Model
+	}
+	return ""
+}
+
+func (x *CreateConversationRequest) GetSystemMessage() string {
+	if x != nil {
+		return x.SystemMessage
+	}
+	return ""
+}
+
+func (x *CreateConversationRequest) GetMaxContextTokens() int64 {
+	if x != nil && x.MaxContextTokens != nil {
+		return *x.MaxContextTokens
+	}
+	return 0
+}
+
+func (x *CreateConversationRequest) GetTrimmingPolicy() TrimmingPolicy {
+	if x != nil {
+		return x.TrimmingPolicy
+	}
+	return TrimmingPolicy_TRIMMING_POLICY_UNSPECIFIED
+}
+
+func (x *CreateConversationRequest) GetTtl() *durationpb.Duration {
+	if x != nil {
+		return x.Ttl
+	}
+	return nil
+}
+
+func (x *CreateConversationRequest) GetLabels() map[string]string {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
+}
+
+// CreateConversationResponse returns the new conversation.
+type CreateConversationResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The conversation; its id names it in every later request.
+	Conversation  *Conversation `protobuf:"bytes,1,opt,name=conversation,proto3" json:"conversation,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateConversationResponse) Reset() {
+	*x = CreateConversationResponse{}
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateConversationResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateConversationResponse) ProtoMessage() {}
+
+func (x *CreateConversationResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateConversationResponse.ProtoReflect.Descriptor instead.
+func (*CreateConversationResponse) Descriptor() ([]byte, []int) {
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *CreateConversationResponse) GetConversation() *Conversation {
+	if x != nil {
+		return x.Conversation
+	}
+	return nil
+}
+
+// ConverseRequest is one turn of a conversation: give user_message, or
+// messages (the ROLE_TOOL results of the tool calls the last answer made, or
+// a ROLE_USER message), not both.
+type ConverseRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The conversation, as CreateConversation returned its id.
+	ConversationId string `protobuf:"bytes,1,opt,name=conversation_id,json=conversationId,proto3" json:"conversation_id,omitempty"`
+	// The user's message of this turn.
+	UserMessage string `protobuf:"bytes,2,opt,name=user_message,json=userMessage,proto3" json:"user_message,omitempty"`
+	// Instead of user_message: tool results (ROLE_TOOL, answering the last
+	// answer's tool calls) or one ROLE_USER message.
+	Messages []*ChatMessage `protobuf:"bytes,3,rep,name=messages,proto3" json:"messages,omitempty"`
+	// Sampling temperature, 0 to 2. Unset: the upstream default.
+	Temperature *float64 `protobuf:"fixed64,4,opt,name=temperature,proto3,oneof" json:"temperature,omitempty"`
+	// Upper bound on generated tokens (at least 1); also what the turn reserves
+	// for the answer when trimming. Unset: 1,024 or a quarter of the context
+	// limit, whichever is smaller, is reserved.
+	MaxTokens *int32 `protobuf:"varint,5,opt,name=max_tokens,json=maxTokens,proto3,oneof" json:"max_tokens,omitempty"`
+	// Nucleus sampling, 0 to 1.
+	TopP *float64 `protobuf:"fixed64,6,opt,name=top_p,json=topP,proto3,oneof" json:"top_p,omitempty"`
+	// Up to 4 stop sequences.
+	Stop []string `protobuf:"bytes,7,rep,name=stop,proto3" json:"stop,omitempty"`
+	// Seed for best-effort deterministic sampling.
+	Seed *int64 `protobuf:"varint,8,opt,name=seed,proto3,oneof" json:"seed,omitempty"`
+	// Presence penalty, -2 to 2.
+	PresencePenalty *float64 `protobuf:"fixed64,9,opt,name=presence_penalty,json=presencePenalty,proto3,oneof" json:"presence_penalty,omitempty"`
+	// Frequency penalty, -2 to 2.
+	FrequencyPenalty *float64 `protobuf:"fixed64,10,opt,name=frequency_penalty,json=frequencyPenalty,proto3,oneof" json:"frequency_penalty,omitempty"`
+	// Shape of the answer.
+	ResponseFormat *ResponseFormat `protobuf:"bytes,11,opt,name=response_format,json=responseFormat,proto3" json:"response_format,omitempty"`
+	// Functions the model may call in this turn (their schemas count toward the
+	// context).
+	Tools []*Tool `protobuf:"bytes,12,rep,name=tools,proto3" json:"tools,omitempty"`
+	// How the model may use the tools.
+	ToolChoice *ToolChoice `protobuf:"bytes,13,opt,name=tool_choice,json=toolChoice,proto3" json:"tool_choice,omitempty"`
+	// End-user id forwarded to the upstream.
+	User          string `protobuf:"bytes,14,opt,name=user,proto3" json:"user,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConverseRequest) Reset() {
+	*x = ConverseRequest{}
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConverseRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConverseRequest) ProtoMessage() {}
+
+func (x *ConverseRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConverseRequest.ProtoReflect.Descriptor instead.
+func (*ConverseRequest) Descriptor() ([]byte, []int) {
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *ConverseRequest) GetConversationId() string {
+	if x != nil {
+		return x.ConversationId
+	}
+	return ""
+}
+
+func (x *ConverseRequest) GetUserMessage() string {
+	if x != nil {
+		return x.UserMessage
+	}
+	return ""
+}
+
+func (x *ConverseRequest) GetMessages() []*ChatMessage {
+	if x != nil {
+		return x.Messages
+	}
+	return nil
+}
+
+func (x *ConverseRequest) GetTemperature() float64 {
+	if x != nil && x.Temperature != nil {
+		return *x.Temperature
+	}
+	return 0
+}
+
+func (x *ConverseRequest) GetMaxTokens() int32 {
+	if x != nil && x.MaxTokens != nil {
+		return *x.MaxTokens
+	}
+	return 0
+}
+
+func (x *ConverseRequest) GetTopP() float64 {
+	if x != nil && x.TopP != nil {
+		return *x.TopP
+	}
+	return 0
+}
+
+func (x *ConverseRequest) GetStop() []string {
+	if x != nil {
+		return x.Stop
+	}
+	return nil
+}
+
+func (x *ConverseRequest) GetSeed() int64 {
+	if x != nil && x.Seed != nil {
+		return *x.Seed
+	}
+	return 0
+}
+
+func (x *ConverseRequest) GetPresencePenalty() float64 {
+	if x != nil && x.PresencePenalty != nil {
+		return *x.PresencePenalty
+	}
+	return 0
+}
+
+func (x *ConverseRequest) GetFrequencyPenalty() float64 {
+	if x != nil && x.FrequencyPenalty != nil {
+		return *x.FrequencyPenalty
+	}
+	return 0
+}
+
+func (x *ConverseRequest) GetResponseFormat() *ResponseFormat {
+	if x != nil {
+		return x.ResponseFormat
+	}
+	return nil
+}
+
+func (x *ConverseRequest) GetTools() []*Tool {
+	if x != nil {
+		return x.Tools
+	}
+	return nil
+}
+
+func (x *ConverseRequest) GetToolChoice() *ToolChoice {
+	if x != nil {
+		return x.ToolChoice
+	}
+	return nil
+}
+
+func (x *ConverseRequest) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+// ConverseResponse is the answer of one turn.
+type ConverseResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The answer text.
+	Content string `protobuf:"bytes,1,opt,name=content,proto3" json:"content,omitempty"`
+	// Tools the model called; answer them with ROLE_TOOL messages in the next turn.
+	ToolCalls []*ToolCall `protobuf:"bytes,2,rep,name=tool_calls,json=toolCalls,proto3" json:"tool_calls,omitempty"`
+	// Why the model stopped.
+	FinishReason FinishReason `protobuf:"varint,3,opt,name=finish_reason,json=finishReason,proto3,enum=gptgrpc.v1.FinishReason" json:"finish_reason,omitempty"`
+	// The model that answered, as reported by the upstream.
+	Model string `protobuf:"bytes,4,opt,name=model,proto3" json:"model,omitempty"`
+	// The upstream's response id.
+	ResponseId string `protobuf:"bytes,5,opt,name=response_id,json=responseId,proto3" json:"response_id,omitempty"`
+	// Token usage of the answer.
+	Usage *Usage `protobuf:"bytes,6,opt,name=usage,proto3" json:"usage,omitempty"`
+	// Cost of the answer in USD. Unset when the model's price is unknown.
+	CostUsd *float64 `protobuf:"fixed64,7,opt,name=cost_usd,json=costUsd,proto3,oneof" json:"cost_usd,omitempty"`
+	// Upstream attempts the answer took.
+	Attempts int32 `protobuf:"varint,8,opt,name=attempts,proto3" json:"attempts,omitempty"`
+	// Refusal text when the model refused.
+	Refusal string `protobuf:"bytes,9,opt,name=refusal,proto3" json:"refusal,omitempty"`
+	// Prompt tokens sent in this turn, counted offline by the gateway.
+	ContextTokens int64 `protobuf:"varint,10,opt,name=context_tokens,json=contextTokens,proto3" json:"context_tokens,omitempty"`
+	// Old messages left out of this turn's prompt (replaced by the summary
+	// under SUMMARIZE, dropped under TRIM_OLDEST).
+	TrimmedMessages int32 `protobuf:"varint,11,opt,name=trimmed_messages,json=trimmedMessages,proto3" json:"trimmed_messages,omitempty"`
+	// Usage of the summary written this turn (SUMMARIZE); unset when none was.
+	SummarizationUsage *Usage `protobuf:"bytes,12,opt,name=summarization_usage,json=summarizationUsage,proto3" json:"summarization_usage,omitempty"`
+	// Cost in USD of that summary; unset when none was written or its price is unknown.
+	SummarizationCostUsd *float64 `protobuf:"fixed64,13,opt,name=summarization_cost_usd,json=summarizationCostUsd,proto3,oneof" json:"summarization_cost_usd,omitempty"`
+	// Messages the conversation holds after this turn.
+	MessageCount  int32 `protobuf:"varint,14,opt,name=message_count,json=messageCount,proto3" json:"message_count,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConverseResponse) Reset() {
+	*x = ConverseResponse{}
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConverseResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConverseResponse) ProtoMessage() {}
+
+func (x *ConverseResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConverseResponse.ProtoReflect.Descriptor instead.
+func (*ConverseResponse) Descriptor() ([]byte, []int) {
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{40}
+}
+
+func (x *ConverseResponse) GetContent() string {
+	if x != nil {
+		return x.Content
+	}
+	return ""
+}
+
+func (x *ConverseResponse) GetToolCalls() []*ToolCall {
+	if x != nil {
+		return x.ToolCalls
+	}
+	return nil
+}
+
+func (x *ConverseResponse) GetFinishReason() FinishReason {
+	if x != nil {
+		return x.FinishReason
+	}
+	return FinishReason_FINISH_REASON_UNSPECIFIED
+}
+
+func (x *ConverseResponse) GetModel() string {
+	if x != nil {
+		return x.Model
+	}
+	return ""
+}
+
+func (x *ConverseResponse) GetResponseId() string {
+	if x != nil {
+		return x.ResponseId
+	}
+	return ""
+}
+
+func (x *ConverseResponse) GetUsage() *Usage {
+	if x != nil {
+		return x.Usage
+	}
+	return nil
+}
+
+func (x *ConverseResponse) GetCostUsd() float64 {
+	if x != nil && x.CostUsd != nil {
+		return *x.CostUsd
+	}
+	return 0
+}
+
+func (x *ConverseResponse) GetAttempts() int32 {
+	if x != nil {
+		return x.Attempts
+	}
+	return 0
+}
+
+func (x *ConverseResponse) GetRefusal() string {
+	if x != nil {
+		return x.Refusal
+	}
+	return ""
+}
+
+func (x *ConverseResponse) GetContextTokens() int64 {
+	if x != nil {
+		return x.ContextTokens
+	}
+	return 0
+}
+
+func (x *ConverseResponse) GetTrimmedMessages() int32 {
+	if x != nil {
+		return x.TrimmedMessages
+	}
+	return 0
+}
+
+func (x *ConverseResponse) GetSummarizationUsage() *Usage {
+	if x != nil {
+		return x.SummarizationUsage
+	}
+	return nil
+}
+
+func (x *ConverseResponse) GetSummarizationCostUsd() float64 {
+	if x != nil && x.SummarizationCostUsd != nil {
+		return *x.SummarizationCostUsd
+	}
+	return 0
+}
+
+func (x *ConverseResponse) GetMessageCount() int32 {
+	if x != nil {
+		return x.MessageCount
+	}
+	return 0
+}
+
+// StreamConverseRequest has exactly the fields of ConverseRequest.
+type StreamConverseRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The conversation, as CreateConversation returned its id.
+	ConversationId string `protobuf:"bytes,1,opt,name=conversation_id,json=conversationId,proto3" json:"conversation_id,omitempty"`
+	// The user's message of this turn.
+	UserMessage string `protobuf:"bytes,2,opt,name=user_message,json=userMessage,proto3" json:"user_message,omitempty"`
+	// Instead of user_message: tool results or one ROLE_USER message.
+	Messages []*ChatMessage `protobuf:"bytes,3,rep,name=messages,proto3" json:"messages,omitempty"`
+	// Sampling temperature, 0 to 2.
+	Temperature *float64 `protobuf:"fixed64,4,opt,name=temperature,proto3,oneof" json:"temperature,omitempty"`
+	// Upper bound on generated tokens (at least 1); also reserved when trimming.
+	MaxTokens *int32 `protobuf:"varint,5,opt,name=max_tokens,json=maxTokens,proto3,oneof" json:"max_tokens,omitempty"`
+	// Nucleus sampling, 0 to 1.
+	TopP *float64 `protobuf:"fixed64,6,opt,name=top_p,json=topP,proto3,oneof" json:"top_p,omitempty"`
+	// Up to 4 stop sequences.
+	Stop []string `protobuf:"bytes,7,rep,name=stop,proto3" json:"stop,omitempty"`
+	// Seed for best-effort deterministic sampling.
+	Seed *int64 `protobuf:"varint,8,opt,name=seed,proto3,oneof" json:"seed,omitempty"`
+	// Presence penalty, -2 to 2.
+	PresencePenalty *float64 `protobuf:"fixed64,9,opt,name=presence_penalty,json=presencePenalty,proto3,oneof" json:"presence_penalty,omitempty"`
+	// Frequency penalty, -2 to 2.
+	FrequencyPenalty *float64 `protobuf:"fixed64,10,opt,name=frequency_penalty,json=frequencyPenalty,proto3,oneof" json:"frequency_penalty,omitempty"`
+	// Shape of the answer.
+	ResponseFormat *ResponseFormat `protobuf:"bytes,11,opt,name=response_format,json=responseFormat,proto3" json:"response_format,omitempty"`
+	// Functions the model may call in this turn.
+	Tools []*Tool `protobuf:"bytes,12,rep,name=tools,proto3" json:"tools,omitempty"`
+	// How the model may use the tools.
+	ToolChoice *ToolChoice `protobuf:"bytes,13,opt,name=tool_choice,json=toolChoice,proto3" json:"tool_choice,omitempty"`
+	// End-user id forwarded to the upstream.
+	User          string `protobuf:"bytes,14,opt,name=user,proto3" json:"user,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StreamConverseRequest) Reset() {
+	*x = StreamConverseRequest{}
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StreamConverseRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StreamConverseRequest) ProtoMessage() {}
+
+func (x *StreamConverseRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StreamConverseRequest.ProtoReflect.Descriptor instead.
+func (*StreamConverseRequest) Descriptor() ([]byte, []int) {
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *StreamConverseRequest) GetConversationId() string {
+	if x != nil {
+		return x.ConversationId
+	}
+	return ""
+}
+
+func (x *StreamConverseRequest) GetUserMessage() string {
+	if x != nil {
+		return x.UserMessage
+	}
+	return ""
+}
+
+func (x *StreamConverseRequest) GetMessages() []*ChatMessage {
+	if x != nil {
+		return x.Messages
+	}
+	return nil
+}
+
+func (x *StreamConverseRequest) GetTemperature() float64 {
+	if x != nil && x.Temperature != nil {
+		return *x.Temperature
+	}
+	return 0
+}
+
+func (x *StreamConverseRequest) GetMaxTokens() int32 {
+	if x != nil && x.MaxTokens != nil {
+		return *x.MaxTokens
+	}
+	return 0
+}
+
+func (x *StreamConverseRequest) GetTopP() float64 {
+	if x != nil && x.TopP != nil {
+		return *x.TopP
+	}
+	return 0
+}
+
+func (x *StreamConverseRequest) GetStop() []string {
+	if x != nil {
+		return x.Stop
+	}
+	return nil
+}
+
+func (x *StreamConverseRequest) GetSeed() int64 {
+	if x != nil && x.Seed != nil {
+		return *x.Seed
+	}
+	return 0
+}
+
+func (x *StreamConverseRequest) GetPresencePenalty() float64 {
+	if x != nil && x.PresencePenalty != nil {
+		return *x.PresencePenalty
+	}
+	return 0
+}
+
+func (x *StreamConverseRequest) GetFrequencyPenalty() float64 {
+	if x != nil && x.FrequencyPenalty != nil {
+		return *x.FrequencyPenalty
+	}
+	return 0
+}
+
+func (x *StreamConverseRequest) GetResponseFormat() *ResponseFormat {
+	if x != nil {
+		return x.ResponseFormat
+	}
+	return nil
+}
+
+func (x *StreamConverseRequest) GetTools() []*Tool {
+	if x != nil {
+		return x.Tools
+	}
+	return nil
+}
+
+func (x *StreamConverseRequest) GetToolChoice() *ToolChoice {
+	if x != nil {
+		return x.ToolChoice
+	}
+	return nil
+}
+
+func (x *StreamConverseRequest) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+// ConverseSummary ends a StreamConverse stream; the turn is appended by then.
+type ConverseSummary struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Tools the model called, assembled from the upstream's fragments.
+	ToolCalls []*ToolCall `protobuf:"bytes,1,rep,name=tool_calls,json=toolCalls,proto3" json:"tool_calls,omitempty"`
+	// Why the model stopped.
+	FinishReason FinishReason `protobuf:"varint,2,opt,name=finish_reason,json=finishReason,proto3,enum=gptgrpc.v1.FinishReason" json:"finish_reason,omitempty"`
+	// The model that answered.
+	Model string `protobuf:"bytes,3,opt,name=model,proto3" json:"model,omitempty"`
+	// The upstream's response id.
+	ResponseId string `protobuf:"bytes,4,opt,name=response_id,json=responseId,proto3" json:"response_id,omitempty"`
+	// Token usage of the answer (estimated when the upstream sent none).
+	Usage *Usage `protobuf:"bytes,5,opt,name=usage,proto3" json:"usage,omitempty"`
+	// Cost of the answer in USD. Unset when the model's price is unknown.
+	CostUsd *float64 `protobuf:"fixed64,6,opt,name=cost_usd,json=costUsd,proto3,oneof" json:"cost_usd,omitempty"`
+	// Upstream attempts the answer took.
+	Attempts int32 `protobuf:"varint,7,opt,name=attempts,proto3" json:"attempts,omitempty"`
+	// Prompt tokens sent in this turn, counted offline by the gateway.
+	ContextTokens int64 `protobuf:"varint,8,opt,name=context_tokens,json=contextTokens,proto3" json:"context_tokens,omitempty"`
+	// Old messages left out of this turn's prompt.
+	TrimmedMessages int32 `protobuf:"varint,9,opt,name=trimmed_messages,json=trimmedMessages,proto3" json:"trimmed_messages,omitempty"`
+	// Usage of the summary written this turn (SUMMARIZE); unset when none was.
+	SummarizationUsage *Usage `protobuf:"bytes,10,opt,name=summarization_usage,json=summarizationUsage,proto3" json:"summarization_usage,omitempty"`
+	// Cost in USD of that summary; unset when none was written or its price is unknown.
+	SummarizationCostUsd *float64 `protobuf:"fixed64,11,opt,name=summarization_cost_usd,json=summarizationCostUsd,proto3,oneof" json:"summarization_cost_usd,omitempty"`
+	// Messages the conversation holds after this turn.
+	MessageCount  int32 `protobuf:"varint,12,opt,name=message_count,json=messageCount,proto3" json:"message_count,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConverseSummary) Reset() {
+	*x = ConverseSummary{}
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConverseSummary) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConverseSummary) ProtoMessage() {}
+
+func (x *ConverseSummary) ProtoReflect() protoreflect.Message {
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConverseSummary.ProtoReflect.Descriptor instead.
+func (*ConverseSummary) Descriptor() ([]byte, []int) {
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *ConverseSummary) GetToolCalls() []*ToolCall {
+	if x != nil {
+		return x.ToolCalls
+	}
+	return nil
+}
+
+func (x *ConverseSummary) GetFinishReason() FinishReason {
+	if x != nil {
+		return x.FinishReason
+	}
+	return FinishReason_FINISH_REASON_UNSPECIFIED
+}
+
+func (x *ConverseSummary) GetModel() string {
+	if x != nil {
+		return x.Model
+	}
+	return ""
+}
+
+func (x *ConverseSummary) GetResponseId() string {
+	if x != nil {
+		return x.ResponseId
+	}
+	return ""
+}
+
+func (x *ConverseSummary) GetUsage() *Usage {
+	if x != nil {
+		return x.Usage
+	}
+	return nil
+}
+
+func (x *ConverseSummary) GetCostUsd() float64 {
+	if x != nil && x.CostUsd != nil {
+		return *x.CostUsd
+	}
+	return 0
+}
+
+func (x *ConverseSummary) GetAttempts() int32 {
+	if x != nil {
+		return x.Attempts
+	}
+	return 0
+}
+
+func (x *ConverseSummary) GetContextTokens() int64 {
+	if x != nil {
+		return x.ContextTokens
+	}
+	return 0
+}
+
+func (x *ConverseSummary) GetTrimmedMessages() int32 {
+	if x != nil {
+		return x.TrimmedMessages
+	}
+	return 0
+}
+
+func (x *ConverseSummary) GetSummarizationUsage() *Usage {
+	if x != nil {
+		return x.SummarizationUsage
+	}
+	return nil
+}
+
+func (x *ConverseSummary) GetSummarizationCostUsd() float64 {
+	if x != nil && x.SummarizationCostUsd != nil {
+		return *x.SummarizationCostUsd
+	}
+	return 0
+}
+
+func (x *ConverseSummary) GetMessageCount() int32 {
+	if x != nil {
+		return x.MessageCount
+	}
+	return 0
+}
+
+// StreamConverseResponse is one event of a StreamConverse stream: deltas, then one summary.
+type StreamConverseResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The event.
+	//
+	// Types that are valid to be assigned to Event:
+	//
+	//	*StreamConverseResponse_Delta
+	//	*StreamConverseResponse_Summary
+	Event         isStreamConverseResponse_Event `protobuf_oneof:"event"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StreamConverseResponse) Reset() {
+	*x = StreamConverseResponse{}
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[43]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StreamConverseResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StreamConverseResponse) ProtoMessage() {}
+
+func (x *StreamConverseResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[43]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StreamConverseResponse.ProtoReflect.Descriptor instead.
+func (*StreamConverseResponse) Descriptor() ([]byte, []int) {
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{43}
+}
+
+func (x *StreamConverseResponse) GetEvent() isStreamConverseResponse_Event {
+	if x != nil {
+		return x.Event
+	}
+	return nil
+}
+
+func (x *StreamConverseResponse) GetDelta() *ChatCompletionDelta {
+	if x != nil {
+		if x, ok := x.Event.(*StreamConverseResponse_Delta); ok {
+			return x.Delta
+		}
+	}
+	return nil
+}
+
+func (x *StreamConverseResponse) GetSummary() *ConverseSummary {
+	if x != nil {
+		if x, ok := x.Event.(*StreamConverseResponse_Summary); ok {
+			return x.Summary
+		}
+	}
+	return nil
+}
+
+type isStreamConverseResponse_Event interface {
+	isStreamConverseResponse_Event()
+}
+
+type StreamConverseResponse_Delta struct {
+	// A piece of the answer.
+	Delta *ChatCompletionDelta `protobuf:"bytes,1,opt,name=delta,proto3,oneof"`
+}
+
+type StreamConverseResponse_Summary struct {
+	// The last message of a successful stream.
+	Summary *ConverseSummary `protobuf:"bytes,2,opt,name=summary,proto3,oneof"`
+}
+
+func (*StreamConverseResponse_Delta) isStreamConverseResponse_Event() {}
+
+func (*StreamConverseResponse_Summary) isStreamConverseResponse_Event() {}
+
+// GetConversationRequest names a conversation.
+type GetConversationRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The conversation's id.
+	ConversationId string `protobuf:"bytes,1,opt,name=conversation_id,json=conversationId,proto3" json:"conversation_id,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *GetConversationRequest) Reset() {
+	*x = GetConversationRequest{}
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[44]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetConversationRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetConversationRequest) ProtoMessage() {}
+
+func (x *GetConversationRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[44]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetConversationRequest.ProtoReflect.Descriptor instead.
+func (*GetConversationRequest) Descriptor() ([]byte, []int) {
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{44}
+}
+
+func (x *GetConversationRequest) GetConversationId() string {
+	if x != nil {
+		return x.ConversationId
+	}
+	return ""
+}
+
+// GetConversationResponse is a conversation with its messages.
+type GetConversationResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The conversation, with its current token count.
+	Conversation *Conversation `protobuf:"bytes,1,opt,name=conversation,proto3" json:"conversation,omitempty"`
+	// Its messages, oldest first (the system message is in the conversation).
+	Messages []*ChatMessage `protobuf:"bytes,2,rep,name=messages,proto3" json:"messages,omitempty"`
+	// The summary that replaces its first summarized_messages messages in the
+	// prompt (SUMMARIZE); empty when there is none.
+	Summary       string `protobuf:"bytes,3,opt,name=summary,proto3" json:"summary,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetConversationResponse) Reset() {
+	*x = GetConversationResponse{}
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[45]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetConversationResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetConversationResponse) ProtoMessage() {}
+
+func (x *GetConversationResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[45]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetConversationResponse.ProtoReflect.Descriptor instead.
+func (*GetConversationResponse) Descriptor() ([]byte, []int) {
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{45}
+}
+
+func (x *GetConversationResponse) GetConversation() *Conversation {
+	if x != nil {
+		return x.Conversation
+	}
+	return nil
+}
+
+func (x *GetConversationResponse) GetMessages() []*ChatMessage {
+	if x != nil {
+		return x.Messages
+	}
+	return nil
+}
+
+func (x *GetConversationResponse) GetSummary() string {
+	if x != nil {
+		return x.Summary
+	}
+	return ""
+}
+
+// ListConversationsRequest pages through the caller's conversations (AIP-158).
+type ListConversationsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Most conversations per page, 0 to 1,000 (larger values mean 1,000). 0:
+	// 50.
+	PageSize int32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// next_page_token of the previous page; empty for the first page.
+	PageToken     string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListConversationsRequest) Reset() {
+	*x = ListConversationsRequest{}
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[46]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListConversationsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListConversationsRequest) ProtoMessage() {}
+
+func (x *ListConversationsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[46]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListConversationsRequest.ProtoReflect.Descriptor instead.
+func (*ListConversationsRequest) Descriptor() ([]byte, []int) {
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{46}
+}
+
+func (x *ListConversationsRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListConversationsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+// ListConversationsResponse is one page, newest first.
+type ListConversationsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The conversations (without their messages).
+	Conversations []*Conversation `protobuf:"bytes,1,rep,name=conversations,proto3" json:"conversations,omitempty"`
+	// Token of the next page; empty on the last page.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListConversationsResponse) Reset() {
+	*x = ListConversationsResponse{}
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[47]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListConversationsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListConversationsResponse) ProtoMessage() {}
+
+func (x *ListConversationsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[47]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListConversationsResponse.ProtoReflect.Descriptor instead.
+func (*ListConversationsResponse) Descriptor() ([]byte, []int) {
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{47}
+}
+
+func (x *ListConversationsResponse) GetConversations() []*Conversation {
+	if x != nil {
+		return x.Conversations
+	}
+	return nil
+}
+
+func (x *ListConversationsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+// DeleteConversationRequest names a conversation to delete.
+type DeleteConversationRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The conversation's id.
+	ConversationId string `protobuf:"bytes,1,opt,name=conversation_id,json=conversationId,proto3" json:"conversation_id,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *DeleteConversationRequest) Reset() {
+	*x = DeleteConversationRequest{}
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[48]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteConversationRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteConversationRequest) ProtoMessage() {}
+
+func (x *DeleteConversationRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[48]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteConversationRequest.ProtoReflect.Descriptor instead.
+func (*DeleteConversationRequest) Descriptor() ([]byte, []int) {
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{48}
+}
+
+func (x *DeleteConversationRequest) GetConversationId() string {
+	if x != nil {
+		return x.ConversationId
+	}
+	return ""
+}
+
+// DeleteConversationResponse is empty: the conversation is gone.
+type DeleteConversationResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteConversationResponse) Reset() {
+	*x = DeleteConversationResponse{}
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[49]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteConversationResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteConversationResponse) ProtoMessage() {}
+
+func (x *DeleteConversationResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[49]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteConversationResponse.ProtoReflect.Descriptor instead.
+func (*DeleteConversationResponse) Descriptor() ([]byte, []int) {
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{49}
+}
+
 var File_gptgrpc_v1_gateway_proto protoreflect.FileDescriptor
 
 const file_gptgrpc_v1_gateway_proto_rawDesc = "" +
@@ -3484,7 +4915,150 @@ const file_gptgrpc_v1_gateway_proto_rawDesc = "" +
 	"\x13RevokeClientRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"B\n" +
 	"\x14RevokeClientResponse\x12*\n" +
-	"\x06client\x18\x01 \x01(\v2\x12.gptgrpc.v1.ClientR\x06client*s\n" +
+	"\x06client\x18\x01 \x01(\v2\x12.gptgrpc.v1.ClientR\x06client\"\x81\x06\n" +
+	"\fConversation\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
+	"\x05model\x18\x02 \x01(\tR\x05model\x12%\n" +
+	"\x0esystem_message\x18\x03 \x01(\tR\rsystemMessage\x121\n" +
+	"\x12max_context_tokens\x18\x04 \x01(\x03H\x00R\x10maxContextTokens\x88\x01\x01\x12C\n" +
+	"\x0ftrimming_policy\x18\x05 \x01(\x0e2\x1a.gptgrpc.v1.TrimmingPolicyR\x0etrimmingPolicy\x12<\n" +
+	"\x06labels\x18\x06 \x03(\v2$.gptgrpc.v1.Conversation.LabelsEntryR\x06labels\x12;\n" +
+	"\vcreate_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"createTime\x12;\n" +
+	"\vupdate_time\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"updateTime\x12;\n" +
+	"\vexpire_time\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"expireTime\x12+\n" +
+	"\x03ttl\x18\n" +
+	" \x01(\v2\x19.google.protobuf.DurationR\x03ttl\x12#\n" +
+	"\rmessage_count\x18\v \x01(\x05R\fmessageCount\x12/\n" +
+	"\x13summarized_messages\x18\f \x01(\x05R\x12summarizedMessages\x12%\n" +
+	"\x0econtext_tokens\x18\r \x01(\x03R\rcontextTokens\x12#\n" +
+	"\rcontext_limit\x18\x0e \x01(\x03R\fcontextLimit\x12\x16\n" +
+	"\x06client\x18\x0f \x01(\tR\x06client\x1a9\n" +
+	"\vLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\x15\n" +
+	"\x13_max_context_tokens\"\x9a\x03\n" +
+	"\x19CreateConversationRequest\x12\x14\n" +
+	"\x05model\x18\x01 \x01(\tR\x05model\x12%\n" +
+	"\x0esystem_message\x18\x02 \x01(\tR\rsystemMessage\x121\n" +
+	"\x12max_context_tokens\x18\x03 \x01(\x03H\x00R\x10maxContextTokens\x88\x01\x01\x12C\n" +
+	"\x0ftrimming_policy\x18\x04 \x01(\x0e2\x1a.gptgrpc.v1.TrimmingPolicyR\x0etrimmingPolicy\x12+\n" +
+	"\x03ttl\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\x12I\n" +
+	"\x06labels\x18\x06 \x03(\v21.gptgrpc.v1.CreateConversationRequest.LabelsEntryR\x06labels\x1a9\n" +
+	"\vLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\x15\n" +
+	"\x13_max_context_tokens\"Z\n" +
+	"\x1aCreateConversationResponse\x12<\n" +
+	"\fconversation\x18\x01 \x01(\v2\x18.gptgrpc.v1.ConversationR\fconversation\"\x9d\x05\n" +
+	"\x0fConverseRequest\x12'\n" +
+	"\x0fconversation_id\x18\x01 \x01(\tR\x0econversationId\x12!\n" +
+	"\fuser_message\x18\x02 \x01(\tR\vuserMessage\x123\n" +
+	"\bmessages\x18\x03 \x03(\v2\x17.gptgrpc.v1.ChatMessageR\bmessages\x12%\n" +
+	"\vtemperature\x18\x04 \x01(\x01H\x00R\vtemperature\x88\x01\x01\x12\"\n" +
+	"\n" +
+	"max_tokens\x18\x05 \x01(\x05H\x01R\tmaxTokens\x88\x01\x01\x12\x18\n" +
+	"\x05top_p\x18\x06 \x01(\x01H\x02R\x04topP\x88\x01\x01\x12\x12\n" +
+	"\x04stop\x18\a \x03(\tR\x04stop\x12\x17\n" +
+	"\x04seed\x18\b \x01(\x03H\x03R\x04seed\x88\x01\x01\x12.\n" +
+	"\x10presence_penalty\x18\t \x01(\x01H\x04R\x0fpresencePenalty\x88\x01\x01\x120\n" +
+	"\x11frequency_penalty\x18\n" +
+	" \x01(\x01H\x05R\x10frequencyPenalty\x88\x01\x01\x12C\n" +
+	"\x0fresponse_format\x18\v \x01(\v2\x1a.gptgrpc.v1.ResponseFormatR\x0eresponseFormat\x12&\n" +
+	"\x05tools\x18\f \x03(\v2\x10.gptgrpc.v1.ToolR\x05tools\x127\n" +
+	"\vtool_choice\x18\r \x01(\v2\x16.gptgrpc.v1.ToolChoiceR\n" +
+	"toolChoice\x12\x12\n" +
+	"\x04user\x18\x0e \x01(\tR\x04userB\x0e\n" +
+	"\f_temperatureB\r\n" +
+	"\v_max_tokensB\b\n" +
+	"\x06_top_pB\a\n" +
+	"\x05_seedB\x13\n" +
+	"\x11_presence_penaltyB\x14\n" +
+	"\x12_frequency_penalty\"\xf4\x04\n" +
+	"\x10ConverseResponse\x12\x18\n" +
+	"\acontent\x18\x01 \x01(\tR\acontent\x123\n" +
+	"\n" +
+	"tool_calls\x18\x02 \x03(\v2\x14.gptgrpc.v1.ToolCallR\ttoolCalls\x12=\n" +
+	"\rfinish_reason\x18\x03 \x01(\x0e2\x18.gptgrpc.v1.FinishReasonR\ffinishReason\x12\x14\n" +
+	"\x05model\x18\x04 \x01(\tR\x05model\x12\x1f\n" +
+	"\vresponse_id\x18\x05 \x01(\tR\n" +
+	"responseId\x12'\n" +
+	"\x05usage\x18\x06 \x01(\v2\x11.gptgrpc.v1.UsageR\x05usage\x12\x1e\n" +
+	"\bcost_usd\x18\a \x01(\x01H\x00R\acostUsd\x88\x01\x01\x12\x1a\n" +
+	"\battempts\x18\b \x01(\x05R\battempts\x12\x18\n" +
+	"\arefusal\x18\t \x01(\tR\arefusal\x12%\n" +
+	"\x0econtext_tokens\x18\n" +
+	" \x01(\x03R\rcontextTokens\x12)\n" +
+	"\x10trimmed_messages\x18\v \x01(\x05R\x0ftrimmedMessages\x12B\n" +
+	"\x13summarization_usage\x18\f \x01(\v2\x11.gptgrpc.v1.UsageR\x12summarizationUsage\x129\n" +
+	"\x16summarization_cost_usd\x18\r \x01(\x01H\x01R\x14summarizationCostUsd\x88\x01\x01\x12#\n" +
+	"\rmessage_count\x18\x0e \x01(\x05R\fmessageCountB\v\n" +
+	"\t_cost_usdB\x19\n" +
+	"\x17_summarization_cost_usd\"\xa3\x05\n" +
+	"\x15StreamConverseRequest\x12'\n" +
+	"\x0fconversation_id\x18\x01 \x01(\tR\x0econversationId\x12!\n" +
+	"\fuser_message\x18\x02 \x01(\tR\vuserMessage\x123\n" +
+	"\bmessages\x18\x03 \x03(\v2\x17.gptgrpc.v1.ChatMessageR\bmessages\x12%\n" +
+	"\vtemperature\x18\x04 \x01(\x01H\x00R\vtemperature\x88\x01\x01\x12\"\n" +
+	"\n" +
+	"max_tokens\x18\x05 \x01(\x05H\x01R\tmaxTokens\x88\x01\x01\x12\x18\n" +
+	"\x05top_p\x18\x06 \x01(\x01H\x02R\x04topP\x88\x01\x01\x12\x12\n" +
+	"\x04stop\x18\a \x03(\tR\x04stop\x12\x17\n" +
+	"\x04seed\x18\b \x01(\x03H\x03R\x04seed\x88\x01\x01\x12.\n" +
+	"\x10presence_penalty\x18\t \x01(\x01H\x04R\x0fpresencePenalty\x88\x01\x01\x120\n" +
+	"\x11frequency_penalty\x18\n" +
+	" \x01(\x01H\x05R\x10frequencyPenalty\x88\x01\x01\x12C\n" +
+	"\x0fresponse_format\x18\v \x01(\v2\x1a.gptgrpc.v1.ResponseFormatR\x0eresponseFormat\x12&\n" +
+	"\x05tools\x18\f \x03(\v2\x10.gptgrpc.v1.ToolR\x05tools\x127\n" +
+	"\vtool_choice\x18\r \x01(\v2\x16.gptgrpc.v1.ToolChoiceR\n" +
+	"toolChoice\x12\x12\n" +
+	"\x04user\x18\x0e \x01(\tR\x04userB\x0e\n" +
+	"\f_temperatureB\r\n" +
+	"\v_max_tokensB\b\n" +
+	"\x06_top_pB\a\n" +
+	"\x05_seedB\x13\n" +
+	"\x11_presence_penaltyB\x14\n" +
+	"\x12_frequency_penalty\"\xbf\x04\n" +
+	"\x0fConverseSummary\x123\n" +
+	"\n" +
+	"tool_calls\x18\x01 \x03(\v2\x14.gptgrpc.v1.ToolCallR\ttoolCalls\x12=\n" +
+	"\rfinish_reason\x18\x02 \x01(\x0e2\x18.gptgrpc.v1.FinishReasonR\ffinishReason\x12\x14\n" +
+	"\x05model\x18\x03 \x01(\tR\x05model\x12\x1f\n" +
+	"\vresponse_id\x18\x04 \x01(\tR\n" +
+	"responseId\x12'\n" +
+	"\x05usage\x18\x05 \x01(\v2\x11.gptgrpc.v1.UsageR\x05usage\x12\x1e\n" +
+	"\bcost_usd\x18\x06 \x01(\x01H\x00R\acostUsd\x88\x01\x01\x12\x1a\n" +
+	"\battempts\x18\a \x01(\x05R\battempts\x12%\n" +
+	"\x0econtext_tokens\x18\b \x01(\x03R\rcontextTokens\x12)\n" +
+	"\x10trimmed_messages\x18\t \x01(\x05R\x0ftrimmedMessages\x12B\n" +
+	"\x13summarization_usage\x18\n" +
+	" \x01(\v2\x11.gptgrpc.v1.UsageR\x12summarizationUsage\x129\n" +
+	"\x16summarization_cost_usd\x18\v \x01(\x01H\x01R\x14summarizationCostUsd\x88\x01\x01\x12#\n" +
+	"\rmessage_count\x18\f \x01(\x05R\fmessageCountB\v\n" +
+	"\t_cost_usdB\x19\n" +
+	"\x17_summarization_cost_usd\"\x93\x01\n" +
+	"\x16StreamConverseResponse\x127\n" +
+	"\x05delta\x18\x01 \x01(\v2\x1f.gptgrpc.v1.ChatCompletionDeltaH\x00R\x05delta\x127\n" +
+	"\asummary\x18\x02 \x01(\v2\x1b.gptgrpc.v1.ConverseSummaryH\x00R\asummaryB\a\n" +
+	"\x05event\"A\n" +
+	"\x16GetConversationRequest\x12'\n" +
+	"\x0fconversation_id\x18\x01 \x01(\tR\x0econversationId\"\xa6\x01\n" +
+	"\x17GetConversationResponse\x12<\n" +
+	"\fconversation\x18\x01 \x01(\v2\x18.gptgrpc.v1.ConversationR\fconversation\x123\n" +
+	"\bmessages\x18\x02 \x03(\v2\x17.gptgrpc.v1.ChatMessageR\bmessages\x12\x18\n" +
+	"\asummary\x18\x03 \x01(\tR\asummary\"V\n" +
+	"\x18ListConversationsRequest\x12\x1b\n" +
+	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x02 \x01(\tR\tpageToken\"\x83\x01\n" +
+	"\x19ListConversationsResponse\x12>\n" +
+	"\rconversations\x18\x01 \x03(\v2\x18.gptgrpc.v1.ConversationR\rconversations\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"D\n" +
+	"\x19DeleteConversationRequest\x12'\n" +
+	"\x0fconversation_id\x18\x01 \x01(\tR\x0econversationId\"\x1c\n" +
+	"\x1aDeleteConversationResponse*s\n" +
 	"\x04Role\x12\x14\n" +
 	"\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n" +
 	"\vROLE_SYSTEM\x10\x01\x12\x12\n" +
@@ -3512,7 +5086,11 @@ const file_gptgrpc_v1_gateway_proto_rawDesc = "" +
 	"\fBudgetPeriod\x12\x1d\n" +
 	"\x19BUDGET_PERIOD_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11BUDGET_PERIOD_DAY\x10\x01\x12\x17\n" +
-	"\x13BUDGET_PERIOD_MONTH\x10\x02*\xca\x06\n" +
+	"\x13BUDGET_PERIOD_MONTH\x10\x02*Q\n" +
+	"\x0eTrimmingPolicy\x12\x1f\n" +
+	"\x1bTRIMMING_POLICY_UNSPECIFIED\x10\x00\x12\x0f\n" +
+	"\vTRIM_OLDEST\x10\x01\x12\r\n" +
+	"\tSUMMARIZE\x10\x02*\xb7\a\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fINVALID_REQUEST\x10\x01\x12\x13\n" +
@@ -3548,7 +5126,11 @@ const file_gptgrpc_v1_gateway_proto_rawDesc = "" +
 	"\x15CLIENT_MODEL_UNPRICED\x10!\x12\x16\n" +
 	"\x12SECRET_KEY_MISSING\x10\"\x12\x1c\n" +
 	"\x18CLIENT_IN_FLIGHT_LIMITED\x10#\x12\x15\n" +
-	"\x11STORE_UNAVAILABLE\x10$2\xa8\a\n" +
+	"\x11STORE_UNAVAILABLE\x10$\x12\x1a\n" +
+	"\x16CONVERSATION_NOT_FOUND\x109\x12\x15\n" +
+	"\x11CONVERSATION_BUSY\x10:\x12\x15\n" +
+	"\x11CONVERSATION_FULL\x10;\x12!\n" +
+	"\x1dCONVERSATION_CONTEXT_EXCEEDED\x10<2\xd2\v\n" +
 	"\n" +
 	"GPTService\x12W\n" +
 	"\x0eChatCompletion\x12!.gptgrpc.v1.ChatCompletionRequest\x1a\".gptgrpc.v1.ChatCompletionResponse\x12k\n" +
@@ -3562,7 +5144,13 @@ const file_gptgrpc_v1_gateway_proto_rawDesc = "" +
 	"\fCreateClient\x12\x1f.gptgrpc.v1.CreateClientRequest\x1a .gptgrpc.v1.CreateClientResponse\x12N\n" +
 	"\vListClients\x12\x1e.gptgrpc.v1.ListClientsRequest\x1a\x1f.gptgrpc.v1.ListClientsResponse\x12Q\n" +
 	"\fUpdateClient\x12\x1f.gptgrpc.v1.UpdateClientRequest\x1a .gptgrpc.v1.UpdateClientResponse\x12Q\n" +
-	"\fRevokeClient\x12\x1f.gptgrpc.v1.RevokeClientRequest\x1a .gptgrpc.v1.RevokeClientResponseB=Z;github.com/gpt-grpc/gpt-grpc/clients/go/gptgrpcv1;gptgrpcv1b\x06proto3"
+	"\fRevokeClient\x12\x1f.gptgrpc.v1.RevokeClientRequest\x1a .gptgrpc.v1.RevokeClientResponse\x12c\n" +
+	"\x12CreateConversation\x12%.gptgrpc.v1.CreateConversationRequest\x1a&.gptgrpc.v1.CreateConversationResponse\x12E\n" +
+	"\bConverse\x12\x1b.gptgrpc.v1.ConverseRequest\x1a\x1c.gptgrpc.v1.ConverseResponse\x12Y\n" +
+	"\x0eStreamConverse\x12!.gptgrpc.v1.StreamConverseRequest\x1a\".gptgrpc.v1.StreamConverseResponse0\x01\x12Z\n" +
+	"\x0fGetConversation\x12\".gptgrpc.v1.GetConversationRequest\x1a#.gptgrpc.v1.GetConversationResponse\x12`\n" +
+	"\x11ListConversations\x12$.gptgrpc.v1.ListConversationsRequest\x1a%.gptgrpc.v1.ListConversationsResponse\x12c\n" +
+	"\x12DeleteConversation\x12%.gptgrpc.v1.DeleteConversationRequest\x1a&.gptgrpc.v1.DeleteConversationResponseB=Z;github.com/gpt-grpc/gpt-grpc/clients/go/gptgrpcv1;gptgrpcv1b\x06proto3"
 
 var (
 	file_gptgrpc_v1_gateway_proto_rawDescOnce sync.Once
@@ -3576,125 +5164,185 @@ func file_gptgrpc_v1_gateway_proto_rawDescGZIP() []byte {
 	return file_gptgrpc_v1_gateway_proto_rawDescData
 }
 
-var file_gptgrpc_v1_gateway_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
-var file_gptgrpc_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
+var file_gptgrpc_v1_gateway_proto_enumTypes = make([]protoimpl.EnumInfo, 7)
+var file_gptgrpc_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 52)
 var file_gptgrpc_v1_gateway_proto_goTypes = []any{
 	(Role)(0),                            // 0: gptgrpc.v1.Role
 	(ToolChoiceMode)(0),                  // 1: gptgrpc.v1.ToolChoiceMode
 	(ResponseFormatType)(0),              // 2: gptgrpc.v1.ResponseFormatType
 	(FinishReason)(0),                    // 3: gptgrpc.v1.FinishReason
 	(BudgetPeriod)(0),                    // 4: gptgrpc.v1.BudgetPeriod
-	(ErrorReason)(0),                     // 5: gptgrpc.v1.ErrorReason
-	(*ChatMessage)(nil),                  // 6: gptgrpc.v1.ChatMessage
-	(*Tool)(nil),                         // 7: gptgrpc.v1.Tool
-	(*ToolCall)(nil),                     // 8: gptgrpc.v1.ToolCall
-	(*ToolChoice)(nil),                   // 9: gptgrpc.v1.ToolChoice
-	(*ResponseFormat)(nil),               // 10: gptgrpc.v1.ResponseFormat
-	(*ChatCompletionRequest)(nil),        // 11: gptgrpc.v1.ChatCompletionRequest
-	(*Usage)(nil),                        // 12: gptgrpc.v1.Usage
-	(*ChatCompletionResponse)(nil),       // 13: gptgrpc.v1.ChatCompletionResponse
-	(*StreamChatCompletionRequest)(nil),  // 14: gptgrpc.v1.StreamChatCompletionRequest
-	(*ChatCompletionDelta)(nil),          // 15: gptgrpc.v1.ChatCompletionDelta
-	(*ChatCompletionSummary)(nil),        // 16: gptgrpc.v1.ChatCompletionSummary
-	(*StreamChatCompletionResponse)(nil), // 17: gptgrpc.v1.StreamChatCompletionResponse
-	(*CountTokensRequest)(nil),           // 18: gptgrpc.v1.CountTokensRequest
-	(*CountTokensResponse)(nil),          // 19: gptgrpc.v1.CountTokensResponse
-	(*RetryPolicy)(nil),                  // 20: gptgrpc.v1.RetryPolicy
-	(*ConfigureRequest)(nil),             // 21: gptgrpc.v1.ConfigureRequest
-	(*Configuration)(nil),                // 22: gptgrpc.v1.Configuration
-	(*ConfigureResponse)(nil),            // 23: gptgrpc.v1.ConfigureResponse
-	(*GetConfigurationRequest)(nil),      // 24: gptgrpc.v1.GetConfigurationRequest
-	(*GetConfigurationResponse)(nil),     // 25: gptgrpc.v1.GetConfigurationResponse
-	(*ListModelsRequest)(nil),            // 26: gptgrpc.v1.ListModelsRequest
-	(*ModelInfo)(nil),                    // 27: gptgrpc.v1.ModelInfo
-	(*ListModelsResponse)(nil),           // 28: gptgrpc.v1.ListModelsResponse
-	(*GetUsageRequest)(nil),              // 29: gptgrpc.v1.GetUsageRequest
-	(*ModelUsage)(nil),                   // 30: gptgrpc.v1.ModelUsage
-	(*GetUsageResponse)(nil),             // 31: gptgrpc.v1.GetUsageResponse
-	(*ClientLimits)(nil),                 // 32: gptgrpc.v1.ClientLimits
-	(*Client)(nil),                       // 33: gptgrpc.v1.Client
-	(*CreateClientRequest)(nil),          // 34: gptgrpc.v1.CreateClientRequest
-	(*CreateClientResponse)(nil),         // 35: gptgrpc.v1.CreateClientResponse
-	(*ListClientsRequest)(nil),           // 36: gptgrpc.v1.ListClientsRequest
-	(*ListClientsResponse)(nil),          // 37: gptgrpc.v1.ListClientsResponse
-	(*UpdateClientRequest)(nil),          // 38: gptgrpc.v1.UpdateClientRequest
-	(*UpdateClientResponse)(nil),         // 39: gptgrpc.v1.UpdateClientResponse
-	(*RevokeClientRequest)(nil),          // 40: gptgrpc.v1.RevokeClientRequest
-	(*RevokeClientResponse)(nil),         // 41: gptgrpc.v1.RevokeClientResponse
-	(*durationpb.Duration)(nil),          // 42: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),        // 43: google.protobuf.Timestamp
+	(TrimmingPolicy)(0),                  // 5: gptgrpc.v1.TrimmingPolicy
+	(ErrorReason)(0),                     // 6: gptgrpc.v1.ErrorReason
+	(*ChatMessage)(nil),                  // 7: gptgrpc.v1.ChatMessage
+	(*Tool)(nil),                         // 8: gptgrpc.v1.Tool
+	(*ToolCall)(nil),                     // 9: gptgrpc.v1.ToolCall
+	(*ToolChoice)(nil),                   // 10: gptgrpc.v1.ToolChoice
+	(*ResponseFormat)(nil),               // 11: gptgrpc.v1.ResponseFormat
+	(*ChatCompletionRequest)(nil),        // 12: gptgrpc.v1.ChatCompletionRequest
+	(*Usage)(nil),                        // 13: gptgrpc.v1.Usage
+	(*ChatCompletionResponse)(nil),       // 14: gptgrpc.v1.ChatCompletionResponse
+	(*StreamChatCompletionRequest)(nil),  // 15: gptgrpc.v1.StreamChatCompletionRequest
+	(*ChatCompletionDelta)(nil),          // 16: gptgrpc.v1.ChatCompletionDelta
+	(*ChatCompletionSummary)(nil),        // 17: gptgrpc.v1.ChatCompletionSummary
+	(*StreamChatCompletionResponse)(nil), // 18: gptgrpc.v1.StreamChatCompletionResponse
+	(*CountTokensRequest)(nil),           // 19: gptgrpc.v1.CountTokensRequest
+	(*CountTokensResponse)(nil),          // 20: gptgrpc.v1.CountTokensResponse
+	(*RetryPolicy)(nil),                  // 21: gptgrpc.v1.RetryPolicy
+	(*ConfigureRequest)(nil),             // 22: gptgrpc.v1.ConfigureRequest
+	(*Configuration)(nil),                // 23: gptgrpc.v1.Configuration
+	(*ConfigureResponse)(nil),            // 24: gptgrpc.v1.ConfigureResponse
+	(*GetConfigurationRequest)(nil),      // 25: gptgrpc.v1.GetConfigurationRequest
+	(*GetConfigurationResponse)(nil),     // 26: gptgrpc.v1.GetConfigurationResponse
+	(*ListModelsRequest)(nil),            // 27: gptgrpc.v1.ListModelsRequest
+	(*ModelInfo)(nil),                    // 28: gptgrpc.v1.ModelInfo
+	(*ListModelsResponse)(nil),           // 29: gptgrpc.v1.ListModelsResponse
+	(*GetUsageRequest)(nil),              // 30: gptgrpc.v1.GetUsageRequest
+	(*ModelUsage)(nil),                   // 31: gptgrpc.v1.ModelUsage
+	(*GetUsageResponse)(nil),             // 32: gptgrpc.v1.GetUsageResponse
+	(*ClientLimits)(nil),                 // 33: gptgrpc.v1.ClientLimits
+	(*Client)(nil),                       // 34: gptgrpc.v1.Client
+	(*CreateClientRequest)(nil),          // 35: gptgrpc.v1.CreateClientRequest
+	(*CreateClientResponse)(nil),         // 36: gptgrpc.v1.CreateClientResponse
+	(*ListClientsRequest)(nil),           // 37: gptgrpc.v1.ListClientsRequest
+	(*ListClientsResponse)(nil),          // 38: gptgrpc.v1.ListClientsResponse
+	(*UpdateClientRequest)(nil),          // 39: gptgrpc.v1.UpdateClientRequest
+	(*UpdateClientResponse)(nil),         // 40: gptgrpc.v1.UpdateClientResponse
+	(*RevokeClientRequest)(nil),          // 41: gptgrpc.v1.RevokeClientRequest
+	(*RevokeClientResponse)(nil),         // 42: gptgrpc.v1.RevokeClientResponse
+	(*Conversation)(nil),                 // 43: gptgrpc.v1.Conversation
+	(*CreateConversationRequest)(nil),    // 44: gptgrpc.v1.CreateConversationRequest
+	(*CreateConversationResponse)(nil),   // 45: gptgrpc.v1.CreateConversationResponse
+	(*ConverseRequest)(nil),              // 46: gptgrpc.v1.ConverseRequest
+	(*ConverseResponse)(nil),             // 47: gptgrpc.v1.ConverseResponse
+	(*StreamConverseRequest)(nil),        // 48: gptgrpc.v1.StreamConverseRequest
+	(*ConverseSummary)(nil),              // 49: gptgrpc.v1.ConverseSummary
+	(*StreamConverseResponse)(nil),       // 50: gptgrpc.v1.StreamConverseResponse
+	(*GetConversationRequest)(nil),       // 51: gptgrpc.v1.GetConversationRequest
+	(*GetConversationResponse)(nil),      // 52: gptgrpc.v1.GetConversationResponse
+	(*ListConversationsRequest)(nil),     // 53: gptgrpc.v1.ListConversationsRequest
+	(*ListConversationsResponse)(nil),    // 54: gptgrpc.v1.ListConversationsResponse
+	(*DeleteConversationRequest)(nil),    // 55: gptgrpc.v1.DeleteConversationRequest
+	(*DeleteConversationResponse)(nil),   // 56: gptgrpc.v1.DeleteConversationResponse
+	nil,                                  // 57: gptgrpc.v1.Conversation.LabelsEntry
+	nil,                                  // 58: gptgrpc.v1.CreateConversationRequest.LabelsEntry
+	(*durationpb.Duration)(nil),          // 59: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),        // 60: google.protobuf.Timestamp
 }
 var file_gptgrpc_v1_gateway_proto_depIdxs = []int32{
 	0,  // 0: gptgrpc.v1.ChatMessage.role:type_name -> gptgrpc.v1.Role
-	8,  // 1: gptgrpc.v1.ChatMessage.tool_calls:type_name -> gptgrpc.v1.ToolCall
+	9,  // 1: gptgrpc.v1.ChatMessage.tool_calls:type_name -> gptgrpc.v1.ToolCall
 	1,  // 2: gptgrpc.v1.ToolChoice.mode:type_name -> gptgrpc.v1.ToolChoiceMode
 	2,  // 3: gptgrpc.v1.ResponseFormat.type:type_name -> gptgrpc.v1.ResponseFormatType
-	6,  // 4: gptgrpc.v1.ChatCompletionRequest.messages:type_name -> gptgrpc.v1.ChatMessage
-	10, // 5: gptgrpc.v1.ChatCompletionRequest.response_format:type_name -> gptgrpc.v1.ResponseFormat
-	7,  // 6: gptgrpc.v1.ChatCompletionRequest.tools:type_name -> gptgrpc.v1.Tool
-	9,  // 7: gptgrpc.v1.ChatCompletionRequest.tool_choice:type_name -> gptgrpc.v1.ToolChoice
-	8,  // 8: gptgrpc.v1.ChatCompletionResponse.tool_calls:type_name -> gptgrpc.v1.ToolCall
+	7,  // 4: gptgrpc.v1.ChatCompletionRequest.messages:type_name -> gptgrpc.v1.ChatMessage
+	11, // 5: gptgrpc.v1.ChatCompletionRequest.response_format:type_name -> gptgrpc.v1.ResponseFormat
+	8,  // 6: gptgrpc.v1.ChatCompletionRequest.tools:type_name -> gptgrpc.v1.Tool
+	10, // 7: gptgrpc.v1.ChatCompletionRequest.tool_choice:type_name -> gptgrpc.v1.ToolChoice
+	9,  // 8: gptgrpc.v1.ChatCompletionResponse.tool_calls:type_name -> gptgrpc.v1.ToolCall
 	3,  // 9: gptgrpc.v1.ChatCompletionResponse.finish_reason:type_name -> gptgrpc.v1.FinishReason
-	12, // 10: gptgrpc.v1.ChatCompletionResponse.usage:type_name -> gptgrpc.v1.Usage
-	6,  // 11: gptgrpc.v1.StreamChatCompletionRequest.messages:type_name -> gptgrpc.v1.ChatMessage
-	10, // 12: gptgrpc.v1.StreamChatCompletionRequest.response_format:type_name -> gptgrpc.v1.ResponseFormat
-	7,  // 13: gptgrpc.v1.StreamChatCompletionRequest.tools:type_name -> gptgrpc.v1.Tool
-	9,  // 14: gptgrpc.v1.StreamChatCompletionRequest.tool_choice:type_name -> gptgrpc.v1.ToolChoice
-	8,  // 15: gptgrpc.v1.ChatCompletionSummary.tool_calls:type_name -> gptgrpc.v1.ToolCall
+	13, // 10: gptgrpc.v1.ChatCompletionResponse.usage:type_name -> gptgrpc.v1.Usage
+	7,  // 11: gptgrpc.v1.StreamChatCompletionRequest.messages:type_name -> gptgrpc.v1.ChatMessage
+	11, // 12: gptgrpc.v1.StreamChatCompletionRequest.response_format:type_name -> gptgrpc.v1.ResponseFormat
+	8,  // 13: gptgrpc.v1.StreamChatCompletionRequest.tools:type_name -> gptgrpc.v1.Tool
+	10, // 14: gptgrpc.v1.StreamChatCompletionRequest.tool_choice:type_name -> gptgrpc.v1.ToolChoice
+	9,  // 15: gptgrpc.v1.ChatCompletionSummary.tool_calls:type_name -> gptgrpc.v1.ToolCall
 	3,  // 16: gptgrpc.v1.ChatCompletionSummary.finish_reason:type_name -> gptgrpc.v1.FinishReason
-	12, // 17: gptgrpc.v1.ChatCompletionSummary.usage:type_name -> gptgrpc.v1.Usage
-	15, // 18: gptgrpc.v1.StreamChatCompletionResponse.delta:type_name -> gptgrpc.v1.ChatCompletionDelta
-	16, // 19: gptgrpc.v1.StreamChatCompletionResponse.summary:type_name -> gptgrpc.v1.ChatCompletionSummary
-	6,  // 20: gptgrpc.v1.CountTokensRequest.messages:type_name -> gptgrpc.v1.ChatMessage
-	42, // 21: gptgrpc.v1.RetryPolicy.initial_backoff:type_name -> google.protobuf.Duration
-	42, // 22: gptgrpc.v1.RetryPolicy.max_backoff:type_name -> google.protobuf.Duration
-	42, // 23: gptgrpc.v1.ConfigureRequest.request_timeout:type_name -> google.protobuf.Duration
-	20, // 24: gptgrpc.v1.ConfigureRequest.retry_policy:type_name -> gptgrpc.v1.RetryPolicy
-	42, // 25: gptgrpc.v1.Configuration.request_timeout:type_name -> google.protobuf.Duration
-	20, // 26: gptgrpc.v1.Configuration.retry_policy:type_name -> gptgrpc.v1.RetryPolicy
-	22, // 27: gptgrpc.v1.ConfigureResponse.configuration:type_name -> gptgrpc.v1.Configuration
-	22, // 28: gptgrpc.v1.GetConfigurationResponse.configuration:type_name -> gptgrpc.v1.Configuration
-	27, // 29: gptgrpc.v1.ListModelsResponse.models:type_name -> gptgrpc.v1.ModelInfo
-	30, // 30: gptgrpc.v1.GetUsageResponse.models:type_name -> gptgrpc.v1.ModelUsage
-	30, // 31: gptgrpc.v1.GetUsageResponse.total:type_name -> gptgrpc.v1.ModelUsage
-	43, // 32: gptgrpc.v1.GetUsageResponse.since:type_name -> google.protobuf.Timestamp
+	13, // 17: gptgrpc.v1.ChatCompletionSummary.usage:type_name -> gptgrpc.v1.Usage
+	16, // 18: gptgrpc.v1.StreamChatCompletionResponse.delta:type_name -> gptgrpc.v1.ChatCompletionDelta
+	17, // 19: gptgrpc.v1.StreamChatCompletionResponse.summary:type_name -> gptgrpc.v1.ChatCompletionSummary
+	7,  // 20: gptgrpc.v1.CountTokensRequest.messages:type_name -> gptgrpc.v1.ChatMessage
+	59, // 21: gptgrpc.v1.RetryPolicy.initial_backoff:type_name -> google.protobuf.Duration
+	59, // 22: gptgrpc.v1.RetryPolicy.max_backoff:type_name -> google.protobuf.Duration
+	59, // 23: gptgrpc.v1.ConfigureRequest.request_timeout:type_name -> google.protobuf.Duration
+	21, // 24: gptgrpc.v1.ConfigureRequest.retry_policy:type_name -> gptgrpc.v1.RetryPolicy
+	59, // 25: gptgrpc.v1.Configuration.request_timeout:type_name -> google.protobuf.Duration
+	21, // 26: gptgrpc.v1.Configuration.retry_policy:type_name -> gptgrpc.v1.RetryPolicy
+	23, // 27: gptgrpc.v1.ConfigureResponse.configuration:type_name -> gptgrpc.v1.Configuration
+	23, // 28: gptgrpc.v1.GetConfigurationResponse.configuration:type_name -> gptgrpc.v1.Configuration
+	28, // 29: gptgrpc.v1.ListModelsResponse.models:type_name -> gptgrpc.v1.ModelInfo
+	31, // 30: gptgrpc.v1.GetUsageResponse.models:type_name -> gptgrpc.v1.ModelUsage
+	31, // 31: gptgrpc.v1.GetUsageResponse.total:type_name -> gptgrpc.v1.ModelUsage
+	60, // 32: gptgrpc.v1.GetUsageResponse.since:type_name -> google.protobuf.Timestamp
 	4,  // 33: gptgrpc.v1.ClientLimits.budget_period:type_name -> gptgrpc.v1.BudgetPeriod
-	32, // 34: gptgrpc.v1.Client.limits:type_name -> gptgrpc.v1.ClientLimits
-	43, // 35: gptgrpc.v1.Client.create_time:type_name -> google.protobuf.Timestamp
-	43, // 36: gptgrpc.v1.Client.revoke_time:type_name -> google.protobuf.Timestamp
-	32, // 37: gptgrpc.v1.CreateClientRequest.limits:type_name -> gptgrpc.v1.ClientLimits
-	33, // 38: gptgrpc.v1.CreateClientResponse.client:type_name -> gptgrpc.v1.Client
-	33, // 39: gptgrpc.v1.ListClientsResponse.clients:type_name -> gptgrpc.v1.Client
-	32, // 40: gptgrpc.v1.UpdateClientRequest.limits:type_name -> gptgrpc.v1.ClientLimits
-	33, // 41: gptgrpc.v1.UpdateClientResponse.client:type_name -> gptgrpc.v1.Client
-	33, // 42: gptgrpc.v1.RevokeClientResponse.client:type_name -> gptgrpc.v1.Client
-	11, // 43: gptgrpc.v1.GPTService.ChatCompletion:input_type -> gptgrpc.v1.ChatCompletionRequest
-	14, // 44: gptgrpc.v1.GPTService.StreamChatCompletion:input_type -> gptgrpc.v1.StreamChatCompletionRequest
-	18, // 45: gptgrpc.v1.GPTService.CountTokens:input_type -> gptgrpc.v1.CountTokensRequest
-	21, // 46: gptgrpc.v1.GPTService.Configure:input_type -> gptgrpc.v1.ConfigureRequest
-	24, // 47: gptgrpc.v1.GPTService.GetConfiguration:input_type -> gptgrpc.v1.GetConfigurationRequest
-	26, // 48: gptgrpc.v1.GPTService.ListModels:input_type -> gptgrpc.v1.ListModelsRequest
-	29, // 49: gptgrpc.v1.GPTService.GetUsage:input_type -> gptgrpc.v1.GetUsageRequest
-	34, // 50: gptgrpc.v1.GPTService.CreateClient:input_type -> gptgrpc.v1.CreateClientRequest
-	36, // 51: gptgrpc.v1.GPTService.ListClients:input_type -> gptgrpc.v1.ListClientsRequest
-	38, // 52: gptgrpc.v1.GPTService.UpdateClient:input_type -> gptgrpc.v1.UpdateClientRequest
-	40, // 53: gptgrpc.v1.GPTService.RevokeClient:input_type -> gptgrpc.v1.RevokeClientRequest
-	13, // 54: gptgrpc.v1.GPTService.ChatCompletion:output_type -> gptgrpc.v1.ChatCompletionResponse
-	17, // 55: gptgrpc.v1.GPTService.StreamChatCompletion:output_type -> gptgrpc.v1.StreamChatCompletionResponse
-	19, // 56: gptgrpc.v1.GPTService.CountTokens:output_type -> gptgrpc.v1.CountTokensResponse
-	23, // 57: gptgrpc.v1.GPTService.Configure:output_type -> gptgrpc.v1.ConfigureResponse
-	25, // 58: gptgrpc.v1.GPTService.GetConfiguration:output_type -> gptgrpc.v1.GetConfigurationResponse
-	28, // 59: gptgrpc.v1.GPTService.ListModels:output_type -> gptgrpc.v1.ListModelsResponse
-	31, // 60: gptgrpc.v1.GPTService.GetUsage:output_type -> gptgrpc.v1.GetUsageResponse
-	35, // 61: gptgrpc.v1.GPTService.CreateClient:output_type -> gptgrpc.v1.CreateClientResponse
-	37, // 62: gptgrpc.v1.GPTService.ListClients:output_type -> gptgrpc.v1.ListClientsResponse
-	39, // 63: gptgrpc.v1.GPTService.UpdateClient:output_type -> gptgrpc.v1.UpdateClientResponse
-	41, // 64: gptgrpc.v1.GPTService.RevokeClient:output_type -> gptgrpc.v1.RevokeClientResponse
-	54, // [54:65] is the sub-list for method output_type
-	43, // [43:54] is the sub-list for method input_type
-	43, // [43:43] is the sub-list for extension type_name
-	43, // [43:43] is the sub-list for extension extendee
-	0,  // [0:43] is the sub-list for field type_name
+	33, // 34: gptgrpc.v1.Client.limits:type_name -> gptgrpc.v1.ClientLimits
+	60, // 35: gptgrpc.v1.Client.create_time:type_name -> google.protobuf.Timestamp
+	60, // 36: gptgrpc.v1.Client.revoke_time:type_name -> google.protobuf.Timestamp
+	33, // 37: gptgrpc.v1.CreateClientRequest.limits:type_name -> gptgrpc.v1.ClientLimits
+	34, // 38: gptgrpc.v1.CreateClientResponse.client:type_name -> gptgrpc.v1.Client
+	34, // 39: gptgrpc.v1.ListClientsResponse.clients:type_name -> gptgrpc.v1.Client
+	33, // 40: gptgrpc.v1.UpdateClientRequest.limits:type_name -> gptgrpc.v1.ClientLimits
+	34, // 41: gptgrpc.v1.UpdateClientResponse.client:type_name -> gptgrpc.v1.Client
+	34, // 42: gptgrpc.v1.RevokeClientResponse.client:type_name -> gptgrpc.v1.Client
+	5,  // 43: gptgrpc.v1.Conversation.trimming_policy:type_name -> gptgrpc.v1.TrimmingPolicy
+	57, // 44: gptgrpc.v1.Conversation.labels:type_name -> gptgrpc.v1.Conversation.LabelsEntry
+	60, // 45: gptgrpc.v1.Conversation.create_time:type_name -> google.protobuf.Timestamp
+	60, // 46: gptgrpc.v1.Conversation.update_time:type_name -> google.protobuf.Timestamp
+	60, // 47: gptgrpc.v1.Conversation.expire_time:type_name -> google.protobuf.Timestamp
+	59, // 48: gptgrpc.v1.Conversation.ttl:type_name -> google.protobuf.Duration
+	5,  // 49: gptgrpc.v1.CreateConversationRequest.trimming_policy:type_name -> gptgrpc.v1.TrimmingPolicy
+	59, // 50: gptgrpc.v1.CreateConversationRequest.ttl:type_name -> google.protobuf.Duration
+	58, // 51: gptgrpc.v1.CreateConversationRequest.labels:type_name -> gptgrpc.v1.CreateConversationRequest.LabelsEntry
+	43, // 52: gptgrpc.v1.CreateConversationResponse.conversation:type_name -> gptgrpc.v1.Conversation
+	7,  // 53: gptgrpc.v1.ConverseRequest.messages:type_name -> gptgrpc.v1.ChatMessage
+	11, // 54: gptgrpc.v1.ConverseRequest.response_format:type_name -> gptgrpc.v1.ResponseFormat
+	8,  // 55: gptgrpc.v1.ConverseRequest.tools:type_name -> gptgrpc.v1.Tool
+	10, // 56: gptgrpc.v1.ConverseRequest.tool_choice:type_name -> gptgrpc.v1.ToolChoice
+	9,  // 57: gptgrpc.v1.ConverseResponse.tool_calls:type_name -> gptgrpc.v1.ToolCall
+	3,  // 58: gptgrpc.v1.ConverseResponse.finish_reason:type_name -> gptgrpc.v1.FinishReason
+	13, // 59: gptgrpc.v1.ConverseResponse.usage:type_name -> gptgrpc.v1.Usage
+	13, // 60: gptgrpc.v1.ConverseResponse.summarization_usage:type_name -> gptgrpc.v1.Usage
+	7,  // 61: gptgrpc.v1.StreamConverseRequest.messages:type_name -> gptgrpc.v1.ChatMessage
+	11, // 62: gptgrpc.v1.StreamConverseRequest.response_format:type_name -> gptgrpc.v1.ResponseFormat
+	8,  // 63: gptgrpc.v1.StreamConverseRequest.tools:type_name -> gptgrpc.v1.Tool
+	10, // 64: gptgrpc.v1.StreamConverseRequest.tool_choice:type_name -> gptgrpc.v1.ToolChoice
+	9,  // 65: gptgrpc.v1.ConverseSummary.tool_calls:type_name -> gptgrpc.v1.ToolCall
+	3,  // 66: gptgrpc.v1.ConverseSummary.finish_reason:type_name -> gptgrpc.v1.FinishReason
+	13, // 67: gptgrpc.v1.ConverseSummary.usage:type_name -> gptgrpc.v1.Usage
+	13, // 68: gptgrpc.v1.ConverseSummary.summarization_usage:type_name -> gptgrpc.v1.Usage
+	16, // 69: gptgrpc.v1.StreamConverseResponse.delta:type_name -> gptgrpc.v1.ChatCompletionDelta
+	49, // 70: gptgrpc.v1.StreamConverseResponse.summary:type_name -> gptgrpc.v1.ConverseSummary
+	43, // 71: gptgrpc.v1.GetConversationResponse.conversation:type_name -> gptgrpc.v1.Conversation
+	7,  // 72: gptgrpc.v1.GetConversationResponse.messages:type_name -> gptgrpc.v1.ChatMessage
+	43, // 73: gptgrpc.v1.ListConversationsResponse.conversations:type_name -> gptgrpc.v1.Conversation
+	12, // 74: gptgrpc.v1.GPTService.ChatCompletion:input_type -> gptgrpc.v1.ChatCompletionRequest
+	15, // 75: gptgrpc.v1.GPTService.StreamChatCompletion:input_type -> gptgrpc.v1.StreamChatCompletionRequest
+	19, // 76: gptgrpc.v1.GPTService.CountTokens:input_type -> gptgrpc.v1.CountTokensRequest
+	22, // 77: gptgrpc.v1.GPTService.Configure:input_type -> gptgrpc.v1.ConfigureRequest
+	25, // 78: gptgrpc.v1.GPTService.GetConfiguration:input_type -> gptgrpc.v1.GetConfigurationRequest
+	27, // 79: gptgrpc.v1.GPTService.ListModels:input_type -> gptgrpc.v1.ListModelsRequest
+	30, // 80: gptgrpc.v1.GPTService.GetUsage:input_type -> gptgrpc.v1.GetUsageRequest
+	35, // 81: gptgrpc.v1.GPTService.CreateClient:input_type -> gptgrpc.v1.CreateClientRequest
+	37, // 82: gptgrpc.v1.GPTService.ListClients:input_type -> gptgrpc.v1.ListClientsRequest
+	39, // 83: gptgrpc.v1.GPTService.UpdateClient:input_type -> gptgrpc.v1.UpdateClientRequest
+	41, // 84: gptgrpc.v1.GPTService.RevokeClient:input_type -> gptgrpc.v1.RevokeClientRequest
+	44, // 85: gptgrpc.v1.GPTService.CreateConversation:input_type -> gptgrpc.v1.CreateConversationRequest
+	46, // 86: gptgrpc.v1.GPTService.Converse:input_type -> gptgrpc.v1.ConverseRequest
+	48, // 87: gptgrpc.v1.GPTService.StreamConverse:input_type -> gptgrpc.v1.StreamConverseRequest
+	51, // 88: gptgrpc.v1.GPTService.GetConversation:input_type -> gptgrpc.v1.GetConversationRequest
+	53, // 89: gptgrpc.v1.GPTService.ListConversations:input_type -> gptgrpc.v1.ListConversationsRequest
+	55, // 90: gptgrpc.v1.GPTService.DeleteConversation:input_type -> gptgrpc.v1.DeleteConversationRequest
+	14, // 91: gptgrpc.v1.GPTService.ChatCompletion:output_type -> gptgrpc.v1.ChatCompletionResponse
+	18, // 92: gptgrpc.v1.GPTService.StreamChatCompletion:output_type -> gptgrpc.v1.StreamChatCompletionResponse
+	20, // 93: gptgrpc.v1.GPTService.CountTokens:output_type -> gptgrpc.v1.CountTokensResponse
+	24, // 94: gptgrpc.v1.GPTService.Configure:output_type -> gptgrpc.v1.ConfigureResponse
+	26, // 95: gptgrpc.v1.GPTService.GetConfiguration:output_type -> gptgrpc.v1.GetConfigurationResponse
+	29, // 96: gptgrpc.v1.GPTService.ListModels:output_type -> gptgrpc.v1.ListModelsResponse
+	32, // 97: gptgrpc.v1.GPTService.GetUsage:output_type -> gptgrpc.v1.GetUsageResponse
+	36, // 98: gptgrpc.v1.GPTService.CreateClient:output_type -> gptgrpc.v1.CreateClientResponse
+	38, // 99: gptgrpc.v1.GPTService.ListClients:output_type -> gptgrpc.v1.ListClientsResponse
+	40, // 100: gptgrpc.v1.GPTService.UpdateClient:output_type -> gptgrpc.v1.UpdateClientResponse
+	42, // 101: gptgrpc.v1.GPTService.RevokeClient:output_type -> gptgrpc.v1.RevokeClientResponse
+	45, // 102: gptgrpc.v1.GPTService.CreateConversation:output_type -> gptgrpc.v1.CreateConversationResponse
+	47, // 103: gptgrpc.v1.GPTService.Converse:output_type -> gptgrpc.v1.ConverseResponse
+	50, // 104: gptgrpc.v1.GPTService.StreamConverse:output_type -> gptgrpc.v1.StreamConverseResponse
+	52, // 105: gptgrpc.v1.GPTService.GetConversation:output_type -> gptgrpc.v1.GetConversationResponse
+	54, // 106: gptgrpc.v1.GPTService.ListConversations:output_type -> gptgrpc.v1.ListConversationsResponse
+	56, // 107: gptgrpc.v1.GPTService.DeleteConversation:output_type -> gptgrpc.v1.DeleteConversationResponse
+	91, // [91:108] is the sub-list for method output_type
+	74, // [74:91] is the sub-list for method input_type
+	74, // [74:74] is the sub-list for extension type_name
+	74, // [74:74] is the sub-list for extension extendee
+	0,  // [0:74] is the sub-list for field type_name
 }
 
 func init() { file_gptgrpc_v1_gateway_proto_init() }
@@ -3721,13 +5369,23 @@ func file_gptgrpc_v1_gateway_proto_init() {
 	file_gptgrpc_v1_gateway_proto_msgTypes[15].OneofWrappers = []any{}
 	file_gptgrpc_v1_gateway_proto_msgTypes[21].OneofWrappers = []any{}
 	file_gptgrpc_v1_gateway_proto_msgTypes[26].OneofWrappers = []any{}
+	file_gptgrpc_v1_gateway_proto_msgTypes[36].OneofWrappers = []any{}
+	file_gptgrpc_v1_gateway_proto_msgTypes[37].OneofWrappers = []any{}
+	file_gptgrpc_v1_gateway_proto_msgTypes[39].OneofWrappers = []any{}
+	file_gptgrpc_v1_gateway_proto_msgTypes[40].OneofWrappers = []any{}
+	file_gptgrpc_v1_gateway_proto_msgTypes[41].OneofWrappers = []any{}
+	file_gptgrpc_v1_gateway_proto_msgTypes[42].OneofWrappers = []any{}
+	file_gptgrpc_v1_gateway_proto_msgTypes[43].OneofWrappers = []any{
+		(*StreamConverseResponse_Delta)(nil),
+		(*StreamConverseResponse_Summary)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_gptgrpc_v1_gateway_proto_rawDesc), len(file_gptgrpc_v1_gateway_proto_rawDesc)),
-			NumEnums:      6,
-			NumMessages:   36,
+			NumEnums:      7,
+			NumMessages:   52,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -37,6 +37,12 @@ const (
 	GPTService_ListClients_FullMethodName          = "/gptgrpc.v1.GPTService/ListClients"
 	GPTService_UpdateClient_FullMethodName         = "/gptgrpc.v1.GPTService/UpdateClient"
 	GPTService_RevokeClient_FullMethodName         = "/gptgrpc.v1.GPTService/RevokeClient"
+	GPTService_CreateConversation_FullMethodName   = "/gptgrpc.v1.GPTService/CreateConversation"
+	GPTService_Converse_FullMethodName             = "/gptgrpc.v1.GPTService/Converse"
+	GPTService_StreamConverse_FullMethodName       = "/gptgrpc.v1.GPTService/StreamConverse"
+	GPTService_GetConversation_FullMethodName      = "/gptgrpc.v1.GPTService/GetConversation"
+	GPTService_ListConversations_FullMethodName    = "/gptgrpc.v1.GPTService/ListConversations"
+	GPTService_DeleteConversation_FullMethodName   = "/gptgrpc.v1.GPTService/DeleteConversation"
 )
 
 // GPTServiceClient is the client API for GPTService service.
@@ -82,6 +88,32 @@ type GPTServiceClient interface {
 	UpdateClient(ctx context.Context, in *UpdateClientRequest, opts ...grpc.CallOption) (*UpdateClientResponse, error)
 	// RevokeClient revokes a client's token at once. Requires the admin token.
 	RevokeClient(ctx context.Context, in *RevokeClientRequest, opts ...grpc.CallOption) (*RevokeClientResponse, error)
+	// CreateConversation starts a conversation the gateway keeps in its store
+	// (the context assistant): its model, system message, context limit,
+	// trimming policy, time to live and labels. It belongs to the caller's
+	// client token (to everyone when no client is defined). Counts against the
+	// client's request rate.
+	CreateConversation(ctx context.Context, in *CreateConversationRequest, opts ...grpc.CallOption) (*CreateConversationResponse, error)
+	// Converse sends one turn of a conversation: the system message, the history
+	// that fits the context (the oldest turns left out or summarized, as the
+	// conversation's policy says), then the new message. The new message and the
+	// answer are appended only when the answer completed. A second turn on the
+	// same conversation while one is in progress is refused (ABORTED,
+	// CONVERSATION_BUSY), not queued. Limits, budget, retries and deadlines
+	// apply as to ChatCompletion.
+	Converse(ctx context.Context, in *ConverseRequest, opts ...grpc.CallOption) (*ConverseResponse, error)
+	// StreamConverse is Converse streamed: content deltas, then one summary. A
+	// stream that fails or is cancelled appends nothing.
+	StreamConverse(ctx context.Context, in *StreamConverseRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[StreamConverseResponse], error)
+	// GetConversation returns one of the caller's conversations with its
+	// messages and its current token count.
+	GetConversation(ctx context.Context, in *GetConversationRequest, opts ...grpc.CallOption) (*GetConversationResponse, error)
+	// ListConversations lists the caller's conversations, newest first,
+	// paginated (AIP-158). With the admin token: every client's.
+	ListConversations(ctx context.Context, in *ListConversationsRequest, opts ...grpc.CallOption) (*ListConversationsResponse, error)
+	// DeleteConversation deletes one of the caller's conversations at once. The
+	// admin token may delete any conversation.
+	DeleteConversation(ctx context.Context, in *DeleteConversationRequest, opts ...grpc.CallOption) (*DeleteConversationResponse, error)
 }
 
 type gPTServiceClient struct {
@@ -211,6 +243,75 @@ func (c *gPTServiceClient) RevokeClient(ctx context.Context, in *RevokeClientReq
 	return out, nil
 }
 
+func (c *gPTServiceClient) CreateConversation(ctx context.Context, in *CreateConversationRequest, opts ...grpc.CallOption) (*CreateConversationResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CreateConversationResponse)
+	err := c.cc.Invoke(ctx, GPTService_CreateConversation_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *gPTServiceClient) Converse(ctx context.Context, in *ConverseRequest, opts ...grpc.CallOption) (*ConverseResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ConverseResponse)
+	err := c.cc.Invoke(ctx, GPTService_Converse_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *gPTServiceClient) StreamConverse(ctx context.Context, in *StreamConverseRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[StreamConverseResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &GPTService_ServiceDesc.Streams[1], GPTService_StreamConverse_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[StreamConverseRequest, StreamConverseResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type GPTService_StreamConverseClient = grpc.ServerStreamingClient[StreamConverseResponse]
+
+func (c *gPTServiceClient) GetConversation(ctx context.Context, in *GetConversationRequest, opts ...grpc.CallOption) (*GetConversationResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetConversationResponse)
+	err := c.cc.Invoke(ctx, GPTService_GetConversation_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *gPTServiceClient) ListConversations(ctx context.Context, in *ListConversationsRequest, opts ...grpc.CallOption) (*ListConversationsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListConversationsResponse)
+	err := c.cc.Invoke(ctx, GPTService_ListConversations_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *gPTServiceClient) DeleteConversation(ctx context.Context, in *DeleteConversationRequest, opts ...grpc.CallOption) (*DeleteConversationResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteConversationResponse)
+	err := c.cc.Invoke(ctx, GPTService_DeleteConversation_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // GPTServiceServer is the server API for GPTService service.
 // All implementations must embed UnimplementedGPTServiceServer
 // for forward compatibility.
@@ -254,6 +355,32 @@ type GPTServiceServer interface {
 	UpdateClient(context.Context, *UpdateClientRequest) (*UpdateClientResponse, error)
 	// RevokeClient revokes a client's token at once. Requires the admin token.
 	RevokeClient(context.Context, *RevokeClientRequest) (*RevokeClientResponse, error)
+	// CreateConversation starts a conversation the gateway keeps in its store
+	// (the context assistant): its model, system message, context limit,
+	// trimming policy, time to live and labels. It belongs to the caller's
+	// client token (to everyone when no client is defined). Counts against the
+	// client's request rate.
+	CreateConversation(context.Context, *CreateConversationRequest) (*CreateConversationResponse, error)
+	// Converse sends one turn of a conversation: the system message, the history
+	// that fits the context (the oldest turns left out or summarized, as the
+	// conversation's policy says), then the new message. The new message and the
+	// answer are appended only when the answer completed. A second turn on the
+	// same conversation while one is in progress is refused (ABORTED,
+	// CONVERSATION_BUSY), not queued. Limits, budget, retries and deadlines
+	// apply as to ChatCompletion.
+	Converse(context.Context, *ConverseRequest) (*ConverseResponse, error)
+	// StreamConverse is Converse streamed: content deltas, then one summary. A
+	// stream that fails or is cancelled appends nothing.
+	StreamConverse(*StreamConverseRequest, grpc.ServerStreamingServer[StreamConverseResponse]) error
+	// GetConversation returns one of the caller's conversations with its
+	// messages and its current token count.
+	GetConversation(context.Context, *GetConversationRequest) (*GetConversationResponse, error)
+	// ListConversations lists the caller's conversations, newest first,
+	// paginated (AIP-158). With the admin token: every client's.
+	ListConversations(context.Context, *ListConversationsRequest) (*ListConversationsResponse, error)
+	// DeleteConversation deletes one of the caller's conversations at once. The
+	// admin token may delete any conversation.
+	DeleteConversation(context.Context, *DeleteConversationRequest) (*DeleteConversationResponse, error)
 	mustEmbedUnimplementedGPTServiceServer()
 }
 
@@ -296,6 +423,24 @@ func (UnimplementedGPTServiceServer) UpdateClient(context.Context, *UpdateClient
 }
 func (UnimplementedGPTServiceServer) RevokeClient(context.Context, *RevokeClientRequest) (*RevokeClientResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RevokeClient not implemented")
+}
+func (UnimplementedGPTServiceServer) CreateConversation(context.Context, *CreateConversationRequest) (*CreateConversationResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CreateConversation not implemented")
+}
+func (UnimplementedGPTServiceServer) Converse(context.Context, *ConverseRequest) (*ConverseResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Converse not implemented")
+}
+func (UnimplementedGPTServiceServer) StreamConverse(*StreamConverseRequest, grpc.ServerStreamingServer[StreamConverseResponse]) error {
+	return status.Error(codes.Unimplemented, "method StreamConverse not implemented")
+}
+func (UnimplementedGPTServiceServer) GetConversation(context.Context, *GetConversationRequest) (*GetConversationResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetConversation not implemented")
+}
+func (UnimplementedGPTServiceServer) ListConversations(context.Context, *ListConversationsRequest) (*ListConversationsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListConversations not implemented")
+}
+func (UnimplementedGPTServiceServer) DeleteConversation(context.Context, *DeleteConversationRequest) (*DeleteConversationResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeleteConversation not implemented")
 }
 func (UnimplementedGPTServiceServer) mustEmbedUnimplementedGPTServiceServer() {}
 func (UnimplementedGPTServiceServer) testEmbeddedByValue()                    {}
@@ -509,6 +654,107 @@ func _GPTService_RevokeClient_Handler(srv interface{}, ctx context.Context, dec 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _GPTService_CreateConversation_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CreateConversationRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(GPTServiceServer).CreateConversation(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: GPTService_CreateConversation_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(GPTServiceServer).CreateConversation(ctx, req.(*CreateConversationRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _GPTService_Converse_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ConverseRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(GPTServiceServer).Converse(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: GPTService_Converse_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(GPTServiceServer).Converse(ctx, req.(*ConverseRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _GPTService_StreamConverse_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(StreamConverseRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(GPTServiceServer).StreamConverse(m, &grpc.GenericServerStream[StreamConverseRequest, StreamConverseResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type GPTService_StreamConverseServer = grpc.ServerStreamingServer[StreamConverseResponse]
+
+func _GPTService_GetConversation_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetConversationRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(GPTServiceServer).GetConversation(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: GPTService_GetConversation_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(GPTServiceServer).GetConversation(ctx, req.(*GetConversationRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _GPTService_ListConversations_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListConversationsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(GPTServiceServer).ListConversations(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: GPTService_ListConversations_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(GPTServiceServer).ListConversations(ctx, req.(*ListConversationsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _GPTService_DeleteConversation_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteConversationRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(GPTServiceServer).DeleteConversation(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: GPTService_DeleteConversation_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(GPTServiceServer).DeleteConversation(ctx, req.(*DeleteConversationRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // GPTService_ServiceDesc is the grpc.ServiceDesc for GPTService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -556,11 +802,36 @@ var GPTService_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "RevokeClient",
 			Handler:    _GPTService_RevokeClient_Handler,
 		},
+		{
+			MethodName: "CreateConversation",
+			Handler:    _GPTService_CreateConversation_Handler,
+		},
+		{
+			MethodName: "Converse",
+			Handler:    _GPTService_Converse_Handler,
+		},
+		{
+			MethodName: "GetConversation",
+			Handler:    _GPTService_GetConversation_Handler,
+		},
+		{
+			MethodName: "ListConversations",
+			Handler:    _GPTService_ListConversations_Handler,
+		},
+		{
+			MethodName: "DeleteConversation",
+			Handler:    _GPTService_DeleteConversation_Handler,
+		},
 	},
 	Streams: []grpc.StreamDesc{
 		{
 			StreamName:    "StreamChatCompletion",
 			Handler:       _GPTService_StreamChatCompletion_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "StreamConverse",
+			Handler:       _GPTService_StreamConverse_Handler,
 			ServerStreams: true,
 		},
 	},

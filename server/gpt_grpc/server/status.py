@@ -51,6 +51,10 @@ REASON_CODES: Mapping[Reason, grpc.StatusCode] = {
     Reason.SECRET_KEY_MISSING: grpc.StatusCode.FAILED_PRECONDITION,
     Reason.CLIENT_IN_FLIGHT_LIMITED: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Reason.STORE_UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    Reason.CONVERSATION_NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    Reason.CONVERSATION_BUSY: grpc.StatusCode.ABORTED,
+    Reason.CONVERSATION_FULL: grpc.StatusCode.FAILED_PRECONDITION,
+    Reason.CONVERSATION_CONTEXT_EXCEEDED: grpc.StatusCode.INVALID_ARGUMENT,
 }
 
 # Where the caller may try again later; the delay when the upstream gave none.
@@ -65,6 +69,8 @@ RETRY_LATER: Mapping[Reason, float] = {
     Reason.CLIENT_RATE_LIMITED: 1.0,
     Reason.CLIENT_IN_FLIGHT_LIMITED: 1.0,
     Reason.STORE_UNAVAILABLE: 1.0,
+    # Another turn of the conversation is running: it ends within a call's time.
+    Reason.CONVERSATION_BUSY: 1.0,
     Reason.AUTH_RATE_LIMITED: 60.0,
 }
 

@@ -179,6 +179,42 @@ BUDGET_PERIOD_MONTH: BudgetPeriod.ValueType  # 2
 """Per UTC calendar month."""
 Global___BudgetPeriod: _TypeAlias = BudgetPeriod  # noqa: Y015
 
+class _TrimmingPolicy:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _TrimmingPolicyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TrimmingPolicy.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TRIMMING_POLICY_UNSPECIFIED: _TrimmingPolicy.ValueType  # 0
+    """Not set: TRIM_OLDEST."""
+    TRIM_OLDEST: _TrimmingPolicy.ValueType  # 1
+    """Leave the oldest turns out of the prompt. Never the system message, and
+    an assistant tool call goes with its tool results. The stored history
+    keeps every message.
+    """
+    SUMMARIZE: _TrimmingPolicy.ValueType  # 2
+    """Replace the oldest turns with a summary the model writes: one extra
+    upstream call, billed and counted like any other.
+    """
+
+class TrimmingPolicy(_TrimmingPolicy, metaclass=_TrimmingPolicyEnumTypeWrapper):
+    """TrimmingPolicy is how a conversation that outgrows its context is shortened
+    before a turn.
+    """
+
+TRIMMING_POLICY_UNSPECIFIED: TrimmingPolicy.ValueType  # 0
+"""Not set: TRIM_OLDEST."""
+TRIM_OLDEST: TrimmingPolicy.ValueType  # 1
+"""Leave the oldest turns out of the prompt. Never the system message, and
+an assistant tool call goes with its tool results. The stored history
+keeps every message.
+"""
+SUMMARIZE: TrimmingPolicy.ValueType  # 2
+"""Replace the oldest turns with a summary the model writes: one extra
+upstream call, billed and counted like any other.
+"""
+Global___TrimmingPolicy: _TypeAlias = TrimmingPolicy  # noqa: Y015
+
 class _ErrorReason:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -260,6 +296,23 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     STORE_UNAVAILABLE: _ErrorReason.ValueType  # 36
     """The shared store cannot be reached for an admin change (client or
     settings); nothing was changed. The data plane keeps serving. UNAVAILABLE.
+    """
+    CONVERSATION_NOT_FOUND: _ErrorReason.ValueType  # 57
+    """No conversation has that id for this caller: it never existed, was
+    deleted, expired, or belongs to another client. NOT_FOUND.
+    """
+    CONVERSATION_BUSY: _ErrorReason.ValueType  # 58
+    """Another turn of the conversation is in progress: this one was refused,
+    not queued (it changed nothing). ABORTED + RetryInfo.
+    """
+    CONVERSATION_FULL: _ErrorReason.ValueType  # 59
+    """The conversation holds the most messages a conversation may
+    (--conversation-max-messages): start another one. FAILED_PRECONDITION.
+    """
+    CONVERSATION_CONTEXT_EXCEEDED: _ErrorReason.ValueType  # 60
+    """The new message does not fit the conversation's context limit even with
+    every older turn left out (the message says how many tokens it has
+    against the limit). INVALID_ARGUMENT.
     """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
@@ -344,6 +397,23 @@ RESOURCE_EXHAUSTED + RetryInfo.
 STORE_UNAVAILABLE: ErrorReason.ValueType  # 36
 """The shared store cannot be reached for an admin change (client or
 settings); nothing was changed. The data plane keeps serving. UNAVAILABLE.
+"""
+CONVERSATION_NOT_FOUND: ErrorReason.ValueType  # 57
+"""No conversation has that id for this caller: it never existed, was
+deleted, expired, or belongs to another client. NOT_FOUND.
+"""
+CONVERSATION_BUSY: ErrorReason.ValueType  # 58
+"""Another turn of the conversation is in progress: this one was refused,
+not queued (it changed nothing). ABORTED + RetryInfo.
+"""
+CONVERSATION_FULL: ErrorReason.ValueType  # 59
+"""The conversation holds the most messages a conversation may
+(--conversation-max-messages): start another one. FAILED_PRECONDITION.
+"""
+CONVERSATION_CONTEXT_EXCEEDED: ErrorReason.ValueType  # 60
+"""The new message does not fit the conversation's context limit even with
+every older turn left out (the message says how many tokens it has
+against the limit). INVALID_ARGUMENT.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
@@ -1789,3 +1859,802 @@ class RevokeClientResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RevokeClientResponse: _TypeAlias = RevokeClientResponse  # noqa: Y015
+
+@_typing.final
+class Conversation(_message.Message):
+    """Conversation is a dialogue the gateway keeps (without its messages)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    ID_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    SYSTEM_MESSAGE_FIELD_NUMBER: _builtins.int
+    MAX_CONTEXT_TOKENS_FIELD_NUMBER: _builtins.int
+    TRIMMING_POLICY_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    TTL_FIELD_NUMBER: _builtins.int
+    MESSAGE_COUNT_FIELD_NUMBER: _builtins.int
+    SUMMARIZED_MESSAGES_FIELD_NUMBER: _builtins.int
+    CONTEXT_TOKENS_FIELD_NUMBER: _builtins.int
+    CONTEXT_LIMIT_FIELD_NUMBER: _builtins.int
+    CLIENT_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """Unguessable identifier: "conv_" and 32 URL-safe characters."""
+    model: _builtins.str
+    """The model every turn is sent to (the default model filled in at creation)."""
+    system_message: _builtins.str
+    """Sent first in every turn; never trimmed."""
+    max_context_tokens: _builtins.int
+    """The cap set at creation on the prompt plus the tokens reserved for the
+    answer; unset: the model's context window.
+    """
+    trimming_policy: Global___TrimmingPolicy.ValueType
+    """How the conversation is shortened when it outgrows its context."""
+    message_count: _builtins.int
+    """Messages it holds (user, assistant and tool; the system message is not
+    counted).
+    """
+    summarized_messages: _builtins.int
+    """Of those, the oldest ones that the summary replaces (SUMMARIZE)."""
+    context_tokens: _builtins.int
+    """Tokens of what the next turn starts from before trimming: the system
+    message, the summary and the messages it does not replace, counted
+    offline with the model's encoding.
+    """
+    context_limit: _builtins.int
+    """The limit a turn's prompt plus its reserved answer tokens must fit: the
+    smaller of max_context_tokens and the model's context window.
+    """
+    client: _builtins.str
+    """The client that owns it; empty when it was made without a client token."""
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The labels given at creation."""
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was created."""
+
+    @_builtins.property
+    def update_time(self) -> _timestamp_pb2.Timestamp:
+        """When its last turn was appended (its creation before any turn)."""
+
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When it expires, unless a turn comes first (each turn moves it to ttl
+        after that turn). Expired conversations are removed.
+        """
+
+    @_builtins.property
+    def ttl(self) -> _duration_pb2.Duration:
+        """Its time to live after its last change."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        model: _builtins.str = ...,
+        system_message: _builtins.str = ...,
+        max_context_tokens: _builtins.int | None = ...,
+        trimming_policy: Global___TrimmingPolicy.ValueType = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+        ttl: _duration_pb2.Duration | None = ...,
+        message_count: _builtins.int = ...,
+        summarized_messages: _builtins.int = ...,
+        context_tokens: _builtins.int = ...,
+        context_limit: _builtins.int = ...,
+        client: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_context_tokens", b"_max_context_tokens", "create_time", b"create_time", "expire_time", b"expire_time", "max_context_tokens", b"max_context_tokens", "ttl", b"ttl", "update_time", b"update_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_context_tokens", b"_max_context_tokens", "client", b"client", "context_limit", b"context_limit", "context_tokens", b"context_tokens", "create_time", b"create_time", "expire_time", b"expire_time", "id", b"id", "labels", b"labels", "max_context_tokens", b"max_context_tokens", "message_count", b"message_count", "model", b"model", "summarized_messages", b"summarized_messages", "system_message", b"system_message", "trimming_policy", b"trimming_policy", "ttl", b"ttl", "update_time", b"update_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__max_context_tokens: _TypeAlias = _typing.Literal["max_context_tokens"]  # noqa: Y015
+    _WhichOneofArgType__max_context_tokens: _TypeAlias = _typing.Literal["_max_context_tokens", b"_max_context_tokens"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_context_tokens) -> _WhichOneofReturnType__max_context_tokens | None: ...
+
+Global___Conversation: _TypeAlias = Conversation  # noqa: Y015
+
+@_typing.final
+class CreateConversationRequest(_message.Message):
+    """CreateConversationRequest describes a new conversation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    SYSTEM_MESSAGE_FIELD_NUMBER: _builtins.int
+    MAX_CONTEXT_TOKENS_FIELD_NUMBER: _builtins.int
+    TRIMMING_POLICY_FIELD_NUMBER: _builtins.int
+    TTL_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """Model name. Empty means the configured default model. A model the
+    gateway does not know needs max_context_tokens (its window is unknown).
+    """
+    system_message: _builtins.str
+    """System message sent first in every turn (optional)."""
+    max_context_tokens: _builtins.int
+    """Cap on each turn's prompt plus the tokens reserved for its answer, at
+    least 1. Unset: the model's context window.
+    """
+    trimming_policy: Global___TrimmingPolicy.ValueType
+    """How to shorten the conversation when it outgrows its context. Unset:
+    TRIM_OLDEST.
+    """
+    @_builtins.property
+    def ttl(self) -> _duration_pb2.Duration:
+        """Time to live after the last change, 1 second to 90 days. Unset: 7 days."""
+
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Labels for the caller's own use: at most 16; keys 1 to 63 lower-case
+        letters, digits, '_' and '-' starting with a letter; values at most 63
+        characters.
+        """
+
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        system_message: _builtins.str = ...,
+        max_context_tokens: _builtins.int | None = ...,
+        trimming_policy: Global___TrimmingPolicy.ValueType = ...,
+        ttl: _duration_pb2.Duration | None = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_context_tokens", b"_max_context_tokens", "max_context_tokens", b"max_context_tokens", "ttl", b"ttl"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_context_tokens", b"_max_context_tokens", "labels", b"labels", "max_context_tokens", b"max_context_tokens", "model", b"model", "system_message", b"system_message", "trimming_policy", b"trimming_policy", "ttl", b"ttl"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__max_context_tokens: _TypeAlias = _typing.Literal["max_context_tokens"]  # noqa: Y015
+    _WhichOneofArgType__max_context_tokens: _TypeAlias = _typing.Literal["_max_context_tokens", b"_max_context_tokens"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_context_tokens) -> _WhichOneofReturnType__max_context_tokens | None: ...
+
+Global___CreateConversationRequest: _TypeAlias = CreateConversationRequest  # noqa: Y015
+
+@_typing.final
+class CreateConversationResponse(_message.Message):
+    """CreateConversationResponse returns the new conversation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONVERSATION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def conversation(self) -> Global___Conversation:
+        """The conversation; its id names it in every later request."""
+
+    def __init__(
+        self,
+        *,
+        conversation: Global___Conversation | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["conversation", b"conversation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation", b"conversation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateConversationResponse: _TypeAlias = CreateConversationResponse  # noqa: Y015
+
+@_typing.final
+class ConverseRequest(_message.Message):
+    """ConverseRequest is one turn of a conversation: give user_message, or
+    messages (the ROLE_TOOL results of the tool calls the last answer made, or
+    a ROLE_USER message), not both.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONVERSATION_ID_FIELD_NUMBER: _builtins.int
+    USER_MESSAGE_FIELD_NUMBER: _builtins.int
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    TEMPERATURE_FIELD_NUMBER: _builtins.int
+    MAX_TOKENS_FIELD_NUMBER: _builtins.int
+    TOP_P_FIELD_NUMBER: _builtins.int
+    STOP_FIELD_NUMBER: _builtins.int
+    SEED_FIELD_NUMBER: _builtins.int
+    PRESENCE_PENALTY_FIELD_NUMBER: _builtins.int
+    FREQUENCY_PENALTY_FIELD_NUMBER: _builtins.int
+    RESPONSE_FORMAT_FIELD_NUMBER: _builtins.int
+    TOOLS_FIELD_NUMBER: _builtins.int
+    TOOL_CHOICE_FIELD_NUMBER: _builtins.int
+    USER_FIELD_NUMBER: _builtins.int
+    conversation_id: _builtins.str
+    """The conversation, as CreateConversation returned its id."""
+    user_message: _builtins.str
+    """The user's message of this turn."""
+    temperature: _builtins.float
+    """Sampling temperature, 0 to 2. Unset: the upstream default."""
+    max_tokens: _builtins.int
+    """Upper bound on generated tokens (at least 1); also what the turn reserves
+    for the answer when trimming. Unset: 1,024 or a quarter of the context
+    limit, whichever is smaller, is reserved.
+    """
+    top_p: _builtins.float
+    """Nucleus sampling, 0 to 1."""
+    seed: _builtins.int
+    """Seed for best-effort deterministic sampling."""
+    presence_penalty: _builtins.float
+    """Presence penalty, -2 to 2."""
+    frequency_penalty: _builtins.float
+    """Frequency penalty, -2 to 2."""
+    user: _builtins.str
+    """End-user id forwarded to the upstream."""
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChatMessage]:
+        """Instead of user_message: tool results (ROLE_TOOL, answering the last
+        answer's tool calls) or one ROLE_USER message.
+        """
+
+    @_builtins.property
+    def stop(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Up to 4 stop sequences."""
+
+    @_builtins.property
+    def response_format(self) -> Global___ResponseFormat:
+        """Shape of the answer."""
+
+    @_builtins.property
+    def tools(self) -> _containers.RepeatedCompositeFieldContainer[Global___Tool]:
+        """Functions the model may call in this turn (their schemas count toward the
+        context).
+        """
+
+    @_builtins.property
+    def tool_choice(self) -> Global___ToolChoice:
+        """How the model may use the tools."""
+
+    def __init__(
+        self,
+        *,
+        conversation_id: _builtins.str = ...,
+        user_message: _builtins.str = ...,
+        messages: _abc.Iterable[Global___ChatMessage] | None = ...,
+        temperature: _builtins.float | None = ...,
+        max_tokens: _builtins.int | None = ...,
+        top_p: _builtins.float | None = ...,
+        stop: _abc.Iterable[_builtins.str] | None = ...,
+        seed: _builtins.int | None = ...,
+        presence_penalty: _builtins.float | None = ...,
+        frequency_penalty: _builtins.float | None = ...,
+        response_format: Global___ResponseFormat | None = ...,
+        tools: _abc.Iterable[Global___Tool] | None = ...,
+        tool_choice: Global___ToolChoice | None = ...,
+        user: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_frequency_penalty", b"_frequency_penalty", "_max_tokens", b"_max_tokens", "_presence_penalty", b"_presence_penalty", "_seed", b"_seed", "_temperature", b"_temperature", "_top_p", b"_top_p", "frequency_penalty", b"frequency_penalty", "max_tokens", b"max_tokens", "presence_penalty", b"presence_penalty", "response_format", b"response_format", "seed", b"seed", "temperature", b"temperature", "tool_choice", b"tool_choice", "top_p", b"top_p"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_frequency_penalty", b"_frequency_penalty", "_max_tokens", b"_max_tokens", "_presence_penalty", b"_presence_penalty", "_seed", b"_seed", "_temperature", b"_temperature", "_top_p", b"_top_p", "conversation_id", b"conversation_id", "frequency_penalty", b"frequency_penalty", "max_tokens", b"max_tokens", "messages", b"messages", "presence_penalty", b"presence_penalty", "response_format", b"response_format", "seed", b"seed", "stop", b"stop", "temperature", b"temperature", "tool_choice", b"tool_choice", "tools", b"tools", "top_p", b"top_p", "user", b"user", "user_message", b"user_message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__frequency_penalty: _TypeAlias = _typing.Literal["frequency_penalty"]  # noqa: Y015
+    _WhichOneofArgType__frequency_penalty: _TypeAlias = _typing.Literal["_frequency_penalty", b"_frequency_penalty"]  # noqa: Y015
+    _WhichOneofReturnType__max_tokens: _TypeAlias = _typing.Literal["max_tokens"]  # noqa: Y015
+    _WhichOneofArgType__max_tokens: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens"]  # noqa: Y015
+    _WhichOneofReturnType__presence_penalty: _TypeAlias = _typing.Literal["presence_penalty"]  # noqa: Y015
+    _WhichOneofArgType__presence_penalty: _TypeAlias = _typing.Literal["_presence_penalty", b"_presence_penalty"]  # noqa: Y015
+    _WhichOneofReturnType__seed: _TypeAlias = _typing.Literal["seed"]  # noqa: Y015
+    _WhichOneofArgType__seed: _TypeAlias = _typing.Literal["_seed", b"_seed"]  # noqa: Y015
+    _WhichOneofReturnType__temperature: _TypeAlias = _typing.Literal["temperature"]  # noqa: Y015
+    _WhichOneofArgType__temperature: _TypeAlias = _typing.Literal["_temperature", b"_temperature"]  # noqa: Y015
+    _WhichOneofReturnType__top_p: _TypeAlias = _typing.Literal["top_p"]  # noqa: Y015
+    _WhichOneofArgType__top_p: _TypeAlias = _typing.Literal["_top_p", b"_top_p"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__frequency_penalty) -> _WhichOneofReturnType__frequency_penalty | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_tokens) -> _WhichOneofReturnType__max_tokens | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__presence_penalty) -> _WhichOneofReturnType__presence_penalty | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__seed) -> _WhichOneofReturnType__seed | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__temperature) -> _WhichOneofReturnType__temperature | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__top_p) -> _WhichOneofReturnType__top_p | None: ...
+
+Global___ConverseRequest: _TypeAlias = ConverseRequest  # noqa: Y015
+
+@_typing.final
+class ConverseResponse(_message.Message):
+    """ConverseResponse is the answer of one turn."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTENT_FIELD_NUMBER: _builtins.int
+    TOOL_CALLS_FIELD_NUMBER: _builtins.int
+    FINISH_REASON_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    RESPONSE_ID_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
+    COST_USD_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    REFUSAL_FIELD_NUMBER: _builtins.int
+    CONTEXT_TOKENS_FIELD_NUMBER: _builtins.int
+    TRIMMED_MESSAGES_FIELD_NUMBER: _builtins.int
+    SUMMARIZATION_USAGE_FIELD_NUMBER: _builtins.int
+    SUMMARIZATION_COST_USD_FIELD_NUMBER: _builtins.int
+    MESSAGE_COUNT_FIELD_NUMBER: _builtins.int
+    content: _builtins.str
+    """The answer text."""
+    finish_reason: Global___FinishReason.ValueType
+    """Why the model stopped."""
+    model: _builtins.str
+    """The model that answered, as reported by the upstream."""
+    response_id: _builtins.str
+    """The upstream's response id."""
+    cost_usd: _builtins.float
+    """Cost of the answer in USD. Unset when the model's price is unknown."""
+    attempts: _builtins.int
+    """Upstream attempts the answer took."""
+    refusal: _builtins.str
+    """Refusal text when the model refused."""
+    context_tokens: _builtins.int
+    """Prompt tokens sent in this turn, counted offline by the gateway."""
+    trimmed_messages: _builtins.int
+    """Old messages left out of this turn's prompt (replaced by the summary
+    under SUMMARIZE, dropped under TRIM_OLDEST).
+    """
+    summarization_cost_usd: _builtins.float
+    """Cost in USD of that summary; unset when none was written or its price is unknown."""
+    message_count: _builtins.int
+    """Messages the conversation holds after this turn."""
+    @_builtins.property
+    def tool_calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___ToolCall]:
+        """Tools the model called; answer them with ROLE_TOOL messages in the next turn."""
+
+    @_builtins.property
+    def usage(self) -> Global___Usage:
+        """Token usage of the answer."""
+
+    @_builtins.property
+    def summarization_usage(self) -> Global___Usage:
+        """Usage of the summary written this turn (SUMMARIZE); unset when none was."""
+
+    def __init__(
+        self,
+        *,
+        content: _builtins.str = ...,
+        tool_calls: _abc.Iterable[Global___ToolCall] | None = ...,
+        finish_reason: Global___FinishReason.ValueType = ...,
+        model: _builtins.str = ...,
+        response_id: _builtins.str = ...,
+        usage: Global___Usage | None = ...,
+        cost_usd: _builtins.float | None = ...,
+        attempts: _builtins.int = ...,
+        refusal: _builtins.str = ...,
+        context_tokens: _builtins.int = ...,
+        trimmed_messages: _builtins.int = ...,
+        summarization_usage: Global___Usage | None = ...,
+        summarization_cost_usd: _builtins.float | None = ...,
+        message_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_cost_usd", b"_cost_usd", "_summarization_cost_usd", b"_summarization_cost_usd", "cost_usd", b"cost_usd", "summarization_cost_usd", b"summarization_cost_usd", "summarization_usage", b"summarization_usage", "usage", b"usage"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cost_usd", b"_cost_usd", "_summarization_cost_usd", b"_summarization_cost_usd", "attempts", b"attempts", "content", b"content", "context_tokens", b"context_tokens", "cost_usd", b"cost_usd", "finish_reason", b"finish_reason", "message_count", b"message_count", "model", b"model", "refusal", b"refusal", "response_id", b"response_id", "summarization_cost_usd", b"summarization_cost_usd", "summarization_usage", b"summarization_usage", "tool_calls", b"tool_calls", "trimmed_messages", b"trimmed_messages", "usage", b"usage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__cost_usd: _TypeAlias = _typing.Literal["cost_usd"]  # noqa: Y015
+    _WhichOneofArgType__cost_usd: _TypeAlias = _typing.Literal["_cost_usd", b"_cost_usd"]  # noqa: Y015
+    _WhichOneofReturnType__summarization_cost_usd: _TypeAlias = _typing.Literal["summarization_cost_usd"]  # noqa: Y015
+    _WhichOneofArgType__summarization_cost_usd: _TypeAlias = _typing.Literal["_summarization_cost_usd", b"_summarization_cost_usd"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__cost_usd) -> _WhichOneofReturnType__cost_usd | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__summarization_cost_usd) -> _WhichOneofReturnType__summarization_cost_usd | None: ...
+
+Global___ConverseResponse: _TypeAlias = ConverseResponse  # noqa: Y015
+
+@_typing.final
+class StreamConverseRequest(_message.Message):
+    """StreamConverseRequest has exactly the fields of ConverseRequest."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONVERSATION_ID_FIELD_NUMBER: _builtins.int
+    USER_MESSAGE_FIELD_NUMBER: _builtins.int
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    TEMPERATURE_FIELD_NUMBER: _builtins.int
+    MAX_TOKENS_FIELD_NUMBER: _builtins.int
+    TOP_P_FIELD_NUMBER: _builtins.int
+    STOP_FIELD_NUMBER: _builtins.int
+    SEED_FIELD_NUMBER: _builtins.int
+    PRESENCE_PENALTY_FIELD_NUMBER: _builtins.int
+    FREQUENCY_PENALTY_FIELD_NUMBER: _builtins.int
+    RESPONSE_FORMAT_FIELD_NUMBER: _builtins.int
+    TOOLS_FIELD_NUMBER: _builtins.int
+    TOOL_CHOICE_FIELD_NUMBER: _builtins.int
+    USER_FIELD_NUMBER: _builtins.int
+    conversation_id: _builtins.str
+    """The conversation, as CreateConversation returned its id."""
+    user_message: _builtins.str
+    """The user's message of this turn."""
+    temperature: _builtins.float
+    """Sampling temperature, 0 to 2."""
+    max_tokens: _builtins.int
+    """Upper bound on generated tokens (at least 1); also reserved when trimming."""
+    top_p: _builtins.float
+    """Nucleus sampling, 0 to 1."""
+    seed: _builtins.int
+    """Seed for best-effort deterministic sampling."""
+    presence_penalty: _builtins.float
+    """Presence penalty, -2 to 2."""
+    frequency_penalty: _builtins.float
+    """Frequency penalty, -2 to 2."""
+    user: _builtins.str
+    """End-user id forwarded to the upstream."""
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChatMessage]:
+        """Instead of user_message: tool results or one ROLE_USER message."""
+
+    @_builtins.property
+    def stop(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Up to 4 stop sequences."""
+
+    @_builtins.property
+    def response_format(self) -> Global___ResponseFormat:
+        """Shape of the answer."""
+
+    @_builtins.property
+    def tools(self) -> _containers.RepeatedCompositeFieldContainer[Global___Tool]:
+        """Functions the model may call in this turn."""
+
+    @_builtins.property
+    def tool_choice(self) -> Global___ToolChoice:
+        """How the model may use the tools."""
+
+    def __init__(
+        self,
+        *,
+        conversation_id: _builtins.str = ...,
+        user_message: _builtins.str = ...,
+        messages: _abc.Iterable[Global___ChatMessage] | None = ...,
+        temperature: _builtins.float | None = ...,
+        max_tokens: _builtins.int | None = ...,
+        top_p: _builtins.float | None = ...,
+        stop: _abc.Iterable[_builtins.str] | None = ...,
+        seed: _builtins.int | None = ...,
+        presence_penalty: _builtins.float | None = ...,
+        frequency_penalty: _builtins.float | None = ...,
+        response_format: Global___ResponseFormat | None = ...,
+        tools: _abc.Iterable[Global___Tool] | None = ...,
+        tool_choice: Global___ToolChoice | None = ...,
+        user: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_frequency_penalty", b"_frequency_penalty", "_max_tokens", b"_max_tokens", "_presence_penalty", b"_presence_penalty", "_seed", b"_seed", "_temperature", b"_temperature", "_top_p", b"_top_p", "frequency_penalty", b"frequency_penalty", "max_tokens", b"max_tokens", "presence_penalty", b"presence_penalty", "response_format", b"response_format", "seed", b"seed", "temperature", b"temperature", "tool_choice", b"tool_choice", "top_p", b"top_p"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_frequency_penalty", b"_frequency_penalty", "_max_tokens", b"_max_tokens", "_presence_penalty", b"_presence_penalty", "_seed", b"_seed", "_temperature", b"_temperature", "_top_p", b"_top_p", "conversation_id", b"conversation_id", "frequency_penalty", b"frequency_penalty", "max_tokens", b"max_tokens", "messages", b"messages", "presence_penalty", b"presence_penalty", "response_format", b"response_format", "seed", b"seed", "stop", b"stop", "temperature", b"temperature", "tool_choice", b"tool_choice", "tools", b"tools", "top_p", b"top_p", "user", b"user", "user_message", b"user_message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__frequency_penalty: _TypeAlias = _typing.Literal["frequency_penalty"]  # noqa: Y015
+    _WhichOneofArgType__frequency_penalty: _TypeAlias = _typing.Literal["_frequency_penalty", b"_frequency_penalty"]  # noqa: Y015
+    _WhichOneofReturnType__max_tokens: _TypeAlias = _typing.Literal["max_tokens"]  # noqa: Y015
+    _WhichOneofArgType__max_tokens: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens"]  # noqa: Y015
+    _WhichOneofReturnType__presence_penalty: _TypeAlias = _typing.Literal["presence_penalty"]  # noqa: Y015
+    _WhichOneofArgType__presence_penalty: _TypeAlias = _typing.Literal["_presence_penalty", b"_presence_penalty"]  # noqa: Y015
+    _WhichOneofReturnType__seed: _TypeAlias = _typing.Literal["seed"]  # noqa: Y015
+    _WhichOneofArgType__seed: _TypeAlias = _typing.Literal["_seed", b"_seed"]  # noqa: Y015
+    _WhichOneofReturnType__temperature: _TypeAlias = _typing.Literal["temperature"]  # noqa: Y015
+    _WhichOneofArgType__temperature: _TypeAlias = _typing.Literal["_temperature", b"_temperature"]  # noqa: Y015
+    _WhichOneofReturnType__top_p: _TypeAlias = _typing.Literal["top_p"]  # noqa: Y015
+    _WhichOneofArgType__top_p: _TypeAlias = _typing.Literal["_top_p", b"_top_p"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__frequency_penalty) -> _WhichOneofReturnType__frequency_penalty | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_tokens) -> _WhichOneofReturnType__max_tokens | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__presence_penalty) -> _WhichOneofReturnType__presence_penalty | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__seed) -> _WhichOneofReturnType__seed | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__temperature) -> _WhichOneofReturnType__temperature | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__top_p) -> _WhichOneofReturnType__top_p | None: ...
+
+Global___StreamConverseRequest: _TypeAlias = StreamConverseRequest  # noqa: Y015
+
+@_typing.final
+class ConverseSummary(_message.Message):
+    """ConverseSummary ends a StreamConverse stream; the turn is appended by then."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOOL_CALLS_FIELD_NUMBER: _builtins.int
+    FINISH_REASON_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    RESPONSE_ID_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
+    COST_USD_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    CONTEXT_TOKENS_FIELD_NUMBER: _builtins.int
+    TRIMMED_MESSAGES_FIELD_NUMBER: _builtins.int
+    SUMMARIZATION_USAGE_FIELD_NUMBER: _builtins.int
+    SUMMARIZATION_COST_USD_FIELD_NUMBER: _builtins.int
+    MESSAGE_COUNT_FIELD_NUMBER: _builtins.int
+    finish_reason: Global___FinishReason.ValueType
+    """Why the model stopped."""
+    model: _builtins.str
+    """The model that answered."""
+    response_id: _builtins.str
+    """The upstream's response id."""
+    cost_usd: _builtins.float
+    """Cost of the answer in USD. Unset when the model's price is unknown."""
+    attempts: _builtins.int
+    """Upstream attempts the answer took."""
+    context_tokens: _builtins.int
+    """Prompt tokens sent in this turn, counted offline by the gateway."""
+    trimmed_messages: _builtins.int
+    """Old messages left out of this turn's prompt."""
+    summarization_cost_usd: _builtins.float
+    """Cost in USD of that summary; unset when none was written or its price is unknown."""
+    message_count: _builtins.int
+    """Messages the conversation holds after this turn."""
+    @_builtins.property
+    def tool_calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___ToolCall]:
+        """Tools the model called, assembled from the upstream's fragments."""
+
+    @_builtins.property
+    def usage(self) -> Global___Usage:
+        """Token usage of the answer (estimated when the upstream sent none)."""
+
+    @_builtins.property
+    def summarization_usage(self) -> Global___Usage:
+        """Usage of the summary written this turn (SUMMARIZE); unset when none was."""
+
+    def __init__(
+        self,
+        *,
+        tool_calls: _abc.Iterable[Global___ToolCall] | None = ...,
+        finish_reason: Global___FinishReason.ValueType = ...,
+        model: _builtins.str = ...,
+        response_id: _builtins.str = ...,
+        usage: Global___Usage | None = ...,
+        cost_usd: _builtins.float | None = ...,
+        attempts: _builtins.int = ...,
+        context_tokens: _builtins.int = ...,
+        trimmed_messages: _builtins.int = ...,
+        summarization_usage: Global___Usage | None = ...,
+        summarization_cost_usd: _builtins.float | None = ...,
+        message_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_cost_usd", b"_cost_usd", "_summarization_cost_usd", b"_summarization_cost_usd", "cost_usd", b"cost_usd", "summarization_cost_usd", b"summarization_cost_usd", "summarization_usage", b"summarization_usage", "usage", b"usage"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cost_usd", b"_cost_usd", "_summarization_cost_usd", b"_summarization_cost_usd", "attempts", b"attempts", "context_tokens", b"context_tokens", "cost_usd", b"cost_usd", "finish_reason", b"finish_reason", "message_count", b"message_count", "model", b"model", "response_id", b"response_id", "summarization_cost_usd", b"summarization_cost_usd", "summarization_usage", b"summarization_usage", "tool_calls", b"tool_calls", "trimmed_messages", b"trimmed_messages", "usage", b"usage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__cost_usd: _TypeAlias = _typing.Literal["cost_usd"]  # noqa: Y015
+    _WhichOneofArgType__cost_usd: _TypeAlias = _typing.Literal["_cost_usd", b"_cost_usd"]  # noqa: Y015
+    _WhichOneofReturnType__summarization_cost_usd: _TypeAlias = _typing.Literal["summarization_cost_usd"]  # noqa: Y015
+    _WhichOneofArgType__summarization_cost_usd: _TypeAlias = _typing.Literal["_summarization_cost_usd", b"_summarization_cost_usd"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__cost_usd) -> _WhichOneofReturnType__cost_usd | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__summarization_cost_usd) -> _WhichOneofReturnType__summarization_cost_usd | None: ...
+
+Global___ConverseSummary: _TypeAlias = ConverseSummary  # noqa: Y015
+
+@_typing.final
+class StreamConverseResponse(_message.Message):
+    """StreamConverseResponse is one event of a StreamConverse stream: deltas, then one summary."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELTA_FIELD_NUMBER: _builtins.int
+    SUMMARY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def delta(self) -> Global___ChatCompletionDelta:
+        """A piece of the answer."""
+
+    @_builtins.property
+    def summary(self) -> Global___ConverseSummary:
+        """The last message of a successful stream."""
+
+    def __init__(
+        self,
+        *,
+        delta: Global___ChatCompletionDelta | None = ...,
+        summary: Global___ConverseSummary | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "event", b"event", "summary", b"summary"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "event", b"event", "summary", b"summary"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["delta", "summary"]  # noqa: Y015
+    _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
+
+Global___StreamConverseResponse: _TypeAlias = StreamConverseResponse  # noqa: Y015
+
+@_typing.final
+class GetConversationRequest(_message.Message):
+    """GetConversationRequest names a conversation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONVERSATION_ID_FIELD_NUMBER: _builtins.int
+    conversation_id: _builtins.str
+    """The conversation's id."""
+    def __init__(
+        self,
+        *,
+        conversation_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetConversationRequest: _TypeAlias = GetConversationRequest  # noqa: Y015
+
+@_typing.final
+class GetConversationResponse(_message.Message):
+    """GetConversationResponse is a conversation with its messages."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONVERSATION_FIELD_NUMBER: _builtins.int
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    SUMMARY_FIELD_NUMBER: _builtins.int
+    summary: _builtins.str
+    """The summary that replaces its first summarized_messages messages in the
+    prompt (SUMMARIZE); empty when there is none.
+    """
+    @_builtins.property
+    def conversation(self) -> Global___Conversation:
+        """The conversation, with its current token count."""
+
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChatMessage]:
+        """Its messages, oldest first (the system message is in the conversation)."""
+
+    def __init__(
+        self,
+        *,
+        conversation: Global___Conversation | None = ...,
+        messages: _abc.Iterable[Global___ChatMessage] | None = ...,
+        summary: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["conversation", b"conversation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation", b"conversation", "messages", b"messages", "summary", b"summary"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetConversationResponse: _TypeAlias = GetConversationResponse  # noqa: Y015
+
+@_typing.final
+class ListConversationsRequest(_message.Message):
+    """ListConversationsRequest pages through the caller's conversations (AIP-158)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """Most conversations per page, 0 to 1,000 (larger values mean 1,000). 0:
+    50.
+    """
+    page_token: _builtins.str
+    """next_page_token of the previous page; empty for the first page."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListConversationsRequest: _TypeAlias = ListConversationsRequest  # noqa: Y015
+
+@_typing.final
+class ListConversationsResponse(_message.Message):
+    """ListConversationsResponse is one page, newest first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONVERSATIONS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token of the next page; empty on the last page."""
+    @_builtins.property
+    def conversations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Conversation]:
+        """The conversations (without their messages)."""
+
+    def __init__(
+        self,
+        *,
+        conversations: _abc.Iterable[Global___Conversation] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversations", b"conversations", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListConversationsResponse: _TypeAlias = ListConversationsResponse  # noqa: Y015
+
+@_typing.final
+class DeleteConversationRequest(_message.Message):
+    """DeleteConversationRequest names a conversation to delete."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONVERSATION_ID_FIELD_NUMBER: _builtins.int
+    conversation_id: _builtins.str
+    """The conversation's id."""
+    def __init__(
+        self,
+        *,
+        conversation_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteConversationRequest: _TypeAlias = DeleteConversationRequest  # noqa: Y015
+
+@_typing.final
+class DeleteConversationResponse(_message.Message):
+    """DeleteConversationResponse is empty: the conversation is gone."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteConversationResponse: _TypeAlias = DeleteConversationResponse  # noqa: Y015

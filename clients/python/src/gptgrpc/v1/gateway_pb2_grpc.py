@@ -90,6 +90,36 @@ class GPTServiceStub:
                 request_serializer=gptgrpc_dot_v1_dot_gateway__pb2.RevokeClientRequest.SerializeToString,
                 response_deserializer=gptgrpc_dot_v1_dot_gateway__pb2.RevokeClientResponse.FromString,
                 _registered_method=True)
+        self.CreateConversation = channel.unary_unary(
+                '/gptgrpc.v1.GPTService/CreateConversation',
+                request_serializer=gptgrpc_dot_v1_dot_gateway__pb2.CreateConversationRequest.SerializeToString,
+                response_deserializer=gptgrpc_dot_v1_dot_gateway__pb2.CreateConversationResponse.FromString,
+                _registered_method=True)
+        self.Converse = channel.unary_unary(
+                '/gptgrpc.v1.GPTService/Converse',
+                request_serializer=gptgrpc_dot_v1_dot_gateway__pb2.ConverseRequest.SerializeToString,
+                response_deserializer=gptgrpc_dot_v1_dot_gateway__pb2.ConverseResponse.FromString,
+                _registered_method=True)
+        self.StreamConverse = channel.unary_stream(
+                '/gptgrpc.v1.GPTService/StreamConverse',
+                request_serializer=gptgrpc_dot_v1_dot_gateway__pb2.StreamConverseRequest.SerializeToString,
+                response_deserializer=gptgrpc_dot_v1_dot_gateway__pb2.StreamConverseResponse.FromString,
+                _registered_method=True)
+        self.GetConversation = channel.unary_unary(
+                '/gptgrpc.v1.GPTService/GetConversation',
+                request_serializer=gptgrpc_dot_v1_dot_gateway__pb2.GetConversationRequest.SerializeToString,
+                response_deserializer=gptgrpc_dot_v1_dot_gateway__pb2.GetConversationResponse.FromString,
+                _registered_method=True)
+        self.ListConversations = channel.unary_unary(
+                '/gptgrpc.v1.GPTService/ListConversations',
+                request_serializer=gptgrpc_dot_v1_dot_gateway__pb2.ListConversationsRequest.SerializeToString,
+                response_deserializer=gptgrpc_dot_v1_dot_gateway__pb2.ListConversationsResponse.FromString,
+                _registered_method=True)
+        self.DeleteConversation = channel.unary_unary(
+                '/gptgrpc.v1.GPTService/DeleteConversation',
+                request_serializer=gptgrpc_dot_v1_dot_gateway__pb2.DeleteConversationRequest.SerializeToString,
+                response_deserializer=gptgrpc_dot_v1_dot_gateway__pb2.DeleteConversationResponse.FromString,
+                _registered_method=True)
 
 
 class GPTServiceServicer:
@@ -188,6 +218,62 @@ class GPTServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateConversation(self, request, context):
+        """CreateConversation starts a conversation the gateway keeps in its store
+        (the context assistant): its model, system message, context limit,
+        trimming policy, time to live and labels. It belongs to the caller's
+        client token (to everyone when no client is defined). Counts against the
+        client's request rate.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Converse(self, request, context):
+        """Converse sends one turn of a conversation: the system message, the history
+        that fits the context (the oldest turns left out or summarized, as the
+        conversation's policy says), then the new message. The new message and the
+        answer are appended only when the answer completed. A second turn on the
+        same conversation while one is in progress is refused (ABORTED,
+        CONVERSATION_BUSY), not queued. Limits, budget, retries and deadlines
+        apply as to ChatCompletion.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamConverse(self, request, context):
+        """StreamConverse is Converse streamed: content deltas, then one summary. A
+        stream that fails or is cancelled appends nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetConversation(self, request, context):
+        """GetConversation returns one of the caller's conversations with its
+        messages and its current token count.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListConversations(self, request, context):
+        """ListConversations lists the caller's conversations, newest first,
+        paginated (AIP-158). With the admin token: every client's.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteConversation(self, request, context):
+        """DeleteConversation deletes one of the caller's conversations at once. The
+        admin token may delete any conversation.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GPTServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -245,6 +331,36 @@ def add_GPTServiceServicer_to_server(servicer, server):
                     servicer.RevokeClient,
                     request_deserializer=gptgrpc_dot_v1_dot_gateway__pb2.RevokeClientRequest.FromString,
                     response_serializer=gptgrpc_dot_v1_dot_gateway__pb2.RevokeClientResponse.SerializeToString,
+            ),
+            'CreateConversation': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateConversation,
+                    request_deserializer=gptgrpc_dot_v1_dot_gateway__pb2.CreateConversationRequest.FromString,
+                    response_serializer=gptgrpc_dot_v1_dot_gateway__pb2.CreateConversationResponse.SerializeToString,
+            ),
+            'Converse': grpc.unary_unary_rpc_method_handler(
+                    servicer.Converse,
+                    request_deserializer=gptgrpc_dot_v1_dot_gateway__pb2.ConverseRequest.FromString,
+                    response_serializer=gptgrpc_dot_v1_dot_gateway__pb2.ConverseResponse.SerializeToString,
+            ),
+            'StreamConverse': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamConverse,
+                    request_deserializer=gptgrpc_dot_v1_dot_gateway__pb2.StreamConverseRequest.FromString,
+                    response_serializer=gptgrpc_dot_v1_dot_gateway__pb2.StreamConverseResponse.SerializeToString,
+            ),
+            'GetConversation': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetConversation,
+                    request_deserializer=gptgrpc_dot_v1_dot_gateway__pb2.GetConversationRequest.FromString,
+                    response_serializer=gptgrpc_dot_v1_dot_gateway__pb2.GetConversationResponse.SerializeToString,
+            ),
+            'ListConversations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListConversations,
+                    request_deserializer=gptgrpc_dot_v1_dot_gateway__pb2.ListConversationsRequest.FromString,
+                    response_serializer=gptgrpc_dot_v1_dot_gateway__pb2.ListConversationsResponse.SerializeToString,
+            ),
+            'DeleteConversation': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteConversation,
+                    request_deserializer=gptgrpc_dot_v1_dot_gateway__pb2.DeleteConversationRequest.FromString,
+                    response_serializer=gptgrpc_dot_v1_dot_gateway__pb2.DeleteConversationResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -545,6 +661,168 @@ class GPTService:
             '/gptgrpc.v1.GPTService/RevokeClient',
             gptgrpc_dot_v1_dot_gateway__pb2.RevokeClientRequest.SerializeToString,
             gptgrpc_dot_v1_dot_gateway__pb2.RevokeClientResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateConversation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gptgrpc.v1.GPTService/CreateConversation',
+            gptgrpc_dot_v1_dot_gateway__pb2.CreateConversationRequest.SerializeToString,
+            gptgrpc_dot_v1_dot_gateway__pb2.CreateConversationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Converse(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gptgrpc.v1.GPTService/Converse',
+            gptgrpc_dot_v1_dot_gateway__pb2.ConverseRequest.SerializeToString,
+            gptgrpc_dot_v1_dot_gateway__pb2.ConverseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamConverse(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/gptgrpc.v1.GPTService/StreamConverse',
+            gptgrpc_dot_v1_dot_gateway__pb2.StreamConverseRequest.SerializeToString,
+            gptgrpc_dot_v1_dot_gateway__pb2.StreamConverseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetConversation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gptgrpc.v1.GPTService/GetConversation',
+            gptgrpc_dot_v1_dot_gateway__pb2.GetConversationRequest.SerializeToString,
+            gptgrpc_dot_v1_dot_gateway__pb2.GetConversationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListConversations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gptgrpc.v1.GPTService/ListConversations',
+            gptgrpc_dot_v1_dot_gateway__pb2.ListConversationsRequest.SerializeToString,
+            gptgrpc_dot_v1_dot_gateway__pb2.ListConversationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteConversation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gptgrpc.v1.GPTService/DeleteConversation',
+            gptgrpc_dot_v1_dot_gateway__pb2.DeleteConversationRequest.SerializeToString,
+            gptgrpc_dot_v1_dot_gateway__pb2.DeleteConversationResponse.FromString,
             options,
             channel_credentials,
             insecure,

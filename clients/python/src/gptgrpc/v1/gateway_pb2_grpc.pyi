@@ -84,6 +84,38 @@ class GPTServiceStub:
     """UpdateClient replaces a client's limits. Requires the admin token."""
     RevokeClient: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.RevokeClientRequest, _gateway_pb2.RevokeClientResponse]
     """RevokeClient revokes a client's token at once. Requires the admin token."""
+    CreateConversation: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.CreateConversationRequest, _gateway_pb2.CreateConversationResponse]
+    """CreateConversation starts a conversation the gateway keeps in its store
+    (the context assistant): its model, system message, context limit,
+    trimming policy, time to live and labels. It belongs to the caller's
+    client token (to everyone when no client is defined). Counts against the
+    client's request rate.
+    """
+    Converse: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ConverseRequest, _gateway_pb2.ConverseResponse]
+    """Converse sends one turn of a conversation: the system message, the history
+    that fits the context (the oldest turns left out or summarized, as the
+    conversation's policy says), then the new message. The new message and the
+    answer are appended only when the answer completed. A second turn on the
+    same conversation while one is in progress is refused (ABORTED,
+    CONVERSATION_BUSY), not queued. Limits, budget, retries and deadlines
+    apply as to ChatCompletion.
+    """
+    StreamConverse: _grpc.UnaryStreamMultiCallable[_gateway_pb2.StreamConverseRequest, _gateway_pb2.StreamConverseResponse]
+    """StreamConverse is Converse streamed: content deltas, then one summary. A
+    stream that fails or is cancelled appends nothing.
+    """
+    GetConversation: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.GetConversationRequest, _gateway_pb2.GetConversationResponse]
+    """GetConversation returns one of the caller's conversations with its
+    messages and its current token count.
+    """
+    ListConversations: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ListConversationsRequest, _gateway_pb2.ListConversationsResponse]
+    """ListConversations lists the caller's conversations, newest first,
+    paginated (AIP-158). With the admin token: every client's.
+    """
+    DeleteConversation: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.DeleteConversationRequest, _gateway_pb2.DeleteConversationResponse]
+    """DeleteConversation deletes one of the caller's conversations at once. The
+    admin token may delete any conversation.
+    """
 
 @_typing.type_check_only
 class GPTServiceAsyncStub(GPTServiceStub):
@@ -135,6 +167,38 @@ class GPTServiceAsyncStub(GPTServiceStub):
     """UpdateClient replaces a client's limits. Requires the admin token."""
     RevokeClient: _aio.UnaryUnaryMultiCallable[_gateway_pb2.RevokeClientRequest, _gateway_pb2.RevokeClientResponse]  # type: ignore[assignment]
     """RevokeClient revokes a client's token at once. Requires the admin token."""
+    CreateConversation: _aio.UnaryUnaryMultiCallable[_gateway_pb2.CreateConversationRequest, _gateway_pb2.CreateConversationResponse]  # type: ignore[assignment]
+    """CreateConversation starts a conversation the gateway keeps in its store
+    (the context assistant): its model, system message, context limit,
+    trimming policy, time to live and labels. It belongs to the caller's
+    client token (to everyone when no client is defined). Counts against the
+    client's request rate.
+    """
+    Converse: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ConverseRequest, _gateway_pb2.ConverseResponse]  # type: ignore[assignment]
+    """Converse sends one turn of a conversation: the system message, the history
+    that fits the context (the oldest turns left out or summarized, as the
+    conversation's policy says), then the new message. The new message and the
+    answer are appended only when the answer completed. A second turn on the
+    same conversation while one is in progress is refused (ABORTED,
+    CONVERSATION_BUSY), not queued. Limits, budget, retries and deadlines
+    apply as to ChatCompletion.
+    """
+    StreamConverse: _aio.UnaryStreamMultiCallable[_gateway_pb2.StreamConverseRequest, _gateway_pb2.StreamConverseResponse]  # type: ignore[assignment]
+    """StreamConverse is Converse streamed: content deltas, then one summary. A
+    stream that fails or is cancelled appends nothing.
+    """
+    GetConversation: _aio.UnaryUnaryMultiCallable[_gateway_pb2.GetConversationRequest, _gateway_pb2.GetConversationResponse]  # type: ignore[assignment]
+    """GetConversation returns one of the caller's conversations with its
+    messages and its current token count.
+    """
+    ListConversations: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ListConversationsRequest, _gateway_pb2.ListConversationsResponse]  # type: ignore[assignment]
+    """ListConversations lists the caller's conversations, newest first,
+    paginated (AIP-158). With the admin token: every client's.
+    """
+    DeleteConversation: _aio.UnaryUnaryMultiCallable[_gateway_pb2.DeleteConversationRequest, _gateway_pb2.DeleteConversationResponse]  # type: ignore[assignment]
+    """DeleteConversation deletes one of the caller's conversations at once. The
+    admin token may delete any conversation.
+    """
 
 class GPTServiceServicer(metaclass=_abc_1.ABCMeta):
     """GPTService fronts an OpenAI-compatible chat completions API."""
@@ -249,5 +313,73 @@ class GPTServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_pb2.RevokeClientResponse, _abc.Awaitable[_gateway_pb2.RevokeClientResponse]]:
         """RevokeClient revokes a client's token at once. Requires the admin token."""
+
+    @_abc_1.abstractmethod
+    def CreateConversation(
+        self,
+        request: _gateway_pb2.CreateConversationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.CreateConversationResponse, _abc.Awaitable[_gateway_pb2.CreateConversationResponse]]:
+        """CreateConversation starts a conversation the gateway keeps in its store
+        (the context assistant): its model, system message, context limit,
+        trimming policy, time to live and labels. It belongs to the caller's
+        client token (to everyone when no client is defined). Counts against the
+        client's request rate.
+        """
+
+    @_abc_1.abstractmethod
+    def Converse(
+        self,
+        request: _gateway_pb2.ConverseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.ConverseResponse, _abc.Awaitable[_gateway_pb2.ConverseResponse]]:
+        """Converse sends one turn of a conversation: the system message, the history
+        that fits the context (the oldest turns left out or summarized, as the
+        conversation's policy says), then the new message. The new message and the
+        answer are appended only when the answer completed. A second turn on the
+        same conversation while one is in progress is refused (ABORTED,
+        CONVERSATION_BUSY), not queued. Limits, budget, retries and deadlines
+        apply as to ChatCompletion.
+        """
+
+    @_abc_1.abstractmethod
+    def StreamConverse(
+        self,
+        request: _gateway_pb2.StreamConverseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_gateway_pb2.StreamConverseResponse], _abc.AsyncIterator[_gateway_pb2.StreamConverseResponse]]:
+        """StreamConverse is Converse streamed: content deltas, then one summary. A
+        stream that fails or is cancelled appends nothing.
+        """
+
+    @_abc_1.abstractmethod
+    def GetConversation(
+        self,
+        request: _gateway_pb2.GetConversationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.GetConversationResponse, _abc.Awaitable[_gateway_pb2.GetConversationResponse]]:
+        """GetConversation returns one of the caller's conversations with its
+        messages and its current token count.
+        """
+
+    @_abc_1.abstractmethod
+    def ListConversations(
+        self,
+        request: _gateway_pb2.ListConversationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.ListConversationsResponse, _abc.Awaitable[_gateway_pb2.ListConversationsResponse]]:
+        """ListConversations lists the caller's conversations, newest first,
+        paginated (AIP-158). With the admin token: every client's.
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteConversation(
+        self,
+        request: _gateway_pb2.DeleteConversationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.DeleteConversationResponse, _abc.Awaitable[_gateway_pb2.DeleteConversationResponse]]:
+        """DeleteConversation deletes one of the caller's conversations at once. The
+        admin token may delete any conversation.
+        """
 
 def add_GPTServiceServicer_to_server(servicer: GPTServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -19,7 +19,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file gptgrpc/v1/gateway.proto.
  */
 export const file_gptgrpc_v1_gateway: GenFile = /*@__PURE__*/
-  fileDesc("ChhncHRncnBjL3YxL2dhdGV3YXkucHJvdG8SCmdwdGdycGMudjEisAEKC0NoYXRNZXNzYWdlEh4KBHJvbGUYASABKA4yEC5ncHRncnBjLnYxLlJvbGUSDwoHY29udGVudBgCIAEoCRIRCgRuYW1lGAMgASgJSACIAQESGQoMdG9vbF9jYWxsX2lkGAQgASgJSAGIAQESKAoKdG9vbF9jYWxscxgFIAMoCzIULmdwdGdycGMudjEuVG9vbENhbGxCBwoFX25hbWVCDwoNX3Rvb2xfY2FsbF9pZCJiCgRUb29sEgwKBG5hbWUYASABKAkSEwoLZGVzY3JpcHRpb24YAiABKAkSFwoPcGFyYW1ldGVyc19qc29uGAMgASgJEhMKBnN0cmljdBgEIAEoCEgAiAEBQgkKB19zdHJpY3QiPAoIVG9vbENhbGwSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRIWCg5hcmd1bWVudHNfanNvbhgDIAEoCSJbCgpUb29sQ2hvaWNlEioKBG1vZGUYASABKA4yGi5ncHRncnBjLnYxLlRvb2xDaG9pY2VNb2RlSAASFwoNZnVuY3Rpb25fbmFtZRgCIAEoCUgAQggKBmNob2ljZSKIAQoOUmVzcG9uc2VGb3JtYXQSLAoEdHlwZRgBIAEoDjIeLmdwdGdycGMudjEuUmVzcG9uc2VGb3JtYXRUeXBlEhMKC3NjaGVtYV9uYW1lGAIgASgJEhMKC3NjaGVtYV9qc29uGAMgASgJEhMKBnN0cmljdBgEIAEoCEgAiAEBQgkKB19zdHJpY3QilAQKFUNoYXRDb21wbGV0aW9uUmVxdWVzdBINCgVtb2RlbBgBIAEoCRIWCg5zeXN0ZW1fbWVzc2FnZRgCIAEoCRIUCgx1c2VyX21lc3NhZ2UYAyABKAkSKQoIbWVzc2FnZXMYBCADKAsyFy5ncHRncnBjLnYxLkNoYXRNZXNzYWdlEhgKC3RlbXBlcmF0dXJlGAUgASgBSACIAQESFwoKbWF4X3Rva2VucxgGIAEoBUgBiAEBEhIKBXRvcF9wGAcgASgBSAKIAQESDAoEc3RvcBgIIAMoCRIRCgRzZWVkGAkgASgDSAOIAQESHQoQcHJlc2VuY2VfcGVuYWx0eRgKIAEoAUgEiAEBEh4KEWZyZXF1ZW5jeV9wZW5hbHR5GAsgASgBSAWIAQESMwoPcmVzcG9uc2VfZm9ybWF0GAwgASgLMhouZ3B0Z3JwYy52MS5SZXNwb25zZUZvcm1hdBIfCgV0b29scxgNIAMoCzIQLmdwdGdycGMudjEuVG9vbBIrCgt0b29sX2Nob2ljZRgOIAEoCzIWLmdwdGdycGMudjEuVG9vbENob2ljZRIMCgR1c2VyGA8gASgJQg4KDF90ZW1wZXJhdHVyZUINCgtfbWF4X3Rva2Vuc0IICgZfdG9wX3BCBwoFX3NlZWRCEwoRX3ByZXNlbmNlX3BlbmFsdHlCFAoSX2ZyZXF1ZW5jeV9wZW5hbHR5IpoBCgVVc2FnZRIVCg1wcm9tcHRfdG9rZW5zGAEgASgDEhkKEWNvbXBsZXRpb25fdG9rZW5zGAIgASgDEhQKDHRvdGFsX3Rva2VucxgDIAEoAxIcChRjYWNoZWRfcHJvbXB0X3Rva2VucxgEIAEoAxIYChByZWFzb25pbmdfdG9rZW5zGAUgASgDEhEKCWVzdGltYXRlZBgGIAEoCCKIAgoWQ2hhdENvbXBsZXRpb25SZXNwb25zZRIPCgdjb250ZW50GAEgASgJEigKCnRvb2xfY2FsbHMYAiADKAsyFC5ncHRncnBjLnYxLlRvb2xDYWxsEi8KDWZpbmlzaF9yZWFzb24YAyABKA4yGC5ncHRncnBjLnYxLkZpbmlzaFJlYXNvbhINCgVtb2RlbBgEIAEoCRIKCgJpZBgFIAEoCRIgCgV1c2FnZRgGIAEoCzIRLmdwdGdycGMudjEuVXNhZ2USFQoIY29zdF91c2QYByABKAFIAIgBARIQCghhdHRlbXB0cxgIIAEoBRIPCgdyZWZ1c2FsGAkgASgJQgsKCV9jb3N0X3VzZCKaBAobU3RyZWFtQ2hhdENvbXBsZXRpb25SZXF1ZXN0Eg0KBW1vZGVsGAEgASgJEhYKDnN5c3RlbV9tZXNzYWdlGAIgASgJEhQKDHVzZXJfbWVzc2FnZRgDIAEoCRIpCghtZXNzYWdlcxgEIAMoCzIXLmdwdGdycGMudjEuQ2hhdE1lc3NhZ2USGAoLdGVtcGVyYXR1cmUYBSABKAFIAIgBARIXCgptYXhfdG9rZW5zGAYgASgFSAGIAQESEgoFdG9wX3AYByABKAFIAogBARIMCgRzdG9wGAggAygJEhEKBHNlZWQYCSABKANIA4gBARIdChBwcmVzZW5jZV9wZW5hbHR5GAogASgBSASIAQESHgoRZnJlcXVlbmN5X3BlbmFsdHkYCyABKAFIBYgBARIzCg9yZXNwb25zZV9mb3JtYXQYDCABKAsyGi5ncHRncnBjLnYxLlJlc3BvbnNlRm9ybWF0Eh8KBXRvb2xzGA0gAygLMhAuZ3B0Z3JwYy52MS5Ub29sEisKC3Rvb2xfY2hvaWNlGA4gASgLMhYuZ3B0Z3JwYy52MS5Ub29sQ2hvaWNlEgwKBHVzZXIYDyABKAlCDgoMX3RlbXBlcmF0dXJlQg0KC19tYXhfdG9rZW5zQggKBl90b3BfcEIHCgVfc2VlZEITChFfcHJlc2VuY2VfcGVuYWx0eUIUChJfZnJlcXVlbmN5X3BlbmFsdHkiNwoTQ2hhdENvbXBsZXRpb25EZWx0YRIPCgdjb250ZW50GAEgASgJEg8KB3JlZnVzYWwYAiABKAki5QEKFUNoYXRDb21wbGV0aW9uU3VtbWFyeRIoCgp0b29sX2NhbGxzGAEgAygLMhQuZ3B0Z3JwYy52MS5Ub29sQ2FsbBIvCg1maW5pc2hfcmVhc29uGAIgASgOMhguZ3B0Z3JwYy52MS5GaW5pc2hSZWFzb24SDQoFbW9kZWwYAyABKAkSCgoCaWQYBCABKAkSIAoFdXNhZ2UYBSABKAsyES5ncHRncnBjLnYxLlVzYWdlEhUKCGNvc3RfdXNkGAYgASgBSACIAQESEAoIYXR0ZW1wdHMYByABKAVCCwoJX2Nvc3RfdXNkIo8BChxTdHJlYW1DaGF0Q29tcGxldGlvblJlc3BvbnNlEjAKBWRlbHRhGAEgASgLMh8uZ3B0Z3JwYy52MS5DaGF0Q29tcGxldGlvbkRlbHRhSAASNAoHc3VtbWFyeRgCIAEoCzIhLmdwdGdycGMudjEuQ2hhdENvbXBsZXRpb25TdW1tYXJ5SABCBwoFZXZlbnQiXAoSQ291bnRUb2tlbnNSZXF1ZXN0EgwKBHRleHQYASABKAkSKQoIbWVzc2FnZXMYAiADKAsyFy5ncHRncnBjLnYxLkNoYXRNZXNzYWdlEg0KBW1vZGVsGAMgASgJIlcKE0NvdW50VG9rZW5zUmVzcG9uc2USEwoLdG9rZW5fY291bnQYASABKAMSEAoIZW5jb2RpbmcYAiABKAkSGQoRZW5jb2RpbmdfZmFsbGJhY2sYAyABKAginQEKC1JldHJ5UG9saWN5EhkKDG1heF9hdHRlbXB0cxgBIAEoBUgAiAEBEjIKD2luaXRpYWxfYmFja29mZhgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIuCgttYXhfYmFja29mZhgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbkIPCg1fbWF4X2F0dGVtcHRzIrcCChBDb25maWd1cmVSZXF1ZXN0EhQKB2FwaV9rZXkYASABKAlIAIgBARIVCghlbmRwb2ludBgCIAEoCUgBiAEBEhkKDG9yZ2FuaXphdGlvbhgDIAEoCUgCiAEBEhQKB3Byb2plY3QYBCABKAlIA4gBARIaCg1kZWZhdWx0X21vZGVsGAUgASgJSASIAQESMgoPcmVxdWVzdF90aW1lb3V0GAYgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEi0KDHJldHJ5X3BvbGljeRgHIAEoCzIXLmdwdGdycGMudjEuUmV0cnlQb2xpY3lCCgoIX2FwaV9rZXlCCwoJX2VuZHBvaW50Qg8KDV9vcmdhbml6YXRpb25CCgoIX3Byb2plY3RCEAoOX2RlZmF1bHRfbW9kZWwigwIKDUNvbmZpZ3VyYXRpb24SFgoOYXBpX2tleV9tYXNrZWQYASABKAkSEwoLYXBpX2tleV9zZXQYAiABKAgSEAoIZW5kcG9pbnQYAyABKAkSFAoMb3JnYW5pemF0aW9uGAQgASgJEg8KB3Byb2plY3QYBSABKAkSFQoNZGVmYXVsdF9tb2RlbBgGIAEoCRIyCg9yZXF1ZXN0X3RpbWVvdXQYByABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SLQoMcmV0cnlfcG9saWN5GAggASgLMhcuZ3B0Z3JwYy52MS5SZXRyeVBvbGljeRISCgpnZW5lcmF0aW9uGAkgASgDIkUKEUNvbmZpZ3VyZVJlc3BvbnNlEjAKDWNvbmZpZ3VyYXRpb24YASABKAsyGS5ncHRncnBjLnYxLkNvbmZpZ3VyYXRpb24iGQoXR2V0Q29uZmlndXJhdGlvblJlcXVlc3QiTAoYR2V0Q29uZmlndXJhdGlvblJlc3BvbnNlEjAKDWNvbmZpZ3VyYXRpb24YASABKAsyGS5ncHRncnBjLnYxLkNvbmZpZ3VyYXRpb24iEwoRTGlzdE1vZGVsc1JlcXVlc3QizwIKCU1vZGVsSW5mbxIKCgJpZBgBIAEoCRIQCghlbmNvZGluZxgCIAEoCRIWCg5jb250ZXh0X3dpbmRvdxgDIAEoAxIZChFtYXhfb3V0cHV0X3Rva2VucxgEIAEoAxIRCglyZWFzb25pbmcYBSABKAgSIgoVaW5wdXRfdXNkX3Blcl9taWxsaW9uGAYgASgBSACIAQESKQocY2FjaGVkX2lucHV0X3VzZF9wZXJfbWlsbGlvbhgHIAEoAUgBiAEBEiMKFm91dHB1dF91c2RfcGVyX21pbGxpb24YCCABKAFIAogBARIUCgxwcmljZV9zb3VyY2UYCSABKAlCGAoWX2lucHV0X3VzZF9wZXJfbWlsbGlvbkIfCh1fY2FjaGVkX2lucHV0X3VzZF9wZXJfbWlsbGlvbkIZChdfb3V0cHV0X3VzZF9wZXJfbWlsbGlvbiI7ChJMaXN0TW9kZWxzUmVzcG9uc2USJQoGbW9kZWxzGAEgAygLMhUuZ3B0Z3JwYy52MS5Nb2RlbEluZm8iIQoPR2V0VXNhZ2VSZXF1ZXN0Eg4KBmNsaWVudBgBIAEoCSLdAQoKTW9kZWxVc2FnZRINCgVtb2RlbBgBIAEoCRIQCghyZXF1ZXN0cxgCIAEoAxIXCg9mYWlsZWRfcmVxdWVzdHMYAyABKAMSFQoNcHJvbXB0X3Rva2VucxgEIAEoAxIZChFjb21wbGV0aW9uX3Rva2VucxgFIAEoAxIcChRjYWNoZWRfcHJvbXB0X3Rva2VucxgGIAEoAxIYChByZWFzb25pbmdfdG9rZW5zGAcgASgDEhAKCGNvc3RfdXNkGAggASgBEhkKEXVucHJpY2VkX3JlcXVlc3RzGAkgASgDIpwBChBHZXRVc2FnZVJlc3BvbnNlEiYKBm1vZGVscxgBIAMoCzIWLmdwdGdycGMudjEuTW9kZWxVc2FnZRIlCgV0b3RhbBgCIAEoCzIWLmdwdGdycGMudjEuTW9kZWxVc2FnZRIpCgVzaW5jZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDgoGY2xpZW50GAQgASgJIoUCCgxDbGllbnRMaW1pdHMSIAoTcmVxdWVzdHNfcGVyX21pbnV0ZRgBIAEoBUgAiAEBEh4KEXRva2Vuc19wZXJfbWludXRlGAIgASgDSAGIAQESFwoKYnVkZ2V0X3VzZBgDIAEoAUgCiAEBEi8KDWJ1ZGdldF9wZXJpb2QYBCABKA4yGC5ncHRncnBjLnYxLkJ1ZGdldFBlcmlvZBIaCg1tYXhfaW5fZmxpZ2h0GAUgASgFSAOIAQFCFgoUX3JlcXVlc3RzX3Blcl9taW51dGVCFAoSX3Rva2Vuc19wZXJfbWludXRlQg0KC19idWRnZXRfdXNkQhAKDl9tYXhfaW5fZmxpZ2h0ItIBCgZDbGllbnQSDAoEbmFtZRgBIAEoCRIoCgZsaW1pdHMYAiABKAsyGC5ncHRncnBjLnYxLkNsaWVudExpbWl0cxIvCgtjcmVhdGVfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLcmV2b2tlX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhQKDHRva2VuX3ByZWZpeBgFIAEoCRIYChBwZXJpb2Rfc3BlbmRfdXNkGAYgASgBIk0KE0NyZWF0ZUNsaWVudFJlcXVlc3QSDAoEbmFtZRgBIAEoCRIoCgZsaW1pdHMYAiABKAsyGC5ncHRncnBjLnYxLkNsaWVudExpbWl0cyJJChRDcmVhdGVDbGllbnRSZXNwb25zZRIiCgZjbGllbnQYASABKAsyEi5ncHRncnBjLnYxLkNsaWVudBINCgV0b2tlbhgCIAEoCSItChJMaXN0Q2xpZW50c1JlcXVlc3QSFwoPaW5jbHVkZV9yZXZva2VkGAEgASgIIjoKE0xpc3RDbGllbnRzUmVzcG9uc2USIwoHY2xpZW50cxgBIAMoCzISLmdwdGdycGMudjEuQ2xpZW50Ik0KE1VwZGF0ZUNsaWVudFJlcXVlc3QSDAoEbmFtZRgBIAEoCRIoCgZsaW1pdHMYAiABKAsyGC5ncHRncnBjLnYxLkNsaWVudExpbWl0cyI6ChRVcGRhdGVDbGllbnRSZXNwb25zZRIiCgZjbGllbnQYASABKAsyEi5ncHRncnBjLnYxLkNsaWVudCIjChNSZXZva2VDbGllbnRSZXF1ZXN0EgwKBG5hbWUYASABKAkiOgoUUmV2b2tlQ2xpZW50UmVzcG9uc2USIgoGY2xpZW50GAEgASgLMhIuZ3B0Z3JwYy52MS5DbGllbnQqcwoEUm9sZRIUChBST0xFX1VOU1BFQ0lGSUVEEAASDwoLUk9MRV9TWVNURU0QARISCg5ST0xFX0RFVkVMT1BFUhACEg0KCVJPTEVfVVNFUhADEhIKDlJPTEVfQVNTSVNUQU5UEAQSDQoJUk9MRV9UT09MEAUqhwEKDlRvb2xDaG9pY2VNb2RlEiAKHFRPT0xfQ0hPSUNFX01PREVfVU5TUEVDSUZJRUQQABIZChVUT09MX0NIT0lDRV9NT0RFX0FVVE8QARIZChVUT09MX0NIT0lDRV9NT0RFX05PTkUQAhIdChlUT09MX0NIT0lDRV9NT0RFX1JFUVVJUkVEEAMqpQEKElJlc3BvbnNlRm9ybWF0VHlwZRIkCiBSRVNQT05TRV9GT1JNQVRfVFlQRV9VTlNQRUNJRklFRBAAEh0KGVJFU1BPTlNFX0ZPUk1BVF9UWVBFX1RFWFQQARIkCiBSRVNQT05TRV9GT1JNQVRfVFlQRV9KU09OX09CSkVDVBACEiQKIFJFU1BPTlNFX0ZPUk1BVF9UWVBFX0pTT05fU0NIRU1BEAMqwAEKDEZpbmlzaFJlYXNvbhIdChlGSU5JU0hfUkVBU09OX1VOU1BFQ0lGSUVEEAASFgoSRklOSVNIX1JFQVNPTl9TVE9QEAESGAoURklOSVNIX1JFQVNPTl9MRU5HVEgQAhIcChhGSU5JU0hfUkVBU09OX1RPT0xfQ0FMTFMQAxIgChxGSU5JU0hfUkVBU09OX0NPTlRFTlRfRklMVEVSEAQSHwobRklOSVNIX1JFQVNPTl9GVU5DVElPTl9DQUxMEAUqXQoMQnVkZ2V0UGVyaW9kEh0KGUJVREdFVF9QRVJJT0RfVU5TUEVDSUZJRUQQABIVChFCVURHRVRfUEVSSU9EX0RBWRABEhcKE0JVREdFVF9QRVJJT0RfTU9OVEgQAirKBgoLRXJyb3JSZWFzb24SHAoYRVJST1JfUkVBU09OX1VOU1BFQ0lGSUVEEAASEwoPSU5WQUxJRF9SRVFVRVNUEAESEwoPQVBJX0tFWV9NSVNTSU5HEAISFwoTQURNSU5fVE9LRU5fTUlTU0lORxADEhcKE0FETUlOX1RPS0VOX0lOVkFMSUQQBBISCg5BRE1JTl9ESVNBQkxFRBAFEhgKFFVQU1RSRUFNX0JBRF9SRVFVRVNUEAYSJAogVVBTVFJFQU1fQ09OVEVYVF9MRU5HVEhfRVhDRUVERUQQBxIiCh5VUFNUUkVBTV9BVVRIRU5USUNBVElPTl9GQUlMRUQQCBIeChpVUFNUUkVBTV9QRVJNSVNTSU9OX0RFTklFRBAJEhYKElVQU1RSRUFNX05PVF9GT1VORBAKEhkKFVVQU1RSRUFNX1JBVEVfTElNSVRFRBALEhsKF1VQU1RSRUFNX1FVT1RBX0VYQ0VFREVEEAwSGAoUVVBTVFJFQU1fVU5BVkFJTEFCTEUQDRIdChlVUFNUUkVBTV9SRVNQT05TRV9JTlZBTElEEA4SFAoQVVBTVFJFQU1fVElNRU9VVBAPEhUKEURFQURMSU5FX0VYQ0VFREVEEBASFQoRVVBTVFJFQU1fQ09ORkxJQ1QQERIRCg1TSFVUVElOR19ET1dOEBISDgoKT1ZFUkxPQURFRBATEhIKDklOVEVSTkFMX0VSUk9SEBQSGAoUQ0xJRU5UX1RPS0VOX01JU1NJTkcQFRIYChRDTElFTlRfVE9LRU5fSU5WQUxJRBAWEhcKE0NMSUVOVF9SQVRFX0xJTUlURUQQFxIaChZDTElFTlRfQlVER0VUX0VYQ0VFREVEEBgSFQoRQVVUSF9SQVRFX0xJTUlURUQQGRIUChBDTElFTlRfTk9UX0ZPVU5EEBoSEQoNQ0xJRU5UX0VYSVNUUxAbEhQKEENMSUVOVF9GT1JCSURERU4QHBIZChVDTElFTlRfTU9ERUxfVU5QUklDRUQQIRIWChJTRUNSRVRfS0VZX01JU1NJTkcQIhIcChhDTElFTlRfSU5fRkxJR0hUX0xJTUlURUQQIxIVChFTVE9SRV9VTkFWQUlMQUJMRRAkMqgHCgpHUFRTZXJ2aWNlElcKDkNoYXRDb21wbGV0aW9uEiEuZ3B0Z3JwYy52MS5DaGF0Q29tcGxldGlvblJlcXVlc3QaIi5ncHRncnBjLnYxLkNoYXRDb21wbGV0aW9uUmVzcG9uc2USawoUU3RyZWFtQ2hhdENvbXBsZXRpb24SJy5ncHRncnBjLnYxLlN0cmVhbUNoYXRDb21wbGV0aW9uUmVxdWVzdBooLmdwdGdycGMudjEuU3RyZWFtQ2hhdENvbXBsZXRpb25SZXNwb25zZTABEk4KC0NvdW50VG9rZW5zEh4uZ3B0Z3JwYy52MS5Db3VudFRva2Vuc1JlcXVlc3QaHy5ncHRncnBjLnYxLkNvdW50VG9rZW5zUmVzcG9uc2USSAoJQ29uZmlndXJlEhwuZ3B0Z3JwYy52MS5Db25maWd1cmVSZXF1ZXN0Gh0uZ3B0Z3JwYy52MS5Db25maWd1cmVSZXNwb25zZRJdChBHZXRDb25maWd1cmF0aW9uEiMuZ3B0Z3JwYy52MS5HZXRDb25maWd1cmF0aW9uUmVxdWVzdBokLmdwdGdycGMudjEuR2V0Q29uZmlndXJhdGlvblJlc3BvbnNlEksKCkxpc3RNb2RlbHMSHS5ncHRncnBjLnYxLkxpc3RNb2RlbHNSZXF1ZXN0Gh4uZ3B0Z3JwYy52MS5MaXN0TW9kZWxzUmVzcG9uc2USRQoIR2V0VXNhZ2USGy5ncHRncnBjLnYxLkdldFVzYWdlUmVxdWVzdBocLmdwdGdycGMudjEuR2V0VXNhZ2VSZXNwb25zZRJRCgxDcmVhdGVDbGllbnQSHy5ncHRncnBjLnYxLkNyZWF0ZUNsaWVudFJlcXVlc3QaIC5ncHRncnBjLnYxLkNyZWF0ZUNsaWVudFJlc3BvbnNlEk4KC0xpc3RDbGllbnRzEh4uZ3B0Z3JwYy52MS5MaXN0Q2xpZW50c1JlcXVlc3QaHy5ncHRncnBjLnYxLkxpc3RDbGllbnRzUmVzcG9uc2USUQoMVXBkYXRlQ2xpZW50Eh8uZ3B0Z3JwYy52MS5VcGRhdGVDbGllbnRSZXF1ZXN0GiAuZ3B0Z3JwYy52MS5VcGRhdGVDbGllbnRSZXNwb25zZRJRCgxSZXZva2VDbGllbnQSHy5ncHRncnBjLnYxLlJldm9rZUNsaWVudFJlcXVlc3QaIC5ncHRncnBjLnYxLlJldm9rZUNsaWVudFJlc3BvbnNlQj1aO2dpdGh1Yi5jb20vZ3B0LWdycGMvZ3B0LWdycGMvY2xpZW50cy9nby9ncHRncnBjdjE7Z3B0Z3JwY3YxYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("ChhncHRncnBjL3YxL2dhdGV3YXkucHJvdG8SCmdwdGdycGMudjEisAEKC0NoYXRNZXNzYWdlEh4KBHJvbGUYASABKA4yEC5ncHRncnBjLnYxLlJvbGUSDwoHY29udGVudBgCIAEoCRIRCgRuYW1lGAMgASgJSACIAQESGQoMdG9vbF9jYWxsX2lkGAQgASgJSAGIAQESKAoKdG9vbF9jYWxscxgFIAMoCzIULmdwdGdycGMudjEuVG9vbENhbGxCBwoFX25hbWVCDwoNX3Rvb2xfY2FsbF9pZCJiCgRUb29sEgwKBG5hbWUYASABKAkSEwoLZGVzY3JpcHRpb24YAiABKAkSFwoPcGFyYW1ldGVyc19qc29uGAMgASgJEhMKBnN0cmljdBgEIAEoCEgAiAEBQgkKB19zdHJpY3QiPAoIVG9vbENhbGwSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRIWCg5hcmd1bWVudHNfanNvbhgDIAEoCSJbCgpUb29sQ2hvaWNlEioKBG1vZGUYASABKA4yGi5ncHRncnBjLnYxLlRvb2xDaG9pY2VNb2RlSAASFwoNZnVuY3Rpb25fbmFtZRgCIAEoCUgAQggKBmNob2ljZSKIAQoOUmVzcG9uc2VGb3JtYXQSLAoEdHlwZRgBIAEoDjIeLmdwdGdycGMudjEuUmVzcG9uc2VGb3JtYXRUeXBlEhMKC3NjaGVtYV9uYW1lGAIgASgJEhMKC3NjaGVtYV9qc29uGAMgASgJEhMKBnN0cmljdBgEIAEoCEgAiAEBQgkKB19zdHJpY3QilAQKFUNoYXRDb21wbGV0aW9uUmVxdWVzdBINCgVtb2RlbBgBIAEoCRIWCg5zeXN0ZW1fbWVzc2FnZRgCIAEoCRIUCgx1c2VyX21lc3NhZ2UYAyABKAkSKQoIbWVzc2FnZXMYBCADKAsyFy5ncHRncnBjLnYxLkNoYXRNZXNzYWdlEhgKC3RlbXBlcmF0dXJlGAUgASgBSACIAQESFwoKbWF4X3Rva2VucxgGIAEoBUgBiAEBEhIKBXRvcF9wGAcgASgBSAKIAQESDAoEc3RvcBgIIAMoCRIRCgRzZWVkGAkgASgDSAOIAQESHQoQcHJlc2VuY2VfcGVuYWx0eRgKIAEoAUgEiAEBEh4KEWZyZXF1ZW5jeV9wZW5hbHR5GAsgASgBSAWIAQESMwoPcmVzcG9uc2VfZm9ybWF0GAwgASgLMhouZ3B0Z3JwYy52MS5SZXNwb25zZUZvcm1hdBIfCgV0b29scxgNIAMoCzIQLmdwdGdycGMudjEuVG9vbBIrCgt0b29sX2Nob2ljZRgOIAEoCzIWLmdwdGdycGMudjEuVG9vbENob2ljZRIMCgR1c2VyGA8gASgJQg4KDF90ZW1wZXJhdHVyZUINCgtfbWF4X3Rva2Vuc0IICgZfdG9wX3BCBwoFX3NlZWRCEwoRX3ByZXNlbmNlX3BlbmFsdHlCFAoSX2ZyZXF1ZW5jeV9wZW5hbHR5IpoBCgVVc2FnZRIVCg1wcm9tcHRfdG9rZW5zGAEgASgDEhkKEWNvbXBsZXRpb25fdG9rZW5zGAIgASgDEhQKDHRvdGFsX3Rva2VucxgDIAEoAxIcChRjYWNoZWRfcHJvbXB0X3Rva2VucxgEIAEoAxIYChByZWFzb25pbmdfdG9rZW5zGAUgASgDEhEKCWVzdGltYXRlZBgGIAEoCCKIAgoWQ2hhdENvbXBsZXRpb25SZXNwb25zZRIPCgdjb250ZW50GAEgASgJEigKCnRvb2xfY2FsbHMYAiADKAsyFC5ncHRncnBjLnYxLlRvb2xDYWxsEi8KDWZpbmlzaF9yZWFzb24YAyABKA4yGC5ncHRncnBjLnYxLkZpbmlzaFJlYXNvbhINCgVtb2RlbBgEIAEoCRIKCgJpZBgFIAEoCRIgCgV1c2FnZRgGIAEoCzIRLmdwdGdycGMudjEuVXNhZ2USFQoIY29zdF91c2QYByABKAFIAIgBARIQCghhdHRlbXB0cxgIIAEoBRIPCgdyZWZ1c2FsGAkgASgJQgsKCV9jb3N0X3VzZCKaBAobU3RyZWFtQ2hhdENvbXBsZXRpb25SZXF1ZXN0Eg0KBW1vZGVsGAEgASgJEhYKDnN5c3RlbV9tZXNzYWdlGAIgASgJEhQKDHVzZXJfbWVzc2FnZRgDIAEoCRIpCghtZXNzYWdlcxgEIAMoCzIXLmdwdGdycGMudjEuQ2hhdE1lc3NhZ2USGAoLdGVtcGVyYXR1cmUYBSABKAFIAIgBARIXCgptYXhfdG9rZW5zGAYgASgFSAGIAQESEgoFdG9wX3AYByABKAFIAogBARIMCgRzdG9wGAggAygJEhEKBHNlZWQYCSABKANIA4gBARIdChBwcmVzZW5jZV9wZW5hbHR5GAogASgBSASIAQESHgoRZnJlcXVlbmN5X3BlbmFsdHkYCyABKAFIBYgBARIzCg9yZXNwb25zZV9mb3JtYXQYDCABKAsyGi5ncHRncnBjLnYxLlJlc3BvbnNlRm9ybWF0Eh8KBXRvb2xzGA0gAygLMhAuZ3B0Z3JwYy52MS5Ub29sEisKC3Rvb2xfY2hvaWNlGA4gASgLMhYuZ3B0Z3JwYy52MS5Ub29sQ2hvaWNlEgwKBHVzZXIYDyABKAlCDgoMX3RlbXBlcmF0dXJlQg0KC19tYXhfdG9rZW5zQggKBl90b3BfcEIHCgVfc2VlZEITChFfcHJlc2VuY2VfcGVuYWx0eUIUChJfZnJlcXVlbmN5X3BlbmFsdHkiNwoTQ2hhdENvbXBsZXRpb25EZWx0YRIPCgdjb250ZW50GAEgASgJEg8KB3JlZnVzYWwYAiABKAki5QEKFUNoYXRDb21wbGV0aW9uU3VtbWFyeRIoCgp0b29sX2NhbGxzGAEgAygLMhQuZ3B0Z3JwYy52MS5Ub29sQ2FsbBIvCg1maW5pc2hfcmVhc29uGAIgASgOMhguZ3B0Z3JwYy52MS5GaW5pc2hSZWFzb24SDQoFbW9kZWwYAyABKAkSCgoCaWQYBCABKAkSIAoFdXNhZ2UYBSABKAsyES5ncHRncnBjLnYxLlVzYWdlEhUKCGNvc3RfdXNkGAYgASgBSACIAQESEAoIYXR0ZW1wdHMYByABKAVCCwoJX2Nvc3RfdXNkIo8BChxTdHJlYW1DaGF0Q29tcGxldGlvblJlc3BvbnNlEjAKBWRlbHRhGAEgASgLMh8uZ3B0Z3JwYy52MS5DaGF0Q29tcGxldGlvbkRlbHRhSAASNAoHc3VtbWFyeRgCIAEoCzIhLmdwdGdycGMudjEuQ2hhdENvbXBsZXRpb25TdW1tYXJ5SABCBwoFZXZlbnQiXAoSQ291bnRUb2tlbnNSZXF1ZXN0EgwKBHRleHQYASABKAkSKQoIbWVzc2FnZXMYAiADKAsyFy5ncHRncnBjLnYxLkNoYXRNZXNzYWdlEg0KBW1vZGVsGAMgASgJIlcKE0NvdW50VG9rZW5zUmVzcG9uc2USEwoLdG9rZW5fY291bnQYASABKAMSEAoIZW5jb2RpbmcYAiABKAkSGQoRZW5jb2RpbmdfZmFsbGJhY2sYAyABKAginQEKC1JldHJ5UG9saWN5EhkKDG1heF9hdHRlbXB0cxgBIAEoBUgAiAEBEjIKD2luaXRpYWxfYmFja29mZhgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIuCgttYXhfYmFja29mZhgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbkIPCg1fbWF4X2F0dGVtcHRzIrcCChBDb25maWd1cmVSZXF1ZXN0EhQKB2FwaV9rZXkYASABKAlIAIgBARIVCghlbmRwb2ludBgCIAEoCUgBiAEBEhkKDG9yZ2FuaXphdGlvbhgDIAEoCUgCiAEBEhQKB3Byb2plY3QYBCABKAlIA4gBARIaCg1kZWZhdWx0X21vZGVsGAUgASgJSASIAQESMgoPcmVxdWVzdF90aW1lb3V0GAYgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEi0KDHJldHJ5X3BvbGljeRgHIAEoCzIXLmdwdGdycGMudjEuUmV0cnlQb2xpY3lCCgoIX2FwaV9rZXlCCwoJX2VuZHBvaW50Qg8KDV9vcmdhbml6YXRpb25CCgoIX3Byb2plY3RCEAoOX2RlZmF1bHRfbW9kZWwigwIKDUNvbmZpZ3VyYXRpb24SFgoOYXBpX2tleV9tYXNrZWQYASABKAkSEwoLYXBpX2tleV9zZXQYAiABKAgSEAoIZW5kcG9pbnQYAyABKAkSFAoMb3JnYW5pemF0aW9uGAQgASgJEg8KB3Byb2plY3QYBSABKAkSFQoNZGVmYXVsdF9tb2RlbBgGIAEoCRIyCg9yZXF1ZXN0X3RpbWVvdXQYByABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SLQoMcmV0cnlfcG9saWN5GAggASgLMhcuZ3B0Z3JwYy52MS5SZXRyeVBvbGljeRISCgpnZW5lcmF0aW9uGAkgASgDIkUKEUNvbmZpZ3VyZVJlc3BvbnNlEjAKDWNvbmZpZ3VyYXRpb24YASABKAsyGS5ncHRncnBjLnYxLkNvbmZpZ3VyYXRpb24iGQoXR2V0Q29uZmlndXJhdGlvblJlcXVlc3QiTAoYR2V0Q29uZmlndXJhdGlvblJlc3BvbnNlEjAKDWNvbmZpZ3VyYXRpb24YASABKAsyGS5ncHRncnBjLnYxLkNvbmZpZ3VyYXRpb24iEwoRTGlzdE1vZGVsc1JlcXVlc3QizwIKCU1vZGVsSW5mbxIKCgJpZBgBIAEoCRIQCghlbmNvZGluZxgCIAEoCRIWCg5jb250ZXh0X3dpbmRvdxgDIAEoAxIZChFtYXhfb3V0cHV0X3Rva2VucxgEIAEoAxIRCglyZWFzb25pbmcYBSABKAgSIgoVaW5wdXRfdXNkX3Blcl9taWxsaW9uGAYgASgBSACIAQESKQocY2FjaGVkX2lucHV0X3VzZF9wZXJfbWlsbGlvbhgHIAEoAUgBiAEBEiMKFm91dHB1dF91c2RfcGVyX21pbGxpb24YCCABKAFIAogBARIUCgxwcmljZV9zb3VyY2UYCSABKAlCGAoWX2lucHV0X3VzZF9wZXJfbWlsbGlvbkIfCh1fY2FjaGVkX2lucHV0X3VzZF9wZXJfbWlsbGlvbkIZChdfb3V0cHV0X3VzZF9wZXJfbWlsbGlvbiI7ChJMaXN0TW9kZWxzUmVzcG9uc2USJQoGbW9kZWxzGAEgAygLMhUuZ3B0Z3JwYy52MS5Nb2RlbEluZm8iIQoPR2V0VXNhZ2VSZXF1ZXN0Eg4KBmNsaWVudBgBIAEoCSLdAQoKTW9kZWxVc2FnZRINCgVtb2RlbBgBIAEoCRIQCghyZXF1ZXN0cxgCIAEoAxIXCg9mYWlsZWRfcmVxdWVzdHMYAyABKAMSFQoNcHJvbXB0X3Rva2VucxgEIAEoAxIZChFjb21wbGV0aW9uX3Rva2VucxgFIAEoAxIcChRjYWNoZWRfcHJvbXB0X3Rva2VucxgGIAEoAxIYChByZWFzb25pbmdfdG9rZW5zGAcgASgDEhAKCGNvc3RfdXNkGAggASgBEhkKEXVucHJpY2VkX3JlcXVlc3RzGAkgASgDIpwBChBHZXRVc2FnZVJlc3BvbnNlEiYKBm1vZGVscxgBIAMoCzIWLmdwdGdycGMudjEuTW9kZWxVc2FnZRIlCgV0b3RhbBgCIAEoCzIWLmdwdGdycGMudjEuTW9kZWxVc2FnZRIpCgVzaW5jZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDgoGY2xpZW50GAQgASgJIoUCCgxDbGllbnRMaW1pdHMSIAoTcmVxdWVzdHNfcGVyX21pbnV0ZRgBIAEoBUgAiAEBEh4KEXRva2Vuc19wZXJfbWludXRlGAIgASgDSAGIAQESFwoKYnVkZ2V0X3VzZBgDIAEoAUgCiAEBEi8KDWJ1ZGdldF9wZXJpb2QYBCABKA4yGC5ncHRncnBjLnYxLkJ1ZGdldFBlcmlvZBIaCg1tYXhfaW5fZmxpZ2h0GAUgASgFSAOIAQFCFgoUX3JlcXVlc3RzX3Blcl9taW51dGVCFAoSX3Rva2Vuc19wZXJfbWludXRlQg0KC19idWRnZXRfdXNkQhAKDl9tYXhfaW5fZmxpZ2h0ItIBCgZDbGllbnQSDAoEbmFtZRgBIAEoCRIoCgZsaW1pdHMYAiABKAsyGC5ncHRncnBjLnYxLkNsaWVudExpbWl0cxIvCgtjcmVhdGVfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLcmV2b2tlX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhQKDHRva2VuX3ByZWZpeBgFIAEoCRIYChBwZXJpb2Rfc3BlbmRfdXNkGAYgASgBIk0KE0NyZWF0ZUNsaWVudFJlcXVlc3QSDAoEbmFtZRgBIAEoCRIoCgZsaW1pdHMYAiABKAsyGC5ncHRncnBjLnYxLkNsaWVudExpbWl0cyJJChRDcmVhdGVDbGllbnRSZXNwb25zZRIiCgZjbGllbnQYASABKAsyEi5ncHRncnBjLnYxLkNsaWVudBINCgV0b2tlbhgCIAEoCSItChJMaXN0Q2xpZW50c1JlcXVlc3QSFwoPaW5jbHVkZV9yZXZva2VkGAEgASgIIjoKE0xpc3RDbGllbnRzUmVzcG9uc2USIwoHY2xpZW50cxgBIAMoCzISLmdwdGdycGMudjEuQ2xpZW50Ik0KE1VwZGF0ZUNsaWVudFJlcXVlc3QSDAoEbmFtZRgBIAEoCRIoCgZsaW1pdHMYAiABKAsyGC5ncHRncnBjLnYxLkNsaWVudExpbWl0cyI6ChRVcGRhdGVDbGllbnRSZXNwb25zZRIiCgZjbGllbnQYASABKAsyEi5ncHRncnBjLnYxLkNsaWVudCIjChNSZXZva2VDbGllbnRSZXF1ZXN0EgwKBG5hbWUYASABKAkiOgoUUmV2b2tlQ2xpZW50UmVzcG9uc2USIgoGY2xpZW50GAEgASgLMhIuZ3B0Z3JwYy52MS5DbGllbnQiwQQKDENvbnZlcnNhdGlvbhIKCgJpZBgBIAEoCRINCgVtb2RlbBgCIAEoCRIWCg5zeXN0ZW1fbWVzc2FnZRgDIAEoCRIfChJtYXhfY29udGV4dF90b2tlbnMYBCABKANIAIgBARIzCg90cmltbWluZ19wb2xpY3kYBSABKA4yGi5ncHRncnBjLnYxLlRyaW1taW5nUG9saWN5EjQKBmxhYmVscxgGIAMoCzIkLmdwdGdycGMudjEuQ29udmVyc2F0aW9uLkxhYmVsc0VudHJ5Ei8KC2NyZWF0ZV90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgt1cGRhdGVfdGltZRgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLZXhwaXJlX3RpbWUYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiYKA3R0bBgKIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIVCg1tZXNzYWdlX2NvdW50GAsgASgFEhsKE3N1bW1hcml6ZWRfbWVzc2FnZXMYDCABKAUSFgoOY29udGV4dF90b2tlbnMYDSABKAMSFQoNY29udGV4dF9saW1pdBgOIAEoAxIOCgZjbGllbnQYDyABKAkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUIVChNfbWF4X2NvbnRleHRfdG9rZW5zIskCChlDcmVhdGVDb252ZXJzYXRpb25SZXF1ZXN0Eg0KBW1vZGVsGAEgASgJEhYKDnN5c3RlbV9tZXNzYWdlGAIgASgJEh8KEm1heF9jb250ZXh0X3Rva2VucxgDIAEoA0gAiAEBEjMKD3RyaW1taW5nX3BvbGljeRgEIAEoDjIaLmdwdGdycGMudjEuVHJpbW1pbmdQb2xpY3kSJgoDdHRsGAUgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEkEKBmxhYmVscxgGIAMoCzIxLmdwdGdycGMudjEuQ3JlYXRlQ29udmVyc2F0aW9uUmVxdWVzdC5MYWJlbHNFbnRyeRotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBQhUKE19tYXhfY29udGV4dF90b2tlbnMiTAoaQ3JlYXRlQ29udmVyc2F0aW9uUmVzcG9uc2USLgoMY29udmVyc2F0aW9uGAEgASgLMhguZ3B0Z3JwYy52MS5Db252ZXJzYXRpb24igAQKD0NvbnZlcnNlUmVxdWVzdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkSFAoMdXNlcl9tZXNzYWdlGAIgASgJEikKCG1lc3NhZ2VzGAMgAygLMhcuZ3B0Z3JwYy52MS5DaGF0TWVzc2FnZRIYCgt0ZW1wZXJhdHVyZRgEIAEoAUgAiAEBEhcKCm1heF90b2tlbnMYBSABKAVIAYgBARISCgV0b3BfcBgGIAEoAUgCiAEBEgwKBHN0b3AYByADKAkSEQoEc2VlZBgIIAEoA0gDiAEBEh0KEHByZXNlbmNlX3BlbmFsdHkYCSABKAFIBIgBARIeChFmcmVxdWVuY3lfcGVuYWx0eRgKIAEoAUgFiAEBEjMKD3Jlc3BvbnNlX2Zvcm1hdBgLIAEoCzIaLmdwdGdycGMudjEuUmVzcG9uc2VGb3JtYXQSHwoFdG9vbHMYDCADKAsyEC5ncHRncnBjLnYxLlRvb2wSKwoLdG9vbF9jaG9pY2UYDSABKAsyFi5ncHRncnBjLnYxLlRvb2xDaG9pY2USDAoEdXNlchgOIAEoCUIOCgxfdGVtcGVyYXR1cmVCDQoLX21heF90b2tlbnNCCAoGX3RvcF9wQgcKBV9zZWVkQhMKEV9wcmVzZW5jZV9wZW5hbHR5QhQKEl9mcmVxdWVuY3lfcGVuYWx0eSLEAwoQQ29udmVyc2VSZXNwb25zZRIPCgdjb250ZW50GAEgASgJEigKCnRvb2xfY2FsbHMYAiADKAsyFC5ncHRncnBjLnYxLlRvb2xDYWxsEi8KDWZpbmlzaF9yZWFzb24YAyABKA4yGC5ncHRncnBjLnYxLkZpbmlzaFJlYXNvbhINCgVtb2RlbBgEIAEoCRITCgtyZXNwb25zZV9pZBgFIAEoCRIgCgV1c2FnZRgGIAEoCzIRLmdwdGdycGMudjEuVXNhZ2USFQoIY29zdF91c2QYByABKAFIAIgBARIQCghhdHRlbXB0cxgIIAEoBRIPCgdyZWZ1c2FsGAkgASgJEhYKDmNvbnRleHRfdG9rZW5zGAogASgDEhgKEHRyaW1tZWRfbWVzc2FnZXMYCyABKAUSLgoTc3VtbWFyaXphdGlvbl91c2FnZRgMIAEoCzIRLmdwdGdycGMudjEuVXNhZ2USIwoWc3VtbWFyaXphdGlvbl9jb3N0X3VzZBgNIAEoAUgBiAEBEhUKDW1lc3NhZ2VfY291bnQYDiABKAVCCwoJX2Nvc3RfdXNkQhkKF19zdW1tYXJpemF0aW9uX2Nvc3RfdXNkIoYEChVTdHJlYW1Db252ZXJzZVJlcXVlc3QSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEhQKDHVzZXJfbWVzc2FnZRgCIAEoCRIpCghtZXNzYWdlcxgDIAMoCzIXLmdwdGdycGMudjEuQ2hhdE1lc3NhZ2USGAoLdGVtcGVyYXR1cmUYBCABKAFIAIgBARIXCgptYXhfdG9rZW5zGAUgASgFSAGIAQESEgoFdG9wX3AYBiABKAFIAogBARIMCgRzdG9wGAcgAygJEhEKBHNlZWQYCCABKANIA4gBARIdChBwcmVzZW5jZV9wZW5hbHR5GAkgASgBSASIAQESHgoRZnJlcXVlbmN5X3BlbmFsdHkYCiABKAFIBYgBARIzCg9yZXNwb25zZV9mb3JtYXQYCyABKAsyGi5ncHRncnBjLnYxLlJlc3BvbnNlRm9ybWF0Eh8KBXRvb2xzGAwgAygLMhAuZ3B0Z3JwYy52MS5Ub29sEisKC3Rvb2xfY2hvaWNlGA0gASgLMhYuZ3B0Z3JwYy52MS5Ub29sQ2hvaWNlEgwKBHVzZXIYDiABKAlCDgoMX3RlbXBlcmF0dXJlQg0KC19tYXhfdG9rZW5zQggKBl90b3BfcEIHCgVfc2VlZEITChFfcHJlc2VuY2VfcGVuYWx0eUIUChJfZnJlcXVlbmN5X3BlbmFsdHkioQMKD0NvbnZlcnNlU3VtbWFyeRIoCgp0b29sX2NhbGxzGAEgAygLMhQuZ3B0Z3JwYy52MS5Ub29sQ2FsbBIvCg1maW5pc2hfcmVhc29uGAIgASgOMhguZ3B0Z3JwYy52MS5GaW5pc2hSZWFzb24SDQoFbW9kZWwYAyABKAkSEwoLcmVzcG9uc2VfaWQYBCABKAkSIAoFdXNhZ2UYBSABKAsyES5ncHRncnBjLnYxLlVzYWdlEhUKCGNvc3RfdXNkGAYgASgBSACIAQESEAoIYXR0ZW1wdHMYByABKAUSFgoOY29udGV4dF90b2tlbnMYCCABKAMSGAoQdHJpbW1lZF9tZXNzYWdlcxgJIAEoBRIuChNzdW1tYXJpemF0aW9uX3VzYWdlGAogASgLMhEuZ3B0Z3JwYy52MS5Vc2FnZRIjChZzdW1tYXJpemF0aW9uX2Nvc3RfdXNkGAsgASgBSAGIAQESFQoNbWVzc2FnZV9jb3VudBgMIAEoBUILCglfY29zdF91c2RCGQoXX3N1bW1hcml6YXRpb25fY29zdF91c2QigwEKFlN0cmVhbUNvbnZlcnNlUmVzcG9uc2USMAoFZGVsdGEYASABKAsyHy5ncHRncnBjLnYxLkNoYXRDb21wbGV0aW9uRGVsdGFIABIuCgdzdW1tYXJ5GAIgASgLMhsuZ3B0Z3JwYy52MS5Db252ZXJzZVN1bW1hcnlIAEIHCgVldmVudCIxChZHZXRDb252ZXJzYXRpb25SZXF1ZXN0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCSKFAQoXR2V0Q29udmVyc2F0aW9uUmVzcG9uc2USLgoMY29udmVyc2F0aW9uGAEgASgLMhguZ3B0Z3JwYy52MS5Db252ZXJzYXRpb24SKQoIbWVzc2FnZXMYAiADKAsyFy5ncHRncnBjLnYxLkNoYXRNZXNzYWdlEg8KB3N1bW1hcnkYAyABKAkiQQoYTGlzdENvbnZlcnNhdGlvbnNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJImUKGUxpc3RDb252ZXJzYXRpb25zUmVzcG9uc2USLwoNY29udmVyc2F0aW9ucxgBIAMoCzIYLmdwdGdycGMudjEuQ29udmVyc2F0aW9uEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSI0ChlEZWxldGVDb252ZXJzYXRpb25SZXF1ZXN0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCSIcChpEZWxldGVDb252ZXJzYXRpb25SZXNwb25zZSpzCgRSb2xlEhQKEFJPTEVfVU5TUEVDSUZJRUQQABIPCgtST0xFX1NZU1RFTRABEhIKDlJPTEVfREVWRUxPUEVSEAISDQoJUk9MRV9VU0VSEAMSEgoOUk9MRV9BU1NJU1RBTlQQBBINCglST0xFX1RPT0wQBSqHAQoOVG9vbENob2ljZU1vZGUSIAocVE9PTF9DSE9JQ0VfTU9ERV9VTlNQRUNJRklFRBAAEhkKFVRPT0xfQ0hPSUNFX01PREVfQVVUTxABEhkKFVRPT0xfQ0hPSUNFX01PREVfTk9ORRACEh0KGVRPT0xfQ0hPSUNFX01PREVfUkVRVUlSRUQQAyqlAQoSUmVzcG9uc2VGb3JtYXRUeXBlEiQKIFJFU1BPTlNFX0ZPUk1BVF9UWVBFX1VOU1BFQ0lGSUVEEAASHQoZUkVTUE9OU0VfRk9STUFUX1RZUEVfVEVYVBABEiQKIFJFU1BPTlNFX0ZPUk1BVF9UWVBFX0pTT05fT0JKRUNUEAISJAogUkVTUE9OU0VfRk9STUFUX1RZUEVfSlNPTl9TQ0hFTUEQAyrAAQoMRmluaXNoUmVhc29uEh0KGUZJTklTSF9SRUFTT05fVU5TUEVDSUZJRUQQABIWChJGSU5JU0hfUkVBU09OX1NUT1AQARIYChRGSU5JU0hfUkVBU09OX0xFTkdUSBACEhwKGEZJTklTSF9SRUFTT05fVE9PTF9DQUxMUxADEiAKHEZJTklTSF9SRUFTT05fQ09OVEVOVF9GSUxURVIQBBIfChtGSU5JU0hfUkVBU09OX0ZVTkNUSU9OX0NBTEwQBSpdCgxCdWRnZXRQZXJpb2QSHQoZQlVER0VUX1BFUklPRF9VTlNQRUNJRklFRBAAEhUKEUJVREdFVF9QRVJJT0RfREFZEAESFwoTQlVER0VUX1BFUklPRF9NT05USBACKlEKDlRyaW1taW5nUG9saWN5Eh8KG1RSSU1NSU5HX1BPTElDWV9VTlNQRUNJRklFRBAAEg8KC1RSSU1fT0xERVNUEAESDQoJU1VNTUFSSVpFEAIqtwcKC0Vycm9yUmVhc29uEhwKGEVSUk9SX1JFQVNPTl9VTlNQRUNJRklFRBAAEhMKD0lOVkFMSURfUkVRVUVTVBABEhMKD0FQSV9LRVlfTUlTU0lORxACEhcKE0FETUlOX1RPS0VOX01JU1NJTkcQAxIXChNBRE1JTl9UT0tFTl9JTlZBTElEEAQSEgoOQURNSU5fRElTQUJMRUQQBRIYChRVUFNUUkVBTV9CQURfUkVRVUVTVBAGEiQKIFVQU1RSRUFNX0NPTlRFWFRfTEVOR1RIX0VYQ0VFREVEEAcSIgoeVVBTVFJFQU1fQVVUSEVOVElDQVRJT05fRkFJTEVEEAgSHgoaVVBTVFJFQU1fUEVSTUlTU0lPTl9ERU5JRUQQCRIWChJVUFNUUkVBTV9OT1RfRk9VTkQQChIZChVVUFNUUkVBTV9SQVRFX0xJTUlURUQQCxIbChdVUFNUUkVBTV9RVU9UQV9FWENFRURFRBAMEhgKFFVQU1RSRUFNX1VOQVZBSUxBQkxFEA0SHQoZVVBTVFJFQU1fUkVTUE9OU0VfSU5WQUxJRBAOEhQKEFVQU1RSRUFNX1RJTUVPVVQQDxIVChFERUFETElORV9FWENFRURFRBAQEhUKEVVQU1RSRUFNX0NPTkZMSUNUEBESEQoNU0hVVFRJTkdfRE9XThASEg4KCk9WRVJMT0FERUQQExISCg5JTlRFUk5BTF9FUlJPUhAUEhgKFENMSUVOVF9UT0tFTl9NSVNTSU5HEBUSGAoUQ0xJRU5UX1RPS0VOX0lOVkFMSUQQFhIXChNDTElFTlRfUkFURV9MSU1JVEVEEBcSGgoWQ0xJRU5UX0JVREdFVF9FWENFRURFRBAYEhUKEUFVVEhfUkFURV9MSU1JVEVEEBkSFAoQQ0xJRU5UX05PVF9GT1VORBAaEhEKDUNMSUVOVF9FWElTVFMQGxIUChBDTElFTlRfRk9SQklEREVOEBwSGQoVQ0xJRU5UX01PREVMX1VOUFJJQ0VEECESFgoSU0VDUkVUX0tFWV9NSVNTSU5HECISHAoYQ0xJRU5UX0lOX0ZMSUdIVF9MSU1JVEVEECMSFQoRU1RPUkVfVU5BVkFJTEFCTEUQJBIaChZDT05WRVJTQVRJT05fTk9UX0ZPVU5EEDkSFQoRQ09OVkVSU0FUSU9OX0JVU1kQOhIVChFDT05WRVJTQVRJT05fRlVMTBA7EiEKHUNPTlZFUlNBVElPTl9DT05URVhUX0VYQ0VFREVEEDwy0gsKCkdQVFNlcnZpY2USVwoOQ2hhdENvbXBsZXRpb24SIS5ncHRncnBjLnYxLkNoYXRDb21wbGV0aW9uUmVxdWVzdBoiLmdwdGdycGMudjEuQ2hhdENvbXBsZXRpb25SZXNwb25zZRJrChRTdHJlYW1DaGF0Q29tcGxldGlvbhInLmdwdGdycGMudjEuU3RyZWFtQ2hhdENvbXBsZXRpb25SZXF1ZXN0GiguZ3B0Z3JwYy52MS5TdHJlYW1DaGF0Q29tcGxldGlvblJlc3BvbnNlMAESTgoLQ291bnRUb2tlbnMSHi5ncHRncnBjLnYxLkNvdW50VG9rZW5zUmVxdWVzdBofLmdwdGdycGMudjEuQ291bnRUb2tlbnNSZXNwb25zZRJICglDb25maWd1cmUSHC5ncHRncnBjLnYxLkNvbmZpZ3VyZVJlcXVlc3QaHS5ncHRncnBjLnYxLkNvbmZpZ3VyZVJlc3BvbnNlEl0KEEdldENvbmZpZ3VyYXRpb24SIy5ncHRncnBjLnYxLkdldENvbmZpZ3VyYXRpb25SZXF1ZXN0GiQuZ3B0Z3JwYy52MS5HZXRDb25maWd1cmF0aW9uUmVzcG9uc2USSwoKTGlzdE1vZGVscxIdLmdwdGdycGMudjEuTGlzdE1vZGVsc1JlcXVlc3QaHi5ncHRncnBjLnYxLkxpc3RNb2RlbHNSZXNwb25zZRJFCghHZXRVc2FnZRIbLmdwdGdycGMudjEuR2V0VXNhZ2VSZXF1ZXN0GhwuZ3B0Z3JwYy52MS5HZXRVc2FnZVJlc3BvbnNlElEKDENyZWF0ZUNsaWVudBIfLmdwdGdycGMudjEuQ3JlYXRlQ2xpZW50UmVxdWVzdBogLmdwdGdycGMudjEuQ3JlYXRlQ2xpZW50UmVzcG9uc2USTgoLTGlzdENsaWVudHMSHi5ncHRncnBjLnYxLkxpc3RDbGllbnRzUmVxdWVzdBofLmdwdGdycGMudjEuTGlzdENsaWVudHNSZXNwb25zZRJRCgxVcGRhdGVDbGllbnQSHy5ncHRncnBjLnYxLlVwZGF0ZUNsaWVudFJlcXVlc3QaIC5ncHRncnBjLnYxLlVwZGF0ZUNsaWVudFJlc3BvbnNlElEKDFJldm9rZUNsaWVudBIfLmdwdGdycGMudjEuUmV2b2tlQ2xpZW50UmVxdWVzdBogLmdwdGdycGMudjEuUmV2b2tlQ2xpZW50UmVzcG9uc2USYwoSQ3JlYXRlQ29udmVyc2F0aW9uEiUuZ3B0Z3JwYy52MS5DcmVhdGVDb252ZXJzYXRpb25SZXF1ZXN0GiYuZ3B0Z3JwYy52MS5DcmVhdGVDb252ZXJzYXRpb25SZXNwb25zZRJFCghDb252ZXJzZRIbLmdwdGdycGMudjEuQ29udmVyc2VSZXF1ZXN0GhwuZ3B0Z3JwYy52MS5Db252ZXJzZVJlc3BvbnNlElkKDlN0cmVhbUNvbnZlcnNlEiEuZ3B0Z3JwYy52MS5TdHJlYW1Db252ZXJzZVJlcXVlc3QaIi5ncHRncnBjLnYxLlN0cmVhbUNvbnZlcnNlUmVzcG9uc2UwARJaCg9HZXRDb252ZXJzYXRpb24SIi5ncHRncnBjLnYxLkdldENvbnZlcnNhdGlvblJlcXVlc3QaIy5ncHRncnBjLnYxLkdldENvbnZlcnNhdGlvblJlc3BvbnNlEmAKEUxpc3RDb252ZXJzYXRpb25zEiQuZ3B0Z3JwYy52MS5MaXN0Q29udmVyc2F0aW9uc1JlcXVlc3QaJS5ncHRncnBjLnYxLkxpc3RDb252ZXJzYXRpb25zUmVzcG9uc2USYwoSRGVsZXRlQ29udmVyc2F0aW9uEiUuZ3B0Z3JwYy52MS5EZWxldGVDb252ZXJzYXRpb25SZXF1ZXN0GiYuZ3B0Z3JwYy52MS5EZWxldGVDb252ZXJzYXRpb25SZXNwb25zZUI9WjtnaXRodWIuY29tL2dwdC1ncnBjL2dwdC1ncnBjL2NsaWVudHMvZ28vZ3B0Z3JwY3YxO2dwdGdycGN2MWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * ChatMessage is one message of a conversation.
@@ -1587,6 +1587,841 @@ export const RevokeClientResponseSchema: GenMessage<RevokeClientResponse> = /*@_
   messageDesc(file_gptgrpc_v1_gateway, 35);
 
 /**
+ * Conversation is a dialogue the gateway keeps (without its messages).
+ *
+ * @generated from message gptgrpc.v1.Conversation
+ */
+export type Conversation = Message<"gptgrpc.v1.Conversation"> & {
+  /**
+   * Unguessable identifier: "conv_" and 32 URL-safe characters.
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * The model every turn is sent to (the default model filled in at creation).
+   *
+   * @generated from field: string model = 2;
+   */
+  model: string;
+
+  /**
+   * Sent first in every turn; never trimmed.
+   *
+   * @generated from field: string system_message = 3;
+   */
+  systemMessage: string;
+
+  /**
+   * The cap set at creation on the prompt plus the tokens reserved for the
+   * answer; unset: the model's context window.
+   *
+   * @generated from field: optional int64 max_context_tokens = 4;
+   */
+  maxContextTokens?: bigint | undefined;
+
+  /**
+   * How the conversation is shortened when it outgrows its context.
+   *
+   * @generated from field: gptgrpc.v1.TrimmingPolicy trimming_policy = 5;
+   */
+  trimmingPolicy: TrimmingPolicy;
+
+  /**
+   * The labels given at creation.
+   *
+   * @generated from field: map<string, string> labels = 6;
+   */
+  labels: { [key: string]: string };
+
+  /**
+   * When it was created.
+   *
+   * @generated from field: google.protobuf.Timestamp create_time = 7;
+   */
+  createTime?: Timestamp | undefined;
+
+  /**
+   * When its last turn was appended (its creation before any turn).
+   *
+   * @generated from field: google.protobuf.Timestamp update_time = 8;
+   */
+  updateTime?: Timestamp | undefined;
+
+  /**
+   * When it expires, unless a turn comes first (each turn moves it to ttl
+   * after that turn). Expired conversations are removed.
+   *
+   * @generated from field: google.protobuf.Timestamp expire_time = 9;
+   */
+  expireTime?: Timestamp | undefined;
+
+  /**
+   * Its time to live after its last change.
+   *
+   * @generated from field: google.protobuf.Duration ttl = 10;
+   */
+  ttl?: Duration | undefined;
+
+  /**
+   * Messages it holds (user, assistant and tool; the system message is not
+   * counted).
+   *
+   * @generated from field: int32 message_count = 11;
+   */
+  messageCount: number;
+
+  /**
+   * Of those, the oldest ones that the summary replaces (SUMMARIZE).
+   *
+   * @generated from field: int32 summarized_messages = 12;
+   */
+  summarizedMessages: number;
+
+  /**
+   * Tokens of what the next turn starts from before trimming: the system
+   * message, the summary and the messages it does not replace, counted
+   * offline with the model's encoding.
+   *
+   * @generated from field: int64 context_tokens = 13;
+   */
+  contextTokens: bigint;
+
+  /**
+   * The limit a turn's prompt plus its reserved answer tokens must fit: the
+   * smaller of max_context_tokens and the model's context window.
+   *
+   * @generated from field: int64 context_limit = 14;
+   */
+  contextLimit: bigint;
+
+  /**
+   * The client that owns it; empty when it was made without a client token.
+   *
+   * @generated from field: string client = 15;
+   */
+  client: string;
+};
+
+/**
+ * Describes the message gptgrpc.v1.Conversation.
+ * Use `create(ConversationSchema)` to create a new message.
+ */
+export const ConversationSchema: GenMessage<Conversation> = /*@__PURE__*/
+  messageDesc(file_gptgrpc_v1_gateway, 36);
+
+/**
+ * CreateConversationRequest describes a new conversation.
+ *
+ * @generated from message gptgrpc.v1.CreateConversationRequest
+ */
+export type CreateConversationRequest = Message<"gptgrpc.v1.CreateConversationRequest"> & {
+  /**
+   * Model name. Empty means the configured default model. A model the
+   * gateway does not know needs max_context_tokens (its window is unknown).
+   *
+   * @generated from field: string model = 1;
+   */
+  model: string;
+
+  /**
+   * System message sent first in every turn (optional).
+   *
+   * @generated from field: string system_message = 2;
+   */
+  systemMessage: string;
+
+  /**
+   * Cap on each turn's prompt plus the tokens reserved for its answer, at
+   * least 1. Unset: the model's context window.
+   *
+   * @generated from field: optional int64 max_context_tokens = 3;
+   */
+  maxContextTokens?: bigint | undefined;
+
+  /**
+   * How to shorten the conversation when it outgrows its context. Unset:
+   * TRIM_OLDEST.
+   *
+   * @generated from field: gptgrpc.v1.TrimmingPolicy trimming_policy = 4;
+   */
+  trimmingPolicy: TrimmingPolicy;
+
+  /**
+   * Time to live after the last change, 1 second to 90 days. Unset: 7 days.
+   *
+   * @generated from field: google.protobuf.Duration ttl = 5;
+   */
+  ttl?: Duration | undefined;
+
+  /**
+   * Labels for the caller's own use: at most 16; keys 1 to 63 lower-case
+   * letters, digits, '_' and '-' starting with a letter; values at most 63
+   * characters.
+   *
+   * @generated from field: map<string, string> labels = 6;
+   */
+  labels: { [key: string]: string };
+};
+
+/**
+ * Describes the message gptgrpc.v1.CreateConversationRequest.
+ * Use `create(CreateConversationRequestSchema)` to create a new message.
+ */
+export const CreateConversationRequestSchema: GenMessage<CreateConversationRequest> = /*@__PURE__*/
+  messageDesc(file_gptgrpc_v1_gateway, 37);
+
+/**
+ * CreateConversationResponse returns the new conversation.
+ *
+ * @generated from message gptgrpc.v1.CreateConversationResponse
+ */
+export type CreateConversationResponse = Message<"gptgrpc.v1.CreateConversationResponse"> & {
+  /**
+   * The conversation; its id names it in every later request.
+   *
+   * @generated from field: gptgrpc.v1.Conversation conversation = 1;
+   */
+  conversation?: Conversation | undefined;
+};
+
+/**
+ * Describes the message gptgrpc.v1.CreateConversationResponse.
+ * Use `create(CreateConversationResponseSchema)` to create a new message.
+ */
+export const CreateConversationResponseSchema: GenMessage<CreateConversationResponse> = /*@__PURE__*/
+  messageDesc(file_gptgrpc_v1_gateway, 38);
+
+/**
+ * ConverseRequest is one turn of a conversation: give user_message, or
+ * messages (the ROLE_TOOL results of the tool calls the last answer made, or
+ * a ROLE_USER message), not both.
+ *
+ * @generated from message gptgrpc.v1.ConverseRequest
+ */
+export type ConverseRequest = Message<"gptgrpc.v1.ConverseRequest"> & {
+  /**
+   * The conversation, as CreateConversation returned its id.
+   *
+   * @generated from field: string conversation_id = 1;
+   */
+  conversationId: string;
+
+  /**
+   * The user's message of this turn.
+   *
+   * @generated from field: string user_message = 2;
+   */
+  userMessage: string;
+
+  /**
+   * Instead of user_message: tool results (ROLE_TOOL, answering the last
+   * answer's tool calls) or one ROLE_USER message.
+   *
+   * @generated from field: repeated gptgrpc.v1.ChatMessage messages = 3;
+   */
+  messages: ChatMessage[];
+
+  /**
+   * Sampling temperature, 0 to 2. Unset: the upstream default.
+   *
+   * @generated from field: optional double temperature = 4;
+   */
+  temperature?: number | undefined;
+
+  /**
+   * Upper bound on generated tokens (at least 1); also what the turn reserves
+   * for the answer when trimming. Unset: 1,024 or a quarter of the context
+   * limit, whichever is smaller, is reserved.
+   *
+   * @generated from field: optional int32 max_tokens = 5;
+   */
+  maxTokens?: number | undefined;
+
+  /**
+   * Nucleus sampling, 0 to 1.
+   *
+   * @generated from field: optional double top_p = 6;
+   */
+  topP?: number | undefined;
+
+  /**
+   * Up to 4 stop sequences.
+   *
+   * @generated from field: repeated string stop = 7;
+   */
+  stop: string[];
+
+  /**
+   * Seed for best-effort deterministic sampling.
+   *
+   * @generated from field: optional int64 seed = 8;
+   */
+  seed?: bigint | undefined;
+
+  /**
+   * Presence penalty, -2 to 2.
+   *
+   * @generated from field: optional double presence_penalty = 9;
+   */
+  presencePenalty?: number | undefined;
+
+  /**
+   * Frequency penalty, -2 to 2.
+   *
+   * @generated from field: optional double frequency_penalty = 10;
+   */
+  frequencyPenalty?: number | undefined;
+
+  /**
+   * Shape of the answer.
+   *
+   * @generated from field: gptgrpc.v1.ResponseFormat response_format = 11;
+   */
+  responseFormat?: ResponseFormat | undefined;
+
+  /**
+   * Functions the model may call in this turn (their schemas count toward the
+   * context).
+   *
+   * @generated from field: repeated gptgrpc.v1.Tool tools = 12;
+   */
+  tools: Tool[];
+
+  /**
+   * How the model may use the tools.
+   *
+   * @generated from field: gptgrpc.v1.ToolChoice tool_choice = 13;
+   */
+  toolChoice?: ToolChoice | undefined;
+
+  /**
+   * End-user id forwarded to the upstream.
+   *
+   * @generated from field: string user = 14;
+   */
+  user: string;
+};
+
+/**
+ * Describes the message gptgrpc.v1.ConverseRequest.
+ * Use `create(ConverseRequestSchema)` to create a new message.
+ */
+export const ConverseRequestSchema: GenMessage<ConverseRequest> = /*@__PURE__*/
+  messageDesc(file_gptgrpc_v1_gateway, 39);
+
+/**
+ * ConverseResponse is the answer of one turn.
+ *
+ * @generated from message gptgrpc.v1.ConverseResponse
+ */
+export type ConverseResponse = Message<"gptgrpc.v1.ConverseResponse"> & {
+  /**
+   * The answer text.
+   *
+   * @generated from field: string content = 1;
+   */
+  content: string;
+
+  /**
+   * Tools the model called; answer them with ROLE_TOOL messages in the next turn.
+   *
+   * @generated from field: repeated gptgrpc.v1.ToolCall tool_calls = 2;
+   */
+  toolCalls: ToolCall[];
+
+  /**
+   * Why the model stopped.
+   *
+   * @generated from field: gptgrpc.v1.FinishReason finish_reason = 3;
+   */
+  finishReason: FinishReason;
+
+  /**
+   * The model that answered, as reported by the upstream.
+   *
+   * @generated from field: string model = 4;
+   */
+  model: string;
+
+  /**
+   * The upstream's response id.
+   *
+   * @generated from field: string response_id = 5;
+   */
+  responseId: string;
+
+  /**
+   * Token usage of the answer.
+   *
+   * @generated from field: gptgrpc.v1.Usage usage = 6;
+   */
+  usage?: Usage | undefined;
+
+  /**
+   * Cost of the answer in USD. Unset when the model's price is unknown.
+   *
+   * @generated from field: optional double cost_usd = 7;
+   */
+  costUsd?: number | undefined;
+
+  /**
+   * Upstream attempts the answer took.
+   *
+   * @generated from field: int32 attempts = 8;
+   */
+  attempts: number;
+
+  /**
+   * Refusal text when the model refused.
+   *
+   * @generated from field: string refusal = 9;
+   */
+  refusal: string;
+
+  /**
+   * Prompt tokens sent in this turn, counted offline by the gateway.
+   *
+   * @generated from field: int64 context_tokens = 10;
+   */
+  contextTokens: bigint;
+
+  /**
+   * Old messages left out of this turn's prompt (replaced by the summary
+   * under SUMMARIZE, dropped under TRIM_OLDEST).
+   *
+   * @generated from field: int32 trimmed_messages = 11;
+   */
+  trimmedMessages: number;
+
+  /**
+   * Usage of the summary written this turn (SUMMARIZE); unset when none was.
+   *
+   * @generated from field: gptgrpc.v1.Usage summarization_usage = 12;
+   */
+  summarizationUsage?: Usage | undefined;
+
+  /**
+   * Cost in USD of that summary; unset when none was written or its price is unknown.
+   *
+   * @generated from field: optional double summarization_cost_usd = 13;
+   */
+  summarizationCostUsd?: number | undefined;
+
+  /**
+   * Messages the conversation holds after this turn.
+   *
+   * @generated from field: int32 message_count = 14;
+   */
+  messageCount: number;
+};
+
+/**
+ * Describes the message gptgrpc.v1.ConverseResponse.
+ * Use `create(ConverseResponseSchema)` to create a new message.
+ */
+export const ConverseResponseSchema: GenMessage<ConverseResponse> = /*@__PURE__*/
+  messageDesc(file_gptgrpc_v1_gateway, 40);
+
+/**
+ * StreamConverseRequest has exactly the fields of ConverseRequest.
+ *
+ * @generated from message gptgrpc.v1.StreamConverseRequest
+ */
+export type StreamConverseRequest = Message<"gptgrpc.v1.StreamConverseRequest"> & {
+  /**
+   * The conversation, as CreateConversation returned its id.
+   *
+   * @generated from field: string conversation_id = 1;
+   */
+  conversationId: string;
+
+  /**
+   * The user's message of this turn.
+   *
+   * @generated from field: string user_message = 2;
+   */
+  userMessage: string;
+
+  /**
+   * Instead of user_message: tool results or one ROLE_USER message.
+   *
+   * @generated from field: repeated gptgrpc.v1.ChatMessage messages = 3;
+   */
+  messages: ChatMessage[];
+
+  /**
+   * Sampling temperature, 0 to 2.
+   *
+   * @generated from field: optional double temperature = 4;
+   */
+  temperature?: number | undefined;
+
+  /**
+   * Upper bound on generated tokens (at least 1); also reserved when trimming.
+   *
+   * @generated from field: optional int32 max_tokens = 5;
+   */
+  maxTokens?: number | undefined;
+
+  /**
+   * Nucleus sampling, 0 to 1.
+   *
+   * @generated from field: optional double top_p = 6;
+   */
+  topP?: number | undefined;
+
+  /**
+   * Up to 4 stop sequences.
+   *
+   * @generated from field: repeated string stop = 7;
+   */
+  stop: string[];
+
+  /**
+   * Seed for best-effort deterministic sampling.
+   *
+   * @generated from field: optional int64 seed = 8;
+   */
+  seed?: bigint | undefined;
+
+  /**
+   * Presence penalty, -2 to 2.
+   *
+   * @generated from field: optional double presence_penalty = 9;
+   */
+  presencePenalty?: number | undefined;
+
+  /**
+   * Frequency penalty, -2 to 2.
+   *
+   * @generated from field: optional double frequency_penalty = 10;
+   */
+  frequencyPenalty?: number | undefined;
+
+  /**
+   * Shape of the answer.
+   *
+   * @generated from field: gptgrpc.v1.ResponseFormat response_format = 11;
+   */
+  responseFormat?: ResponseFormat | undefined;
+
+  /**
+   * Functions the model may call in this turn.
+   *
+   * @generated from field: repeated gptgrpc.v1.Tool tools = 12;
+   */
+  tools: Tool[];
+
+  /**
+   * How the model may use the tools.
+   *
+   * @generated from field: gptgrpc.v1.ToolChoice tool_choice = 13;
+   */
+  toolChoice?: ToolChoice | undefined;
+
+  /**
+   * End-user id forwarded to the upstream.
+   *
+   * @generated from field: string user = 14;
+   */
+  user: string;
+};
+
+/**
+ * Describes the message gptgrpc.v1.StreamConverseRequest.
+ * Use `create(StreamConverseRequestSchema)` to create a new message.
+ */
+export const StreamConverseRequestSchema: GenMessage<StreamConverseRequest> = /*@__PURE__*/
+  messageDesc(file_gptgrpc_v1_gateway, 41);
+
+/**
+ * ConverseSummary ends a StreamConverse stream; the turn is appended by then.
+ *
+ * @generated from message gptgrpc.v1.ConverseSummary
+ */
+export type ConverseSummary = Message<"gptgrpc.v1.ConverseSummary"> & {
+  /**
+   * Tools the model called, assembled from the upstream's fragments.
+   *
+   * @generated from field: repeated gptgrpc.v1.ToolCall tool_calls = 1;
+   */
+  toolCalls: ToolCall[];
+
+  /**
+   * Why the model stopped.
+   *
+   * @generated from field: gptgrpc.v1.FinishReason finish_reason = 2;
+   */
+  finishReason: FinishReason;
+
+  /**
+   * The model that answered.
+   *
+   * @generated from field: string model = 3;
+   */
+  model: string;
+
+  /**
+   * The upstream's response id.
+   *
+   * @generated from field: string response_id = 4;
+   */
+  responseId: string;
+
+  /**
+   * Token usage of the answer (estimated when the upstream sent none).
+   *
+   * @generated from field: gptgrpc.v1.Usage usage = 5;
+   */
+  usage?: Usage | undefined;
+
+  /**
+   * Cost of the answer in USD. Unset when the model's price is unknown.
+   *
+   * @generated from field: optional double cost_usd = 6;
+   */
+  costUsd?: number | undefined;
+
+  /**
+   * Upstream attempts the answer took.
+   *
+   * @generated from field: int32 attempts = 7;
+   */
+  attempts: number;
+
+  /**
+   * Prompt tokens sent in this turn, counted offline by the gateway.
+   *
+   * @generated from field: int64 context_tokens = 8;
+   */
+  contextTokens: bigint;
+
+  /**
+   * Old messages left out of this turn's prompt.
+   *
+   * @generated from field: int32 trimmed_messages = 9;
+   */
+  trimmedMessages: number;
+
+  /**
+   * Usage of the summary written this turn (SUMMARIZE); unset when none was.
+   *
+   * @generated from field: gptgrpc.v1.Usage summarization_usage = 10;
+   */
+  summarizationUsage?: Usage | undefined;
+
+  /**
+   * Cost in USD of that summary; unset when none was written or its price is unknown.
+   *
+   * @generated from field: optional double summarization_cost_usd = 11;
+   */
+  summarizationCostUsd?: number | undefined;
+
+  /**
+   * Messages the conversation holds after this turn.
+   *
+   * @generated from field: int32 message_count = 12;
+   */
+  messageCount: number;
+};
+
+/**
+ * Describes the message gptgrpc.v1.ConverseSummary.
+ * Use `create(ConverseSummarySchema)` to create a new message.
+ */
+export const ConverseSummarySchema: GenMessage<ConverseSummary> = /*@__PURE__*/
+  messageDesc(file_gptgrpc_v1_gateway, 42);
+
+/**
+ * StreamConverseResponse is one event of a StreamConverse stream: deltas, then one summary.
+ *
+ * @generated from message gptgrpc.v1.StreamConverseResponse
+ */
+export type StreamConverseResponse = Message<"gptgrpc.v1.StreamConverseResponse"> & {
+  /**
+   * The event.
+   *
+   * @generated from oneof gptgrpc.v1.StreamConverseResponse.event
+   */
+  event: {
+    /**
+     * A piece of the answer.
+     *
+     * @generated from field: gptgrpc.v1.ChatCompletionDelta delta = 1;
+     */
+    value: ChatCompletionDelta;
+    case: "delta";
+  } | {
+    /**
+     * The last message of a successful stream.
+     *
+     * @generated from field: gptgrpc.v1.ConverseSummary summary = 2;
+     */
+    value: ConverseSummary;
+    case: "summary";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message gptgrpc.v1.StreamConverseResponse.
+ * Use `create(StreamConverseResponseSchema)` to create a new message.
+ */
+export const StreamConverseResponseSchema: GenMessage<StreamConverseResponse> = /*@__PURE__*/
+  messageDesc(file_gptgrpc_v1_gateway, 43);
+
+/**
+ * GetConversationRequest names a conversation.
+ *
+ * @generated from message gptgrpc.v1.GetConversationRequest
+ */
+export type GetConversationRequest = Message<"gptgrpc.v1.GetConversationRequest"> & {
+  /**
+   * The conversation's id.
+   *
+   * @generated from field: string conversation_id = 1;
+   */
+  conversationId: string;
+};
+
+/**
+ * Describes the message gptgrpc.v1.GetConversationRequest.
+ * Use `create(GetConversationRequestSchema)` to create a new message.
+ */
+export const GetConversationRequestSchema: GenMessage<GetConversationRequest> = /*@__PURE__*/
+  messageDesc(file_gptgrpc_v1_gateway, 44);
+
+/**
+ * GetConversationResponse is a conversation with its messages.
+ *
+ * @generated from message gptgrpc.v1.GetConversationResponse
+ */
+export type GetConversationResponse = Message<"gptgrpc.v1.GetConversationResponse"> & {
+  /**
+   * The conversation, with its current token count.
+   *
+   * @generated from field: gptgrpc.v1.Conversation conversation = 1;
+   */
+  conversation?: Conversation | undefined;
+
+  /**
+   * Its messages, oldest first (the system message is in the conversation).
+   *
+   * @generated from field: repeated gptgrpc.v1.ChatMessage messages = 2;
+   */
+  messages: ChatMessage[];
+
+  /**
+   * The summary that replaces its first summarized_messages messages in the
+   * prompt (SUMMARIZE); empty when there is none.
+   *
+   * @generated from field: string summary = 3;
+   */
+  summary: string;
+};
+
+/**
+ * Describes the message gptgrpc.v1.GetConversationResponse.
+ * Use `create(GetConversationResponseSchema)` to create a new message.
+ */
+export const GetConversationResponseSchema: GenMessage<GetConversationResponse> = /*@__PURE__*/
+  messageDesc(file_gptgrpc_v1_gateway, 45);
+
+/**
+ * ListConversationsRequest pages through the caller's conversations (AIP-158).
+ *
+ * @generated from message gptgrpc.v1.ListConversationsRequest
+ */
+export type ListConversationsRequest = Message<"gptgrpc.v1.ListConversationsRequest"> & {
+  /**
+   * Most conversations per page, 0 to 1,000 (larger values mean 1,000). 0:
+   * 50.
+   *
+   * @generated from field: int32 page_size = 1;
+   */
+  pageSize: number;
+
+  /**
+   * next_page_token of the previous page; empty for the first page.
+   *
+   * @generated from field: string page_token = 2;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message gptgrpc.v1.ListConversationsRequest.
+ * Use `create(ListConversationsRequestSchema)` to create a new message.
+ */
+export const ListConversationsRequestSchema: GenMessage<ListConversationsRequest> = /*@__PURE__*/
+  messageDesc(file_gptgrpc_v1_gateway, 46);
+
+/**
+ * ListConversationsResponse is one page, newest first.
+ *
+ * @generated from message gptgrpc.v1.ListConversationsResponse
+ */
+export type ListConversationsResponse = Message<"gptgrpc.v1.ListConversationsResponse"> & {
+  /**
+   * The conversations (without their messages).
+   *
+   * @generated from field: repeated gptgrpc.v1.Conversation conversations = 1;
+   */
+  conversations: Conversation[];
+
+  /**
+   * Token of the next page; empty on the last page.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message gptgrpc.v1.ListConversationsResponse.
+ * Use `create(ListConversationsResponseSchema)` to create a new message.
+ */
+export const ListConversationsResponseSchema: GenMessage<ListConversationsResponse> = /*@__PURE__*/
+  messageDesc(file_gptgrpc_v1_gateway, 47);
+
+/**
+ * DeleteConversationRequest names a conversation to delete.
+ *
+ * @generated from message gptgrpc.v1.DeleteConversationRequest
+ */
+export type DeleteConversationRequest = Message<"gptgrpc.v1.DeleteConversationRequest"> & {
+  /**
+   * The conversation's id.
+   *
+   * @generated from field: string conversation_id = 1;
+   */
+  conversationId: string;
+};
+
+/**
+ * Describes the message gptgrpc.v1.DeleteConversationRequest.
+ * Use `create(DeleteConversationRequestSchema)` to create a new message.
+ */
+export const DeleteConversationRequestSchema: GenMessage<DeleteConversationRequest> = /*@__PURE__*/
+  messageDesc(file_gptgrpc_v1_gateway, 48);
+
+/**
+ * DeleteConversationResponse is empty: the conversation is gone.
+ *
+ * @generated from message gptgrpc.v1.DeleteConversationResponse
+ */
+export type DeleteConversationResponse = Message<"gptgrpc.v1.DeleteConversationResponse"> & {
+};
+
+/**
+ * Describes the message gptgrpc.v1.DeleteConversationResponse.
+ * Use `create(DeleteConversationResponseSchema)` to create a new message.
+ */
+export const DeleteConversationResponseSchema: GenMessage<DeleteConversationResponse> = /*@__PURE__*/
+  messageDesc(file_gptgrpc_v1_gateway, 49);
+
+/**
  * Role is the author of a chat message.
  *
  * @generated from enum gptgrpc.v1.Role
@@ -1811,6 +2646,44 @@ export enum BudgetPeriod {
  */
 export const BudgetPeriodSchema: GenEnum<BudgetPeriod> = /*@__PURE__*/
   enumDesc(file_gptgrpc_v1_gateway, 4);
+
+/**
+ * TrimmingPolicy is how a conversation that outgrows its context is shortened
+ * before a turn.
+ *
+ * @generated from enum gptgrpc.v1.TrimmingPolicy
+ */
+export enum TrimmingPolicy {
+  /**
+   * Not set: TRIM_OLDEST.
+   *
+   * @generated from enum value: TRIMMING_POLICY_UNSPECIFIED = 0;
+   */
+  TRIMMING_POLICY_UNSPECIFIED = 0,
+
+  /**
+   * Leave the oldest turns out of the prompt. Never the system message, and
+   * an assistant tool call goes with its tool results. The stored history
+   * keeps every message.
+   *
+   * @generated from enum value: TRIM_OLDEST = 1;
+   */
+  TRIM_OLDEST = 1,
+
+  /**
+   * Replace the oldest turns with a summary the model writes: one extra
+   * upstream call, billed and counted like any other.
+   *
+   * @generated from enum value: SUMMARIZE = 2;
+   */
+  SUMMARIZE = 2,
+}
+
+/**
+ * Describes the enum gptgrpc.v1.TrimmingPolicy.
+ */
+export const TrimmingPolicySchema: GenEnum<TrimmingPolicy> = /*@__PURE__*/
+  enumDesc(file_gptgrpc_v1_gateway, 5);
 
 /**
  * ErrorReason is the reason of the google.rpc.ErrorInfo attached to every
@@ -2057,13 +2930,46 @@ export enum ErrorReason {
    * @generated from enum value: STORE_UNAVAILABLE = 36;
    */
   STORE_UNAVAILABLE = 36,
+
+  /**
+   * No conversation has that id for this caller: it never existed, was
+   * deleted, expired, or belongs to another client. NOT_FOUND.
+   *
+   * @generated from enum value: CONVERSATION_NOT_FOUND = 57;
+   */
+  CONVERSATION_NOT_FOUND = 57,
+
+  /**
+   * Another turn of the conversation is in progress: this one was refused,
+   * not queued (it changed nothing). ABORTED + RetryInfo.
+   *
+   * @generated from enum value: CONVERSATION_BUSY = 58;
+   */
+  CONVERSATION_BUSY = 58,
+
+  /**
+   * The conversation holds the most messages a conversation may
+   * (--conversation-max-messages): start another one. FAILED_PRECONDITION.
+   *
+   * @generated from enum value: CONVERSATION_FULL = 59;
+   */
+  CONVERSATION_FULL = 59,
+
+  /**
+   * The new message does not fit the conversation's context limit even with
+   * every older turn left out (the message says how many tokens it has
+   * against the limit). INVALID_ARGUMENT.
+   *
+   * @generated from enum value: CONVERSATION_CONTEXT_EXCEEDED = 60;
+   */
+  CONVERSATION_CONTEXT_EXCEEDED = 60,
 }
 
 /**
  * Describes the enum gptgrpc.v1.ErrorReason.
  */
 export const ErrorReasonSchema: GenEnum<ErrorReason> = /*@__PURE__*/
-  enumDesc(file_gptgrpc_v1_gateway, 5);
+  enumDesc(file_gptgrpc_v1_gateway, 6);
 
 /**
  * GPTService fronts an OpenAI-compatible chat completions API.
@@ -2195,6 +3101,80 @@ export const GPTService: GenService<{
     methodKind: "unary";
     input: typeof RevokeClientRequestSchema;
     output: typeof RevokeClientResponseSchema;
+  },
+  /**
+   * CreateConversation starts a conversation the gateway keeps in its store
+   * (the context assistant): its model, system message, context limit,
+   * trimming policy, time to live and labels. It belongs to the caller's
+   * client token (to everyone when no client is defined). Counts against the
+   * client's request rate.
+   *
+   * @generated from rpc gptgrpc.v1.GPTService.CreateConversation
+   */
+  createConversation: {
+    methodKind: "unary";
+    input: typeof CreateConversationRequestSchema;
+    output: typeof CreateConversationResponseSchema;
+  },
+  /**
+   * Converse sends one turn of a conversation: the system message, the history
+   * that fits the context (the oldest turns left out or summarized, as the
+   * conversation's policy says), then the new message. The new message and the
+   * answer are appended only when the answer completed. A second turn on the
+   * same conversation while one is in progress is refused (ABORTED,
+   * CONVERSATION_BUSY), not queued. Limits, budget, retries and deadlines
+   * apply as to ChatCompletion.
+   *
+   * @generated from rpc gptgrpc.v1.GPTService.Converse
+   */
+  converse: {
+    methodKind: "unary";
+    input: typeof ConverseRequestSchema;
+    output: typeof ConverseResponseSchema;
+  },
+  /**
+   * StreamConverse is Converse streamed: content deltas, then one summary. A
+   * stream that fails or is cancelled appends nothing.
+   *
+   * @generated from rpc gptgrpc.v1.GPTService.StreamConverse
+   */
+  streamConverse: {
+    methodKind: "server_streaming";
+    input: typeof StreamConverseRequestSchema;
+    output: typeof StreamConverseResponseSchema;
+  },
+  /**
+   * GetConversation returns one of the caller's conversations with its
+   * messages and its current token count.
+   *
+   * @generated from rpc gptgrpc.v1.GPTService.GetConversation
+   */
+  getConversation: {
+    methodKind: "unary";
+    input: typeof GetConversationRequestSchema;
+    output: typeof GetConversationResponseSchema;
+  },
+  /**
+   * ListConversations lists the caller's conversations, newest first,
+   * paginated (AIP-158). With the admin token: every client's.
+   *
+   * @generated from rpc gptgrpc.v1.GPTService.ListConversations
+   */
+  listConversations: {
+    methodKind: "unary";
+    input: typeof ListConversationsRequestSchema;
+    output: typeof ListConversationsResponseSchema;
+  },
+  /**
+   * DeleteConversation deletes one of the caller's conversations at once. The
+   * admin token may delete any conversation.
+   *
+   * @generated from rpc gptgrpc.v1.GPTService.DeleteConversation
+   */
+  deleteConversation: {
+    methodKind: "unary";
+    input: typeof DeleteConversationRequestSchema;
+    output: typeof DeleteConversationResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_gptgrpc_v1_gateway, 0);
