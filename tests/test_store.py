@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,9 +16,11 @@ import pytest
 
 from gpt_grpc.accounts import Accounts, ClientRecord
 from gpt_grpc.chat import Usage
+from gpt_grpc.conversations import Conversation, Counted, Policy
 from gpt_grpc.errors import GatewayError, Reason
 from gpt_grpc.limits import NO_ESTIMATE, Estimate, Limits, Ticket
-from gpt_grpc.store.base import ClientRow, SettingsDoc, Store
+from gpt_grpc.store import sqlite as sqlite_module
+from gpt_grpc.store.base import ANY_OWNER, Appended, ClientRow, Lease, SettingsDoc, Store
 from gpt_grpc.store.redis import RedisStore
 from gpt_grpc.store.sqlite import SqliteStore
 from gpt_grpc.usage import ModelTotals
@@ -368,6 +371,179 @@ async def test_settings_record_compare_and_set(store: Store) -> None:
     assert await store.load_settings() == SettingsDoc(2, b'{"a": 1}')
     assert await store.save_settings(SettingsDoc(3, b'{"a": 3}'), expected_generation=2)
     assert await store.load_settings() == SettingsDoc(3, b'{"a": 3}')
+
+
+# -------------------------------------------------------------------- conversations
+
+
+def conversation(clock: Clock, owner: str = "bob", n: int = 0, ttl: float = 3600.0) -> Conversation:
+    now = clock() + n * 0.001  # distinct creation times, in creation order
+    return Conversation(
+        id=f"conv_{n:032d}",
+        owner=owner,
+        model="gpt-4o-mini",
+        system_message="Be brief.",
+        max_context_tokens=None,
+        context_limit=128_000,
+        policy=Policy.TRIM_OLDEST,
+        labels={"team": "a"},
+        created_at=now,
+        updated_at=now,
+        expires_at=now + ttl,
+        ttl_seconds=ttl,
+        context_tokens=10,
+    )
+
+
+def said(role: str, text: str, tokens: int = 5) -> Counted:
+    return Counted({"role": role, "content": text}, tokens)
+
+
+async def test_conversation_create_get_list_delete(store: Store, clock: Clock) -> None:
+    made = [conversation(clock, "bob", n) for n in range(5)] + [conversation(clock, "carol", 9)]
+    for c in made:
+        await store.create_conversation(c)
+    got = await store.get_conversation(made[0].id, messages=True)
+    assert got == (made[0], [])
+    assert await store.get_conversation("conv_" + "x" * 32) is None
+    # Newest first, page by page, one owner or all of them.
+    first = await store.list_conversations("bob", None, 2)
+    assert [c.id for c in first] == [made[4].id, made[3].id]
+    rest = await store.list_conversations("bob", first[-1].list_key, 10)
+    assert [c.id for c in rest] == [made[2].id, made[1].id, made[0].id]
+    assert [c.id for c in await store.list_conversations(ANY_OWNER, None, 2)] == [made[5].id, made[4].id]
+    assert await store.list_conversations("dave", None, 10) == []
+    assert await store.delete_conversation(made[2])
+    assert not await store.delete_conversation(made[2])
+    assert await store.get_conversation(made[2].id) is None
+    assert [c.id for c in await store.list_conversations("bob", None, 10)] == [
+        made[4].id,
+        made[3].id,
+        made[1].id,
+        made[0].id,
+    ]
+
+
+async def test_conversation_lease_is_exclusive_and_owned(store: Store, clock: Clock) -> None:
+    c = conversation(clock)
+    await store.create_conversation(c)
+    assert await store.lease_conversation(c.id, "bob", "t1", 30) is Lease.TAKEN
+    assert await store.lease_conversation(c.id, "bob", "t2", 30) is Lease.BUSY
+    assert await store.lease_conversation(c.id, "carol", "t3", 30) is Lease.MISSING  # another client's
+    assert await store.lease_conversation("conv_" + "y" * 32, "bob", "t3", 30) is Lease.MISSING
+    assert await store.renew_lease(c.id, "t1", 30)
+    assert not await store.renew_lease(c.id, "t2", 30)
+    await store.release_conversation(c.id, "t2")  # not the holder: nothing happens
+    assert await store.lease_conversation(c.id, ANY_OWNER, "t2", 30) is Lease.BUSY
+    await store.release_conversation(c.id, "t1")
+    assert await store.lease_conversation(c.id, ANY_OWNER, "t2", 0.2) is Lease.TAKEN
+    # A lease its holder stopped renewing (a replica that died) runs out.
+    clock.advance(1)
+    await asyncio.sleep(0.3)
+    assert not await store.renew_lease(c.id, "t2", 30)
+    assert await store.lease_conversation(c.id, "bob", "t4", 30) is Lease.TAKEN
+
+
+async def test_conversation_turns_append_only_under_the_lease_and_version(store: Store, clock: Clock) -> None:
+    c = conversation(clock)
+    await store.create_conversation(c)
+    turn = [said("user", "hi"), said("assistant", "Echo: hi")]
+    after = replace(c, version=1, message_count=2, context_tokens=20, updated_at=clock() + 1, expires_at=clock() + 99)
+    # Without the lease: nothing is appended.
+    assert await store.append_turn(after, "t1", 0, turn) is Appended.LOST
+    assert await store.lease_conversation(c.id, "bob", "t1", 30) is Lease.TAKEN
+    assert await store.append_turn(after, "t1", 5, turn) is Appended.LOST  # the version moved on
+    assert await store.get_conversation(c.id, messages=True) == (c, [])
+    assert await store.append_turn(after, "t1", 0, turn) is Appended.DONE
+    assert await store.get_conversation(c.id, messages=True) == (after, turn)
+    # The append released the lease; the next turn appends after the first.
+    assert await store.lease_conversation(c.id, "bob", "t2", 30) is Lease.TAKEN
+    second = [Counted({"role": "user", "content": "é" * 3}, 2), said("assistant", "")]
+    later = replace(after, version=2, message_count=4)
+    assert await store.append_turn(later, "t2", 1, second) is Appended.DONE
+    got = await store.get_conversation(c.id, messages=True)
+    assert got is not None and got[1] == turn + second and got[0].version == 2
+    await store.delete_conversation(later)
+    assert await store.append_turn(replace(later, version=3), "t2", 2, turn) is Appended.MISSING
+
+
+async def test_conversations_expire(store: Store, clock: Clock) -> None:
+    short, long = conversation(clock, n=1, ttl=10), conversation(clock, n=2, ttl=1000)
+    await store.create_conversation(short)
+    await store.create_conversation(long)
+    clock.advance(11)
+    assert await store.get_conversation(short.id) is None
+    assert await store.lease_conversation(short.id, "bob", "t", 30) is Lease.MISSING
+    assert [c.id for c in await store.list_conversations("bob", None, 10)] == [long.id]
+    assert await store.purge_conversations() == 1
+    assert await store.purge_conversations() == 0
+    assert [c.id for c in await store.list_conversations(ANY_OWNER, None, 10)] == [long.id]
+    # A turn moves the expiry on.
+    assert await store.lease_conversation(long.id, "bob", "t", 30) is Lease.TAKEN
+    moved = replace(long, version=1, message_count=1, expires_at=clock() + 5000)
+    assert await store.append_turn(moved, "t", 0, [said("user", "x")]) is Appended.DONE
+    clock.advance(2000)
+    assert (await store.get_conversation(long.id)) is not None
+    assert await store.purge_conversations() == 0
+
+
+async def test_sqlite_conversations_survive_a_restart(tmp_path: Any, clock: Clock) -> None:
+    path = tmp_path / "gateway.db"
+    first = SqliteStore(path, clock=clock)
+    await first.open()
+    c = conversation(clock)
+    await first.create_conversation(c)
+    assert await first.lease_conversation(c.id, "bob", "t", 30) is Lease.TAKEN
+    after = replace(c, version=1, message_count=1)
+    assert await first.append_turn(after, "t", 0, [said("user", "remember me")]) is Appended.DONE
+    await first.close()
+    second = SqliteStore(path, clock=clock)
+    await second.open()
+    try:
+        assert await second.get_conversation(c.id, messages=True) == (after, [said("user", "remember me")])
+    finally:
+        await second.close()
+
+
+async def test_sqlite_store_of_schema_2_gains_the_conversation_tables(tmp_path: Any, clock: Clock) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    for script in (sqlite_module._SCHEMA_V1, sqlite_module._SCHEMA_V2):
+        for statement in script.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+    conn.execute("PRAGMA user_version = 2")
+    conn.execute("INSERT INTO clients (name, token_sha256, token_prefix, created_at) VALUES ('bob', x'01', 'gptk_', 1)")
+    conn.commit()
+    conn.close()
+    store = SqliteStore(path, clock=clock)
+    await store.open()
+    try:
+        assert (await store.get_client("bob")) is not None
+        await store.create_conversation(conversation(clock))
+        assert len(await store.list_conversations("bob", None, 10)) == 1
+    finally:
+        await store.close()
+
+
+async def test_two_redis_stores_share_conversations_and_their_leases(redis_url: str, clock: Clock) -> None:
+    a, b = RedisStore(redis_url, clock=clock), RedisStore(redis_url, clock=clock)
+    await a.open()
+    await b.open()
+    try:
+        c = conversation(clock)
+        await a.create_conversation(c)
+        assert await a.lease_conversation(c.id, "bob", "on-a", 30) is Lease.TAKEN
+        assert await b.lease_conversation(c.id, "bob", "on-b", 30) is Lease.BUSY  # held on another replica
+        after = replace(c, version=1, message_count=1)
+        assert await b.append_turn(after, "on-b", 0, [said("user", "x")]) is Appended.LOST
+        assert await a.append_turn(after, "on-a", 0, [said("user", "x")]) is Appended.DONE
+        assert await b.get_conversation(c.id, messages=True) == (after, [said("user", "x")])
+    finally:
+        await a.close()
+        await b.close()
 
 
 # ------------------------------------------------------ two processes, one Redis

@@ -18,14 +18,25 @@ What a backend holds, and where a later record kind goes:
 | spend per period | period_spend | table client_usage | spend:<client>:<period> |
 | usage per model, per client | usage | table client_usage | usage:<client>, usage-all |
 | settings (+ generation) | load_settings, save_settings | memory (--state-file beside it) | settings |
+| conversations | create_conversation .. purge_conversations | conversations | conv:<id>, convs:<owner> |
+| their messages | get_conversation, append_turn | conversation_messages | conv:<id>:messages |
+| turn leases | lease_conversation .. release_conversation | memory | conv:<id>:lease (PX) |
 
 The settings record is one opaque JSON document with its generation
 (settings_sync.py writes it): the upstream set of issue 13 goes into that
 document (its "upstreams" member is reserved), so it is swapped with the rest,
-atomically, and reaches every replica by the same notification. Conversations
-(issue 14) are a new record kind: add methods here (e.g. `load_conversation`,
-`append_turns`), a table in sqlite.py and keys `conv:<id>` in redis.py, and
-run the shared suite (tests/test_store.py) against both backends.
+atomically, and reaches every replica by the same notification.
+
+Conversations (the context assistant, assistant.py) are records with their
+messages, each message stored with its token count. A turn holds the
+conversation's *lease* while it runs (a short-lived lock with a random token,
+renewed while the turn lasts): a second turn on the same conversation, from
+any replica, finds it held and is refused. The turn's messages are appended by
+`append_turn`, in one step, only while the lease is still the turn's and the
+conversation's version is the one the turn read (a compare-and-set); the lease
+is released by the same step. Expired conversations read as absent and are
+removed (SQLite: a periodic purge; Redis: key expiry, and a periodic purge of
+the listing indexes).
 
 This module knows nothing of gRPC or Redis.
 """
@@ -33,9 +44,14 @@ This module knows nothing of gRPC or Redis.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+import enum
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
+import orjson
+
+from ..conversations import Conversation, Counted, Policy
 from ..limits import Estimate, Limits, Ticket
 from ..usage import ModelTotals
 
@@ -76,6 +92,84 @@ class SettingsDoc:
 
     generation: int
     body: bytes
+
+
+class Lease(enum.Enum):
+    """What asking for a conversation's lease gave."""
+
+    TAKEN = "taken"  # the caller holds it now
+    BUSY = "busy"  # another turn holds it
+    MISSING = "missing"  # no such conversation for that owner (or expired)
+
+
+class Appended(enum.Enum):
+    """What appending a turn gave."""
+
+    DONE = "done"
+    LOST = "lost"  # the lease was no longer the turn's, or the conversation changed: nothing appended
+    MISSING = "missing"  # the conversation was deleted or expired meanwhile
+
+
+# Owner filter that matches every owner (the admin's listing and deletes); not a valid client name.
+ANY_OWNER = "*"
+
+
+def conversation_json(c: Conversation) -> bytes:
+    """The record as stored (both backends): JSON, without the messages."""
+    return orjson.dumps(
+        {
+            "id": c.id,
+            "owner": c.owner,
+            "model": c.model,
+            "system_message": c.system_message,
+            "max_context_tokens": c.max_context_tokens,
+            "context_limit": c.context_limit,
+            "policy": c.policy.value,
+            "labels": dict(c.labels),
+            "created_at": c.created_at,
+            "updated_at": c.updated_at,
+            "expires_at": c.expires_at,
+            "ttl_seconds": c.ttl_seconds,
+            "version": c.version,
+            "message_count": c.message_count,
+            "summary": c.summary,
+            "summarized": c.summarized,
+            "context_tokens": c.context_tokens,
+        }
+    )
+
+
+def conversation_of(raw: bytes | str) -> Conversation:
+    d: Mapping[str, Any] = orjson.loads(raw)
+    return Conversation(
+        id=str(d["id"]),
+        owner=str(d["owner"]),
+        model=str(d["model"]),
+        system_message=str(d["system_message"]),
+        max_context_tokens=None if d["max_context_tokens"] is None else int(d["max_context_tokens"]),
+        context_limit=int(d["context_limit"]),
+        policy=Policy(d["policy"]),
+        labels={str(k): str(v) for k, v in d["labels"].items()},
+        created_at=float(d["created_at"]),
+        updated_at=float(d["updated_at"]),
+        expires_at=float(d["expires_at"]),
+        ttl_seconds=float(d["ttl_seconds"]),
+        version=int(d["version"]),
+        message_count=int(d["message_count"]),
+        summary=str(d["summary"]),
+        summarized=int(d["summarized"]),
+        context_tokens=int(d["context_tokens"]),
+    )
+
+
+def message_json(m: Counted) -> bytes:
+    """One stored message with its token count."""
+    return orjson.dumps({"t": m.tokens, "m": m.message})
+
+
+def message_of(raw: bytes | str) -> Counted:
+    d = orjson.loads(raw)
+    return Counted(d["m"], int(d["t"]))
 
 
 SettingsListener = Callable[[SettingsDoc], None]
@@ -195,6 +289,50 @@ class Store(abc.ABC):
         False when another writer got there first; GatewayError(STORE_UNAVAILABLE)
         when the store cannot be reached (nothing is changed then).
         """
+
+    # -- conversations (see the module docstring) ---------------------------------------------
+
+    @abc.abstractmethod
+    async def create_conversation(self, conversation: Conversation) -> None:
+        """Keep a new conversation (its id is new: unguessable, never reused)."""
+
+    @abc.abstractmethod
+    async def get_conversation(
+        self, conversation_id: str, *, messages: bool = False
+    ) -> tuple[Conversation, list[Counted]] | None:
+        """The conversation and (if `messages`) its messages, oldest first; None if absent or expired."""
+
+    @abc.abstractmethod
+    async def list_conversations(self, owner: str, after: str | None, limit: int) -> list[Conversation]:
+        """Up to `limit` conversations of `owner` (ANY_OWNER: all), by list_key descending, after `after`."""
+
+    @abc.abstractmethod
+    async def delete_conversation(self, conversation: Conversation) -> bool:
+        """Remove it with its messages; False when it was gone already."""
+
+    @abc.abstractmethod
+    async def lease_conversation(self, conversation_id: str, owner: str, token: str, seconds: float) -> Lease:
+        """Take the conversation's lease for `seconds` if it exists for `owner` and nobody holds it."""
+
+    @abc.abstractmethod
+    async def renew_lease(self, conversation_id: str, token: str, seconds: float) -> bool:
+        """Extend a lease the caller holds; False when it is no longer the caller's."""
+
+    @abc.abstractmethod
+    async def release_conversation(self, conversation_id: str, token: str) -> None:
+        """Give a lease back (nothing happens when it is no longer the caller's)."""
+
+    @abc.abstractmethod
+    async def append_turn(
+        self, conversation: Conversation, token: str, expected_version: int, messages: Sequence[Counted]
+    ) -> Appended:
+        """Append `messages` and replace the record by `conversation` (its version one more than
+        `expected_version`), then release the lease: all of it, only while `token` holds the lease
+        and the stored version is `expected_version`, or nothing."""
+
+    @abc.abstractmethod
+    async def purge_conversations(self) -> int:
+        """Remove expired conversations now (also done periodically); how many were removed."""
 
     # -- for the backends ----------------------------------------------------------------
 

@@ -17,6 +17,11 @@ Keys (all under PREFIX):
   spend:<c>:<p>  spend + reservations of a UTC day or month (USD, float)
   usage:<c>      hash "<model>\\x1f<column>" -> all-time usage of a client ('' = no client)
   usage-all      the same for all traffic      since  when counting started
+  conv:<id>      hash: record (JSON), version, owner, expires_at; EXPIREs with the conversation
+  conv:<id>:messages   list of the messages (JSON with their token counts), same expiry
+  conv:<id>:lease      the token of the turn in progress (SET NX PX, renewed while it runs)
+  convs:<c>      zset (score 0) of "<created us>:<id>": a client's conversations, by lex order
+  convs-all      the same for every client     convs-expiry  zset "<c>\\x1f<key>" -> expiry
 Changes of clients and settings are also published on PREFIX + "events";
 every process polls `version` and `generation` every POLL_SECONDS as well.
 
@@ -38,10 +43,11 @@ import hmac
 import itertools
 import json
 import logging
+import math
 import os
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -51,6 +57,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
+from ..conversations import Conversation, Counted
 from ..errors import GatewayError, Reason
 from ..limits import (
     LEASE_SECONDS,
@@ -66,7 +73,21 @@ from ..limits import (
     rate_refusal,
 )
 from ..usage import COUNTED_FIELDS, ModelTotals
-from .base import Charge, ClientRow, SettingsDoc, Store, StoreError, sorted_usage
+from .base import (
+    ANY_OWNER,
+    Appended,
+    Charge,
+    ClientRow,
+    Lease,
+    SettingsDoc,
+    Store,
+    StoreError,
+    conversation_json,
+    conversation_of,
+    message_json,
+    message_of,
+    sorted_usage,
+)
 
 log = logging.getLogger("gpt_grpc.store")
 
@@ -228,6 +249,88 @@ redis.call('PUBLISH', ARGV[4], 'settings')
 return 1
 """
 
+# Conversations: see the keys above. Expired ones are purged from the indexes this often, this many a time.
+PURGE_SECONDS = 60.0
+PURGE_BATCH = 500
+# Pages of a listing read this many index entries beyond the page (some may have expired).
+LIST_SLACK = 16
+
+# Create: KEYS conv, convs:<c>, convs-all, convs-expiry; ARGV record, version, owner, expires_at, ttl s,
+# list key, expiry member.
+_CONV_CREATE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'record', ARGV[1], 'version', ARGV[2], 'owner', ARGV[3], 'expires_at', ARGV[4])
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+redis.call('ZADD', KEYS[2], 0, ARGV[6])
+redis.call('ZADD', KEYS[3], 0, ARGV[6])
+redis.call('ZADD', KEYS[4], ARGV[4], ARGV[7])
+return 1
+"""
+
+# Lease: KEYS conv, lease; ARGV owner ('*': any), token, milliseconds, now.
+# Returns 1 taken, 2 busy, 0 missing (or another owner's, or expired).
+_CONV_LEASE = """
+local rec = redis.call('HMGET', KEYS[1], 'owner', 'expires_at')
+if not rec[1] or not rec[2] then return 0 end
+if ARGV[1] ~= '*' and rec[1] ~= ARGV[1] then return 0 end
+if tonumber(rec[2]) <= tonumber(ARGV[4]) then return 0 end
+if redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[3]) then return 1 end
+return 2
+"""
+
+# Renew (ARGV token, ms) or release (ARGV token) a lease the caller holds: KEYS lease.
+_CONV_RENEW = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+_CONV_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1
+"""
+
+# Append a turn: KEYS conv, messages, lease, convs-expiry; ARGV token, expected version, record,
+# new version, expires_at, ttl s, expiry member, messages... Returns 1 done, 2 lost, 0 missing.
+_CONV_APPEND = """
+local version = redis.call('HGET', KEYS[1], 'version')
+if not version then return 0 end
+if redis.call('GET', KEYS[3]) ~= ARGV[1] or version ~= ARGV[2] then return 2 end
+for i = 8, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
+redis.call('HSET', KEYS[1], 'record', ARGV[3], 'version', ARGV[4], 'expires_at', ARGV[5])
+redis.call('EXPIRE', KEYS[1], ARGV[6])
+if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('EXPIRE', KEYS[2], ARGV[6]) end
+redis.call('ZADD', KEYS[4], ARGV[5], ARGV[7])
+redis.call('DEL', KEYS[3])
+return 1
+"""
+
+# Delete: KEYS conv, messages, lease, convs:<c>, convs-all, convs-expiry; ARGV list key, expiry member.
+_CONV_DELETE = """
+local gone = redis.call('DEL', KEYS[1])
+redis.call('DEL', KEYS[2], KEYS[3])
+redis.call('ZREM', KEYS[4], ARGV[1])
+redis.call('ZREM', KEYS[5], ARGV[1])
+redis.call('ZREM', KEYS[6], ARGV[2])
+return gone
+"""
+
+# Purge the expired: KEYS convs-expiry, convs-all; ARGV now, batch, key prefix. The conversations'
+# own keys are gone already (EXPIRE) unless the clock runs ahead of Redis's: deleted too.
+_CONV_PURGE = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+for _, member in ipairs(due) do
+  local sep = string.find(member, '\\31', 1, true)
+  local owner = string.sub(member, 1, sep - 1)
+  local key = string.sub(member, sep + 1)
+  local id = string.sub(key, 22)
+  redis.call('ZREM', ARGV[3] .. 'convs:' .. owner, key)
+  redis.call('ZREM', KEYS[2], key)
+  redis.call('DEL', ARGV[3] .. 'conv:' .. id, ARGV[3] .. 'conv:' .. id .. ':messages')
+  redis.call('ZREM', KEYS[1], member)
+end
+return #due
+"""
+
 
 def redact(url: str) -> str:
     """The URL without its password, for logs."""
@@ -363,6 +466,13 @@ class RedisStore(Store):
         self._find_script = r.register_script(_FIND_TOKEN)
         self._save_script = r.register_script(_SAVE_SETTINGS)
         self._apply_script = r.register_script(_APPLY)
+        self._conv_create = r.register_script(_CONV_CREATE)
+        self._conv_lease = r.register_script(_CONV_LEASE)
+        self._conv_renew = r.register_script(_CONV_RENEW)
+        self._conv_release = r.register_script(_CONV_RELEASE)
+        self._conv_append = r.register_script(_CONV_APPEND)
+        self._conv_delete = r.register_script(_CONV_DELETE)
+        self._conv_purge = r.register_script(_CONV_PURGE)
         deadline = time.monotonic() + self._start_wait
         while True:
             try:
@@ -474,7 +584,7 @@ class RedisStore(Store):
     async def _watch(self) -> None:
         """Follow settings and clients changed elsewhere (pub/sub + polling); detect Redis coming back."""
         pubsub: Any = None
-        last_renewal = time.monotonic()
+        last_renewal = last_purge = time.monotonic()
         while not self._closed:
             try:
                 if pubsub is None:
@@ -485,6 +595,9 @@ class RedisStore(Store):
                 if time.monotonic() - last_renewal >= LEASE_SECONDS / 3:
                     await self._renew_leases()
                     last_renewal = time.monotonic()
+                if time.monotonic() - last_purge >= PURGE_SECONDS:
+                    last_purge = time.monotonic()
+                    await self._purge()
             except asyncio.CancelledError:
                 if pubsub is not None:
                     with contextlib.suppress(RedisError, OSError):
@@ -800,6 +913,144 @@ class RedisStore(Store):
         if saved:
             self._generation = str(doc.generation).encode()
         return bool(saved)
+
+    # -- conversations ----------------------------------------------------------------
+
+    def _conv_keys(self, conversation_id: str) -> tuple[str, str, str]:
+        base = self._p + "conv:" + conversation_id
+        return base, base + ":messages", base + ":lease"
+
+    def _expiry_member(self, c: Conversation) -> str:
+        return c.owner + _SEP + c.list_key
+
+    def _ttl(self, c: Conversation) -> int:
+        """Seconds until `c` expires, for EXPIRE (at least 1)."""
+        return max(1, math.ceil(c.expires_at - self._clock()))
+
+    async def create_conversation(self, conversation: Conversation) -> None:
+        c, p = conversation, self._p
+        keys = [self._conv_keys(c.id)[0], p + "convs:" + c.owner, p + "convs-all", p + "convs-expiry"]
+        args: builtins.list[bytes | str | int] = [
+            conversation_json(c),
+            c.version,
+            c.owner,
+            repr(c.expires_at),
+            self._ttl(c),
+            c.list_key,
+            self._expiry_member(c),
+        ]
+        created = await self._call(lambda r: self._conv_create(keys=keys, args=args, client=r), kind="conversation")
+        if not created:
+            raise GatewayError(Reason.INTERNAL_ERROR, "a conversation with that id exists")
+
+    async def get_conversation(
+        self, conversation_id: str, *, messages: bool = False
+    ) -> tuple[Conversation, builtins.list[Counted]] | None:
+        meta, listed, _ = self._conv_keys(conversation_id)
+
+        async def read(r: aioredis.Redis) -> builtins.list[Any]:
+            async with r.pipeline(transaction=True) as pipe:
+                pipe.hget(meta, "record")
+                if messages:
+                    pipe.lrange(listed, 0, -1)
+                return await pipe.execute()  # type: ignore[no-any-return]
+
+        reply = await self._call(read, kind="conversation")
+        if reply[0] is None:
+            return None
+        conversation = conversation_of(reply[0])
+        if conversation.expires_at <= self._clock():
+            return None
+        return conversation, [message_of(raw) for raw in reply[1]] if messages else []
+
+    async def list_conversations(self, owner: str, after: str | None, limit: int) -> builtins.list[Conversation]:
+        index = self._p + ("convs-all" if owner == ANY_OWNER else "convs:" + owner)
+        now = self._clock()
+        out: builtins.list[Conversation] = []
+        start = "+" if after is None else "(" + after
+        for _ in range(8):  # stale entries (expired, not yet purged) are skipped; bounded rounds
+            want = limit - len(out)
+
+            def page(r: aioredis.Redis, start: str = start, want: int = want) -> Awaitable[Any]:
+                return r.zrange(index, start, "-", desc=True, bylex=True, offset=0, num=want + LIST_SLACK)
+
+            keys = await self._call(page, kind="conversation")
+            if not keys:
+                break
+            ids = [_text(k)[21:] for k in keys]
+
+            async def read(r: aioredis.Redis, ids: builtins.list[str] = ids) -> builtins.list[Any]:
+                async with r.pipeline(transaction=False) as pipe:
+                    for conversation_id in ids:
+                        pipe.hget(self._conv_keys(conversation_id)[0], "record")
+                    return await pipe.execute()  # type: ignore[no-any-return]
+
+            records = await self._call(read, kind="conversation")
+            for raw in records:
+                if raw is None:
+                    continue
+                conversation = conversation_of(raw)
+                if conversation.expires_at > now and len(out) < limit:
+                    out.append(conversation)
+            if len(out) >= limit or len(keys) < want + LIST_SLACK:
+                break
+            start = "(" + _text(keys[-1])
+        return out
+
+    async def delete_conversation(self, conversation: Conversation) -> bool:
+        c, p = conversation, self._p
+        meta, listed, lease = self._conv_keys(c.id)
+        keys = [meta, listed, lease, p + "convs:" + c.owner, p + "convs-all", p + "convs-expiry"]
+        args = [c.list_key, self._expiry_member(c)]
+        gone = await self._call(lambda r: self._conv_delete(keys=keys, args=args, client=r), kind="conversation")
+        return bool(gone)
+
+    async def lease_conversation(self, conversation_id: str, owner: str, token: str, seconds: float) -> Lease:
+        meta, _, lease = self._conv_keys(conversation_id)
+        args: builtins.list[str | int] = [owner, token, max(1, round(seconds * 1000)), repr(self._clock())]
+        reply = await self._call(
+            lambda r: self._conv_lease(keys=[meta, lease], args=args, client=r), kind="conversation"
+        )
+        return {1: Lease.TAKEN, 2: Lease.BUSY}.get(int(reply), Lease.MISSING)
+
+    async def renew_lease(self, conversation_id: str, token: str, seconds: float) -> bool:
+        lease = self._conv_keys(conversation_id)[2]
+        args: builtins.list[str | int] = [token, max(1, round(seconds * 1000))]
+        reply = await self._call(lambda r: self._conv_renew(keys=[lease], args=args, client=r), kind="conversation")
+        return bool(reply)
+
+    async def release_conversation(self, conversation_id: str, token: str) -> None:
+        lease = self._conv_keys(conversation_id)[2]
+        await self._call(lambda r: self._conv_release(keys=[lease], args=[token], client=r), kind="conversation")
+
+    async def append_turn(
+        self, conversation: Conversation, token: str, expected_version: int, messages: Sequence[Counted]
+    ) -> Appended:
+        c = conversation
+        meta, listed, lease = self._conv_keys(c.id)
+        keys = [meta, listed, lease, self._p + "convs-expiry"]
+        args: builtins.list[Any] = [
+            token,
+            str(expected_version),
+            conversation_json(c),
+            c.version,
+            repr(c.expires_at),
+            self._ttl(c),
+            self._expiry_member(c),
+            *(message_json(m) for m in messages),
+        ]
+        reply = await self._call(lambda r: self._conv_append(keys=keys, args=args, client=r), kind="conversation")
+        return {1: Appended.DONE, 2: Appended.LOST}.get(int(reply), Appended.MISSING)
+
+    async def purge_conversations(self) -> int:
+        return await self._call(lambda r: self._purge(), counted=True)
+
+    async def _purge(self) -> int:
+        p = self._p
+        self._count("conversation")
+        keys = [p + "convs-expiry", p + "convs-all"]
+        purged = await self._conv_purge(keys=keys, args=[repr(self._clock()), PURGE_BATCH, p], client=self._client())
+        return int(purged)
 
 
 def _unavailable() -> GatewayError:

@@ -13,6 +13,12 @@ store; a fleet uses the Redis store.
 
 Settings live in memory here: a single process persists them through
 `--state-file` (settings_sync.py), which sits beside this store.
+
+Conversations are tables (schema version 3): one row per conversation (its
+record as JSON) and one per message, read and written on a worker thread so
+the event loop never waits on the disk. A turn's lease lives in this process's
+memory: one process is the only one using the file. Expired conversations read
+as absent and are deleted every PURGE_SECONDS.
 """
 
 from __future__ import annotations
@@ -26,19 +32,40 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import TypeVar
 
+from orjson import dumps as orjson_dumps
+from orjson import loads as orjson_loads
+
+from ..conversations import Conversation, Counted
 from ..errors import GatewayError, Reason
 from ..limits import Estimate, Limits, LocalLimiter, Periods, Ticket
 from ..usage import COUNTED_FIELDS, ModelTotals
-from .base import Charge, ClientRow, SettingsDoc, Store, StoreError, sorted_usage
+from .base import (
+    ANY_OWNER,
+    Appended,
+    Charge,
+    ClientRow,
+    Lease,
+    SettingsDoc,
+    Store,
+    StoreError,
+    conversation_json,
+    conversation_of,
+    sorted_usage,
+)
 
 log = logging.getLogger("gpt_grpc.store")
 
-SCHEMA_VERSION = 2
+T = TypeVar("T")
+
+SCHEMA_VERSION = 3
 FLUSH_SECONDS = 1.0
+# Expired conversations are deleted this often.
+PURGE_SECONDS = 60.0
 _SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS clients (
     name TEXT PRIMARY KEY,
@@ -72,6 +99,28 @@ _SCHEMA_V2 = """
 ALTER TABLE clients ADD COLUMN max_in_flight INTEGER;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)
 """
+# Version 3: conversations (the record as JSON, its messages one row each).
+_SCHEMA_V3 = """
+CREATE TABLE IF NOT EXISTS conversations (
+    id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    list_key TEXT NOT NULL,
+    expires_at REAL NOT NULL,
+    version INTEGER NOT NULL,
+    record BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS conversations_by_owner ON conversations (owner, list_key);
+CREATE INDEX IF NOT EXISTS conversations_by_key ON conversations (list_key);
+CREATE INDEX IF NOT EXISTS conversations_by_expiry ON conversations (expires_at);
+CREATE TABLE IF NOT EXISTS conversation_messages (
+    conversation_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    tokens INTEGER NOT NULL,
+    message BLOB NOT NULL,
+    PRIMARY KEY (conversation_id, seq)
+)
+"""
+_MIGRATIONS = ((1, _SCHEMA_V1), (2, _SCHEMA_V2), (3, _SCHEMA_V3))
 USAGE_COLUMNS = COUNTED_FIELDS
 
 
@@ -94,6 +143,8 @@ class SqliteStore(Store):
         self._since = clock()
         self._conn: sqlite3.Connection | None = None
         self._flusher: asyncio.Task[None] | None = None
+        self._leases: dict[str, tuple[str, float]] = {}  # conversation id -> (token, until)
+        self._purged_at = clock()
 
     # -- life cycle ------------------------------------------------------------
 
@@ -138,6 +189,11 @@ class SqliteStore(Store):
                 await self.flush()
             except Exception:
                 log.exception("could not write usage to %s", self.description)
+            if self._clock() - self._purged_at >= PURGE_SECONDS:
+                try:
+                    await self.purge_conversations()
+                except Exception:
+                    log.exception("could not remove expired conversations from %s", self.description)
 
     @property
     def since(self) -> float:
@@ -173,7 +229,7 @@ class SqliteStore(Store):
             if version < SCHEMA_VERSION:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
-                    steps = ([_SCHEMA_V1] if version < 1 else []) + [_SCHEMA_V2]
+                    steps = [script for number, script in _MIGRATIONS if version < number]
                     for script in steps:
                         for statement in script.split(";"):
                             if statement.strip():
@@ -408,6 +464,184 @@ class SqliteStore(Store):
             return False
         self._settings = doc
         return True
+
+    # -- conversations ----------------------------------------------------------------
+
+    async def _db(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """`work(connection)` on a worker thread, holding the connection."""
+
+        def run() -> T:
+            with self._db_lock:
+                if self._conn is None:
+                    raise GatewayError(Reason.INTERNAL_ERROR, "the store is closed")
+                return work(self._conn)
+
+        return await asyncio.to_thread(run)
+
+    async def create_conversation(self, conversation: Conversation) -> None:
+        c = conversation
+
+        def insert(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO conversations (id, owner, list_key, expires_at, version, record)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (c.id, c.owner, c.list_key, c.expires_at, c.version, conversation_json(c)),
+            )
+
+        await self._db(insert)
+
+    async def get_conversation(
+        self, conversation_id: str, *, messages: bool = False
+    ) -> tuple[Conversation, builtins.list[Counted]] | None:
+        now = self._clock()
+
+        def read(conn: sqlite3.Connection) -> tuple[Conversation, builtins.list[Counted]] | None:
+            row = conn.execute(
+                "SELECT record FROM conversations WHERE id = ? AND expires_at > ?", (conversation_id, now)
+            ).fetchone()
+            if row is None:
+                return None
+            found: builtins.list[Counted] = []
+            if messages:
+                found = [
+                    Counted(orjson_loads(raw), tokens)
+                    for tokens, raw in conn.execute(
+                        "SELECT tokens, message FROM conversation_messages WHERE conversation_id = ? ORDER BY seq",
+                        (conversation_id,),
+                    )
+                ]
+            return conversation_of(row[0]), found
+
+        return await self._db(read)
+
+    async def list_conversations(self, owner: str, after: str | None, limit: int) -> builtins.list[Conversation]:
+        now = self._clock()
+        where: builtins.list[str] = ["expires_at > ?"]
+        params: builtins.list[object] = [now]
+        if owner != ANY_OWNER:
+            where.append("owner = ?")
+            params.append(owner)
+        if after is not None:
+            where.append("list_key < ?")
+            params.append(after)
+        sql = f"SELECT record FROM conversations WHERE {' AND '.join(where)} ORDER BY list_key DESC LIMIT ?"
+
+        def read(conn: sqlite3.Connection) -> builtins.list[Conversation]:
+            return [conversation_of(raw) for (raw,) in conn.execute(sql, (*params, limit))]
+
+        return await self._db(read)
+
+    async def delete_conversation(self, conversation: Conversation) -> bool:
+        def delete(conn: sqlite3.Connection) -> bool:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                gone = conn.execute("DELETE FROM conversations WHERE id = ?", (conversation.id,)).rowcount
+                conn.execute("DELETE FROM conversation_messages WHERE conversation_id = ?", (conversation.id,))
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            return bool(gone)
+
+        deleted = await self._db(delete)
+        with self._lock:
+            self._leases.pop(conversation.id, None)
+        return deleted
+
+    async def lease_conversation(self, conversation_id: str, owner: str, token: str, seconds: float) -> Lease:
+        now = self._clock()
+
+        def take(conn: sqlite3.Connection) -> Lease:
+            row = conn.execute(
+                "SELECT owner FROM conversations WHERE id = ? AND expires_at > ?", (conversation_id, now)
+            ).fetchone()
+            if row is None or (owner != ANY_OWNER and row[0] != owner):
+                return Lease.MISSING
+            with self._lock:
+                held = self._leases.get(conversation_id)
+                if held is not None and held[1] > now:
+                    return Lease.BUSY
+                self._leases[conversation_id] = (token, now + seconds)
+            return Lease.TAKEN
+
+        return await self._db(take)
+
+    async def renew_lease(self, conversation_id: str, token: str, seconds: float) -> bool:
+        now = self._clock()
+        with self._lock:
+            held = self._leases.get(conversation_id)
+            if held is None or held[0] != token or held[1] <= now:
+                return False
+            self._leases[conversation_id] = (token, now + seconds)
+            return True
+
+    async def release_conversation(self, conversation_id: str, token: str) -> None:
+        with self._lock:
+            held = self._leases.get(conversation_id)
+            if held is not None and held[0] == token:
+                del self._leases[conversation_id]
+
+    async def append_turn(
+        self, conversation: Conversation, token: str, expected_version: int, messages: Sequence[Counted]
+    ) -> Appended:
+        c = conversation
+        now = self._clock()
+
+        def append(conn: sqlite3.Connection) -> Appended:
+            with self._lock:
+                held = self._leases.get(c.id)
+                ours = held is not None and held[0] == token and held[1] > now
+            row = conn.execute("SELECT version FROM conversations WHERE id = ?", (c.id,)).fetchone()
+            if row is None:
+                return Appended.MISSING
+            if not ours or row[0] != expected_version:
+                return Appended.LOST
+            first = c.message_count - len(messages)
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany(
+                    "INSERT INTO conversation_messages (conversation_id, seq, tokens, message) VALUES (?, ?, ?, ?)",
+                    [(c.id, first + i, m.tokens, orjson_dumps(m.message)) for i, m in enumerate(messages)],
+                )
+                conn.execute(
+                    "UPDATE conversations SET expires_at = ?, version = ?, record = ? WHERE id = ?",
+                    (c.expires_at, c.version, conversation_json(c), c.id),
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            with self._lock:
+                if self._leases.get(c.id, ("", 0.0))[0] == token:
+                    del self._leases[c.id]
+            return Appended.DONE
+
+        return await self._db(append)
+
+    async def purge_conversations(self) -> int:
+        now = self._clock()
+        self._purged_at = now
+
+        def purge(conn: sqlite3.Connection) -> int:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute(
+                    "DELETE FROM conversation_messages WHERE conversation_id IN"
+                    " (SELECT id FROM conversations WHERE expires_at <= ?)",
+                    (now,),
+                )
+                gone = conn.execute("DELETE FROM conversations WHERE expires_at <= ?", (now,)).rowcount
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            return int(gone)
+
+        purged = await self._db(purge)
+        with self._lock:
+            for conversation_id in [k for k, (_, until) in self._leases.items() if until <= now]:
+                del self._leases[conversation_id]
+        return purged
 
 
 def _exists(name: str) -> GatewayError:
