@@ -27,6 +27,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from .. import tokens
 from ..accounts import Accounts
+from ..assistant import DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_MESSAGES, Caps, ContextAssistant
 from ..egress import EgressPolicy, resolved_problem
 from ..engine import Engine
 from ..errors import FieldViolation, GatewayError, invalid
@@ -104,6 +105,9 @@ class ServerConfig:
     max_connection_idle: float = DEFAULT_MAX_CONNECTION_IDLE
     max_connection_age: float = DEFAULT_MAX_CONNECTION_AGE
     max_connection_age_grace: float = DEFAULT_MAX_CONNECTION_AGE_GRACE
+    # What one conversation of the context assistant may hold (assistant.py).
+    conversation_max_messages: int = DEFAULT_MAX_MESSAGES
+    conversation_max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
 
 
 class GatewayServer:
@@ -141,6 +145,14 @@ class GatewayServer:
             self.store, settings, self.engine.install, sealer=sealer, state=self.state, policy=self.egress
         )
         self.pricer = Pricer(config.unpriced_model_price, config.reserved_completion_tokens)
+        if config.conversation_max_messages < 2 or config.conversation_max_message_bytes < 1:
+            raise ConfigError("--conversation-max-messages must be at least 2, --conversation-max-message-bytes 1")
+        self.assistant = ContextAssistant(
+            self.store,
+            self.engine.models,
+            self.engine.model_name,
+            caps=Caps(config.conversation_max_messages, config.conversation_max_message_bytes),
+        )
         self.credentials = _server_credentials(config)
         self.admission = Admission(config.max_in_flight)
         self.health = health.aio.HealthServicer()
@@ -166,6 +178,7 @@ class GatewayServer:
             metrics=self.metrics,
             settings_sync=self.settings_sync,
             pricer=self.pricer,
+            assistant=self.assistant,
             egress=self.egress,
         )
         # Undecodable requests: INVALID_ARGUMENT, not UNKNOWN with a traceback (registration.py).
@@ -459,6 +472,18 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
         default=_env_float("GPT_GRPC_MAX_CONNECTION_AGE_GRACE", DEFAULT_MAX_CONNECTION_AGE_GRACE),
         help="seconds calls in flight on a replaced connection get to finish (0: no limit)",
     )
+    p.add_argument(
+        "--conversation-max-messages",
+        type=int,
+        default=int(env.get("GPT_GRPC_CONVERSATION_MAX_MESSAGES", DEFAULT_MAX_MESSAGES)),
+        help="messages one conversation may hold (a turn past it: FAILED_PRECONDITION CONVERSATION_FULL)",
+    )
+    p.add_argument(
+        "--conversation-max-message-bytes",
+        type=int,
+        default=int(env.get("GPT_GRPC_CONVERSATION_MAX_MESSAGE_BYTES", DEFAULT_MAX_MESSAGE_BYTES)),
+        help="bytes (UTF-8) one message of a conversation may have, its system message included",
+    )
     p.add_argument("--no-reflection", action="store_true", help="turn server reflection off")
     p.add_argument("--log-level", default=env.get("GPT_GRPC_LOG_LEVEL", "INFO"))
     args = p.parse_args(argv)
@@ -520,6 +545,8 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
         max_connection_idle=args.max_connection_idle,
         max_connection_age=args.max_connection_age,
         max_connection_age_grace=args.max_connection_age_grace,
+        conversation_max_messages=args.conversation_max_messages,
+        conversation_max_message_bytes=args.conversation_max_message_bytes,
     )
 
 

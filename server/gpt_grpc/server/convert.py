@@ -14,10 +14,13 @@ from typing import Any, Literal, Protocol
 
 import orjson
 from google.protobuf import duration_pb2, timestamp_pb2
+from google.protobuf.message import Message
 from gptgrpc.v1 import gateway_pb2 as pb
 
 from ..accounts import ClientRecord
+from ..assistant import NewConversation, Turn
 from ..chat import ChatRequest, ChatResult, Delta, ToolCall, Usage
+from ..conversations import Conversation, Policy
 from ..errors import FieldViolation, invalid
 from ..limits import Limits
 from ..settings import Settings, SettingsUpdate, mask_key
@@ -344,3 +347,141 @@ def client(r: ClientRecord) -> pb.Client:
     if r.revoked_at is not None:
         out.revoke_time.CopyFrom(_timestamp(r.revoked_at))
     return out
+
+
+# -- conversations (the context assistant) --------------------------------------------
+
+TRIMMING_POLICIES: Mapping[int, Policy] = {
+    pb.TRIMMING_POLICY_UNSPECIFIED: Policy.TRIM_OLDEST,
+    pb.TRIM_OLDEST: Policy.TRIM_OLDEST,
+    pb.SUMMARIZE: Policy.SUMMARIZE,
+}
+POLICY_NUMBERS: Mapping[Policy, pb.TrimmingPolicy.ValueType] = {
+    Policy.TRIM_OLDEST: pb.TRIM_OLDEST,
+    Policy.SUMMARIZE: pb.SUMMARIZE,
+}
+ROLE_NUMBERS: Mapping[str, pb.Role.ValueType] = {name: number for number, name in ROLE_NAMES.items()}  # type: ignore[misc]
+# A turn's fields that are chat fields (same names, same types): copied into a ChatCompletionRequest,
+# which the one translation and the one validator then read.
+_TURN_ONLY_FIELDS = frozenset({"conversation_id"})
+
+
+def new_conversation(req: pb.CreateConversationRequest) -> NewConversation:
+    return NewConversation(
+        model=req.model,
+        system_message=req.system_message,
+        max_context_tokens=req.max_context_tokens if req.HasField("max_context_tokens") else None,
+        policy=TRIMMING_POLICIES.get(req.trimming_policy),
+        ttl_seconds=_seconds(req.ttl) if req.HasField("ttl") else None,
+        labels=dict(req.labels),
+    )
+
+
+def conversation(c: Conversation) -> pb.Conversation:
+    out = pb.Conversation(
+        id=c.id,
+        model=c.model,
+        system_message=c.system_message,
+        max_context_tokens=c.max_context_tokens,
+        trimming_policy=POLICY_NUMBERS[c.policy],
+        labels=dict(c.labels),
+        create_time=_timestamp(c.created_at),
+        update_time=_timestamp(c.updated_at),
+        expire_time=_timestamp(c.expires_at),
+        ttl=_duration(c.ttl_seconds),
+        message_count=c.message_count,
+        summarized_messages=c.summarized,
+        context_tokens=c.context_tokens,
+        context_limit=c.context_limit,
+        client=c.owner,
+    )
+    return out
+
+
+def chat_message(m: Mapping[str, Any]) -> pb.ChatMessage:
+    """A kept message (OpenAI form) as a ChatMessage."""
+    out = pb.ChatMessage(role=ROLE_NUMBERS.get(str(m.get("role")), pb.ROLE_UNSPECIFIED), content=m.get("content") or "")
+    if m.get("name") is not None:
+        out.name = str(m["name"])
+    if m.get("tool_call_id") is not None:
+        out.tool_call_id = str(m["tool_call_id"])
+    for call in m.get("tool_calls") or ():
+        function = call.get("function") or {}
+        out.tool_calls.append(
+            pb.ToolCall(
+                id=str(call.get("id") or ""),
+                name=str(function.get("name") or ""),
+                arguments_json=str(function.get("arguments") or ""),
+            )
+        )
+    return out
+
+
+def turn_input(
+    req: pb.ConverseRequest | pb.StreamConverseRequest, request_id: str | None
+) -> tuple[ChatRequest, list[str]]:
+    """A turn's new messages and parameters as a ChatRequest (model left to the conversation), and each
+    new message's field path for violations."""
+    if req.user_message and req.messages:
+        raise invalid([FieldViolation("messages", "give either user_message or messages, not both")])
+    chat = pb.ChatCompletionRequest()
+    source: Message = req
+    for f in source.DESCRIPTOR.fields:
+        if f.name in _TURN_ONLY_FIELDS:
+            continue
+        if f.is_repeated:
+            getattr(chat, f.name).extend(getattr(source, f.name))
+        elif f.message_type is not None:
+            if source.HasField(f.name):
+                getattr(chat, f.name).CopyFrom(getattr(source, f.name))
+        elif not f.has_presence or source.HasField(f.name):
+            setattr(chat, f.name, getattr(source, f.name))
+    paths = [f"messages[{i}]" for i in range(len(req.messages))] if req.messages else ["user_message"]
+    return chat_request(chat, request_id), paths
+
+
+def _turn_usage(turn: Turn) -> tuple[pb.Usage | None, float | None]:
+    s = turn.summarization
+    return (None, None) if s is None else (_usage(s.usage), s.cost_usd)
+
+
+def converse_response(r: ChatResult, turn: Turn) -> pb.ConverseResponse:
+    summary_usage, summary_cost = _turn_usage(turn)
+    return pb.ConverseResponse(
+        content=r.content,
+        tool_calls=_tool_calls(r.tool_calls),
+        finish_reason=FINISH_REASONS.get(r.finish_reason or "", pb.FINISH_REASON_UNSPECIFIED),  # type: ignore[arg-type]
+        model=r.model,
+        response_id=r.id,
+        usage=_usage(r.usage),
+        cost_usd=r.cost_usd,
+        attempts=r.attempts,
+        refusal=r.refusal,
+        context_tokens=turn.context_tokens,
+        trimmed_messages=turn.trimmed,
+        summarization_usage=summary_usage,
+        summarization_cost_usd=summary_cost,
+        message_count=turn.message_count,
+    )
+
+
+def converse_event(event: Delta | ChatResult, turn: Turn) -> pb.StreamConverseResponse:
+    if isinstance(event, Delta):
+        return pb.StreamConverseResponse(delta=pb.ChatCompletionDelta(content=event.content, refusal=event.refusal))
+    summary_usage, summary_cost = _turn_usage(turn)
+    return pb.StreamConverseResponse(
+        summary=pb.ConverseSummary(
+            tool_calls=_tool_calls(event.tool_calls),
+            finish_reason=FINISH_REASONS.get(event.finish_reason or "", pb.FINISH_REASON_UNSPECIFIED),  # type: ignore[arg-type]
+            model=event.model,
+            response_id=event.id,
+            usage=_usage(event.usage),
+            cost_usd=event.cost_usd,
+            attempts=event.attempts,
+            context_tokens=turn.context_tokens,
+            trimmed_messages=turn.trimmed,
+            summarization_usage=summary_usage,
+            summarization_cost_usd=summary_cost,
+            message_count=turn.message_count,
+        )
+    )

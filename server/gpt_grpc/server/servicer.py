@@ -28,7 +28,8 @@ from gptgrpc.v1 import gateway_pb2_grpc as pb_grpc
 
 from .. import tokens
 from ..accounts import Accounts
-from ..chat import ChatResult, Usage, check_model, validate_counted
+from ..assistant import ContextAssistant
+from ..chat import ChatRequest, ChatResult, Usage, check_model, validate_counted
 from ..egress import EgressPolicy
 from ..engine import Engine, PreparedCall
 from ..errors import FieldViolation, GatewayError, Reason, invalid
@@ -36,7 +37,7 @@ from ..limits import NO_ESTIMATE, Pricer, Ticket
 from ..settings import Settings, SettingsUpdate
 from ..settings_sync import SettingsSync
 from ..usage import ModelTotals
-from . import convert, logs, registration
+from . import conversation_rpcs, convert, logs, registration
 from .admission import Admission
 from .auth import OPEN, Authorizer, Caller
 from .metrics import Metrics
@@ -90,6 +91,8 @@ class Call:
     ticket: Ticket | None = None
     code: grpc.StatusCode = grpc.StatusCode.OK
     reason: str | None = None
+    # Further fields for the access-log line (a conversation's id, its context tokens...).
+    fields: dict[str, Any] = field(default_factory=dict)
 
     def took(self, result: ChatResult) -> None:
         self.model, self.usage, self.cost_usd, self.attempts = (
@@ -217,9 +220,11 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
         metrics: Metrics,
         settings_sync: SettingsSync,
         pricer: Pricer,
+        assistant: ContextAssistant,
         egress: EgressPolicy | None = None,
     ) -> None:
         self.engine = engine
+        self.assistant = assistant
         self.egress = egress or EgressPolicy()
         self.authorizer = authorizer
         self.admission = admission
@@ -318,6 +323,7 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
             fields["cost_usd"] = call.cost_usd
         if call.attempts:
             fields["attempts"] = call.attempts
+        fields.update(call.fields)
         logs.access(fields)
 
     def _cost(self, call: Call) -> float | None:
@@ -327,7 +333,10 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
         return self.pricer.fallback_cost(call.usage)
 
     async def _prepare(self, request: Any, call: Call) -> PreparedCall:
-        chat = convert.chat_request(request, call.request_id)
+        return await self._prepare_chat(convert.chat_request(request, call.request_id), call)
+
+    async def _prepare_chat(self, chat: ChatRequest, call: Call) -> PreparedCall:
+        """Validate and resolve a chat call, then hold it to the client's limits (`_meter`)."""
         call.model = chat.model  # as asked, until the engine has resolved it
         prepared = self.engine.prepare(chat)
         call.model = prepared.model.name
@@ -435,6 +444,47 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
             since=since,
             client=name or "",
         )
+
+    # -- conversations (conversation_rpcs.py) ------------------------------------------
+
+    @rpc(Access.COUNTED)
+    async def CreateConversation(
+        self, request: pb.CreateConversationRequest, context: Context, call: Call
+    ) -> pb.CreateConversationResponse:
+        return await conversation_rpcs.create(self, request, call)
+
+    @rpc(Access.CHARGED)
+    async def Converse(self, request: pb.ConverseRequest, context: Context, call: Call) -> pb.ConverseResponse:
+        return await conversation_rpcs.converse(self, request, call, _deadline(context))
+
+    @stream_rpc(Access.CHARGED)
+    async def StreamConverse(
+        self, request: pb.StreamConverseRequest, context: Context, call: Call
+    ) -> AsyncIterator[pb.StreamConverseResponse]:
+        events = conversation_rpcs.stream_converse(self, request, call, _deadline(context))
+        try:
+            async for event in events:
+                yield event
+        finally:
+            await events.aclose()  # type: ignore[attr-defined]
+
+    @rpc(Access.COUNTED)
+    async def GetConversation(
+        self, request: pb.GetConversationRequest, context: Context, call: Call
+    ) -> pb.GetConversationResponse:
+        return await conversation_rpcs.get(self, request, call)
+
+    @rpc(Access.COUNTED)
+    async def ListConversations(
+        self, request: pb.ListConversationsRequest, context: Context, call: Call
+    ) -> pb.ListConversationsResponse:
+        return await conversation_rpcs.list_page(self, request, call)
+
+    @rpc(Access.COUNTED)
+    async def DeleteConversation(
+        self, request: pb.DeleteConversationRequest, context: Context, call: Call
+    ) -> pb.DeleteConversationResponse:
+        return await conversation_rpcs.delete(self, request, call)
 
     # -- admin ----------------------------------------------------------------------
 
