@@ -278,6 +278,16 @@ def test_prompt_token_formula() -> None:
         assert count_tokens(text) == len(reference.encode(text))
 
 
+async def test_context_window_refuses_prompts_that_do_not_fit(standin: Standin, client: openai.AsyncOpenAI) -> None:
+    standin.context_window = count_prompt_tokens(HELLO) + 5
+    ok = await client.chat.completions.create(model="gpt-4o-mini", messages=HELLO, max_tokens=5)
+    assert ok.usage is not None and ok.usage.prompt_tokens + 5 == standin.context_window
+    with pytest.raises(openai.BadRequestError) as info:
+        await client.chat.completions.create(model="gpt-4o-mini", messages=HELLO, max_tokens=6)
+    assert info.value.code == "context_length_exceeded"
+    assert f"maximum context length is {standin.context_window} tokens" in info.value.message
+
+
 async def test_models_and_unknown_paths(standin: Standin, http: aiohttp.ClientSession) -> None:
     async with http.get(standin.base_url + "/models", headers=AUTH) as r:
         body = await r.json()

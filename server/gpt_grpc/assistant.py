@@ -345,10 +345,10 @@ class Turn:
         """Have the model rewrite the summary with `covered` (the oldest kept messages), which it then replaces."""
         model = self.model
 
-        def count_text(text: str) -> int:
-            return tokens.count_text(text, model.name, encoding=model.encoding).tokens
+        def count(prompt: Sequence[Mapping[str, Any]]) -> int:
+            return tokens.count_messages(prompt, model.name, encoding=model.encoding).tokens
 
-        messages, _ = rules.summary_messages(self._summary, covered, room, count_text)
+        messages, _ = rules.summary_messages(self._summary, covered, room, count)
         request = ChatRequest(model.name, messages, {"max_tokens": allowance}, request_id=chat.request_id)
         result = await summarize(request)
         self.summarization = result

@@ -268,16 +268,16 @@ def plan(history: Sequence[Counted], new: Sequence[Counted], budget: Budget) -> 
 def _too_long(history: Sequence[Counted], new: Sequence[Counted], budget: Budget, last: int, need: int) -> GatewayError:
     new_tokens = sum(c.tokens for c in new)
     carried = need - budget.fixed - new_tokens
-    parts = [f"the new message has {new_tokens} tokens"]
+    parts = [f"the system message, summary and tools ({budget.fixed})"]
     if carried:
-        parts.append(f"the tool calls it answers {carried}")
-    parts.append(f"the system message, summary and tools {budget.fixed}")
-    parts.append(f"the answer's reservation {budget.reserved}")
+        parts.append(f"the tool calls it answers ({carried})")
+    parts.append(f"the answer's reservation ({budget.reserved})")
     return GatewayError(
         Reason.CONVERSATION_CONTEXT_EXCEEDED,
-        f"{', '.join(parts)}: {need + budget.reserved} tokens against the conversation's limit of {budget.limit} "
-        "even with every older turn left out; send a shorter message, lower max_tokens, or use a conversation "
-        "with a larger max_context_tokens",
+        f"the new message has {new_tokens} tokens; with {', '.join(parts[:-1])} and {parts[-1]} the turn needs "
+        f"{need + budget.reserved} tokens, more than the conversation's limit of {budget.limit} even with every "
+        "older turn left out: send a shorter message, lower max_tokens, or use a conversation with a larger "
+        "max_context_tokens",
     )
 
 
@@ -301,25 +301,31 @@ def summary_messages(
     previous: str,
     messages: Sequence[Counted],
     room: int,
-    count_text: Callable[[str], int],
+    count: Callable[[Sequence[Mapping[str, Any]]], int],
 ) -> tuple[list[dict[str, Any]], int]:
     """The request that has the model rewrite the summary, and how many of `messages` it covers.
 
-    The transcript holds the newest messages that fit in `room` tokens (the
-    limit less the summary's allowance and the instructions): an older
-    message that does not fit is left out of the summary too.
+    Its prompt (`count` counts a prompt's tokens) fits in `room` (the limit less
+    the summary's allowance): the transcript holds the newest messages that fit,
+    and an older message that does not fit is left out of the summary too. An
+    earlier summary too long to fit at all (an upstream that wrote more than its
+    max_tokens) is left out as well.
     """
+    lines = [line for line in (_line(c.message) for c in messages) if line]
     header = f"Earlier summary:\n{previous}\n\n" if previous else ""
-    room -= count_text(SUMMARY_INSTRUCTIONS) + count_text(header) + 16  # two messages' framing, with margin
-    lines: list[str] = []
-    for counted in reversed(messages):
-        line = _line(counted.message)
-        cost = count_text(line) + 1
-        if cost > room:
-            break
-        room -= cost
-        lines.append(line)
-    lines.reverse()
-    transcript = header + "Messages:\n" + "\n".join(lines)
-    request = [{"role": "system", "content": SUMMARY_INSTRUCTIONS}, {"role": "user", "content": transcript}]
-    return request, len(lines)
+
+    def request(newest: int) -> list[dict[str, Any]]:
+        transcript = header + "Messages:\n" + "\n".join(lines[len(lines) - newest :])
+        return [{"role": "system", "content": SUMMARY_INSTRUCTIONS}, {"role": "user", "content": transcript}]
+
+    if header and count(request(0)) > room:
+        header = ""
+
+    low, high = 0, len(lines)  # the most lines that fit: low fits (or nothing does), high + 1 does not
+    while low < high:
+        middle = (low + high + 1) // 2
+        if count(request(middle)) <= room:
+            low = middle
+        else:
+            high = middle - 1
+    return request(low), low

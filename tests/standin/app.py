@@ -364,6 +364,10 @@ class Standin:
         self._runner: web.ServerRunner | None = None
         self._site: web.TCPSite | None = None
         self._stopping = False
+        #: When set, a chat request whose prompt (count_prompt_tokens) plus its max_tokens (or
+        #: max_completion_tokens) is above this many tokens is refused as OpenAI refuses it:
+        #: 400 context_length_exceeded.
+        self.context_window: int | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -626,6 +630,7 @@ class Standin:
             return await self._send(request, record, denied)
         try:
             body = self._validate(parsed)
+            self._check_context(body)
         except _BadRequest as exc:
             response = _error_response(exc.status, exc.message, exc.code, exc.param)
             return await self._send(request, record, response)
@@ -700,6 +705,22 @@ class Standin:
                 "model_not_found",
             )
         return parsed
+
+    def _check_context(self, body: dict[str, Any]) -> None:
+        window = self.context_window
+        if window is None:
+            return
+        prompt = count_prompt_tokens(body["messages"])
+        answer = body.get("max_completion_tokens") or body.get("max_tokens") or 0
+        if prompt + answer > window:
+            raise _BadRequest(
+                400,
+                f"This model's maximum context length is {window} tokens. However, you requested "
+                f"{prompt + answer} tokens ({prompt} in the messages, {answer} in the completion). "
+                "Please reduce the length of the messages or completion.",
+                "messages",
+                "context_length_exceeded",
+            )
 
     async def _send(
         self, request: web.BaseRequest, record: RecordedRequest, response: web.StreamResponse
