@@ -6,12 +6,14 @@ import asyncio
 
 import pytest
 
+from gpt_grpc import conversations as rules
 from gpt_grpc.chat import ChatRequest, ChatResult, Delta
 from gpt_grpc.errors import GatewayError, Reason
 from gpt_grpc.gpt import GPT
 from gpt_grpc.settings import Settings
 from tests.conftest import TEST_KEY, fast_upstream
 from tests.standin import Fault, Standin
+from tests.standin.app import count_prompt_tokens
 
 
 def test_api_key_and_endpoint_validate_as_they_are_set() -> None:
@@ -96,3 +98,39 @@ async def test_a_call_keeps_the_settings_it_started_with(standin: Standin) -> No
         assert standin.requests[0].api_key == TEST_KEY
     finally:
         await gpt.aclose()
+
+
+async def test_context_assistant_keeps_the_conversation_within_the_window(standin: Standin) -> None:
+    gpt = GPT()
+    gpt.endpoint = standin.base_url
+    gpt.api_key = TEST_KEY
+    gpt.context_system_message = "Be brief."
+    gpt.context_max_tokens = standin.context_window = 120
+    try:
+        answers = [await asyncio.to_thread(gpt.context_assistant, f"fact number {i} is {i * 11}") for i in range(8)]
+        assert answers[0] == "Echo: fact number 0 is 0"
+        first = standin.requests[1].body["messages"]
+        assert first == [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "fact number 0 is 0"},
+            {"role": "assistant", "content": "Echo: fact number 0 is 0"},
+            {"role": "user", "content": "fact number 1 is 11"},
+        ]
+        last = standin.requests[-1].body["messages"]
+        # Trimmed by the gateway's rules: under the limit (the stand-in's own count), the system
+        # message first, whole turns, the newest prompt last.
+        assert count_prompt_tokens(last) + rules.default_reserve(120) <= 120
+        assert last[0]["role"] == "system" and last[-1]["content"] == "fact number 7 is 77"
+        assert [m["role"] for m in last[1:]] == ["user", "assistant"] * ((len(last) - 2) // 2) + ["user"]
+        assert len(last) < 2 + 2 * 7
+        # A failed turn is not kept; reset_context forgets everything.
+        standin.enqueue(Fault(kind="model_not_found"))
+        with pytest.raises(GatewayError):
+            await asyncio.to_thread(gpt.context_assistant, "lost")
+        await asyncio.to_thread(gpt.context_assistant, "after the failure")
+        assert "lost" not in str(standin.requests[-1].body["messages"])
+        await asyncio.to_thread(gpt.reset_context)
+        await asyncio.to_thread(gpt.context_assistant, "fresh")
+        assert standin.requests[-1].body["messages"][1:] == [{"role": "user", "content": "fresh"}]
+    finally:
+        await asyncio.to_thread(gpt.close)

@@ -1,8 +1,8 @@
 """The original module's interface, synchronous, over the async engine.
 
 `GPT` keeps the seed's API: `api_key` and `endpoint` properties validated as
-they are set, `chat_completion(...) -> str`, `count_tokens(text, model)` and
-`close()`. The synchronous calls run on an event loop of their own, on a
+they are set, `chat_completion(...) -> str`, `count_tokens(text, model)`,
+`context_assistant(prompt) -> str` and `close()`. The synchronous calls run on an event loop of their own, on a
 daemon thread started on first use. The engine's async calls (`acomplete`,
 `astream`) and its settings are available on the same object for library
 users who have an event loop.
@@ -16,9 +16,11 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
+from . import conversations as rules
 from . import tokens
 from .catalog import Catalog
 from .chat import ChatRequest, ChatResult, Delta, check_model
+from .conversations import Budget, Counted
 from .engine import Engine, PreparedCall
 from .errors import GatewayError
 from .models import Models
@@ -78,6 +80,13 @@ class GPT:
         )
         self._sync: _LoopThread | None = None
         self._lock = threading.Lock()
+        #: The context assistant's system message, sent first in every turn.
+        self.context_system_message = ""
+        #: Cap on the context assistant's prompt plus its answer's reservation (None: the model's window).
+        self.context_max_tokens: int | None = None
+        self._context: list[Counted] = []  # counted for _context_model
+        self._context_model = ""
+        self._context_lock = threading.Lock()
         if endpoint is not None:
             self.endpoint = endpoint
         if api_key is not None:
@@ -115,6 +124,46 @@ class GPT:
             params["max_tokens"] = max_tokens
         request = ChatRequest.from_pair(model, system_message, user_message, params)
         return self._run_sync(self.engine.acomplete(request)).content
+
+    def context_assistant(self, prompt: str) -> str:
+        """Answer `prompt` in the conversation this object keeps (with the default model).
+
+        The earlier prompts and answers go along, as many as fit the model's
+        context window (or `context_max_tokens`): the oldest turns are left out
+        and forgotten first, by the rules of the gateway's own conversations
+        (conversations.py), counted with the model's encoding;
+        `context_system_message` is always sent. A turn is kept only when its
+        answer arrived; `reset_context()` forgets them all.
+        """
+        with self._context_lock:  # one turn at a time: a turn reads what the one before it kept
+            return self._run_sync(self._context_turn(prompt))
+
+    def reset_context(self) -> None:
+        """Forget the context assistant's conversation."""
+        with self._context_lock:
+            self._context = []
+
+    async def _context_turn(self, prompt: str) -> str:
+        name = self.engine.model_name("")
+        model = self.engine.models.resolve(name, priced=False)
+        if name != self._context_model:  # counted with another model's encoding: count again
+            self._context = [rules.count_message(c.message, model) for c in self._context]
+            self._context_model = name
+        new = [rules.count_message({"role": "user", "content": prompt}, model)]
+        system = rules.system_messages(self.context_system_message, "")
+        keep_from = 0
+        window = model.spec.context_window if model.spec is not None else None
+        limit = rules.context_limit(self.context_max_tokens, window)
+        if limit is not None:
+            fixed = rules.reply_priming(model) + sum(rules.count_message(m, model).tokens for m in system)
+            keep_from = rules.plan(self._context, new, Budget(limit, rules.default_reserve(limit), fixed)).keep_from
+        kept = self._context[keep_from:]
+        messages = [*system, *(dict(c.message) for c in kept), dict(new[0].message)]
+        result = await self.engine.acomplete(ChatRequest(name, messages))
+        answer = result.content or result.refusal
+        if answer:
+            self._context = [*kept, *new, rules.count_message({"role": "assistant", "content": answer}, model)]
+        return result.content
 
     def count_tokens(self, text: str, model: str = DEFAULT_MODEL) -> int:
         """Tokens of `text` for `model` (offline; unknown models use o200k_base)."""
