@@ -3,6 +3,9 @@
 Examples::
 
     gpt-grpc chat "Write a haiku about gRPC"
+    ID=$(gpt-grpc conversations create --system "Be brief.")
+    gpt-grpc chat --conversation "$ID" "My name is Ada."
+    gpt-grpc chat --conversation "$ID" "What is my name?"
     echo "some text" | gpt-grpc count-tokens --model gpt-4o
     gpt-grpc --admin-token-file admin.token configure --api-key-file openai.key
     gpt-grpc --admin-token-file admin.token clients create billing --requests-per-minute 60 > billing.token
@@ -73,10 +76,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--timeout", type=float, metavar="SECONDS", help="deadline of each call")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    chat = commands.add_parser("chat", help="stream an answer to a prompt")
+    chat = commands.add_parser("chat", help="stream an answer to a prompt (in a kept conversation with --conversation)")
     chat.add_argument("prompt", nargs="*", help="the prompt (default: read stdin)")
-    chat.add_argument("--model", default=DEFAULT_MODEL, help=f"model (default: {DEFAULT_MODEL})")
-    chat.add_argument("--system", default="", metavar="TEXT", help="system message")
+    chat.add_argument(
+        "--conversation",
+        metavar="ID",
+        help="a turn of this conversation (made by `conversations create`): the gateway sends the earlier turns",
+    )
+    chat.add_argument("--model", default=None, help=f"model (default: {DEFAULT_MODEL}; not with --conversation)")
+    chat.add_argument("--system", default="", metavar="TEXT", help="system message (not with --conversation)")
     chat.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (default: 0.7)")
     chat.add_argument("--max-tokens", type=int, metavar="N", help="upper bound on generated tokens")
     chat.add_argument("--quiet", "-q", action="store_true", help="no usage summary on stderr")
@@ -102,7 +110,31 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("models", help="list the known models")
     commands.add_parser("usage", help="requests, tokens and cost per model (with a client token: its own)")
     _add_clients_parser(commands)
+    _add_conversations_parser(commands)
     return parser
+
+
+def _add_conversations_parser(commands: Any) -> None:
+    conversations = commands.add_parser("conversations", help="conversations the gateway keeps (context assistant)")
+    actions = conversations.add_subparsers(dest="conversations_command", metavar="ACTION", required=True)
+    create = actions.add_parser("create", help="start a conversation; prints its id on stdout, the rest on stderr")
+    create.add_argument("--model", default="", help="model (default: the gateway's default model)")
+    create.add_argument("--system", default="", metavar="TEXT", help="system message, sent first in every turn")
+    create.add_argument("--max-context-tokens", type=int, metavar="N", help="cap on a turn's prompt + answer")
+    create.add_argument(
+        "--policy", choices=("trim_oldest", "summarize"), help="how to shorten it past the limit (default: trim_oldest)"
+    )
+    create.add_argument(
+        "--ttl", type=float, metavar="SECONDS", help="time to live after the last turn (default: 7 days)"
+    )
+    create.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="a label (repeatable)")
+    listing = actions.add_parser("list", help="your conversations, newest first")
+    listing.add_argument("--all", action="store_true", help="every client's (with the admin token)")
+    show = actions.add_parser("show", help="a conversation's messages")
+    show.add_argument("id")
+    delete = actions.add_parser("delete", help="delete a conversation")
+    delete.add_argument("id")
+    delete.add_argument("--admin", action="store_true", help="with the admin token (any client's conversation)")
 
 
 def _add_limit_arguments(parser: argparse.ArgumentParser) -> None:
@@ -234,7 +266,7 @@ def _print_configuration(out: TextIO, config: gateway_pb2.Configuration) -> None
         print(f"{name.ljust(width)}  {value}", file=out)
 
 
-def _summary_line(summary: gateway_pb2.ChatCompletionSummary) -> str:
+def _summary_line(summary: gateway_pb2.ChatCompletionSummary | gateway_pb2.ConverseSummary) -> str:
     usage = summary.usage
     finish = gateway_pb2.FinishReason.Name(summary.finish_reason).removeprefix("FINISH_REASON_").lower()
     parts = [
@@ -253,15 +285,29 @@ def _summary_line(summary: gateway_pb2.ChatCompletionSummary) -> str:
     return "[" + ", ".join(parts) + "]"
 
 
+def _turn_line(summary: gateway_pb2.ConverseSummary) -> str:
+    parts = [f"context {summary.context_tokens} tokens", f"{summary.trimmed_messages} older messages left out"]
+    if summary.HasField("summarization_usage"):
+        u = summary.summarization_usage
+        cost = _money(summary.summarization_cost_usd) if summary.HasField("summarization_cost_usd") else "unknown"
+        parts.append(f"summary written: {u.prompt_tokens} + {u.completion_tokens} tokens, cost {cost}")
+    parts.append(f"{summary.message_count} messages kept")
+    return "[" + ", ".join(parts) + "]"
+
+
 def _chat(args: argparse.Namespace) -> int:
     prompt = _text_or_stdin(args.prompt, "prompt")
     if not prompt.strip():
         raise _CliError("the prompt is empty")
+    if args.conversation is not None:
+        if args.model is not None or args.system:
+            raise _CliError("a conversation's model and system message are set when it is created")
+        return _converse(args, prompt)
     out = sys.stdout
     with (
         _client(args) as client,
         client.stream_chat(
-            model=args.model,
+            model=args.model or DEFAULT_MODEL,
             system_message=args.system,
             user_message=prompt,
             temperature=args.temperature,
@@ -280,6 +326,113 @@ def _chat(args: argparse.Namespace) -> int:
             print(f"refusal: {stream.refusal}", file=sys.stderr)
         if stream.summary is not None and not args.quiet:
             print(_summary_line(stream.summary), file=sys.stderr)
+    return 0
+
+
+def _converse(args: argparse.Namespace, prompt: str) -> int:
+    out = sys.stdout
+    with (
+        _client(args) as client,
+        client.stream_converse(
+            args.conversation, prompt, temperature=args.temperature, max_tokens=args.max_tokens
+        ) as stream,
+    ):
+        text = ""
+        for delta in stream:
+            out.write(delta)
+            out.flush()
+            text += delta
+        if not text.endswith("\n"):
+            out.write("\n")
+            out.flush()
+        if stream.refusal:
+            print(f"refusal: {stream.refusal}", file=sys.stderr)
+        if stream.summary is not None and not args.quiet:
+            print(_summary_line(stream.summary) + " " + _turn_line(stream.summary), file=sys.stderr)
+    return 0
+
+
+def _labels(pairs: Sequence[str]) -> dict[str, str]:
+    labels = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise _CliError(f"--label takes KEY=VALUE, got {pair!r}")
+        labels[key] = value
+    return labels
+
+
+def _when_ts(stamp: Any) -> str:
+    return str(stamp.ToDatetime().strftime("%Y-%m-%d %H:%M:%S"))
+
+
+def _print_conversations(out: TextIO, conversations: Sequence[gateway_pb2.Conversation]) -> None:
+    rows = [
+        (
+            c.id,
+            c.client or "-",
+            c.model,
+            gateway_pb2.TrimmingPolicy.Name(c.trimming_policy).lower(),
+            str(c.message_count),
+            f"{c.context_tokens}/{c.context_limit}",
+            _when_ts(c.update_time),
+            _when_ts(c.expire_time),
+        )
+        for c in conversations
+    ]
+    header = ("ID", "CLIENT", "MODEL", "POLICY", "MESSAGES", "TOKENS/LIMIT", "UPDATED (UTC)", "EXPIRES (UTC)")
+    _print_table(out, header, rows)
+
+
+_ROLE_LABELS = {
+    gateway_pb2.ROLE_USER: "user",
+    gateway_pb2.ROLE_ASSISTANT: "assistant",
+    gateway_pb2.ROLE_TOOL: "tool",
+    gateway_pb2.ROLE_SYSTEM: "system",
+    gateway_pb2.ROLE_DEVELOPER: "developer",
+}
+
+
+def _conversations(args: argparse.Namespace) -> int:
+    action = args.conversations_command
+    if (action == "list" and args.all) or (action == "delete" and args.admin):
+        # Everyone's conversations: a data-plane call that the admin token may make.
+        client = _connect(args, token=_admin_token(args), admin_token=None)
+    else:
+        client = _client(args)
+    with client:
+        if action == "create":
+            made = client.create_conversation(
+                args.model,
+                args.system,
+                max_context_tokens=args.max_context_tokens,
+                trimming_policy=args.policy,
+                ttl=args.ttl,
+                labels=_labels(args.label),
+            )
+            print(made.id, flush=True)  # alone on stdout: `ID=$(gpt-grpc conversations create ...)`
+            policy = gateway_pb2.TrimmingPolicy.Name(made.trimming_policy).lower()
+            print(
+                f"created conversation {made.id} (model {made.model}, context limit {made.context_limit} tokens, "
+                f"{policy}, expires {_when_ts(made.expire_time)} UTC unless continued)",
+                file=sys.stderr,
+            )
+        elif action == "list":
+            _print_conversations(sys.stdout, list(client.iter_conversations()))
+        elif action == "show":
+            got = client.get_conversation(args.id)
+            _print_conversations(sys.stdout, [got.conversation])
+            if got.conversation.system_message:
+                print(f"\nsystem: {got.conversation.system_message}", file=sys.stdout)
+            if got.summary:
+                print(f"summary of the first {got.conversation.summarized_messages} messages: {got.summary}")
+            for message in got.messages:
+                role = _ROLE_LABELS.get(message.role, "?")
+                text = message.content + "".join(f" [calls {c.name}({c.arguments_json})]" for c in message.tool_calls)
+                print(f"{role}: {text}", file=sys.stdout)
+        else:  # delete
+            client.delete_conversation(args.id)
+            print(f"deleted conversation {args.id}", file=sys.stderr)
     return 0
 
 
@@ -493,6 +646,7 @@ _COMMANDS = {
     "models": _models,
     "usage": _usage,
     "clients": _clients,
+    "conversations": _conversations,
 }
 
 

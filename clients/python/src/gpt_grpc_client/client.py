@@ -9,10 +9,11 @@ from __future__ import annotations
 import asyncio
 import math
 import os
-from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
+import threading
+from collections.abc import AsyncGenerator, Iterable, Iterator, Mapping, Sequence
 from datetime import timedelta
 from types import TracebackType
-from typing import Any, TypeAlias
+from typing import Any, Generic, Self, TypeAlias, TypeVar
 
 import grpc
 from google.protobuf import duration_pb2
@@ -27,13 +28,16 @@ __all__ = [
     "DEFAULT_TARGET",
     "AsyncChatStream",
     "AsyncClient",
+    "AsyncConverseStream",
     "BudgetPeriodLike",
     "CertificateSource",
     "ChatStream",
     "Client",
+    "ConverseStream",
     "MessageLike",
     "MetadataPairs",
     "Seconds",
+    "TrimmingPolicyLike",
     "to_chat_message",
 ]
 
@@ -50,6 +54,8 @@ Seconds: TypeAlias = float | int | timedelta
 MetadataPairs: TypeAlias = Sequence[tuple[str, str | bytes]]
 #: A client's budget period: ``"day"`` or ``"month"`` (UTC), or a ``BudgetPeriod`` value.
 BudgetPeriodLike: TypeAlias = str | int
+#: A conversation's trimming policy: ``"trim_oldest"`` or ``"summarize"``, or a ``TrimmingPolicy`` value.
+TrimmingPolicyLike: TypeAlias = str | int
 
 _ROLES: dict[str, gateway_pb2.Role.ValueType] = {
     "system": gateway_pb2.ROLE_SYSTEM,
@@ -60,6 +66,12 @@ _ROLES: dict[str, gateway_pb2.Role.ValueType] = {
 }
 _MESSAGE_KEYS = frozenset({"role", "content", "name", "tool_call_id", "tool_calls"})
 _CHAT_FIELDS = frozenset(gateway_pb2.ChatCompletionRequest.DESCRIPTOR.fields_by_name)
+_NOT_FOUND = "CONVERSATION_NOT_FOUND"
+_TURN_FIELDS = frozenset(gateway_pb2.ConverseRequest.DESCRIPTOR.fields_by_name)
+_POLICIES: dict[str, gateway_pb2.TrimmingPolicy.ValueType] = {
+    "trim_oldest": gateway_pb2.TRIM_OLDEST,
+    "summarize": gateway_pb2.SUMMARIZE,
+}
 
 
 # --------------------------------------------------------------------------- request building
@@ -197,6 +209,65 @@ def _stream_request(
     if isinstance(request, gateway_pb2.ChatCompletionRequest):  # same fields, same numbers
         return gateway_pb2.StreamChatCompletionRequest.FromString(request.SerializeToString())
     raise TypeError(f"expected a StreamChatCompletionRequest, not {type(request).__name__}")
+
+
+def _policy(value: TrimmingPolicyLike | None) -> gateway_pb2.TrimmingPolicy.ValueType:
+    if value is None:
+        return gateway_pb2.TRIMMING_POLICY_UNSPECIFIED
+    if isinstance(value, int) and not isinstance(value, bool):
+        for policy in (*_POLICIES.values(), gateway_pb2.TRIMMING_POLICY_UNSPECIFIED):
+            if policy == value:
+                return policy
+    elif isinstance(value, str) and value.strip().lower() in _POLICIES:
+        return _POLICIES[value.strip().lower()]
+    raise ValueError(f"unknown trimming policy {value!r}; use one of {', '.join(_POLICIES)}")
+
+
+def _create_conversation_request(
+    model: str,
+    system_message: str,
+    max_context_tokens: int | None,
+    trimming_policy: TrimmingPolicyLike | None,
+    ttl: Seconds | None,
+    labels: Mapping[str, str] | None,
+) -> gateway_pb2.CreateConversationRequest:
+    request = gateway_pb2.CreateConversationRequest(
+        model=model, system_message=system_message, trimming_policy=_policy(trimming_policy), labels=labels or {}
+    )
+    if max_context_tokens is not None:
+        request.max_context_tokens = int(max_context_tokens)
+    if ttl is not None:
+        request.ttl.CopyFrom(_duration(ttl, "ttl"))
+    return request
+
+
+def _turn_fields(
+    conversation_id: str,
+    user_message: str,
+    temperature: float | None,
+    max_tokens: int | None,
+    messages: Iterable[MessageLike] | None,
+    extra: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The fields of a ConverseRequest (StreamConverseRequest has the same)."""
+    if messages is not None and user_message:
+        raise ValueError("give either user_message or messages (tool results), not both")
+    fields: dict[str, Any] = {"conversation_id": conversation_id, "user_message": user_message}
+    if temperature is not None:
+        fields["temperature"] = float(temperature)
+    if max_tokens is not None:
+        fields["max_tokens"] = int(max_tokens)
+    if messages is not None:
+        fields["messages"] = [to_chat_message(m) for m in messages]
+    for key, value in extra.items():
+        if key not in _TURN_FIELDS or key in fields:
+            raise TypeError(f"unexpected keyword argument {key!r}: not a ConverseRequest field")
+        if value is None:
+            continue
+        if key == "stop" and isinstance(value, str):
+            value = [value]
+        fields[key] = value
+    return fields
 
 
 def _count_request(text: str, model: str, messages: Iterable[MessageLike] | None) -> gateway_pb2.CountTokensRequest:
@@ -337,8 +408,11 @@ def _code(err: grpc.RpcError) -> Any:
 # --------------------------------------------------------------------------- streams
 
 
-class _StreamBase:
-    """What both stream classes record: the text so far, the summary, how it ended."""
+S = TypeVar("S", gateway_pb2.ChatCompletionSummary, gateway_pb2.ConverseSummary)
+
+
+class _StreamBase(Generic[S]):
+    """What every stream class records: the text so far, the summary, how it ended."""
 
     def __init__(self, call: Any) -> None:
         self._call = call
@@ -346,8 +420,9 @@ class _StreamBase:
         self._refusal: list[str] = []
         self._finished = False
         self._cancelled = False
-        #: The final ``ChatCompletionSummary``; ``None`` until the stream ended with one.
-        self.summary: gateway_pb2.ChatCompletionSummary | None = None
+        #: The final summary (``ChatCompletionSummary``, or ``ConverseSummary`` for a conversation's
+        #: turn); ``None`` until the stream ended with one.
+        self.summary: S | None = None
 
     @property
     def text(self) -> str:
@@ -365,22 +440,15 @@ class _StreamBase:
         return self._finished
 
 
-class ChatStream(_StreamBase):
-    """The text deltas of a ``StreamChatCompletion`` call (synchronous).
-
-    Iterate over it to get each piece of the answer as a ``str`` as it arrives. After the
-    iteration ends, :attr:`summary` holds the final ``ChatCompletionSummary`` (finish
-    reason, usage, cost). :meth:`cancel` (or leaving a ``with`` block early) cancels the
-    call, which closes the upstream request; the iteration then simply ends. Errors are
-    raised as :class:`GatewayError`.
-    """
+class _SyncStream(_StreamBase[S]):
+    """A server stream of deltas then one summary, read synchronously (see :class:`ChatStream`)."""
 
     @property
     def cancelled(self) -> bool:
         """Whether :meth:`cancel` cancelled the call."""
         return self._cancelled
 
-    def __iter__(self) -> ChatStream:
+    def __iter__(self) -> Self:
         return self
 
     def __next__(self) -> str:
@@ -422,7 +490,7 @@ class ChatStream(_StreamBase):
         self._cancelled = True
         return bool(self._call.cancel())
 
-    def __enter__(self) -> ChatStream:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(
@@ -435,7 +503,27 @@ class ChatStream(_StreamBase):
 
     def __repr__(self) -> str:
         state = "cancelled" if self._cancelled else "done" if self._finished else "open"
-        return f"<ChatStream {state}, {len(self.text)} chars>"
+        return f"<{type(self).__name__} {state}, {len(self.text)} chars>"
+
+
+class ChatStream(_SyncStream[gateway_pb2.ChatCompletionSummary]):
+    """The text deltas of a ``StreamChatCompletion`` call (synchronous).
+
+    Iterate over it to get each piece of the answer as a ``str`` as it arrives. After the
+    iteration ends, :attr:`summary` holds the final ``ChatCompletionSummary`` (finish
+    reason, usage, cost). :meth:`cancel` (or leaving a ``with`` block early) cancels the
+    call, which closes the upstream request; the iteration then simply ends. Errors are
+    raised as :class:`GatewayError`.
+    """
+
+
+class ConverseStream(_SyncStream[gateway_pb2.ConverseSummary]):
+    """The text deltas of a ``StreamConverse`` call (synchronous), read like a :class:`ChatStream`.
+
+    :attr:`summary` is the ``ConverseSummary``: besides usage and cost, the turn's
+    ``context_tokens``, ``trimmed_messages`` and the conversation's ``message_count``. The
+    turn is kept by the gateway only when the stream ends with it: cancelling appends nothing.
+    """
 
 
 def _task_cancelling() -> bool:
@@ -444,15 +532,8 @@ def _task_cancelling() -> bool:
     return bool(cancelling()) if callable(cancelling) else False
 
 
-class AsyncChatStream(_StreamBase):
-    """The text deltas of a ``StreamChatCompletion`` call (asyncio).
-
-    ``async for delta in stream`` yields each piece of the answer as a ``str``. When the
-    consumer stops early (``break``, an exception, ``aclose()``, leaving ``async with``),
-    the call is cancelled, which closes the upstream request. After the iteration ends,
-    :attr:`summary` holds the final ``ChatCompletionSummary``. Errors are raised as
-    :class:`GatewayError`; cancelling the awaiting task propagates ``CancelledError``.
-    """
+class _AsyncStream(_StreamBase[S]):
+    """A server stream of deltas then one summary, read with asyncio (see :class:`AsyncChatStream`)."""
 
     @property
     def cancelled(self) -> bool:
@@ -524,7 +605,7 @@ class AsyncChatStream(_StreamBase):
         """Stop reading: cancel the call if it is still running."""
         self.cancel()
 
-    async def __aenter__(self) -> AsyncChatStream:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(
@@ -537,7 +618,26 @@ class AsyncChatStream(_StreamBase):
 
     def __repr__(self) -> str:
         state = "cancelled" if self._cancelled else "done" if self._finished else "open"
-        return f"<AsyncChatStream {state}, {len(self.text)} chars>"
+        return f"<{type(self).__name__} {state}, {len(self.text)} chars>"
+
+
+class AsyncChatStream(_AsyncStream[gateway_pb2.ChatCompletionSummary]):
+    """The text deltas of a ``StreamChatCompletion`` call (asyncio).
+
+    ``async for delta in stream`` yields each piece of the answer as a ``str``. When the
+    consumer stops early (``break``, an exception, ``aclose()``, leaving ``async with``),
+    the call is cancelled, which closes the upstream request. After the iteration ends,
+    :attr:`summary` holds the final ``ChatCompletionSummary``. Errors are raised as
+    :class:`GatewayError`; cancelling the awaiting task propagates ``CancelledError``.
+    """
+
+
+class AsyncConverseStream(_AsyncStream[gateway_pb2.ConverseSummary]):
+    """The text deltas of a ``StreamConverse`` call (asyncio), read like an :class:`AsyncChatStream`.
+
+    :attr:`summary` is the ``ConverseSummary`` (see :class:`ConverseStream`); a stream that is
+    cancelled or fails appends nothing to the conversation.
+    """
 
 
 # --------------------------------------------------------------------------- clients
@@ -655,6 +755,8 @@ class Client(_BaseClient):
         else:
             self._channel = grpc.insecure_channel(target, options=self._options)
         self._stub: Any = gateway_pb2_grpc.GPTServiceStub(self._channel)
+        self._assistant_id: str | None = None
+        self._assistant_lock = threading.Lock()
 
     @property
     def channel(self) -> grpc.Channel:
@@ -909,6 +1011,155 @@ class Client(_BaseClient):
         )
         return response.client
 
+    # -- conversations (the context assistant) --------------------------------------------
+
+    def create_conversation(
+        self,
+        model: str = "",
+        system_message: str = "",
+        *,
+        max_context_tokens: int | None = None,
+        trimming_policy: TrimmingPolicyLike | None = None,
+        ttl: Seconds | None = None,
+        labels: Mapping[str, str] | None = None,
+        timeout: Seconds | None = None,
+    ) -> gateway_pb2.Conversation:
+        """Start a conversation the gateway keeps; its ``id`` names it in :meth:`converse`.
+
+        ``model=""`` is the gateway's default model. ``max_context_tokens`` caps each turn's
+        prompt plus the answer's reservation (default: the model's context window; required
+        for a model the gateway does not know). ``trimming_policy``: ``"trim_oldest"`` (the
+        default: the oldest turns are left out) or ``"summarize"`` (the model summarizes them,
+        one extra billed call). ``ttl``: time to live after the last turn (default 7 days).
+        """
+        request = _create_conversation_request(model, system_message, max_context_tokens, trimming_policy, ttl, labels)
+        response: gateway_pb2.CreateConversationResponse = self._unary(self._stub.CreateConversation, request, timeout)
+        return response.conversation
+
+    def converse(
+        self,
+        conversation_id: str,
+        user_message: str = "",
+        *,
+        messages: Iterable[MessageLike] | None = None,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        timeout: Seconds | None = None,
+        **extra: Any,
+    ) -> gateway_pb2.ConverseResponse:
+        """One turn of a conversation: the answer, with ``context_tokens`` and ``trimmed_messages``.
+
+        Give ``user_message``, or ``messages``: the ``{"role": "tool", ...}`` results of the tool
+        calls the last answer made. ``extra`` sets other ``ConverseRequest`` fields (``tools``,
+        ``top_p``, ``stop``...). A second turn on the same conversation while one runs fails with
+        ``ABORTED`` (``CONVERSATION_BUSY``).
+        """
+        fields = _turn_fields(conversation_id, user_message, temperature, max_tokens, messages, extra)
+        response: gateway_pb2.ConverseResponse = self._unary(
+            self._stub.Converse, gateway_pb2.ConverseRequest(**fields), timeout
+        )
+        return response
+
+    def stream_converse(
+        self,
+        conversation_id: str,
+        user_message: str = "",
+        *,
+        messages: Iterable[MessageLike] | None = None,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        timeout: Seconds | None = None,
+        **extra: Any,
+    ) -> ConverseStream:
+        """One turn of a conversation, streamed: iterate the :class:`ConverseStream` for text deltas."""
+        fields = _turn_fields(conversation_id, user_message, temperature, max_tokens, messages, extra)
+        try:
+            call = self._stub.StreamConverse(
+                gateway_pb2.StreamConverseRequest(**fields),
+                timeout=self._timeout_for(timeout),
+                metadata=self._metadata,
+            )
+        except grpc.RpcError as err:
+            raise GatewayError.from_rpc_error(err) from err
+        return ConverseStream(call)
+
+    def get_conversation(
+        self, conversation_id: str, *, timeout: Seconds | None = None
+    ) -> gateway_pb2.GetConversationResponse:
+        """A conversation of this client's token, with its messages and its summary (if any)."""
+        response: gateway_pb2.GetConversationResponse = self._unary(
+            self._stub.GetConversation, gateway_pb2.GetConversationRequest(conversation_id=conversation_id), timeout
+        )
+        return response
+
+    def list_conversations(
+        self, *, page_size: int = 0, page_token: str = "", admin: bool = False, timeout: Seconds | None = None
+    ) -> gateway_pb2.ListConversationsResponse:
+        """One page of this client's conversations, newest first (``admin=True``: everyone's, with
+        the ``admin_token``). Pass the page's ``next_page_token`` for the next one."""
+        response: gateway_pb2.ListConversationsResponse = self._unary(
+            self._stub.ListConversations,
+            gateway_pb2.ListConversationsRequest(page_size=page_size, page_token=page_token),
+            timeout,
+            self._admin_metadata() if admin else None,
+        )
+        return response
+
+    def iter_conversations(
+        self, *, page_size: int = 0, admin: bool = False, timeout: Seconds | None = None
+    ) -> Iterator[gateway_pb2.Conversation]:
+        """Every conversation of :meth:`list_conversations`, page after page."""
+        token = ""
+        while True:
+            page = self.list_conversations(page_size=page_size, page_token=token, admin=admin, timeout=timeout)
+            yield from page.conversations
+            token = page.next_page_token
+            if not token:
+                return
+
+    def delete_conversation(self, conversation_id: str, *, admin: bool = False, timeout: Seconds | None = None) -> None:
+        """Delete a conversation (``admin=True``: anyone's, with the ``admin_token``)."""
+        self._unary(
+            self._stub.DeleteConversation,
+            gateway_pb2.DeleteConversationRequest(conversation_id=conversation_id),
+            timeout,
+            self._admin_metadata() if admin else None,
+        )
+
+    def context_assistant(self, prompt: str, *, timeout: Seconds | None = None) -> str:
+        """The original module's context-aware assistant: answer ``prompt`` in this object's conversation.
+
+        The first call creates a conversation on the gateway (the default model and policy);
+        later calls continue it, so the model sees the earlier prompts and answers (the oldest
+        left out once they no longer fit its context window). When that conversation has
+        expired or was deleted, a new one starts. Thread-safe: turns run one at a time.
+        """
+        with self._assistant_lock:
+            if self._assistant_id is not None:
+                try:
+                    return self.converse(self._assistant_id, prompt, timeout=timeout).content
+                except GatewayError as err:
+                    if err.reason != _NOT_FOUND:
+                        raise
+            self._assistant_id = self.create_conversation(timeout=timeout).id
+            return self.converse(self._assistant_id, prompt, timeout=timeout).content
+
+    @property
+    def context_conversation_id(self) -> str | None:
+        """The id of the conversation :meth:`context_assistant` keeps (``None`` before its first call)."""
+        return self._assistant_id
+
+    def reset_context(self, *, timeout: Seconds | None = None) -> None:
+        """Forget :meth:`context_assistant`'s conversation (deleted on the gateway); the next call starts anew."""
+        with self._assistant_lock:
+            conversation_id, self._assistant_id = self._assistant_id, None
+            if conversation_id is not None:
+                try:
+                    self.delete_conversation(conversation_id, timeout=timeout)
+                except GatewayError as err:
+                    if err.reason != _NOT_FOUND:
+                        raise
+
 
 class AsyncClient(_BaseClient):
     """asyncio client of the gateway; an async context manager that closes its channel.
@@ -951,6 +1202,8 @@ class AsyncClient(_BaseClient):
         self._channel: Any = None
         self._stub: Any = None
         self._closed = False
+        self._assistant_id: str | None = None
+        self._assistant_lock: asyncio.Lock | None = None  # made in the event loop, on first use
 
     @property
     def channel(self) -> aio.Channel:
@@ -1201,3 +1454,114 @@ class AsyncClient(_BaseClient):
             "RevokeClient", gateway_pb2.RevokeClientRequest(name=name), timeout, self._admin_metadata()
         )
         return response.client
+
+    # -- conversations (the context assistant) --------------------------------------------
+
+    async def create_conversation(
+        self,
+        model: str = "",
+        system_message: str = "",
+        *,
+        max_context_tokens: int | None = None,
+        trimming_policy: TrimmingPolicyLike | None = None,
+        ttl: Seconds | None = None,
+        labels: Mapping[str, str] | None = None,
+        timeout: Seconds | None = None,
+    ) -> gateway_pb2.Conversation:
+        """Start a conversation the gateway keeps; see :meth:`Client.create_conversation`."""
+        request = _create_conversation_request(model, system_message, max_context_tokens, trimming_policy, ttl, labels)
+        response: gateway_pb2.CreateConversationResponse = await self._unary("CreateConversation", request, timeout)
+        return response.conversation
+
+    async def converse(
+        self,
+        conversation_id: str,
+        user_message: str = "",
+        *,
+        messages: Iterable[MessageLike] | None = None,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        timeout: Seconds | None = None,
+        **extra: Any,
+    ) -> gateway_pb2.ConverseResponse:
+        """One turn of a conversation; see :meth:`Client.converse`."""
+        fields = _turn_fields(conversation_id, user_message, temperature, max_tokens, messages, extra)
+        response: gateway_pb2.ConverseResponse = await self._unary(
+            "Converse", gateway_pb2.ConverseRequest(**fields), timeout
+        )
+        return response
+
+    def stream_converse(
+        self,
+        conversation_id: str,
+        user_message: str = "",
+        *,
+        messages: Iterable[MessageLike] | None = None,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        timeout: Seconds | None = None,
+        **extra: Any,
+    ) -> AsyncConverseStream:
+        """One turn, streamed (call it inside the event loop; it is not awaited): ``async for`` the deltas."""
+        fields = _turn_fields(conversation_id, user_message, temperature, max_tokens, messages, extra)
+        stub = self._ensure_stub()
+        try:
+            call = stub.StreamConverse(
+                gateway_pb2.StreamConverseRequest(**fields),
+                timeout=self._timeout_for(timeout),
+                metadata=self._metadata,
+            )
+        except grpc.RpcError as err:
+            raise GatewayError.from_rpc_error(err) from err
+        return AsyncConverseStream(call)
+
+    async def get_conversation(
+        self, conversation_id: str, *, timeout: Seconds | None = None
+    ) -> gateway_pb2.GetConversationResponse:
+        """A conversation with its messages; see :meth:`Client.get_conversation`."""
+        response: gateway_pb2.GetConversationResponse = await self._unary(
+            "GetConversation", gateway_pb2.GetConversationRequest(conversation_id=conversation_id), timeout
+        )
+        return response
+
+    async def list_conversations(
+        self, *, page_size: int = 0, page_token: str = "", admin: bool = False, timeout: Seconds | None = None
+    ) -> gateway_pb2.ListConversationsResponse:
+        """One page of conversations, newest first; see :meth:`Client.list_conversations`."""
+        response: gateway_pb2.ListConversationsResponse = await self._unary(
+            "ListConversations",
+            gateway_pb2.ListConversationsRequest(page_size=page_size, page_token=page_token),
+            timeout,
+            self._admin_metadata() if admin else None,
+        )
+        return response
+
+    async def delete_conversation(
+        self, conversation_id: str, *, admin: bool = False, timeout: Seconds | None = None
+    ) -> None:
+        """Delete a conversation (``admin=True``: anyone's, with the ``admin_token``)."""
+        await self._unary(
+            "DeleteConversation",
+            gateway_pb2.DeleteConversationRequest(conversation_id=conversation_id),
+            timeout,
+            self._admin_metadata() if admin else None,
+        )
+
+    async def context_assistant(self, prompt: str, *, timeout: Seconds | None = None) -> str:
+        """The context-aware assistant: one conversation per client object; see :meth:`Client.context_assistant`."""
+        if self._assistant_lock is None:
+            self._assistant_lock = asyncio.Lock()
+        async with self._assistant_lock:
+            if self._assistant_id is not None:
+                try:
+                    return (await self.converse(self._assistant_id, prompt, timeout=timeout)).content
+                except GatewayError as err:
+                    if err.reason != _NOT_FOUND:
+                        raise
+            self._assistant_id = (await self.create_conversation(timeout=timeout)).id
+            return (await self.converse(self._assistant_id, prompt, timeout=timeout)).content
+
+    @property
+    def context_conversation_id(self) -> str | None:
+        """The id of the conversation :meth:`context_assistant` keeps (``None`` before its first call)."""
+        return self._assistant_id
