@@ -245,6 +245,46 @@ class FakeGateway(gateway_pb2_grpc.GPTServiceServicer):
         client.revoke_time.FromSeconds(1_700_000_600)
         return gateway_pb2.RevokeClientResponse(client=client)
 
+    # -- conversations: canned answers, for what the client sends ---------------------------
+
+    def CreateConversation(
+        self, request: gateway_pb2.CreateConversationRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.CreateConversationResponse:
+        self._record("CreateConversation", request, context)
+        return gateway_pb2.CreateConversationResponse(conversation=gateway_pb2.Conversation(id="conv_" + "a" * 32))
+
+    def Converse(
+        self, request: gateway_pb2.ConverseRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.ConverseResponse:
+        self._record("Converse", request, context)
+        return gateway_pb2.ConverseResponse(content=f"echo: {request.user_message}", message_count=2)
+
+    def StreamConverse(
+        self, request: gateway_pb2.StreamConverseRequest, context: grpc.ServicerContext
+    ) -> Iterator[gateway_pb2.StreamConverseResponse]:
+        self._record("StreamConverse", request, context)
+        for text in self.deltas:
+            yield gateway_pb2.StreamConverseResponse(delta=gateway_pb2.ChatCompletionDelta(content=text))
+        yield gateway_pb2.StreamConverseResponse(summary=gateway_pb2.ConverseSummary(message_count=2))
+
+    def GetConversation(
+        self, request: gateway_pb2.GetConversationRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.GetConversationResponse:
+        self._record("GetConversation", request, context)
+        return gateway_pb2.GetConversationResponse(conversation=gateway_pb2.Conversation(id=request.conversation_id))
+
+    def ListConversations(
+        self, request: gateway_pb2.ListConversationsRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.ListConversationsResponse:
+        self._record("ListConversations", request, context)
+        return gateway_pb2.ListConversationsResponse()
+
+    def DeleteConversation(
+        self, request: gateway_pb2.DeleteConversationRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.DeleteConversationResponse:
+        self._record("DeleteConversation", request, context)
+        return gateway_pb2.DeleteConversationResponse()
+
 
 def rich_status(
     code: grpc.StatusCode,
@@ -602,9 +642,28 @@ def test_client_token_on_data_plane_admin_token_on_admin_calls(fake: FakeGateway
         both.list_clients()
         both.update_client("a")
         both.revoke_client("a")
+        conversation = both.create_conversation(system_message="Be brief.", trimming_policy="summarize")
+        assert both.converse(conversation.id, "hi", max_tokens=5).content == "echo: hi"
+        assert both.stream_converse(conversation.id, "hi").collect() == "Hello!"
+        both.get_conversation(conversation.id)
+        both.list_conversations(page_size=5)
+        both.delete_conversation(conversation.id)
         for text in (repr(both), str(both)):
             assert CLIENT_TOKEN not in text and ADMIN_TOKEN not in text
     check_token_routing(fake.calls, CLIENT_TOKEN, ADMIN_TOKEN)
+    created = fake.last("CreateConversation").request
+    assert created == gateway_pb2.CreateConversationRequest(
+        system_message="Be brief.", trimming_policy=gateway_pb2.SUMMARIZE
+    )
+    assert fake.last("Converse").request == gateway_pb2.ConverseRequest(
+        conversation_id=conversation.id, user_message="hi", max_tokens=5
+    )
+    # Everyone's conversations: the admin token on a data-plane call, when asked for.
+    fake.reset()
+    with Client(grpc_addr, token=CLIENT_TOKEN, admin_token=ADMIN_TOKEN, timeout=10) as both:
+        both.list_conversations(admin=True)
+        both.delete_conversation(conversation.id, admin=True)
+    assert [c.authorizations for c in fake.calls] == [[f"Bearer {ADMIN_TOKEN}"]] * 2
 
     fake.reset()
     with Client(grpc_addr, token=CLIENT_TOKEN, timeout=10) as only_client:
@@ -954,6 +1013,12 @@ async def test_async_client_tokens_and_client_registry(fake: FakeGateway, grpc_a
         assert [c.name for c in await both.list_clients(include_revoked=True)][-1] == "zz-old"
         assert (await both.update_client("billing", requests_per_minute=3)).limits.requests_per_minute == 3
         assert (await both.revoke_client("billing")).HasField("revoke_time")
+        conversation = await both.create_conversation(ttl=60)
+        assert (await both.converse(conversation.id, "hi")).content == "echo: hi"
+        assert await both.stream_converse(conversation.id, "hi").collect() == "Hello!"
+        await both.get_conversation(conversation.id)
+        await both.list_conversations()
+        await both.delete_conversation(conversation.id)
         assert CLIENT_TOKEN not in repr(both) and ADMIN_TOKEN not in repr(both)
     check_token_routing(fake.calls, CLIENT_TOKEN, ADMIN_TOKEN)
     request = fake.last("CreateClient").request
