@@ -218,9 +218,20 @@ def expand(value: str, services: Services) -> str:
             return services.saved[name]
         if name in services.env:
             return services.env[name]
-        pytest.fail(f"metadata refers to ${{{name}}}, which is neither saved by an earlier case nor set", pytrace=False)
+        pytest.fail(f"the case refers to ${{{name}}}, which is neither saved by an earlier case nor set", pytrace=False)
 
     return VARIABLE.sub(one, value)
+
+
+def expand_all(value: Any, services: Services) -> Any:
+    """`value` (a request's JSON) with ${NAME} expanded in every string in it."""
+    if isinstance(value, str):
+        return expand(value, services)
+    if isinstance(value, list):
+        return [expand_all(v, services) for v in value]
+    if isinstance(value, dict):
+        return {k: expand_all(v, services) for k, v in value.items()}
+    return value
 
 
 def status_details(err: grpc.aio.AioRpcError) -> status_pb2.Status | None:
@@ -307,7 +318,7 @@ async def test_contract_case(case: dict[str, Any], exact: dict[str, Any], servic
         assert want_code == "OK" and not method.server_streaming, "save needs expect.code OK on a unary RPC"
         assert all(VARIABLE.fullmatch(f"${{{name}}}") for name in save), f"save: bad variable names {list(save)}"
     request = message_factory.GetMessageClass(method.input_type)()
-    json_format.ParseDict(case.get("request") or {}, request)
+    json_format.ParseDict(expand_all(case.get("request") or {}, services), request)
     timeout = (case.get("timeout_ms") or FILE["defaults"]["timeout_ms"]) / 1000
 
     # 1-2: reset the stand-in, queue the faults.

@@ -182,6 +182,14 @@ var (
 		gptgrpcv1.GPTService_GetConfiguration_FullMethodName:     true,
 		gptgrpcv1.GPTService_ListModels_FullMethodName:           true,
 		gptgrpcv1.GPTService_GetUsage_FullMethodName:             true,
+		// Conversations: the admin token may be sent on ListConversations and
+		// DeleteConversation with ContextWithAdminToken, to reach every client's.
+		gptgrpcv1.GPTService_CreateConversation_FullMethodName: true,
+		gptgrpcv1.GPTService_Converse_FullMethodName:           true,
+		gptgrpcv1.GPTService_StreamConverse_FullMethodName:     true,
+		gptgrpcv1.GPTService_GetConversation_FullMethodName:    true,
+		gptgrpcv1.GPTService_ListConversations_FullMethodName:  true,
+		gptgrpcv1.GPTService_DeleteConversation_FullMethodName: true,
 	}
 )
 

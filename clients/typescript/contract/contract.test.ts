@@ -76,9 +76,19 @@ function requireEnv(name: string): string {
 function expandVars(value: string, saved: Map<string, string>): string {
   return value.replace(/\$\{([A-Za-z_][A-Za-z0-9_]*)\}/g, (_m, name: string) => {
     const v = saved.get(name) ?? process.env[name];
-    if (v === undefined) throw new Error(`metadata refers to \${${name}}, which is neither saved by an earlier case nor set`);
+    if (v === undefined) throw new Error(`the case refers to \${${name}}, which is neither saved by an earlier case nor set`);
     return v;
   });
+}
+
+/** A request's JSON with ${NAME} substituted in every string (a saved conversation id, say). */
+function expandAll(value: Json, saved: Map<string, string>): Json {
+  if (typeof value === "string") return expandVars(value, saved);
+  if (Array.isArray(value)) return value.map((v) => expandAll(v, saved));
+  if (value !== null && typeof value === "object") {
+    return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, expandAll(v, saved)]));
+  }
+  return value;
 }
 
 async function standin(url: string, body?: unknown): Promise<unknown> {
@@ -203,7 +213,7 @@ test("contract", async (t) => {
           assert.ok(exp.code === "OK" && method.methodKind === "unary", "save needs expect.code OK on a unary RPC");
           for (const [name] of save) assert.match(name, /^[A-Za-z_][A-Za-z0-9_]*$/, "save: variable name");
         }
-        const request = fromJson(method.input, (c.request ?? {}) as JsonValue);
+        const request = fromJson(method.input, expandAll((c.request ?? {}) as Json, saved) as JsonValue);
 
         await standin(`${standinUrl}/_standin/reset`, {});
         if (c.faults && c.faults.length > 0) await standin(`${standinUrl}/_standin/faults`, { faults: c.faults });

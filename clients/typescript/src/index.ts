@@ -18,7 +18,7 @@
  * client.close();
  * ```
  */
-import type { DescMethod } from "@bufbuild/protobuf";
+import type { DescMethod, MessageInitShape } from "@bufbuild/protobuf";
 import {
   Code,
   ConnectError,
@@ -49,7 +49,10 @@ import {
   GPTService,
   type ChatCompletionDelta,
   type ChatCompletionSummary,
+  type ConverseSummary,
+  type CreateConversationRequestSchema,
   type StreamChatCompletionResponse,
+  type StreamConverseResponse,
 } from "./gen/gptgrpc/v1/gateway_pb.js";
 
 export * from "./gen/gptgrpc/v1/gateway_pb.js";
@@ -126,6 +129,13 @@ export const DATA_PLANE_RPCS: readonly string[] = [
   "GetConfiguration",
   "ListModels",
   "GetUsage",
+  // Conversations: ListConversations and DeleteConversation reach every client's with withAdminToken().
+  "CreateConversation",
+  "Converse",
+  "StreamConverse",
+  "GetConversation",
+  "ListConversations",
+  "DeleteConversation",
 ];
 
 /** Whether method is an admin RPC of GPTService (takes the admin token, not a client token). */
@@ -414,4 +424,98 @@ export async function collectStream(
   }
   if (!summary) throw new Error("gpt-grpc: stream ended without a summary");
   return { content, refusal, summary };
+}
+
+/** A whole streamed turn of a conversation. */
+export interface ConverseResult {
+  /** Every delta's content, concatenated. */
+  content: string;
+  /** Every delta's refusal, concatenated. */
+  refusal: string;
+  /** The stream's final message: usage, cost, context tokens, trimmed messages, message count. */
+  summary: ConverseSummary;
+}
+
+/**
+ * Reads a StreamConverse stream to its end, calling onDelta for each delta as
+ * it arrives. Throws the stream's ConnectError (a turn whose stream fails or is
+ * cancelled is not kept by the gateway), or an Error when it ends without a summary.
+ */
+export async function collectConverseStream(
+  stream: AsyncIterable<StreamConverseResponse>,
+  onDelta?: (delta: ChatCompletionDelta) => void,
+): Promise<ConverseResult> {
+  let content = "";
+  let refusal = "";
+  let summary: ConverseSummary | undefined;
+  for await (const res of stream) {
+    if (res.event.case === "delta") {
+      content += res.event.value.content;
+      refusal += res.event.value.refusal;
+      onDelta?.(res.event.value);
+    } else if (res.event.case === "summary") {
+      summary = res.event.value;
+    }
+  }
+  if (!summary) throw new Error("gpt-grpc: stream ended without a summary");
+  return { content, refusal, summary };
+}
+
+/**
+ * The original module's context_assistant: answers in one conversation the
+ * gateway keeps, so each prompt is answered with the earlier ones in context
+ * (the oldest left out, or summarized, once they no longer fit the model's
+ * context window). The conversation is created on the first ask() from
+ * `create`; if it later expires or is deleted, a new one starts. Turns run
+ * one at a time.
+ */
+export class ContextAssistant {
+  private id = "";
+  private queue: Promise<unknown> = Promise.resolve();
+
+  constructor(
+    private readonly client: GPTClient,
+    private readonly create: MessageInitShape<typeof CreateConversationRequestSchema> = {},
+  ) {}
+
+  /** The conversation's id ("" before the first ask()). */
+  get conversationId(): string {
+    return this.id;
+  }
+
+  /** Answers prompt in the assistant's conversation. */
+  ask(prompt: string, options?: CallOptions): Promise<string> {
+    const turn = this.queue.then(() => this.turn(prompt, options));
+    this.queue = turn.catch(() => undefined);
+    return turn;
+  }
+
+  /** Deletes the conversation; the next ask() starts a new one. */
+  reset(options?: CallOptions): Promise<void> {
+    const done = this.queue.then(async () => {
+      const id = this.id;
+      this.id = "";
+      if (!id) return;
+      try {
+        await this.client.deleteConversation({ conversationId: id }, options);
+      } catch (err) {
+        if (errorReason(err) !== ErrorReason.CONVERSATION_NOT_FOUND) throw err;
+      }
+    });
+    this.queue = done.catch(() => undefined);
+    return done;
+  }
+
+  private async turn(prompt: string, options?: CallOptions): Promise<string> {
+    if (this.id) {
+      try {
+        return (await this.client.converse({ conversationId: this.id, userMessage: prompt }, options)).content;
+      } catch (err) {
+        if (errorReason(err) !== ErrorReason.CONVERSATION_NOT_FOUND) throw err;
+      }
+    }
+    const made = await this.client.createConversation(this.create, options);
+    this.id = made.conversation?.id ?? "";
+    return (await this.client.converse({ conversationId: this.id, userMessage: prompt }, options)).content;
+  }
 }

@@ -20,8 +20,10 @@ import {
   QuotaFailureSchema,
   withToken,
   Code,
+  collectConverseStream,
   collectStream,
   ConnectError,
+  ContextAssistant,
   createClient,
   ErrorInfoSchema,
   errorDetails,
@@ -33,6 +35,14 @@ import {
 } from "../src/index.js";
 
 const seenAuth = new Map<string, string | null>();
+const histories = new Map<string, string[]>(); // the fake's conversations
+let conversationSerial = 0;
+
+function conversationNotFound(): ConnectError {
+  return new ConnectError("no such conversation", Code.NotFound, undefined, [
+    { desc: ErrorInfoSchema, value: { reason: "CONVERSATION_NOT_FOUND", domain: "gpt-grpc" } },
+  ]);
+}
 
 function routes(router: ConnectRouter): void {
   const record = (method: string, ctx: HandlerContext): void => {
@@ -68,6 +78,31 @@ function routes(router: ConnectRouter): void {
         { desc: ErrorInfoSchema, value: { reason: "CLIENT_BUDGET_EXCEEDED", domain: "gpt-grpc" } },
         { desc: QuotaFailureSchema, value: { violations: [{ subject: "client:acme" }] } },
       ]);
+    },
+    createConversation(_req, ctx) {
+      record("createConversation", ctx);
+      const id = `conv_${String(++conversationSerial).padStart(32, "0")}`;
+      histories.set(id, []);
+      return { conversation: { id } };
+    },
+    converse(req, ctx) {
+      record("converse", ctx);
+      const history = histories.get(req.conversationId);
+      if (!history) throw conversationNotFound();
+      history.push(req.userMessage);
+      return { content: `Echo: ${req.userMessage} (turn ${history.length})`, messageCount: 2 * history.length };
+    },
+    deleteConversation(req, ctx) {
+      record("deleteConversation", ctx);
+      if (!histories.delete(req.conversationId)) throw conversationNotFound();
+      return {};
+    },
+    async *streamConverse(req, ctx) {
+      record("streamConverse", ctx);
+      for (const part of ["Echo: ", req.userMessage]) {
+        yield { event: { case: "delta", value: { content: part } } };
+      }
+      yield { event: { case: "summary", value: { messageCount: 2, contextTokens: 12n } } };
     },
     async *streamChatCompletion(req, ctx) {
       record("streamChatCompletion", ctx);
@@ -175,6 +210,38 @@ describe("plaintext", () => {
       assert.equal(res.content, "Echo: hello");
       assert.equal(deltas, 2);
       assert.equal(res.summary.usage?.totalTokens, 5n);
+    } finally {
+      client.close();
+    }
+  });
+
+  test("ContextAssistant keeps one conversation, and starts anew when it is gone", async () => {
+    const client = createClient(target, { insecure: true, clientToken: "client", defaultTimeoutMs: 10_000 });
+    try {
+      const assistant = new ContextAssistant(client, { systemMessage: "Be brief." });
+      assert.equal(assistant.conversationId, "");
+      const answers = await Promise.all([assistant.ask("one"), assistant.ask("two")]); // one at a time, in order
+      assert.deepEqual(answers, ["Echo: one (turn 1)", "Echo: two (turn 2)"]);
+      assert.equal(seenAuth.get("converse"), "Bearer client");
+      const first = assistant.conversationId;
+      await client.deleteConversation({ conversationId: first });
+      assert.equal(await assistant.ask("three"), "Echo: three (turn 1)");
+      assert.notEqual(assistant.conversationId, first);
+      await assistant.reset();
+      assert.equal(assistant.conversationId, "");
+      assert.equal(histories.size, 0);
+    } finally {
+      client.close();
+    }
+  });
+
+  test("collectConverseStream concatenates deltas and returns the turn's summary", async () => {
+    const client = createClient(target, { insecure: true });
+    try {
+      const res = await collectConverseStream(client.streamConverse({ conversationId: "conv_x", userMessage: "hi" }));
+      assert.equal(res.content, "Echo: hi");
+      assert.equal(res.summary.messageCount, 2);
+      assert.equal(res.summary.contextTokens, 12n);
     } finally {
       client.close();
     }

@@ -158,7 +158,7 @@ func runCase(t *testing.T, conn *grpc.ClientConn, svc protoreflect.ServiceDescri
 	}
 	req := newMessage(t, md.Input())
 	if len(c.Request) > 0 {
-		if err := jsonIn.Unmarshal(c.Request, req); err != nil {
+		if err := jsonIn.Unmarshal(expandRequest(t, c.Request, saved), req); err != nil {
 			t.Fatalf("request is not a valid %s: %v", md.Input().FullName(), err)
 		}
 	}
@@ -403,10 +403,42 @@ func expandVars(t *testing.T, s string, saved map[string]string) string {
 		}
 		v, ok := os.LookupEnv(name)
 		if !ok {
-			t.Fatalf("metadata refers to ${%s}, which is neither saved by an earlier case nor set", name)
+			t.Fatalf("the case refers to ${%s}, which is neither saved by an earlier case nor set", name)
 		}
 		return v
 	})
+}
+
+// expandRequest substitutes ${NAME} in every string of a request's JSON (a saved conversation id, say).
+func expandRequest(t *testing.T, raw json.RawMessage, saved map[string]string) []byte {
+	t.Helper()
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.UseNumber() // numbers stay as written (int64 values)
+	var v any
+	if err := dec.Decode(&v); err != nil {
+		t.Fatalf("request: %v", err)
+	}
+	var walk func(any) any
+	walk = func(v any) any {
+		switch x := v.(type) {
+		case string:
+			return expandVars(t, x, saved)
+		case []any:
+			for i := range x {
+				x[i] = walk(x[i])
+			}
+		case map[string]any:
+			for k := range x {
+				x[k] = walk(x[k])
+			}
+		}
+		return v
+	}
+	out, err := json.Marshal(walk(v))
+	if err != nil {
+		t.Fatalf("request: %v", err)
+	}
+	return out
 }
 
 func standinPost(t *testing.T, url string, body []byte) {

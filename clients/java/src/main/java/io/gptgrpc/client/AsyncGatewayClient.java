@@ -7,22 +7,32 @@ import gptgrpc.v1.Gateway.ChatCompletionRequest;
 import gptgrpc.v1.Gateway.ChatCompletionResponse;
 import gptgrpc.v1.Gateway.ConfigureRequest;
 import gptgrpc.v1.Gateway.ConfigureResponse;
+import gptgrpc.v1.Gateway.ConverseRequest;
+import gptgrpc.v1.Gateway.ConverseResponse;
 import gptgrpc.v1.Gateway.CountTokensRequest;
 import gptgrpc.v1.Gateway.CountTokensResponse;
 import gptgrpc.v1.Gateway.CreateClientRequest;
 import gptgrpc.v1.Gateway.CreateClientResponse;
+import gptgrpc.v1.Gateway.CreateConversationRequest;
+import gptgrpc.v1.Gateway.CreateConversationResponse;
+import gptgrpc.v1.Gateway.DeleteConversationRequest;
+import gptgrpc.v1.Gateway.DeleteConversationResponse;
+import gptgrpc.v1.Gateway.GetConversationRequest;
+import gptgrpc.v1.Gateway.GetConversationResponse;
 import gptgrpc.v1.Gateway.GetConfigurationRequest;
 import gptgrpc.v1.Gateway.GetConfigurationResponse;
 import gptgrpc.v1.Gateway.GetUsageRequest;
 import gptgrpc.v1.Gateway.GetUsageResponse;
 import gptgrpc.v1.Gateway.ListClientsRequest;
 import gptgrpc.v1.Gateway.ListClientsResponse;
+import gptgrpc.v1.Gateway.ListConversationsRequest;
+import gptgrpc.v1.Gateway.ListConversationsResponse;
 import gptgrpc.v1.Gateway.ListModelsRequest;
 import gptgrpc.v1.Gateway.ListModelsResponse;
 import gptgrpc.v1.Gateway.RevokeClientRequest;
 import gptgrpc.v1.Gateway.RevokeClientResponse;
 import gptgrpc.v1.Gateway.StreamChatCompletionRequest;
-import gptgrpc.v1.Gateway.StreamChatCompletionResponse;
+import gptgrpc.v1.Gateway.StreamConverseRequest;
 import gptgrpc.v1.Gateway.UpdateClientRequest;
 import gptgrpc.v1.Gateway.UpdateClientResponse;
 import io.grpc.CallCredentials;
@@ -33,6 +43,7 @@ import java.time.Duration;
 import java.util.concurrent.CompletableFuture;
 import java.util.function.BiConsumer;
 import java.util.function.Consumer;
+import java.util.function.Function;
 
 /**
  * Async client of {@code gptgrpc.v1.GPTService} over the generated async stub: every call returns a
@@ -69,7 +80,8 @@ public final class AsyncGatewayClient {
   public CompletableFuture<StreamResult> streamChatCompletion(
       StreamChatCompletionRequest request, Consumer<ChatCompletionDelta> onDelta) {
     CompletableFuture<StreamResult> result = new CompletableFuture<>();
-    stub.streamChatCompletion(request, new StreamCollector(result, onDelta));
+    stub.streamChatCompletion(request, new StreamCollector<>(result, onDelta, StreamAssembler.chat(),
+        a -> new StreamResult(a.content(), a.refusal(), a.finish())));
     return result;
   }
 
@@ -118,6 +130,44 @@ public final class AsyncGatewayClient {
     return unary(stub::revokeClient, request);
   }
 
+  /** CreateConversation: a conversation the gateway keeps. */
+  public CompletableFuture<CreateConversationResponse> createConversation(CreateConversationRequest request) {
+    return unary(stub::createConversation, request);
+  }
+
+  /** Converse: one turn of a conversation. */
+  public CompletableFuture<ConverseResponse> converse(ConverseRequest request) {
+    return unary(stub::converse, request);
+  }
+
+  /**
+   * StreamConverse: one turn, streamed; {@code onDelta} gets each delta as for
+   * {@link #streamChatCompletion(StreamChatCompletionRequest, Consumer)}. The turn is kept only when the stream
+   * completes: cancelling the future appends nothing.
+   */
+  public CompletableFuture<ConverseResult> streamConverse(
+      StreamConverseRequest request, Consumer<ChatCompletionDelta> onDelta) {
+    CompletableFuture<ConverseResult> result = new CompletableFuture<>();
+    stub.streamConverse(request, new StreamCollector<>(result, onDelta, StreamAssembler.converse(),
+        a -> new ConverseResult(a.content(), a.refusal(), a.finish())));
+    return result;
+  }
+
+  /** GetConversation. */
+  public CompletableFuture<GetConversationResponse> getConversation(GetConversationRequest request) {
+    return unary(stub::getConversation, request);
+  }
+
+  /** ListConversations. */
+  public CompletableFuture<ListConversationsResponse> listConversations(ListConversationsRequest request) {
+    return unary(stub::listConversations, request);
+  }
+
+  /** DeleteConversation. */
+  public CompletableFuture<DeleteConversationResponse> deleteConversation(DeleteConversationRequest request) {
+    return unary(stub::deleteConversation, request);
+  }
+
   private static <Q, R> CompletableFuture<R> unary(BiConsumer<Q, StreamObserver<R>> rpc, Q request) {
     CompletableFuture<R> result = new CompletableFuture<>();
     rpc.accept(request, new UnaryCollector<>(result));
@@ -155,26 +205,29 @@ public final class AsyncGatewayClient {
   }
 
   /** Feeds the deltas to the caller and completes the future with the whole answer. */
-  private static final class StreamCollector
-      implements ClientResponseObserver<StreamChatCompletionRequest, StreamChatCompletionResponse> {
-    private final CompletableFuture<StreamResult> result;
+  private static final class StreamCollector<Q, M, S, R> implements ClientResponseObserver<Q, M> {
+    private final CompletableFuture<R> result;
     private final Consumer<ChatCompletionDelta> onDelta;
-    private final StreamAssembler assembler = new StreamAssembler();
-    private ClientCallStreamObserver<StreamChatCompletionRequest> call;
+    private final StreamAssembler<M, S> assembler;
+    private final Function<StreamAssembler<M, S>, R> finish;
+    private ClientCallStreamObserver<Q> call;
 
-    StreamCollector(CompletableFuture<StreamResult> result, Consumer<ChatCompletionDelta> onDelta) {
+    StreamCollector(CompletableFuture<R> result, Consumer<ChatCompletionDelta> onDelta,
+        StreamAssembler<M, S> assembler, Function<StreamAssembler<M, S>, R> finish) {
       this.result = result;
       this.onDelta = onDelta;
+      this.assembler = assembler;
+      this.finish = finish;
     }
 
     @Override
-    public void beforeStart(ClientCallStreamObserver<StreamChatCompletionRequest> call) {
+    public void beforeStart(ClientCallStreamObserver<Q> call) {
       this.call = call;
       cancelOnCancel(result, call);
     }
 
     @Override
-    public void onNext(StreamChatCompletionResponse message) {
+    public void onNext(M message) {
       if (result.isDone()) {
         return; // failed by an earlier message: the call is being cancelled
       }
@@ -197,7 +250,7 @@ public final class AsyncGatewayClient {
     @Override
     public void onCompleted() {
       try {
-        result.complete(assembler.finish());
+        result.complete(finish.apply(assembler));
       } catch (IllegalStateException e) {
         result.completeExceptionally(e);
       }

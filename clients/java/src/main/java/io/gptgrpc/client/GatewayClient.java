@@ -6,21 +6,32 @@ import gptgrpc.v1.Gateway.ChatCompletionRequest;
 import gptgrpc.v1.Gateway.ChatCompletionResponse;
 import gptgrpc.v1.Gateway.ConfigureRequest;
 import gptgrpc.v1.Gateway.ConfigureResponse;
+import gptgrpc.v1.Gateway.ConverseRequest;
+import gptgrpc.v1.Gateway.ConverseResponse;
 import gptgrpc.v1.Gateway.CountTokensRequest;
 import gptgrpc.v1.Gateway.CountTokensResponse;
 import gptgrpc.v1.Gateway.CreateClientRequest;
 import gptgrpc.v1.Gateway.CreateClientResponse;
+import gptgrpc.v1.Gateway.CreateConversationRequest;
+import gptgrpc.v1.Gateway.CreateConversationResponse;
+import gptgrpc.v1.Gateway.DeleteConversationRequest;
+import gptgrpc.v1.Gateway.DeleteConversationResponse;
+import gptgrpc.v1.Gateway.GetConversationRequest;
+import gptgrpc.v1.Gateway.GetConversationResponse;
 import gptgrpc.v1.Gateway.GetConfigurationRequest;
 import gptgrpc.v1.Gateway.GetConfigurationResponse;
 import gptgrpc.v1.Gateway.GetUsageRequest;
 import gptgrpc.v1.Gateway.GetUsageResponse;
 import gptgrpc.v1.Gateway.ListClientsRequest;
 import gptgrpc.v1.Gateway.ListClientsResponse;
+import gptgrpc.v1.Gateway.ListConversationsRequest;
+import gptgrpc.v1.Gateway.ListConversationsResponse;
 import gptgrpc.v1.Gateway.ListModelsRequest;
 import gptgrpc.v1.Gateway.ListModelsResponse;
 import gptgrpc.v1.Gateway.RevokeClientRequest;
 import gptgrpc.v1.Gateway.RevokeClientResponse;
 import gptgrpc.v1.Gateway.StreamChatCompletionRequest;
+import gptgrpc.v1.Gateway.StreamConverseRequest;
 import gptgrpc.v1.Gateway.UpdateClientRequest;
 import gptgrpc.v1.Gateway.UpdateClientResponse;
 import io.grpc.CallCredentials;
@@ -165,6 +176,45 @@ public final class GatewayClient implements AutoCloseable {
   /** RevokeClient (admin). */
   public RevokeClientResponse revokeClient(RevokeClientRequest request) {
     return call(() -> stub.revokeClient(request));
+  }
+
+  /**
+   * CreateConversation: a conversation the gateway keeps (the context assistant); its {@code id} names it in the
+   * turns. It belongs to this client's token.
+   */
+  public CreateConversationResponse createConversation(CreateConversationRequest request) {
+    return call(() -> stub.createConversation(request));
+  }
+
+  /** Converse: one turn of a conversation, with the turn's context tokens and trimmed messages. */
+  public ConverseResponse converse(ConverseRequest request) {
+    return call(() -> stub.converse(request));
+  }
+
+  /** The answer to {@code user} in conversation {@code conversationId}. */
+  public String converse(String conversationId, String user) {
+    return converse(ConverseRequest.newBuilder().setConversationId(conversationId).setUserMessage(user).build())
+        .getContent();
+  }
+
+  /** StreamConverse: one turn, streamed. Closing the stream early appends nothing to the conversation. */
+  public ConverseStream streamConverse(StreamConverseRequest request) {
+    return ConverseStream.start(() -> stub.streamConverse(request));
+  }
+
+  /** GetConversation: a conversation with its messages. */
+  public GetConversationResponse getConversation(GetConversationRequest request) {
+    return call(() -> stub.getConversation(request));
+  }
+
+  /** ListConversations: this token's conversations, newest first (every client's with the admin token). */
+  public ListConversationsResponse listConversations(ListConversationsRequest request) {
+    return call(() -> stub.listConversations(request));
+  }
+
+  /** DeleteConversation (the admin token may delete any). */
+  public DeleteConversationResponse deleteConversation(DeleteConversationRequest request) {
+    return call(() -> stub.deleteConversation(request));
   }
 
   /** Closes the connection (shared with the views of this client). */

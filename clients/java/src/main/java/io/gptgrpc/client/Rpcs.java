@@ -26,7 +26,15 @@ public final class Rpcs {
       GPTServiceGrpc.getCountTokensMethod().getFullMethodName(),
       GPTServiceGrpc.getGetConfigurationMethod().getFullMethodName(),
       GPTServiceGrpc.getListModelsMethod().getFullMethodName(),
-      GPTServiceGrpc.getGetUsageMethod().getFullMethodName());
+      GPTServiceGrpc.getGetUsageMethod().getFullMethodName(),
+      // Conversations: with the admin token (withToken), ListConversations and DeleteConversation reach every
+      // client's.
+      GPTServiceGrpc.getCreateConversationMethod().getFullMethodName(),
+      GPTServiceGrpc.getConverseMethod().getFullMethodName(),
+      GPTServiceGrpc.getStreamConverseMethod().getFullMethodName(),
+      GPTServiceGrpc.getGetConversationMethod().getFullMethodName(),
+      GPTServiceGrpc.getListConversationsMethod().getFullMethodName(),
+      GPTServiceGrpc.getDeleteConversationMethod().getFullMethodName());
 
   private Rpcs() {}
 

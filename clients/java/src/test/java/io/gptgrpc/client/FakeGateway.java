@@ -14,10 +14,18 @@ import gptgrpc.v1.Gateway.ChatCompletionSummary;
 import gptgrpc.v1.Gateway.ConfigureRequest;
 import gptgrpc.v1.Gateway.ConfigureResponse;
 import gptgrpc.v1.Gateway.Configuration;
+import gptgrpc.v1.Gateway.Conversation;
+import gptgrpc.v1.Gateway.ConverseRequest;
+import gptgrpc.v1.Gateway.ConverseResponse;
+import gptgrpc.v1.Gateway.ConverseSummary;
 import gptgrpc.v1.Gateway.CountTokensRequest;
 import gptgrpc.v1.Gateway.CountTokensResponse;
 import gptgrpc.v1.Gateway.CreateClientRequest;
 import gptgrpc.v1.Gateway.CreateClientResponse;
+import gptgrpc.v1.Gateway.CreateConversationRequest;
+import gptgrpc.v1.Gateway.CreateConversationResponse;
+import gptgrpc.v1.Gateway.StreamConverseRequest;
+import gptgrpc.v1.Gateway.StreamConverseResponse;
 import gptgrpc.v1.Gateway.GetUsageRequest;
 import gptgrpc.v1.Gateway.GetUsageResponse;
 import gptgrpc.v1.Gateway.StreamChatCompletionRequest;
@@ -166,6 +174,35 @@ final class FakeGateway extends GPTServiceGrpc.GPTServiceImplBase implements Aut
             QuotaFailure.Violation.newBuilder().setSubject("client:acme").setDescription("spent")).build()))
         .build();
     out.onError(StatusProto.toStatusRuntimeException(st, gatewayTrailers()));
+  }
+
+  @Override
+  public void createConversation(CreateConversationRequest req, StreamObserver<CreateConversationResponse> out) {
+    record("CreateConversation");
+    out.onNext(CreateConversationResponse.newBuilder()
+        .setConversation(Conversation.newBuilder().setId("conv_" + "a".repeat(32)).setSystemMessage(req.getSystemMessage()))
+        .build());
+    out.onCompleted();
+  }
+
+  @Override
+  public void converse(ConverseRequest req, StreamObserver<ConverseResponse> out) {
+    record("Converse");
+    out.onNext(ConverseResponse.newBuilder()
+        .setContent("Echo: " + req.getUserMessage() + " in " + req.getConversationId()).setMessageCount(2).build());
+    out.onCompleted();
+  }
+
+  @Override
+  public void streamConverse(StreamConverseRequest req, StreamObserver<StreamConverseResponse> out) {
+    record("StreamConverse");
+    for (String part : List.of("Echo: ", req.getUserMessage())) {
+      out.onNext(StreamConverseResponse.newBuilder()
+          .setDelta(ChatCompletionDelta.newBuilder().setContent(part)).build());
+    }
+    out.onNext(StreamConverseResponse.newBuilder()
+        .setSummary(ConverseSummary.newBuilder().setMessageCount(4).setTrimmedMessages(1).setContextTokens(12)).build());
+    out.onCompleted();
   }
 
   private static Metadata gatewayTrailers() {

@@ -11,9 +11,11 @@ import gptgrpc.v1.Gateway.ChatCompletionRequest;
 import gptgrpc.v1.Gateway.ConfigureRequest;
 import gptgrpc.v1.Gateway.CountTokensRequest;
 import gptgrpc.v1.Gateway.CreateClientRequest;
+import gptgrpc.v1.Gateway.CreateConversationRequest;
 import gptgrpc.v1.Gateway.ErrorReason;
 import gptgrpc.v1.Gateway.GetUsageRequest;
 import gptgrpc.v1.Gateway.StreamChatCompletionRequest;
+import gptgrpc.v1.Gateway.StreamConverseRequest;
 import io.grpc.Status;
 import java.nio.file.Path;
 import java.time.Duration;
@@ -232,6 +234,30 @@ class GatewayClientTest {
         });
     ExecutionException e = assertThrows(ExecutionException.class, () -> res.get(WAIT_S, TimeUnit.SECONDS));
     assertInstanceOf(IllegalArgumentException.class, e.getCause());
+  }
+
+  @Test
+  void conversationsBlockingAndAsync() throws Exception {
+    GatewayClient c = client(plaintext().clientToken("client").adminToken("admin"));
+    String id = c.createConversation(CreateConversationRequest.newBuilder().setSystemMessage("Be brief.").build())
+        .getConversation().getId();
+    assertEquals("Echo: hi in " + id, c.converse(id, "hi"));
+    assertEquals(List.of("Bearer client"), gateway.auth.get("Converse"), "a data-plane RPC: the client token");
+    try (ConverseStream stream =
+        c.streamConverse(StreamConverseRequest.newBuilder().setConversationId(id).setUserMessage("two").build())) {
+      ConverseResult res = stream.result();
+      assertEquals("Echo: two", res.content());
+      assertEquals(4, res.summary().getMessageCount());
+      assertEquals(1, res.summary().getTrimmedMessages());
+      assertEquals(12, stream.summary().getContextTokens());
+    }
+    List<String> deltas = new ArrayList<>();
+    ConverseResult res = c.async().streamConverse(
+        StreamConverseRequest.newBuilder().setConversationId(id).setUserMessage("async").build(),
+        d -> deltas.add(d.getContent())).get(WAIT_S, TimeUnit.SECONDS);
+    assertEquals(List.of("Echo: ", "async"), deltas);
+    assertEquals("Echo: async", res.content());
+    assertEquals(4, res.summary().getMessageCount());
   }
 
   @Test

@@ -50,8 +50,16 @@ class RpcsTest {
       Class<?> request = messageClass(m.getInputType());
       Class<?> response = messageClass(m.getOutputType());
       boolean streaming = m.isServerStreaming();
-      Class<?> blocking = streaming ? ChatStream.class : response;
-      check(problems, GatewayClient.class, javaName(m), request, blocking);
+      if (streaming) {
+        // A stream of deltas then a summary: ChatStream, ConverseStream (a DeltaStream of the RPC's messages).
+        Method blocking = find(GatewayClient.class, javaName(m), request, false);
+        if (blocking == null || !DeltaStream.class.isAssignableFrom(blocking.getReturnType())) {
+          problems.add("GatewayClient." + javaName(m) + "(" + request.getSimpleName() + ") returning a DeltaStream"
+              + " of " + response.getSimpleName() + " is missing");
+        }
+      } else {
+        check(problems, GatewayClient.class, javaName(m), request, response);
+      }
       Method async = find(AsyncGatewayClient.class, javaName(m), request, streaming);
       if (async == null || async.getReturnType() != CompletableFuture.class) {
         problems.add("AsyncGatewayClient." + javaName(m) + "(" + request.getSimpleName() + ") is missing");

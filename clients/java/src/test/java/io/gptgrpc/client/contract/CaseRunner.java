@@ -1,8 +1,10 @@
 package io.gptgrpc.client.contract;
 
+import com.google.gson.JsonArray;
 import com.google.gson.JsonElement;
 import com.google.gson.JsonObject;
 import com.google.gson.JsonParser;
+import com.google.gson.JsonPrimitive;
 import com.google.protobuf.Any;
 import com.google.protobuf.Descriptors.EnumValueDescriptor;
 import com.google.protobuf.InvalidProtocolBufferException;
@@ -72,7 +74,7 @@ final class CaseRunner {
     }
     Message.Builder request = prototype(method).newBuilderForType();
     if (c.has("request")) {
-      JSON_IN.merge(c.get("request").toString(), request);
+      JSON_IN.merge(expandAll(c.get("request")).toString(), request);
     }
 
     // 1-2: reset the stand-in and queue the faults.
@@ -169,6 +171,28 @@ final class CaseRunner {
     return headers;
   }
 
+  /** A request's JSON with ${NAME} expanded in every string in it (a saved conversation id, say). */
+  private JsonElement expandAll(JsonElement value) {
+    if (value.isJsonPrimitive() && value.getAsJsonPrimitive().isString()) {
+      return new JsonPrimitive(expand(value.getAsString()));
+    }
+    if (value.isJsonArray()) {
+      JsonArray out = new JsonArray();
+      for (JsonElement e : value.getAsJsonArray()) {
+        out.add(expandAll(e));
+      }
+      return out;
+    }
+    if (value.isJsonObject()) {
+      JsonObject out = new JsonObject();
+      for (Map.Entry<String, JsonElement> e : value.getAsJsonObject().entrySet()) {
+        out.add(e.getKey(), expandAll(e.getValue()));
+      }
+      return out;
+    }
+    return value;
+  }
+
   private String expand(String value) {
     Matcher m = VAR_REF.matcher(value);
     StringBuilder out = new StringBuilder();
@@ -176,7 +200,7 @@ final class CaseRunner {
       String name = m.group(1);
       String v = saved.containsKey(name) ? saved.get(name) : System.getenv(name);
       if (v == null) {
-        throw new AssertionError("metadata refers to ${" + name + "}, which is neither saved by an earlier case nor set");
+        throw new AssertionError("the case refers to ${" + name + "}, which is neither saved by an earlier case nor set");
       }
       m.appendReplacement(out, Matcher.quoteReplacement(v));
     }
