@@ -2,8 +2,6 @@ package gptgrpc
 
 import (
 	"context"
-	"errors"
-	"io"
 	"sync"
 
 	"github.com/gpt-grpc/gpt-grpc/clients/go/gptgrpcv1"
@@ -27,32 +25,14 @@ type ConverseResult struct {
 func CollectConverseStream(stream interface {
 	Recv() (*gptgrpcv1.StreamConverseResponse, error)
 }, onDelta func(*gptgrpcv1.ChatCompletionDelta)) (*ConverseResult, error) {
-	var res ConverseResult
-	var content, refusal []byte
-	for {
-		msg, err := stream.Recv()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			return nil, err
-		}
-		switch ev := msg.GetEvent().(type) {
-		case *gptgrpcv1.StreamConverseResponse_Delta:
-			content = append(content, ev.Delta.GetContent()...)
-			refusal = append(refusal, ev.Delta.GetRefusal()...)
-			if onDelta != nil {
-				onDelta(ev.Delta)
-			}
-		case *gptgrpcv1.StreamConverseResponse_Summary:
-			res.Summary = ev.Summary
-		}
+	content, refusal, summary, err := collect(stream.Recv, onDelta,
+		func(m *gptgrpcv1.StreamConverseResponse) (*gptgrpcv1.ChatCompletionDelta, *gptgrpcv1.ConverseSummary) {
+			return m.GetDelta(), m.GetSummary()
+		})
+	if err != nil {
+		return nil, err
 	}
-	if res.Summary == nil {
-		return nil, errNoSummary
-	}
-	res.Content, res.Refusal = string(content), string(refusal)
-	return &res, nil
+	return &ConverseResult{Content: content, Refusal: refusal, Summary: summary}, nil
 }
 
 // ContextAssistant is the original module's context_assistant: answers in

@@ -93,30 +93,43 @@ var errNoSummary = errors.New("gptgrpc: stream ended without a summary")
 func CollectStream(stream interface {
 	Recv() (*gptgrpcv1.StreamChatCompletionResponse, error)
 }, onDelta func(*gptgrpcv1.ChatCompletionDelta)) (*StreamResult, error) {
-	var res StreamResult
+	content, refusal, summary, err := collect(stream.Recv, onDelta,
+		func(m *gptgrpcv1.StreamChatCompletionResponse) (*gptgrpcv1.ChatCompletionDelta, *gptgrpcv1.ChatCompletionSummary) {
+			return m.GetDelta(), m.GetSummary()
+		})
+	if err != nil {
+		return nil, err
+	}
+	return &StreamResult{Content: content, Refusal: refusal, Summary: summary}, nil
+}
+
+// collect reads a stream of deltas then one summary (StreamChatCompletion,
+// StreamConverse) to its end; event says what a message carries.
+func collect[M any, S comparable](recv func() (M, error), onDelta func(*gptgrpcv1.ChatCompletionDelta),
+	event func(M) (*gptgrpcv1.ChatCompletionDelta, S)) (string, string, S, error) {
+	var none, summary S
 	var content, refusal []byte
 	for {
-		msg, err := stream.Recv()
+		msg, err := recv()
 		if errors.Is(err, io.EOF) {
 			break
 		}
 		if err != nil {
-			return nil, err
+			return "", "", none, err
 		}
-		switch ev := msg.GetEvent().(type) {
-		case *gptgrpcv1.StreamChatCompletionResponse_Delta:
-			content = append(content, ev.Delta.GetContent()...)
-			refusal = append(refusal, ev.Delta.GetRefusal()...)
+		delta, s := event(msg)
+		if delta != nil {
+			content = append(content, delta.GetContent()...)
+			refusal = append(refusal, delta.GetRefusal()...)
 			if onDelta != nil {
-				onDelta(ev.Delta)
+				onDelta(delta)
 			}
-		case *gptgrpcv1.StreamChatCompletionResponse_Summary:
-			res.Summary = ev.Summary
+		} else if s != none {
+			summary = s
 		}
 	}
-	if res.Summary == nil {
-		return nil, errNoSummary
+	if summary == none {
+		return "", "", none, errNoSummary
 	}
-	res.Content, res.Refusal = string(content), string(refusal)
-	return &res, nil
+	return string(content), string(refusal), summary, nil
 }

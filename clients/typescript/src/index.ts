@@ -410,9 +410,25 @@ export async function collectStream(
   stream: AsyncIterable<StreamChatCompletionResponse>,
   onDelta?: (delta: ChatCompletionDelta) => void,
 ): Promise<StreamResult> {
+  return collect<ChatCompletionSummary>(stream, onDelta);
+}
+
+/** One message of a stream of deltas then one summary (StreamChatCompletion, StreamConverse). */
+interface DeltaEvent<S> {
+  event:
+    | { case: "delta"; value: ChatCompletionDelta }
+    | { case: "summary"; value: S }
+    | { case: undefined; value?: undefined };
+}
+
+/** Reads a stream of deltas then one summary to its end. */
+async function collect<S>(
+  stream: AsyncIterable<DeltaEvent<S>>,
+  onDelta?: (delta: ChatCompletionDelta) => void,
+): Promise<{ content: string; refusal: string; summary: S }> {
   let content = "";
   let refusal = "";
-  let summary: ChatCompletionSummary | undefined;
+  let summary: S | undefined;
   for await (const res of stream) {
     if (res.event.case === "delta") {
       content += res.event.value.content;
@@ -422,7 +438,7 @@ export async function collectStream(
       summary = res.event.value;
     }
   }
-  if (!summary) throw new Error("gpt-grpc: stream ended without a summary");
+  if (summary === undefined) throw new Error("gpt-grpc: stream ended without a summary");
   return { content, refusal, summary };
 }
 
@@ -445,20 +461,7 @@ export async function collectConverseStream(
   stream: AsyncIterable<StreamConverseResponse>,
   onDelta?: (delta: ChatCompletionDelta) => void,
 ): Promise<ConverseResult> {
-  let content = "";
-  let refusal = "";
-  let summary: ConverseSummary | undefined;
-  for await (const res of stream) {
-    if (res.event.case === "delta") {
-      content += res.event.value.content;
-      refusal += res.event.value.refusal;
-      onDelta?.(res.event.value);
-    } else if (res.event.case === "summary") {
-      summary = res.event.value;
-    }
-  }
-  if (!summary) throw new Error("gpt-grpc: stream ended without a summary");
-  return { content, refusal, summary };
+  return collect<ConverseSummary>(stream, onDelta);
 }
 
 /**

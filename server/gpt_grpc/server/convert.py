@@ -440,48 +440,30 @@ def turn_input(
     return chat_request(chat, request_id), paths
 
 
-def _turn_usage(turn: Turn) -> tuple[pb.Usage | None, float | None]:
+def _turn(r: ChatResult, turn: Turn) -> dict[str, Any]:
+    """What ConverseResponse and ConverseSummary both say of a turn."""
     s = turn.summarization
-    return (None, None) if s is None else (_usage(s.usage), s.cost_usd)
+    return {
+        "tool_calls": _tool_calls(r.tool_calls),
+        "finish_reason": FINISH_REASONS.get(r.finish_reason or "", pb.FINISH_REASON_UNSPECIFIED),
+        "model": r.model,
+        "response_id": r.id,
+        "usage": _usage(r.usage),
+        "cost_usd": r.cost_usd,
+        "attempts": r.attempts,
+        "context_tokens": turn.context_tokens,
+        "trimmed_messages": turn.trimmed,
+        "summarization_usage": None if s is None else _usage(s.usage),
+        "summarization_cost_usd": None if s is None else s.cost_usd,
+        "message_count": turn.message_count,
+    }
 
 
 def converse_response(r: ChatResult, turn: Turn) -> pb.ConverseResponse:
-    summary_usage, summary_cost = _turn_usage(turn)
-    return pb.ConverseResponse(
-        content=r.content,
-        tool_calls=_tool_calls(r.tool_calls),
-        finish_reason=FINISH_REASONS.get(r.finish_reason or "", pb.FINISH_REASON_UNSPECIFIED),  # type: ignore[arg-type]
-        model=r.model,
-        response_id=r.id,
-        usage=_usage(r.usage),
-        cost_usd=r.cost_usd,
-        attempts=r.attempts,
-        refusal=r.refusal,
-        context_tokens=turn.context_tokens,
-        trimmed_messages=turn.trimmed,
-        summarization_usage=summary_usage,
-        summarization_cost_usd=summary_cost,
-        message_count=turn.message_count,
-    )
+    return pb.ConverseResponse(content=r.content, refusal=r.refusal, **_turn(r, turn))
 
 
 def converse_event(event: Delta | ChatResult, turn: Turn) -> pb.StreamConverseResponse:
     if isinstance(event, Delta):
         return pb.StreamConverseResponse(delta=pb.ChatCompletionDelta(content=event.content, refusal=event.refusal))
-    summary_usage, summary_cost = _turn_usage(turn)
-    return pb.StreamConverseResponse(
-        summary=pb.ConverseSummary(
-            tool_calls=_tool_calls(event.tool_calls),
-            finish_reason=FINISH_REASONS.get(event.finish_reason or "", pb.FINISH_REASON_UNSPECIFIED),  # type: ignore[arg-type]
-            model=event.model,
-            response_id=event.id,
-            usage=_usage(event.usage),
-            cost_usd=event.cost_usd,
-            attempts=event.attempts,
-            context_tokens=turn.context_tokens,
-            trimmed_messages=turn.trimmed,
-            summarization_usage=summary_usage,
-            summarization_cost_usd=summary_cost,
-            message_count=turn.message_count,
-        )
-    )
+    return pb.StreamConverseResponse(summary=pb.ConverseSummary(**_turn(event, turn)))

@@ -32,7 +32,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
@@ -533,14 +533,9 @@ class SqliteStore(Store):
 
     async def delete_conversation(self, conversation: Conversation) -> bool:
         def delete(conn: sqlite3.Connection) -> bool:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with _transaction(conn):
                 gone = conn.execute("DELETE FROM conversations WHERE id = ?", (conversation.id,)).rowcount
                 conn.execute("DELETE FROM conversation_messages WHERE conversation_id = ?", (conversation.id,))
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
             return bool(gone)
 
         deleted = await self._db(delete)
@@ -597,8 +592,7 @@ class SqliteStore(Store):
             if not ours or row[0] != expected_version:
                 return Appended.LOST
             first = c.message_count - len(messages)
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with _transaction(conn):
                 conn.executemany(
                     "INSERT INTO conversation_messages (conversation_id, seq, tokens, message) VALUES (?, ?, ?, ?)",
                     [(c.id, first + i, m.tokens, orjson_dumps(m.message)) for i, m in enumerate(messages)],
@@ -607,10 +601,6 @@ class SqliteStore(Store):
                     "UPDATE conversations SET expires_at = ?, version = ?, record = ? WHERE id = ?",
                     (c.expires_at, c.version, conversation_json(c), c.id),
                 )
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
             with self._lock:
                 if self._leases.get(c.id, ("", 0.0))[0] == token:
                     del self._leases[c.id]
@@ -623,18 +613,13 @@ class SqliteStore(Store):
         self._purged_at = now
 
         def purge(conn: sqlite3.Connection) -> int:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with _transaction(conn):
                 conn.execute(
                     "DELETE FROM conversation_messages WHERE conversation_id IN"
                     " (SELECT id FROM conversations WHERE expires_at <= ?)",
                     (now,),
                 )
                 gone = conn.execute("DELETE FROM conversations WHERE expires_at <= ?", (now,)).rowcount
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
             return int(gone)
 
         purged = await self._db(purge)
@@ -642,6 +627,18 @@ class SqliteStore(Store):
             for conversation_id in [k for k, (_, until) in self._leases.items() if until <= now]:
                 del self._leases[conversation_id]
         return purged
+
+
+@contextlib.contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """A write transaction: committed when the block ends, rolled back when it raises."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
 
 
 def _exists(name: str) -> GatewayError:
