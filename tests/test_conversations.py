@@ -150,31 +150,37 @@ async def test_a_message_that_cannot_fit_alone_is_refused_with_its_numbers(gatew
 
 
 async def test_tool_calls_and_their_results_stay_or_go_together(gateway: Gateway, standin: Standin) -> None:
-    limit = 230
+    limit = 200
     standin.context_window = limit
     conversation = await create(gateway, max_context_tokens=limit)
-    asked = await say(gateway, conversation.id, "call tool for the weather in Paris", tools=[WEATHER], max_tokens=10)
+    # A long call and a long result: when trimming starts, leaving out the question alone, then the
+    # question and the call, would be enough; only whole turns may go.
+    arguments = '{"city": "Paris", "days": [' + ", ".join(f'"2026-12-{d:02d}"' for d in range(1, 6)) + "]}"
+    standin.set_reply(tool_calls=[{"name": "get_weather", "arguments": arguments}])
+    asked = await say(gateway, conversation.id, "weather in Paris?", tools=[WEATHER], max_tokens=10)
+    standin.set_reply()
     assert asked.finish_reason == pb.FINISH_REASON_TOOL_CALLS and len(asked.tool_calls) == 1
     call_id = asked.tool_calls[0].id
     # A user message while the call is unanswered is refused, and changes nothing.
     err = details(await fail(say(gateway, conversation.id, "and tomorrow?", tools=[WEATHER])))
     assert err.reason == "INVALID_REQUEST" and "answer each with a ROLE_TOOL message" in err.message
-    result = pb.ChatMessage(role=pb.ROLE_TOOL, tool_call_id=call_id, content='{"celsius": 21, "sky": "clear"}')
+    report = "; ".join(f"hour {h}: {10 + h} degrees, clear sky" for h in range(6))
+    result = pb.ChatMessage(role=pb.ROLE_TOOL, tool_call_id=call_id, content=report)
     answered = await gateway.stub.Converse(
-        pb.ConverseRequest(conversation_id=conversation.id, messages=[result], tools=[WEATHER], max_tokens=10),
-        timeout=10,
+        pb.ConverseRequest(conversation_id=conversation.id, messages=[result], max_tokens=3), timeout=10
     )
-    assert answered.content.startswith("Echo: call tool")
+    assert answered.content == "Echo: weather in"  # max_tokens=3: three words
     received = standin.requests[-1].body["messages"]
     assert [m["role"] for m in received] == ["system", "user", "assistant", "tool"]
     check_tool_pairs(received)
-    # More turns until the tool turn is left out: always whole, never half.
+    # Short turns, a few tokens more each time, until the tool turn is left out: whole, never half.
     seen_call = True
-    for i in range(10):
-        await say(gateway, conversation.id, sentence(i), tools=[WEATHER], max_tokens=10)
+    for i in range(12):
+        await say(gateway, conversation.id, f"ok {i}", max_tokens=3)
         received = standin.requests[-1].body["messages"]
         check_tool_pairs(received)
-        assert count_prompt_tokens(received) + 10 <= limit
+        assert received[0]["role"] == "system" and received[1]["role"] == "user", "only whole turns are left out"
+        assert count_prompt_tokens(received) + 3 <= limit
         has_call = any(m.get("tool_calls") for m in received)
         has_result = any(m["role"] == "tool" for m in received)
         assert has_call == has_result
