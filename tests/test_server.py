@@ -437,7 +437,7 @@ async def test_stream_failure_after_first_delta_is_not_retried(gateway: Gateway,
         async for event in call:
             deltas.append(event.delta.content)
     err = details(info.value)
-    assert (err.code, err.reason) == (grpc.StatusCode.UNAVAILABLE, "UPSTREAM_UNAVAILABLE")
+    assert (err.code, err.reason) == (grpc.StatusCode.UNAVAILABLE, "UPSTREAM_RESPONSE_INVALID")
     assert len(deltas) >= 1
     assert len(standin.requests) == 1
 

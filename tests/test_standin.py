@@ -673,6 +673,7 @@ async def test_http_control_api(standin: Standin, http: aiohttp.ClientSession) -
         "fault",
         "completed",
         "client_disconnected",
+        "request_id",
     }
     async with http.get(control + "/stats") as r:
         stats = await r.json()

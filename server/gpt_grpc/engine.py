@@ -224,18 +224,18 @@ class Engine:
         content = _encode({**call.body, "stream": False})
 
         async def attempt(endpoint: Endpoint, seconds: float, by_deadline: bool) -> _Answer:
-            phase, request_id = Phase.SEND, None
+            phase, request_id, status = Phase.SEND, None, None
             try:
                 async with asyncio.timeout(seconds):
                     async with self.client.post(
                         endpoint, content, timeout=seconds, client_request_id=call.request.request_id
                     ) as response:
-                        request_id = response.headers.get("x-request-id")
+                        request_id, status = response.headers.get("x-request-id"), response.status_code
                         phase = Phase.BODY
                         raw = await upstream_client.read(response)
                 return self._answer(call, orjson.loads(raw), request_id, endpoint.scrubber)
             except BaseException as exc:
-                _fail(exc, phase, by_deadline, endpoint.scrubber, request_id)
+                _fail(exc, phase, by_deadline, endpoint.scrubber, request_id, status)
 
         try:
             answer, attempts = await self._attempts(call, deadline, attempt)
@@ -326,14 +326,14 @@ class Engine:
         ) -> tuple[contextlib.AsyncExitStack, AsyncIterator[Mapping[str, Any]], Endpoint]:
             stack = contextlib.AsyncExitStack()
             state.reset()
-            state.request_id = None
+            state.request_id = state.status = None
             phase = Phase.SEND
             try:
                 async with asyncio.timeout(seconds):
                     response = await stack.enter_async_context(
                         self.client.post(endpoint, content, timeout=seconds, client_request_id=call.request.request_id)
                     )
-                    state.request_id = response.headers.get("x-request-id")
+                    state.request_id, state.status = response.headers.get("x-request-id"), response.status_code
                     phase = Phase.STREAM
                     events = sse.events(sse.iter_lines(response, MAX_ANSWER_BYTES))
                     # Read until something can reach the caller: until then a
@@ -343,7 +343,7 @@ class Engine:
                 return stack, events, endpoint
             except BaseException as exc:
                 await stack.aclose()
-                _fail(exc, phase, by_deadline, endpoint.scrubber, state.request_id)
+                _fail(exc, phase, by_deadline, endpoint.scrubber, state.request_id, state.status)
 
         try:
             (stack, events, endpoint), attempts = await self._attempts(call, deadline, attempt)
@@ -360,7 +360,8 @@ class Engine:
                     try:
                         await state.advance(events)
                     except BaseException as exc:
-                        _fail(exc, Phase.STREAM, False, endpoint.scrubber, state.request_id)
+                        passed = deadline is not None and self._clock() >= deadline
+                        _fail(exc, Phase.STREAM, passed, endpoint.scrubber, state.request_id, state.status)
             calls = state.tool_calls()
             text = "".join(state.content)
             usage = self._usage(state.usage, call, text, calls)
@@ -386,9 +387,18 @@ class Engine:
         yield result
 
 
-def _fail(exc: BaseException, phase: Phase, by_deadline: bool, scrubber: Scrubber, request_id: str | None) -> NoReturn:
+def _fail(
+    exc: BaseException,
+    phase: Phase,
+    by_deadline: bool,
+    scrubber: Scrubber,
+    request_id: str | None,
+    http_status: int | None,
+) -> NoReturn:
     """Raise what `exc` means to the caller (failures.translate), `exc` chained as its cause."""
-    error = translate(exc, phase=phase, by_deadline=by_deadline, scrubber=scrubber, request_id=request_id)
+    error = translate(
+        exc, phase=phase, by_deadline=by_deadline, scrubber=scrubber, request_id=request_id, http_status=http_status
+    )
     if error is exc:
         raise exc
     raise error from exc

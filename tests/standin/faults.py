@@ -38,6 +38,8 @@ BEHAVIOUR_KINDS: frozenset[str] = frozenset(
         "truncated_sse",
         "invalid_json",
         "html_error",
+        # Status 200 with an HTML page for a body, to a unary or a stream request alike.
+        "html_ok",
         "no_usage",
         "reset",
         # Hostile upstreams (issue 9): the first echoes the caller's Authorization header
