@@ -11,8 +11,10 @@ import asyncio
 import base64
 import contextlib
 import dataclasses
+import email.utils
 import gzip
 import importlib.resources
+import math
 import os
 import re
 import socket
@@ -766,7 +768,9 @@ class Standin:
             code = "invalid_api_key"
         headers: dict[str, str] = {}
         retry_after, retry_after_ms = fault.retry_hints()
-        if retry_after is not None:
+        if retry_after is not None and fault.retry_after_http_date:
+            headers["retry-after"] = email.utils.formatdate(math.ceil(time.time() + retry_after), usegmt=True)
+        elif retry_after is not None:
             headers["retry-after"] = _format_seconds(retry_after)
         if retry_after_ms is not None:
             headers["retry-after-ms"] = str(retry_after_ms)
