@@ -3,8 +3,9 @@
 Every handler is wrapped by `rpc`/`stream_rpc`, which gives the call a
 request id, authorizes it (admin, client or open), admits it, turns a
 GatewayError into its status with details, turns anything unexpected into
-INTERNAL (logged with its traceback, never sent), lets cancellation through,
-and finally writes one access-log line and the metrics.
+INTERNAL (logged with its traceback, never sent), lets cancellation through
+(recorded as DEADLINE_EXCEEDED when it is the caller's deadline passing, as
+CANCELLED otherwise), and finally writes one access-log line and the metrics.
 """
 
 from __future__ import annotations
@@ -53,6 +54,16 @@ MAX_COUNT_TOKENS_BYTES = 4 * 1024 * 1024
 _MAX_UTF8_BYTES = 4  # per character
 # A caller's x-request-id is used as given when it is this tame.
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+# When a call's deadline passes, grpc.aio cancels its handler just as it does when
+# the caller cancels; what tells the two apart is how much of the deadline is left.
+# The caller's own timer usually fires first and cancels the call on the wire (the
+# same cancel as a real one), while the server's deadline lies later by the trip of
+# the request's headers and by the rounding up of grpc-timeout (to 10 ms units from
+# 1 s, 100 ms from 10 s: at most 1% of the timeout, gRPC's timeout encoding). On
+# loopback that was up to 3 ms left (tests/test_deadlines.py); a cancellation with
+# less than the slack below left (at most half of a short call's time) is the deadline.
+DEADLINE_SLACK_SECONDS = 0.05
+DEADLINE_SLACK_RATIO = 0.02
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
@@ -86,6 +97,18 @@ class Call:
     admitted: bool = False
     code: grpc.StatusCode = grpc.StatusCode.OK
     reason: str | None = None
+    # The caller's deadline (a time.monotonic() instant) and the time it gave the call; None without one.
+    deadline: float | None = None
+    budget: float | None = None
+
+    def cancelled(self) -> None:
+        """Record a cancellation: the deadline passing (DEADLINE_EXCEEDED) or the caller leaving (CANCELLED)."""
+        if self.deadline is not None and self.budget is not None:
+            left = self.deadline - time.monotonic()
+            if left <= min(DEADLINE_SLACK_SECONDS, self.budget / 2) + DEADLINE_SLACK_RATIO * self.budget:
+                self.code, self.reason = grpc.StatusCode.DEADLINE_EXCEEDED, Reason.DEADLINE_EXCEEDED.value
+                return
+        self.code, self.reason = grpc.StatusCode.CANCELLED, None
 
     def took(self, result: ChatResult) -> None:
         self.model, self.usage, self.cost_usd, self.attempts = (
@@ -109,11 +132,6 @@ def _request_id(context: Context) -> str:
     return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
 
 
-def _deadline(context: Context) -> float | None:
-    remaining = context.time_remaining()
-    return None if remaining is None else time.monotonic() + remaining
-
-
 Handler = Callable[[Any, Req, Context, Call], Awaitable[Resp]]
 StreamHandler = Callable[[Any, Req, Context, Call], AsyncIterator[Resp]]
 
@@ -129,7 +147,7 @@ def rpc(access: Access) -> Callable[[Handler[Req, Resp]], Callable[[Any, Req, Co
                 self._open(call, access, request, context)
                 return await fn(self, request, context, call)
             except asyncio.CancelledError:
-                call.code = grpc.StatusCode.CANCELLED
+                call.cancelled()
                 raise
             except Exception as exc:
                 await self._fail(context, call, exc)
@@ -159,7 +177,7 @@ def stream_rpc(
                 async for event in events:
                     yield event
             except (asyncio.CancelledError, GeneratorExit):
-                call.code = grpc.StatusCode.CANCELLED
+                call.cancelled()
                 raise
             except Exception as exc:
                 await self._fail(context, call, exc)
@@ -228,6 +246,9 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
 
     def _begin(self, method: str, context: Context) -> Call:
         call = Call(method=method, request_id=_request_id(context), peer=context.peer() or "")
+        remaining = context.time_remaining()
+        if remaining is not None:
+            call.deadline, call.budget = time.monotonic() + remaining, remaining
         context.set_trailing_metadata((("x-request-id", call.request_id),))
         return call
 
@@ -319,7 +340,7 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
     async def ChatCompletion(
         self, request: pb.ChatCompletionRequest, context: Context, call: Call
     ) -> pb.ChatCompletionResponse:
-        result = await self.engine.acomplete(self._prepare(request, call), deadline=_deadline(context))
+        result = await self.engine.acomplete(self._prepare(request, call), deadline=call.deadline)
         call.took(result)
         return convert.chat_response(result)
 
@@ -327,7 +348,7 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
     async def StreamChatCompletion(
         self, request: pb.StreamChatCompletionRequest, context: Context, call: Call
     ) -> AsyncIterator[pb.StreamChatCompletionResponse]:
-        events = self.engine.astream(self._prepare(request, call), deadline=_deadline(context))
+        events = self.engine.astream(self._prepare(request, call), deadline=call.deadline)
         try:
             async for event in events:
                 if isinstance(event, ChatResult):
