@@ -368,19 +368,20 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
             violations.append(FieldViolation("model", bad_model))
         else:
             call.model = name
+        too_large = False
         if request.messages and request.text:
             violations.append(FieldViolation("text", "give either text or messages, not both"))
         elif _counted_bytes(request) > MAX_COUNT_TOKENS_BYTES:
+            too_large = True
             where = "messages" if request.messages else "text"
             violations.append(FieldViolation(where, f"must be at most {MAX_COUNT_TOKENS_BYTES // 1024 // 1024} MiB"))
+        # Every violation at once: the messages' own too (unless there are too many bytes of them to read).
+        messages = convert.count_messages(request.messages) if request.messages and not too_large else []
+        violations.extend(validate_counted(messages))
         if violations:
             raise invalid(violations)
         model = self.engine.models.resolve(name, priced=False)
         if request.messages:
-            messages = convert.count_messages(request.messages)
-            violations = validate_counted(messages)
-            if violations:
-                raise invalid(violations)
             count = tokens.count_messages(messages, model.name, encoding=model.encoding)
         elif len(request.text) > LARGE_TEXT_CHARS:
             # Megabytes take a while: keep the event loop serving other calls meanwhile.
