@@ -34,7 +34,7 @@ from gpt_grpc.server.app import ServerConfig
 from tests import error_table
 from tests.aimock import Aimock
 from tests.conftest import TEST_KEY, Gateway, fast_upstream, start_gateway, stop_gateway
-from tests.helpers import Details, details, fail
+from tests.helpers import Details, access_lines, details, fail
 
 MAX_ATTEMPTS = 3
 CALL_SECONDS = 20.0  # the callers' deadline: far past anything a row takes
@@ -536,16 +536,7 @@ async def until_abandoned(upstream: Aimock, before: Mapping[str, float], count: 
 
 
 async def access_line(caplog: pytest.LogCaptureFixture) -> dict[str, Any]:
-    """The one chat access line (a handler writes it as it unwinds, which may follow the caller's error)."""
-    loop = asyncio.get_running_loop()
-    give_up = loop.time() + WAIT_SECONDS
-    while True:
-        lines = [
-            r.fields  # type: ignore[attr-defined]
-            for r in caplog.records
-            if r.name == "gpt_grpc.access" and "Chat" in r.fields["method"]  # type: ignore[attr-defined]
-        ]
-        if lines or loop.time() > give_up:
-            assert len(lines) == 1, lines
-            return lines[0]
-        await asyncio.sleep(0.02)
+    """The one chat access line."""
+    lines = await access_lines(caplog, lambda lines: any("Chat" in line["method"] for line in lines))
+    (line,) = [line for line in lines if "Chat" in line["method"]]
+    return line

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,32 +22,16 @@ import grpc
 import pytest
 from gptgrpc.v1 import gateway_pb2 as pb
 
-from gpt_grpc.server.app import ServerConfig
-from tests.conftest import ADMIN_TOKEN, Gateway, fast_upstream, start_gateway, stop_gateway
+from tests.conftest import Gateway
+from tests.helpers import access_lines
 from tests.standin import Fault, Standin
 
 CALLS = 12  # at once, per round and case
-SHORT, ROUNDED = 0.3, 1.2  # seconds: callers' deadlines, far below the request timeout
+SHORT, ROUNDED = 0.3, 1.2  # seconds: callers' deadlines, far below the request timeout (5 s)
 ROUNDS = {SHORT: 3, ROUNDED: 2}
 LONG = 30.0  # seconds: a deadline no call here reaches
-WAIT_SECONDS = 10.0  # bound on waiting for the stand-in to see a request, or for access lines
+WAIT_SECONDS = 10.0  # bound on waiting for the stand-in to see a request
 WORDS = " ".join(f"w{i}" for i in range(200))
-
-
-@pytest.fixture
-async def patient(standin: Standin) -> AsyncIterator[Gateway]:
-    """A gateway whose request timeout (20 s) is far past every caller's deadline here."""
-    config = ServerConfig(
-        port=0,
-        admin_token=ADMIN_TOKEN,
-        upstream=fast_upstream(standin.base_url, request_timeout=20.0),
-        retry_budget=False,
-    )
-    gw = await start_gateway(config)
-    try:
-        yield gw
-    finally:
-        await stop_gateway(gw)
 
 
 @dataclass
@@ -107,6 +91,11 @@ async def cancelled_stream(caller: Caller) -> tuple[grpc.StatusCode, int]:
     return (await call.code()), 1
 
 
+def answered(ids: set[str | None]) -> Callable[[list[dict[str, Any]]], bool]:
+    """Whether there is an access line for each of `ids`."""
+    return lambda lines: ids <= {line["request_id"] for line in lines}
+
+
 Case = Callable[[Caller], Awaitable[tuple[grpc.StatusCode, int]]]
 DEADLINE_PASSES = ("DEADLINE_EXCEEDED", "DEADLINE_EXCEEDED")
 CANCELS = ("CANCELLED", None)
@@ -135,7 +124,7 @@ CANCELS = ("CANCELLED", None)
          "stream-deadline-after-deltas-rounded", "unary-cancel", "stream-cancel"],
 )  # fmt: skip
 async def test_a_deadline_is_recorded_as_deadline_exceeded_and_a_cancel_as_cancelled(
-    patient: Gateway,
+    gateway: Gateway,
     standin: Standin,
     caplog: pytest.LogCaptureFixture,
     method: str,
@@ -147,41 +136,25 @@ async def test_a_deadline_is_recorded_as_deadline_exceeded_and_a_cancel_as_cance
 ) -> None:
     caplog.set_level(logging.INFO, logger="gpt_grpc.access")
     caller_sees = grpc.StatusCode[recorded[0]]
-    await patient.stub.ChatCompletion(pb.ChatCompletionRequest(user_message="warm up"), timeout=LONG)
+    await gateway.stub.ChatCompletion(pb.ChatCompletionRequest(user_message="warm up"), timeout=LONG)
     caplog.clear()
     handled = 0
     for round_ in range(ROUNDS.get(deadline, 1)):
         standin.reset()
         standin.enqueue(*[fault] * CALLS)
-        callers = [Caller(patient, standin, deadline, f"deadline-{round_}-{i}") for i in range(CALLS)]
+        callers = [Caller(gateway, standin, deadline, f"deadline-{round_}-{i}") for i in range(CALLS)]
         outcomes = await asyncio.gather(*(case(caller) for caller in callers))
         assert {code for code, _ in outcomes} == {caller_sees}, f"round {round_}: {outcomes}"
         # What the case is about happened (on a loaded machine a stream may not get a delta out in time).
         assert any(relayed for _, relayed in outcomes) == deltas, f"round {round_}: {outcomes}"
         # Every call the upstream saw ran its handler, which writes its access line as it unwinds.
         seen = {r.headers.get("x-client-request-id") for r in standin.requests}
-        lines = await access_lines(caplog, method, seen)
+        lines = [line for line in await access_lines(caplog, answered(seen)) if line["method"] == method]
         assert {(line["status"], line.get("reason")) for line in lines} == {recorded}, f"round {round_}: {lines}"
         handled = len(lines)
     assert handled, "no call reached the gateway in time"
-    registry = patient.server.metrics.registry
+    registry = gateway.server.metrics.registry
     assert registry.get_sample_value("gpt_grpc_calls_total", {"method": method, "code": recorded[0]}) == handled
     other = "CANCELLED" if recorded is DEADLINE_PASSES else "DEADLINE_EXCEEDED"
     assert registry.get_sample_value("gpt_grpc_calls_total", {"method": method, "code": other}) is None
-    assert patient.server.admission.in_flight == 0
-
-
-async def access_lines(caplog: pytest.LogCaptureFixture, method: str, ids: set[str | None]) -> list[dict[str, Any]]:
-    """Every access line of `method` so far, once there is one for each of `ids` (bounded wait)."""
-    loop = asyncio.get_running_loop()
-    give_up = loop.time() + WAIT_SECONDS
-    while True:
-        lines = [
-            r.fields  # type: ignore[attr-defined]
-            for r in caplog.records
-            if r.name == "gpt_grpc.access" and r.fields["method"] == method  # type: ignore[attr-defined]
-        ]
-        if ids <= {line["request_id"] for line in lines} or loop.time() > give_up:
-            assert ids <= {line["request_id"] for line in lines}
-            return lines
-        await asyncio.sleep(0.01)
+    assert gateway.server.admission.in_flight == 0
