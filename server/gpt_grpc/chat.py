@@ -54,6 +54,10 @@ MAX_METADATA_VALUE_CHARS = 512
 SERVICE_TIER = re.compile(r"[a-z0-9_\-]{1,32}")
 # Body keys the gateway owns: extra_body_json may not set them (nor any key a request field sets).
 GATEWAY_OWNED_KEYS = frozenset({"model", "messages", "stream", "stream_options", "max_tokens", "max_completion_tokens"})
+# The params `_option_violations` checks.
+_OPTION_KEYS = frozenset(
+    {"reasoning_effort", "verbosity", "top_logprobs", "parallel_tool_calls", "service_tier", "metadata"}
+)
 # A caller's key name quoted in a violation is cut to this many characters.
 _MAX_QUOTED_KEY_CHARS = 64
 
@@ -273,7 +277,8 @@ def validate(request: ChatRequest, model: ModelRecord | None = None) -> list[Fie
     if isinstance(fmt, Mapping) and isinstance(fmt.get("json_schema"), Mapping):
         if not NAME.fullmatch(str(fmt["json_schema"].get("name") or "")):
             out.append(FieldViolation("response_format.schema_name", _NAME_RULE))
-    _option_violations(params, model, out)
+    if not _OPTION_KEYS.isdisjoint(params):
+        _option_violations(params, model, out)
     if request.extra:
         _extra_violations(request.extra, params, out)
     return out
@@ -292,11 +297,15 @@ def validate_counted(messages: Sequence[Mapping[str, Any]]) -> list[FieldViolati
 class _MediaTotal:
     """The media of one request, summed across its messages."""
 
+    __slots__ = ("bytes", "parts")
+
     def __init__(self) -> None:
         self.parts = 0
         self.bytes = 0
 
     def check(self, out: list[FieldViolation]) -> None:
+        if not self.parts:
+            return
         if self.parts > media.MAX_MEDIA_PARTS:
             out.append(FieldViolation("messages", f"at most {media.MAX_MEDIA_PARTS} image, audio and file parts"))
         if self.bytes > media.MAX_REQUEST_MEDIA_BYTES:

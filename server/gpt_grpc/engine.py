@@ -290,10 +290,10 @@ class Engine:
             usage=self._usage(data.get("usage"), call, content, calls),
             refusal=message.get("refusal") or "",
             request_id=scrubbed(request_id, scrubber, MAX_ID_CHARS),
-            logprobs=answers.logprobs(choice.get("logprobs")),
+            logprobs=answers.logprobs(choice["logprobs"]) if choice.get("logprobs") else (),
             service_tier=scrubbed(answers.text(data.get("service_tier")), scrubber, MAX_ID_CHARS) or "",
             system_fingerprint=scrubbed(answers.text(data.get("system_fingerprint")), scrubber, MAX_ID_CHARS) or "",
-            annotations=answers.citations(message.get("annotations")),
+            annotations=answers.citations(message["annotations"]) if message.get("annotations") else (),
         )
 
     def _usage(self, reported: object, call: PreparedCall, content: str, calls: Sequence[ToolCall]) -> Usage:

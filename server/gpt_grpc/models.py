@@ -45,13 +45,23 @@ class Models:
     def resolve(self, name: str, *, priced: bool = True) -> ModelRecord:
         """The record of `name` (the default model already filled in); without prices if not `priced`."""
         spec = self.catalog.lookup(name)
+        price = self.pricing.entry(name) if priced else None
+        if spec is None:  # not catalogued: what the name's shape tells
+            return ModelRecord(
+                name=name,
+                spec=None,
+                encoding=tokens.encoding_choice(name, None),
+                price=price,
+                reasoning=takes_reasoning(None, name),
+                verbosity=takes_verbosity(None, name),
+            )
         return ModelRecord(
             name=name,
             spec=spec,
-            encoding=tokens.encoding_choice(name, spec.encoding if spec is not None else None),
-            price=self.pricing.entry(name) if priced else None,
-            reasoning=takes_reasoning(spec, name),
-            verbosity=takes_verbosity(spec, name),
+            encoding=tokens.EncodingChoice(spec.encoding, False),
+            price=price,
+            reasoning=spec.reasoning,
+            verbosity=spec.verbosity,
         )
 
     def cost_usd(self, model: ModelRecord, answered: str, usage: Usage) -> float | None:

@@ -115,9 +115,10 @@ def openai_endpoint(settings: Settings, scrubber: Scrubber) -> Endpoint:
 def chat_body(request: ChatRequest, model: ModelRecord) -> dict[str, Any]:
     """The upstream body of a validated request (without the stream flags)."""
     body = request.body()
-    messages = request.messages
-    if any(isinstance(m.get("content"), list) for m in messages):
-        body["messages"] = [_with_parts(m) for m in messages]
+    for message in request.messages:
+        if type(message.get("content")) is list:
+            body["messages"] = [_with_parts(m) for m in request.messages]
+            break
     body = adapt_request(body, model.spec, model.name)
     if request.extra:
         body.update(request.extra)

@@ -123,8 +123,11 @@ class StreamState:
     def feed(self, event: Mapping[str, Any]) -> None:
         self.model = self.model or str(event.get("model") or "")
         self.id = self.id or str(event.get("id") or "")
-        self.service_tier = self.service_tier or answers.text(event.get("service_tier"))
-        self.system_fingerprint = self.system_fingerprint or answers.text(event.get("system_fingerprint"))
+        # Both come with every chunk (OpenAI): read until known.
+        if not self.service_tier:
+            self.service_tier = answers.text(event.get("service_tier"))
+        if not self.system_fingerprint:
+            self.system_fingerprint = answers.text(event.get("system_fingerprint"))
         if event.get("usage"):
             self.usage = event["usage"]
         for choice in event.get("choices") or ():
