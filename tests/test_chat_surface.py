@@ -24,9 +24,11 @@ from gptgrpc.v1 import gateway_pb2 as pb
 from PIL import Image
 
 from gpt_grpc import media
+from gpt_grpc.chat import TokenLogprob, TopLogprob, UrlCitation
+from gpt_grpc.upstream import answers
 from tests.conftest import Gateway
 from tests.helpers import details, fail
-from tests.standin import RecordedRequest, Standin
+from tests.standin import Fault, RecordedRequest, Standin
 
 MiB = 1024 * 1024
 CSV = b"a,b\n1,2\n"
@@ -461,3 +463,53 @@ async def test_list_models_shows_the_image_figures(gateway: Gateway) -> None:
     assert figures(models["gpt-4.1-mini"]) == (None, None, 1.62)
     assert figures(models["o3-mini"]) == (None, None, None)
     assert models["gpt-5"].verbosity and not models["gpt-4o"].verbosity
+
+
+# --------------------------------------------------------------------------- the usage estimate counts images
+
+
+async def test_the_usage_estimate_counts_images_as_count_tokens_does(gateway: Gateway, standin: Standin) -> None:
+    """An upstream that reports no usage: the gateway's own count bills the image like CountTokens."""
+    messages = [user(text("what is this?"), image(data=picture(1024, 1024), mime_type="image/png"))]
+    standin.enqueue(Fault("no_usage"))
+    response = await gateway.stub.ChatCompletion(pb.ChatCompletionRequest(model="gpt-4o", messages=messages))
+    assert response.usage.estimated
+    counted = await gateway.stub.CountTokens(pb.CountTokensRequest(model="gpt-4o", messages=messages))
+    assert response.usage.prompt_tokens == counted.token_count
+    # 1024x1024 at auto on gpt-4o: 768x768, 4 tiles, 85 + 4*170 = 765 of them are the image.
+    assert counted.token_count > 765
+
+
+# --------------------------------------------------------------------------- tolerant reading of the extras
+
+
+def test_misshapen_logprobs_and_citations_are_skipped_not_fatal() -> None:
+    value = {
+        "content": [
+            {"token": "a", "logprob": -0.5, "bytes": [97], "top_logprobs": [{"token": "b", "logprob": -1}, "junk"]},
+            {"token": "c", "logprob": "not a number"},
+            {"token": "d", "logprob": -0.25, "bytes": [300, -1]},
+            {"token": "e", "logprob": float("nan")},
+            "junk",
+        ]
+    }
+    assert answers.logprobs(value) == (
+        TokenLogprob("a", -0.5, b"a", (TopLogprob("b", -1.0),)),
+        TokenLogprob("d", -0.25, b""),
+    )
+    assert answers.logprobs(None) == answers.logprobs({"content": None}) == answers.logprobs([1]) == ()
+    cited = [
+        {
+            "type": "url_citation",
+            "url_citation": {"url": "https://a.example", "title": "A", "start_index": 1, "end_index": 4},
+        },
+        {"type": "url_citation", "url_citation": {"url": "https://b.example", "start_index": -3, "end_index": 2**40}},
+        {"type": "url_citation", "url_citation": {"title": "no url"}},
+        {"type": "file_citation", "file_citation": {}},
+        None,
+    ]
+    assert answers.citations(cited) == (
+        UrlCitation("https://a.example", "A", 1, 4),
+        UrlCitation("https://b.example", "", 0, 0),
+    )
+    assert answers.citations("junk") == ()
