@@ -423,30 +423,10 @@ def _file_violations(part: FilePart, path: str, out: list[FieldViolation]) -> No
 
 def _option_violations(params: Mapping[str, Any], model: ModelRecord | None, out: list[FieldViolation]) -> None:
     """reasoning_effort, verbosity, logprobs, parallel_tool_calls, service_tier and metadata."""
-    effort = params.get("reasoning_effort")
-    if effort is not None:
-        if effort not in REASONING_EFFORTS:
-            out.append(FieldViolation("reasoning_effort", "must be MINIMAL, LOW, MEDIUM or HIGH"))
-        elif model is not None and not model.reasoning:
-            out.append(
-                FieldViolation(
-                    "reasoning_effort",
-                    f"{_quoted(model.name)} is not a reasoning model (see ListModels); "
-                    "to send it anyway, put it in extra_body_json",
-                )
-            )
-    verbosity = params.get("verbosity")
-    if verbosity is not None:
-        if verbosity not in VERBOSITIES:
-            out.append(FieldViolation("verbosity", "must be LOW, MEDIUM or HIGH"))
-        elif model is not None and not model.verbosity:
-            out.append(
-                FieldViolation(
-                    "verbosity",
-                    f"{_quoted(model.name)} does not take it (gpt-5 models do); "
-                    "to send it anyway, put it in extra_body_json",
-                )
-            )
+    reasoning = model is None or model.reasoning
+    _model_option(params, "reasoning_effort", REASONING_EFFORTS, model, reasoning, "is not a reasoning model", out)
+    verbosity = model is None or model.verbosity
+    _model_option(params, "verbosity", VERBOSITIES, model, verbosity, "does not take it (gpt-5 models do)", out)
     top = params.get("top_logprobs")
     if top is not None:
         if not isinstance(top, int) or isinstance(top, bool) or not 0 <= top <= MAX_TOP_LOGPROBS:
@@ -461,6 +441,29 @@ def _option_violations(params: Mapping[str, Any], model: ModelRecord | None, out
     metadata = params.get("metadata")
     if metadata is not None:
         _metadata_violations(metadata, out)
+
+
+def _model_option(
+    params: Mapping[str, Any],
+    name: str,
+    allowed: Sequence[str],
+    model: ModelRecord | None,
+    takes: bool,
+    why_not: str,
+    out: list[FieldViolation],
+) -> None:
+    """An option only some models take: a known value, for a model that takes it (else a violation, never a drop)."""
+    value = params.get(name)
+    if value is None:
+        return
+    if value not in allowed:
+        out.append(FieldViolation(name, f"must be {', '.join(v.upper() for v in allowed)}"))
+    elif model is not None and not takes:
+        out.append(
+            FieldViolation(
+                name, f"{_quoted(model.name)} {why_not} (see ListModels); to send it anyway, put it in extra_body_json"
+            )
+        )
 
 
 def _metadata_violations(metadata: Mapping[str, Any], out: list[FieldViolation]) -> None:
