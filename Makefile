@@ -9,7 +9,7 @@ PROTO_DIR := proto
 PROTO_FILES := $(shell find $(PROTO_DIR) -name '*.proto' | sort)
 PY_STUBS := clients/python/src
 
-.PHONY: install run demo test test-py lint proto clean faults
+.PHONY: install run demo test test-py lint proto clean faults debian-packages
 
 install: $(STAMP)
 
@@ -40,14 +40,47 @@ demo: $(STAMP)
 # campaign, stale-stub checks, grpcurl/ghz/grpc-health-probe against the
 # gateway), then the Go, TypeScript and Java clients, the contract suite in
 # each, and buf lint + breaking against the last release.
-test: $(STAMP)
+test: $(STAMP) debian-packages
 	$(MAKE) grpc-tools
 	$(BIN)/pytest -q
 	$(MAKE) clients-build clients-test contract-test proto-check
 
-test-py: $(STAMP)
+test-py: $(STAMP) debian-packages
 	$(MAKE) grpc-tools
 	$(BIN)/pytest -q
+
+# Debian packages the tests run as real processes: redis-server (the shared
+# store) and nginx (grpc_pass in front of gateway replicas). Installed when
+# missing, never started as system services: the tests start their own, on free
+# loopback ports with their own config and temporary directories. Under a
+# policy-rc.d answering 101 ("action forbidden"; written for the install and
+# removed after, unless one is already in place, as in Debian container images)
+# the packages' postinst scripts start nothing, so no system nginx is left on
+# port 80 and no redis on 6379. Fast when installed: two
+# `command -v`. Needs root (CI runs as root); `apt-get update` only when the
+# install fails on a stale package list.
+DEBIAN_PACKAGES := redis-server nginx
+DEBIAN_POLICY_RC := /usr/sbin/policy-rc.d
+
+debian-packages:
+	@missing=""; \
+	for pkg in $(DEBIAN_PACKAGES); do \
+	  PATH="$$PATH:/usr/sbin:/sbin" command -v $$pkg >/dev/null || missing="$$missing $$pkg"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing (services not started)"; \
+	  own_policy=""; \
+	  if [ ! -e $(DEBIAN_POLICY_RC) ]; then \
+	    printf '#!/bin/sh\n# written by gpt-grpc make debian-packages: start no service\nexit 101\n' > $(DEBIAN_POLICY_RC); \
+	    chmod 755 $(DEBIAN_POLICY_RC); own_policy=1; \
+	  fi; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y --no-install-recommends $$missing \
+	    || (apt-get update && apt-get install -y --no-install-recommends $$missing); \
+	  status=$$?; \
+	  if [ -n "$$own_policy" ]; then rm -f $(DEBIAN_POLICY_RC); fi; \
+	  exit $$status; \
+	fi
 
 # The full fault campaign (3,000 calls at concurrency 200, 20% faults) and the
 # retry-budget run (upstream answering 503 for 10 s at concurrency 100).

@@ -79,16 +79,24 @@ CLIENTS_TLS_TESTS := cd $(CURDIR)/$(CLIENTS_GO_DIR) && $(CLIENTS_GO) test -count
 	&& cd $(CURDIR)/$(CLIENTS_TS_DIR) && $(CLIENTS_NPM) run --silent test:tls \
 	&& cd $(CURDIR)/$(CLIENTS_JAVA_DIR) && $(CLIENTS_JAVA_RUNNER)tls
 
+# Client-side round_robin from Go and TypeScript over 3 live gateways (harness --replicas 3).
+# The TypeScript test runs from build/, which the contract steps before it compiled
+# (`npm run test:balancing` compiles first, for a run on its own).
+CLIENTS_BALANCING_TESTS := cd $(CURDIR)/$(CLIENTS_GO_DIR) && $(CLIENTS_GO) test -count=1 -tags contract ./internal/contract/balancing/ \
+	&& cd $(CURDIR)/$(CLIENTS_TS_DIR) && node --test build/contract/balancing.test.js
+
 # tests/contract/cases.json through the Go, TypeScript and Java clients, each
 # against a fresh stand-in + gateway started by the harness; then TLS and mTLS
 # from the three clients against a gateway the harness starts with --tls, then
-# --mtls (test certificates made for each run with openssl).
+# --mtls (test certificates made for each run with openssl); then load balancing
+# from Go and TypeScript over 3 gateways.
 contract-test: clients-install $(CLIENTS_VENV_TARGET) $(CLIENTS_JAVA_STAMP)
 	$(CLIENTS_HARNESS) --cwd $(CLIENTS_GO_DIR) -- $(CLIENTS_GO) test -count=1 -tags contract ./internal/contract/
 	$(CLIENTS_HARNESS) --cwd $(CLIENTS_TS_DIR) -- $(CLIENTS_NPM) run --silent test:contract
 	$(CLIENTS_HARNESS) --cwd $(CLIENTS_JAVA_DIR) -- $(CLIENTS_JAVA_RUNNER)contract
 	$(CLIENTS_HARNESS) --tls -- sh -c '$(CLIENTS_TLS_TESTS)'
 	$(CLIENTS_HARNESS) --mtls -- sh -c '$(CLIENTS_TLS_TESTS)'
+	$(CLIENTS_HARNESS) --replicas 3 -- sh -c '$(CLIENTS_BALANCING_TESTS)'
 
 clients-clean:
 	rm -rf $(CLIENTS_GO_DIR)/.bin $(CLIENTS_TS_DIR)/node_modules $(CLIENTS_TS_DIR)/dist $(CLIENTS_TS_DIR)/build $(CLIENTS_JAVA_DIR)/target

@@ -25,7 +25,16 @@ CA. Both add:
     GPT_GRPC_TLS_ROGUE_CERT  PEM client certificate from a CA the gateway does not trust
     GPT_GRPC_TLS_ROGUE_KEY   its private key
 
-Both processes are stopped afterwards, whatever happens (SIGTERM, then SIGKILL
+With --replicas N (default 1) N gateways are started, each on its own port and with
+Prometheus metrics on another, all in front of the same stand-in, for client-side load
+balancing tests; GPT_GRPC_TARGET is the first one and these are added:
+
+    GPT_GRPC_TARGETS      127.0.0.1:<port 1>,127.0.0.1:<port 2>,...  (one per replica)
+    GPT_GRPC_METRICS_URLS http://127.0.0.1:<metrics port 1>/metrics,...  (same order)
+
+Each replica's gpt_grpc_calls_total then tells which replica served how many calls.
+
+All processes are stopped afterwards, whatever happens (SIGTERM, then SIGKILL
 after --stop-timeout seconds). The exit status is COMMAND's; 3 when the services
 could not be started. Only the standard library, grpcio(-health-checking) and
 the openssl command (for --tls/--mtls) are used; run it with the project's venv
@@ -233,31 +242,42 @@ def services(args: argparse.Namespace, log_dir: Path) -> Iterator[dict[str, str]
         started.append(standin)
         wait_until("stand-in", lambda: standin_healthy(standin_url), started, args.startup_timeout)
 
-        gateway_port = free_port()
-        target = f"{LOOPBACK}:{gateway_port}"
         gateway_env = dict(base_env)
         gateway_env.update(
             OPENAI_API_KEY=api_key,
             OPENAI_BASE_URL=f"{standin_url}/v1",
             GPT_GRPC_ADMIN_TOKEN=admin_token,
         )
-        argv = server_argv(gateway_port)
         tls: dict[str, str] | None = None
+        tls_args: list[str] = []
         if args.tls:
             tls = make_certificates(log_dir / "pki")
             pki = log_dir / "pki"
-            argv += ["--tls-cert", str(pki / "server.pem"), "--tls-key", str(pki / "server.key")]
+            tls_args = ["--tls-cert", str(pki / "server.pem"), "--tls-key", str(pki / "server.key")]
             if args.tls == "mtls":
-                argv += ["--tls-client-ca", tls["GPT_GRPC_TLS_CA"]]
+                tls_args += ["--tls-client-ca", tls["GPT_GRPC_TLS_CA"]]
             tls["GPT_GRPC_TLS_MODE"] = args.tls
-        gateway = Service("gateway", argv, gateway_env, log_dir)
-        started.append(gateway)
-        wait_until("gateway", lambda: gateway_serving(target, tls), started, args.startup_timeout)
+        targets: list[str] = []
+        metrics_urls: list[str] = []
+        for index in range(args.replicas):
+            port = free_port()
+            argv = server_argv(port) + tls_args
+            if args.replicas > 1:
+                metrics_port = free_port()
+                argv += ["--metrics-port", str(metrics_port)]
+                metrics_urls.append(f"http://{LOOPBACK}:{metrics_port}/metrics")
+            name = "gateway" if args.replicas == 1 else f"gateway-{index}"
+            started.append(Service(name, argv, gateway_env, log_dir))
+            targets.append(f"{LOOPBACK}:{port}")
+        for target in targets:
+            wait_until(f"gateway {target}", lambda t=target: gateway_serving(t, tls), started, args.startup_timeout)
 
+        fleet = {"GPT_GRPC_TARGETS": ",".join(targets), "GPT_GRPC_METRICS_URLS": ",".join(metrics_urls)}
         yield {
-            "GPT_GRPC_TARGET": target,
+            "GPT_GRPC_TARGET": targets[0],
             "STANDIN_URL": standin_url,
             "GPT_GRPC_ADMIN_TOKEN": admin_token,
+            **(fleet if args.replicas > 1 else {}),
             **(tls or {}),
         }
     finally:
@@ -292,6 +312,13 @@ def run_command(argv: Sequence[str], env: dict[str, str], cwd: Path, timeout: fl
                 proc.wait(timeout=10)
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="harness.py",
@@ -304,6 +331,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop-timeout", type=float, default=10.0, help="seconds between SIGTERM and SIGKILL")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds the command may run")
     p.add_argument("--admin-token", default=None, help="admin token (default: random)")
+    p.add_argument(
+        "--replicas",
+        type=_positive,
+        default=1,
+        help="gateways to start (exports GPT_GRPC_TARGETS and GPT_GRPC_METRICS_URLS when above 1)",
+    )
     mode = p.add_mutually_exclusive_group()
     mode.add_argument(
         "--tls",
@@ -358,8 +391,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             with services(args, log_dir) as extra_env:
                 mode = {"tls": " (TLS)", "mtls": " (mutual TLS)"}.get(args.tls or "", "")
+                gateways = extra_env.get("GPT_GRPC_TARGETS", extra_env["GPT_GRPC_TARGET"])
                 print(
-                    f"harness: gateway {extra_env['GPT_GRPC_TARGET']}{mode}, stand-in {extra_env['STANDIN_URL']}; "
+                    f"harness: gateway {gateways}{mode}, stand-in {extra_env['STANDIN_URL']}; "
                     f"running: {' '.join(args.command)}",
                     file=sys.stderr,
                     flush=True,

@@ -60,7 +60,9 @@ type options struct {
 	serverName  string
 	adminToken  string
 	clientToken string
-	dialOptions []grpc.DialOption
+	// loadBalancing is a gRPC policy name (WithLoadBalancing); "" leaves gRPC's default.
+	loadBalancing string
+	dialOptions   []grpc.DialOption
 }
 
 // WithInsecure dials without TLS (plaintext, e.g. a gateway on loopback or
@@ -188,9 +190,12 @@ var (
 func IsAdminMethod(fullMethod string) bool { return adminMethods[fullMethod] }
 
 // Dial creates a client for the gateway at target ("host:port" or any
-// grpc.NewClient target). It does not wait for the connection: the first
-// call connects. Without WithInsecure it uses TLS, verified against the
-// system roots unless WithCA or WithCAFile is given.
+// grpc.NewClient target, such as "dns:///gateway.internal:50051", plus gRPC's
+// "ipv4:10.0.0.1:50051,10.0.0.2:50051" and "ipv6:[::1]:50051" address lists).
+// It does not wait for the connection: the first call connects. Without
+// WithInsecure it uses TLS, verified against the system roots unless WithCA
+// or WithCAFile is given. With several replicas behind the target,
+// WithLoadBalancing(RoundRobin) spreads the calls over them.
 func Dial(target string, opts ...Option) (*Client, error) {
 	var o options
 	for _, opt := range opts {
@@ -225,6 +230,17 @@ func Dial(target string, opts ...Option) (*Client, error) {
 		dialOpts = append(dialOpts,
 			grpc.WithChainUnaryInterceptor(t.unary),
 			grpc.WithChainStreamInterceptor(t.stream))
+	}
+	if o.loadBalancing != "" {
+		dialOpts = append(dialOpts, grpc.WithDefaultServiceConfig(serviceConfig(o.loadBalancing)))
+	}
+	static, resolverOpt, ok, err := staticTarget(target)
+	if err != nil {
+		return nil, err
+	}
+	if ok {
+		target = static
+		dialOpts = append(dialOpts, resolverOpt)
 	}
 	dialOpts = append(dialOpts, o.dialOptions...)
 	conn, err := grpc.NewClient(target, dialOpts...)

@@ -32,8 +32,9 @@ import (
 // fakeGateway records the authorization metadata of each call.
 type fakeGateway struct {
 	gptgrpcv1.UnimplementedGPTServiceServer
-	mu   sync.Mutex
-	auth map[string][]string // method -> authorization values
+	mu    sync.Mutex
+	auth  map[string][]string // method -> authorization values
+	calls map[string]int      // method -> calls served
 }
 
 func (f *fakeGateway) record(ctx context.Context, method string) {
@@ -41,6 +42,13 @@ func (f *fakeGateway) record(ctx context.Context, method string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.auth[method] = md.Get("authorization")
+	f.calls[method]++
+}
+
+func (f *fakeGateway) served(method string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.calls[method]
 }
 
 func (f *fakeGateway) authFor(method string) []string {
@@ -109,7 +117,7 @@ func serve(t *testing.T, opts ...grpc.ServerOption) (*fakeGateway, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &fakeGateway{auth: map[string][]string{}}
+	f := &fakeGateway{auth: map[string][]string{}, calls: map[string]int{}}
 	srv := grpc.NewServer(opts...)
 	gptgrpcv1.RegisterGPTServiceServer(srv, f)
 	go func() { _ = srv.Serve(lis) }()

@@ -32,6 +32,7 @@ import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-no
 import { AsyncLocalStorage } from "node:async_hooks";
 import type { ClientHttp2Session, ClientHttp2Stream, SecureClientSessionOptions } from "node:http2";
 
+import { BalancingTransport, neverSent, parseTarget, type Endpoint, type LoadBalancingPolicy } from "./balancing.js";
 import {
   BadRequestSchema,
   ErrorInfoSchema,
@@ -72,6 +73,7 @@ export {
   type RetryInfo,
 } from "./gen/google/rpc/error_details_pb.js";
 export { Code, ConnectError, type CallOptions, type Interceptor, type Transport } from "@connectrpc/connect";
+export { DNS_REFRESH_MS, parseTarget, type LoadBalancingPolicy, type ParsedTarget } from "./balancing.js";
 
 /** The google.rpc.ErrorInfo domain of the gateway's errors. */
 export const ERROR_DOMAIN = "gpt-grpc";
@@ -105,6 +107,14 @@ export interface ClientOptions {
    * fails before the gateway answers reaches them (and the caller) as Unavailable.
    */
   interceptors?: Interceptor[];
+  /**
+   * Spread calls over several replicas: "round_robin" rotates them over every address of
+   * the target ("dns:///gateway.internal:50051" or "host:port": every A/AAAA record,
+   * re-resolved every 30 s; "ipv4:10.0.0.1:50051,10.0.0.2:50051"), with one HTTP/2
+   * connection each; "pick_first" sends them all to the first address that is up (the
+   * default for ipv4:/ipv6:/dns: targets). See balancing.ts for the details.
+   */
+  loadBalancing?: LoadBalancingPolicy;
 }
 
 /** A GPTService client; close() drops its HTTP/2 connection. */
@@ -241,9 +251,19 @@ function connectionFailureInterceptor(sessionManager: GatewaySessionManager): In
       const lost = call.session !== undefined && (call.session.destroyed || call.session.closed);
       if (!call.connectFailed && !lost) throw err;
       const ce = ConnectError.from(err);
-      if (ce.code === Code.Unavailable) throw err;
-      const message = lost ? `connection closed before the gateway answered: ${ce.rawMessage}` : ce.rawMessage;
-      throw new ConnectError(message, Code.Unavailable, undefined, undefined, ce.cause ?? ce);
+      const mapped =
+        ce.code === Code.Unavailable
+          ? err
+          : new ConnectError(
+              lost ? `connection closed before the gateway answered: ${ce.rawMessage}` : ce.rawMessage,
+              Code.Unavailable,
+              undefined,
+              undefined,
+              ce.cause ?? ce,
+            );
+      // No connection, so no request went out: a balancing transport may send it elsewhere.
+      if (call.connectFailed && typeof mapped === "object" && mapped !== null) neverSent.add(mapped);
+      throw mapped;
     } finally {
       sessionManager.waiting.delete(call);
     }
@@ -272,7 +292,10 @@ export function createClient(target: string, options: ClientOptions = {}): GPTCl
   if (insecure && options.tls) {
     throw new Error("gpt-grpc: insecure cannot be combined with tls options");
   }
-  const url = baseUrl(target, insecure);
+  const policy = options.loadBalancing;
+  if (policy !== undefined && policy !== "round_robin" && policy !== "pick_first") {
+    throw new Error(`gpt-grpc: unknown loadBalancing ${JSON.stringify(policy)}; use "round_robin" or "pick_first"`);
+  }
   const nodeOptions: SecureClientSessionOptions = {};
   if (options.tls) {
     const { ca, cert, key, serverName } = options.tls;
@@ -281,25 +304,47 @@ export function createClient(target: string, options: ClientOptions = {}): GPTCl
     if (key !== undefined) nodeOptions.key = key;
     if (serverName !== undefined) nodeOptions.servername = serverName;
   }
-  const sessionManager = new GatewaySessionManager(url, {}, nodeOptions);
   const interceptors: Interceptor[] = [];
   if (options.adminToken || options.clientToken) {
     interceptors.push(tokenInterceptor(options.adminToken, options.clientToken));
   }
   interceptors.push(...(options.interceptors ?? []));
-  interceptors.push(connectionFailureInterceptor(sessionManager));
-  const transport = createGrpcTransport({
-    baseUrl: url.toString(),
-    sessionManager,
-    interceptors,
-    ...(options.defaultTimeoutMs !== undefined ? { defaultTimeoutMs: options.defaultTimeoutMs } : {}),
-  });
-  const client = createConnectClient(GPTService, transport);
-  return Object.assign(client, {
-    transport,
-    close: () => sessionManager.abort(),
+  const endpoint = (url: URL, tlsOptions: SecureClientSessionOptions): Endpoint => {
+    const sessionManager = new GatewaySessionManager(url, {}, tlsOptions);
+    const transport = createGrpcTransport({
+      baseUrl: url.toString(),
+      sessionManager,
+      interceptors: [...interceptors, connectionFailureInterceptor(sessionManager)],
+      ...(options.defaultTimeoutMs !== undefined ? { defaultTimeoutMs: options.defaultTimeoutMs } : {}),
+    });
+    return { transport, close: () => sessionManager.abort() };
+  };
+  if (policy === undefined && !GRPC_SCHEME.test(target)) {
+    const single = endpoint(baseUrl(target, insecure), nodeOptions);
+    return Object.assign(createConnectClient(GPTService, single.transport), single);
+  }
+  const parsed = parseTarget(target.replace(/^https?:\/\//, ""));
+  // One connection per address, each checking the certificate against the DNS name (or
+  // the given serverName), not against the address it connects to.
+  const tlsOptions =
+    parsed.kind === "dns" && !insecure && nodeOptions.servername === undefined
+      ? { ...nodeOptions, servername: parsed.host }
+      : nodeOptions;
+  const balancing = new BalancingTransport(
+    parsed,
+    policy ?? "pick_first",
+    insecure ? "http" : "https",
+    (url) => endpoint(url, tlsOptions),
+    options.defaultTimeoutMs,
+  );
+  return Object.assign(createConnectClient(GPTService, balancing), {
+    transport: balancing as Transport,
+    close: () => balancing.close(),
   });
 }
+
+/** Targets that name gRPC's resolvers: ipv4:/ipv6: address lists and dns: names. */
+const GRPC_SCHEME = /^(ipv4|ipv6|dns):/;
 
 /** The decoded google.rpc details of a gateway error. */
 export interface GatewayErrorDetails {

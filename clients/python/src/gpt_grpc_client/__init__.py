@@ -8,6 +8,7 @@
 
 from gptgrpc.v1 import gateway_pb2, gateway_pb2_grpc
 
+from .balancing import LOAD_BALANCING_POLICIES
 from .client import (
     DEFAULT_MODEL,
     DEFAULT_TARGET,
@@ -31,6 +32,7 @@ __all__ = [
     "DEFAULT_MODEL",
     "DEFAULT_TARGET",
     "ERROR_DOMAIN",
+    "LOAD_BALANCING_POLICIES",
     "STATUS_DETAILS_KEY",
     "AsyncChatStream",
     "AsyncClient",

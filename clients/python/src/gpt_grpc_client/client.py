@@ -19,6 +19,7 @@ from google.protobuf import duration_pb2
 from gptgrpc.v1 import gateway_pb2, gateway_pb2_grpc
 from grpc import aio
 
+from .balancing import balancing_options
 from .errors import GatewayError
 
 __all__ = [
@@ -564,6 +565,7 @@ class _BaseClient:
         metadata: MetadataPairs = (),
         timeout: Seconds | None = None,
         options: Sequence[tuple[str, Any]] = (),
+        load_balancing: str | None = None,
     ) -> None:
         if (private_key is None) != (certificate_chain is None):
             raise ValueError("private_key and certificate_chain go together (mutual TLS)")
@@ -584,7 +586,7 @@ class _BaseClient:
         self._metadata: tuple[tuple[str, str | bytes], ...] = _with_bearer(pairs, token, "token")
         self._admin_md: tuple[tuple[str, str | bytes], ...] = _with_bearer(pairs, admin_token, "admin_token")
         self._timeout = _seconds(timeout, "timeout")
-        self._options = tuple(options)
+        self._options = balancing_options(load_balancing, options)
 
     @property
     def target(self) -> str:
@@ -619,6 +621,11 @@ class Client(_BaseClient):
     ``admin_token`` on the admin calls only (``configure`` and the client registry:
     ``create_client``, ``list_clients``, ``update_client``, ``revoke_client``); a call
     never carries both. The gateway needs a client token once a client exists.
+
+    Several replicas: give a target that resolves to all of them (``dns:///gateway:50051``,
+    ``ipv4:10.0.0.1:50051,10.0.0.2:50051``) and ``load_balancing="round_robin"``, which
+    spreads calls over every replica that is up and reports SERVING (see
+    :mod:`gpt_grpc_client.balancing`).
     """
 
     def __init__(
@@ -634,6 +641,7 @@ class Client(_BaseClient):
         metadata: MetadataPairs = (),
         timeout: Seconds | None = None,
         options: Sequence[tuple[str, Any]] = (),
+        load_balancing: str | None = None,
     ) -> None:
         super().__init__(
             target,
@@ -646,6 +654,7 @@ class Client(_BaseClient):
             metadata=metadata,
             timeout=timeout,
             options=options,
+            load_balancing=load_balancing,
         )
         if self._credentials is not None:
             self._channel: Any = grpc.secure_channel(target, self._credentials, options=self._options)
@@ -908,7 +917,8 @@ class AsyncClient(_BaseClient):
     The channel is created on first use, inside the running event loop, so the client
     may be constructed anywhere. Every failed call raises :class:`GatewayError`;
     cancelling the awaiting task cancels the call and propagates ``CancelledError``.
-    ``token`` and ``admin_token`` go on data-plane and admin calls as in :class:`Client`.
+    ``token`` and ``admin_token`` go on data-plane and admin calls as in :class:`Client`, and
+    ``load_balancing`` spreads calls over several replicas as there.
     """
 
     def __init__(
@@ -924,6 +934,7 @@ class AsyncClient(_BaseClient):
         metadata: MetadataPairs = (),
         timeout: Seconds | None = None,
         options: Sequence[tuple[str, Any]] = (),
+        load_balancing: str | None = None,
     ) -> None:
         super().__init__(
             target,
@@ -936,6 +947,7 @@ class AsyncClient(_BaseClient):
             metadata=metadata,
             timeout=timeout,
             options=options,
+            load_balancing=load_balancing,
         )
         self._channel: Any = None
         self._stub: Any = None
