@@ -385,7 +385,7 @@ def _image_violations(part: ImagePart, path: str, out: list[FieldViolation]) -> 
     if len(url) > media.MAX_URL_CHARS and not url.startswith("data:"):
         out.append(FieldViolation(f"{path}.url", f"must be at most {media.MAX_URL_CHARS} characters"))
     elif url.startswith("https://"):
-        if len(url) == len("https://") or any(c.isspace() or not c.isprintable() for c in url):
+        if not media.is_https_url(url):
             out.append(FieldViolation(f"{path}.url", "must be an https URL with a host and no spaces"))
     else:
         try:

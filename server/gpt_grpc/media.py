@@ -25,6 +25,7 @@ import re
 import warnings
 from dataclasses import dataclass
 from types import ModuleType
+from urllib.parse import urlsplit
 
 MiB = 1024 * 1024
 MAX_PART_BYTES = 10 * MiB
@@ -78,6 +79,17 @@ def parse_data_url(url: str) -> DataUrl:
 def data_url(mime_type: str, data: bytes) -> str:
     """`data:<mime>;base64,<payload>`: how OpenAI takes inline images and files."""
     return f"data:{mime_type};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def is_https_url(url: str) -> bool:
+    """An https URL with a host, printable, without spaces (the upstream fetches it, never the gateway)."""
+    if any(c.isspace() or not c.isprintable() for c in url):
+        return False
+    try:
+        parts = urlsplit(url)
+        return parts.scheme == "https" and bool(parts.hostname)
+    except ValueError:  # e.g. an invalid IPv6 literal or port
+        return False
 
 
 def is_mime_type(value: str) -> bool:

@@ -1345,9 +1345,10 @@ class CountTokensResponse(_message.Message):
     """True when the model is unknown and the default encoding was used."""
     estimated: _builtins.bool
     """True when part of the count is an estimate: an image given by URL (the
-    gateway never fetches it: it counts as a 1024x1024 image at its detail),
-    an inline image whose size could not be read, or a model whose image
-    figures the catalog does not know (counted with gpt-4o's).
+    gateway never fetches it: it counts as the most an image can cost at its
+    detail, 8 tiles or 1536 patches; at detail LOW on a tile-billed model its
+    size does not matter and the count is exact), or an image for a model
+    whose image figures the catalog does not know (counted with gpt-4o's).
     """
     def __init__(
         self,

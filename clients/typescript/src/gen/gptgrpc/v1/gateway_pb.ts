@@ -1022,9 +1022,10 @@ export type CountTokensResponse = Message<"gptgrpc.v1.CountTokensResponse"> & {
 
   /**
    * True when part of the count is an estimate: an image given by URL (the
-   * gateway never fetches it: it counts as a 1024x1024 image at its detail),
-   * an inline image whose size could not be read, or a model whose image
-   * figures the catalog does not know (counted with gpt-4o's).
+   * gateway never fetches it: it counts as the most an image can cost at its
+   * detail, 8 tiles or 1536 patches; at detail LOW on a tile-billed model its
+   * size does not matter and the count is exact), or an image for a model
+   * whose image figures the catalog does not know (counted with gpt-4o's).
    *
    * @generated from field: bool estimated = 4;
    */
