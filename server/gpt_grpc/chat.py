@@ -238,10 +238,11 @@ def validate(request: ChatRequest, model: ModelRecord | None = None) -> list[Fie
     """Every problem of the request, with the field it is in; empty when valid.
 
     `model`: the resolved model, for the rules that depend on it
-    (reasoning_effort, verbosity); None when the name itself is invalid.
+    (reasoning_effort, verbosity); only a name `check_model` accepted is
+    resolved, so it is checked here only when there is no record.
     """
     out = list(request.problems)
-    bad_model = check_model(request.model)
+    bad_model = check_model(request.model) if model is None else None
     if bad_model:
         out.append(FieldViolation("model", bad_model))
     if request.pair:
@@ -251,10 +252,11 @@ def validate(request: ChatRequest, model: ModelRecord | None = None) -> list[Fie
     else:
         if not request.messages:
             out.append(FieldViolation("messages", "must not be empty"))
-        media_total = _MediaTotal()
+        parts = False
         for i, message in enumerate(request.messages):
-            _message_violations(message, f"messages[{i}]", out, counting=False, media_total=media_total)
-        media_total.check(out)
+            parts = _message_violations(message, f"messages[{i}]", out, counting=False) or parts
+        if parts:
+            _parts_violations(request.messages, out, counting=False)
     params = request.params
     for name, (low, high) in RANGES.items():
         if name in params:
@@ -287,10 +289,9 @@ def validate(request: ChatRequest, model: ModelRecord | None = None) -> list[Fie
 def validate_counted(messages: Sequence[Mapping[str, Any]]) -> list[FieldViolation]:
     """What is wrong with messages whose tokens are to be counted (roles, names, parts; empty content is fine)."""
     out: list[FieldViolation] = []
-    media_total = _MediaTotal()
     for i, message in enumerate(messages):
-        _message_violations(message, f"messages[{i}]", out, counting=True, media_total=media_total)
-    media_total.check(out)
+        _message_violations(message, f"messages[{i}]", out, counting=True)
+    _parts_violations(messages, out, counting=True)
     return out
 
 
@@ -304,8 +305,6 @@ class _MediaTotal:
         self.bytes = 0
 
     def check(self, out: list[FieldViolation]) -> None:
-        if not self.parts:
-            return
         if self.parts > media.MAX_MEDIA_PARTS:
             out.append(FieldViolation("messages", f"at most {media.MAX_MEDIA_PARTS} image, audio and file parts"))
         if self.bytes > media.MAX_REQUEST_MEDIA_BYTES:
@@ -313,24 +312,36 @@ class _MediaTotal:
             out.append(FieldViolation("messages", f"images, audio and files must hold at most {limit} MiB in all"))
 
 
-def _message_violations(
-    message: Mapping[str, Any], path: str, out: list[FieldViolation], *, counting: bool, media_total: _MediaTotal
-) -> None:
+def _message_violations(message: Mapping[str, Any], path: str, out: list[FieldViolation], *, counting: bool) -> bool:
+    """The message's own rules (its parts are `_parts_violations`'); whether its content is a list of parts."""
     role = message.get("role")
     if role not in ROLES:
         out.append(FieldViolation(f"{path}.role", f"must be one of {', '.join(ROLES)}"))
     if "name" in message and not NAME.fullmatch(str(message["name"])):
         out.append(FieldViolation(f"{path}.name", _NAME_RULE))
     content = message.get("content")
-    if isinstance(content, list):
-        for j, part in enumerate(content):
-            _part_violations(part, role, f"{path}.parts[{j}]", out, counting=counting, media_total=media_total)
     if counting:
-        return
+        return type(content) is list
     if role == "tool" and not message.get("tool_call_id"):
         out.append(FieldViolation(f"{path}.tool_call_id", "is required for tool messages"))
     if not content and not message.get("tool_calls"):
         out.append(FieldViolation(f"{path}.content", "must not be empty"))
+    return type(content) is list
+
+
+def _parts_violations(messages: Sequence[Mapping[str, Any]], out: list[FieldViolation], *, counting: bool) -> None:
+    """The rules of every part, and of the media of all messages together (a text-only request pays one look)."""
+    total: _MediaTotal | None = None
+    for i, message in enumerate(messages):
+        content = message.get("content")
+        if type(content) is not list:
+            continue
+        total = total or _MediaTotal()
+        role = message.get("role")
+        for j, part in enumerate(content):
+            _part_violations(part, role, f"messages[{i}].parts[{j}]", out, counting=counting, media_total=total)
+    if total is not None:
+        total.check(out)
 
 
 def _part_violations(

@@ -79,7 +79,7 @@ class PreparedCall:
     snapshot: _Snapshot
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass pays object.__setattr__ per field, per call
 class _Answer:
     """What one successful unary attempt read, before the call's totals are known."""
 
