@@ -385,6 +385,7 @@ async def test_oversize_media_is_refused_before_the_upstream(
         ("gpt-4o", {"extra_body_json": '{"stream_options": {}}'}, "extra_body_json", "the gateway sets it"),
         ("gpt-4o", {"extra_body_json": '{"max_tokens": 5}'}, "extra_body_json", "the gateway sets it"),
         ("o3", {"extra_body_json": '{"max_completion_tokens": 5}'}, "extra_body_json", "the gateway sets it"),
+        ("gpt-4o", {"extra_body_json": '{"n": 3}'}, "extra_body_json", "'n': the gateway sets it"),
         (
             "gpt-4o",
             {"temperature": 0.2, "extra_body_json": '{"temperature": 1}'},

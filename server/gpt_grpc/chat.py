@@ -53,7 +53,10 @@ MAX_METADATA_KEY_CHARS = 64
 MAX_METADATA_VALUE_CHARS = 512
 SERVICE_TIER = re.compile(r"[a-z0-9_\-]{1,32}")
 # Body keys the gateway owns: extra_body_json may not set them (nor any key a request field sets).
-GATEWAY_OWNED_KEYS = frozenset({"model", "messages", "stream", "stream_options", "max_tokens", "max_completion_tokens"})
+# "n": the gateway reads one choice; more would be billed and lost.
+GATEWAY_OWNED_KEYS = frozenset(
+    {"model", "messages", "stream", "stream_options", "max_tokens", "max_completion_tokens", "n"}
+)
 # The params `_option_violations` checks.
 _OPTION_KEYS = frozenset(
     {"reasoning_effort", "verbosity", "top_logprobs", "parallel_tool_calls", "service_tier", "metadata"}

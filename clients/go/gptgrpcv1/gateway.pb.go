@@ -1174,9 +1174,9 @@ type ChatCompletionRequest struct {
 	// A JSON object merged into the upstream request body, for parameters this
 	// API does not name (vLLM's top_k or guided_json, Ollama's options). At most
 	// 256 KiB, nested at most 128 levels. A key the gateway owns (model,
-	// messages, stream, stream_options, max_tokens, max_completion_tokens) or
-	// that a field of this request already sets is INVALID_ARGUMENT. Logged by
-	// key names only, never values.
+	// messages, stream, stream_options, max_tokens, max_completion_tokens, and
+	// n: the gateway returns one answer) or that a field of this request
+	// already sets is INVALID_ARGUMENT. Logged by key names only, never values.
 	ExtraBodyJson string `protobuf:"bytes,24,opt,name=extra_body_json,json=extraBodyJson,proto3" json:"extra_body_json,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1691,9 +1691,9 @@ type StreamChatCompletionRequest struct {
 	// A JSON object merged into the upstream request body, for parameters this
 	// API does not name (vLLM's top_k or guided_json, Ollama's options). At most
 	// 256 KiB, nested at most 128 levels. A key the gateway owns (model,
-	// messages, stream, stream_options, max_tokens, max_completion_tokens) or
-	// that a field of this request already sets is INVALID_ARGUMENT. Logged by
-	// key names only, never values.
+	// messages, stream, stream_options, max_tokens, max_completion_tokens, and
+	// n: the gateway returns one answer) or that a field of this request
+	// already sets is INVALID_ARGUMENT. Logged by key names only, never values.
 	ExtraBodyJson string `protobuf:"bytes,24,opt,name=extra_body_json,json=extraBodyJson,proto3" json:"extra_body_json,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -722,9 +722,9 @@ class ChatCompletionRequest(_message.Message):
     """A JSON object merged into the upstream request body, for parameters this
     API does not name (vLLM's top_k or guided_json, Ollama's options). At most
     256 KiB, nested at most 128 levels. A key the gateway owns (model,
-    messages, stream, stream_options, max_tokens, max_completion_tokens) or
-    that a field of this request already sets is INVALID_ARGUMENT. Logged by
-    key names only, never values.
+    messages, stream, stream_options, max_tokens, max_completion_tokens, and
+    n: the gateway returns one answer) or that a field of this request
+    already sets is INVALID_ARGUMENT. Logged by key names only, never values.
     """
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChatMessage]:
@@ -1057,9 +1057,9 @@ class StreamChatCompletionRequest(_message.Message):
     """A JSON object merged into the upstream request body, for parameters this
     API does not name (vLLM's top_k or guided_json, Ollama's options). At most
     256 KiB, nested at most 128 levels. A key the gateway owns (model,
-    messages, stream, stream_options, max_tokens, max_completion_tokens) or
-    that a field of this request already sets is INVALID_ARGUMENT. Logged by
-    key names only, never values.
+    messages, stream, stream_options, max_tokens, max_completion_tokens, and
+    n: the gateway returns one answer) or that a field of this request
+    already sets is INVALID_ARGUMENT. Logged by key names only, never values.
     """
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChatMessage]:

@@ -422,9 +422,9 @@ export type ChatCompletionRequest = Message<"gptgrpc.v1.ChatCompletionRequest"> 
    * A JSON object merged into the upstream request body, for parameters this
    * API does not name (vLLM's top_k or guided_json, Ollama's options). At most
    * 256 KiB, nested at most 128 levels. A key the gateway owns (model,
-   * messages, stream, stream_options, max_tokens, max_completion_tokens) or
-   * that a field of this request already sets is INVALID_ARGUMENT. Logged by
-   * key names only, never values.
+   * messages, stream, stream_options, max_tokens, max_completion_tokens, and
+   * n: the gateway returns one answer) or that a field of this request
+   * already sets is INVALID_ARGUMENT. Logged by key names only, never values.
    *
    * @generated from field: string extra_body_json = 24;
    */
@@ -784,9 +784,9 @@ export type StreamChatCompletionRequest = Message<"gptgrpc.v1.StreamChatCompleti
    * A JSON object merged into the upstream request body, for parameters this
    * API does not name (vLLM's top_k or guided_json, Ollama's options). At most
    * 256 KiB, nested at most 128 levels. A key the gateway owns (model,
-   * messages, stream, stream_options, max_tokens, max_completion_tokens) or
-   * that a field of this request already sets is INVALID_ARGUMENT. Logged by
-   * key names only, never values.
+   * messages, stream, stream_options, max_tokens, max_completion_tokens, and
+   * n: the gateway returns one answer) or that a field of this request
+   * already sets is INVALID_ARGUMENT. Logged by key names only, never values.
    *
    * @generated from field: string extra_body_json = 24;
    */
