@@ -20,8 +20,13 @@ or more, and measures:
 - slow-upstream capacity: 10,000 calls in flight against an upstream that
   answers after 30 s: all must end OK, server RSS must stay under 600 MB;
 - readiness: process start to health SERVING (encodings loaded);
-- unary at 256 with 1 and 2 server worker processes (`--workers`), nothing
-  pinned (skipped by --no-scaling and --smoke);
+- unary at 256 with 1 and 2 server worker processes (`--workers`, on a Redis
+  store), nothing pinned (skipped by --no-scaling and --smoke);
+- the store: unary calls at concurrency 32 with a client token (a client with
+  a request limit, so every call is admitted through the store), the gateway
+  on a Redis store against the same gateway on the in-memory store, windows
+  alternating; and the Redis commands per call, from INFO commandstats over
+  the Redis windows (`--only-store` runs this row alone; skipped by --smoke).
 - the upstream transport (GPT_GRPC_UPSTREAM_TRANSPORT): one gateway per
   candidate in `TRANSPORTS` against the same stand-in, unary and streams at
   concurrency 32, the candidates' windows alternating. `--transports` runs
@@ -41,6 +46,7 @@ import contextlib
 import json
 import os
 import platform
+import shutil
 import socket
 import statistics
 import subprocess
@@ -70,6 +76,7 @@ TARGETS = {
     "slow_ok": ("slow upstream: calls OK / calls", ">=", 1.0),
     "slow_rss": ("slow upstream: server peak RSS (MB)", "<", 600.0),
     "ready": ("readiness: start to SERVING (s)", "<=", 1.5),
+    "store_32": ("unary calls/s with a client token, Redis store / in-memory store, concurrency 32", ">=", 0.85),
 }
 
 
@@ -94,6 +101,7 @@ class Plan:
     readiness_runs: int = 5
     one_mb: int = ONE_MB
     scaling: bool = True
+    store: bool = True
 
 
 SMOKE = Plan(
@@ -108,6 +116,7 @@ SMOKE = Plan(
     readiness_runs=1,
     one_mb=64 * 1024,
     scaling=False,
+    store=False,
 )
 
 
@@ -532,10 +541,14 @@ class Bench:
             # 7. workers (optional: a failure here is reported, the rest of the report stands)
             if p.scaling:
                 try:
-                    self.scaling(base_url)
+                    with RedisProc(self.logs) as redis:
+                        self.scaling(base_url, redis.url)
                 except Exception as exc:
                     self.say(f"  scaling failed: {exc}")
                     self.results["scaling_error"] = str(exc)
+            # 7. the store
+            if p.store:
+                self.store_row(base_url)
             self.stack.stop(upstream)
         finally:
             self.stack.close()
@@ -648,7 +661,79 @@ class Bench:
         self.results["ready_s"] = summary(times)
         self.results["ready_runs"] = times
 
-    def scaling(self, base_url: str) -> None:
+    def run_store_only(self) -> dict[str, Any]:
+        try:
+            self.say(f"logs in {self.logs}")
+            upstream, base_url = start_upstream(self.stack)
+            self.store_row(base_url)
+            self.stack.stop(upstream)
+        finally:
+            self.stack.close()
+        return self.results
+
+    def store_row(self, base_url: str) -> None:
+        """Unary at 32 with a client token: Redis store vs in-memory store; Redis commands per call."""
+        self.say("store: unary calls at concurrency 32 with a client token, Redis store vs in-memory store")
+        with RedisProc(self.logs) as redis:
+            memory, memory_target, _ = start_gateway(self.stack, base_url, name="gateway-memory")
+            metrics_port = free_port()
+            shared, redis_target, _ = start_gateway(
+                self.stack,
+                base_url,
+                name="gateway-redis",
+                args=("--store", redis.url, "--metrics-port", str(metrics_port)),
+            )
+            specs = {}
+            for label, target in (("memory", memory_target), ("redis", redis_target)):
+                token = create_client(target, f"bench-{label}")
+                specs[label] = {**self.base_spec("gateway_unary", 32), "target": target, "token": token}
+            redis.command("CONFIG", "RESETSTAT")
+            servers = {"memory": memory, "redis": shared}
+            series = {label: Series() for label in specs}
+            commands_before = trips_before = 0.0
+            counted_calls = 0
+            commands = trips = 0.0
+            for round_ in range(self.plan.windows):
+                for label, spec in specs.items():
+                    if label == "redis":
+                        commands_before = redis_commands(redis)
+                        trips_before = scrape_gauge(metrics_port, "gpt_grpc_store_round_trips")
+                    spec = {**spec, "server_pids": tree_pids(servers[label].pid)}
+                    result = load(spec, self.cpus, self.window_timeout())
+                    series[label].add(result)
+                    last = series[label].windows[-1]
+                    if label == "redis":
+                        # Warm-up calls count too: every call the window's load process made.
+                        made = result.get("total_calls", last["calls"])
+                        counted_calls += made
+                        commands += redis_commands(redis) - commands_before
+                        trips += scrape_gauge(metrics_port, "gpt_grpc_store_round_trips") - trips_before
+                    self.say(
+                        f"  store    {label:<8} round {round_ + 1}: {last['rate']:8.1f}/s"
+                        f"  p50 {last['p50_ms']:7.2f} ms  p99 {last['p99_ms']:7.2f} ms"
+                        + (f"  errors {last['errors']}" if last["errors"] else "")
+                    )
+            for label, s in series.items():
+                self.series[f"store_32/{label}"] = s
+            self.stack.stop(memory)
+            self.stack.stop(shared)
+            stats = redis.commandstats()
+        per_call = commands / counted_calls if counted_calls else float("nan")
+        trips_per_call = trips / counted_calls if counted_calls else float("nan")
+        self.results["store"] = {
+            "round_trips_per_call": trips_per_call,
+            "commands_per_call": per_call,
+            "commandstats": stats,
+            "calls": counted_calls,
+        }
+        ratio = paired_ratios(series["redis"], series["memory"])
+        self.say(
+            f"  Redis / memory calls/s: {_fmt(ratio, 3)}; store round trips per call {trips_per_call:.3f} "
+            f"(the gateway's count); Redis commands per call {per_call:.3f}, scripts' own commands included "
+            f"({counted_calls} calls; by command: {stats})"
+        )
+
+    def scaling(self, base_url: str, store_url: str) -> None:
         """Unary at 256 with 1 and 2 workers, nothing pinned: the load generator shares every core.
 
         On a machine with as many cores as workers plus the load generator's,
@@ -660,9 +745,8 @@ class Bench:
         out: dict[str, Any] = {}
         every_cpu = Cpus(None, _every_cpu())
         for workers in (1, 2):
-            # Configure reaches every worker through the state file: required with an admin token.
-            state = self.logs / f"state-w{workers}.json"
-            args = ("--workers", str(workers), "--state-file", str(state))
+            # Workers share clients, usage and settings through a shared store.
+            args = ("--workers", str(workers), "--store", store_url)
             gateway, target, _ = start_gateway(self.stack, base_url, name=f"gateway-w{workers}", args=args, pin=False)
             series = Series()
             for _ in range(p.windows):
@@ -724,7 +808,12 @@ def compute(bench: Bench) -> dict[str, Any]:
     keymap = {"unary_32": f"unary_{32 if 32 in p.concurrencies else max(p.concurrencies)}"}
     keymap["unary_256"] = f"unary_{256 if 256 in p.concurrencies else max(p.concurrencies)}"
     keymap["stream_32"] = f"stream_{c}"
+    if "store_32/redis" in s:
+        figures["store_32"] = paired_ratios(s["store_32/redis"], s["store_32/memory"])
+        figures["store_commands_per_call"] = r["store"]["commands_per_call"]
     for key, (label, op, bound) in TARGETS.items():
+        if key not in figures and key not in keymap:
+            continue
         value = figures[keymap.get(key, key)]["median"]
         met = {">=": value >= bound, "<=": value <= bound, "<": value < bound}[op]
         figures["targets"][key] = {"label": label, "op": op, "bound": bound, "value": value, "met": bool(met)}
@@ -813,6 +902,13 @@ def markdown(bench: Bench, figures: dict[str, Any], meta: dict[str, Any]) -> str
                 for w, v in sc.items()
             )
             + "."
+        )
+    if "store" in bench.results:
+        lines.append(
+            f"- Store (unary with a client token, concurrency 32): "
+            f"{bench.results['store']['round_trips_per_call']:.3f} store round trips per call (the gateway's "
+            f"gpt_grpc_store_round_trips), {bench.results['store']['commands_per_call']:.2f} Redis commands per "
+            "call, those run inside scripts included (INFO commandstats)."
         )
     lines += ["", *transport_section(bench)]
     lines += ["## Ratios and targets", "", "| figure | target | value | met |", "| --- | --- | --- | --- |"]
@@ -940,6 +1036,90 @@ def chart(bench: Bench, path: Path) -> bool:
     return True
 
 
+class RedisProc:
+    """A redis-server for the bench (loopback, no persistence), started and stopped with it."""
+
+    def __init__(self, logs: Path) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.dir = logs
+
+    def __enter__(self) -> RedisProc:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed (make debian-packages)")
+        args = ["--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        self.proc = subprocess.Popen(
+            [binary, *args, "--dir", str(self.dir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                if self.command("PING").startswith(b"+PONG"):
+                    return self
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("redis-server did not start")
+            time.sleep(0.05)
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+    def command(self, *args: str) -> bytes:
+        payload = f"*{len(args)}\r\n" + "".join(f"${len(a.encode())}\r\n{a}\r\n" for a in args)
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as c:
+            c.sendall(payload.encode())
+            c.settimeout(0.3)
+            chunks = []
+            with contextlib.suppress(TimeoutError):
+                while chunk := c.recv(65536):
+                    chunks.append(chunk)
+        return b"".join(chunks)
+
+    def commandstats(self) -> dict[str, int]:
+        """Commands run since the last RESETSTAT, by name (INFO commandstats)."""
+        out: dict[str, int] = {}
+        for line in self.command("INFO", "commandstats").decode().splitlines():
+            if line.startswith("cmdstat_"):
+                name, _, rest = line.partition(":")
+                calls = dict(kv.split("=") for kv in rest.split(","))["calls"]
+                out[name.removeprefix("cmdstat_")] = int(calls)
+        return out
+
+
+def scrape_gauge(port: int, name: str) -> float:
+    """One unlabelled gauge of the gateway's /metrics."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    raise RuntimeError(f"{name} not in the metrics")
+
+
+def redis_commands(redis: RedisProc) -> int:
+    """Commands Redis ran since RESETSTAT, but not the INFO / CONFIG of the bench itself."""
+    return sum(n for name, n in redis.commandstats().items() if name not in ("info", "config", "ping"))
+
+
+def create_client(target: str, name: str) -> str:
+    """A client with a request limit (so that every call is admitted through the store); its token."""
+    import grpc
+    from gptgrpc.v1 import gateway_pb2 as pb
+    from gptgrpc.v1 import gateway_pb2_grpc as pb_grpc
+
+    with grpc.insecure_channel(target) as channel:
+        reply = pb_grpc.GPTServiceStub(channel).CreateClient(
+            pb.CreateClientRequest(name=name, limits=pb.ClientLimits(requests_per_minute=10**9)),
+            metadata=(("authorization", f"Bearer {ADMIN_TOKEN}"),),
+            timeout=10,
+        )
+    return str(reply.token)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="gpt-grpc benchmark: direct SDK vs. gateway")
     ap.add_argument("--smoke", action="store_true", help="tiny counts, a few seconds (CI)")
@@ -947,6 +1127,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--windows", type=int, default=None)
     ap.add_argument("--window", type=float, default=None, help="seconds per window")
     ap.add_argument("--no-scaling", action="store_true", help="skip the 1- and 2-worker measurement")
+    ap.add_argument("--no-store", action="store_true", help="skip the Redis store row")
+    ap.add_argument("--only-store", action="store_true", help="run the Redis store row alone (prints its figures)")
     ap.add_argument(
         "--transports", action="store_true", help="only the upstream transport comparison (writes transports.md)"
     )
@@ -962,12 +1144,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.window:
         plan.window = args.window
     plan.scaling = plan.scaling and not args.no_scaling
+    plan.store = plan.store and not args.no_store
     cpus = plan_cpus()
     if cpus.load:
         os.sched_setaffinity(0, cpus.load)
     args.out.mkdir(parents=True, exist_ok=True)
     bench = Bench(plan, args.out, cpus)
     started = time.time()
+    if args.only_store:
+        results = bench.run_store_only()
+        (args.out / "store.json").write_text(
+            json.dumps({"results": results, "series": {k: v.to_json() for k, v in bench.series.items()}}, indent=1)
+        )
+        return 0
     if args.transports:
         bench.run_transports()
     elif args.tls_scale:

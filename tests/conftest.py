@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +13,7 @@ from gptgrpc.v1 import gateway_pb2_grpc as pb_grpc
 from gpt_grpc.server.app import GatewayServer, ServerConfig
 from gpt_grpc.settings import SettingsUpdate
 from tests.pki import make_pki
+from tests.redis_server import RedisServer
 from tests.standin import Standin
 
 TEST_KEY = "sk-test-0123456789abcdefghijklmnop"
@@ -81,3 +82,21 @@ async def gateway(standin: Standin) -> AsyncIterator[Gateway]:
         yield gw
     finally:
         await stop_gateway(gw)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One real redis-server for the session (tests flush it; fleet tests start their own)."""
+    server = RedisServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The session's redis-server, emptied for this test."""
+    assert redis_server.command("FLUSHALL").startswith(b"+OK")
+    return redis_server.url

@@ -1,57 +1,31 @@
-"""Per-client keys: tokens, limits, budgets and usage that survive a restart (time is faked)."""
+"""Per-client keys on SQLite (files, restarts, flushes), the limits' validation, and the auth brake."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import sqlite3
 import stat
 import threading
-from collections.abc import Iterator
-from datetime import UTC, datetime
+from collections.abc import Awaitable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from gpt_grpc.accounts import (
-    Accounts,
-    AccountsStoreError,
-    AuthFailureLimiter,
-    ClientRecord,
-    Limits,
-    peer_host,
-    validate_limits,
-)
+from gpt_grpc.accounts import Accounts
 from gpt_grpc.chat import Usage
 from gpt_grpc.errors import GatewayError, Reason
-from gpt_grpc.usage import ModelTotals
-
-
-def ts(text: str) -> float:
-    """Unix seconds of an ISO UTC time ("2026-11-26T12:00")."""
-    return datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp()
-
-
-class Clock:
-    def __init__(self, start: float) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+from gpt_grpc.limits import NO_ESTIMATE, Limits, validate_limits
+from gpt_grpc.server.auth import AuthFailureLimiter, peer_host
+from gpt_grpc.store.base import StoreError
+from gpt_grpc.store.sqlite import SqliteStore
+from tests.test_store import Clock, ts
 
 
 @pytest.fixture
 def clock() -> Clock:
     return Clock(ts("2026-11-26T12:00:00"))
-
-
-@pytest.fixture
-def accounts(clock: Clock) -> Iterator[Accounts]:
-    acc = Accounts(clock=clock)
-    yield acc
-    acc.close()
 
 
 def error_of(fn: object, *args: object) -> GatewayError:
@@ -60,74 +34,37 @@ def error_of(fn: object, *args: object) -> GatewayError:
     return info.value
 
 
-# ---------------------------------------------------------------- admin plane
+async def aerror(call: Awaitable[Any]) -> GatewayError:
+    with pytest.raises(GatewayError) as info:
+        await call
+    return info.value
 
 
-def test_create_list_get_update_revoke(accounts: Accounts, clock: Clock) -> None:
-    assert not accounts.enabled
-    assert accounts.list() == []
-    record, token = accounts.create("bob", Limits(requests_per_minute=10))
-    assert accounts.enabled
-    assert token.startswith("gptk_") and len(token) == 5 + 43
-    assert record == ClientRecord(
-        name="bob",
-        limits=Limits(requests_per_minute=10),
-        created_at=clock.now,
-        revoked_at=None,
-        token_prefix=token[:8],
-        period_spend_usd=0.0,
-    )
-    clock.advance(1)
-    accounts.create("alice", Limits())
-    assert [c.name for c in accounts.list()] == ["alice", "bob"]
-    assert accounts.get("bob") == record
-
-    new_limits = Limits(tokens_per_minute=1000, budget_usd=5.0, budget_period="day")
-    updated = accounts.update("bob", new_limits)
-    assert updated.limits == new_limits
-    assert accounts.get("bob").limits == new_limits
-
-    clock.advance(1)
-    revoked = accounts.revoke("bob")
-    assert revoked.revoked_at == clock.now
-    assert [c.name for c in accounts.list()] == ["alice"]
-    assert [c.name for c in accounts.list(include_revoked=True)] == ["alice", "bob"]
-    assert accounts.get("bob").revoked_at == clock.now  # still readable
-    assert accounts.enabled  # alice is active
-    accounts.revoke("alice")
-    assert accounts.enabled  # only revoked clients: still closed, never reopened by a revoke
+def opened(path: Path | None, clock: Clock) -> tuple[SqliteStore, Accounts]:
+    store = SqliteStore(path, clock=clock)
+    store.open_sync()
+    return store, Accounts(store, clock=clock)
 
 
-def test_not_found_and_revoked(accounts: Accounts) -> None:
-    assert error_of(accounts.update, "nobody", Limits()).reason is Reason.CLIENT_NOT_FOUND
-    assert error_of(accounts.revoke, "nobody").reason is Reason.CLIENT_NOT_FOUND
-    assert error_of(accounts.get, "nobody").reason is Reason.CLIENT_NOT_FOUND
-    assert error_of(accounts.usage, "nobody").reason is Reason.CLIENT_NOT_FOUND
-    accounts.create("bob", Limits())
-    accounts.revoke("bob")
-    assert error_of(accounts.revoke, "bob").reason is Reason.CLIENT_NOT_FOUND
-    assert error_of(accounts.update, "bob", Limits()).reason is Reason.CLIENT_NOT_FOUND
+async def admit(acc: Accounts, name: str) -> None:
+    row = await acc.store.get_client(name)
+    assert row is not None
+    await acc.admit(row, NO_ESTIMATE)
 
 
-def test_duplicate_name(accounts: Accounts) -> None:
-    accounts.create("bob", Limits())
-    assert error_of(accounts.create, "bob", Limits()).reason is Reason.CLIENT_EXISTS
-    accounts.revoke("bob")
-    # A revoked client keeps its name (its usage is filed under it).
-    assert error_of(accounts.create, "bob", Limits()).reason is Reason.CLIENT_EXISTS
-
-
-@pytest.mark.parametrize("name", ["", "a" * 65, "has space", "slash/", "émile", "new\nline", "bob\n"])
-def test_invalid_names(accounts: Accounts, name: str) -> None:
-    err = error_of(accounts.create, name, Limits())
-    assert err.reason is Reason.INVALID_REQUEST
-    assert [v.field for v in err.field_violations] == ["name"]
-    assert accounts.list(include_revoked=True) == []
-
-
-@pytest.mark.parametrize("name", ["a", "a" * 64, "Team_A-1.prod"])
-def test_valid_names(accounts: Accounts, name: str) -> None:
-    assert accounts.create(name, Limits())[0].name == name
+@pytest.mark.parametrize(
+    "limits",
+    [
+        Limits(),
+        Limits(requests_per_minute=1, tokens_per_minute=1),
+        Limits(budget_usd=0.0, budget_period="day"),
+        Limits(budget_usd=12.5, budget_period="month"),
+        Limits(budget_usd=3, budget_period="day"),
+        Limits(max_in_flight=1),
+    ],
+)
+def test_valid_limits(limits: Limits) -> None:
+    assert validate_limits(limits) == []
 
 
 @pytest.mark.parametrize(
@@ -146,71 +83,28 @@ def test_valid_names(accounts: Accounts, name: str) -> None:
         (Limits(budget_usd=5.0), ["limits.budget_period"]),
         (Limits(budget_period="day"), ["limits.budget_period"]),
         (Limits(budget_usd=5.0, budget_period="week"), ["limits.budget_period"]),  # type: ignore[arg-type]
+        (Limits(max_in_flight=0), ["limits.max_in_flight"]),
+        (Limits(max_in_flight=2**31), ["limits.max_in_flight"]),
         (
             Limits(requests_per_minute=0, tokens_per_minute=-5, budget_usd=-1.0),
             ["limits.requests_per_minute", "limits.tokens_per_minute", "limits.budget_usd", "limits.budget_period"],
         ),
     ],
 )
-def test_invalid_limits(accounts: Accounts, limits: Limits, fields: list[str]) -> None:
+def test_invalid_limits(limits: Limits, fields: list[str]) -> None:
     assert [v.field for v in validate_limits(limits)] == fields
-    err = error_of(accounts.create, "bob", limits)
-    assert err.reason is Reason.INVALID_REQUEST
-    assert [v.field for v in err.field_violations] == fields
-    accounts.create("alice", Limits())
-    err = error_of(accounts.update, "alice", limits)
-    assert [v.field for v in err.field_violations] == fields
-    assert accounts.get("alice").limits == Limits()
 
 
-def test_invalid_name_and_limits_reported_together(accounts: Accounts) -> None:
-    err = error_of(accounts.create, "", Limits(requests_per_minute=0))
-    assert [v.field for v in err.field_violations] == ["name", "limits.requests_per_minute"]
-
-
-@pytest.mark.parametrize(
-    "limits",
-    [
-        Limits(),
-        Limits(requests_per_minute=1, tokens_per_minute=1),
-        Limits(budget_usd=0.0, budget_period="day"),
-        Limits(budget_usd=12.5, budget_period="month"),
-        Limits(budget_usd=3, budget_period="day"),
-    ],
-)
-def test_valid_limits(limits: Limits) -> None:
-    assert validate_limits(limits) == []
-
-
-# --------------------------------------------------------------------- tokens
-
-
-def test_authenticate(accounts: Accounts) -> None:
-    _, bob_token = accounts.create("bob", Limits())
-    _, alice_token = accounts.create("alice", Limits())
-    bob = accounts.authenticate(bob_token)
-    assert bob is not None and bob.name == "bob"
-    alice = accounts.authenticate(alice_token)
-    assert alice is not None and alice.name == "alice"
-    assert bob_token != alice_token
-    for wrong in ["", bob_token[:-1], bob_token + "x", bob_token.upper(), "gptk_" + "A" * 43, "x" * 10_000]:
-        assert accounts.authenticate(wrong) is None
-    accounts.revoke("bob")
-    assert accounts.authenticate(bob_token) is None  # at once
-    assert accounts.authenticate(alice_token) is not None
-    assert error_of(accounts.admit, "bob").reason is Reason.CLIENT_TOKEN_INVALID
-
-
-def test_only_the_hash_is_stored(tmp_path: Path, clock: Clock) -> None:
+async def test_only_the_hash_is_stored(tmp_path: Path, clock: Clock) -> None:
     path = tmp_path / "data" / "accounts.db"
-    acc = Accounts(path, clock=clock)
-    tokens = [acc.create(f"client{i}", Limits(requests_per_minute=5))[1] for i in range(3)]
+    store, acc = opened(path, clock)
+    tokens = [(await acc.create(f"client{i}", Limits(requests_per_minute=5)))[1] for i in range(3)]
     acc.record("client0", "gpt-4.1", Usage(1, 2, 3), 0.5, ok=True)
-    acc.flush()
+    store.flush_sync()
     # While open (WAL) and after close, no file beside the database holds a token.
     for phase in ("open", "closed"):
         if phase == "closed":
-            acc.close()
+            store.close_sync()
         blobs = b"".join(p.read_bytes() for p in path.parent.iterdir())
         assert b"client0" in blobs  # the file does hold the clients
         for token in tokens:
@@ -222,296 +116,104 @@ def test_only_the_hash_is_stored(tmp_path: Path, clock: Clock) -> None:
         hashes = [row[0] for row in conn.execute("SELECT token_sha256 FROM clients ORDER BY name")]
     conn.close()
     assert hashes == [hashlib.sha256(t.encode()).digest() for t in tokens]
-    # And the tokens still work after a restart.
-    again = Accounts(path, clock=clock)
+    again_store, again = opened(path, clock)  # the tokens still work after a restart
     try:
-        assert [again.authenticate(t) for t in tokens] == [again.get(f"client{i}") for i in range(3)]
+        found = [await again.authenticate(t) for t in tokens]
+        assert [r.name if r else None for r in found] == ["client0", "client1", "client2"]
     finally:
-        again.close()
+        again_store.close_sync()
 
 
-# ----------------------------------------------------------------- rate limits
-
-
-def test_request_rate_limit(accounts: Accounts, clock: Clock) -> None:
-    accounts.create("bob", Limits(requests_per_minute=3))
-    accounts.create("alice", Limits(requests_per_minute=3))
-    start = clock.now
-    for _ in range(3):
-        accounts.admit("bob")
-        clock.advance(10)
-    # 30 s after the first: it leaves the window in 30 s.
-    err = error_of(accounts.admit, "bob")
-    assert err.reason is Reason.CLIENT_RATE_LIMITED
-    assert err.retry_after == pytest.approx(30.0)
-    assert err.quota_violations == ()
-    # A refused request is not counted: the wait does not grow.
-    clock.advance(5)
-    assert error_of(accounts.admit, "bob").retry_after == pytest.approx(25.0)
-    accounts.admit("alice")  # another client is unaffected
-    clock.now = start + 60  # the first leaves the window
-    accounts.admit("bob")
-    err = error_of(accounts.admit, "bob")
-    assert err.retry_after == pytest.approx(10.0)  # the second (at +10) leaves at +70
-    clock.advance(10)
-    accounts.admit("bob")
-
-
-def test_request_rate_limit_change_takes_effect(accounts: Accounts, clock: Clock) -> None:
-    accounts.create("bob", Limits(requests_per_minute=5))
-    for _ in range(4):
-        accounts.admit("bob")
-        clock.advance(1)
-    accounts.update("bob", Limits(requests_per_minute=2))
-    err = error_of(accounts.admit, "bob")
-    # 4 in the window, limit 2: three must leave; the third (at +2) leaves at +62.
-    assert err.retry_after == pytest.approx(58.0)
-    accounts.update("bob", Limits())
-    for _ in range(100):
-        accounts.admit("bob")
-
-
-def test_token_rate_limit(accounts: Accounts, clock: Clock) -> None:
-    accounts.create("bob", Limits(tokens_per_minute=1000))
-    start = clock.now
-    accounts.admit("bob")
-    accounts.record("bob", "gpt-4.1", Usage(prompt_tokens=300, completion_tokens=100, total_tokens=400), 0.0, ok=True)
-    clock.advance(20)
-    accounts.admit("bob")
-    accounts.record("bob", "gpt-4.1", Usage(prompt_tokens=500, completion_tokens=100, total_tokens=600), 0.0, ok=True)
-    clock.advance(5)
-    err = error_of(accounts.admit, "bob")
-    assert err.reason is Reason.CLIENT_RATE_LIMITED
-    assert "tokens per minute" in err.message
-    # 1000 tokens in the window; once the first 400 leave (at +60) it is under the limit.
-    assert err.retry_after == pytest.approx(35.0)
-    clock.now = start + 60
-    accounts.admit("bob")
-    # A failed call's tokens count too.
-    accounts.record("bob", "gpt-4.1", Usage(prompt_tokens=400, total_tokens=400), None, ok=False)
-    err = error_of(accounts.admit, "bob")
-    assert err.retry_after == pytest.approx(20.0)  # the 600 from +20 leave at +80
-    clock.now = start + 80
-    accounts.admit("bob")
-
-
-def test_token_window_bounded(accounts: Accounts, clock: Clock) -> None:
-    accounts.create("bob", Limits(tokens_per_minute=10**9))
-    for _ in range(10_000):
-        accounts.record("bob", "m", Usage(total_tokens=1), None, ok=True)
-        clock.advance(0.01)
-    accounts.admit("bob")
-    assert len(accounts._clients["bob"].tokens) <= 601  # one entry per 0.1 s slot
-    # The last 60 s hold 6000 tokens; a slot leaves with its latest record (errs on the safe side).
-    assert 6000 <= accounts._clients["bob"].tokens_sum <= 6010
-
-
-def test_both_limits_wait_for_the_later(accounts: Accounts, clock: Clock) -> None:
-    accounts.create("bob", Limits(requests_per_minute=2, tokens_per_minute=100))
-    accounts.admit("bob")
-    clock.advance(10)
-    accounts.admit("bob")
-    clock.advance(10)
-    accounts.record("bob", "m", Usage(total_tokens=100), None, ok=True)
-    err = error_of(accounts.admit, "bob")
-    assert "requests per minute and 100 tokens per minute" in err.message
-    assert err.retry_after == pytest.approx(60.0)  # tokens at +20 leave at +80; the request slot frees at +60
-
-
-# --------------------------------------------------------------------- budgets
-
-
-def test_daily_budget(accounts: Accounts, clock: Clock) -> None:
-    accounts.create("bob", Limits(budget_usd=5.0, budget_period="day"))
-    accounts.create("alice", Limits(budget_usd=5.0, budget_period="day"))
-    accounts.admit("bob")
-    accounts.record("bob", "gpt-4.1", Usage(10, 10, 20), 3.0, ok=True)
-    accounts.admit("bob")
-    accounts.record("bob", "gpt-4.1", Usage(10, 10, 20), 1.99, ok=True)
-    accounts.admit("bob")  # $4.99 < $5
-    accounts.record("bob", "gpt-4.1", Usage(10, 10, 20), 0.02, ok=True)
-    assert accounts.get("bob").period_spend_usd == pytest.approx(5.01)
-    err = error_of(accounts.admit, "bob")
-    assert err.reason is Reason.CLIENT_BUDGET_EXCEEDED
-    assert err.retry_after is None
-    assert err.quota_violations == (("client:bob", "daily budget of $5.00 used: $5.01 spent since 2026-11-26T00:00Z"),)
-    assert "2026-11-27T00:00Z" in err.message
-    accounts.admit("alice")  # another client is unaffected
-    clock.now = ts("2026-11-26T23:59:59")
-    assert error_of(accounts.admit, "bob").reason is Reason.CLIENT_BUDGET_EXCEEDED
-    clock.now = ts("2026-11-27T00:00:00")  # next UTC day
-    accounts.admit("bob")
-    assert accounts.get("bob").period_spend_usd == 0.0
-    # Raising the budget lets the client through at once.
-    accounts.record("bob", "gpt-4.1", None, 6.0, ok=False)
-    assert error_of(accounts.admit, "bob").reason is Reason.CLIENT_BUDGET_EXCEEDED
-    accounts.update("bob", Limits(budget_usd=10.0, budget_period="day"))
-    accounts.admit("bob")
-
-
-def test_zero_budget_refuses_everything(accounts: Accounts) -> None:
-    accounts.create("bob", Limits(budget_usd=0.0, budget_period="month"))
-    err = error_of(accounts.admit, "bob")
-    assert err.quota_violations == (
-        ("client:bob", "monthly budget of $0.00 used: $0.00 spent since 2026-11-01T00:00Z"),
-    )
-
-
-def test_budget_is_checked_before_rate_limits(accounts: Accounts) -> None:
-    accounts.create("bob", Limits(requests_per_minute=1, budget_usd=1.0, budget_period="day"))
-    accounts.admit("bob")
-    accounts.record("bob", "m", None, 2.0, ok=True)
-    assert error_of(accounts.admit, "bob").reason is Reason.CLIENT_BUDGET_EXCEEDED
-
-
-def test_monthly_budget_across_month_boundary(accounts: Accounts, clock: Clock) -> None:
-    clock.now = ts("2026-12-30T10:00:00")
-    accounts.create("bob", Limits(budget_usd=10.0, budget_period="month"))
-    accounts.create("daily", Limits(budget_usd=10.0, budget_period="day"))
-    accounts.record("bob", "m", None, 6.0, ok=True)
-    accounts.record("daily", "m", None, 6.0, ok=True)
-    clock.now = ts("2026-12-31T23:00:00")  # another day, same month
-    accounts.record("bob", "m", None, 4.5, ok=True)
-    accounts.record("daily", "m", None, 4.5, ok=True)
-    accounts.admit("daily")  # the daily budget reset: $4.50 today
-    err = error_of(accounts.admit, "bob")
-    assert err.quota_violations == (
-        ("client:bob", "monthly budget of $10.00 used: $10.50 spent since 2026-12-01T00:00Z"),
-    )
-    assert "2027-01-01T00:00Z" in err.message
-    assert accounts.get("bob").period_spend_usd == pytest.approx(10.5)
-    assert accounts.get("daily").period_spend_usd == pytest.approx(4.5)
-    clock.now = ts("2027-01-01T00:00:00")  # new month, new year
-    accounts.admit("bob")
-    assert accounts.get("bob").period_spend_usd == 0.0
-
-
-def test_spend_without_budget_is_the_current_day(accounts: Accounts, clock: Clock) -> None:
-    accounts.create("bob", Limits())
-    accounts.record("bob", "m", None, 1.25, ok=True)
-    accounts.record("bob", "m", None, None, ok=True)  # unpriced
-    accounts.record("bob", "m", None, float("nan"), ok=True)  # never poisons the total
-    assert accounts.list()[0].period_spend_usd == pytest.approx(1.25)
-    clock.advance(86400)
-    assert accounts.list()[0].period_spend_usd == 0.0
-
-
-# ----------------------------------------------------------------------- usage
-
-
-def test_usage_per_model(accounts: Accounts, clock: Clock) -> None:
-    created = clock.now
-    accounts.create("bob", Limits())
-    accounts.create("alice", Limits())
-    accounts.record("bob", "gpt-4.1", Usage(100, 20, 120, cached_prompt_tokens=50), 0.25, ok=True)
-    accounts.record("bob", "gpt-4.1", Usage(10, 5, 15, reasoning_tokens=3), 0.75, ok=True)
-    accounts.record("bob", "gpt-4.1", None, None, ok=False)
-    accounts.record("bob", "aaa-model", Usage(1, 1, 2), None, ok=True)
-    accounts.record("alice", "gpt-4.1", Usage(1000, 1000, 2000), 9.0, ok=True)
-    accounts.record("nobody", "gpt-4.1", Usage(1, 1, 2), 1.0, ok=True)  # ignored
-    models, total, since = accounts.usage("bob")
-    assert since == created
-    assert models == [
-        ModelTotals(model="aaa-model", requests=1, prompt_tokens=1, completion_tokens=1, unpriced_requests=1),
-        ModelTotals(
-            model="gpt-4.1",
-            requests=2,
-            failed_requests=1,
-            prompt_tokens=110,
-            completion_tokens=25,
-            cached_prompt_tokens=50,
-            reasoning_tokens=3,
-            cost_usd=1.0,
-        ),
-    ]
-    assert total == ModelTotals(
-        model="",
-        requests=3,
-        failed_requests=1,
-        prompt_tokens=111,
-        completion_tokens=26,
-        cached_prompt_tokens=50,
-        reasoning_tokens=3,
-        cost_usd=1.0,
-        unpriced_requests=1,
-    )
-    assert accounts.usage("alice")[1].cost_usd == 9.0
-    accounts.revoke("bob")
-    assert accounts.usage("bob")[0] == models  # usage stays
-
-
-def test_usage_and_spend_survive_a_restart(tmp_path: Path, clock: Clock) -> None:
+async def test_usage_and_spend_survive_a_restart(tmp_path: Path, clock: Clock) -> None:
     path = tmp_path / "accounts.db"
     clock.now = ts("2026-11-25T12:00:00")
-    acc = Accounts(path, clock=clock)
-    acc.create("bob", Limits(budget_usd=5.0, budget_period="day"))
-    acc.create("monthly", Limits(budget_usd=5.0, budget_period="month"))
-    acc.create("gone", Limits())
+    store, acc = opened(path, clock)
+    await acc.create("bob", Limits(budget_usd=5.0, budget_period="day"))
+    await acc.create("monthly", Limits(budget_usd=5.0, budget_period="month"))
+    await acc.create("gone", Limits())
     acc.record("bob", "gpt-4.1", Usage(10, 10, 20), 2.0, ok=True)  # yesterday: not today's spend
     acc.record("monthly", "gpt-4.1", Usage(10, 10, 20), 2.0, ok=True)
-    acc.flush()
+    store.flush_sync()
     clock.now = ts("2026-11-26T12:00:00")
     acc.record("bob", "gpt-4.1", Usage(10, 10, 20), 3.0, ok=True)
     acc.record("bob", "gpt-4.1-mini", Usage(1, 2, 3), None, ok=True)
     acc.record("monthly", "gpt-4.1", Usage(10, 10, 20), 3.0, ok=True)
     acc.record("gone", "m", Usage(1, 1, 2), 0.5, ok=False)
-    acc.revoke("gone")
-    acc.record("bob", "gpt-4.1", None, 1.0, ok=False)
-    before = {name: acc.usage(name) for name in ("bob", "monthly", "gone")}
-    records = acc.list(include_revoked=True)
-    acc.close()
-    acc.close()  # idempotent
+    acc.record(None, "m", Usage(1, 1, 2), 0.5, ok=True)  # no client token: all-traffic usage
+    await acc.revoke("gone")
+    before = {name: await acc.usage(name) for name in ("bob", "monthly", "gone")}
+    all_before = await acc.all_usage()
+    records = await acc.list(include_revoked=True)
+    store.close_sync()
+    store.close_sync()  # idempotent
 
-    again = Accounts(path, clock=clock)
+    again_store, again = opened(path, clock)
     try:
-        assert {name: again.usage(name) for name in ("bob", "monthly", "gone")} == before
-        assert again.list(include_revoked=True) == records
-        assert again.get("bob").period_spend_usd == pytest.approx(4.0)
-        assert again.get("monthly").period_spend_usd == pytest.approx(5.0)
+        assert {name: await again.usage(name) for name in ("bob", "monthly", "gone")} == before
+        assert await again.all_usage() == all_before  # since included: when the database first counted
+        assert await again.list(include_revoked=True) == records
+        assert (await again.get("bob")).period_spend_usd == pytest.approx(3.0)
+        assert (await again.get("monthly")).period_spend_usd == pytest.approx(5.0)
         assert again.enabled
-        assert error_of(again.admit, "monthly").reason is Reason.CLIENT_BUDGET_EXCEEDED
-        again.admit("bob")  # $4 of $5
-        again.record("bob", "gpt-4.1", None, 1.0, ok=True)
-        err = error_of(again.admit, "bob")
-        assert err.quota_violations[0][1] == "daily budget of $5.00 used: $5.00 spent since 2026-11-26T00:00Z"
-        again.flush()
-        assert again.usage("bob")[1].cost_usd == pytest.approx(7.0)
+        assert (await aerror(admit(again, "monthly"))).reason is Reason.CLIENT_BUDGET_EXCEEDED
+        await admit(again, "bob")  # $3 of $5
+        again.record("bob", "gpt-4.1", None, 2.0, ok=True)
+        assert (await aerror(admit(again, "bob"))).reason is Reason.CLIENT_BUDGET_EXCEEDED
+        again_store.flush_sync()
     finally:
-        again.close()
+        again_store.close_sync()
     with sqlite3.connect(path) as conn:
         rows = conn.execute("SELECT client, day, model, requests FROM client_usage ORDER BY 1, 2, 3").fetchall()
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
     conn.close()
-    assert version == 1
-    assert mode == "wal"
+    assert (version, mode) == (2, "wal")
     assert ("bob", "2026-11-25", "gpt-4.1", 1) in rows
     assert ("bob", "2026-11-26", "gpt-4.1", 2) in rows  # two flushes merged into one row
+    assert ("", "2026-11-26", "m", 1) in rows
 
 
-def test_memory_store_starts_empty(clock: Clock) -> None:
-    acc = Accounts(clock=clock)
-    acc.create("bob", Limits())
-    acc.close()
-    acc = Accounts(None, clock=clock)
+def test_version_1_database_is_upgraded(tmp_path: Path, clock: Clock) -> None:
+    path = tmp_path / "v1.db"
+    conn = sqlite3.connect(path)
+    from gpt_grpc.store.sqlite import _SCHEMA_V1
+
+    for statement in _SCHEMA_V1.split(";"):
+        conn.execute(statement)
+    conn.execute("INSERT INTO clients VALUES ('old', x'00', 'gptk_abc', 5, NULL, NULL, NULL, 1.0, NULL)")
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+    store, acc = opened(path, clock)
     try:
-        assert acc.list(include_revoked=True) == []
+        assert asyncio.run(acc.get("old")).limits == Limits(requests_per_minute=5)
+    finally:
+        store.close_sync()
+
+
+async def test_memory_store_starts_empty(clock: Clock) -> None:
+    store, acc = opened(None, clock)
+    await acc.create("bob", Limits())
+    store.close_sync()
+    store, acc = opened(None, clock)
+    try:
+        assert await acc.list(include_revoked=True) == []
         assert not acc.enabled
     finally:
-        acc.close()
+        store.close_sync()
 
 
-def test_flush_from_another_thread(tmp_path: Path, clock: Clock) -> None:
+async def test_flush_from_another_thread(tmp_path: Path, clock: Clock) -> None:
     path = tmp_path / "accounts.db"
-    acc = Accounts(path, clock=clock)
-    acc.create("bob", Limits())
+    store, acc = opened(path, clock)
+    await acc.create("bob", Limits())
     stop = threading.Event()
     errors: list[BaseException] = []
 
     def flusher() -> None:
         try:
             while not stop.is_set():
-                acc.flush()
+                store.flush_sync()
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
@@ -523,48 +225,48 @@ def test_flush_from_another_thread(tmp_path: Path, clock: Clock) -> None:
     finally:
         stop.set()
         thread.join()
-    acc.close()
+    store.close_sync()
     assert errors == []
-    again = Accounts(path, clock=clock)
+    again_store, again = opened(path, clock)
     try:
-        assert again.usage("bob")[1].requests == 2000
+        assert (await again.usage("bob"))[1].requests == 2000
     finally:
-        again.close()
+        again_store.close_sync()
 
 
-def test_failed_flush_keeps_the_rows(tmp_path: Path, clock: Clock) -> None:
+async def test_failed_flush_keeps_the_rows(tmp_path: Path, clock: Clock) -> None:
     path = tmp_path / "accounts.db"
-    acc = Accounts(path, clock=clock)
-    acc.create("bob", Limits())
+    store, acc = opened(path, clock)
+    await acc.create("bob", Limits())
     acc.record("bob", "m", Usage(1, 1, 2), 1.0, ok=True)
     blocker = sqlite3.connect(path, timeout=0)
     blocker.execute("BEGIN EXCLUSIVE")
-    acc._conn.execute("PRAGMA busy_timeout = 0")  # type: ignore[union-attr]
+    store._conn.execute("PRAGMA busy_timeout = 0")  # type: ignore[union-attr]
     with pytest.raises(sqlite3.OperationalError):
-        acc.flush()
+        store.flush_sync()
     acc.record("bob", "m", Usage(1, 1, 2), 1.0, ok=True)
     blocker.execute("ROLLBACK")
     blocker.close()
-    acc.close()
-    again = Accounts(path, clock=clock)
+    store.close_sync()
+    again_store, again = opened(path, clock)
     try:
-        assert again.usage("bob")[1].requests == 2
-        assert again.get("bob").period_spend_usd == 2.0
+        assert (await again.usage("bob"))[1].requests == 2
+        assert (await again.get("bob")).period_spend_usd == 2.0
     finally:
-        again.close()
+        again_store.close_sync()
 
 
 def test_unusable_files_are_refused(tmp_path: Path, clock: Clock) -> None:
     garbage = tmp_path / "garbage.db"
     garbage.write_bytes(b"this is not a database" * 100)
-    with pytest.raises(AccountsStoreError, match="unusable"):
-        Accounts(garbage, clock=clock)
+    with pytest.raises(StoreError, match="unusable"):
+        opened(garbage, clock)
     newer = tmp_path / "newer.db"
     conn = sqlite3.connect(newer)
     conn.execute("PRAGMA user_version = 99")
     conn.close()
-    with pytest.raises(AccountsStoreError, match="schema version 99"):
-        Accounts(newer, clock=clock)
+    with pytest.raises(StoreError, match="schema version 99"):
+        opened(newer, clock)
 
 
 # ---------------------------------------------------------- auth failure limit
@@ -614,9 +316,14 @@ def test_auth_failure_limiter_is_bounded() -> None:
     ("peer", "host"),
     [
         ("ipv4:127.0.0.1:5000", "ipv4:127.0.0.1"),
-        ("ipv6:[::1]:5000", "ipv6:[::1]"),
-        ("ipv6:%5B::1%5D:5000", "ipv6:%5B::1%5D"),
-        ("ipv6:[2001:db8::1]:443", "ipv6:[2001:db8::1]"),
+        ("ipv6:[::1]:5000", "ipv6:::/64"),
+        ("ipv6:%5B::1%5D:5000", "ipv6:::/64"),
+        # IPv6 sources count per /64: rotating addresses within it does not reset the brake.
+        ("ipv6:[2001:db8::1]:443", "ipv6:2001:db8::/64"),
+        ("ipv6:[2001:db8:0:0:ffff:1:2:3]:443", "ipv6:2001:db8::/64"),
+        ("ipv6:[2001:db8:0:1::1]:443", "ipv6:2001:db8:0:1::/64"),
+        ("ipv6:[::ffff:10.1.2.3]:80", "ipv4:10.1.2.3"),
+        ("ipv6:[fe80::1%25eth0]:80", "ipv6:fe80::/64"),
         ("ipv4:127.0.0.1", "ipv4:127.0.0.1"),
         ("unix:/tmp/sock", "unix:/tmp/sock"),
         ("", ""),
@@ -624,3 +331,11 @@ def test_auth_failure_limiter_is_bounded() -> None:
 )
 def test_peer_host(peer: str, host: str) -> None:
     assert peer_host(peer) == host
+
+
+def test_counted_fields_are_every_usage_column() -> None:
+    import dataclasses
+
+    from gpt_grpc.usage import COUNTED_FIELDS, ModelTotals
+
+    assert COUNTED_FIELDS == tuple(f.name for f in dataclasses.fields(ModelTotals) if f.name != "model")

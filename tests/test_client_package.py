@@ -1263,15 +1263,15 @@ def test_cli_clients(
     assert code == 0
     lines = out.splitlines()
     assert lines[0].split()[:2] == ["NAME", "TOKEN"]
-    assert lines[1].split()[:6] == ["billing", "gptk_ab12", "60", "-", "$5/day", "0.250000"]
+    assert lines[1].split()[:7] == ["billing", "gptk_ab12", "60", "-", "$5/day", "-", "0.250000"]
     assert lines[2].split()[:5] == ["search", "gptk_ab12", "-", "-", "-"]
     assert lines[3].split()[0] == "zz-old" and lines[3].split()[-2:] == ["2023-11-14", "22:23:20"]
     assert fake.last("ListClients").request == gateway_pb2.ListClientsRequest(include_revoked=True)
 
-    code, out, _ = run_cli([*base, "update", "billing", "--tokens-per-minute", "1000"], capsys)
-    assert code == 0 and out.splitlines()[1].split()[:5] == ["billing", "gptk_ab12", "-", "1000", "-"]
+    code, out, _ = run_cli([*base, "update", "billing", "--tokens-per-minute", "1000", "--max-in-flight", "8"], capsys)
+    assert code == 0 and out.splitlines()[1].split()[:6] == ["billing", "gptk_ab12", "-", "1000", "-", "8"]
     assert fake.last("UpdateClient").request == gateway_pb2.UpdateClientRequest(
-        name="billing", limits=gateway_pb2.ClientLimits(tokens_per_minute=1000)
+        name="billing", limits=gateway_pb2.ClientLimits(tokens_per_minute=1000, max_in_flight=8)
     )
 
     code, out, err = run_cli([*base, "revoke", "billing"], capsys)

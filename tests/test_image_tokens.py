@@ -24,7 +24,7 @@ from PIL import Image
 from gpt_grpc import tokens
 from gpt_grpc.catalog import ImageBilling, default_catalog
 from gpt_grpc.chat import ImagePart, TextPart
-from tests.conftest import Gateway
+from tests.conftest import ADMIN, Gateway
 from tests.helpers import details
 from tests.standin import Standin
 
@@ -231,3 +231,34 @@ def test_library_messages_count_images_too() -> None:
     plain = tokens.count_messages([{"role": "user", "content": "x"}], "gpt-4o").tokens
     assert tokens.count_messages(as_parts, "gpt-4o").tokens == plain + 765
     assert tokens.count_messages(as_openai, "gpt-4o").tokens == plain + 765
+
+
+async def test_a_client_reservation_counts_images_as_billed(gateway: Gateway, standin: Standin) -> None:
+    """A client's token limit holds an image's tokens before the call runs (store/limits' reservation)."""
+    created = await gateway.stub.CreateClient(
+        pb.CreateClientRequest(name="vision", limits=pb.ClientLimits(tokens_per_minute=1000)), metadata=ADMIN
+    )
+    token = (("authorization", f"Bearer {created.token}"),)
+    text_only_call = pb.ChatCompletionRequest(model="gpt-4o", user_message="what is this?", max_tokens=10)
+    assert (await gateway.stub.ChatCompletion(text_only_call, metadata=token)).content == "Echo: what is this?"
+    # The same question with a 2048x4096 image at high: 85 + 6*170 = 1105 image tokens, over the 1000 a minute.
+    image = pb.ContentPart(
+        image=pb.ImagePart(data=encoded(2048, 4096), mime_type="image/png", detail=pb.IMAGE_DETAIL_HIGH)
+    )
+    message = pb.ChatMessage(role=pb.ROLE_USER, parts=[pb.ContentPart(text="what is this?"), image])
+    with_image = pb.ChatCompletionRequest(model="gpt-4o", messages=[message], max_tokens=10)
+    count = standin.request_count
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await gateway.stub.ChatCompletion(with_image, metadata=token)
+    got = details(info.value)
+    assert got.code == grpc.StatusCode.INVALID_ARGUMENT and "tokens per minute" in got.message
+    assert standin.request_count == count
+    # At low detail it is 85: within the limit.
+    low = pb.ContentPart(
+        image=pb.ImagePart(data=encoded(2048, 4096), mime_type="image/png", detail=pb.IMAGE_DETAIL_LOW)
+    )
+    message = pb.ChatMessage(role=pb.ROLE_USER, parts=[pb.ContentPart(text="what is this?"), low])
+    response = await gateway.stub.ChatCompletion(
+        pb.ChatCompletionRequest(model="gpt-4o", messages=[message], max_tokens=10), metadata=token
+    )
+    assert response.content == "Echo: what is this?"

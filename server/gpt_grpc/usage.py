@@ -83,6 +83,19 @@ class ModelTotals:
         )
 
 
+# The counted columns of ModelTotals (every field but the model), as the stores keep them.
+COUNTED_FIELDS: tuple[str, ...] = (
+    "requests",
+    "failed_requests",
+    "prompt_tokens",
+    "completion_tokens",
+    "cached_prompt_tokens",
+    "reasoning_tokens",
+    "cost_usd",
+    "unpriced_requests",
+)
+
+
 class UsageTracker:
     """Thread-safe counters; the sync `GPT` facade and the server share the type."""
 

@@ -621,6 +621,20 @@ const (
 	ErrorReason_CLIENT_EXISTS ErrorReason = 27
 	// A client token may not see another client's data. PERMISSION_DENIED.
 	ErrorReason_CLIENT_FORBIDDEN ErrorReason = 28
+	// A client with a budget called a model that has no known price, and the
+	// operator set no fallback price (--unpriced-model-price): its spend could
+	// not be counted. FAILED_PRECONDITION.
+	ErrorReason_CLIENT_MODEL_UNPRICED ErrorReason = 33
+	// Configure of an api_key on a shared store while the server has no secret
+	// key to encrypt it (GPT_GRPC_SECRET_KEY or GPT_GRPC_SECRET_KEY_FILE).
+	// FAILED_PRECONDITION.
+	ErrorReason_SECRET_KEY_MISSING ErrorReason = 34
+	// The client has its max_in_flight calls in flight already.
+	// RESOURCE_EXHAUSTED + RetryInfo.
+	ErrorReason_CLIENT_IN_FLIGHT_LIMITED ErrorReason = 35
+	// The shared store cannot be reached for an admin change (client or
+	// settings); nothing was changed. The data plane keeps serving. UNAVAILABLE.
+	ErrorReason_STORE_UNAVAILABLE ErrorReason = 36
 )
 
 // Enum value maps for ErrorReason.
@@ -655,6 +669,10 @@ var (
 		26: "CLIENT_NOT_FOUND",
 		27: "CLIENT_EXISTS",
 		28: "CLIENT_FORBIDDEN",
+		33: "CLIENT_MODEL_UNPRICED",
+		34: "SECRET_KEY_MISSING",
+		35: "CLIENT_IN_FLIGHT_LIMITED",
+		36: "STORE_UNAVAILABLE",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED":         0,
@@ -686,6 +704,10 @@ var (
 		"CLIENT_NOT_FOUND":                 26,
 		"CLIENT_EXISTS":                    27,
 		"CLIENT_FORBIDDEN":                 28,
+		"CLIENT_MODEL_UNPRICED":            33,
+		"SECRET_KEY_MISSING":               34,
+		"CLIENT_IN_FLIGHT_LIMITED":         35,
+		"STORE_UNAVAILABLE":                36,
 	}
 )
 
@@ -2972,7 +2994,7 @@ func (x *ListModelsResponse) GetModels() []*ModelInfo {
 type GetUsageRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Client name: that client's persisted usage (admin token, or the client's
-	// own token). Empty: all traffic since the server started (with a client
+	// own token). Empty: all traffic counted by the store (with a client
 	// token: that client's own usage).
 	Client        string `protobuf:"bytes,1,opt,name=client,proto3" json:"client,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -3141,7 +3163,9 @@ type GetUsageResponse struct {
 	Models []*ModelUsage `protobuf:"bytes,1,rep,name=models,proto3" json:"models,omitempty"`
 	// Sum over all models (model is empty).
 	Total *ModelUsage `protobuf:"bytes,2,opt,name=total,proto3" json:"total,omitempty"`
-	// When counting started.
+	// When counting started: for one client, its creation; for all traffic,
+	// when the store first counted (the first start of any gateway on that
+	// store; with the in-memory store, this process's start).
 	Since *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=since,proto3" json:"since,omitempty"`
 	// The client reported on; empty for all traffic.
 	Client        string `protobuf:"bytes,4,opt,name=client,proto3" json:"client,omitempty"`
@@ -3217,7 +3241,13 @@ type ClientLimits struct {
 	// Spend allowed per budget_period, in USD.
 	BudgetUsd *float64 `protobuf:"fixed64,3,opt,name=budget_usd,json=budgetUsd,proto3,oneof" json:"budget_usd,omitempty"`
 	// The period of budget_usd (required when budget_usd is set).
-	BudgetPeriod  BudgetPeriod `protobuf:"varint,4,opt,name=budget_period,json=budgetPeriod,proto3,enum=gptgrpc.v1.BudgetPeriod" json:"budget_period,omitempty"`
+	BudgetPeriod BudgetPeriod `protobuf:"varint,4,opt,name=budget_period,json=budgetPeriod,proto3,enum=gptgrpc.v1.BudgetPeriod" json:"budget_period,omitempty"`
+	// Calls of this client in flight at once, across the whole fleet when the
+	// store is shared (refused beyond it with CLIENT_IN_FLIGHT_LIMITED). Unset:
+	// no cap beyond the server's --max-in-flight. Give each client a share of
+	// the fleet's capacity (replicas x --max-in-flight) so one client cannot
+	// take every admission slot.
+	MaxInFlight   *int32 `protobuf:"varint,5,opt,name=max_in_flight,json=maxInFlight,proto3,oneof" json:"max_in_flight,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3278,6 +3308,13 @@ func (x *ClientLimits) GetBudgetPeriod() BudgetPeriod {
 		return x.BudgetPeriod
 	}
 	return BudgetPeriod_BUDGET_PERIOD_UNSPECIFIED
+}
+
+func (x *ClientLimits) GetMaxInFlight() int32 {
+	if x != nil && x.MaxInFlight != nil {
+		return *x.MaxInFlight
+	}
+	return 0
 }
 
 // Client is a named caller of the gateway.
@@ -4550,16 +4587,18 @@ const file_gptgrpc_v1_gateway_proto_rawDesc = "" +
 	"\x06models\x18\x01 \x03(\v2\x16.gptgrpc.v1.ModelUsageR\x06models\x12,\n" +
 	"\x05total\x18\x02 \x01(\v2\x16.gptgrpc.v1.ModelUsageR\x05total\x120\n" +
 	"\x05since\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x12\x16\n" +
-	"\x06client\x18\x04 \x01(\tR\x06client\"\x94\x02\n" +
+	"\x06client\x18\x04 \x01(\tR\x06client\"\xcf\x02\n" +
 	"\fClientLimits\x123\n" +
 	"\x13requests_per_minute\x18\x01 \x01(\x05H\x00R\x11requestsPerMinute\x88\x01\x01\x12/\n" +
 	"\x11tokens_per_minute\x18\x02 \x01(\x03H\x01R\x0ftokensPerMinute\x88\x01\x01\x12\"\n" +
 	"\n" +
 	"budget_usd\x18\x03 \x01(\x01H\x02R\tbudgetUsd\x88\x01\x01\x12=\n" +
-	"\rbudget_period\x18\x04 \x01(\x0e2\x18.gptgrpc.v1.BudgetPeriodR\fbudgetPeriodB\x16\n" +
+	"\rbudget_period\x18\x04 \x01(\x0e2\x18.gptgrpc.v1.BudgetPeriodR\fbudgetPeriod\x12'\n" +
+	"\rmax_in_flight\x18\x05 \x01(\x05H\x03R\vmaxInFlight\x88\x01\x01B\x16\n" +
 	"\x14_requests_per_minuteB\x14\n" +
 	"\x12_tokens_per_minuteB\r\n" +
-	"\v_budget_usd\"\x95\x02\n" +
+	"\v_budget_usdB\x10\n" +
+	"\x0e_max_in_flight\"\x95\x02\n" +
 	"\x06Client\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x120\n" +
 	"\x06limits\x18\x02 \x01(\v2\x18.gptgrpc.v1.ClientLimitsR\x06limits\x12;\n" +
@@ -4669,7 +4708,7 @@ const file_gptgrpc_v1_gateway_proto_rawDesc = "" +
 	"\x15VERBOSITY_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rVERBOSITY_LOW\x10\x01\x12\x14\n" +
 	"\x10VERBOSITY_MEDIUM\x10\x02\x12\x12\n" +
-	"\x0eVERBOSITY_HIGH\x10\x03*\xe2\x05\n" +
+	"\x0eVERBOSITY_HIGH\x10\x03*\xca\x06\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fINVALID_REQUEST\x10\x01\x12\x13\n" +
@@ -4701,7 +4740,11 @@ const file_gptgrpc_v1_gateway_proto_rawDesc = "" +
 	"\x11AUTH_RATE_LIMITED\x10\x19\x12\x14\n" +
 	"\x10CLIENT_NOT_FOUND\x10\x1a\x12\x11\n" +
 	"\rCLIENT_EXISTS\x10\x1b\x12\x14\n" +
-	"\x10CLIENT_FORBIDDEN\x10\x1c2\xa8\a\n" +
+	"\x10CLIENT_FORBIDDEN\x10\x1c\x12\x19\n" +
+	"\x15CLIENT_MODEL_UNPRICED\x10!\x12\x16\n" +
+	"\x12SECRET_KEY_MISSING\x10\"\x12\x1c\n" +
+	"\x18CLIENT_IN_FLIGHT_LIMITED\x10#\x12\x15\n" +
+	"\x11STORE_UNAVAILABLE\x10$2\xa8\a\n" +
 	"\n" +
 	"GPTService\x12W\n" +
 	"\x0eChatCompletion\x12!.gptgrpc.v1.ChatCompletionRequest\x1a\".gptgrpc.v1.ChatCompletionResponse\x12k\n" +

@@ -66,8 +66,10 @@ type GPTServiceClient interface {
 	// ListModels lists the models the gateway knows, with encoding, context
 	// window and prices. Other model names still pass through to the upstream.
 	ListModels(ctx context.Context, in *ListModelsRequest, opts ...grpc.CallOption) (*ListModelsResponse, error)
-	// GetUsage reports requests, tokens and cost per model since start, or the
-	// persisted usage of one client. A client token sees only its own usage.
+	// GetUsage reports requests, tokens and cost per model, of all traffic or
+	// of one client, as the store holds them: with a shared store (Redis),
+	// every replica answers the same fleet-wide totals. A client token sees
+	// only its own usage.
 	GetUsage(ctx context.Context, in *GetUsageRequest, opts ...grpc.CallOption) (*GetUsageResponse, error)
 	// CreateClient defines a named client with its own bearer token and limits.
 	// The token is returned once and stored hashed. Requires the admin token.
@@ -236,8 +238,10 @@ type GPTServiceServer interface {
 	// ListModels lists the models the gateway knows, with encoding, context
 	// window and prices. Other model names still pass through to the upstream.
 	ListModels(context.Context, *ListModelsRequest) (*ListModelsResponse, error)
-	// GetUsage reports requests, tokens and cost per model since start, or the
-	// persisted usage of one client. A client token sees only its own usage.
+	// GetUsage reports requests, tokens and cost per model, of all traffic or
+	// of one client, as the store holds them: with a shared store (Redis),
+	// every replica answers the same fleet-wide totals. A client token sees
+	// only its own usage.
 	GetUsage(context.Context, *GetUsageRequest) (*GetUsageResponse, error)
 	// CreateClient defines a named client with its own bearer token and limits.
 	// The token is returned once and stored hashed. Requires the admin token.

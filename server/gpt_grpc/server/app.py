@@ -26,15 +26,19 @@ from gptgrpc.v1 import gateway_pb2 as pb
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from .. import tokens
-from ..accounts import Accounts, AccountsStoreError
+from ..accounts import Accounts
 from ..egress import EgressPolicy, resolved_problem
 from ..engine import Engine
 from ..errors import FieldViolation, GatewayError, invalid
+from ..limits import DEFAULT_RESERVED_COMPLETION_TOKENS, FallbackPrice, Pricer
 from ..models import Models
 from ..pricing import Pricing
 from ..retry import RetryBudget
 from ..settings import Settings, SettingsUpdate, apply
+from ..settings_sync import SettingsRecordError, SettingsSync
 from ..state import StateFile, StateFileError
+from ..store import StoreError, store_from_url
+from ..store.secrets import Sealer, SecretKeyError, sealer_from_env
 from . import logs, reflection, registration, workers
 from .admission import Admission
 from .auth import AdminAuth, Authorizer
@@ -74,7 +78,16 @@ class ServerConfig:
     upstream: SettingsUpdate = field(default_factory=SettingsUpdate)
     retry_budget: bool = True
     state_file: str | None = None
+    # Where clients, limits, usage and settings live (store/__init__.py): None = in memory.
+    # db_path (--db) is a synonym of store_url="sqlite:///<path>".
+    store_url: str | None = None
     db_path: str | None = None
+    store_password: str | None = field(default=None, repr=False)
+    # The operator's secret for keys kept in the store (store/secrets.py).
+    secret_key: str | None = field(default=None, repr=False)
+    # Price of models without one, for budgeted clients (None: such calls are refused).
+    unpriced_model_price: FallbackPrice | None = None
+    reserved_completion_tokens: int = DEFAULT_RESERVED_COMPLETION_TOKENS
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
     tls_cert: str | None = None
@@ -105,6 +118,11 @@ class GatewayServer:
         # environment. (What the endpoint's name resolves to is checked in start.)
         self.egress = EgressPolicy.of(config.allow_insecure_upstream, config.allowed_upstream_hosts)
         settings = apply(Settings(), config.upstream, self.egress)
+        self.store = store_from_url(store_url(config), password=config.store_password)
+        if config.state_file and self.store.shared:
+            raise ConfigError(
+                "--state-file is for a single process: with a shared store the settings live in the store"
+            )
         self.state = StateFile(config.state_file) if config.state_file else None
         saved = self.state.load() if self.state else None
         if saved is not None:
@@ -117,7 +135,12 @@ class GatewayServer:
             budget=RetryBudget() if config.retry_budget else None,
             observer=self.metrics,
         )
-        self.accounts = Accounts(config.db_path)
+        self.accounts = Accounts(self.store)
+        sealer = Sealer(config.secret_key) if config.secret_key else None
+        self.settings_sync = SettingsSync(
+            self.store, settings, self.engine.install, sealer=sealer, state=self.state, policy=self.egress
+        )
+        self.pricer = Pricer(config.unpriced_model_price, config.reserved_completion_tokens)
         self.credentials = _server_credentials(config)
         self.admission = Admission(config.max_in_flight)
         self.health = health.aio.HealthServicer()
@@ -141,7 +164,8 @@ class GatewayServer:
             self.admission,
             accounts=self.accounts,
             metrics=self.metrics,
-            state=self.state,
+            settings_sync=self.settings_sync,
+            pricer=self.pricer,
             egress=self.egress,
         )
         # Undecodable requests: INVALID_ARGUMENT, not UNKNOWN with a traceback (registration.py).
@@ -158,13 +182,21 @@ class GatewayServer:
         self.port = 0
         self.metrics_port: int | None = None
         self._stopped = asyncio.Event()
-        self._flusher: asyncio.Task[None] | None = None
 
     async def start(self) -> int:
         problem = await resolved_problem(self.engine.settings.endpoint)
         if problem:
             raise invalid([FieldViolation("endpoint", problem)])
         tokens.preload()  # readiness includes the encodings: no first-call stall
+        self.store.on_degraded(self.metrics.store_degraded.set)
+        await self.store.open()
+        try:
+            settings = await self.settings_sync.start()
+        except SettingsRecordError as exc:
+            await self.store.close()
+            raise ConfigError(str(exc)) from None
+        if settings.generation and self.store.shared:
+            log.info("settings from the store %s (generation %d)", self.store.description, settings.generation)
         address = f"[{self.config.host}]" if ":" in self.config.host else self.config.host
         if self.credentials is not None:
             self.port = self.server.add_secure_port(f"{address}:{self.config.port}", self.credentials)
@@ -173,11 +205,10 @@ class GatewayServer:
             if not _is_loopback(self.config.host):
                 log.warning("listening on %s without TLS: traffic is plain text", self.config.host)
         await self.server.start()
-        self.metrics.watch(asyncio.get_running_loop(), self.engine.budget)
+        self.metrics.watch(asyncio.get_running_loop(), self.engine.budget, self.store)
         if self.config.metrics_port is not None:
             self.metrics_port = self.metrics.serve(self.config.metrics_port, self.config.metrics_host)
             log.info("metrics on http://%s:%d/metrics", self.config.metrics_host, self.metrics_port)
-        self._flusher = asyncio.get_running_loop().create_task(self._flush_usage())
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("gpt-grpc listening on %s:%d", self.config.host, self.port)
@@ -193,19 +224,8 @@ class GatewayServer:
             log.warning("grace period over with %d calls in flight; cancelling them", self.admission.in_flight)
         await self.server.stop(0 if drained else 0.5)
         await self.engine.aclose()
-        if self._flusher is not None:
-            self._flusher.cancel()
-        await asyncio.to_thread(self.accounts.close)
+        await self.store.close()
         self._stopped.set()
-
-    async def _flush_usage(self) -> None:
-        """Per-client usage reaches disk every second (and at shutdown)."""
-        while True:
-            await asyncio.sleep(1.0)
-            try:
-                await asyncio.to_thread(self.accounts.flush)
-            except Exception:
-                log.exception("could not write client usage")
 
     async def wait(self) -> None:
         await self._stopped.wait()
@@ -244,6 +264,15 @@ def _revalidate(saved: Settings, policy: EgressPolicy) -> Settings:
     except GatewayError as exc:
         raise StateFileError(f"state file holds invalid settings: {exc.message}") from None
     return dataclasses.replace(checked, generation=saved.generation)
+
+
+def store_url(config: ServerConfig) -> str | None:
+    """--store, or --db as a synonym of a SQLite store."""
+    if config.store_url and config.db_path:
+        raise ConfigError("give --store or --db, not both (--db PATH means --store sqlite:///PATH)")
+    if config.db_path:
+        return "sqlite://" + str(os.path.abspath(config.db_path))
+    return config.store_url
 
 
 def _read_bytes(path: str) -> bytes:
@@ -368,7 +397,26 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
         default=env.get("GPT_GRPC_STATE_FILE"),
         help="persist Configure changes here (0600) and restore them at start",
     )
+    p.add_argument(
+        "--store",
+        default=env.get("GPT_GRPC_STORE"),
+        help="where clients, limits, usage and settings live: sqlite:///path/gateway.db (one process), "
+        "redis://host:6379/0 or rediss://... (a fleet); default: in memory",
+    )
     p.add_argument("--db", default=env.get("GPT_GRPC_DB"), help="SQLite file for clients and their usage")
+    p.add_argument(
+        "--unpriced-model-price",
+        default=env.get("GPT_GRPC_UNPRICED_MODEL_PRICE"),
+        metavar="IN,OUT",
+        help="USD per million input,output tokens for models without a price; without it, a client with a "
+        "budget cannot call them",
+    )
+    p.add_argument(
+        "--reserved-completion-tokens",
+        type=int,
+        default=int(env.get("GPT_GRPC_RESERVED_COMPLETION_TOKENS", DEFAULT_RESERVED_COMPLETION_TOKENS)),
+        help="completion tokens a call without max_tokens reserves against its client's budget and token limit",
+    )
     p.add_argument(
         "--metrics-port",
         type=int,
@@ -422,6 +470,19 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
     api_key = env.get("OPENAI_API_KEY") or None
     if args.api_key_file:
         api_key = _read_secret_file(args.api_key_file)
+    store_password = env.get("GPT_GRPC_STORE_PASSWORD") or None
+    if env.get("GPT_GRPC_STORE_PASSWORD_FILE"):
+        store_password = _read_secret_file(env["GPT_GRPC_STORE_PASSWORD_FILE"])
+    try:
+        sealer_from_env(env)  # checked here: a short or unreadable secret stops the start
+        fallback = FallbackPrice.parse(args.unpriced_model_price) if args.unpriced_model_price else None
+    except (SecretKeyError, ValueError) as exc:
+        raise ConfigError(str(exc)) from None
+    secret_key = env.get("GPT_GRPC_SECRET_KEY") or None
+    if env.get("GPT_GRPC_SECRET_KEY_FILE"):
+        secret_key = _read_secret_file(env["GPT_GRPC_SECRET_KEY_FILE"])
+    if args.reserved_completion_tokens < 1:
+        raise ConfigError("--reserved-completion-tokens must be at least 1")
     upstream = SettingsUpdate(
         api_key=api_key,
         endpoint=args.endpoint or None,
@@ -441,7 +502,12 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
         pricing_file=args.pricing_file,
         upstream=upstream,
         state_file=args.state_file,
+        store_url=args.store,
         db_path=args.db,
+        store_password=store_password,
+        secret_key=secret_key,
+        unpriced_model_price=fallback,
+        reserved_completion_tokens=args.reserved_completion_tokens,
         metrics_port=args.metrics_port,
         metrics_host=args.metrics_host,
         tls_cert=args.tls_cert,
@@ -480,18 +546,7 @@ async def serve(config: ServerConfig) -> None:
         loop.add_signal_handler(sig, on_signal)
     if os.environ.get("GPT_GRPC_DEBUG_TASKS") == "1":
         loop.add_signal_handler(signal.SIGUSR1, _log_debug_state, server)
-    follower = None
-    if config.reuse_port and server.state is not None:  # a worker: Configure may happen in another one
-        state = server.state
-        follower = loop.create_task(workers.follow_state_file(server, lambda: _load_state(state, server.egress)))
     await server.wait()
-    if follower is not None:
-        follower.cancel()
-
-
-def _load_state(state: StateFile, policy: EgressPolicy) -> Settings | None:
-    saved = state.load()
-    return None if saved is None else _revalidate(saved, policy)
 
 
 def _log_debug_state(server: GatewayServer) -> None:
@@ -515,6 +570,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     except OSError as exc:
         print(f"gpt-grpc-server: cannot read a secret file: {exc.strerror}", file=sys.stderr)
         raise SystemExit(2) from None
+    except ConfigError as exc:
+        print(f"gpt-grpc-server: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     problem = workers.check(config)
     if problem is not None:
         print(f"gpt-grpc-server: {problem}", file=sys.stderr)
@@ -530,7 +588,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except GatewayError as exc:
         print(f"gpt-grpc-server: invalid settings: {exc.message}", file=sys.stderr)
         raise SystemExit(2) from None
-    except (StateFileError, ConfigError, AccountsStoreError) as exc:
+    except (StateFileError, ConfigError, StoreError, SecretKeyError) as exc:
         print(f"gpt-grpc-server: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
 

@@ -17,7 +17,7 @@ import orjson
 from google.protobuf import duration_pb2, timestamp_pb2
 from gptgrpc.v1 import gateway_pb2 as pb
 
-from ..accounts import ClientRecord, Limits
+from ..accounts import ClientRecord
 from ..chat import (
     AudioPart,
     ChatRequest,
@@ -33,6 +33,7 @@ from ..chat import (
     Usage,
 )
 from ..errors import FieldViolation, invalid
+from ..limits import Limits
 from ..settings import Settings, SettingsUpdate, mask_key
 from ..tokens import TokenCount
 from ..usage import ModelTotals
@@ -442,6 +443,7 @@ def limits(m: pb.ClientLimits) -> Limits:
         tokens_per_minute=m.tokens_per_minute if m.HasField("tokens_per_minute") else None,
         budget_usd=m.budget_usd if m.HasField("budget_usd") else None,
         budget_period=period,
+        max_in_flight=m.max_in_flight if m.HasField("max_in_flight") else None,
     )
 
 
@@ -462,6 +464,7 @@ def client(r: ClientRecord) -> pb.Client:
             budget_period={"day": pb.BUDGET_PERIOD_DAY, "month": pb.BUDGET_PERIOD_MONTH}.get(
                 lim.budget_period or "", pb.BUDGET_PERIOD_UNSPECIFIED
             ),
+            max_in_flight=lim.max_in_flight,
         ),
         create_time=_timestamp(r.created_at),
         token_prefix=r.token_prefix,

@@ -10,6 +10,7 @@ cardinality or the size of a scrape.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from typing import Any
 
@@ -18,8 +19,11 @@ from prometheus_client.process_collector import ProcessCollector
 
 from ..chat import MAX_MODEL_CHARS, Usage
 from ..retry import RetryBudget
+from ..store.base import Store
 
 MAX_MODEL_LABELS = 200
+# Gauges a worker samples for the parent's scrape (multiprocess mode).
+SAMPLE_SECONDS = 1.0
 OTHER = "other"
 ANONYMOUS = "anonymous"
 
@@ -30,7 +34,10 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        ProcessCollector(registry=r)
+        # A worker of --workers N: its values go to files the parent sums in one scrape.
+        self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        if not self.multiprocess:
+            ProcessCollector(registry=r)
         self.calls = Counter("gpt_grpc_calls", "Calls by method and status code.", ["method", "code"], registry=r)
         self.call_seconds = Histogram(
             "gpt_grpc_call_duration_seconds", "Whole-call latency.", ["method"], buckets=_LATENCY_BUCKETS, registry=r
@@ -52,7 +59,9 @@ class Metrics:
         self.retries = Counter(
             "gpt_grpc_upstream_retries", "Retries, by the reason of the attempt that failed.", ["reason"], registry=r
         )
-        self.in_flight = Gauge("gpt_grpc_calls_in_flight", "Calls being served.", registry=r)
+        self.in_flight = Gauge(
+            "gpt_grpc_calls_in_flight", "Calls being served.", registry=r, multiprocess_mode="livesum"
+        )
         self.tokens = Counter(
             "gpt_grpc_tokens",
             "Tokens by model, client and kind (prompt, completion, cached_prompt, reasoning).",
@@ -60,27 +69,75 @@ class Metrics:
             registry=r,
         )
         self.cost = Counter("gpt_grpc_cost_usd", "Cost in USD by model and client.", ["model", "client"], registry=r)
-        self.tasks = Gauge("gpt_grpc_event_loop_tasks", "asyncio tasks alive in the server's loop.", registry=r)
+        self.tasks = Gauge(
+            "gpt_grpc_event_loop_tasks",
+            "asyncio tasks alive in the server's loop.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.budget_first = Gauge(
-            "gpt_grpc_retry_budget_first_attempts", "First attempts in the retry budget's window.", registry=r
+            "gpt_grpc_retry_budget_first_attempts",
+            "First attempts in the retry budget's window.",
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.budget_retries = Gauge(
-            "gpt_grpc_retry_budget_retries", "Retries in the retry budget's window.", registry=r
+            "gpt_grpc_retry_budget_retries",
+            "Retries in the retry budget's window.",
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.budget_refused = Gauge(
-            "gpt_grpc_retry_budget_refused", "Retries refused by the budget since start.", registry=r
+            "gpt_grpc_retry_budget_refused",
+            "Retries refused by the budget since start.",
+            registry=r,
+            multiprocess_mode="livesum",
         )
+        self.store_degraded = Gauge(
+            "gpt_grpc_store_degraded",
+            "1 while the shared store cannot be reached: serving from what this process knows, limits per replica.",
+            registry=r,
+            multiprocess_mode="max",
+        )
+        self.store_round_trips = Gauge(
+            "gpt_grpc_store_round_trips",
+            "Requests sent to the store since start (a pipeline or a script is one).",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self._sampler: asyncio.Task[None] | None = None
         self._models: set[str] = set()
         self._call_children: dict[tuple[str, str], tuple[Any, Any]] = {}
         self._lock = threading.Lock()
 
-    def watch(self, loop: asyncio.AbstractEventLoop, budget: RetryBudget | None) -> None:
-        """Gauges read at scrape time (the scrape runs on another thread)."""
+    def watch(self, loop: asyncio.AbstractEventLoop, budget: RetryBudget | None, store: Store | None = None) -> None:
+        """Gauges read at scrape time (the scrape runs on another thread).
+
+        In multiprocess mode the scrape happens in the parent, which cannot call
+        into a worker: each worker samples them every SAMPLE_SECONDS instead.
+        """
+        if self.multiprocess:
+            self._sampler = loop.create_task(self._sample(loop, budget, store))
+            return
         self.tasks.set_function(lambda: len(asyncio.all_tasks(loop)))
+        if store is not None:
+            self.store_round_trips.set_function(lambda: store.round_trips)
         if budget is not None:
             self.budget_first.set_function(lambda: budget.state()[0])
             self.budget_retries.set_function(lambda: budget.state()[1])
             self.budget_refused.set_function(lambda: budget.refused)
+
+    async def _sample(self, loop: asyncio.AbstractEventLoop, budget: RetryBudget | None, store: Store | None) -> None:
+        while True:
+            self.tasks.set(len(asyncio.all_tasks(loop)))
+            if store is not None:
+                self.store_round_trips.set(store.round_trips)
+            if budget is not None:
+                first, retries = budget.state()[:2]
+                self.budget_first.set(first)
+                self.budget_retries.set(retries)
+                self.budget_refused.set(budget.refused)
+            await asyncio.sleep(SAMPLE_SECONDS)
 
     def model_label(self, model: str) -> str:
         if model in self._models:

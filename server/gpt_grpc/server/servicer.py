@@ -29,11 +29,12 @@ from gptgrpc.v1 import gateway_pb2_grpc as pb_grpc
 from .. import tokens
 from ..accounts import Accounts
 from ..chat import ChatResult, Usage, check_model, validate_counted
-from ..egress import EgressPolicy, origin, resolved_problem
+from ..egress import EgressPolicy
 from ..engine import Engine, PreparedCall
 from ..errors import FieldViolation, GatewayError, Reason, invalid
+from ..limits import NO_ESTIMATE, Pricer, Ticket
 from ..settings import Settings, SettingsUpdate
-from ..state import StateFile
+from ..settings_sync import SettingsSync
 from ..usage import ModelTotals
 from . import convert, logs, registration
 from .admission import Admission
@@ -84,6 +85,9 @@ class Call:
     attempts: int = 0
     first_chunk_at: float | None = None
     admitted: bool = False
+    # Past the client's limits (or without a client): the call's usage is recorded at its end.
+    metered: bool = False
+    ticket: Ticket | None = None
     code: grpc.StatusCode = grpc.StatusCode.OK
     reason: str | None = None
     extra_keys: tuple[str, ...] = ()  # extra_body_json's key names (never its values)
@@ -127,7 +131,7 @@ def rpc(access: Access) -> Callable[[Handler[Req, Resp]], Callable[[Any, Req, Co
         async def handler(self: GPTServicer, request: Req, context: Context) -> Resp:
             call = self._begin(fn.__name__, context)
             try:
-                self._open(call, access, request, context)
+                await self._open(call, access, request, context)
                 return await fn(self, request, context, call)
             except asyncio.CancelledError:
                 call.code = grpc.StatusCode.CANCELLED
@@ -155,7 +159,7 @@ def stream_rpc(
             call = self._begin(fn.__name__, context)
             events: AsyncIterator[Resp] | None = None
             try:
-                self._open(call, access, request, context)
+                await self._open(call, access, request, context)
                 events = fn(self, request, context, call)
                 async for event in events:
                     yield event
@@ -229,7 +233,8 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
         *,
         accounts: Accounts,
         metrics: Metrics,
-        state: StateFile | None = None,
+        settings_sync: SettingsSync,
+        pricer: Pricer,
         egress: EgressPolicy | None = None,
     ) -> None:
         self.engine = engine
@@ -238,9 +243,8 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
         self.admission = admission
         self.accounts = accounts
         self.metrics = metrics
-        self.state = state
-        # One Configure at a time: validate, persist and swap as one step.
-        self._configure_lock = asyncio.Lock()
+        self.settings_sync = settings_sync
+        self.pricer = pricer
 
     # -- the call envelope ---------------------------------------------------------
 
@@ -249,27 +253,35 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
         context.set_trailing_metadata((("x-request-id", call.request_id),))
         return call
 
-    def _authorize(self, call: Call, access: Access, context: Context) -> None:
+    async def _authorize(self, call: Call, access: Access, context: Context) -> None:
         metadata = context.invocation_metadata()
         if access is Access.ADMIN:
             call.caller = self.authorizer.admin_call(metadata, call.peer)
         else:
-            call.caller = self.authorizer.data_call(metadata, call.peer)
+            call.caller = await self.authorizer.data_call(metadata, call.peer)
         self.admission.enter()
         self.metrics.in_flight.inc()
         call.started = time.perf_counter()
-        if access in (Access.CHARGED, Access.COUNTED) and call.caller.client is not None:
-            try:
-                self.accounts.admit(call.caller.client.name, requests_only=access is Access.COUNTED)
+        if access is Access.COUNTED and call.caller.client is not None:
+            try:  # free upstream: held to the client's request rate alone (CHARGED calls: _meter)
+                await self.accounts.admit(call.caller.client, NO_ESTIMATE, requests_only=True)
             except GatewayError:
                 self._leave()
                 raise
         call.admitted = True
 
-    def _open(self, call: Call, access: Access, request: object, context: Context) -> None:
-        self._authorize(call, access, context)
+    async def _open(self, call: Call, access: Access, request: object, context: Context) -> None:
+        await self._authorize(call, access, context)
         if isinstance(request, Undecodable):
             raise request.error()
+
+    async def _meter(self, call: Call, prepared: PreparedCall) -> None:
+        """The client's limits: reserve the call's estimate (one store round trip), or raise why not."""
+        client = call.caller.client
+        if client is not None:
+            estimate = self.pricer.estimate(client.name, client.limits, prepared.model, prepared.body)
+            call.ticket = await self.accounts.admit(client, estimate)
+        call.metered = True
 
     async def _fail(self, context: Context, call: Call, exc: Exception) -> None:
         """End the call with the status of `exc`: its own, or INTERNAL for a bug."""
@@ -299,8 +311,10 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
             if call.usage is not None:
                 m.observe_usage(call.model, client, call.usage, call.cost_usd)
             # A call refused before it ran (token, limits, budget) used nothing upstream.
-            if client is not None and call.admitted:
-                self.accounts.record(client, call.model, call.usage, call.cost_usd, code == grpc.StatusCode.OK)
+            if call.metered:
+                self.accounts.record(
+                    client, call.model, call.usage, self._cost(call), code == grpc.StatusCode.OK, call.ticket
+                )
         if call.first_chunk_at is not None:
             m.first_chunk_seconds.observe(call.first_chunk_at - call.started)
         fields: dict[str, Any] = {
@@ -326,13 +340,20 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
             fields["extra_body_keys"] = logs.key_names(call.extra_keys)
         logs.access(fields)
 
-    def _prepare(self, request: Any, call: Call) -> PreparedCall:
+    def _cost(self, call: Call) -> float | None:
+        """The call's cost; for a model without a price, the operator's fallback price if set."""
+        if call.cost_usd is not None or call.usage is None:
+            return call.cost_usd
+        return self.pricer.fallback_cost(call.usage)
+
+    async def _prepare(self, request: Any, call: Call) -> PreparedCall:
         chat = convert.chat_request(request, call.request_id)
         call.model = chat.model  # as asked, until the engine has resolved it
         if chat.extra:
             call.extra_keys = tuple(chat.extra)
         prepared = self.engine.prepare(chat)
         call.model = prepared.model.name
+        await self._meter(call, prepared)
         return prepared
 
     # -- data plane -----------------------------------------------------------------
@@ -341,7 +362,7 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
     async def ChatCompletion(
         self, request: pb.ChatCompletionRequest, context: Context, call: Call
     ) -> pb.ChatCompletionResponse:
-        result = await self.engine.acomplete(self._prepare(request, call), deadline=_deadline(context))
+        result = await self.engine.acomplete(await self._prepare(request, call), deadline=_deadline(context))
         call.took(result)
         return convert.chat_response(result)
 
@@ -349,7 +370,7 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
     async def StreamChatCompletion(
         self, request: pb.StreamChatCompletionRequest, context: Context, call: Call
     ) -> AsyncIterator[pb.StreamChatCompletionResponse]:
-        events = self.engine.astream(self._prepare(request, call), deadline=_deadline(context))
+        events = self.engine.astream(await self._prepare(request, call), deadline=_deadline(context))
         try:
             async for event in events:
                 if isinstance(event, ChatResult):
@@ -434,10 +455,9 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
             raise GatewayError(Reason.CLIENT_FORBIDDEN, "a client token may only read its own usage")
         models: list[ModelTotals]
         if name:
-            models, total, since_seconds = self.accounts.usage(name)
+            models, total, since_seconds = await self.accounts.usage(name)
         else:
-            models, total = self.engine.usage.snapshot()
-            since_seconds = self.engine.usage.since
+            models, total, since_seconds = await self.accounts.all_usage()
         since = timestamp_pb2.Timestamp()
         since.FromNanoseconds(int(since_seconds * 1e9))
         return pb.GetUsageResponse(
@@ -450,27 +470,11 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
     # -- admin ----------------------------------------------------------------------
 
     async def _apply(self, update: SettingsUpdate) -> Settings:
-        async with self._configure_lock:
-            current = self.engine.settings
-            settings = self.engine.preview(update, self.egress)
-            if origin(settings.endpoint) != origin(current.endpoint):
-                problem = await resolved_problem(settings.endpoint)
-                if problem:
-                    raise invalid([FieldViolation("endpoint", problem)])
-            if self.state is not None:
-                try:
-                    await asyncio.to_thread(self.state.save, settings)
-                except OSError as exc:
-                    log.error("could not write the state file: %s", exc.strerror)
-                    raise GatewayError(
-                        Reason.INTERNAL_ERROR, "could not persist the settings; nothing was changed"
-                    ) from None
-            self.engine.install(settings)
-            return settings
+        return await self.settings_sync.apply(update)
 
     @rpc(Access.ADMIN)
     async def Configure(self, request: pb.ConfigureRequest, context: Context, call: Call) -> pb.ConfigureResponse:
-        # Shielded: once the file is written, the swap happens even if the caller left.
+        # Shielded: once the record is stored, the swap happens even if the caller left.
         settings = await asyncio.shield(self._apply(convert.settings_update(request)))
         log.info("configuration changed: %r", settings)
         return pb.ConfigureResponse(configuration=convert.configuration(settings))
@@ -479,20 +483,20 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
     async def CreateClient(
         self, request: pb.CreateClientRequest, context: Context, call: Call
     ) -> pb.CreateClientResponse:
-        record, token = self.accounts.create(request.name, convert.limits(request.limits))
+        record, token = await self.accounts.create(request.name, convert.limits(request.limits))
         log.info("client created: %s", record.name)
         return pb.CreateClientResponse(client=convert.client(record), token=token)
 
     @rpc(Access.ADMIN)
     async def ListClients(self, request: pb.ListClientsRequest, context: Context, call: Call) -> pb.ListClientsResponse:
-        records = self.accounts.list(include_revoked=request.include_revoked)
+        records = await self.accounts.list(include_revoked=request.include_revoked)
         return pb.ListClientsResponse(clients=[convert.client(r) for r in records])
 
     @rpc(Access.ADMIN)
     async def UpdateClient(
         self, request: pb.UpdateClientRequest, context: Context, call: Call
     ) -> pb.UpdateClientResponse:
-        record = self.accounts.update(request.name, convert.limits(request.limits))
+        record = await self.accounts.update(request.name, convert.limits(request.limits))
         log.info("client limits changed: %s", record.name)
         return pb.UpdateClientResponse(client=convert.client(record))
 
@@ -500,6 +504,6 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
     async def RevokeClient(
         self, request: pb.RevokeClientRequest, context: Context, call: Call
     ) -> pb.RevokeClientResponse:
-        record = self.accounts.revoke(request.name)
+        record = await self.accounts.revoke(request.name)
         log.info("client revoked: %s", record.name)
         return pb.RevokeClientResponse(client=convert.client(record))

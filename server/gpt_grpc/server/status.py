@@ -47,6 +47,10 @@ REASON_CODES: Mapping[Reason, grpc.StatusCode] = {
     Reason.CLIENT_NOT_FOUND: grpc.StatusCode.NOT_FOUND,
     Reason.CLIENT_EXISTS: grpc.StatusCode.ALREADY_EXISTS,
     Reason.CLIENT_FORBIDDEN: grpc.StatusCode.PERMISSION_DENIED,
+    Reason.CLIENT_MODEL_UNPRICED: grpc.StatusCode.FAILED_PRECONDITION,
+    Reason.SECRET_KEY_MISSING: grpc.StatusCode.FAILED_PRECONDITION,
+    Reason.CLIENT_IN_FLIGHT_LIMITED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Reason.STORE_UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
 }
 
 # Where the caller may try again later; the delay when the upstream gave none.
@@ -59,6 +63,8 @@ RETRY_LATER: Mapping[Reason, float] = {
     Reason.SHUTTING_DOWN: 1.0,
     Reason.OVERLOADED: 0.5,
     Reason.CLIENT_RATE_LIMITED: 1.0,
+    Reason.CLIENT_IN_FLIGHT_LIMITED: 1.0,
+    Reason.STORE_UNAVAILABLE: 1.0,
     Reason.AUTH_RATE_LIMITED: 60.0,
 }
 

@@ -8,13 +8,14 @@ it forwards SIGTERM/SIGINT (each worker drains its own calls), and if a
 worker dies on its own it stops the others and exits non-zero so that the
 process manager restarts the whole gateway.
 
-What is per process, and so per worker: GetUsage and the Prometheus metrics
-(worker i serves them on --metrics-port + i), the retry budget, and
-in-flight admission (--max-in-flight is per worker). Settings changed by
-Configure reach every worker through the state file, which each worker
-watches (so with an admin token, --workers needs --state-file). Per-client
-keys (--db) keep their limits and budgets in one process's memory, so they
-need --workers 1.
+What the workers share goes through a shared store (--store redis://...),
+as for replicas on several machines: clients, limits, budgets, usage and
+the settings Configure changes. A SQLite or in-memory store is one process's
+memory, so --workers above 1 is refused without a shared store. The
+Prometheus metrics of all workers are one scrape: the workers write them to
+PROMETHEUS_MULTIPROC_DIR (prometheus-client's multiprocess mode) and the
+parent serves the sum on --metrics-port. Per worker still: the retry budget
+and in-flight admission (--max-in-flight is per worker).
 
 `loop_runner` picks the event loop: uvloop when installed (grpc.aio runs on
 it; it cuts the gateway's CPU per call), else asyncio's.
@@ -27,20 +28,24 @@ import contextlib
 import dataclasses
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .app import GatewayServer, ServerConfig
+    from .app import ServerConfig
 
 log = logging.getLogger("gpt_grpc.server")
 
 WORKER_ENV = "GPT_GRPC_WORKER"
-STATE_POLL_SECONDS = 1.0
+# prometheus-client's multiprocess mode: each worker writes its metrics here.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+SHARED_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 def worker_index() -> int | None:
@@ -57,19 +62,19 @@ def check(config: ServerConfig) -> str | None:
         return None
     if config.port == 0:
         return "--workers needs a fixed --port (each worker binds the same one)"
-    if config.db_path:
-        return "--db keeps per-client limits in one process's memory: use --workers 1 with it"
-    if config.admin_token and not config.state_file:
-        return "--workers with an admin token needs --state-file (Configure reaches the workers through it)"
+    url = config.store_url or ""
+    if not url.lower().startswith(SHARED_SCHEMES):
+        return (
+            "--workers shares clients, limits, usage and settings through a shared store: give "
+            "--store redis://host:6379/0 (a SQLite or in-memory store serves one process; see README, "
+            "'Running a fleet')"
+        )
     return None
 
 
 def as_worker(config: ServerConfig, index: int) -> ServerConfig:
-    """The settings of worker `index`: the shared port with SO_REUSEPORT, its own metrics port."""
-    metrics_port = config.metrics_port
-    if metrics_port:
-        metrics_port += index
-    return dataclasses.replace(config, reuse_port=True, metrics_port=metrics_port)
+    """The settings of worker `index`: the shared port with SO_REUSEPORT; the parent serves the metrics."""
+    return dataclasses.replace(config, reuse_port=True, metrics_port=None)
 
 
 def supervise(config: ServerConfig, argv: Sequence[str]) -> int:
@@ -87,8 +92,12 @@ def supervise(config: ServerConfig, argv: Sequence[str]) -> int:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    metrics_dir = tempfile.mkdtemp(prefix="gpt-grpc-metrics-")
+    if config.metrics_port is not None:
+        port = serve_metrics(metrics_dir, config.metrics_port, config.metrics_host)
+        log.info("metrics of all workers on http://%s:%d/metrics", config.metrics_host, port)
     for index in range(config.workers):
-        env = {**os.environ, WORKER_ENV: str(index)}
+        env = {**os.environ, WORKER_ENV: str(index), MULTIPROC_ENV: metrics_dir}
         children.append(subprocess.Popen([sys.executable, "-m", "gpt_grpc.server", *argv], env=env))
     log.info("gpt-grpc: %d workers on %s:%d (pids %s)", config.workers, config.host, config.port,
              ", ".join(str(c.pid) for c in children))  # fmt: skip
@@ -106,36 +115,19 @@ def supervise(config: ServerConfig, argv: Sequence[str]) -> int:
         time.sleep(0.1)
     for child in children:
         code = max(code, abs(child.returncode or 0))
+    shutil.rmtree(metrics_dir, ignore_errors=True)
     return code
 
 
-async def follow_state_file(server: GatewayServer, load: Callable[[], Any]) -> None:
-    """Install settings another worker saved: the state file is checked every second."""
-    state = server.state
-    if state is None:
-        return
-    seen = _mtime(state.path)
-    while True:
-        await asyncio.sleep(STATE_POLL_SECONDS)
-        now = _mtime(state.path)
-        if now == seen:
-            continue
-        seen = now
-        try:
-            settings = await asyncio.to_thread(load)
-        except Exception as exc:  # a bad file must not stop serving with the settings in force
-            log.error("state file changed but cannot be used: %s", exc)
-            continue
-        if settings is not None and settings.generation != server.engine.settings.generation:
-            server.engine.install(settings)
-            log.info("settings from the state file: %r", settings)
+def serve_metrics(directory: str, port: int, host: str) -> int:
+    """The workers' metrics summed (prometheus-client multiprocess mode), on a thread; the bound port."""
+    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client.multiprocess import MultiProcessCollector
 
-
-def _mtime(path: os.PathLike[str] | str) -> float | None:
-    try:
-        return os.stat(path).st_mtime
-    except OSError:
-        return None
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+    server, _thread = start_http_server(port, addr=host, registry=registry)
+    return int(server.server_port)
 
 
 def loop_runner(choice: str) -> Callable[[Coroutine[Any, Any, None]], None]:

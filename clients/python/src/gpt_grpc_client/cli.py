@@ -133,6 +133,9 @@ def _add_limit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokens-per-minute", type=int, metavar="N", help="prompt + completion tokens per minute")
     parser.add_argument("--budget-usd", type=float, metavar="USD", help="spend allowed per budget period")
     parser.add_argument("--budget-period", choices=("day", "month"), help="period of --budget-usd (UTC)")
+    parser.add_argument(
+        "--max-in-flight", type=int, metavar="N", help="calls of this client in flight at once (its share of the fleet)"
+    )
 
 
 def _add_clients_parser(commands: Any) -> None:
@@ -443,14 +446,15 @@ def _print_usage(response: gateway_pb2.GetUsageResponse) -> None:
         print(f"client {response.client}", file=sys.stdout)
 
 
-def _limits_text(limits: gateway_pb2.ClientLimits) -> tuple[str, str, str]:
+def _limits_text(limits: gateway_pb2.ClientLimits) -> tuple[str, str, str, str]:
     rpm = str(limits.requests_per_minute) if limits.HasField("requests_per_minute") else "-"
     tpm = str(limits.tokens_per_minute) if limits.HasField("tokens_per_minute") else "-"
     budget = "-"
     if limits.HasField("budget_usd"):
         period = gateway_pb2.BudgetPeriod.Name(limits.budget_period).removeprefix("BUDGET_PERIOD_").lower()
         budget = f"${limits.budget_usd:g}/{period}"
-    return rpm, tpm, budget
+    in_flight = str(limits.max_in_flight) if limits.HasField("max_in_flight") else "-"
+    return rpm, tpm, budget, in_flight
 
 
 def _when(client: gateway_pb2.Client, field: str) -> str:
@@ -471,7 +475,17 @@ def _print_clients(out: TextIO, clients: Sequence[gateway_pb2.Client]) -> None:
         )
         for c in clients
     ]
-    header = ("NAME", "TOKEN PREFIX", "REQ/MIN", "TOKENS/MIN", "BUDGET", "SPEND $", "CREATED (UTC)", "REVOKED (UTC)")
+    header = (
+        "NAME",
+        "TOKEN PREFIX",
+        "REQ/MIN",
+        "TOKENS/MIN",
+        "BUDGET",
+        "IN FLIGHT",
+        "SPEND $",
+        "CREATED (UTC)",
+        "REVOKED (UTC)",
+    )
     _print_table(out, header, rows)
 
 
@@ -483,6 +497,7 @@ def _limit_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "tokens_per_minute": args.tokens_per_minute,
         "budget_usd": args.budget_usd,
         "budget_period": args.budget_period,
+        "max_in_flight": args.max_in_flight,
     }
 
 
@@ -498,10 +513,11 @@ def _clients(args: argparse.Namespace) -> int:
             created = client.create_client(args.name, **_limit_kwargs(args))
             # Only the token goes to stdout, so that `... > name.token` stores it and nothing else.
             print(created.token, flush=True)
-            rpm, tpm, budget = _limits_text(created.client.limits)
+            rpm, tpm, budget, in_flight = _limits_text(created.client.limits)
             print(
                 f"created client {created.client.name} (token prefix {created.client.token_prefix}; requests/min "
-                f"{rpm}, tokens/min {tpm}, budget {budget}). The token is shown this once: store it now.",
+                f"{rpm}, tokens/min {tpm}, budget {budget}, in flight {in_flight}). The token is shown this once: "
+                "store it now.",
                 file=sys.stderr,
             )
         elif action == "list":

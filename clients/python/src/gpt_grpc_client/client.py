@@ -292,6 +292,7 @@ def _client_limits(
     tokens_per_minute: int | None,
     budget_usd: float | None,
     budget_period: BudgetPeriodLike | None,
+    max_in_flight: int | None = None,
 ) -> gateway_pb2.ClientLimits:
     """The ``ClientLimits`` with only the given limits set (an unset limit means no limit)."""
     limits = gateway_pb2.ClientLimits()
@@ -303,6 +304,8 @@ def _client_limits(
         limits.budget_usd = float(budget_usd)
     if budget_period is not None:
         limits.budget_period = _budget_period(budget_period)
+    if max_in_flight is not None:
+        limits.max_in_flight = int(max_in_flight)
     return limits
 
 
@@ -856,16 +859,19 @@ class Client(_BaseClient):
         tokens_per_minute: int | None = None,
         budget_usd: float | None = None,
         budget_period: BudgetPeriodLike | None = None,
+        max_in_flight: int | None = None,
         timeout: Seconds | None = None,
     ) -> gateway_pb2.CreateClientResponse:
         """Define a client with its own token and limits (admin).
 
         Limits left ``None`` are unlimited; ``budget_usd`` needs ``budget_period``
-        (``"day"`` or ``"month"``, UTC). The response's ``token`` is shown this once (the
+        (``"day"`` or ``"month"``, UTC); ``max_in_flight`` caps the client's calls in flight
+        at once (fleet-wide with a shared store). The response's ``token`` is shown this once (the
         gateway keeps only a hash). Once a client exists, data-plane calls need a token.
         """
         request = gateway_pb2.CreateClientRequest(
-            name=name, limits=_client_limits(requests_per_minute, tokens_per_minute, budget_usd, budget_period)
+            name=name,
+            limits=_client_limits(requests_per_minute, tokens_per_minute, budget_usd, budget_period, max_in_flight),
         )
         response: gateway_pb2.CreateClientResponse = self._unary(
             self._stub.CreateClient, request, timeout, self._admin_metadata()
@@ -892,11 +898,13 @@ class Client(_BaseClient):
         tokens_per_minute: int | None = None,
         budget_usd: float | None = None,
         budget_period: BudgetPeriodLike | None = None,
+        max_in_flight: int | None = None,
         timeout: Seconds | None = None,
     ) -> gateway_pb2.Client:
         """Replace a client's limits (admin): the limits not given are removed. Returns the client."""
         request = gateway_pb2.UpdateClientRequest(
-            name=name, limits=_client_limits(requests_per_minute, tokens_per_minute, budget_usd, budget_period)
+            name=name,
+            limits=_client_limits(requests_per_minute, tokens_per_minute, budget_usd, budget_period, max_in_flight),
         )
         response: gateway_pb2.UpdateClientResponse = self._unary(
             self._stub.UpdateClient, request, timeout, self._admin_metadata()
@@ -1150,11 +1158,13 @@ class AsyncClient(_BaseClient):
         tokens_per_minute: int | None = None,
         budget_usd: float | None = None,
         budget_period: BudgetPeriodLike | None = None,
+        max_in_flight: int | None = None,
         timeout: Seconds | None = None,
     ) -> gateway_pb2.CreateClientResponse:
         """Define a client with its own token and limits (admin); see :meth:`Client.create_client`."""
         request = gateway_pb2.CreateClientRequest(
-            name=name, limits=_client_limits(requests_per_minute, tokens_per_minute, budget_usd, budget_period)
+            name=name,
+            limits=_client_limits(requests_per_minute, tokens_per_minute, budget_usd, budget_period, max_in_flight),
         )
         response: gateway_pb2.CreateClientResponse = await self._unary(
             "CreateClient", request, timeout, self._admin_metadata()
@@ -1181,11 +1191,13 @@ class AsyncClient(_BaseClient):
         tokens_per_minute: int | None = None,
         budget_usd: float | None = None,
         budget_period: BudgetPeriodLike | None = None,
+        max_in_flight: int | None = None,
         timeout: Seconds | None = None,
     ) -> gateway_pb2.Client:
         """Replace a client's limits (admin); see :meth:`Client.update_client`."""
         request = gateway_pb2.UpdateClientRequest(
-            name=name, limits=_client_limits(requests_per_minute, tokens_per_minute, budget_usd, budget_period)
+            name=name,
+            limits=_client_limits(requests_per_minute, tokens_per_minute, budget_usd, budget_period, max_in_flight),
         )
         response: gateway_pb2.UpdateClientResponse = await self._unary(
             "UpdateClient", request, timeout, self._admin_metadata()

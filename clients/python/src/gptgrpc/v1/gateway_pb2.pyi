@@ -357,6 +357,24 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """A client with that name exists. ALREADY_EXISTS."""
     CLIENT_FORBIDDEN: _ErrorReason.ValueType  # 28
     """A client token may not see another client's data. PERMISSION_DENIED."""
+    CLIENT_MODEL_UNPRICED: _ErrorReason.ValueType  # 33
+    """A client with a budget called a model that has no known price, and the
+    operator set no fallback price (--unpriced-model-price): its spend could
+    not be counted. FAILED_PRECONDITION.
+    """
+    SECRET_KEY_MISSING: _ErrorReason.ValueType  # 34
+    """Configure of an api_key on a shared store while the server has no secret
+    key to encrypt it (GPT_GRPC_SECRET_KEY or GPT_GRPC_SECRET_KEY_FILE).
+    FAILED_PRECONDITION.
+    """
+    CLIENT_IN_FLIGHT_LIMITED: _ErrorReason.ValueType  # 35
+    """The client has its max_in_flight calls in flight already.
+    RESOURCE_EXHAUSTED + RetryInfo.
+    """
+    STORE_UNAVAILABLE: _ErrorReason.ValueType  # 36
+    """The shared store cannot be reached for an admin change (client or
+    settings); nothing was changed. The data plane keeps serving. UNAVAILABLE.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason is the reason of the google.rpc.ErrorInfo attached to every
@@ -423,6 +441,24 @@ CLIENT_EXISTS: ErrorReason.ValueType  # 27
 """A client with that name exists. ALREADY_EXISTS."""
 CLIENT_FORBIDDEN: ErrorReason.ValueType  # 28
 """A client token may not see another client's data. PERMISSION_DENIED."""
+CLIENT_MODEL_UNPRICED: ErrorReason.ValueType  # 33
+"""A client with a budget called a model that has no known price, and the
+operator set no fallback price (--unpriced-model-price): its spend could
+not be counted. FAILED_PRECONDITION.
+"""
+SECRET_KEY_MISSING: ErrorReason.ValueType  # 34
+"""Configure of an api_key on a shared store while the server has no secret
+key to encrypt it (GPT_GRPC_SECRET_KEY or GPT_GRPC_SECRET_KEY_FILE).
+FAILED_PRECONDITION.
+"""
+CLIENT_IN_FLIGHT_LIMITED: ErrorReason.ValueType  # 35
+"""The client has its max_in_flight calls in flight already.
+RESOURCE_EXHAUSTED + RetryInfo.
+"""
+STORE_UNAVAILABLE: ErrorReason.ValueType  # 36
+"""The shared store cannot be reached for an admin change (client or
+settings); nothing was changed. The data plane keeps serving. UNAVAILABLE.
+"""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 @_typing.final
@@ -1741,7 +1777,7 @@ class GetUsageRequest(_message.Message):
     CLIENT_FIELD_NUMBER: _builtins.int
     client: _builtins.str
     """Client name: that client's persisted usage (admin token, or the client's
-    own token). Empty: all traffic since the server started (with a client
+    own token). Empty: all traffic counted by the store (with a client
     token: that client's own usage).
     """
     def __init__(
@@ -1833,7 +1869,10 @@ class GetUsageResponse(_message.Message):
 
     @_builtins.property
     def since(self) -> _timestamp_pb2.Timestamp:
-        """When counting started."""
+        """When counting started: for one client, its creation; for all traffic,
+        when the store first counted (the first start of any gateway on that
+        store; with the in-memory store, this process's start).
+        """
 
     def __init__(
         self,
@@ -1861,6 +1900,7 @@ class ClientLimits(_message.Message):
     TOKENS_PER_MINUTE_FIELD_NUMBER: _builtins.int
     BUDGET_USD_FIELD_NUMBER: _builtins.int
     BUDGET_PERIOD_FIELD_NUMBER: _builtins.int
+    MAX_IN_FLIGHT_FIELD_NUMBER: _builtins.int
     requests_per_minute: _builtins.int
     """Calls allowed per sliding minute."""
     tokens_per_minute: _builtins.int
@@ -1869,6 +1909,13 @@ class ClientLimits(_message.Message):
     """Spend allowed per budget_period, in USD."""
     budget_period: Global___BudgetPeriod.ValueType
     """The period of budget_usd (required when budget_usd is set)."""
+    max_in_flight: _builtins.int
+    """Calls of this client in flight at once, across the whole fleet when the
+    store is shared (refused beyond it with CLIENT_IN_FLIGHT_LIMITED). Unset:
+    no cap beyond the server's --max-in-flight. Give each client a share of
+    the fleet's capacity (replicas x --max-in-flight) so one client cannot
+    take every admission slot.
+    """
     def __init__(
         self,
         *,
@@ -1876,19 +1923,24 @@ class ClientLimits(_message.Message):
         tokens_per_minute: _builtins.int | None = ...,
         budget_usd: _builtins.float | None = ...,
         budget_period: Global___BudgetPeriod.ValueType = ...,
+        max_in_flight: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_budget_usd", b"_budget_usd", "_requests_per_minute", b"_requests_per_minute", "_tokens_per_minute", b"_tokens_per_minute", "budget_usd", b"budget_usd", "requests_per_minute", b"requests_per_minute", "tokens_per_minute", b"tokens_per_minute"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_budget_usd", b"_budget_usd", "_max_in_flight", b"_max_in_flight", "_requests_per_minute", b"_requests_per_minute", "_tokens_per_minute", b"_tokens_per_minute", "budget_usd", b"budget_usd", "max_in_flight", b"max_in_flight", "requests_per_minute", b"requests_per_minute", "tokens_per_minute", b"tokens_per_minute"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_budget_usd", b"_budget_usd", "_requests_per_minute", b"_requests_per_minute", "_tokens_per_minute", b"_tokens_per_minute", "budget_period", b"budget_period", "budget_usd", b"budget_usd", "requests_per_minute", b"requests_per_minute", "tokens_per_minute", b"tokens_per_minute"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_budget_usd", b"_budget_usd", "_max_in_flight", b"_max_in_flight", "_requests_per_minute", b"_requests_per_minute", "_tokens_per_minute", b"_tokens_per_minute", "budget_period", b"budget_period", "budget_usd", b"budget_usd", "max_in_flight", b"max_in_flight", "requests_per_minute", b"requests_per_minute", "tokens_per_minute", b"tokens_per_minute"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__budget_usd: _TypeAlias = _typing.Literal["budget_usd"]  # noqa: Y015
     _WhichOneofArgType__budget_usd: _TypeAlias = _typing.Literal["_budget_usd", b"_budget_usd"]  # noqa: Y015
+    _WhichOneofReturnType__max_in_flight: _TypeAlias = _typing.Literal["max_in_flight"]  # noqa: Y015
+    _WhichOneofArgType__max_in_flight: _TypeAlias = _typing.Literal["_max_in_flight", b"_max_in_flight"]  # noqa: Y015
     _WhichOneofReturnType__requests_per_minute: _TypeAlias = _typing.Literal["requests_per_minute"]  # noqa: Y015
     _WhichOneofArgType__requests_per_minute: _TypeAlias = _typing.Literal["_requests_per_minute", b"_requests_per_minute"]  # noqa: Y015
     _WhichOneofReturnType__tokens_per_minute: _TypeAlias = _typing.Literal["tokens_per_minute"]  # noqa: Y015
     _WhichOneofArgType__tokens_per_minute: _TypeAlias = _typing.Literal["_tokens_per_minute", b"_tokens_per_minute"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__budget_usd) -> _WhichOneofReturnType__budget_usd | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_in_flight) -> _WhichOneofReturnType__max_in_flight | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__requests_per_minute) -> _WhichOneofReturnType__requests_per_minute | None: ...
     @_typing.overload

@@ -148,8 +148,10 @@ class GPTServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetUsage(self, request, context):
-        """GetUsage reports requests, tokens and cost per model since start, or the
-        persisted usage of one client. A client token sees only its own usage.
+        """GetUsage reports requests, tokens and cost per model, of all traffic or
+        of one client, as the store holds them: with a shared store (Redis),
+        every replica answers the same fleet-wide totals. A client token sees
+        only its own usage.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -66,8 +66,10 @@ class GPTServiceStub:
     window and prices. Other model names still pass through to the upstream.
     """
     GetUsage: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.GetUsageRequest, _gateway_pb2.GetUsageResponse]
-    """GetUsage reports requests, tokens and cost per model since start, or the
-    persisted usage of one client. A client token sees only its own usage.
+    """GetUsage reports requests, tokens and cost per model, of all traffic or
+    of one client, as the store holds them: with a shared store (Redis),
+    every replica answers the same fleet-wide totals. A client token sees
+    only its own usage.
     """
     CreateClient: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.CreateClientRequest, _gateway_pb2.CreateClientResponse]
     """CreateClient defines a named client with its own bearer token and limits.
@@ -115,8 +117,10 @@ class GPTServiceAsyncStub(GPTServiceStub):
     window and prices. Other model names still pass through to the upstream.
     """
     GetUsage: _aio.UnaryUnaryMultiCallable[_gateway_pb2.GetUsageRequest, _gateway_pb2.GetUsageResponse]  # type: ignore[assignment]
-    """GetUsage reports requests, tokens and cost per model since start, or the
-    persisted usage of one client. A client token sees only its own usage.
+    """GetUsage reports requests, tokens and cost per model, of all traffic or
+    of one client, as the store holds them: with a shared store (Redis),
+    every replica answers the same fleet-wide totals. A client token sees
+    only its own usage.
     """
     CreateClient: _aio.UnaryUnaryMultiCallable[_gateway_pb2.CreateClientRequest, _gateway_pb2.CreateClientResponse]  # type: ignore[assignment]
     """CreateClient defines a named client with its own bearer token and limits.
@@ -203,8 +207,10 @@ class GPTServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _gateway_pb2.GetUsageRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_pb2.GetUsageResponse, _abc.Awaitable[_gateway_pb2.GetUsageResponse]]:
-        """GetUsage reports requests, tokens and cost per model since start, or the
-        persisted usage of one client. A client token sees only its own usage.
+        """GetUsage reports requests, tokens and cost per model, of all traffic or
+        of one client, as the store holds them: with a shared store (Redis),
+        every replica answers the same fleet-wide totals. A client token sees
+        only its own usage.
         """
 
     @_abc_1.abstractmethod
