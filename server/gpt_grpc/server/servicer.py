@@ -101,6 +101,7 @@ class Call:
     ticket: Ticket | None = None
     code: grpc.StatusCode = grpc.StatusCode.OK
     reason: str | None = None
+    extra_keys: tuple[str, ...] = ()  # extra_body_json's key names (never its values)
     # The caller's deadline (a time.monotonic() instant) and the time it gave the call; None without one.
     deadline: float | None = None
     budget: float | None = None
@@ -208,13 +209,30 @@ def add_to_server(servicer: GPTServicer, server: Any) -> None:
 
 
 def _counted_bytes(request: pb.CountTokensRequest) -> int:
-    """The size of what CountTokens would count: the text in UTF-8, or the messages serialized."""
+    """The size of what CountTokens would count: the text in UTF-8, or the messages serialized.
+
+    Inline media do not count toward it: an image costs a look at its header,
+    not a tokenizer's time; media have their own bounds (media.py).
+    """
     if request.messages:
-        return sum(message.ByteSize() for message in request.messages)
+        return sum(message.ByteSize() - _media_bytes(message) for message in request.messages)
     text = request.text
     if len(text) * _MAX_UTF8_BYTES <= MAX_COUNT_TOKENS_BYTES:
         return len(text)  # small enough whatever its characters: no need to encode it
     return len(text.encode("utf-8", "surrogatepass"))
+
+
+def _media_bytes(message: pb.ChatMessage) -> int:
+    total = 0
+    for part in message.parts:
+        which = part.WhichOneof("part")
+        if which == "image":
+            total += len(part.image.data) + len(part.image.url)
+        elif which == "audio":
+            total += len(part.audio.data)
+        elif which == "file":
+            total += len(part.file.data)
+    return total
 
 
 def _internal(method: str) -> GatewayError:
@@ -339,6 +357,8 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
             fields["cost_usd"] = call.cost_usd
         if call.attempts:
             fields["attempts"] = call.attempts
+        if call.extra_keys:
+            fields["extra_body_keys"] = logs.key_names(call.extra_keys)
         logs.access(fields)
 
     def _cost(self, call: Call) -> float | None:
@@ -350,6 +370,8 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
     async def _prepare(self, request: Any, call: Call) -> PreparedCall:
         chat = convert.chat_request(request, call.request_id)
         call.model = chat.model  # as asked, until the engine has resolved it
+        if chat.extra:
+            call.extra_keys = tuple(chat.extra)
         prepared = self.engine.prepare(chat)
         call.model = prepared.model.name
         await self._meter(call, prepared)
@@ -397,13 +419,18 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
             where = "messages" if request.messages else "text"
             violations.append(FieldViolation(where, f"must be at most {MAX_COUNT_TOKENS_BYTES // 1024 // 1024} MiB"))
         # Every violation at once: the messages' own too (unless there are too many bytes of them to read).
-        messages = convert.count_messages(request.messages) if request.messages and not too_large else []
+        messages: list[dict[str, Any]] = []
+        if request.messages and not too_large:
+            messages, problems = convert.count_messages(request.messages)
+            violations.extend(problems)
         violations.extend(validate_counted(messages))
         if violations:
             raise invalid(violations)
         model = self.engine.models.resolve(name, priced=False)
         if request.messages:
-            count = tokens.count_messages(messages, model.name, encoding=model.encoding)
+            count = tokens.count_messages(
+                messages, model.name, encoding=model.encoding, image_billing=model.image_tokens
+            )
         elif len(request.text) > LARGE_TEXT_CHARS:
             # Megabytes take a while: keep the event loop serving other calls meanwhile.
             count = await tokens.count_text_off_loop(request.text, model.name, encoding=model.encoding)
@@ -428,7 +455,14 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
                 context_window=spec.context_window,
                 max_output_tokens=spec.max_output_tokens,
                 reasoning=spec.reasoning,
+                verbosity=spec.verbosity,
             )
+            billing = spec.image_tokens
+            if billing is not None and billing.patch_multiplier is not None:
+                info.image_patch_multiplier = billing.patch_multiplier
+            elif billing is not None:
+                info.image_base_tokens = billing.base
+                info.image_tile_tokens = billing.tile
             if price is not None:
                 info.input_usd_per_million = float(price.input_usd_per_million)
                 if price.cached_input_usd_per_million is not None:
