@@ -455,6 +455,21 @@ async def test_bad_requests(gateway: Gateway) -> None:
             ),
             ["messages[0].role"],
         ),
+        (  # a conversation keeps text: no images, audio or files (stored and capped as text)
+            pb.ConverseRequest(
+                conversation_id=conversation.id,
+                messages=[
+                    pb.ChatMessage(
+                        role=pb.ROLE_USER,
+                        parts=[
+                            pb.ContentPart(text="what is this?"),
+                            pb.ContentPart(image=pb.ImagePart(url="https://example.com/a.png")),
+                        ],
+                    )
+                ],
+            ),
+            ["messages[0].parts"],
+        ),
     ]
     for turn, fields in turns:
         err = details(await fail(gateway.stub.Converse(turn, timeout=10)))

@@ -453,7 +453,7 @@ def _label_violations(labels: Mapping[str, str]) -> list[FieldViolation]:
     out: list[FieldViolation] = []
     if len(labels) > MAX_LABELS:
         out.append(FieldViolation("labels", f"at most {MAX_LABELS} labels"))
-    for key, value in list(labels.items())[: MAX_LABELS + 1]:
+    for key, value in sorted(labels.items())[: MAX_LABELS + 1]:  # sorted: the same violations in the same order
         shown = key[:64]
         if not LABEL_KEY.fullmatch(key):
             out.append(

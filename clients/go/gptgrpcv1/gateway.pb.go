@@ -327,6 +327,235 @@ func (BudgetPeriod) EnumDescriptor() ([]byte, []int) {
 	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{4}
 }
 
+// ImageDetail is the resolution the model looks at an image with (and what
+// it costs: LOW is a fixed number of tokens).
+type ImageDetail int32
+
+const (
+	// Not set: the upstream default (auto).
+	ImageDetail_IMAGE_DETAIL_UNSPECIFIED ImageDetail = 0
+	// The model chooses.
+	ImageDetail_IMAGE_DETAIL_AUTO ImageDetail = 1
+	// A 512x512 view, fixed cost.
+	ImageDetail_IMAGE_DETAIL_LOW ImageDetail = 2
+	// Full detail, billed per 512-pixel tile.
+	ImageDetail_IMAGE_DETAIL_HIGH ImageDetail = 3
+)
+
+// Enum value maps for ImageDetail.
+var (
+	ImageDetail_name = map[int32]string{
+		0: "IMAGE_DETAIL_UNSPECIFIED",
+		1: "IMAGE_DETAIL_AUTO",
+		2: "IMAGE_DETAIL_LOW",
+		3: "IMAGE_DETAIL_HIGH",
+	}
+	ImageDetail_value = map[string]int32{
+		"IMAGE_DETAIL_UNSPECIFIED": 0,
+		"IMAGE_DETAIL_AUTO":        1,
+		"IMAGE_DETAIL_LOW":         2,
+		"IMAGE_DETAIL_HIGH":        3,
+	}
+)
+
+func (x ImageDetail) Enum() *ImageDetail {
+	p := new(ImageDetail)
+	*p = x
+	return p
+}
+
+func (x ImageDetail) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ImageDetail) Descriptor() protoreflect.EnumDescriptor {
+	return file_gptgrpc_v1_gateway_proto_enumTypes[5].Descriptor()
+}
+
+func (ImageDetail) Type() protoreflect.EnumType {
+	return &file_gptgrpc_v1_gateway_proto_enumTypes[5]
+}
+
+func (x ImageDetail) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ImageDetail.Descriptor instead.
+func (ImageDetail) EnumDescriptor() ([]byte, []int) {
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{5}
+}
+
+// AudioFormat is the encoding of an audio clip.
+type AudioFormat int32
+
+const (
+	// Not set: invalid in a request.
+	AudioFormat_AUDIO_FORMAT_UNSPECIFIED AudioFormat = 0
+	// WAV.
+	AudioFormat_AUDIO_FORMAT_WAV AudioFormat = 1
+	// MP3.
+	AudioFormat_AUDIO_FORMAT_MP3 AudioFormat = 2
+)
+
+// Enum value maps for AudioFormat.
+var (
+	AudioFormat_name = map[int32]string{
+		0: "AUDIO_FORMAT_UNSPECIFIED",
+		1: "AUDIO_FORMAT_WAV",
+		2: "AUDIO_FORMAT_MP3",
+	}
+	AudioFormat_value = map[string]int32{
+		"AUDIO_FORMAT_UNSPECIFIED": 0,
+		"AUDIO_FORMAT_WAV":         1,
+		"AUDIO_FORMAT_MP3":         2,
+	}
+)
+
+func (x AudioFormat) Enum() *AudioFormat {
+	p := new(AudioFormat)
+	*p = x
+	return p
+}
+
+func (x AudioFormat) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (AudioFormat) Descriptor() protoreflect.EnumDescriptor {
+	return file_gptgrpc_v1_gateway_proto_enumTypes[6].Descriptor()
+}
+
+func (AudioFormat) Type() protoreflect.EnumType {
+	return &file_gptgrpc_v1_gateway_proto_enumTypes[6]
+}
+
+func (x AudioFormat) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use AudioFormat.Descriptor instead.
+func (AudioFormat) EnumDescriptor() ([]byte, []int) {
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{6}
+}
+
+// ReasoningEffort is how much a reasoning model thinks before answering.
+type ReasoningEffort int32
+
+const (
+	// Not set: the model's default.
+	ReasoningEffort_REASONING_EFFORT_UNSPECIFIED ReasoningEffort = 0
+	// As little as possible (gpt-5 models).
+	ReasoningEffort_REASONING_EFFORT_MINIMAL ReasoningEffort = 1
+	// Little.
+	ReasoningEffort_REASONING_EFFORT_LOW ReasoningEffort = 2
+	// Medium.
+	ReasoningEffort_REASONING_EFFORT_MEDIUM ReasoningEffort = 3
+	// Much.
+	ReasoningEffort_REASONING_EFFORT_HIGH ReasoningEffort = 4
+)
+
+// Enum value maps for ReasoningEffort.
+var (
+	ReasoningEffort_name = map[int32]string{
+		0: "REASONING_EFFORT_UNSPECIFIED",
+		1: "REASONING_EFFORT_MINIMAL",
+		2: "REASONING_EFFORT_LOW",
+		3: "REASONING_EFFORT_MEDIUM",
+		4: "REASONING_EFFORT_HIGH",
+	}
+	ReasoningEffort_value = map[string]int32{
+		"REASONING_EFFORT_UNSPECIFIED": 0,
+		"REASONING_EFFORT_MINIMAL":     1,
+		"REASONING_EFFORT_LOW":         2,
+		"REASONING_EFFORT_MEDIUM":      3,
+		"REASONING_EFFORT_HIGH":        4,
+	}
+)
+
+func (x ReasoningEffort) Enum() *ReasoningEffort {
+	p := new(ReasoningEffort)
+	*p = x
+	return p
+}
+
+func (x ReasoningEffort) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ReasoningEffort) Descriptor() protoreflect.EnumDescriptor {
+	return file_gptgrpc_v1_gateway_proto_enumTypes[7].Descriptor()
+}
+
+func (ReasoningEffort) Type() protoreflect.EnumType {
+	return &file_gptgrpc_v1_gateway_proto_enumTypes[7]
+}
+
+func (x ReasoningEffort) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ReasoningEffort.Descriptor instead.
+func (ReasoningEffort) EnumDescriptor() ([]byte, []int) {
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{7}
+}
+
+// Verbosity is how long a gpt-5 model's answer should be.
+type Verbosity int32
+
+const (
+	// Not set: the model's default.
+	Verbosity_VERBOSITY_UNSPECIFIED Verbosity = 0
+	// Concise.
+	Verbosity_VERBOSITY_LOW Verbosity = 1
+	// Balanced.
+	Verbosity_VERBOSITY_MEDIUM Verbosity = 2
+	// Thorough.
+	Verbosity_VERBOSITY_HIGH Verbosity = 3
+)
+
+// Enum value maps for Verbosity.
+var (
+	Verbosity_name = map[int32]string{
+		0: "VERBOSITY_UNSPECIFIED",
+		1: "VERBOSITY_LOW",
+		2: "VERBOSITY_MEDIUM",
+		3: "VERBOSITY_HIGH",
+	}
+	Verbosity_value = map[string]int32{
+		"VERBOSITY_UNSPECIFIED": 0,
+		"VERBOSITY_LOW":         1,
+		"VERBOSITY_MEDIUM":      2,
+		"VERBOSITY_HIGH":        3,
+	}
+)
+
+func (x Verbosity) Enum() *Verbosity {
+	p := new(Verbosity)
+	*p = x
+	return p
+}
+
+func (x Verbosity) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Verbosity) Descriptor() protoreflect.EnumDescriptor {
+	return file_gptgrpc_v1_gateway_proto_enumTypes[8].Descriptor()
+}
+
+func (Verbosity) Type() protoreflect.EnumType {
+	return &file_gptgrpc_v1_gateway_proto_enumTypes[8]
+}
+
+func (x Verbosity) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Verbosity.Descriptor instead.
+func (Verbosity) EnumDescriptor() ([]byte, []int) {
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{8}
+}
+
 // TrimmingPolicy is how a conversation that outgrows its context is shortened
 // before a turn.
 type TrimmingPolicy int32
@@ -368,11 +597,11 @@ func (x TrimmingPolicy) String() string {
 }
 
 func (TrimmingPolicy) Descriptor() protoreflect.EnumDescriptor {
-	return file_gptgrpc_v1_gateway_proto_enumTypes[5].Descriptor()
+	return file_gptgrpc_v1_gateway_proto_enumTypes[9].Descriptor()
 }
 
 func (TrimmingPolicy) Type() protoreflect.EnumType {
-	return &file_gptgrpc_v1_gateway_proto_enumTypes[5]
+	return &file_gptgrpc_v1_gateway_proto_enumTypes[9]
 }
 
 func (x TrimmingPolicy) Number() protoreflect.EnumNumber {
@@ -381,7 +610,7 @@ func (x TrimmingPolicy) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use TrimmingPolicy.Descriptor instead.
 func (TrimmingPolicy) EnumDescriptor() ([]byte, []int) {
-	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{5}
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{9}
 }
 
 // ErrorReason is the reason of the google.rpc.ErrorInfo attached to every
@@ -571,11 +800,11 @@ func (x ErrorReason) String() string {
 }
 
 func (ErrorReason) Descriptor() protoreflect.EnumDescriptor {
-	return file_gptgrpc_v1_gateway_proto_enumTypes[6].Descriptor()
+	return file_gptgrpc_v1_gateway_proto_enumTypes[10].Descriptor()
 }
 
 func (ErrorReason) Type() protoreflect.EnumType {
-	return &file_gptgrpc_v1_gateway_proto_enumTypes[6]
+	return &file_gptgrpc_v1_gateway_proto_enumTypes[10]
 }
 
 func (x ErrorReason) Number() protoreflect.EnumNumber {
@@ -584,7 +813,7 @@ func (x ErrorReason) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ErrorReason.Descriptor instead.
 func (ErrorReason) EnumDescriptor() ([]byte, []int) {
-	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{6}
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{10}
 }
 
 // ChatMessage is one message of a conversation.
@@ -599,7 +828,12 @@ type ChatMessage struct {
 	// For ROLE_TOOL: the id of the tool call this message answers.
 	ToolCallId *string `protobuf:"bytes,4,opt,name=tool_call_id,json=toolCallId,proto3,oneof" json:"tool_call_id,omitempty"`
 	// For ROLE_ASSISTANT: the tool calls the model made in this turn.
-	ToolCalls     []*ToolCall `protobuf:"bytes,5,rep,name=tool_calls,json=toolCalls,proto3" json:"tool_calls,omitempty"`
+	ToolCalls []*ToolCall `protobuf:"bytes,5,rep,name=tool_calls,json=toolCalls,proto3" json:"tool_calls,omitempty"`
+	// The message as content parts (text, images, audio, files), instead of
+	// content: setting both is INVALID_ARGUMENT. Only ROLE_USER messages may
+	// carry image, audio or file parts; any role may carry text parts. Sent
+	// upstream as OpenAI's content-part array, inline bytes base64-encoded.
+	Parts         []*ContentPart `protobuf:"bytes,6,rep,name=parts,proto3" json:"parts,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -665,6 +899,13 @@ func (x *ChatMessage) GetToolCallId() string {
 func (x *ChatMessage) GetToolCalls() []*ToolCall {
 	if x != nil {
 		return x.ToolCalls
+	}
+	return nil
+}
+
+func (x *ChatMessage) GetParts() []*ContentPart {
+	if x != nil {
+		return x.Parts
 	}
 	return nil
 }
@@ -1001,7 +1242,42 @@ type ChatCompletionRequest struct {
 	// How the model may use the tools.
 	ToolChoice *ToolChoice `protobuf:"bytes,14,opt,name=tool_choice,json=toolChoice,proto3" json:"tool_choice,omitempty"`
 	// End-user id forwarded to the upstream for abuse monitoring.
-	User          string `protobuf:"bytes,15,opt,name=user,proto3" json:"user,omitempty"`
+	User string `protobuf:"bytes,15,opt,name=user,proto3" json:"user,omitempty"`
+	// How hard a reasoning model thinks before it answers. Sent only to
+	// reasoning models as the catalog knows them (ListModels: reasoning), and
+	// to unknown model names shaped like one (o1*, o3*, o4*, gpt-5*). For any
+	// other model it is INVALID_ARGUMENT, never silently dropped; to send it to
+	// an OpenAI-compatible server that takes it anyway, use extra_body_json.
+	// MINIMAL is for gpt-5 models (others answer UPSTREAM_BAD_REQUEST).
+	ReasoningEffort ReasoningEffort `protobuf:"varint,16,opt,name=reasoning_effort,json=reasoningEffort,proto3,enum=gptgrpc.v1.ReasoningEffort" json:"reasoning_effort,omitempty"`
+	// Whether the model may call several tools in one turn. Needs tools.
+	ParallelToolCalls *bool `protobuf:"varint,17,opt,name=parallel_tool_calls,json=parallelToolCalls,proto3,oneof" json:"parallel_tool_calls,omitempty"`
+	// Return the log probability of each generated token (response.logprobs,
+	// and each delta's logprobs in a stream).
+	Logprobs *bool `protobuf:"varint,18,opt,name=logprobs,proto3,oneof" json:"logprobs,omitempty"`
+	// How many most likely alternatives to return per token, 0 to 20. Needs
+	// logprobs set to true.
+	TopLogprobs *int32 `protobuf:"varint,19,opt,name=top_logprobs,json=topLogprobs,proto3,oneof" json:"top_logprobs,omitempty"`
+	// The upstream's processing tier, e.g. "auto", "default", "flex",
+	// "priority": lower-case letters, digits, '_' and '-', at most 32. Empty:
+	// the upstream default. The tier that served the call comes back in
+	// service_tier of the response.
+	ServiceTier string `protobuf:"bytes,20,opt,name=service_tier,json=serviceTier,proto3" json:"service_tier,omitempty"`
+	// Key-value pairs stored with the completion upstream (at most 16 pairs;
+	// keys at most 64 characters, values at most 512).
+	Metadata map[string]string `protobuf:"bytes,21,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Whether the upstream stores the completion (model distillation, evals).
+	Store *bool `protobuf:"varint,22,opt,name=store,proto3,oneof" json:"store,omitempty"`
+	// How long the answer should be, for gpt-5 models (ListModels: verbosity;
+	// unknown names shaped like gpt-5* too). INVALID_ARGUMENT for other models.
+	Verbosity Verbosity `protobuf:"varint,23,opt,name=verbosity,proto3,enum=gptgrpc.v1.Verbosity" json:"verbosity,omitempty"`
+	// A JSON object merged into the upstream request body, for parameters this
+	// API does not name (vLLM's top_k or guided_json, Ollama's options). At most
+	// 256 KiB, nested at most 128 levels. A key the gateway owns (model,
+	// messages, stream, stream_options, max_tokens, max_completion_tokens, and
+	// n: the gateway returns one answer) or that a field of this request
+	// already sets is INVALID_ARGUMENT. Logged by key names only, never values.
+	ExtraBodyJson string `protobuf:"bytes,24,opt,name=extra_body_json,json=extraBodyJson,proto3" json:"extra_body_json,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1141,6 +1417,69 @@ func (x *ChatCompletionRequest) GetUser() string {
 	return ""
 }
 
+func (x *ChatCompletionRequest) GetReasoningEffort() ReasoningEffort {
+	if x != nil {
+		return x.ReasoningEffort
+	}
+	return ReasoningEffort_REASONING_EFFORT_UNSPECIFIED
+}
+
+func (x *ChatCompletionRequest) GetParallelToolCalls() bool {
+	if x != nil && x.ParallelToolCalls != nil {
+		return *x.ParallelToolCalls
+	}
+	return false
+}
+
+func (x *ChatCompletionRequest) GetLogprobs() bool {
+	if x != nil && x.Logprobs != nil {
+		return *x.Logprobs
+	}
+	return false
+}
+
+func (x *ChatCompletionRequest) GetTopLogprobs() int32 {
+	if x != nil && x.TopLogprobs != nil {
+		return *x.TopLogprobs
+	}
+	return 0
+}
+
+func (x *ChatCompletionRequest) GetServiceTier() string {
+	if x != nil {
+		return x.ServiceTier
+	}
+	return ""
+}
+
+func (x *ChatCompletionRequest) GetMetadata() map[string]string {
+	if x != nil {
+		return x.Metadata
+	}
+	return nil
+}
+
+func (x *ChatCompletionRequest) GetStore() bool {
+	if x != nil && x.Store != nil {
+		return *x.Store
+	}
+	return false
+}
+
+func (x *ChatCompletionRequest) GetVerbosity() Verbosity {
+	if x != nil {
+		return x.Verbosity
+	}
+	return Verbosity_VERBOSITY_UNSPECIFIED
+}
+
+func (x *ChatCompletionRequest) GetExtraBodyJson() string {
+	if x != nil {
+		return x.ExtraBodyJson
+	}
+	return ""
+}
+
 // Usage is the token usage of one completion.
 type Usage struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1253,7 +1592,16 @@ type ChatCompletionResponse struct {
 	// Upstream attempts it took (1 when the first attempt succeeded).
 	Attempts int32 `protobuf:"varint,8,opt,name=attempts,proto3" json:"attempts,omitempty"`
 	// Refusal text when the model refused (structured outputs).
-	Refusal       string `protobuf:"bytes,9,opt,name=refusal,proto3" json:"refusal,omitempty"`
+	Refusal string `protobuf:"bytes,9,opt,name=refusal,proto3" json:"refusal,omitempty"`
+	// Log probabilities of the answer's tokens, in order; empty unless the
+	// request set logprobs (and the upstream sent them).
+	Logprobs []*TokenLogprob `protobuf:"bytes,12,rep,name=logprobs,proto3" json:"logprobs,omitempty"`
+	// The processing tier that served the call, as the upstream reports it.
+	ServiceTier string `protobuf:"bytes,13,opt,name=service_tier,json=serviceTier,proto3" json:"service_tier,omitempty"`
+	// The upstream's backend configuration fingerprint, as it reports it.
+	SystemFingerprint string `protobuf:"bytes,14,opt,name=system_fingerprint,json=systemFingerprint,proto3" json:"system_fingerprint,omitempty"`
+	// URL citations in the answer (web search models), when the upstream sends them.
+	Annotations   []*UrlCitation `protobuf:"bytes,15,rep,name=annotations,proto3" json:"annotations,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1351,6 +1699,34 @@ func (x *ChatCompletionResponse) GetRefusal() string {
 	return ""
 }
 
+func (x *ChatCompletionResponse) GetLogprobs() []*TokenLogprob {
+	if x != nil {
+		return x.Logprobs
+	}
+	return nil
+}
+
+func (x *ChatCompletionResponse) GetServiceTier() string {
+	if x != nil {
+		return x.ServiceTier
+	}
+	return ""
+}
+
+func (x *ChatCompletionResponse) GetSystemFingerprint() string {
+	if x != nil {
+		return x.SystemFingerprint
+	}
+	return ""
+}
+
+func (x *ChatCompletionResponse) GetAnnotations() []*UrlCitation {
+	if x != nil {
+		return x.Annotations
+	}
+	return nil
+}
+
 // StreamChatCompletionRequest has exactly the fields of ChatCompletionRequest.
 type StreamChatCompletionRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1383,7 +1759,42 @@ type StreamChatCompletionRequest struct {
 	// How the model may use the tools.
 	ToolChoice *ToolChoice `protobuf:"bytes,14,opt,name=tool_choice,json=toolChoice,proto3" json:"tool_choice,omitempty"`
 	// End-user id forwarded to the upstream.
-	User          string `protobuf:"bytes,15,opt,name=user,proto3" json:"user,omitempty"`
+	User string `protobuf:"bytes,15,opt,name=user,proto3" json:"user,omitempty"`
+	// How hard a reasoning model thinks before it answers. Sent only to
+	// reasoning models as the catalog knows them (ListModels: reasoning), and
+	// to unknown model names shaped like one (o1*, o3*, o4*, gpt-5*). For any
+	// other model it is INVALID_ARGUMENT, never silently dropped; to send it to
+	// an OpenAI-compatible server that takes it anyway, use extra_body_json.
+	// MINIMAL is for gpt-5 models (others answer UPSTREAM_BAD_REQUEST).
+	ReasoningEffort ReasoningEffort `protobuf:"varint,16,opt,name=reasoning_effort,json=reasoningEffort,proto3,enum=gptgrpc.v1.ReasoningEffort" json:"reasoning_effort,omitempty"`
+	// Whether the model may call several tools in one turn. Needs tools.
+	ParallelToolCalls *bool `protobuf:"varint,17,opt,name=parallel_tool_calls,json=parallelToolCalls,proto3,oneof" json:"parallel_tool_calls,omitempty"`
+	// Return the log probability of each generated token (response.logprobs,
+	// and each delta's logprobs in a stream).
+	Logprobs *bool `protobuf:"varint,18,opt,name=logprobs,proto3,oneof" json:"logprobs,omitempty"`
+	// How many most likely alternatives to return per token, 0 to 20. Needs
+	// logprobs set to true.
+	TopLogprobs *int32 `protobuf:"varint,19,opt,name=top_logprobs,json=topLogprobs,proto3,oneof" json:"top_logprobs,omitempty"`
+	// The upstream's processing tier, e.g. "auto", "default", "flex",
+	// "priority": lower-case letters, digits, '_' and '-', at most 32. Empty:
+	// the upstream default. The tier that served the call comes back in
+	// service_tier of the response.
+	ServiceTier string `protobuf:"bytes,20,opt,name=service_tier,json=serviceTier,proto3" json:"service_tier,omitempty"`
+	// Key-value pairs stored with the completion upstream (at most 16 pairs;
+	// keys at most 64 characters, values at most 512).
+	Metadata map[string]string `protobuf:"bytes,21,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Whether the upstream stores the completion (model distillation, evals).
+	Store *bool `protobuf:"varint,22,opt,name=store,proto3,oneof" json:"store,omitempty"`
+	// How long the answer should be, for gpt-5 models (ListModels: verbosity;
+	// unknown names shaped like gpt-5* too). INVALID_ARGUMENT for other models.
+	Verbosity Verbosity `protobuf:"varint,23,opt,name=verbosity,proto3,enum=gptgrpc.v1.Verbosity" json:"verbosity,omitempty"`
+	// A JSON object merged into the upstream request body, for parameters this
+	// API does not name (vLLM's top_k or guided_json, Ollama's options). At most
+	// 256 KiB, nested at most 128 levels. A key the gateway owns (model,
+	// messages, stream, stream_options, max_tokens, max_completion_tokens, and
+	// n: the gateway returns one answer) or that a field of this request
+	// already sets is INVALID_ARGUMENT. Logged by key names only, never values.
+	ExtraBodyJson string `protobuf:"bytes,24,opt,name=extra_body_json,json=extraBodyJson,proto3" json:"extra_body_json,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1523,13 +1934,78 @@ func (x *StreamChatCompletionRequest) GetUser() string {
 	return ""
 }
 
+func (x *StreamChatCompletionRequest) GetReasoningEffort() ReasoningEffort {
+	if x != nil {
+		return x.ReasoningEffort
+	}
+	return ReasoningEffort_REASONING_EFFORT_UNSPECIFIED
+}
+
+func (x *StreamChatCompletionRequest) GetParallelToolCalls() bool {
+	if x != nil && x.ParallelToolCalls != nil {
+		return *x.ParallelToolCalls
+	}
+	return false
+}
+
+func (x *StreamChatCompletionRequest) GetLogprobs() bool {
+	if x != nil && x.Logprobs != nil {
+		return *x.Logprobs
+	}
+	return false
+}
+
+func (x *StreamChatCompletionRequest) GetTopLogprobs() int32 {
+	if x != nil && x.TopLogprobs != nil {
+		return *x.TopLogprobs
+	}
+	return 0
+}
+
+func (x *StreamChatCompletionRequest) GetServiceTier() string {
+	if x != nil {
+		return x.ServiceTier
+	}
+	return ""
+}
+
+func (x *StreamChatCompletionRequest) GetMetadata() map[string]string {
+	if x != nil {
+		return x.Metadata
+	}
+	return nil
+}
+
+func (x *StreamChatCompletionRequest) GetStore() bool {
+	if x != nil && x.Store != nil {
+		return *x.Store
+	}
+	return false
+}
+
+func (x *StreamChatCompletionRequest) GetVerbosity() Verbosity {
+	if x != nil {
+		return x.Verbosity
+	}
+	return Verbosity_VERBOSITY_UNSPECIFIED
+}
+
+func (x *StreamChatCompletionRequest) GetExtraBodyJson() string {
+	if x != nil {
+		return x.ExtraBodyJson
+	}
+	return ""
+}
+
 // ChatCompletionDelta is a piece of the answer as it arrives.
 type ChatCompletionDelta struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Text to append to the answer so far.
 	Content string `protobuf:"bytes,1,opt,name=content,proto3" json:"content,omitempty"`
 	// Refusal text to append, when the model refuses.
-	Refusal       string `protobuf:"bytes,2,opt,name=refusal,proto3" json:"refusal,omitempty"`
+	Refusal string `protobuf:"bytes,2,opt,name=refusal,proto3" json:"refusal,omitempty"`
+	// Log probabilities of this delta's tokens, as they arrive (request.logprobs).
+	Logprobs      []*TokenLogprob `protobuf:"bytes,3,rep,name=logprobs,proto3" json:"logprobs,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1578,6 +2054,13 @@ func (x *ChatCompletionDelta) GetRefusal() string {
 	return ""
 }
 
+func (x *ChatCompletionDelta) GetLogprobs() []*TokenLogprob {
+	if x != nil {
+		return x.Logprobs
+	}
+	return nil
+}
+
 // ChatCompletionSummary ends a stream.
 type ChatCompletionSummary struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1594,7 +2077,13 @@ type ChatCompletionSummary struct {
 	// Cost in USD. Unset when the model's price is unknown.
 	CostUsd *float64 `protobuf:"fixed64,6,opt,name=cost_usd,json=costUsd,proto3,oneof" json:"cost_usd,omitempty"`
 	// Upstream attempts it took.
-	Attempts      int32 `protobuf:"varint,7,opt,name=attempts,proto3" json:"attempts,omitempty"`
+	Attempts int32 `protobuf:"varint,7,opt,name=attempts,proto3" json:"attempts,omitempty"`
+	// The processing tier that served the call, as the upstream reports it.
+	ServiceTier string `protobuf:"bytes,9,opt,name=service_tier,json=serviceTier,proto3" json:"service_tier,omitempty"`
+	// The upstream's backend configuration fingerprint, as it reports it.
+	SystemFingerprint string `protobuf:"bytes,10,opt,name=system_fingerprint,json=systemFingerprint,proto3" json:"system_fingerprint,omitempty"`
+	// URL citations in the answer, assembled from the stream.
+	Annotations   []*UrlCitation `protobuf:"bytes,11,rep,name=annotations,proto3" json:"annotations,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1676,6 +2165,27 @@ func (x *ChatCompletionSummary) GetAttempts() int32 {
 		return x.Attempts
 	}
 	return 0
+}
+
+func (x *ChatCompletionSummary) GetServiceTier() string {
+	if x != nil {
+		return x.ServiceTier
+	}
+	return ""
+}
+
+func (x *ChatCompletionSummary) GetSystemFingerprint() string {
+	if x != nil {
+		return x.SystemFingerprint
+	}
+	return ""
+}
+
+func (x *ChatCompletionSummary) GetAnnotations() []*UrlCitation {
+	if x != nil {
+		return x.Annotations
+	}
+	return nil
 }
 
 // StreamChatCompletionResponse is one event of a stream: deltas, then one summary.
@@ -1766,6 +2276,8 @@ func (*StreamChatCompletionResponse_Delta) isStreamChatCompletionResponse_Event(
 func (*StreamChatCompletionResponse_Summary) isStreamChatCompletionResponse_Event() {}
 
 // CountTokensRequest counts a text or a list of messages; give one of them.
+// Messages may hold parts: an image counts as OpenAI bills it (see
+// CountTokensResponse.estimated), audio and files are not counted.
 type CountTokensRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Text to count.
@@ -1838,8 +2350,14 @@ type CountTokensResponse struct {
 	Encoding string `protobuf:"bytes,2,opt,name=encoding,proto3" json:"encoding,omitempty"`
 	// True when the model is unknown and the default encoding was used.
 	EncodingFallback bool `protobuf:"varint,3,opt,name=encoding_fallback,json=encodingFallback,proto3" json:"encoding_fallback,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// True when part of the count is an estimate: an image given by URL (the
+	// gateway never fetches it: it counts as the most an image can cost at its
+	// detail, 8 tiles or 1536 patches; at detail LOW on a tile-billed model its
+	// size does not matter and the count is exact), or an image for a model
+	// whose image figures the catalog does not know (counted with gpt-4o's).
+	Estimated     bool `protobuf:"varint,4,opt,name=estimated,proto3" json:"estimated,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CountTokensResponse) Reset() {
@@ -1889,6 +2407,13 @@ func (x *CountTokensResponse) GetEncoding() string {
 func (x *CountTokensResponse) GetEncodingFallback() bool {
 	if x != nil {
 		return x.EncodingFallback
+	}
+	return false
+}
+
+func (x *CountTokensResponse) GetEstimated() bool {
+	if x != nil {
+		return x.Estimated
 	}
 	return false
 }
@@ -2361,7 +2886,17 @@ type ModelInfo struct {
 	// USD per million output tokens; unset when unknown.
 	OutputUsdPerMillion *float64 `protobuf:"fixed64,8,opt,name=output_usd_per_million,json=outputUsdPerMillion,proto3,oneof" json:"output_usd_per_million,omitempty"`
 	// Where the prices come from: "genai-prices <version>" or "override".
-	PriceSource   string `protobuf:"bytes,9,opt,name=price_source,json=priceSource,proto3" json:"price_source,omitempty"`
+	PriceSource string `protobuf:"bytes,9,opt,name=price_source,json=priceSource,proto3" json:"price_source,omitempty"`
+	// Tokens every image costs (tile billing: detail low costs only these).
+	// Unset when the model is not billed by tiles or takes no images.
+	ImageBaseTokens *int64 `protobuf:"varint,10,opt,name=image_base_tokens,json=imageBaseTokens,proto3,oneof" json:"image_base_tokens,omitempty"`
+	// Tokens per 512-pixel tile of an image at detail high or auto (tile billing).
+	ImageTileTokens *int64 `protobuf:"varint,11,opt,name=image_tile_tokens,json=imageTileTokens,proto3,oneof" json:"image_tile_tokens,omitempty"`
+	// Tokens per 32-pixel patch (patch billing: gpt-4.1-mini, o4-mini, ...);
+	// unset for tile billing.
+	ImagePatchMultiplier *float64 `protobuf:"fixed64,12,opt,name=image_patch_multiplier,json=imagePatchMultiplier,proto3,oneof" json:"image_patch_multiplier,omitempty"`
+	// Takes the verbosity request field (gpt-5 models).
+	Verbosity     bool `protobuf:"varint,13,opt,name=verbosity,proto3" json:"verbosity,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2457,6 +2992,34 @@ func (x *ModelInfo) GetPriceSource() string {
 		return x.PriceSource
 	}
 	return ""
+}
+
+func (x *ModelInfo) GetImageBaseTokens() int64 {
+	if x != nil && x.ImageBaseTokens != nil {
+		return *x.ImageBaseTokens
+	}
+	return 0
+}
+
+func (x *ModelInfo) GetImageTileTokens() int64 {
+	if x != nil && x.ImageTileTokens != nil {
+		return *x.ImageTileTokens
+	}
+	return 0
+}
+
+func (x *ModelInfo) GetImagePatchMultiplier() float64 {
+	if x != nil && x.ImagePatchMultiplier != nil {
+		return *x.ImagePatchMultiplier
+	}
+	return 0
+}
+
+func (x *ModelInfo) GetVerbosity() bool {
+	if x != nil {
+		return x.Verbosity
+	}
+	return false
 }
 
 // ListModelsResponse lists the known models.
@@ -3318,6 +3881,534 @@ func (x *RevokeClientResponse) GetClient() *Client {
 	return nil
 }
 
+// ContentPart is one piece of a message's content.
+type ContentPart struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The piece.
+	//
+	// Types that are valid to be assigned to Part:
+	//
+	//	*ContentPart_Text
+	//	*ContentPart_Image
+	//	*ContentPart_Audio
+	//	*ContentPart_File
+	Part          isContentPart_Part `protobuf_oneof:"part"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ContentPart) Reset() {
+	*x = ContentPart{}
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ContentPart) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ContentPart) ProtoMessage() {}
+
+func (x *ContentPart) ProtoReflect() protoreflect.Message {
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ContentPart.ProtoReflect.Descriptor instead.
+func (*ContentPart) Descriptor() ([]byte, []int) {
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *ContentPart) GetPart() isContentPart_Part {
+	if x != nil {
+		return x.Part
+	}
+	return nil
+}
+
+func (x *ContentPart) GetText() string {
+	if x != nil {
+		if x, ok := x.Part.(*ContentPart_Text); ok {
+			return x.Text
+		}
+	}
+	return ""
+}
+
+func (x *ContentPart) GetImage() *ImagePart {
+	if x != nil {
+		if x, ok := x.Part.(*ContentPart_Image); ok {
+			return x.Image
+		}
+	}
+	return nil
+}
+
+func (x *ContentPart) GetAudio() *AudioPart {
+	if x != nil {
+		if x, ok := x.Part.(*ContentPart_Audio); ok {
+			return x.Audio
+		}
+	}
+	return nil
+}
+
+func (x *ContentPart) GetFile() *FilePart {
+	if x != nil {
+		if x, ok := x.Part.(*ContentPart_File); ok {
+			return x.File
+		}
+	}
+	return nil
+}
+
+type isContentPart_Part interface {
+	isContentPart_Part()
+}
+
+type ContentPart_Text struct {
+	// Text.
+	Text string `protobuf:"bytes,1,opt,name=text,proto3,oneof"`
+}
+
+type ContentPart_Image struct {
+	// An image (ROLE_USER only).
+	Image *ImagePart `protobuf:"bytes,2,opt,name=image,proto3,oneof"`
+}
+
+type ContentPart_Audio struct {
+	// An audio clip (ROLE_USER only).
+	Audio *AudioPart `protobuf:"bytes,3,opt,name=audio,proto3,oneof"`
+}
+
+type ContentPart_File struct {
+	// A file such as a PDF (ROLE_USER only).
+	File *FilePart `protobuf:"bytes,4,opt,name=file,proto3,oneof"`
+}
+
+func (*ContentPart_Text) isContentPart_Part() {}
+
+func (*ContentPart_Image) isContentPart_Part() {}
+
+func (*ContentPart_Audio) isContentPart_Part() {}
+
+func (*ContentPart_File) isContentPart_Part() {}
+
+// ImagePart is an image given by URL or inline; set exactly one of url and data.
+type ImagePart struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// An https URL, passed through (the gateway never fetches it), or a data
+	// URL "data:image/<png|jpeg|gif|webp>;base64,...".
+	Url string `protobuf:"bytes,1,opt,name=url,proto3" json:"url,omitempty"`
+	// The image bytes (at most 10 MiB; 12 MiB of media per request in all).
+	Data []byte `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
+	// MIME type of data: image/png, image/jpeg, image/gif or image/webp; the
+	// bytes must be an image of that type. Required with data.
+	MimeType string `protobuf:"bytes,3,opt,name=mime_type,json=mimeType,proto3" json:"mime_type,omitempty"`
+	// The resolution to look at it with.
+	Detail        ImageDetail `protobuf:"varint,4,opt,name=detail,proto3,enum=gptgrpc.v1.ImageDetail" json:"detail,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ImagePart) Reset() {
+	*x = ImagePart{}
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ImagePart) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ImagePart) ProtoMessage() {}
+
+func (x *ImagePart) ProtoReflect() protoreflect.Message {
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ImagePart.ProtoReflect.Descriptor instead.
+func (*ImagePart) Descriptor() ([]byte, []int) {
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *ImagePart) GetUrl() string {
+	if x != nil {
+		return x.Url
+	}
+	return ""
+}
+
+func (x *ImagePart) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *ImagePart) GetMimeType() string {
+	if x != nil {
+		return x.MimeType
+	}
+	return ""
+}
+
+func (x *ImagePart) GetDetail() ImageDetail {
+	if x != nil {
+		return x.Detail
+	}
+	return ImageDetail_IMAGE_DETAIL_UNSPECIFIED
+}
+
+// AudioPart is an audio clip for a model that takes audio input.
+type AudioPart struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The audio bytes (at most 10 MiB).
+	Data []byte `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
+	// Their format. Required.
+	Format        AudioFormat `protobuf:"varint,2,opt,name=format,proto3,enum=gptgrpc.v1.AudioFormat" json:"format,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AudioPart) Reset() {
+	*x = AudioPart{}
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AudioPart) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AudioPart) ProtoMessage() {}
+
+func (x *AudioPart) ProtoReflect() protoreflect.Message {
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AudioPart.ProtoReflect.Descriptor instead.
+func (*AudioPart) Descriptor() ([]byte, []int) {
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *AudioPart) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *AudioPart) GetFormat() AudioFormat {
+	if x != nil {
+		return x.Format
+	}
+	return AudioFormat_AUDIO_FORMAT_UNSPECIFIED
+}
+
+// FilePart is a file, such as a PDF, for a model that reads files.
+type FilePart struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The file bytes (at most 10 MiB).
+	Data []byte `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
+	// The file's name, e.g. "report.pdf": 1 to 255 characters, no slash or backslash.
+	Filename string `protobuf:"bytes,2,opt,name=filename,proto3" json:"filename,omitempty"`
+	// MIME type, e.g. "application/pdf". Empty: guessed from the filename's
+	// extension (INVALID_ARGUMENT when it cannot be).
+	MimeType      string `protobuf:"bytes,3,opt,name=mime_type,json=mimeType,proto3" json:"mime_type,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FilePart) Reset() {
+	*x = FilePart{}
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FilePart) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FilePart) ProtoMessage() {}
+
+func (x *FilePart) ProtoReflect() protoreflect.Message {
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FilePart.ProtoReflect.Descriptor instead.
+func (*FilePart) Descriptor() ([]byte, []int) {
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *FilePart) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *FilePart) GetFilename() string {
+	if x != nil {
+		return x.Filename
+	}
+	return ""
+}
+
+func (x *FilePart) GetMimeType() string {
+	if x != nil {
+		return x.MimeType
+	}
+	return ""
+}
+
+// TopLogprob is one likely alternative at a token position.
+type TopLogprob struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The token's text.
+	Token string `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	// Its log probability.
+	Logprob float64 `protobuf:"fixed64,2,opt,name=logprob,proto3" json:"logprob,omitempty"`
+	// Its UTF-8 bytes (a token may hold part of a character); empty when the
+	// upstream sent none.
+	Bytes         []byte `protobuf:"bytes,3,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TopLogprob) Reset() {
+	*x = TopLogprob{}
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TopLogprob) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TopLogprob) ProtoMessage() {}
+
+func (x *TopLogprob) ProtoReflect() protoreflect.Message {
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TopLogprob.ProtoReflect.Descriptor instead.
+func (*TopLogprob) Descriptor() ([]byte, []int) {
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{40}
+}
+
+func (x *TopLogprob) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+func (x *TopLogprob) GetLogprob() float64 {
+	if x != nil {
+		return x.Logprob
+	}
+	return 0
+}
+
+func (x *TopLogprob) GetBytes() []byte {
+	if x != nil {
+		return x.Bytes
+	}
+	return nil
+}
+
+// TokenLogprob is the log probability of one generated token.
+type TokenLogprob struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The token's text.
+	Token string `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	// Its log probability.
+	Logprob float64 `protobuf:"fixed64,2,opt,name=logprob,proto3" json:"logprob,omitempty"`
+	// Its UTF-8 bytes (a token may hold part of a character); empty when the
+	// upstream sent none.
+	Bytes []byte `protobuf:"bytes,3,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	// The most likely tokens at this position (request.top_logprobs of them).
+	TopLogprobs   []*TopLogprob `protobuf:"bytes,4,rep,name=top_logprobs,json=topLogprobs,proto3" json:"top_logprobs,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TokenLogprob) Reset() {
+	*x = TokenLogprob{}
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TokenLogprob) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TokenLogprob) ProtoMessage() {}
+
+func (x *TokenLogprob) ProtoReflect() protoreflect.Message {
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TokenLogprob.ProtoReflect.Descriptor instead.
+func (*TokenLogprob) Descriptor() ([]byte, []int) {
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *TokenLogprob) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+func (x *TokenLogprob) GetLogprob() float64 {
+	if x != nil {
+		return x.Logprob
+	}
+	return 0
+}
+
+func (x *TokenLogprob) GetBytes() []byte {
+	if x != nil {
+		return x.Bytes
+	}
+	return nil
+}
+
+func (x *TokenLogprob) GetTopLogprobs() []*TopLogprob {
+	if x != nil {
+		return x.TopLogprobs
+	}
+	return nil
+}
+
+// UrlCitation is a web source the answer cites.
+type UrlCitation struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The source's URL.
+	Url string `protobuf:"bytes,1,opt,name=url,proto3" json:"url,omitempty"`
+	// The source's title.
+	Title string `protobuf:"bytes,2,opt,name=title,proto3" json:"title,omitempty"`
+	// Index of the first character of the citation in the answer text.
+	StartIndex int32 `protobuf:"varint,3,opt,name=start_index,json=startIndex,proto3" json:"start_index,omitempty"`
+	// Index just past its last character.
+	EndIndex      int32 `protobuf:"varint,4,opt,name=end_index,json=endIndex,proto3" json:"end_index,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UrlCitation) Reset() {
+	*x = UrlCitation{}
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UrlCitation) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UrlCitation) ProtoMessage() {}
+
+func (x *UrlCitation) ProtoReflect() protoreflect.Message {
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UrlCitation.ProtoReflect.Descriptor instead.
+func (*UrlCitation) Descriptor() ([]byte, []int) {
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *UrlCitation) GetUrl() string {
+	if x != nil {
+		return x.Url
+	}
+	return ""
+}
+
+func (x *UrlCitation) GetTitle() string {
+	if x != nil {
+		return x.Title
+	}
+	return ""
+}
+
+func (x *UrlCitation) GetStartIndex() int32 {
+	if x != nil {
+		return x.StartIndex
+	}
+	return 0
+}
+
+func (x *UrlCitation) GetEndIndex() int32 {
+	if x != nil {
+		return x.EndIndex
+	}
+	return 0
+}
+
 // Conversation is a dialogue the gateway keeps (without its messages).
 type Conversation struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -3363,7 +4454,7 @@ type Conversation struct {
 
 func (x *Conversation) Reset() {
 	*x = Conversation{}
-	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[36]
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3375,7 +4466,7 @@ func (x *Conversation) String() string {
 func (*Conversation) ProtoMessage() {}
 
 func (x *Conversation) ProtoReflect() protoreflect.Message {
-	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[36]
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3388,7 +4479,7 @@ func (x *Conversation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Conversation.ProtoReflect.Descriptor instead.
 func (*Conversation) Descriptor() ([]byte, []int) {
-	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{36}
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *Conversation) GetId() string {
@@ -3522,7 +4613,7 @@ type CreateConversationRequest struct {
 
 func (x *CreateConversationRequest) Reset() {
 	*x = CreateConversationRequest{}
-	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[37]
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3534,7 +4625,7 @@ func (x *CreateConversationRequest) String() string {
 func (*CreateConversationRequest) ProtoMessage() {}
 
 func (x *CreateConversationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[37]
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3547,7 +4638,7 @@ func (x *CreateConversationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateConversationRequest.ProtoReflect.Descriptor instead.
 func (*CreateConversationRequest) Descriptor() ([]byte, []int) {
-	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{37}
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *CreateConversationRequest) GetModel() string {
@@ -3603,7 +4694,7 @@ type CreateConversationResponse struct {
 
 func (x *CreateConversationResponse) Reset() {
 	*x = CreateConversationResponse{}
-	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[38]
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3615,7 +4706,7 @@ func (x *CreateConversationResponse) String() string {
 func (*CreateConversationResponse) ProtoMessage() {}
 
 func (x *CreateConversationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[38]
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3628,7 +4719,7 @@ func (x *CreateConversationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateConversationResponse.ProtoReflect.Descriptor instead.
 func (*CreateConversationResponse) Descriptor() ([]byte, []int) {
-	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{38}
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *CreateConversationResponse) GetConversation() *Conversation {
@@ -3681,7 +4772,7 @@ type ConverseRequest struct {
 
 func (x *ConverseRequest) Reset() {
 	*x = ConverseRequest{}
-	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[39]
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3693,7 +4784,7 @@ func (x *ConverseRequest) String() string {
 func (*ConverseRequest) ProtoMessage() {}
 
 func (x *ConverseRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[39]
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3706,7 +4797,7 @@ func (x *ConverseRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConverseRequest.ProtoReflect.Descriptor instead.
 func (*ConverseRequest) Descriptor() ([]byte, []int) {
-	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{39}
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *ConverseRequest) GetConversationId() string {
@@ -3845,7 +4936,7 @@ type ConverseResponse struct {
 
 func (x *ConverseResponse) Reset() {
 	*x = ConverseResponse{}
-	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[40]
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3857,7 +4948,7 @@ func (x *ConverseResponse) String() string {
 func (*ConverseResponse) ProtoMessage() {}
 
 func (x *ConverseResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[40]
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3870,7 +4961,7 @@ func (x *ConverseResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConverseResponse.ProtoReflect.Descriptor instead.
 func (*ConverseResponse) Descriptor() ([]byte, []int) {
-	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{40}
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *ConverseResponse) GetContent() string {
@@ -4008,7 +5099,7 @@ type StreamConverseRequest struct {
 
 func (x *StreamConverseRequest) Reset() {
 	*x = StreamConverseRequest{}
-	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[41]
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4020,7 +5111,7 @@ func (x *StreamConverseRequest) String() string {
 func (*StreamConverseRequest) ProtoMessage() {}
 
 func (x *StreamConverseRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[41]
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4033,7 +5124,7 @@ func (x *StreamConverseRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamConverseRequest.ProtoReflect.Descriptor instead.
 func (*StreamConverseRequest) Descriptor() ([]byte, []int) {
-	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{41}
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *StreamConverseRequest) GetConversationId() string {
@@ -4167,7 +5258,7 @@ type ConverseSummary struct {
 
 func (x *ConverseSummary) Reset() {
 	*x = ConverseSummary{}
-	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[42]
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4179,7 +5270,7 @@ func (x *ConverseSummary) String() string {
 func (*ConverseSummary) ProtoMessage() {}
 
 func (x *ConverseSummary) ProtoReflect() protoreflect.Message {
-	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[42]
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4192,7 +5283,7 @@ func (x *ConverseSummary) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConverseSummary.ProtoReflect.Descriptor instead.
 func (*ConverseSummary) Descriptor() ([]byte, []int) {
-	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{42}
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *ConverseSummary) GetToolCalls() []*ToolCall {
@@ -4295,7 +5386,7 @@ type StreamConverseResponse struct {
 
 func (x *StreamConverseResponse) Reset() {
 	*x = StreamConverseResponse{}
-	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[43]
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4307,7 +5398,7 @@ func (x *StreamConverseResponse) String() string {
 func (*StreamConverseResponse) ProtoMessage() {}
 
 func (x *StreamConverseResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[43]
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4320,7 +5411,7 @@ func (x *StreamConverseResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamConverseResponse.ProtoReflect.Descriptor instead.
 func (*StreamConverseResponse) Descriptor() ([]byte, []int) {
-	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{43}
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *StreamConverseResponse) GetEvent() isStreamConverseResponse_Event {
@@ -4377,7 +5468,7 @@ type GetConversationRequest struct {
 
 func (x *GetConversationRequest) Reset() {
 	*x = GetConversationRequest{}
-	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[44]
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4389,7 +5480,7 @@ func (x *GetConversationRequest) String() string {
 func (*GetConversationRequest) ProtoMessage() {}
 
 func (x *GetConversationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[44]
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4402,7 +5493,7 @@ func (x *GetConversationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetConversationRequest.ProtoReflect.Descriptor instead.
 func (*GetConversationRequest) Descriptor() ([]byte, []int) {
-	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{44}
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *GetConversationRequest) GetConversationId() string {
@@ -4428,7 +5519,7 @@ type GetConversationResponse struct {
 
 func (x *GetConversationResponse) Reset() {
 	*x = GetConversationResponse{}
-	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[45]
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4440,7 +5531,7 @@ func (x *GetConversationResponse) String() string {
 func (*GetConversationResponse) ProtoMessage() {}
 
 func (x *GetConversationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[45]
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4453,7 +5544,7 @@ func (x *GetConversationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetConversationResponse.ProtoReflect.Descriptor instead.
 func (*GetConversationResponse) Descriptor() ([]byte, []int) {
-	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{45}
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *GetConversationResponse) GetConversation() *Conversation {
@@ -4491,7 +5582,7 @@ type ListConversationsRequest struct {
 
 func (x *ListConversationsRequest) Reset() {
 	*x = ListConversationsRequest{}
-	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[46]
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4503,7 +5594,7 @@ func (x *ListConversationsRequest) String() string {
 func (*ListConversationsRequest) ProtoMessage() {}
 
 func (x *ListConversationsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[46]
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4516,7 +5607,7 @@ func (x *ListConversationsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListConversationsRequest.ProtoReflect.Descriptor instead.
 func (*ListConversationsRequest) Descriptor() ([]byte, []int) {
-	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{46}
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *ListConversationsRequest) GetPageSize() int32 {
@@ -4546,7 +5637,7 @@ type ListConversationsResponse struct {
 
 func (x *ListConversationsResponse) Reset() {
 	*x = ListConversationsResponse{}
-	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[47]
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4558,7 +5649,7 @@ func (x *ListConversationsResponse) String() string {
 func (*ListConversationsResponse) ProtoMessage() {}
 
 func (x *ListConversationsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[47]
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4571,7 +5662,7 @@ func (x *ListConversationsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListConversationsResponse.ProtoReflect.Descriptor instead.
 func (*ListConversationsResponse) Descriptor() ([]byte, []int) {
-	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{47}
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *ListConversationsResponse) GetConversations() []*Conversation {
@@ -4599,7 +5690,7 @@ type DeleteConversationRequest struct {
 
 func (x *DeleteConversationRequest) Reset() {
 	*x = DeleteConversationRequest{}
-	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[48]
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4611,7 +5702,7 @@ func (x *DeleteConversationRequest) String() string {
 func (*DeleteConversationRequest) ProtoMessage() {}
 
 func (x *DeleteConversationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[48]
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4624,7 +5715,7 @@ func (x *DeleteConversationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteConversationRequest.ProtoReflect.Descriptor instead.
 func (*DeleteConversationRequest) Descriptor() ([]byte, []int) {
-	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{48}
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *DeleteConversationRequest) GetConversationId() string {
@@ -4643,7 +5734,7 @@ type DeleteConversationResponse struct {
 
 func (x *DeleteConversationResponse) Reset() {
 	*x = DeleteConversationResponse{}
-	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[49]
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4655,7 +5746,7 @@ func (x *DeleteConversationResponse) String() string {
 func (*DeleteConversationResponse) ProtoMessage() {}
 
 func (x *DeleteConversationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[49]
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4668,7 +5759,7 @@ func (x *DeleteConversationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteConversationResponse.ProtoReflect.Descriptor instead.
 func (*DeleteConversationResponse) Descriptor() ([]byte, []int) {
-	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{49}
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{56}
 }
 
 var File_gptgrpc_v1_gateway_proto protoreflect.FileDescriptor
@@ -4676,7 +5767,7 @@ var File_gptgrpc_v1_gateway_proto protoreflect.FileDescriptor
 const file_gptgrpc_v1_gateway_proto_rawDesc = "" +
 	"\n" +
 	"\x18gptgrpc/v1/gateway.proto\x12\n" +
-	"gptgrpc.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdc\x01\n" +
+	"gptgrpc.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8b\x02\n" +
 	"\vChatMessage\x12$\n" +
 	"\x04role\x18\x01 \x01(\x0e2\x10.gptgrpc.v1.RoleR\x04role\x12\x18\n" +
 	"\acontent\x18\x02 \x01(\tR\acontent\x12\x17\n" +
@@ -4684,7 +5775,8 @@ const file_gptgrpc_v1_gateway_proto_rawDesc = "" +
 	"\ftool_call_id\x18\x04 \x01(\tH\x01R\n" +
 	"toolCallId\x88\x01\x01\x123\n" +
 	"\n" +
-	"tool_calls\x18\x05 \x03(\v2\x14.gptgrpc.v1.ToolCallR\ttoolCallsB\a\n" +
+	"tool_calls\x18\x05 \x03(\v2\x14.gptgrpc.v1.ToolCallR\ttoolCalls\x12-\n" +
+	"\x05parts\x18\x06 \x03(\v2\x17.gptgrpc.v1.ContentPartR\x05partsB\a\n" +
 	"\x05_nameB\x0f\n" +
 	"\r_tool_call_id\"\x8d\x01\n" +
 	"\x04Tool\x12\x12\n" +
@@ -4709,7 +5801,7 @@ const file_gptgrpc_v1_gateway_proto_rawDesc = "" +
 	"\vschema_json\x18\x03 \x01(\tR\n" +
 	"schemaJson\x12\x1b\n" +
 	"\x06strict\x18\x04 \x01(\bH\x00R\x06strict\x88\x01\x01B\t\n" +
-	"\a_strict\"\xb7\x05\n" +
+	"\a_strict\"\xe2\t\n" +
 	"\x15ChatCompletionRequest\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x12%\n" +
 	"\x0esystem_message\x18\x02 \x01(\tR\rsystemMessage\x12!\n" +
@@ -4728,20 +5820,36 @@ const file_gptgrpc_v1_gateway_proto_rawDesc = "" +
 	"\x05tools\x18\r \x03(\v2\x10.gptgrpc.v1.ToolR\x05tools\x127\n" +
 	"\vtool_choice\x18\x0e \x01(\v2\x16.gptgrpc.v1.ToolChoiceR\n" +
 	"toolChoice\x12\x12\n" +
-	"\x04user\x18\x0f \x01(\tR\x04userB\x0e\n" +
+	"\x04user\x18\x0f \x01(\tR\x04user\x12F\n" +
+	"\x10reasoning_effort\x18\x10 \x01(\x0e2\x1b.gptgrpc.v1.ReasoningEffortR\x0freasoningEffort\x123\n" +
+	"\x13parallel_tool_calls\x18\x11 \x01(\bH\x06R\x11parallelToolCalls\x88\x01\x01\x12\x1f\n" +
+	"\blogprobs\x18\x12 \x01(\bH\aR\blogprobs\x88\x01\x01\x12&\n" +
+	"\ftop_logprobs\x18\x13 \x01(\x05H\bR\vtopLogprobs\x88\x01\x01\x12!\n" +
+	"\fservice_tier\x18\x14 \x01(\tR\vserviceTier\x12K\n" +
+	"\bmetadata\x18\x15 \x03(\v2/.gptgrpc.v1.ChatCompletionRequest.MetadataEntryR\bmetadata\x12\x19\n" +
+	"\x05store\x18\x16 \x01(\bH\tR\x05store\x88\x01\x01\x123\n" +
+	"\tverbosity\x18\x17 \x01(\x0e2\x15.gptgrpc.v1.VerbosityR\tverbosity\x12&\n" +
+	"\x0fextra_body_json\x18\x18 \x01(\tR\rextraBodyJson\x1a;\n" +
+	"\rMetadataEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\x0e\n" +
 	"\f_temperatureB\r\n" +
 	"\v_max_tokensB\b\n" +
 	"\x06_top_pB\a\n" +
 	"\x05_seedB\x13\n" +
 	"\x11_presence_penaltyB\x14\n" +
-	"\x12_frequency_penalty\"\xf7\x01\n" +
+	"\x12_frequency_penaltyB\x16\n" +
+	"\x14_parallel_tool_callsB\v\n" +
+	"\t_logprobsB\x0f\n" +
+	"\r_top_logprobsB\b\n" +
+	"\x06_store\"\xf7\x01\n" +
 	"\x05Usage\x12#\n" +
 	"\rprompt_tokens\x18\x01 \x01(\x03R\fpromptTokens\x12+\n" +
 	"\x11completion_tokens\x18\x02 \x01(\x03R\x10completionTokens\x12!\n" +
 	"\ftotal_tokens\x18\x03 \x01(\x03R\vtotalTokens\x120\n" +
 	"\x14cached_prompt_tokens\x18\x04 \x01(\x03R\x12cachedPromptTokens\x12)\n" +
 	"\x10reasoning_tokens\x18\x05 \x01(\x03R\x0freasoningTokens\x12\x1c\n" +
-	"\testimated\x18\x06 \x01(\bR\testimated\"\xd8\x02\n" +
+	"\testimated\x18\x06 \x01(\bR\testimated\"\x9b\x04\n" +
 	"\x16ChatCompletionResponse\x12\x18\n" +
 	"\acontent\x18\x01 \x01(\tR\acontent\x123\n" +
 	"\n" +
@@ -4752,8 +5860,12 @@ const file_gptgrpc_v1_gateway_proto_rawDesc = "" +
 	"\x05usage\x18\x06 \x01(\v2\x11.gptgrpc.v1.UsageR\x05usage\x12\x1e\n" +
 	"\bcost_usd\x18\a \x01(\x01H\x00R\acostUsd\x88\x01\x01\x12\x1a\n" +
 	"\battempts\x18\b \x01(\x05R\battempts\x12\x18\n" +
-	"\arefusal\x18\t \x01(\tR\arefusalB\v\n" +
-	"\t_cost_usd\"\xbd\x05\n" +
+	"\arefusal\x18\t \x01(\tR\arefusal\x124\n" +
+	"\blogprobs\x18\f \x03(\v2\x18.gptgrpc.v1.TokenLogprobR\blogprobs\x12!\n" +
+	"\fservice_tier\x18\r \x01(\tR\vserviceTier\x12-\n" +
+	"\x12system_fingerprint\x18\x0e \x01(\tR\x11systemFingerprint\x129\n" +
+	"\vannotations\x18\x0f \x03(\v2\x17.gptgrpc.v1.UrlCitationR\vannotationsB\v\n" +
+	"\t_cost_usd\"\xee\t\n" +
 	"\x1bStreamChatCompletionRequest\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x12%\n" +
 	"\x0esystem_message\x18\x02 \x01(\tR\rsystemMessage\x12!\n" +
@@ -4772,16 +5884,33 @@ const file_gptgrpc_v1_gateway_proto_rawDesc = "" +
 	"\x05tools\x18\r \x03(\v2\x10.gptgrpc.v1.ToolR\x05tools\x127\n" +
 	"\vtool_choice\x18\x0e \x01(\v2\x16.gptgrpc.v1.ToolChoiceR\n" +
 	"toolChoice\x12\x12\n" +
-	"\x04user\x18\x0f \x01(\tR\x04userB\x0e\n" +
+	"\x04user\x18\x0f \x01(\tR\x04user\x12F\n" +
+	"\x10reasoning_effort\x18\x10 \x01(\x0e2\x1b.gptgrpc.v1.ReasoningEffortR\x0freasoningEffort\x123\n" +
+	"\x13parallel_tool_calls\x18\x11 \x01(\bH\x06R\x11parallelToolCalls\x88\x01\x01\x12\x1f\n" +
+	"\blogprobs\x18\x12 \x01(\bH\aR\blogprobs\x88\x01\x01\x12&\n" +
+	"\ftop_logprobs\x18\x13 \x01(\x05H\bR\vtopLogprobs\x88\x01\x01\x12!\n" +
+	"\fservice_tier\x18\x14 \x01(\tR\vserviceTier\x12Q\n" +
+	"\bmetadata\x18\x15 \x03(\v25.gptgrpc.v1.StreamChatCompletionRequest.MetadataEntryR\bmetadata\x12\x19\n" +
+	"\x05store\x18\x16 \x01(\bH\tR\x05store\x88\x01\x01\x123\n" +
+	"\tverbosity\x18\x17 \x01(\x0e2\x15.gptgrpc.v1.VerbosityR\tverbosity\x12&\n" +
+	"\x0fextra_body_json\x18\x18 \x01(\tR\rextraBodyJson\x1a;\n" +
+	"\rMetadataEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\x0e\n" +
 	"\f_temperatureB\r\n" +
 	"\v_max_tokensB\b\n" +
 	"\x06_top_pB\a\n" +
 	"\x05_seedB\x13\n" +
 	"\x11_presence_penaltyB\x14\n" +
-	"\x12_frequency_penalty\"I\n" +
+	"\x12_frequency_penaltyB\x16\n" +
+	"\x14_parallel_tool_callsB\v\n" +
+	"\t_logprobsB\x0f\n" +
+	"\r_top_logprobsB\b\n" +
+	"\x06_store\"\x7f\n" +
 	"\x13ChatCompletionDelta\x12\x18\n" +
 	"\acontent\x18\x01 \x01(\tR\acontent\x12\x18\n" +
-	"\arefusal\x18\x02 \x01(\tR\arefusal\"\xa3\x02\n" +
+	"\arefusal\x18\x02 \x01(\tR\arefusal\x124\n" +
+	"\blogprobs\x18\x03 \x03(\v2\x18.gptgrpc.v1.TokenLogprobR\blogprobs\"\xb0\x03\n" +
 	"\x15ChatCompletionSummary\x123\n" +
 	"\n" +
 	"tool_calls\x18\x01 \x03(\v2\x14.gptgrpc.v1.ToolCallR\ttoolCalls\x12=\n" +
@@ -4790,7 +5919,11 @@ const file_gptgrpc_v1_gateway_proto_rawDesc = "" +
 	"\x02id\x18\x04 \x01(\tR\x02id\x12'\n" +
 	"\x05usage\x18\x05 \x01(\v2\x11.gptgrpc.v1.UsageR\x05usage\x12\x1e\n" +
 	"\bcost_usd\x18\x06 \x01(\x01H\x00R\acostUsd\x88\x01\x01\x12\x1a\n" +
-	"\battempts\x18\a \x01(\x05R\battemptsB\v\n" +
+	"\battempts\x18\a \x01(\x05R\battempts\x12!\n" +
+	"\fservice_tier\x18\t \x01(\tR\vserviceTier\x12-\n" +
+	"\x12system_fingerprint\x18\n" +
+	" \x01(\tR\x11systemFingerprint\x129\n" +
+	"\vannotations\x18\v \x03(\v2\x17.gptgrpc.v1.UrlCitationR\vannotationsB\v\n" +
 	"\t_cost_usd\"\x9f\x01\n" +
 	"\x1cStreamChatCompletionResponse\x127\n" +
 	"\x05delta\x18\x01 \x01(\v2\x1f.gptgrpc.v1.ChatCompletionDeltaH\x00R\x05delta\x12=\n" +
@@ -4799,12 +5932,13 @@ const file_gptgrpc_v1_gateway_proto_rawDesc = "" +
 	"\x12CountTokensRequest\x12\x12\n" +
 	"\x04text\x18\x01 \x01(\tR\x04text\x123\n" +
 	"\bmessages\x18\x02 \x03(\v2\x17.gptgrpc.v1.ChatMessageR\bmessages\x12\x14\n" +
-	"\x05model\x18\x03 \x01(\tR\x05model\"\x7f\n" +
+	"\x05model\x18\x03 \x01(\tR\x05model\"\x9d\x01\n" +
 	"\x13CountTokensResponse\x12\x1f\n" +
 	"\vtoken_count\x18\x01 \x01(\x03R\n" +
 	"tokenCount\x12\x1a\n" +
 	"\bencoding\x18\x02 \x01(\tR\bencoding\x12+\n" +
-	"\x11encoding_fallback\x18\x03 \x01(\bR\x10encodingFallback\"\xc6\x01\n" +
+	"\x11encoding_fallback\x18\x03 \x01(\bR\x10encodingFallback\x12\x1c\n" +
+	"\testimated\x18\x04 \x01(\bR\testimated\"\xc6\x01\n" +
 	"\vRetryPolicy\x12&\n" +
 	"\fmax_attempts\x18\x01 \x01(\x05H\x00R\vmaxAttempts\x88\x01\x01\x12B\n" +
 	"\x0finitial_backoff\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x0einitialBackoff\x12:\n" +
@@ -4843,7 +5977,7 @@ const file_gptgrpc_v1_gateway_proto_rawDesc = "" +
 	"\x17GetConfigurationRequest\"[\n" +
 	"\x18GetConfigurationResponse\x12?\n" +
 	"\rconfiguration\x18\x01 \x01(\v2\x19.gptgrpc.v1.ConfigurationR\rconfiguration\"\x13\n" +
-	"\x11ListModelsRequest\"\xd8\x03\n" +
+	"\x11ListModelsRequest\"\xda\x05\n" +
 	"\tModelInfo\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1a\n" +
 	"\bencoding\x18\x02 \x01(\tR\bencoding\x12%\n" +
@@ -4853,10 +5987,18 @@ const file_gptgrpc_v1_gateway_proto_rawDesc = "" +
 	"\x15input_usd_per_million\x18\x06 \x01(\x01H\x00R\x12inputUsdPerMillion\x88\x01\x01\x12C\n" +
 	"\x1ccached_input_usd_per_million\x18\a \x01(\x01H\x01R\x18cachedInputUsdPerMillion\x88\x01\x01\x128\n" +
 	"\x16output_usd_per_million\x18\b \x01(\x01H\x02R\x13outputUsdPerMillion\x88\x01\x01\x12!\n" +
-	"\fprice_source\x18\t \x01(\tR\vpriceSourceB\x18\n" +
+	"\fprice_source\x18\t \x01(\tR\vpriceSource\x12/\n" +
+	"\x11image_base_tokens\x18\n" +
+	" \x01(\x03H\x03R\x0fimageBaseTokens\x88\x01\x01\x12/\n" +
+	"\x11image_tile_tokens\x18\v \x01(\x03H\x04R\x0fimageTileTokens\x88\x01\x01\x129\n" +
+	"\x16image_patch_multiplier\x18\f \x01(\x01H\x05R\x14imagePatchMultiplier\x88\x01\x01\x12\x1c\n" +
+	"\tverbosity\x18\r \x01(\bR\tverbosityB\x18\n" +
 	"\x16_input_usd_per_millionB\x1f\n" +
 	"\x1d_cached_input_usd_per_millionB\x19\n" +
-	"\x17_output_usd_per_million\"C\n" +
+	"\x17_output_usd_per_millionB\x14\n" +
+	"\x12_image_base_tokensB\x14\n" +
+	"\x12_image_tile_tokensB\x19\n" +
+	"\x17_image_patch_multiplier\"C\n" +
 	"\x12ListModelsResponse\x12-\n" +
 	"\x06models\x18\x01 \x03(\v2\x15.gptgrpc.v1.ModelInfoR\x06models\")\n" +
 	"\x0fGetUsageRequest\x12\x16\n" +
@@ -4915,7 +6057,41 @@ const file_gptgrpc_v1_gateway_proto_rawDesc = "" +
 	"\x13RevokeClientRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"B\n" +
 	"\x14RevokeClientResponse\x12*\n" +
-	"\x06client\x18\x01 \x01(\v2\x12.gptgrpc.v1.ClientR\x06client\"\x81\x06\n" +
+	"\x06client\x18\x01 \x01(\v2\x12.gptgrpc.v1.ClientR\x06client\"\xb5\x01\n" +
+	"\vContentPart\x12\x14\n" +
+	"\x04text\x18\x01 \x01(\tH\x00R\x04text\x12-\n" +
+	"\x05image\x18\x02 \x01(\v2\x15.gptgrpc.v1.ImagePartH\x00R\x05image\x12-\n" +
+	"\x05audio\x18\x03 \x01(\v2\x15.gptgrpc.v1.AudioPartH\x00R\x05audio\x12*\n" +
+	"\x04file\x18\x04 \x01(\v2\x14.gptgrpc.v1.FilePartH\x00R\x04fileB\x06\n" +
+	"\x04part\"\x7f\n" +
+	"\tImagePart\x12\x10\n" +
+	"\x03url\x18\x01 \x01(\tR\x03url\x12\x12\n" +
+	"\x04data\x18\x02 \x01(\fR\x04data\x12\x1b\n" +
+	"\tmime_type\x18\x03 \x01(\tR\bmimeType\x12/\n" +
+	"\x06detail\x18\x04 \x01(\x0e2\x17.gptgrpc.v1.ImageDetailR\x06detail\"P\n" +
+	"\tAudioPart\x12\x12\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\x12/\n" +
+	"\x06format\x18\x02 \x01(\x0e2\x17.gptgrpc.v1.AudioFormatR\x06format\"W\n" +
+	"\bFilePart\x12\x12\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\x12\x1a\n" +
+	"\bfilename\x18\x02 \x01(\tR\bfilename\x12\x1b\n" +
+	"\tmime_type\x18\x03 \x01(\tR\bmimeType\"R\n" +
+	"\n" +
+	"TopLogprob\x12\x14\n" +
+	"\x05token\x18\x01 \x01(\tR\x05token\x12\x18\n" +
+	"\alogprob\x18\x02 \x01(\x01R\alogprob\x12\x14\n" +
+	"\x05bytes\x18\x03 \x01(\fR\x05bytes\"\x8f\x01\n" +
+	"\fTokenLogprob\x12\x14\n" +
+	"\x05token\x18\x01 \x01(\tR\x05token\x12\x18\n" +
+	"\alogprob\x18\x02 \x01(\x01R\alogprob\x12\x14\n" +
+	"\x05bytes\x18\x03 \x01(\fR\x05bytes\x129\n" +
+	"\ftop_logprobs\x18\x04 \x03(\v2\x16.gptgrpc.v1.TopLogprobR\vtopLogprobs\"s\n" +
+	"\vUrlCitation\x12\x10\n" +
+	"\x03url\x18\x01 \x01(\tR\x03url\x12\x14\n" +
+	"\x05title\x18\x02 \x01(\tR\x05title\x12\x1f\n" +
+	"\vstart_index\x18\x03 \x01(\x05R\n" +
+	"startIndex\x12\x1b\n" +
+	"\tend_index\x18\x04 \x01(\x05R\bendIndex\"\x81\x06\n" +
 	"\fConversation\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05model\x18\x02 \x01(\tR\x05model\x12%\n" +
@@ -5086,7 +6262,27 @@ const file_gptgrpc_v1_gateway_proto_rawDesc = "" +
 	"\fBudgetPeriod\x12\x1d\n" +
 	"\x19BUDGET_PERIOD_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11BUDGET_PERIOD_DAY\x10\x01\x12\x17\n" +
-	"\x13BUDGET_PERIOD_MONTH\x10\x02*Q\n" +
+	"\x13BUDGET_PERIOD_MONTH\x10\x02*o\n" +
+	"\vImageDetail\x12\x1c\n" +
+	"\x18IMAGE_DETAIL_UNSPECIFIED\x10\x00\x12\x15\n" +
+	"\x11IMAGE_DETAIL_AUTO\x10\x01\x12\x14\n" +
+	"\x10IMAGE_DETAIL_LOW\x10\x02\x12\x15\n" +
+	"\x11IMAGE_DETAIL_HIGH\x10\x03*W\n" +
+	"\vAudioFormat\x12\x1c\n" +
+	"\x18AUDIO_FORMAT_UNSPECIFIED\x10\x00\x12\x14\n" +
+	"\x10AUDIO_FORMAT_WAV\x10\x01\x12\x14\n" +
+	"\x10AUDIO_FORMAT_MP3\x10\x02*\xa3\x01\n" +
+	"\x0fReasoningEffort\x12 \n" +
+	"\x1cREASONING_EFFORT_UNSPECIFIED\x10\x00\x12\x1c\n" +
+	"\x18REASONING_EFFORT_MINIMAL\x10\x01\x12\x18\n" +
+	"\x14REASONING_EFFORT_LOW\x10\x02\x12\x1b\n" +
+	"\x17REASONING_EFFORT_MEDIUM\x10\x03\x12\x19\n" +
+	"\x15REASONING_EFFORT_HIGH\x10\x04*c\n" +
+	"\tVerbosity\x12\x19\n" +
+	"\x15VERBOSITY_UNSPECIFIED\x10\x00\x12\x11\n" +
+	"\rVERBOSITY_LOW\x10\x01\x12\x14\n" +
+	"\x10VERBOSITY_MEDIUM\x10\x02\x12\x12\n" +
+	"\x0eVERBOSITY_HIGH\x10\x03*Q\n" +
 	"\x0eTrimmingPolicy\x12\x1f\n" +
 	"\x1bTRIMMING_POLICY_UNSPECIFIED\x10\x00\x12\x0f\n" +
 	"\vTRIM_OLDEST\x10\x01\x12\r\n" +
@@ -5164,185 +6360,215 @@ func file_gptgrpc_v1_gateway_proto_rawDescGZIP() []byte {
 	return file_gptgrpc_v1_gateway_proto_rawDescData
 }
 
-var file_gptgrpc_v1_gateway_proto_enumTypes = make([]protoimpl.EnumInfo, 7)
-var file_gptgrpc_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 52)
+var file_gptgrpc_v1_gateway_proto_enumTypes = make([]protoimpl.EnumInfo, 11)
+var file_gptgrpc_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 61)
 var file_gptgrpc_v1_gateway_proto_goTypes = []any{
 	(Role)(0),                            // 0: gptgrpc.v1.Role
 	(ToolChoiceMode)(0),                  // 1: gptgrpc.v1.ToolChoiceMode
 	(ResponseFormatType)(0),              // 2: gptgrpc.v1.ResponseFormatType
 	(FinishReason)(0),                    // 3: gptgrpc.v1.FinishReason
 	(BudgetPeriod)(0),                    // 4: gptgrpc.v1.BudgetPeriod
-	(TrimmingPolicy)(0),                  // 5: gptgrpc.v1.TrimmingPolicy
-	(ErrorReason)(0),                     // 6: gptgrpc.v1.ErrorReason
-	(*ChatMessage)(nil),                  // 7: gptgrpc.v1.ChatMessage
-	(*Tool)(nil),                         // 8: gptgrpc.v1.Tool
-	(*ToolCall)(nil),                     // 9: gptgrpc.v1.ToolCall
-	(*ToolChoice)(nil),                   // 10: gptgrpc.v1.ToolChoice
-	(*ResponseFormat)(nil),               // 11: gptgrpc.v1.ResponseFormat
-	(*ChatCompletionRequest)(nil),        // 12: gptgrpc.v1.ChatCompletionRequest
-	(*Usage)(nil),                        // 13: gptgrpc.v1.Usage
-	(*ChatCompletionResponse)(nil),       // 14: gptgrpc.v1.ChatCompletionResponse
-	(*StreamChatCompletionRequest)(nil),  // 15: gptgrpc.v1.StreamChatCompletionRequest
-	(*ChatCompletionDelta)(nil),          // 16: gptgrpc.v1.ChatCompletionDelta
-	(*ChatCompletionSummary)(nil),        // 17: gptgrpc.v1.ChatCompletionSummary
-	(*StreamChatCompletionResponse)(nil), // 18: gptgrpc.v1.StreamChatCompletionResponse
-	(*CountTokensRequest)(nil),           // 19: gptgrpc.v1.CountTokensRequest
-	(*CountTokensResponse)(nil),          // 20: gptgrpc.v1.CountTokensResponse
-	(*RetryPolicy)(nil),                  // 21: gptgrpc.v1.RetryPolicy
-	(*ConfigureRequest)(nil),             // 22: gptgrpc.v1.ConfigureRequest
-	(*Configuration)(nil),                // 23: gptgrpc.v1.Configuration
-	(*ConfigureResponse)(nil),            // 24: gptgrpc.v1.ConfigureResponse
-	(*GetConfigurationRequest)(nil),      // 25: gptgrpc.v1.GetConfigurationRequest
-	(*GetConfigurationResponse)(nil),     // 26: gptgrpc.v1.GetConfigurationResponse
-	(*ListModelsRequest)(nil),            // 27: gptgrpc.v1.ListModelsRequest
-	(*ModelInfo)(nil),                    // 28: gptgrpc.v1.ModelInfo
-	(*ListModelsResponse)(nil),           // 29: gptgrpc.v1.ListModelsResponse
-	(*GetUsageRequest)(nil),              // 30: gptgrpc.v1.GetUsageRequest
-	(*ModelUsage)(nil),                   // 31: gptgrpc.v1.ModelUsage
-	(*GetUsageResponse)(nil),             // 32: gptgrpc.v1.GetUsageResponse
-	(*ClientLimits)(nil),                 // 33: gptgrpc.v1.ClientLimits
-	(*Client)(nil),                       // 34: gptgrpc.v1.Client
-	(*CreateClientRequest)(nil),          // 35: gptgrpc.v1.CreateClientRequest
-	(*CreateClientResponse)(nil),         // 36: gptgrpc.v1.CreateClientResponse
-	(*ListClientsRequest)(nil),           // 37: gptgrpc.v1.ListClientsRequest
-	(*ListClientsResponse)(nil),          // 38: gptgrpc.v1.ListClientsResponse
-	(*UpdateClientRequest)(nil),          // 39: gptgrpc.v1.UpdateClientRequest
-	(*UpdateClientResponse)(nil),         // 40: gptgrpc.v1.UpdateClientResponse
-	(*RevokeClientRequest)(nil),          // 41: gptgrpc.v1.RevokeClientRequest
-	(*RevokeClientResponse)(nil),         // 42: gptgrpc.v1.RevokeClientResponse
-	(*Conversation)(nil),                 // 43: gptgrpc.v1.Conversation
-	(*CreateConversationRequest)(nil),    // 44: gptgrpc.v1.CreateConversationRequest
-	(*CreateConversationResponse)(nil),   // 45: gptgrpc.v1.CreateConversationResponse
-	(*ConverseRequest)(nil),              // 46: gptgrpc.v1.ConverseRequest
-	(*ConverseResponse)(nil),             // 47: gptgrpc.v1.ConverseResponse
-	(*StreamConverseRequest)(nil),        // 48: gptgrpc.v1.StreamConverseRequest
-	(*ConverseSummary)(nil),              // 49: gptgrpc.v1.ConverseSummary
-	(*StreamConverseResponse)(nil),       // 50: gptgrpc.v1.StreamConverseResponse
-	(*GetConversationRequest)(nil),       // 51: gptgrpc.v1.GetConversationRequest
-	(*GetConversationResponse)(nil),      // 52: gptgrpc.v1.GetConversationResponse
-	(*ListConversationsRequest)(nil),     // 53: gptgrpc.v1.ListConversationsRequest
-	(*ListConversationsResponse)(nil),    // 54: gptgrpc.v1.ListConversationsResponse
-	(*DeleteConversationRequest)(nil),    // 55: gptgrpc.v1.DeleteConversationRequest
-	(*DeleteConversationResponse)(nil),   // 56: gptgrpc.v1.DeleteConversationResponse
-	nil,                                  // 57: gptgrpc.v1.Conversation.LabelsEntry
-	nil,                                  // 58: gptgrpc.v1.CreateConversationRequest.LabelsEntry
-	(*durationpb.Duration)(nil),          // 59: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),        // 60: google.protobuf.Timestamp
+	(ImageDetail)(0),                     // 5: gptgrpc.v1.ImageDetail
+	(AudioFormat)(0),                     // 6: gptgrpc.v1.AudioFormat
+	(ReasoningEffort)(0),                 // 7: gptgrpc.v1.ReasoningEffort
+	(Verbosity)(0),                       // 8: gptgrpc.v1.Verbosity
+	(TrimmingPolicy)(0),                  // 9: gptgrpc.v1.TrimmingPolicy
+	(ErrorReason)(0),                     // 10: gptgrpc.v1.ErrorReason
+	(*ChatMessage)(nil),                  // 11: gptgrpc.v1.ChatMessage
+	(*Tool)(nil),                         // 12: gptgrpc.v1.Tool
+	(*ToolCall)(nil),                     // 13: gptgrpc.v1.ToolCall
+	(*ToolChoice)(nil),                   // 14: gptgrpc.v1.ToolChoice
+	(*ResponseFormat)(nil),               // 15: gptgrpc.v1.ResponseFormat
+	(*ChatCompletionRequest)(nil),        // 16: gptgrpc.v1.ChatCompletionRequest
+	(*Usage)(nil),                        // 17: gptgrpc.v1.Usage
+	(*ChatCompletionResponse)(nil),       // 18: gptgrpc.v1.ChatCompletionResponse
+	(*StreamChatCompletionRequest)(nil),  // 19: gptgrpc.v1.StreamChatCompletionRequest
+	(*ChatCompletionDelta)(nil),          // 20: gptgrpc.v1.ChatCompletionDelta
+	(*ChatCompletionSummary)(nil),        // 21: gptgrpc.v1.ChatCompletionSummary
+	(*StreamChatCompletionResponse)(nil), // 22: gptgrpc.v1.StreamChatCompletionResponse
+	(*CountTokensRequest)(nil),           // 23: gptgrpc.v1.CountTokensRequest
+	(*CountTokensResponse)(nil),          // 24: gptgrpc.v1.CountTokensResponse
+	(*RetryPolicy)(nil),                  // 25: gptgrpc.v1.RetryPolicy
+	(*ConfigureRequest)(nil),             // 26: gptgrpc.v1.ConfigureRequest
+	(*Configuration)(nil),                // 27: gptgrpc.v1.Configuration
+	(*ConfigureResponse)(nil),            // 28: gptgrpc.v1.ConfigureResponse
+	(*GetConfigurationRequest)(nil),      // 29: gptgrpc.v1.GetConfigurationRequest
+	(*GetConfigurationResponse)(nil),     // 30: gptgrpc.v1.GetConfigurationResponse
+	(*ListModelsRequest)(nil),            // 31: gptgrpc.v1.ListModelsRequest
+	(*ModelInfo)(nil),                    // 32: gptgrpc.v1.ModelInfo
+	(*ListModelsResponse)(nil),           // 33: gptgrpc.v1.ListModelsResponse
+	(*GetUsageRequest)(nil),              // 34: gptgrpc.v1.GetUsageRequest
+	(*ModelUsage)(nil),                   // 35: gptgrpc.v1.ModelUsage
+	(*GetUsageResponse)(nil),             // 36: gptgrpc.v1.GetUsageResponse
+	(*ClientLimits)(nil),                 // 37: gptgrpc.v1.ClientLimits
+	(*Client)(nil),                       // 38: gptgrpc.v1.Client
+	(*CreateClientRequest)(nil),          // 39: gptgrpc.v1.CreateClientRequest
+	(*CreateClientResponse)(nil),         // 40: gptgrpc.v1.CreateClientResponse
+	(*ListClientsRequest)(nil),           // 41: gptgrpc.v1.ListClientsRequest
+	(*ListClientsResponse)(nil),          // 42: gptgrpc.v1.ListClientsResponse
+	(*UpdateClientRequest)(nil),          // 43: gptgrpc.v1.UpdateClientRequest
+	(*UpdateClientResponse)(nil),         // 44: gptgrpc.v1.UpdateClientResponse
+	(*RevokeClientRequest)(nil),          // 45: gptgrpc.v1.RevokeClientRequest
+	(*RevokeClientResponse)(nil),         // 46: gptgrpc.v1.RevokeClientResponse
+	(*ContentPart)(nil),                  // 47: gptgrpc.v1.ContentPart
+	(*ImagePart)(nil),                    // 48: gptgrpc.v1.ImagePart
+	(*AudioPart)(nil),                    // 49: gptgrpc.v1.AudioPart
+	(*FilePart)(nil),                     // 50: gptgrpc.v1.FilePart
+	(*TopLogprob)(nil),                   // 51: gptgrpc.v1.TopLogprob
+	(*TokenLogprob)(nil),                 // 52: gptgrpc.v1.TokenLogprob
+	(*UrlCitation)(nil),                  // 53: gptgrpc.v1.UrlCitation
+	(*Conversation)(nil),                 // 54: gptgrpc.v1.Conversation
+	(*CreateConversationRequest)(nil),    // 55: gptgrpc.v1.CreateConversationRequest
+	(*CreateConversationResponse)(nil),   // 56: gptgrpc.v1.CreateConversationResponse
+	(*ConverseRequest)(nil),              // 57: gptgrpc.v1.ConverseRequest
+	(*ConverseResponse)(nil),             // 58: gptgrpc.v1.ConverseResponse
+	(*StreamConverseRequest)(nil),        // 59: gptgrpc.v1.StreamConverseRequest
+	(*ConverseSummary)(nil),              // 60: gptgrpc.v1.ConverseSummary
+	(*StreamConverseResponse)(nil),       // 61: gptgrpc.v1.StreamConverseResponse
+	(*GetConversationRequest)(nil),       // 62: gptgrpc.v1.GetConversationRequest
+	(*GetConversationResponse)(nil),      // 63: gptgrpc.v1.GetConversationResponse
+	(*ListConversationsRequest)(nil),     // 64: gptgrpc.v1.ListConversationsRequest
+	(*ListConversationsResponse)(nil),    // 65: gptgrpc.v1.ListConversationsResponse
+	(*DeleteConversationRequest)(nil),    // 66: gptgrpc.v1.DeleteConversationRequest
+	(*DeleteConversationResponse)(nil),   // 67: gptgrpc.v1.DeleteConversationResponse
+	nil,                                  // 68: gptgrpc.v1.ChatCompletionRequest.MetadataEntry
+	nil,                                  // 69: gptgrpc.v1.StreamChatCompletionRequest.MetadataEntry
+	nil,                                  // 70: gptgrpc.v1.Conversation.LabelsEntry
+	nil,                                  // 71: gptgrpc.v1.CreateConversationRequest.LabelsEntry
+	(*durationpb.Duration)(nil),          // 72: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),        // 73: google.protobuf.Timestamp
 }
 var file_gptgrpc_v1_gateway_proto_depIdxs = []int32{
-	0,  // 0: gptgrpc.v1.ChatMessage.role:type_name -> gptgrpc.v1.Role
-	9,  // 1: gptgrpc.v1.ChatMessage.tool_calls:type_name -> gptgrpc.v1.ToolCall
-	1,  // 2: gptgrpc.v1.ToolChoice.mode:type_name -> gptgrpc.v1.ToolChoiceMode
-	2,  // 3: gptgrpc.v1.ResponseFormat.type:type_name -> gptgrpc.v1.ResponseFormatType
-	7,  // 4: gptgrpc.v1.ChatCompletionRequest.messages:type_name -> gptgrpc.v1.ChatMessage
-	11, // 5: gptgrpc.v1.ChatCompletionRequest.response_format:type_name -> gptgrpc.v1.ResponseFormat
-	8,  // 6: gptgrpc.v1.ChatCompletionRequest.tools:type_name -> gptgrpc.v1.Tool
-	10, // 7: gptgrpc.v1.ChatCompletionRequest.tool_choice:type_name -> gptgrpc.v1.ToolChoice
-	9,  // 8: gptgrpc.v1.ChatCompletionResponse.tool_calls:type_name -> gptgrpc.v1.ToolCall
-	3,  // 9: gptgrpc.v1.ChatCompletionResponse.finish_reason:type_name -> gptgrpc.v1.FinishReason
-	13, // 10: gptgrpc.v1.ChatCompletionResponse.usage:type_name -> gptgrpc.v1.Usage
-	7,  // 11: gptgrpc.v1.StreamChatCompletionRequest.messages:type_name -> gptgrpc.v1.ChatMessage
-	11, // 12: gptgrpc.v1.StreamChatCompletionRequest.response_format:type_name -> gptgrpc.v1.ResponseFormat
-	8,  // 13: gptgrpc.v1.StreamChatCompletionRequest.tools:type_name -> gptgrpc.v1.Tool
-	10, // 14: gptgrpc.v1.StreamChatCompletionRequest.tool_choice:type_name -> gptgrpc.v1.ToolChoice
-	9,  // 15: gptgrpc.v1.ChatCompletionSummary.tool_calls:type_name -> gptgrpc.v1.ToolCall
-	3,  // 16: gptgrpc.v1.ChatCompletionSummary.finish_reason:type_name -> gptgrpc.v1.FinishReason
-	13, // 17: gptgrpc.v1.ChatCompletionSummary.usage:type_name -> gptgrpc.v1.Usage
-	16, // 18: gptgrpc.v1.StreamChatCompletionResponse.delta:type_name -> gptgrpc.v1.ChatCompletionDelta
-	17, // 19: gptgrpc.v1.StreamChatCompletionResponse.summary:type_name -> gptgrpc.v1.ChatCompletionSummary
-	7,  // 20: gptgrpc.v1.CountTokensRequest.messages:type_name -> gptgrpc.v1.ChatMessage
-	59, // 21: gptgrpc.v1.RetryPolicy.initial_backoff:type_name -> google.protobuf.Duration
-	59, // 22: gptgrpc.v1.RetryPolicy.max_backoff:type_name -> google.protobuf.Duration
-	59, // 23: gptgrpc.v1.ConfigureRequest.request_timeout:type_name -> google.protobuf.Duration
-	21, // 24: gptgrpc.v1.ConfigureRequest.retry_policy:type_name -> gptgrpc.v1.RetryPolicy
-	59, // 25: gptgrpc.v1.Configuration.request_timeout:type_name -> google.protobuf.Duration
-	21, // 26: gptgrpc.v1.Configuration.retry_policy:type_name -> gptgrpc.v1.RetryPolicy
-	23, // 27: gptgrpc.v1.ConfigureResponse.configuration:type_name -> gptgrpc.v1.Configuration
-	23, // 28: gptgrpc.v1.GetConfigurationResponse.configuration:type_name -> gptgrpc.v1.Configuration
-	28, // 29: gptgrpc.v1.ListModelsResponse.models:type_name -> gptgrpc.v1.ModelInfo
-	31, // 30: gptgrpc.v1.GetUsageResponse.models:type_name -> gptgrpc.v1.ModelUsage
-	31, // 31: gptgrpc.v1.GetUsageResponse.total:type_name -> gptgrpc.v1.ModelUsage
-	60, // 32: gptgrpc.v1.GetUsageResponse.since:type_name -> google.protobuf.Timestamp
-	4,  // 33: gptgrpc.v1.ClientLimits.budget_period:type_name -> gptgrpc.v1.BudgetPeriod
-	33, // 34: gptgrpc.v1.Client.limits:type_name -> gptgrpc.v1.ClientLimits
-	60, // 35: gptgrpc.v1.Client.create_time:type_name -> google.protobuf.Timestamp
-	60, // 36: gptgrpc.v1.Client.revoke_time:type_name -> google.protobuf.Timestamp
-	33, // 37: gptgrpc.v1.CreateClientRequest.limits:type_name -> gptgrpc.v1.ClientLimits
-	34, // 38: gptgrpc.v1.CreateClientResponse.client:type_name -> gptgrpc.v1.Client
-	34, // 39: gptgrpc.v1.ListClientsResponse.clients:type_name -> gptgrpc.v1.Client
-	33, // 40: gptgrpc.v1.UpdateClientRequest.limits:type_name -> gptgrpc.v1.ClientLimits
-	34, // 41: gptgrpc.v1.UpdateClientResponse.client:type_name -> gptgrpc.v1.Client
-	34, // 42: gptgrpc.v1.RevokeClientResponse.client:type_name -> gptgrpc.v1.Client
-	5,  // 43: gptgrpc.v1.Conversation.trimming_policy:type_name -> gptgrpc.v1.TrimmingPolicy
-	57, // 44: gptgrpc.v1.Conversation.labels:type_name -> gptgrpc.v1.Conversation.LabelsEntry
-	60, // 45: gptgrpc.v1.Conversation.create_time:type_name -> google.protobuf.Timestamp
-	60, // 46: gptgrpc.v1.Conversation.update_time:type_name -> google.protobuf.Timestamp
-	60, // 47: gptgrpc.v1.Conversation.expire_time:type_name -> google.protobuf.Timestamp
-	59, // 48: gptgrpc.v1.Conversation.ttl:type_name -> google.protobuf.Duration
-	5,  // 49: gptgrpc.v1.CreateConversationRequest.trimming_policy:type_name -> gptgrpc.v1.TrimmingPolicy
-	59, // 50: gptgrpc.v1.CreateConversationRequest.ttl:type_name -> google.protobuf.Duration
-	58, // 51: gptgrpc.v1.CreateConversationRequest.labels:type_name -> gptgrpc.v1.CreateConversationRequest.LabelsEntry
-	43, // 52: gptgrpc.v1.CreateConversationResponse.conversation:type_name -> gptgrpc.v1.Conversation
-	7,  // 53: gptgrpc.v1.ConverseRequest.messages:type_name -> gptgrpc.v1.ChatMessage
-	11, // 54: gptgrpc.v1.ConverseRequest.response_format:type_name -> gptgrpc.v1.ResponseFormat
-	8,  // 55: gptgrpc.v1.ConverseRequest.tools:type_name -> gptgrpc.v1.Tool
-	10, // 56: gptgrpc.v1.ConverseRequest.tool_choice:type_name -> gptgrpc.v1.ToolChoice
-	9,  // 57: gptgrpc.v1.ConverseResponse.tool_calls:type_name -> gptgrpc.v1.ToolCall
-	3,  // 58: gptgrpc.v1.ConverseResponse.finish_reason:type_name -> gptgrpc.v1.FinishReason
-	13, // 59: gptgrpc.v1.ConverseResponse.usage:type_name -> gptgrpc.v1.Usage
-	13, // 60: gptgrpc.v1.ConverseResponse.summarization_usage:type_name -> gptgrpc.v1.Usage
-	7,  // 61: gptgrpc.v1.StreamConverseRequest.messages:type_name -> gptgrpc.v1.ChatMessage
-	11, // 62: gptgrpc.v1.StreamConverseRequest.response_format:type_name -> gptgrpc.v1.ResponseFormat
-	8,  // 63: gptgrpc.v1.StreamConverseRequest.tools:type_name -> gptgrpc.v1.Tool
-	10, // 64: gptgrpc.v1.StreamConverseRequest.tool_choice:type_name -> gptgrpc.v1.ToolChoice
-	9,  // 65: gptgrpc.v1.ConverseSummary.tool_calls:type_name -> gptgrpc.v1.ToolCall
-	3,  // 66: gptgrpc.v1.ConverseSummary.finish_reason:type_name -> gptgrpc.v1.FinishReason
-	13, // 67: gptgrpc.v1.ConverseSummary.usage:type_name -> gptgrpc.v1.Usage
-	13, // 68: gptgrpc.v1.ConverseSummary.summarization_usage:type_name -> gptgrpc.v1.Usage
-	16, // 69: gptgrpc.v1.StreamConverseResponse.delta:type_name -> gptgrpc.v1.ChatCompletionDelta
-	49, // 70: gptgrpc.v1.StreamConverseResponse.summary:type_name -> gptgrpc.v1.ConverseSummary
-	43, // 71: gptgrpc.v1.GetConversationResponse.conversation:type_name -> gptgrpc.v1.Conversation
-	7,  // 72: gptgrpc.v1.GetConversationResponse.messages:type_name -> gptgrpc.v1.ChatMessage
-	43, // 73: gptgrpc.v1.ListConversationsResponse.conversations:type_name -> gptgrpc.v1.Conversation
-	12, // 74: gptgrpc.v1.GPTService.ChatCompletion:input_type -> gptgrpc.v1.ChatCompletionRequest
-	15, // 75: gptgrpc.v1.GPTService.StreamChatCompletion:input_type -> gptgrpc.v1.StreamChatCompletionRequest
-	19, // 76: gptgrpc.v1.GPTService.CountTokens:input_type -> gptgrpc.v1.CountTokensRequest
-	22, // 77: gptgrpc.v1.GPTService.Configure:input_type -> gptgrpc.v1.ConfigureRequest
-	25, // 78: gptgrpc.v1.GPTService.GetConfiguration:input_type -> gptgrpc.v1.GetConfigurationRequest
-	27, // 79: gptgrpc.v1.GPTService.ListModels:input_type -> gptgrpc.v1.ListModelsRequest
-	30, // 80: gptgrpc.v1.GPTService.GetUsage:input_type -> gptgrpc.v1.GetUsageRequest
-	35, // 81: gptgrpc.v1.GPTService.CreateClient:input_type -> gptgrpc.v1.CreateClientRequest
-	37, // 82: gptgrpc.v1.GPTService.ListClients:input_type -> gptgrpc.v1.ListClientsRequest
-	39, // 83: gptgrpc.v1.GPTService.UpdateClient:input_type -> gptgrpc.v1.UpdateClientRequest
-	41, // 84: gptgrpc.v1.GPTService.RevokeClient:input_type -> gptgrpc.v1.RevokeClientRequest
-	44, // 85: gptgrpc.v1.GPTService.CreateConversation:input_type -> gptgrpc.v1.CreateConversationRequest
-	46, // 86: gptgrpc.v1.GPTService.Converse:input_type -> gptgrpc.v1.ConverseRequest
-	48, // 87: gptgrpc.v1.GPTService.StreamConverse:input_type -> gptgrpc.v1.StreamConverseRequest
-	51, // 88: gptgrpc.v1.GPTService.GetConversation:input_type -> gptgrpc.v1.GetConversationRequest
-	53, // 89: gptgrpc.v1.GPTService.ListConversations:input_type -> gptgrpc.v1.ListConversationsRequest
-	55, // 90: gptgrpc.v1.GPTService.DeleteConversation:input_type -> gptgrpc.v1.DeleteConversationRequest
-	14, // 91: gptgrpc.v1.GPTService.ChatCompletion:output_type -> gptgrpc.v1.ChatCompletionResponse
-	18, // 92: gptgrpc.v1.GPTService.StreamChatCompletion:output_type -> gptgrpc.v1.StreamChatCompletionResponse
-	20, // 93: gptgrpc.v1.GPTService.CountTokens:output_type -> gptgrpc.v1.CountTokensResponse
-	24, // 94: gptgrpc.v1.GPTService.Configure:output_type -> gptgrpc.v1.ConfigureResponse
-	26, // 95: gptgrpc.v1.GPTService.GetConfiguration:output_type -> gptgrpc.v1.GetConfigurationResponse
-	29, // 96: gptgrpc.v1.GPTService.ListModels:output_type -> gptgrpc.v1.ListModelsResponse
-	32, // 97: gptgrpc.v1.GPTService.GetUsage:output_type -> gptgrpc.v1.GetUsageResponse
-	36, // 98: gptgrpc.v1.GPTService.CreateClient:output_type -> gptgrpc.v1.CreateClientResponse
-	38, // 99: gptgrpc.v1.GPTService.ListClients:output_type -> gptgrpc.v1.ListClientsResponse
-	40, // 100: gptgrpc.v1.GPTService.UpdateClient:output_type -> gptgrpc.v1.UpdateClientResponse
-	42, // 101: gptgrpc.v1.GPTService.RevokeClient:output_type -> gptgrpc.v1.RevokeClientResponse
-	45, // 102: gptgrpc.v1.GPTService.CreateConversation:output_type -> gptgrpc.v1.CreateConversationResponse
-	47, // 103: gptgrpc.v1.GPTService.Converse:output_type -> gptgrpc.v1.ConverseResponse
-	50, // 104: gptgrpc.v1.GPTService.StreamConverse:output_type -> gptgrpc.v1.StreamConverseResponse
-	52, // 105: gptgrpc.v1.GPTService.GetConversation:output_type -> gptgrpc.v1.GetConversationResponse
-	54, // 106: gptgrpc.v1.GPTService.ListConversations:output_type -> gptgrpc.v1.ListConversationsResponse
-	56, // 107: gptgrpc.v1.GPTService.DeleteConversation:output_type -> gptgrpc.v1.DeleteConversationResponse
-	91, // [91:108] is the sub-list for method output_type
-	74, // [74:91] is the sub-list for method input_type
-	74, // [74:74] is the sub-list for extension type_name
-	74, // [74:74] is the sub-list for extension extendee
-	0,  // [0:74] is the sub-list for field type_name
+	0,   // 0: gptgrpc.v1.ChatMessage.role:type_name -> gptgrpc.v1.Role
+	13,  // 1: gptgrpc.v1.ChatMessage.tool_calls:type_name -> gptgrpc.v1.ToolCall
+	47,  // 2: gptgrpc.v1.ChatMessage.parts:type_name -> gptgrpc.v1.ContentPart
+	1,   // 3: gptgrpc.v1.ToolChoice.mode:type_name -> gptgrpc.v1.ToolChoiceMode
+	2,   // 4: gptgrpc.v1.ResponseFormat.type:type_name -> gptgrpc.v1.ResponseFormatType
+	11,  // 5: gptgrpc.v1.ChatCompletionRequest.messages:type_name -> gptgrpc.v1.ChatMessage
+	15,  // 6: gptgrpc.v1.ChatCompletionRequest.response_format:type_name -> gptgrpc.v1.ResponseFormat
+	12,  // 7: gptgrpc.v1.ChatCompletionRequest.tools:type_name -> gptgrpc.v1.Tool
+	14,  // 8: gptgrpc.v1.ChatCompletionRequest.tool_choice:type_name -> gptgrpc.v1.ToolChoice
+	7,   // 9: gptgrpc.v1.ChatCompletionRequest.reasoning_effort:type_name -> gptgrpc.v1.ReasoningEffort
+	68,  // 10: gptgrpc.v1.ChatCompletionRequest.metadata:type_name -> gptgrpc.v1.ChatCompletionRequest.MetadataEntry
+	8,   // 11: gptgrpc.v1.ChatCompletionRequest.verbosity:type_name -> gptgrpc.v1.Verbosity
+	13,  // 12: gptgrpc.v1.ChatCompletionResponse.tool_calls:type_name -> gptgrpc.v1.ToolCall
+	3,   // 13: gptgrpc.v1.ChatCompletionResponse.finish_reason:type_name -> gptgrpc.v1.FinishReason
+	17,  // 14: gptgrpc.v1.ChatCompletionResponse.usage:type_name -> gptgrpc.v1.Usage
+	52,  // 15: gptgrpc.v1.ChatCompletionResponse.logprobs:type_name -> gptgrpc.v1.TokenLogprob
+	53,  // 16: gptgrpc.v1.ChatCompletionResponse.annotations:type_name -> gptgrpc.v1.UrlCitation
+	11,  // 17: gptgrpc.v1.StreamChatCompletionRequest.messages:type_name -> gptgrpc.v1.ChatMessage
+	15,  // 18: gptgrpc.v1.StreamChatCompletionRequest.response_format:type_name -> gptgrpc.v1.ResponseFormat
+	12,  // 19: gptgrpc.v1.StreamChatCompletionRequest.tools:type_name -> gptgrpc.v1.Tool
+	14,  // 20: gptgrpc.v1.StreamChatCompletionRequest.tool_choice:type_name -> gptgrpc.v1.ToolChoice
+	7,   // 21: gptgrpc.v1.StreamChatCompletionRequest.reasoning_effort:type_name -> gptgrpc.v1.ReasoningEffort
+	69,  // 22: gptgrpc.v1.StreamChatCompletionRequest.metadata:type_name -> gptgrpc.v1.StreamChatCompletionRequest.MetadataEntry
+	8,   // 23: gptgrpc.v1.StreamChatCompletionRequest.verbosity:type_name -> gptgrpc.v1.Verbosity
+	52,  // 24: gptgrpc.v1.ChatCompletionDelta.logprobs:type_name -> gptgrpc.v1.TokenLogprob
+	13,  // 25: gptgrpc.v1.ChatCompletionSummary.tool_calls:type_name -> gptgrpc.v1.ToolCall
+	3,   // 26: gptgrpc.v1.ChatCompletionSummary.finish_reason:type_name -> gptgrpc.v1.FinishReason
+	17,  // 27: gptgrpc.v1.ChatCompletionSummary.usage:type_name -> gptgrpc.v1.Usage
+	53,  // 28: gptgrpc.v1.ChatCompletionSummary.annotations:type_name -> gptgrpc.v1.UrlCitation
+	20,  // 29: gptgrpc.v1.StreamChatCompletionResponse.delta:type_name -> gptgrpc.v1.ChatCompletionDelta
+	21,  // 30: gptgrpc.v1.StreamChatCompletionResponse.summary:type_name -> gptgrpc.v1.ChatCompletionSummary
+	11,  // 31: gptgrpc.v1.CountTokensRequest.messages:type_name -> gptgrpc.v1.ChatMessage
+	72,  // 32: gptgrpc.v1.RetryPolicy.initial_backoff:type_name -> google.protobuf.Duration
+	72,  // 33: gptgrpc.v1.RetryPolicy.max_backoff:type_name -> google.protobuf.Duration
+	72,  // 34: gptgrpc.v1.ConfigureRequest.request_timeout:type_name -> google.protobuf.Duration
+	25,  // 35: gptgrpc.v1.ConfigureRequest.retry_policy:type_name -> gptgrpc.v1.RetryPolicy
+	72,  // 36: gptgrpc.v1.Configuration.request_timeout:type_name -> google.protobuf.Duration
+	25,  // 37: gptgrpc.v1.Configuration.retry_policy:type_name -> gptgrpc.v1.RetryPolicy
+	27,  // 38: gptgrpc.v1.ConfigureResponse.configuration:type_name -> gptgrpc.v1.Configuration
+	27,  // 39: gptgrpc.v1.GetConfigurationResponse.configuration:type_name -> gptgrpc.v1.Configuration
+	32,  // 40: gptgrpc.v1.ListModelsResponse.models:type_name -> gptgrpc.v1.ModelInfo
+	35,  // 41: gptgrpc.v1.GetUsageResponse.models:type_name -> gptgrpc.v1.ModelUsage
+	35,  // 42: gptgrpc.v1.GetUsageResponse.total:type_name -> gptgrpc.v1.ModelUsage
+	73,  // 43: gptgrpc.v1.GetUsageResponse.since:type_name -> google.protobuf.Timestamp
+	4,   // 44: gptgrpc.v1.ClientLimits.budget_period:type_name -> gptgrpc.v1.BudgetPeriod
+	37,  // 45: gptgrpc.v1.Client.limits:type_name -> gptgrpc.v1.ClientLimits
+	73,  // 46: gptgrpc.v1.Client.create_time:type_name -> google.protobuf.Timestamp
+	73,  // 47: gptgrpc.v1.Client.revoke_time:type_name -> google.protobuf.Timestamp
+	37,  // 48: gptgrpc.v1.CreateClientRequest.limits:type_name -> gptgrpc.v1.ClientLimits
+	38,  // 49: gptgrpc.v1.CreateClientResponse.client:type_name -> gptgrpc.v1.Client
+	38,  // 50: gptgrpc.v1.ListClientsResponse.clients:type_name -> gptgrpc.v1.Client
+	37,  // 51: gptgrpc.v1.UpdateClientRequest.limits:type_name -> gptgrpc.v1.ClientLimits
+	38,  // 52: gptgrpc.v1.UpdateClientResponse.client:type_name -> gptgrpc.v1.Client
+	38,  // 53: gptgrpc.v1.RevokeClientResponse.client:type_name -> gptgrpc.v1.Client
+	48,  // 54: gptgrpc.v1.ContentPart.image:type_name -> gptgrpc.v1.ImagePart
+	49,  // 55: gptgrpc.v1.ContentPart.audio:type_name -> gptgrpc.v1.AudioPart
+	50,  // 56: gptgrpc.v1.ContentPart.file:type_name -> gptgrpc.v1.FilePart
+	5,   // 57: gptgrpc.v1.ImagePart.detail:type_name -> gptgrpc.v1.ImageDetail
+	6,   // 58: gptgrpc.v1.AudioPart.format:type_name -> gptgrpc.v1.AudioFormat
+	51,  // 59: gptgrpc.v1.TokenLogprob.top_logprobs:type_name -> gptgrpc.v1.TopLogprob
+	9,   // 60: gptgrpc.v1.Conversation.trimming_policy:type_name -> gptgrpc.v1.TrimmingPolicy
+	70,  // 61: gptgrpc.v1.Conversation.labels:type_name -> gptgrpc.v1.Conversation.LabelsEntry
+	73,  // 62: gptgrpc.v1.Conversation.create_time:type_name -> google.protobuf.Timestamp
+	73,  // 63: gptgrpc.v1.Conversation.update_time:type_name -> google.protobuf.Timestamp
+	73,  // 64: gptgrpc.v1.Conversation.expire_time:type_name -> google.protobuf.Timestamp
+	72,  // 65: gptgrpc.v1.Conversation.ttl:type_name -> google.protobuf.Duration
+	9,   // 66: gptgrpc.v1.CreateConversationRequest.trimming_policy:type_name -> gptgrpc.v1.TrimmingPolicy
+	72,  // 67: gptgrpc.v1.CreateConversationRequest.ttl:type_name -> google.protobuf.Duration
+	71,  // 68: gptgrpc.v1.CreateConversationRequest.labels:type_name -> gptgrpc.v1.CreateConversationRequest.LabelsEntry
+	54,  // 69: gptgrpc.v1.CreateConversationResponse.conversation:type_name -> gptgrpc.v1.Conversation
+	11,  // 70: gptgrpc.v1.ConverseRequest.messages:type_name -> gptgrpc.v1.ChatMessage
+	15,  // 71: gptgrpc.v1.ConverseRequest.response_format:type_name -> gptgrpc.v1.ResponseFormat
+	12,  // 72: gptgrpc.v1.ConverseRequest.tools:type_name -> gptgrpc.v1.Tool
+	14,  // 73: gptgrpc.v1.ConverseRequest.tool_choice:type_name -> gptgrpc.v1.ToolChoice
+	13,  // 74: gptgrpc.v1.ConverseResponse.tool_calls:type_name -> gptgrpc.v1.ToolCall
+	3,   // 75: gptgrpc.v1.ConverseResponse.finish_reason:type_name -> gptgrpc.v1.FinishReason
+	17,  // 76: gptgrpc.v1.ConverseResponse.usage:type_name -> gptgrpc.v1.Usage
+	17,  // 77: gptgrpc.v1.ConverseResponse.summarization_usage:type_name -> gptgrpc.v1.Usage
+	11,  // 78: gptgrpc.v1.StreamConverseRequest.messages:type_name -> gptgrpc.v1.ChatMessage
+	15,  // 79: gptgrpc.v1.StreamConverseRequest.response_format:type_name -> gptgrpc.v1.ResponseFormat
+	12,  // 80: gptgrpc.v1.StreamConverseRequest.tools:type_name -> gptgrpc.v1.Tool
+	14,  // 81: gptgrpc.v1.StreamConverseRequest.tool_choice:type_name -> gptgrpc.v1.ToolChoice
+	13,  // 82: gptgrpc.v1.ConverseSummary.tool_calls:type_name -> gptgrpc.v1.ToolCall
+	3,   // 83: gptgrpc.v1.ConverseSummary.finish_reason:type_name -> gptgrpc.v1.FinishReason
+	17,  // 84: gptgrpc.v1.ConverseSummary.usage:type_name -> gptgrpc.v1.Usage
+	17,  // 85: gptgrpc.v1.ConverseSummary.summarization_usage:type_name -> gptgrpc.v1.Usage
+	20,  // 86: gptgrpc.v1.StreamConverseResponse.delta:type_name -> gptgrpc.v1.ChatCompletionDelta
+	60,  // 87: gptgrpc.v1.StreamConverseResponse.summary:type_name -> gptgrpc.v1.ConverseSummary
+	54,  // 88: gptgrpc.v1.GetConversationResponse.conversation:type_name -> gptgrpc.v1.Conversation
+	11,  // 89: gptgrpc.v1.GetConversationResponse.messages:type_name -> gptgrpc.v1.ChatMessage
+	54,  // 90: gptgrpc.v1.ListConversationsResponse.conversations:type_name -> gptgrpc.v1.Conversation
+	16,  // 91: gptgrpc.v1.GPTService.ChatCompletion:input_type -> gptgrpc.v1.ChatCompletionRequest
+	19,  // 92: gptgrpc.v1.GPTService.StreamChatCompletion:input_type -> gptgrpc.v1.StreamChatCompletionRequest
+	23,  // 93: gptgrpc.v1.GPTService.CountTokens:input_type -> gptgrpc.v1.CountTokensRequest
+	26,  // 94: gptgrpc.v1.GPTService.Configure:input_type -> gptgrpc.v1.ConfigureRequest
+	29,  // 95: gptgrpc.v1.GPTService.GetConfiguration:input_type -> gptgrpc.v1.GetConfigurationRequest
+	31,  // 96: gptgrpc.v1.GPTService.ListModels:input_type -> gptgrpc.v1.ListModelsRequest
+	34,  // 97: gptgrpc.v1.GPTService.GetUsage:input_type -> gptgrpc.v1.GetUsageRequest
+	39,  // 98: gptgrpc.v1.GPTService.CreateClient:input_type -> gptgrpc.v1.CreateClientRequest
+	41,  // 99: gptgrpc.v1.GPTService.ListClients:input_type -> gptgrpc.v1.ListClientsRequest
+	43,  // 100: gptgrpc.v1.GPTService.UpdateClient:input_type -> gptgrpc.v1.UpdateClientRequest
+	45,  // 101: gptgrpc.v1.GPTService.RevokeClient:input_type -> gptgrpc.v1.RevokeClientRequest
+	55,  // 102: gptgrpc.v1.GPTService.CreateConversation:input_type -> gptgrpc.v1.CreateConversationRequest
+	57,  // 103: gptgrpc.v1.GPTService.Converse:input_type -> gptgrpc.v1.ConverseRequest
+	59,  // 104: gptgrpc.v1.GPTService.StreamConverse:input_type -> gptgrpc.v1.StreamConverseRequest
+	62,  // 105: gptgrpc.v1.GPTService.GetConversation:input_type -> gptgrpc.v1.GetConversationRequest
+	64,  // 106: gptgrpc.v1.GPTService.ListConversations:input_type -> gptgrpc.v1.ListConversationsRequest
+	66,  // 107: gptgrpc.v1.GPTService.DeleteConversation:input_type -> gptgrpc.v1.DeleteConversationRequest
+	18,  // 108: gptgrpc.v1.GPTService.ChatCompletion:output_type -> gptgrpc.v1.ChatCompletionResponse
+	22,  // 109: gptgrpc.v1.GPTService.StreamChatCompletion:output_type -> gptgrpc.v1.StreamChatCompletionResponse
+	24,  // 110: gptgrpc.v1.GPTService.CountTokens:output_type -> gptgrpc.v1.CountTokensResponse
+	28,  // 111: gptgrpc.v1.GPTService.Configure:output_type -> gptgrpc.v1.ConfigureResponse
+	30,  // 112: gptgrpc.v1.GPTService.GetConfiguration:output_type -> gptgrpc.v1.GetConfigurationResponse
+	33,  // 113: gptgrpc.v1.GPTService.ListModels:output_type -> gptgrpc.v1.ListModelsResponse
+	36,  // 114: gptgrpc.v1.GPTService.GetUsage:output_type -> gptgrpc.v1.GetUsageResponse
+	40,  // 115: gptgrpc.v1.GPTService.CreateClient:output_type -> gptgrpc.v1.CreateClientResponse
+	42,  // 116: gptgrpc.v1.GPTService.ListClients:output_type -> gptgrpc.v1.ListClientsResponse
+	44,  // 117: gptgrpc.v1.GPTService.UpdateClient:output_type -> gptgrpc.v1.UpdateClientResponse
+	46,  // 118: gptgrpc.v1.GPTService.RevokeClient:output_type -> gptgrpc.v1.RevokeClientResponse
+	56,  // 119: gptgrpc.v1.GPTService.CreateConversation:output_type -> gptgrpc.v1.CreateConversationResponse
+	58,  // 120: gptgrpc.v1.GPTService.Converse:output_type -> gptgrpc.v1.ConverseResponse
+	61,  // 121: gptgrpc.v1.GPTService.StreamConverse:output_type -> gptgrpc.v1.StreamConverseResponse
+	63,  // 122: gptgrpc.v1.GPTService.GetConversation:output_type -> gptgrpc.v1.GetConversationResponse
+	65,  // 123: gptgrpc.v1.GPTService.ListConversations:output_type -> gptgrpc.v1.ListConversationsResponse
+	67,  // 124: gptgrpc.v1.GPTService.DeleteConversation:output_type -> gptgrpc.v1.DeleteConversationResponse
+	108, // [108:125] is the sub-list for method output_type
+	91,  // [91:108] is the sub-list for method input_type
+	91,  // [91:91] is the sub-list for extension type_name
+	91,  // [91:91] is the sub-list for extension extendee
+	0,   // [0:91] is the sub-list for field type_name
 }
 
 func init() { file_gptgrpc_v1_gateway_proto_init() }
@@ -5369,13 +6595,19 @@ func file_gptgrpc_v1_gateway_proto_init() {
 	file_gptgrpc_v1_gateway_proto_msgTypes[15].OneofWrappers = []any{}
 	file_gptgrpc_v1_gateway_proto_msgTypes[21].OneofWrappers = []any{}
 	file_gptgrpc_v1_gateway_proto_msgTypes[26].OneofWrappers = []any{}
-	file_gptgrpc_v1_gateway_proto_msgTypes[36].OneofWrappers = []any{}
-	file_gptgrpc_v1_gateway_proto_msgTypes[37].OneofWrappers = []any{}
-	file_gptgrpc_v1_gateway_proto_msgTypes[39].OneofWrappers = []any{}
-	file_gptgrpc_v1_gateway_proto_msgTypes[40].OneofWrappers = []any{}
-	file_gptgrpc_v1_gateway_proto_msgTypes[41].OneofWrappers = []any{}
-	file_gptgrpc_v1_gateway_proto_msgTypes[42].OneofWrappers = []any{}
-	file_gptgrpc_v1_gateway_proto_msgTypes[43].OneofWrappers = []any{
+	file_gptgrpc_v1_gateway_proto_msgTypes[36].OneofWrappers = []any{
+		(*ContentPart_Text)(nil),
+		(*ContentPart_Image)(nil),
+		(*ContentPart_Audio)(nil),
+		(*ContentPart_File)(nil),
+	}
+	file_gptgrpc_v1_gateway_proto_msgTypes[43].OneofWrappers = []any{}
+	file_gptgrpc_v1_gateway_proto_msgTypes[44].OneofWrappers = []any{}
+	file_gptgrpc_v1_gateway_proto_msgTypes[46].OneofWrappers = []any{}
+	file_gptgrpc_v1_gateway_proto_msgTypes[47].OneofWrappers = []any{}
+	file_gptgrpc_v1_gateway_proto_msgTypes[48].OneofWrappers = []any{}
+	file_gptgrpc_v1_gateway_proto_msgTypes[49].OneofWrappers = []any{}
+	file_gptgrpc_v1_gateway_proto_msgTypes[50].OneofWrappers = []any{
 		(*StreamConverseResponse_Delta)(nil),
 		(*StreamConverseResponse_Summary)(nil),
 	}
@@ -5384,8 +6616,8 @@ func file_gptgrpc_v1_gateway_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_gptgrpc_v1_gateway_proto_rawDesc), len(file_gptgrpc_v1_gateway_proto_rawDesc)),
-			NumEnums:      7,
-			NumMessages:   52,
+			NumEnums:      11,
+			NumMessages:   61,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -63,13 +63,11 @@ async def delete(svc: GPTServicer, request: pb.DeleteConversationRequest, call: 
     return pb.DeleteConversationResponse()
 
 
-async def _begin(
-    svc: GPTServicer, request: pb.ConverseRequest | pb.StreamConverseRequest, call: Call, deadline: float | None
-) -> Turn:
+async def _begin(svc: GPTServicer, request: pb.ConverseRequest | pb.StreamConverseRequest, call: Call) -> Turn:
     chat, paths = convert.turn_input(request, call.request_id)
 
     async def summarize(summary_request: ChatRequest) -> ChatResult:
-        return await _summarize(svc, call, summary_request, deadline)
+        return await _summarize(svc, call, summary_request)
 
     turn = await svc.assistant.begin(owner(call), request.conversation_id, chat, paths, summarize)
     call.fields.update(
@@ -82,7 +80,7 @@ async def _begin(
     return turn
 
 
-async def _summarize(svc: GPTServicer, call: Call, request: ChatRequest, deadline: float | None) -> ChatResult:
+async def _summarize(svc: GPTServicer, call: Call, request: ChatRequest) -> ChatResult:
     """The summary call: an engine call of its own, held to the client's limits and recorded like one."""
     prepared = svc.engine.prepare(request)
     client = call.caller.client
@@ -92,7 +90,7 @@ async def _summarize(svc: GPTServicer, call: Call, request: ChatRequest, deadlin
         ticket = await svc.accounts.admit(client, estimate)
     result: ChatResult | None = None
     try:
-        result = await svc.engine.acomplete(prepared, deadline=deadline)
+        result = await svc.engine.acomplete(prepared, deadline=call.deadline)
         return result
     finally:
         usage = result.usage if result is not None else None
@@ -105,13 +103,11 @@ async def _summarize(svc: GPTServicer, call: Call, request: ChatRequest, deadlin
         call.fields["summarized"] = result is not None
 
 
-async def converse(
-    svc: GPTServicer, request: pb.ConverseRequest, call: Call, deadline: float | None
-) -> pb.ConverseResponse:
-    turn = await _begin(svc, request, call, deadline)
+async def converse(svc: GPTServicer, request: pb.ConverseRequest, call: Call) -> pb.ConverseResponse:
+    turn = await _begin(svc, request, call)
     try:
         prepared = await svc._prepare_chat(turn.request, call)
-        result = await svc.engine.acomplete(prepared, deadline=deadline)
+        result = await svc.engine.acomplete(prepared, deadline=call.deadline)
         call.took(result)
         await turn.commit(result)
         return convert.converse_response(result, turn)
@@ -120,11 +116,11 @@ async def converse(
 
 
 async def stream_converse(
-    svc: GPTServicer, request: pb.StreamConverseRequest, call: Call, deadline: float | None
+    svc: GPTServicer, request: pb.StreamConverseRequest, call: Call
 ) -> AsyncIterator[pb.StreamConverseResponse]:
-    turn = await _begin(svc, request, call, deadline)
+    turn = await _begin(svc, request, call)
     try:
-        events = svc.engine.astream(await svc._prepare_chat(turn.request, call), deadline=deadline)
+        events = svc.engine.astream(await svc._prepare_chat(turn.request, call), deadline=call.deadline)
         try:
             async for event in events:
                 if isinstance(event, ChatResult):
