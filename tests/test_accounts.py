@@ -19,7 +19,7 @@ from gpt_grpc.errors import GatewayError, Reason
 from gpt_grpc.limits import NO_ESTIMATE, Limits, validate_limits
 from gpt_grpc.server.auth import AuthFailureLimiter, peer_host
 from gpt_grpc.store.base import StoreError
-from gpt_grpc.store.sqlite import SqliteStore
+from gpt_grpc.store.sqlite import SCHEMA_VERSION, SqliteStore
 from tests.test_store import Clock, ts
 
 
@@ -167,7 +167,7 @@ async def test_usage_and_spend_survive_a_restart(tmp_path: Path, clock: Clock) -
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
     conn.close()
-    assert (version, mode) == (2, "wal")
+    assert (version, mode) == (SCHEMA_VERSION, "wal")
     assert ("bob", "2026-11-25", "gpt-4.1", 1) in rows
     assert ("bob", "2026-11-26", "gpt-4.1", 2) in rows  # two flushes merged into one row
     assert ("", "2026-11-26", "m", 1) in rows

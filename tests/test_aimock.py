@@ -290,6 +290,15 @@ ELSEWHERE = {
     "Configure without / with a wrong admin token": "tests/test_server.py::test_configure_requires_the_admin_token",
     "Configure on a server with no admin token": "tests/test_server.py::test_configure_disabled_without_admin_token",
     "server shutting down": "tests/test_lifecycle.py::test_sigterm_drains_500_streams_and_exits_zero",
+    # The context assistant's own decisions, before (or instead of) any upstream call.
+    "conversation unknown, expired, deleted or another client's": (
+        "tests/test_conversations.py::test_another_client_cannot_read_it, ::test_expired_and_deleted_*"
+    ),
+    "a turn of the same conversation is in progress": "tests/test_conversations.py::test_two_turns_at_once_*",
+    "the conversation holds its most messages": "tests/test_conversations.py::test_caps_on_messages_and_bytes",
+    "the new message does not fit the conversation's context even alone": (
+        "tests/test_conversations.py::test_a_message_that_cannot_fit_alone_is_refused_with_its_numbers"
+    ),
 }
 # The rows run here by tests of their own below (not through ROWS).
 OWN_TESTS = {
