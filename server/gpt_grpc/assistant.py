@@ -88,7 +88,7 @@ class NewConversation:
     model: str = ""
     system_message: str = ""
     max_context_tokens: int | None = None
-    policy: Policy | None = None  # None: an unknown policy number (refused)
+    policy: Policy | None = Policy.TRIM_OLDEST  # None: an unknown policy number (refused)
     ttl_seconds: float | None = None
     labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
@@ -266,6 +266,7 @@ class Turn:
         self._token = token
         self._done = False
         self._renewer = asyncio.get_running_loop().create_task(self._renew())
+        self._committing: asyncio.Future[int] | None = None
         # Set by prepare:
         self.conversation: Conversation
         self.model: ModelRecord
@@ -362,17 +363,21 @@ class Turn:
     async def commit(self, result: ChatResult) -> int:
         """Append the turn (new messages and the answer); returns the conversation's message count.
 
-        Shielded: once started it finishes even if the caller goes away. An
-        empty answer (no content, refusal or tool calls) appends nothing.
+        Shielded: once started it finishes even if the caller goes away (and
+        `close` waits for it). An empty answer (no content, refusal or tool
+        calls) appends nothing.
         """
-        return await asyncio.shield(self._commit(result))
+        self._committing = asyncio.ensure_future(self._commit(result))
+        return await asyncio.shield(self._committing)
 
     async def _commit(self, result: ChatResult) -> int:
         conversation = self.conversation
         answer = _answer_message(result)
         if answer is None:
             self.message_count = conversation.message_count
-            await self.close()
+            self._stop_renewing()
+            self._done = True
+            await self._release()
             return self.message_count
         added = [*self._new, rules.count_message(answer, self.model)]
         now = self._assistant._now()
@@ -405,8 +410,12 @@ class Turn:
         return self.message_count
 
     async def close(self) -> None:
-        """Give the lease back unless a commit did (idempotent)."""
+        """Give the lease back unless a commit did (idempotent). A commit under way is waited for: the
+        lease is its, to the end."""
         self._stop_renewing()
+        if self._committing is not None:
+            with contextlib.suppress(Exception):  # its outcome went to whoever awaited commit()
+                await asyncio.shield(self._committing)
         if not self._done:
             self._done = True
             await asyncio.shield(self._release())
