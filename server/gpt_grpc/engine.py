@@ -14,7 +14,8 @@ A call goes through the engine once:
    upstreams with failover), sends through the shared `UpstreamClient`, and
    hands any failure to `failures.translate` (one translation, secrets
    scrubbed, cause chained). Every attempt of both kinds of call runs through
-   `_attempts.one`: the place to observe one attempt with its endpoint (a span).
+   `_attempts.one`, which reports it to the `AttemptTracer` when one is set
+   (spans.py: a span per attempt; tracing off, it is None and costs one check).
    A stream is retried only until its first delta is ready for the caller.
 3. The result (usage as reported, or counted when the upstream sent none;
    cost from the model record) or the failure goes to the one `ResultSink`,
@@ -46,6 +47,7 @@ from .errors import GatewayError, Reason
 from .models import ModelRecord, Models
 from .retry import AttemptObserver, RetryBudget, call_with_retries
 from .settings import Settings, SettingsUpdate, apply
+from .spans import AttemptSpan, AttemptTracer
 from .upstream import client as upstream_client
 from .upstream import sse
 from .upstream.client import MAX_ANSWER_BYTES, UpstreamClient
@@ -77,6 +79,8 @@ class PreparedCall:
     model: ModelRecord
     body: dict[str, Any]  # the upstream body, model quirks applied (no stream flags)
     snapshot: _Snapshot
+    # What parents the attempts' spans (the server's span of the call); opaque to the core (spans.py).
+    trace: object = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +109,7 @@ class Engine:
         sink: ResultSink | None = None,
         budget: RetryBudget | None = None,
         observer: AttemptObserver | None = None,
+        tracer: AttemptTracer | None = None,
         router: RouterFactory = SingleUpstream,
         client: UpstreamClient | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -115,6 +120,7 @@ class Engine:
         self.sink: ResultSink = sink or self.usage
         self.budget = budget
         self.observer = observer
+        self.tracer = tracer
         self.client = client or UpstreamClient()
         self.secrets = Secrets()
         self._router = router
@@ -154,8 +160,11 @@ class Engine:
 
     # -- one call -----------------------------------------------------------------------
 
-    def prepare(self, request: ChatRequest) -> PreparedCall:
-        """Fill in the default model, validate, resolve the model and build the upstream body."""
+    def prepare(self, request: ChatRequest, *, trace: object = None) -> PreparedCall:
+        """Fill in the default model, validate, resolve the model and build the upstream body.
+
+        `trace`: what the attempts' spans are children of, for the `AttemptTracer` (spans.py).
+        """
         snapshot = self._snapshot
         if not request.model:
             request = dataclasses.replace(request, model=self.model_name(request.model, snapshot.settings))
@@ -164,7 +173,7 @@ class Engine:
             raise errors.invalid(violations)
         model = self.models.resolve(request.model)
         body = adapt_request(request.body(), model.spec, model.name)
-        return PreparedCall(request, model, body, snapshot)
+        return PreparedCall(request, model, body, snapshot, trace)
 
     def model_name(self, requested: str, settings: Settings | None = None) -> str:
         """The model a call is for: the one the caller named, else the default model (filled in here only)."""
@@ -181,25 +190,43 @@ class Engine:
         return (left, True) if left < timeout else (timeout, False)
 
     async def _attempts(
-        self, call: PreparedCall, deadline: float | None, attempt: Callable[[Endpoint, float, bool], Awaitable[T]]
+        self,
+        call: PreparedCall,
+        deadline: float | None,
+        attempt: Callable[[Endpoint, float, bool, AttemptSpan | None], Awaitable[T]],
+        *,
+        stream: bool,
     ) -> tuple[T, int]:
-        """Run `attempt(endpoint, seconds, by_deadline)` under the retry rules: (its result, attempts).
+        """Run `attempt(endpoint, seconds, by_deadline, span)` under the retry rules: (its result, attempts).
 
         The first endpoint is chosen before any attempt starts, so a call that no
-        upstream can serve (no key) fails without counting as an attempt.
+        upstream can serve (no key) fails without counting as an attempt. With a
+        tracer, each attempt has a span (None without): ended here when the attempt
+        fails; on success `attempt` (unary) or the stream's end ends it.
         """
         router = call.snapshot.router
         first = router.endpoint_for(call.model, 1, None)
         failures: list[GatewayError] = []
+        tracer = self.tracer
+        failed_spans: list[AttemptSpan] = []
 
         async def one(number: int) -> T:
-            # Every attempt of every call passes here, with its endpoint: where a span would wrap it.
+            # Every attempt of every call passes here, with its endpoint.
             endpoint = first if number == 1 else router.endpoint_for(call.model, number, failures[-1])
+            span = None
+            if tracer is not None:
+                after = failed_spans[-1] if failed_spans else None
+                span = tracer.attempt(call, endpoint, number, stream=stream, after=after)
             try:
                 seconds, by_deadline = self._attempt_timeout(call.snapshot.settings, deadline)
-                return await attempt(endpoint, seconds, by_deadline)
-            except GatewayError as exc:
-                failures.append(exc)
+                return await attempt(endpoint, seconds, by_deadline, span)
+            except BaseException as exc:
+                if isinstance(exc, GatewayError):
+                    failures.append(exc)
+                if span is not None:
+                    span.failed(exc)
+                    span.end()
+                    failed_spans.append(span)
                 raise
 
         return await call_with_retries(
@@ -223,22 +250,30 @@ class Engine:
         call = request if isinstance(request, PreparedCall) else self.prepare(request)
         content = _encode({**call.body, "stream": False})
 
-        async def attempt(endpoint: Endpoint, seconds: float, by_deadline: bool) -> _Answer:
+        async def attempt(endpoint: Endpoint, seconds: float, by_deadline: bool, span: AttemptSpan | None) -> _Answer:
             phase, request_id = Phase.SEND, None
             try:
                 async with asyncio.timeout(seconds):
                     async with self.client.post(
-                        endpoint, content, timeout=seconds, client_request_id=call.request.request_id
+                        endpoint,
+                        content,
+                        timeout=seconds,
+                        client_request_id=call.request.request_id,
+                        trace_headers=() if span is None else span.headers,
                     ) as response:
                         request_id = response.headers.get("x-request-id")
                         phase = Phase.BODY
                         raw = await upstream_client.read(response)
-                return self._answer(call, orjson.loads(raw), request_id, endpoint.scrubber)
+                answer = self._answer(call, orjson.loads(raw), request_id, endpoint.scrubber)
             except BaseException as exc:
                 _fail(exc, phase, by_deadline, endpoint.scrubber, request_id)
+            if span is not None:
+                span.answered(answer)
+                span.end()
+            return answer
 
         try:
-            answer, attempts = await self._attempts(call, deadline, attempt)
+            answer, attempts = await self._attempts(call, deadline, attempt, stream=False)
         except BaseException as exc:
             self._finish(call, None, exc)
             raise
@@ -322,8 +357,8 @@ class Engine:
         state = sse.StreamState()
 
         async def attempt(
-            endpoint: Endpoint, seconds: float, by_deadline: bool
-        ) -> tuple[contextlib.AsyncExitStack, AsyncIterator[Mapping[str, Any]], Endpoint]:
+            endpoint: Endpoint, seconds: float, by_deadline: bool, span: AttemptSpan | None
+        ) -> tuple[contextlib.AsyncExitStack, AsyncIterator[Mapping[str, Any]], Endpoint, AttemptSpan | None]:
             stack = contextlib.AsyncExitStack()
             state.reset()
             state.request_id = None
@@ -331,7 +366,13 @@ class Engine:
             try:
                 async with asyncio.timeout(seconds):
                     response = await stack.enter_async_context(
-                        self.client.post(endpoint, content, timeout=seconds, client_request_id=call.request.request_id)
+                        self.client.post(
+                            endpoint,
+                            content,
+                            timeout=seconds,
+                            client_request_id=call.request.request_id,
+                            trace_headers=() if span is None else span.headers,
+                        )
                     )
                     state.request_id = response.headers.get("x-request-id")
                     phase = Phase.STREAM
@@ -340,13 +381,15 @@ class Engine:
                     # retry is invisible to it.
                     while not state.pending and not state.done:
                         await state.advance(events)
-                return stack, events, endpoint
+                if span is not None and state.pending:
+                    span.first_chunk()
+                return stack, events, endpoint, span
             except BaseException as exc:
                 await stack.aclose()
                 _fail(exc, phase, by_deadline, endpoint.scrubber, state.request_id)
 
         try:
-            (stack, events, endpoint), attempts = await self._attempts(call, deadline, attempt)
+            (stack, events, endpoint, span), attempts = await self._attempts(call, deadline, attempt, stream=True)
         except BaseException as exc:
             self._finish(call, None, exc)
             raise
@@ -380,8 +423,14 @@ class Engine:
         except BaseException as exc:
             if isinstance(exc, GatewayError):
                 exc.attempts = attempts
+            if span is not None:  # the successful attempt's span lasts as long as its stream
+                span.failed(exc)
+                span.end()
             self._finish(call, None, exc)
             raise
+        if span is not None:
+            span.answered(result)
+            span.end()
         self._finish(call, result, None)
         yield result
 

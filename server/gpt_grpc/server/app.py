@@ -1,7 +1,8 @@
-"""Server start-up, health, reflection and graceful shutdown.
+"""Server start-up, health, reflection, tracing and graceful shutdown.
 
 Settings come from flags, then the environment, then defaults. `Configure`
-changes the upstream settings at run time.
+changes the upstream settings at run time. Tracing is configured by the
+standard OpenTelemetry variables alone (`tracing_from_env`).
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ import resource
 import signal
 import ssl
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import overload
+from typing import TYPE_CHECKING, overload
 
 import grpc
 from gptgrpc.v1 import gateway_pb2 as pb
@@ -45,6 +46,9 @@ from .auth import AdminAuth, Authorizer
 from .metrics import Metrics
 from .servicer import GPTServicer, add_to_server
 
+if TYPE_CHECKING:
+    from .tracing import Tracing
+
 log = logging.getLogger("gpt_grpc.server")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GPTService"].full_name
@@ -64,6 +68,8 @@ DEFAULT_MAX_CONNECTION_AGE_GRACE = 600.0
 _MAX_GRPC_MS = 2**31 - 1  # gRPC's integer options are C ints
 # The admin token decides where prompts and the key go: a short one can be guessed.
 MIN_ADMIN_TOKEN_CHARS = 32
+# Tracing is on when one of these (the standard OpenTelemetry variables) names an OTLP endpoint.
+OTLP_ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
 
 
 @dataclass
@@ -129,12 +135,15 @@ class GatewayServer:
             settings = _revalidate(saved, self.egress)
             log.info("restored settings from %s (generation %d)", config.state_file, settings.generation)
         self.metrics = Metrics()
+        self.tracing = tracing_from_env(os.environ)
         self.engine = engine or Engine(
             settings,
             models=Models(pricing=Pricing(config.pricing_file)),
             budget=RetryBudget() if config.retry_budget else None,
             observer=self.metrics,
         )
+        if self.tracing is not None and self.engine.tracer is None:
+            self.engine.tracer = self.tracing.attempts
         self.accounts = Accounts(self.store)
         sealer = Sealer(config.secret_key) if config.secret_key else None
         self.settings_sync = SettingsSync(
@@ -167,6 +176,7 @@ class GatewayServer:
             settings_sync=self.settings_sync,
             pricer=self.pricer,
             egress=self.egress,
+            tracing=self.tracing,
         )
         # Undecodable requests: INVALID_ARGUMENT, not UNKNOWN with a traceback (registration.py).
         add_to_server(self.servicer, self.server)
@@ -225,10 +235,32 @@ class GatewayServer:
         await self.server.stop(0 if drained else 0.5)
         await self.engine.aclose()
         await self.store.close()
+        if self.tracing is not None:  # the spans still buffered go out now
+            await asyncio.to_thread(self.tracing.shutdown)
         self._stopped.set()
 
     async def wait(self) -> None:
         await self._stopped.wait()
+
+
+def tracing_from_env(env: Mapping[str, str]) -> Tracing | None:
+    """OpenTelemetry tracing when an OTLP endpoint variable is set (and OTEL_SDK_DISABLED is not true).
+
+    Otherwise None, and nothing of OpenTelemetry is even imported: the SDK and
+    the exporter load here, only when tracing is on.
+    """
+    if not any(env.get(name) for name in OTLP_ENDPOINT_VARIABLES):
+        return None
+    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return None
+    from .tracing import Tracing, TracingConfigError
+
+    try:
+        tracing = Tracing.from_env(env, SERVICE_NAME)
+    except TracingConfigError as exc:
+        raise ConfigError(str(exc)) from None
+    log.info("tracing on: spans exported over OTLP (%s)", ", ".join(n for n in OTLP_ENDPOINT_VARIABLES if env.get(n)))
+    return tracing
 
 
 def _connection_options(config: ServerConfig) -> list[tuple[str, int]]:

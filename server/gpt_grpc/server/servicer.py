@@ -4,7 +4,9 @@ Every handler is wrapped by `rpc`/`stream_rpc`, which gives the call a
 request id, authorizes it (admin, client or open), admits it, turns a
 GatewayError into its status with details, turns anything unexpected into
 INTERNAL (logged with its traceback, never sent), lets cancellation through,
-and finally writes one access-log line and the metrics.
+and finally writes one access-log line and the metrics. With tracing on
+(tracing.py), each call is a server span, ended there too, whose ids the
+access line carries.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 import grpc
 from google.protobuf import timestamp_pb2
@@ -42,6 +44,11 @@ from .auth import OPEN, Authorizer, Caller
 from .metrics import Metrics
 from .registration import Undecodable
 from .status import REASON_CODES, to_status
+
+if TYPE_CHECKING:  # OpenTelemetry is imported only when tracing is on (app.tracing_from_env)
+    from opentelemetry.trace import Span
+
+    from .tracing import Tracing
 
 log = logging.getLogger("gpt_grpc.server")
 
@@ -90,6 +97,7 @@ class Call:
     ticket: Ticket | None = None
     code: grpc.StatusCode = grpc.StatusCode.OK
     reason: str | None = None
+    span: Span | None = None  # the call's server span, when tracing is on
 
     def took(self, result: ChatResult) -> None:
         self.model, self.usage, self.cost_usd, self.attempts = (
@@ -218,8 +226,10 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
         settings_sync: SettingsSync,
         pricer: Pricer,
         egress: EgressPolicy | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.engine = engine
+        self.tracing = tracing
         self.egress = egress or EgressPolicy()
         self.authorizer = authorizer
         self.admission = admission
@@ -232,6 +242,8 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
 
     def _begin(self, method: str, context: Context) -> Call:
         call = Call(method=method, request_id=_request_id(context), peer=context.peer() or "")
+        if self.tracing is not None:
+            call.span = self.tracing.server_span(method, context.invocation_metadata(), call.request_id)
         context.set_trailing_metadata((("x-request-id", call.request_id),))
         return call
 
@@ -318,6 +330,9 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
             fields["cost_usd"] = call.cost_usd
         if call.attempts:
             fields["attempts"] = call.attempts
+        if call.span is not None and self.tracing is not None:
+            fields.update(self.tracing.log_fields(call.span))
+            self.tracing.end_server_span(call.span, code, reason)
         logs.access(fields)
 
     def _cost(self, call: Call) -> float | None:
@@ -329,7 +344,7 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
     async def _prepare(self, request: Any, call: Call) -> PreparedCall:
         chat = convert.chat_request(request, call.request_id)
         call.model = chat.model  # as asked, until the engine has resolved it
-        prepared = self.engine.prepare(chat)
+        prepared = self.engine.prepare(chat, trace=call.span)
         call.model = prepared.model.name
         await self._meter(call, prepared)
         return prepared

@@ -9,13 +9,15 @@ and adds its body, its length and its request id.
 `openai_endpoint` builds the OpenAI kind (also what every OpenAI-compatible
 server speaks): `POST <base_url>/chat/completions` with
 `Authorization: Bearer <key>`, `OpenAI-Organization` and `OpenAI-Project`
-when set, and the caller's request id as `X-Client-Request-Id`. Another kind
+when set, the caller's request id as `X-Client-Request-Id`, and the attempt's trace context
+(`traceparent`, `tracestate`) when the gateway traces. Another kind
 (Azure OpenAI: a deployment URL with `api-version`, an `api-key` header) is
 another function returning an `Endpoint`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from urllib.parse import urlsplit
@@ -49,13 +51,24 @@ class Endpoint:
     scrubber: Scrubber
 
     def request(
-        self, content: bytes, *, timeout: float, connect_timeout: float, client_request_id: str | None
+        self,
+        content: bytes,
+        *,
+        timeout: float,
+        connect_timeout: float,
+        client_request_id: str | None,
+        trace_headers: Sequence[tuple[str, str]] = (),
     ) -> httpx2.Request:
-        """The POST of one attempt; `timeout` bounds each read, write and the wait for a pooled connection."""
+        """The POST of one attempt; `timeout` bounds each read, write and the wait for a pooled connection.
+
+        `trace_headers`: the attempt's trace context (W3C `traceparent`, `tracestate`) when traced.
+        """
         headers = self.headers.copy()  # shares the entries: no per-call re-normalizing
         headers["Content-Length"] = str(len(content))
         if client_request_id:
             headers["X-Client-Request-Id"] = client_request_id
+        for name, value in trace_headers:
+            headers[name] = value
         request = httpx2.Request(
             "POST",
             self.url,
