@@ -151,7 +151,7 @@ class OtlpReceiver:
         receiver = self
 
         class Service(trace_service_pb2_grpc.TraceServiceServicer):
-            async def Export(  # noqa: N802 (the generated name)
+            async def Export(
                 self, request: trace_service_pb2.ExportTraceServiceRequest, context: Any
             ) -> trace_service_pb2.ExportTraceServiceResponse:
                 receiver._take(request, "grpc")
@@ -208,7 +208,7 @@ class OtlpReceiver:
 async def _serve(port_file: Path, port: int) -> None:
     receiver = OtlpReceiver(grpc_port=port, keep=False)
     await receiver.start(http=False)
-    port_file.write_text(str(receiver.grpc_port))
+    await asyncio.to_thread(port_file.write_text, str(receiver.grpc_port))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -24,8 +24,9 @@ from typing import Any
 import grpc
 import pytest
 from gptgrpc.v1 import gateway_pb2 as pb
+from gptgrpc.v1 import gateway_pb2_grpc as pb_grpc
 
-from gpt_grpc.server.app import ConfigError, GatewayServer, ServerConfig, tracing_from_env
+from gpt_grpc.server.app import ConfigError, ServerConfig, tracing_from_env
 from tests.conftest import ADMIN_TOKEN, TEST_KEY, Gateway, fast_upstream, start_gateway, stop_gateway
 from tests.otlp_receiver import OtlpReceiver, ReceivedSpan
 from tests.standin import Fault, Standin
@@ -55,7 +56,8 @@ def _by_kind(spans: list[ReceivedSpan], trace_id: str, kind: str) -> list[Receiv
 
 def _have(trace_id: str, servers: int, clients: int) -> Any:
     def enough(spans: list[ReceivedSpan]) -> bool:
-        return len(_by_kind(spans, trace_id, "SERVER")) >= servers and len(_by_kind(spans, trace_id, "CLIENT")) >= clients
+        found = len(_by_kind(spans, trace_id, "SERVER")), len(_by_kind(spans, trace_id, "CLIENT"))
+        return found[0] >= servers and found[1] >= clients
 
     return enough
 
@@ -109,9 +111,7 @@ async def _traced_gateway(standin: Standin, **upstream: Any) -> Gateway:
 
 
 @pytest.fixture
-async def traced(
-    standin: Standin, receiver: OtlpReceiver, otel_env: pytest.MonkeyPatch
-) -> AsyncIterator[Gateway]:
+async def traced(standin: Standin, receiver: OtlpReceiver, otel_env: pytest.MonkeyPatch) -> AsyncIterator[Gateway]:
     otel_env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.grpc_endpoint)
     otel_env.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
     gw = await _traced_gateway(standin)
@@ -261,3 +261,196 @@ async def test_a_stream_carries_the_time_to_first_chunk(
     assert a["gen_ai.response.finish_reasons"] == ("stop",)
     (request,) = standin.requests
     assert request.headers["traceparent"] == f"00-{trace_id}-{attempt.span_id}-01"
+
+
+def _all_texts(spans: list[ReceivedSpan], trace_id: str) -> str:
+    return "\n".join(text for span in spans if span.trace_id == trace_id for text in _texts(span))
+
+
+async def test_no_span_holds_a_prompt_an_answer_or_a_key(
+    traced: Gateway, standin: Standin, receiver: OtlpReceiver
+) -> None:
+    # The first attempt meets a hostile upstream echoing the key into its error; the second answers.
+    standin.enqueue(Fault(kind="echo_key", status=429))
+    standin.set_reply(content=f"{ANSWER} (and the key {TEST_KEY})")
+    header, trace_id, _ = _traceparent()
+    metadata = (("traceparent", header), ("authorization", f"Bearer {ADMIN_TOKEN}"))
+    reply = await traced.stub.ChatCompletion(_chat(), metadata=metadata)
+    assert ANSWER in reply.content and reply.attempts == 2
+    # A stream too (the stand-in's default answer echoes the prompt).
+    standin.set_reply()
+    request = pb.StreamChatCompletionRequest(model=MODEL, user_message=PROMPT)
+    events = [e async for e in traced.stub.StreamChatCompletion(request, metadata=metadata)]
+    assert PROMPT in "".join(e.delta.content for e in events)
+    spans = await receiver.wait_for(_have(trace_id, 2, 3))
+    assert [s.attributes["error.type"] for s in _by_kind(spans, trace_id, "CLIENT") if s.status_code == "ERROR"] == [
+        "UPSTREAM_RATE_LIMITED"
+    ]
+    texts = _all_texts(spans, trace_id)
+    for secret in ("PROMPT-7f3a9c21", "ANSWER-c0ffee42", TEST_KEY, TEST_KEY[-16:], ADMIN_TOKEN):
+        assert secret not in texts
+    keys = {key for span in spans for key in span.attributes}
+    assert not keys & {"gen_ai.input.messages", "gen_ai.output.messages", "gen_ai.system_instructions"}
+
+
+async def test_content_capture_records_prompts_and_answers_only_when_switched_on(
+    standin: Standin, receiver: OtlpReceiver, otel_env: pytest.MonkeyPatch
+) -> None:
+    otel_env.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", receiver.grpc_endpoint)
+    otel_env.setenv("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "true")
+    gw = await _traced_gateway(standin)
+    try:
+        standin.enqueue(Fault(kind="echo_key", status=429))
+        standin.set_reply(content=f"{ANSWER} (and the key {TEST_KEY})")
+        header, trace_id, _ = _traceparent()
+        request = _chat(system_message="Be brief.")
+        reply = await gw.stub.ChatCompletion(request, metadata=(("traceparent", header),))
+    finally:
+        await stop_gateway(gw)
+    assert ANSWER in reply.content
+    spans = await receiver.wait_for(_have(trace_id, 1, 2))
+    failed, answered = sorted(_by_kind(spans, trace_id, "CLIENT"), key=lambda s: s.attributes["gpt_grpc.attempt"])
+    assert json.loads(answered.attributes["gen_ai.input.messages"]) == [
+        {"role": "system", "parts": [{"type": "text", "content": "Be brief."}]},
+        {"role": "user", "parts": [{"type": "text", "content": PROMPT}]},
+    ]
+    (output,) = json.loads(answered.attributes["gen_ai.output.messages"])
+    assert output["role"] == "assistant" and output["finish_reason"] == "stop"
+    assert output["parts"] == [{"type": "text", "content": f"{ANSWER} (and the key [redacted])"}]
+    assert "gen_ai.output.messages" not in failed.attributes
+    texts = _all_texts(spans, trace_id)
+    assert TEST_KEY not in texts and TEST_KEY[-16:] not in texts
+
+
+async def test_the_sampler_is_the_sdks_from_the_environment(
+    standin: Standin, receiver: OtlpReceiver, otel_env: pytest.MonkeyPatch
+) -> None:
+    otel_env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.grpc_endpoint)
+    otel_env.setenv("OTEL_TRACES_SAMPLER", "always_off")
+    gw = await _traced_gateway(standin)
+    header, trace_id, _ = _traceparent()
+    try:
+        await gw.stub.ChatCompletion(_chat(), metadata=(("traceparent", header),))
+    finally:
+        await stop_gateway(gw)  # flushes whatever was recorded: nothing
+    assert receiver.requests == 0
+    # Not sampled, the trace still goes on upstream (flags 00), as W3C asks.
+    (request,) = standin.requests
+    version, upstream_trace, _, flags = request.headers["traceparent"].split("-")
+    assert (version, upstream_trace, flags) == ("00", trace_id, "00")
+
+
+def test_an_unknown_otlp_protocol_stops_the_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4317", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"}
+    with pytest.raises(ConfigError, match="http/json"):
+        tracing_from_env(env)
+    assert tracing_from_env({}) is None
+    assert tracing_from_env({**env, "OTEL_SDK_DISABLED": "true"}) is None
+
+
+def _env_without_otel(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")]))
+    return {**env, **extra}
+
+
+# A gateway in a process of its own (the parent imports OpenTelemetry for its receiver): one call
+# with a caller's traceparent, then which OpenTelemetry modules the process ever imported.
+_UNTRACED_GATEWAY = """
+import asyncio, json, sys
+import grpc
+from gptgrpc.v1 import gateway_pb2 as pb, gateway_pb2_grpc as pb_grpc
+from gpt_grpc.server import logs
+from gpt_grpc.server.app import GatewayServer, ServerConfig
+from gpt_grpc.settings import SettingsUpdate
+
+async def main(base_url, key, traceparent):
+    logs.configure("INFO")
+    server = GatewayServer(ServerConfig(port=0, upstream=SettingsUpdate(api_key=key, endpoint=base_url)))
+    port = await server.start()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        request = pb.ChatCompletionRequest(model="gpt-4o-mini", user_message="hello")
+        await pb_grpc.GPTServiceStub(channel).ChatCompletion(request, metadata=(("traceparent", traceparent),))
+    await server.stop(grace=1)
+    modules = sorted(m for m in sys.modules if m.startswith("opentelemetry"))
+    print(json.dumps({"tracing": server.tracing is not None, "engine_tracer": server.engine.tracer is not None,
+                      "modules": modules}))
+
+asyncio.run(main(*sys.argv[1:]))
+"""
+
+
+async def test_tracing_off_imports_nothing_and_sends_nothing(standin: Standin, receiver: OtlpReceiver) -> None:
+    # Every OpenTelemetry variable but a traces endpoint, the others pointing at the receiver.
+    env = _env_without_otel(
+        OTEL_SERVICE_NAME="untraced-gateway",
+        OTEL_TRACES_SAMPLER="always_on",
+        OTEL_EXPORTER_OTLP_PROTOCOL="grpc",
+        OTEL_EXPORTER_OTLP_METRICS_ENDPOINT=receiver.grpc_endpoint,
+        OTEL_EXPORTER_OTLP_LOGS_ENDPOINT=receiver.grpc_endpoint,
+        OTEL_BSP_SCHEDULE_DELAY="50",
+    )
+    header, _, _ = _traceparent()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _UNTRACED_GATEWAY, standin.base_url, TEST_KEY, header,
+        env=env, cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode == 0, stderr.decode()[-3000:]
+    report = json.loads(stdout.decode().strip().splitlines()[-1])
+    assert report == {"tracing": False, "engine_tracer": False, "modules": []}
+    # The gateway has stopped (a traced one flushes everything then): the receiver got nothing.
+    assert receiver.requests == 0 and receiver.spans == []
+    (request,) = standin.requests
+    assert "traceparent" not in request.headers and "tracestate" not in request.headers
+    (line,) = [json.loads(x) for x in stderr.decode().splitlines() if '"gpt_grpc.access"' in x]
+    assert line["status"] == "OK" and "trace_id" not in line and "span_id" not in line
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_a_gateway_process_exports_over_http_protobuf_as_the_variables_say(
+    standin: Standin, receiver: OtlpReceiver
+) -> None:
+    port = _free_port()
+    env = _env_without_otel(
+        OPENAI_API_KEY=TEST_KEY,
+        OPENAI_BASE_URL=standin.base_url,
+        GPT_GRPC_PORT=str(port),
+        GPT_GRPC_ADMIN_TOKEN=ADMIN_TOKEN,
+        OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=f"{receiver.http_endpoint}/v1/traces",
+        OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
+        OTEL_SERVICE_NAME="gateway-under-test",
+        OTEL_RESOURCE_ATTRIBUTES="deployment.environment.name=test,service.namespace=llm",
+        OTEL_TRACES_SAMPLER="parentbased_traceidratio",
+        OTEL_TRACES_SAMPLER_ARG="1.0",
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gpt_grpc.server", env=env, cwd=ROOT,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            await asyncio.wait_for(channel.channel_ready(), timeout=30)
+            stub = pb_grpc.GPTServiceStub(channel)
+            header, trace_id, parent = _traceparent()
+            await stub.ChatCompletion(_chat(), metadata=(("traceparent", header),), wait_for_ready=True)
+    finally:
+        process.send_signal(signal.SIGTERM)  # a graceful stop exports what is still batched
+        _, stderr = await asyncio.wait_for(process.communicate(), timeout=30)
+    assert process.returncode == 0, stderr.decode()[-3000:]
+    spans = await receiver.wait_for(_have(trace_id, 1, 1))
+    (server,) = _by_kind(spans, trace_id, "SERVER")
+    (attempt,) = _by_kind(spans, trace_id, "CLIENT")
+    assert server.transport == attempt.transport == "http"
+    assert server.parent_span_id == parent and attempt.parent_span_id == server.span_id
+    assert server.resource["service.name"] == "gateway-under-test"
+    assert server.resource["deployment.environment.name"] == "test"
+    assert server.resource["service.namespace"] == "llm"
+    assert attempt.attributes["gen_ai.operation.name"] == "chat"
+    (line,) = [json.loads(x) for x in stderr.decode().splitlines() if '"gpt_grpc.access"' in x]
+    assert (line["trace_id"], line["span_id"]) == (trace_id, server.span_id)
