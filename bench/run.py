@@ -27,6 +27,11 @@ or more, and measures:
   on a Redis store against the same gateway on the in-memory store, windows
   alternating; and the Redis commands per call, from INFO commandstats over
   the Redis windows (`--only-store` runs this row alone; skipped by --smoke).
+- tracing: unary calls at concurrency 32 through a gateway tracing every
+  call (OTEL_TRACES_SAMPLER=always_on, spans exported over OTLP/gRPC to a
+  local receiver, tests/otlp_receiver.py) against the same gateway with
+  tracing off, windows alternating; the spans the receiver got
+  (`--only-tracing` runs this row alone; skipped by --smoke).
 - the upstream transport (GPT_GRPC_UPSTREAM_TRANSPORT): one gateway per
   candidate in `TRANSPORTS` against the same stand-in, unary and streams at
   concurrency 32, the candidates' windows alternating. `--transports` runs
@@ -86,6 +91,7 @@ TARGETS = {
 TRANSPORTS = ("fast", "httpx")
 TRANSPORT_NAMES = {"fast": "own pool", "httpx": "httpx2's transport (httpcore, h11)"}
 TRANSPORT_CONCURRENCY = 32
+TRACING_CONCURRENCY = 32
 
 
 @dataclass
@@ -102,6 +108,7 @@ class Plan:
     one_mb: int = ONE_MB
     scaling: bool = True
     store: bool = True
+    tracing: bool = True
 
 
 SMOKE = Plan(
@@ -117,6 +124,7 @@ SMOKE = Plan(
     one_mb=64 * 1024,
     scaling=False,
     store=False,
+    tracing=False,
 )
 
 
@@ -549,6 +557,9 @@ class Bench:
             # 7. the store
             if p.store:
                 self.store_row(base_url)
+            # 8. tracing on against off
+            if p.tracing:
+                self.tracing_row(base_url)
             self.stack.stop(upstream)
         finally:
             self.stack.close()
@@ -670,6 +681,65 @@ class Bench:
         finally:
             self.stack.close()
         return self.results
+
+    def run_tracing_only(self) -> dict[str, Any]:
+        try:
+            self.say(f"logs in {self.logs}")
+            upstream, base_url = start_upstream(self.stack)
+            self.tracing_row(base_url)
+            self.stack.stop(upstream)
+        finally:
+            self.stack.close()
+        return self.results
+
+    def tracing_row(self, base_url: str) -> None:
+        """Unary at 32: a gateway tracing every call (OTLP/gRPC to a local receiver) against one not tracing.
+
+        The receiver (a collector's stand-in that counts spans) runs on every CPU, not on the gateway's
+        alone: a real collector runs elsewhere. The untraced gateway gets OTEL_SDK_DISABLED=true, so that
+        an OTEL_EXPORTER_OTLP_ENDPOINT in the bench's own environment cannot turn its tracing on.
+        """
+        c = TRACING_CONCURRENCY
+        self.say(f"tracing: unary calls at concurrency {c}, every call traced (OTLP/gRPC, local receiver) vs off")
+        port_file = self.logs / "otlp-receiver.port"
+        receiver = self.stack.spawn(
+            "otlp-receiver", [PY, "-m", "tests.otlp_receiver", "--port-file", str(port_file)], pin=False
+        )
+        deadline = time.monotonic() + 20
+        while not port_file.exists():
+            if receiver.popen.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"OTLP receiver did not start; see {receiver.log}")
+            time.sleep(0.01)
+        endpoint = f"http://127.0.0.1:{int(port_file.read_text())}"
+        traced_env = {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+            "OTEL_TRACES_SAMPLER": "always_on",
+            "OTEL_SDK_DISABLED": "false",
+        }
+        gateways: dict[str, Proc] = {}
+        targets: dict[str, str] = {}
+        for label, env in (("off", {"OTEL_SDK_DISABLED": "true"}), ("on", traced_env)):
+            gateways[label], targets[label], _ = start_gateway(
+                self.stack, base_url, name=f"gateway-tracing-{label}", extra_env=env
+            )
+        specs = {label: {**self.base_spec("gateway_unary", c), "target": targets[label]} for label in ("off", "on")}
+        series = self.alternate("tracing_32", specs, gateways)
+        for proc in gateways.values():
+            self.stack.stop(proc)  # the traced gateway exports what it still holds on its way out
+        self.stack.stop(receiver)
+        counted = [line for line in receiver.log.read_text().splitlines() if line.startswith("otlp receiver:")]
+        calls = sum(w["calls"] for w in series["on"].windows)
+        self.results["tracing"] = {
+            "ratio": paired_ratios(series["on"], series["off"]),
+            "server_cpu_ratio": paired_ratios(series["on"], series["off"], key="server_cpu_ms_per_call"),
+            "receiver": counted[-1] if counted else "no count (see the receiver's log)",
+            "traced_calls_in_windows": calls,
+        }
+        self.say(
+            f"  on / off calls/s: {_fmt(self.results['tracing']['ratio'], 3)}; gateway CPU per call on / off: "
+            f"{_fmt(self.results['tracing']['server_cpu_ratio'], 3)}; {self.results['tracing']['receiver']}"
+        )
 
     def store_row(self, base_url: str) -> None:
         """Unary at 32 with a client token: Redis store vs in-memory store; Redis commands per call."""
@@ -910,7 +980,7 @@ def markdown(bench: Bench, figures: dict[str, Any], meta: dict[str, Any]) -> str
             f"gpt_grpc_store_round_trips), {bench.results['store']['commands_per_call']:.2f} Redis commands per "
             "call, those run inside scripts included (INFO commandstats)."
         )
-    lines += ["", *transport_section(bench)]
+    lines += ["", *transport_section(bench), *tracing_section(bench)]
     lines += ["## Ratios and targets", "", "| figure | target | value | met |", "| --- | --- | --- | --- |"]
     for t in figures["targets"].values():
         f = figures_key_value(t)
@@ -948,6 +1018,32 @@ def transport_section(bench: Bench) -> list[str]:
             f"| {_fmt(paired_ratios(stream, s['transport_stream/fast']), 2)} |"
         )
     return [*lines, ""]
+
+
+def tracing_section(bench: Bench) -> list[str]:
+    """Tracing on (every call sampled, exported over OTLP/gRPC) against off: calls/s and the gateway's CPU."""
+    s = bench.series
+    if "tracing_32/on" not in s:
+        return []
+    lines = [
+        f"## Tracing (OpenTelemetry, OTLP/gRPC to a local receiver), unary, concurrency {TRACING_CONCURRENCY}",
+        "",
+        "Two gateways against the same stand-in, windows alternating: one tracing every call "
+        "(OTEL_TRACES_SAMPLER=always_on, a server span and an attempt span per call, batched), one with "
+        "tracing off. Gateway CPU = the gateway process's CPU per call.",
+        "",
+        "| tracing | calls/s | p50 ms | p99 ms | gateway CPU ms/call | calls/s vs off |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for label in ("off", "on"):
+        ser = s[f"tracing_32/{label}"]
+        lines.append(
+            f"| {label} | {_fmt(ser.stat('rate'))} | {_fmt(ser.stat('p50_ms'), 2)} | {_fmt(ser.stat('p99_ms'), 2)} "
+            f"| {_fmt(ser.stat('server_cpu_ms_per_call'), 3)} "
+            f"| {_fmt(paired_ratios(ser, s['tracing_32/off']), 3)} |"
+        )
+    receiver = bench.results.get("tracing", {}).get("receiver", "")
+    return [*lines, "", f"Receiver: {receiver}.", ""]
 
 
 def transports_report(bench: Bench, meta: dict[str, Any]) -> str:
@@ -1129,6 +1225,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-scaling", action="store_true", help="skip the 1- and 2-worker measurement")
     ap.add_argument("--no-store", action="store_true", help="skip the Redis store row")
     ap.add_argument("--only-store", action="store_true", help="run the Redis store row alone (prints its figures)")
+    ap.add_argument("--no-tracing", action="store_true", help="skip the tracing on/off row")
+    ap.add_argument("--only-tracing", action="store_true", help="run the tracing on/off row alone (writes tracing.md)")
     ap.add_argument(
         "--transports", action="store_true", help="only the upstream transport comparison (writes transports.md)"
     )
@@ -1145,6 +1243,7 @@ def main(argv: list[str] | None = None) -> int:
         plan.window = args.window
     plan.scaling = plan.scaling and not args.no_scaling
     plan.store = plan.store and not args.no_store
+    plan.tracing = plan.tracing and not args.no_tracing
     cpus = plan_cpus()
     if cpus.load:
         os.sched_setaffinity(0, cpus.load)
@@ -1156,6 +1255,25 @@ def main(argv: list[str] | None = None) -> int:
         (args.out / "store.json").write_text(
             json.dumps({"results": results, "series": {k: v.to_json() for k, v in bench.series.items()}}, indent=1)
         )
+        return 0
+    if args.only_tracing:
+        results = bench.run_tracing_only()
+        meta = {
+            "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
+            "machine": f"{os.cpu_count()} CPUs, {platform.machine()}, Python {platform.python_version()}",
+        }
+        head = [
+            "# gpt-grpc benchmark: tracing",
+            "",
+            f"{meta['when']} · {meta['machine']} · {plan.windows} windows of {plan.window:g} s "
+            f"(after {plan.warmup:g} s warm-up); median (min-max).",
+            "",
+        ]
+        (args.out / "tracing.md").write_text("\n".join([*head, *tracing_section(bench)]))
+        series = {k: v.to_json() for k, v in bench.series.items()}
+        report = {"meta": meta, "results": results, "series": series}
+        (args.out / "tracing.json").write_text(json.dumps(report, indent=1))
+        print(f"report: {args.out / 'tracing.md'}")
         return 0
     if args.transports:
         bench.run_transports()
