@@ -1412,7 +1412,11 @@ def test_wheel_contains_the_stubs_and_no_server_dependencies(tmp_path: Path) -> 
         dist_info = next(n.split("/")[0] for n in names if n.endswith(".dist-info/METADATA"))
         metadata = Parser().parsestr(wheel.read(f"{dist_info}/METADATA").decode())
         entry_points = wheel.read(f"{dist_info}/entry_points.txt").decode()
-    requires = [r.split(";")[0].strip() for r in metadata.get_all("Requires-Dist") or []]
+    declared = metadata.get_all("Requires-Dist") or []
+    # Required ones alone: opentelemetry-api is the optional `otel` extra (trace context propagation).
+    requires = [r.split(";")[0].strip() for r in declared if "extra ==" not in r]
+    extras = {r.split(";")[0].strip().split(">")[0] for r in declared if "extra == \"otel\"" in r}
+    assert extras == {"opentelemetry-api"}, declared
     names_only = {r.replace(" ", "").split(">")[0].split("=")[0].split("<")[0].lower() for r in requires}
     assert names_only == {"grpcio", "protobuf", "googleapis-common-protos"}, requires
     assert not names_only & {"openai", "tiktoken", "grpcio-status"}, requires

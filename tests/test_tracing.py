@@ -16,6 +16,7 @@ import os
 import secrets
 import signal
 import socket
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -25,8 +26,10 @@ import grpc
 import pytest
 from gptgrpc.v1 import gateway_pb2 as pb
 from gptgrpc.v1 import gateway_pb2_grpc as pb_grpc
+from opentelemetry.sdk.trace import TracerProvider
 
 from gpt_grpc.server.app import ConfigError, ServerConfig, tracing_from_env
+from gpt_grpc_client import AsyncClient, Client
 from tests.conftest import ADMIN_TOKEN, TEST_KEY, Gateway, fast_upstream, start_gateway, stop_gateway
 from tests.otlp_receiver import OtlpReceiver, ReceivedSpan
 from tests.standin import Fault, Standin
@@ -454,3 +457,72 @@ async def test_a_gateway_process_exports_over_http_protobuf_as_the_variables_say
     assert attempt.attributes["gen_ai.operation.name"] == "chat"
     (line,) = [json.loads(x) for x in stderr.decode().splitlines() if '"gpt_grpc.access"' in x]
     assert (line["trace_id"], line["span_id"]) == (trace_id, server.span_id)
+
+
+async def test_the_python_client_propagates_the_applications_trace(traced: Gateway, receiver: OtlpReceiver) -> None:
+    # The application's own OpenTelemetry: a provider of its own, its span current while it calls.
+    app_tracer = TracerProvider().get_tracer("the-application")
+
+    async def server_span_of(app_span: Any) -> ReceivedSpan:
+        trace_id = format(app_span.get_span_context().trace_id, "032x")
+        spans = await receiver.wait_for(_have(trace_id, 1, 0))
+        (server,) = _by_kind(spans, trace_id, "SERVER")
+        return server
+
+    async with AsyncClient(traced.target) as client:
+        with app_tracer.start_as_current_span("async unary") as app_span:
+            await client.chat_completion(user_message=PROMPT)
+        server = await server_span_of(app_span)
+        assert server.parent_span_id == format(app_span.get_span_context().span_id, "016x")
+        assert server.name == f"{SERVICE}/ChatCompletion"
+
+        with app_tracer.start_as_current_span("async stream") as app_span:
+            assert [d async for d in client.stream_chat(user_message=PROMPT)]
+        server = await server_span_of(app_span)
+        assert server.parent_span_id == format(app_span.get_span_context().span_id, "016x")
+        assert server.name == f"{SERVICE}/StreamChatCompletion"
+
+        with app_tracer.start_as_current_span("raw stub") as app_span:
+            await client.stub.CountTokens(pb.CountTokensRequest(text="hello"))
+        server = await server_span_of(app_span)
+        assert server.parent_span_id == format(app_span.get_span_context().span_id, "016x")
+
+    def sync_calls() -> Any:
+        with Client(traced.target) as client, app_tracer.start_as_current_span("sync") as app_span:
+            client.chat_completion(user_message=PROMPT)
+            assert [d for d in client.stream_chat(user_message=PROMPT)]
+        return app_span
+
+    app_span = await asyncio.to_thread(sync_calls)
+    trace_id = format(app_span.get_span_context().trace_id, "032x")
+    spans = await receiver.wait_for(_have(trace_id, 2, 0))
+    parents = {s.parent_span_id for s in _by_kind(spans, trace_id, "SERVER")}
+    assert parents == {format(app_span.get_span_context().span_id, "016x")}
+
+    # Turned off, the call starts a trace of its own.
+    before = {s.trace_id for s in receiver.spans}
+    async with AsyncClient(traced.target, trace_context=False) as client:
+        with app_tracer.start_as_current_span("not propagated") as app_span:
+            await client.count_tokens("hello")
+    spans = await receiver.wait_for(lambda spans: any(s.trace_id not in before for s in spans))
+    (server,) = [s for s in spans if s.trace_id not in before]
+    assert server.parent_span_id == ""
+    assert server.trace_id != format(app_span.get_span_context().trace_id, "032x")
+
+
+def test_the_python_client_needs_no_opentelemetry() -> None:
+    """Without opentelemetry-api (an optional extra) the client has no interceptor, and asking for one says why."""
+    code = (
+        "import sys; sys.modules['opentelemetry'] = None\n"  # as if it were not installed
+        "import grpc\n"
+        "from gpt_grpc_client import Client, tracing\n"
+        "assert not tracing.AVAILABLE\n"
+        "with Client('127.0.0.1:1') as c: assert isinstance(c.channel, grpc.Channel) and c._trace_context is False\n"
+        "try:\n"
+        "    Client('127.0.0.1:1', trace_context=True)\n"
+        "except ValueError as e:\n"
+        "    print(e)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "pip install 'gpt-grpc-client[otel]'" in result.stdout
