@@ -2,11 +2,12 @@
 
 A call goes through the engine once:
 
-1. `prepare`: the default model is filled in, the request validated
-   (`chat.validate`, the one validator), the model resolved once
-   (`models.Models.resolve`) and the upstream body built for its quirks
-   (`catalog.adapt_request`). The call keeps the settings snapshot it started
-   with, and the router built for that snapshot.
+1. `prepare`: the default model is filled in, the model resolved once
+   (`models.Models.resolve`), the request validated against it
+   (`chat.validate`, the one validator) and the upstream body built
+   (`endpoints.chat_body`: content parts, model quirks, extra_body_json).
+   The call keeps the settings snapshot it started with, and the router
+   built for that snapshot.
 2. Attempts, under the snapshot's retry policy and the server-wide retry
    budget (`retry.call_with_retries`, which tells the `AttemptObserver` -
    metrics - about each attempt and retry). Each attempt asks the router
@@ -40,18 +41,17 @@ from typing import Any, NoReturn, TypeVar
 import orjson
 
 from . import errors, tokens
-from .catalog import adapt_request
-from .chat import ChatRequest, ChatResult, Delta, ToolCall, Usage, validate
+from .chat import ChatRequest, ChatResult, Delta, TokenLogprob, ToolCall, UrlCitation, Usage, check_model, validate
 from .egress import EgressPolicy
 from .errors import GatewayError, Reason
 from .models import ModelRecord, Models
 from .retry import AttemptObserver, RetryBudget, call_with_retries
 from .settings import Settings, SettingsUpdate, apply
 from .spans import AttemptSpan, AttemptTracer
+from .upstream import answers, sse
 from .upstream import client as upstream_client
-from .upstream import sse
 from .upstream.client import MAX_ANSWER_BYTES, UpstreamClient
-from .upstream.endpoints import Endpoint
+from .upstream.endpoints import Endpoint, chat_body
 from .upstream.failures import Phase, translate
 from .upstream.routing import Router, RouterFactory, SingleUpstream
 from .upstream.scrub import MAX_ID_CHARS, Scrubber, Secrets, scrubbed
@@ -83,7 +83,7 @@ class PreparedCall:
     trace: object = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass pays object.__setattr__ per field, per call
 class _Answer:
     """What one successful unary attempt read, before the call's totals are known."""
 
@@ -95,6 +95,10 @@ class _Answer:
     usage: Usage
     refusal: str
     request_id: str | None
+    logprobs: tuple[TokenLogprob, ...]
+    service_tier: str
+    system_fingerprint: str
+    annotations: tuple[UrlCitation, ...]
 
 
 class Engine:
@@ -161,19 +165,19 @@ class Engine:
     # -- one call -----------------------------------------------------------------------
 
     def prepare(self, request: ChatRequest, *, trace: object = None) -> PreparedCall:
-        """Fill in the default model, validate, resolve the model and build the upstream body.
+        """Fill in the default model, resolve it, validate against it and build the upstream body.
 
         `trace`: what the attempts' spans are children of, for the `AttemptTracer` (spans.py).
         """
         snapshot = self._snapshot
         if not request.model:
             request = dataclasses.replace(request, model=self.model_name(request.model, snapshot.settings))
-        violations = validate(request)
-        if violations:
+        # A name that is not one (empty, too long) is reported by validate, not looked up.
+        model = self.models.resolve(request.model) if check_model(request.model) is None else None
+        violations = validate(request, model)
+        if violations or model is None:
             raise errors.invalid(violations)
-        model = self.models.resolve(request.model)
-        body = adapt_request(request.body(), model.spec, model.name)
-        return PreparedCall(request, model, body, snapshot, trace)
+        return PreparedCall(request, model, chat_body(request, model), snapshot, trace)
 
     def model_name(self, requested: str, settings: Settings | None = None) -> str:
         """The model a call is for: the one the caller named, else the default model (filled in here only)."""
@@ -288,6 +292,10 @@ class Engine:
             attempts=attempts,
             refusal=answer.refusal,
             request_id=answer.request_id,
+            logprobs=answer.logprobs,
+            service_tier=answer.service_tier,
+            system_fingerprint=answer.system_fingerprint,
+            annotations=answer.annotations,
         )
         self._finish(call, result, None)
         return result
@@ -317,6 +325,10 @@ class Engine:
             usage=self._usage(data.get("usage"), call, content, calls),
             refusal=message.get("refusal") or "",
             request_id=scrubbed(request_id, scrubber, MAX_ID_CHARS),
+            logprobs=answers.logprobs(choice["logprobs"]) if choice.get("logprobs") else (),
+            service_tier=scrubbed(answers.text(data.get("service_tier")), scrubber, MAX_ID_CHARS) or "",
+            system_fingerprint=scrubbed(answers.text(data.get("system_fingerprint")), scrubber, MAX_ID_CHARS) or "",
+            annotations=answers.citations(message["annotations"]) if message.get("annotations") else (),
         )
 
     def _usage(self, reported: object, call: PreparedCall, content: str, calls: Sequence[ToolCall]) -> Usage:
@@ -335,7 +347,11 @@ class Engine:
         # Some OpenAI-compatible servers send no usage: count it ourselves.
         model, body = call.model, call.body
         prompt = tokens.count_messages(
-            body["messages"], model.name, tools=body.get("tools"), encoding=model.encoding
+            body["messages"],
+            model.name,
+            tools=body.get("tools"),
+            encoding=model.encoding,
+            image_billing=model.image_tokens,
         ).tokens
         generated = content + "".join(c.name + c.arguments for c in calls)
         completion = tokens.count_text(generated, model.name, encoding=model.encoding).tokens
@@ -419,6 +435,9 @@ class Engine:
                 attempts=attempts,
                 refusal="".join(state.refusal),
                 request_id=scrubbed(state.request_id, endpoint.scrubber, MAX_ID_CHARS),
+                service_tier=scrubbed(state.service_tier, endpoint.scrubber, MAX_ID_CHARS) or "",
+                system_fingerprint=scrubbed(state.system_fingerprint, endpoint.scrubber, MAX_ID_CHARS) or "",
+                annotations=tuple(state.annotations),
             )
         except BaseException as exc:
             if isinstance(exc, GatewayError):

@@ -3,6 +3,12 @@
 It speaks real HTTP/1.1 (aiohttp's low-level server, no router or middleware on the hot
 path), real SSE in OpenAI's wire format, and fails in the ways a real upstream does
 (status errors, hangs, dropped and truncated streams, resets, garbage bodies).
+
+Each chat request is recorded exactly as it arrived (`RecordedRequest.raw`, the body's
+bytes, besides the parsed `body`). Answers carry what OpenAI's do when asked: token
+logprobs per piece of the answer (`logprobs`, with `top_logprobs` alternatives), the
+`service_tier` that served the call, a `system_fingerprint`, and a URL citation over
+the whole answer for a web-search model (a name containing "search").
 """
 
 from __future__ import annotations
@@ -133,10 +139,12 @@ class RecordedRequest:
     fault: str | None = None
     completed: bool = False
     client_disconnected: bool = False
+    raw: bytes = b""  # the body exactly as received (`body` is its JSON, parsed)
 
     def to_json(self, mask_authorization: bool = True) -> dict[str, Any]:
-        """JSON-ready dict; the Authorization header value is masked by default."""
+        """JSON-ready dict (the raw body as its length); the Authorization header value is masked by default."""
         data = dataclasses.asdict(self)
+        data["raw_length"] = len(data.pop("raw"))
         if mask_authorization and "authorization" in data["headers"]:
             data["headers"]["authorization"] = "Bearer ***"
         return data
@@ -258,6 +266,44 @@ def _echo_key_error(fault: Fault, record: RecordedRequest) -> web.Response:
     status = fault.status or 401
     message, code, request_id = _echo(record)
     return _error_response(status, message, code, extra_headers={"x-request-id": request_id})
+
+
+_CITED_URL = "https://example.com/standin-source"
+_MAX_TOP_LOGPROBS = 20
+
+
+def _service_tier(body: Mapping[str, Any]) -> str:
+    """The tier that "served" the call: the one asked for, "default" for none or "auto" (as OpenAI reports)."""
+    asked = body.get("service_tier")
+    return asked if isinstance(asked, str) and asked not in ("", "auto") else "default"
+
+
+def _token_logprob(piece: str, position: int, alternatives: int) -> dict[str, Any]:
+    """OpenAI's logprob entry for one piece of the answer, deterministic: -0.1 per position, alternatives lower."""
+    logprob = -0.1 * (position + 1)
+    top = [{"token": piece, "logprob": logprob, "bytes": list(piece.encode())}]
+    top += [
+        {"token": f"alt{k}", "logprob": logprob - k, "bytes": list(f"alt{k}".encode())} for k in range(1, alternatives)
+    ]
+    return {"token": piece, "logprob": logprob, "bytes": list(piece.encode()), "top_logprobs": top[:alternatives]}
+
+
+def _logprobs(body: Mapping[str, Any], pieces: Iterable[str], start: int = 0) -> dict[str, Any] | None:
+    """The choice's `logprobs` object when the request asked for them, else None (as OpenAI sends)."""
+    if body.get("logprobs") is not True:
+        return None
+    top = body.get("top_logprobs")
+    alternatives = top if isinstance(top, int) and 0 <= top <= _MAX_TOP_LOGPROBS else 0
+    content = [_token_logprob(piece, start + i, alternatives) for i, piece in enumerate(pieces)]
+    return {"content": content, "refusal": None}
+
+
+def _citations(body: Mapping[str, Any], content: str | None) -> list[dict[str, Any]]:
+    """A web-search model's URL citation over the whole answer."""
+    if "search" not in str(body.get("model")) or not content:
+        return []
+    cited = {"url": _CITED_URL, "title": "Stand-in source", "start_index": 0, "end_index": len(content)}
+    return [{"type": "url_citation", "url_citation": cited}]
 
 
 def _format_seconds(value: float) -> str:
@@ -618,6 +664,7 @@ class Standin:
             body=parsed if isinstance(parsed, dict) else {},
             api_key=api_key,
             received_at=time.monotonic(),
+            raw=raw,
         )
         self._record(record)
 
@@ -867,6 +914,9 @@ class Standin:
         message: dict[str, Any] = {"role": "assistant", "content": reply.content, "refusal": None}
         if reply.tool_calls:
             message["tool_calls"] = reply.tool_calls
+        citations = _citations(body, reply.content)
+        if citations:
+            message["annotations"] = citations
         usage = None
         if kind != "no_usage":
             usage = self._usage(count_prompt_tokens(body["messages"]), reply.completion_tokens)
@@ -876,8 +926,16 @@ class Standin:
                 "object": "chat.completion",
                 "created": int(time.time()),
                 "model": body["model"],
+                "service_tier": _service_tier(body),
                 "system_fingerprint": "fp_standin",
-                "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": reply.finish_reason}],
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": message,
+                        "logprobs": _logprobs(body, reply.pieces),
+                        "finish_reason": reply.finish_reason,
+                    }
+                ],
                 "usage": usage,
             }
         )
@@ -951,13 +1009,16 @@ class Standin:
             "object": "chat.completion.chunk",
             "created": int(time.time()),
             "model": body["model"],
+            "service_tier": _service_tier(body),
             "system_fingerprint": "fp_standin",
         }
         if include_usage:
             base["usage"] = None  # OpenAI sends "usage": null on every chunk but the last
 
-        def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
-            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        def chunk(
+            delta: dict[str, Any], finish_reason: str | None = None, logprobs: dict[str, Any] | None = None
+        ) -> bytes:
+            choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
             return b"data: " + orjson.dumps({**base, "choices": [choice]}) + b"\n\n"
 
         events: list[bytes] = []
@@ -966,7 +1027,12 @@ class Standin:
         calls_lead = reply.content is None and bool(calls)
         if not calls_lead:
             events.append(chunk({"role": "assistant", "content": "", "refusal": None}))
-            events.extend(chunk({"content": piece}) for piece in reply.pieces)
+            events.extend(
+                chunk({"content": piece}, logprobs=_logprobs(body, [piece], i)) for i, piece in enumerate(reply.pieces)
+            )
+            citations = _citations(body, reply.content)
+            if citations:
+                events.append(chunk({"annotations": citations}))
         for index, call in enumerate(calls):
             function = call["function"]
             header = {

@@ -327,6 +327,235 @@ func (BudgetPeriod) EnumDescriptor() ([]byte, []int) {
 	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{4}
 }
 
+// ImageDetail is the resolution the model looks at an image with (and what
+// it costs: LOW is a fixed number of tokens).
+type ImageDetail int32
+
+const (
+	// Not set: the upstream default (auto).
+	ImageDetail_IMAGE_DETAIL_UNSPECIFIED ImageDetail = 0
+	// The model chooses.
+	ImageDetail_IMAGE_DETAIL_AUTO ImageDetail = 1
+	// A 512x512 view, fixed cost.
+	ImageDetail_IMAGE_DETAIL_LOW ImageDetail = 2
+	// Full detail, billed per 512-pixel tile.
+	ImageDetail_IMAGE_DETAIL_HIGH ImageDetail = 3
+)
+
+// Enum value maps for ImageDetail.
+var (
+	ImageDetail_name = map[int32]string{
+		0: "IMAGE_DETAIL_UNSPECIFIED",
+		1: "IMAGE_DETAIL_AUTO",
+		2: "IMAGE_DETAIL_LOW",
+		3: "IMAGE_DETAIL_HIGH",
+	}
+	ImageDetail_value = map[string]int32{
+		"IMAGE_DETAIL_UNSPECIFIED": 0,
+		"IMAGE_DETAIL_AUTO":        1,
+		"IMAGE_DETAIL_LOW":         2,
+		"IMAGE_DETAIL_HIGH":        3,
+	}
+)
+
+func (x ImageDetail) Enum() *ImageDetail {
+	p := new(ImageDetail)
+	*p = x
+	return p
+}
+
+func (x ImageDetail) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ImageDetail) Descriptor() protoreflect.EnumDescriptor {
+	return file_gptgrpc_v1_gateway_proto_enumTypes[5].Descriptor()
+}
+
+func (ImageDetail) Type() protoreflect.EnumType {
+	return &file_gptgrpc_v1_gateway_proto_enumTypes[5]
+}
+
+func (x ImageDetail) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ImageDetail.Descriptor instead.
+func (ImageDetail) EnumDescriptor() ([]byte, []int) {
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{5}
+}
+
+// AudioFormat is the encoding of an audio clip.
+type AudioFormat int32
+
+const (
+	// Not set: invalid in a request.
+	AudioFormat_AUDIO_FORMAT_UNSPECIFIED AudioFormat = 0
+	// WAV.
+	AudioFormat_AUDIO_FORMAT_WAV AudioFormat = 1
+	// MP3.
+	AudioFormat_AUDIO_FORMAT_MP3 AudioFormat = 2
+)
+
+// Enum value maps for AudioFormat.
+var (
+	AudioFormat_name = map[int32]string{
+		0: "AUDIO_FORMAT_UNSPECIFIED",
+		1: "AUDIO_FORMAT_WAV",
+		2: "AUDIO_FORMAT_MP3",
+	}
+	AudioFormat_value = map[string]int32{
+		"AUDIO_FORMAT_UNSPECIFIED": 0,
+		"AUDIO_FORMAT_WAV":         1,
+		"AUDIO_FORMAT_MP3":         2,
+	}
+)
+
+func (x AudioFormat) Enum() *AudioFormat {
+	p := new(AudioFormat)
+	*p = x
+	return p
+}
+
+func (x AudioFormat) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (AudioFormat) Descriptor() protoreflect.EnumDescriptor {
+	return file_gptgrpc_v1_gateway_proto_enumTypes[6].Descriptor()
+}
+
+func (AudioFormat) Type() protoreflect.EnumType {
+	return &file_gptgrpc_v1_gateway_proto_enumTypes[6]
+}
+
+func (x AudioFormat) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use AudioFormat.Descriptor instead.
+func (AudioFormat) EnumDescriptor() ([]byte, []int) {
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{6}
+}
+
+// ReasoningEffort is how much a reasoning model thinks before answering.
+type ReasoningEffort int32
+
+const (
+	// Not set: the model's default.
+	ReasoningEffort_REASONING_EFFORT_UNSPECIFIED ReasoningEffort = 0
+	// As little as possible (gpt-5 models).
+	ReasoningEffort_REASONING_EFFORT_MINIMAL ReasoningEffort = 1
+	// Little.
+	ReasoningEffort_REASONING_EFFORT_LOW ReasoningEffort = 2
+	// Medium.
+	ReasoningEffort_REASONING_EFFORT_MEDIUM ReasoningEffort = 3
+	// Much.
+	ReasoningEffort_REASONING_EFFORT_HIGH ReasoningEffort = 4
+)
+
+// Enum value maps for ReasoningEffort.
+var (
+	ReasoningEffort_name = map[int32]string{
+		0: "REASONING_EFFORT_UNSPECIFIED",
+		1: "REASONING_EFFORT_MINIMAL",
+		2: "REASONING_EFFORT_LOW",
+		3: "REASONING_EFFORT_MEDIUM",
+		4: "REASONING_EFFORT_HIGH",
+	}
+	ReasoningEffort_value = map[string]int32{
+		"REASONING_EFFORT_UNSPECIFIED": 0,
+		"REASONING_EFFORT_MINIMAL":     1,
+		"REASONING_EFFORT_LOW":         2,
+		"REASONING_EFFORT_MEDIUM":      3,
+		"REASONING_EFFORT_HIGH":        4,
+	}
+)
+
+func (x ReasoningEffort) Enum() *ReasoningEffort {
+	p := new(ReasoningEffort)
+	*p = x
+	return p
+}
+
+func (x ReasoningEffort) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ReasoningEffort) Descriptor() protoreflect.EnumDescriptor {
+	return file_gptgrpc_v1_gateway_proto_enumTypes[7].Descriptor()
+}
+
+func (ReasoningEffort) Type() protoreflect.EnumType {
+	return &file_gptgrpc_v1_gateway_proto_enumTypes[7]
+}
+
+func (x ReasoningEffort) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ReasoningEffort.Descriptor instead.
+func (ReasoningEffort) EnumDescriptor() ([]byte, []int) {
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{7}
+}
+
+// Verbosity is how long a gpt-5 model's answer should be.
+type Verbosity int32
+
+const (
+	// Not set: the model's default.
+	Verbosity_VERBOSITY_UNSPECIFIED Verbosity = 0
+	// Concise.
+	Verbosity_VERBOSITY_LOW Verbosity = 1
+	// Balanced.
+	Verbosity_VERBOSITY_MEDIUM Verbosity = 2
+	// Thorough.
+	Verbosity_VERBOSITY_HIGH Verbosity = 3
+)
+
+// Enum value maps for Verbosity.
+var (
+	Verbosity_name = map[int32]string{
+		0: "VERBOSITY_UNSPECIFIED",
+		1: "VERBOSITY_LOW",
+		2: "VERBOSITY_MEDIUM",
+		3: "VERBOSITY_HIGH",
+	}
+	Verbosity_value = map[string]int32{
+		"VERBOSITY_UNSPECIFIED": 0,
+		"VERBOSITY_LOW":         1,
+		"VERBOSITY_MEDIUM":      2,
+		"VERBOSITY_HIGH":        3,
+	}
+)
+
+func (x Verbosity) Enum() *Verbosity {
+	p := new(Verbosity)
+	*p = x
+	return p
+}
+
+func (x Verbosity) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Verbosity) Descriptor() protoreflect.EnumDescriptor {
+	return file_gptgrpc_v1_gateway_proto_enumTypes[8].Descriptor()
+}
+
+func (Verbosity) Type() protoreflect.EnumType {
+	return &file_gptgrpc_v1_gateway_proto_enumTypes[8]
+}
+
+func (x Verbosity) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Verbosity.Descriptor instead.
+func (Verbosity) EnumDescriptor() ([]byte, []int) {
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{8}
+}
+
 // ErrorReason is the reason of the google.rpc.ErrorInfo attached to every
 // error (ErrorInfo.reason is the value's name, ErrorInfo.domain "gpt-grpc").
 // Reasons that start with UPSTREAM_ come from the upstream API; the others
@@ -493,11 +722,11 @@ func (x ErrorReason) String() string {
 }
 
 func (ErrorReason) Descriptor() protoreflect.EnumDescriptor {
-	return file_gptgrpc_v1_gateway_proto_enumTypes[5].Descriptor()
+	return file_gptgrpc_v1_gateway_proto_enumTypes[9].Descriptor()
 }
 
 func (ErrorReason) Type() protoreflect.EnumType {
-	return &file_gptgrpc_v1_gateway_proto_enumTypes[5]
+	return &file_gptgrpc_v1_gateway_proto_enumTypes[9]
 }
 
 func (x ErrorReason) Number() protoreflect.EnumNumber {
@@ -506,7 +735,7 @@ func (x ErrorReason) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ErrorReason.Descriptor instead.
 func (ErrorReason) EnumDescriptor() ([]byte, []int) {
-	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{5}
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{9}
 }
 
 // ChatMessage is one message of a conversation.
@@ -521,7 +750,12 @@ type ChatMessage struct {
 	// For ROLE_TOOL: the id of the tool call this message answers.
 	ToolCallId *string `protobuf:"bytes,4,opt,name=tool_call_id,json=toolCallId,proto3,oneof" json:"tool_call_id,omitempty"`
 	// For ROLE_ASSISTANT: the tool calls the model made in this turn.
-	ToolCalls     []*ToolCall `protobuf:"bytes,5,rep,name=tool_calls,json=toolCalls,proto3" json:"tool_calls,omitempty"`
+	ToolCalls []*ToolCall `protobuf:"bytes,5,rep,name=tool_calls,json=toolCalls,proto3" json:"tool_calls,omitempty"`
+	// The message as content parts (text, images, audio, files), instead of
+	// content: setting both is INVALID_ARGUMENT. Only ROLE_USER messages may
+	// carry image, audio or file parts; any role may carry text parts. Sent
+	// upstream as OpenAI's content-part array, inline bytes base64-encoded.
+	Parts         []*ContentPart `protobuf:"bytes,6,rep,name=parts,proto3" json:"parts,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -587,6 +821,13 @@ func (x *ChatMessage) GetToolCallId() string {
 func (x *ChatMessage) GetToolCalls() []*ToolCall {
 	if x != nil {
 		return x.ToolCalls
+	}
+	return nil
+}
+
+func (x *ChatMessage) GetParts() []*ContentPart {
+	if x != nil {
+		return x.Parts
 	}
 	return nil
 }
@@ -923,7 +1164,42 @@ type ChatCompletionRequest struct {
 	// How the model may use the tools.
 	ToolChoice *ToolChoice `protobuf:"bytes,14,opt,name=tool_choice,json=toolChoice,proto3" json:"tool_choice,omitempty"`
 	// End-user id forwarded to the upstream for abuse monitoring.
-	User          string `protobuf:"bytes,15,opt,name=user,proto3" json:"user,omitempty"`
+	User string `protobuf:"bytes,15,opt,name=user,proto3" json:"user,omitempty"`
+	// How hard a reasoning model thinks before it answers. Sent only to
+	// reasoning models as the catalog knows them (ListModels: reasoning), and
+	// to unknown model names shaped like one (o1*, o3*, o4*, gpt-5*). For any
+	// other model it is INVALID_ARGUMENT, never silently dropped; to send it to
+	// an OpenAI-compatible server that takes it anyway, use extra_body_json.
+	// MINIMAL is for gpt-5 models (others answer UPSTREAM_BAD_REQUEST).
+	ReasoningEffort ReasoningEffort `protobuf:"varint,16,opt,name=reasoning_effort,json=reasoningEffort,proto3,enum=gptgrpc.v1.ReasoningEffort" json:"reasoning_effort,omitempty"`
+	// Whether the model may call several tools in one turn. Needs tools.
+	ParallelToolCalls *bool `protobuf:"varint,17,opt,name=parallel_tool_calls,json=parallelToolCalls,proto3,oneof" json:"parallel_tool_calls,omitempty"`
+	// Return the log probability of each generated token (response.logprobs,
+	// and each delta's logprobs in a stream).
+	Logprobs *bool `protobuf:"varint,18,opt,name=logprobs,proto3,oneof" json:"logprobs,omitempty"`
+	// How many most likely alternatives to return per token, 0 to 20. Needs
+	// logprobs set to true.
+	TopLogprobs *int32 `protobuf:"varint,19,opt,name=top_logprobs,json=topLogprobs,proto3,oneof" json:"top_logprobs,omitempty"`
+	// The upstream's processing tier, e.g. "auto", "default", "flex",
+	// "priority": lower-case letters, digits, '_' and '-', at most 32. Empty:
+	// the upstream default. The tier that served the call comes back in
+	// service_tier of the response.
+	ServiceTier string `protobuf:"bytes,20,opt,name=service_tier,json=serviceTier,proto3" json:"service_tier,omitempty"`
+	// Key-value pairs stored with the completion upstream (at most 16 pairs;
+	// keys at most 64 characters, values at most 512).
+	Metadata map[string]string `protobuf:"bytes,21,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Whether the upstream stores the completion (model distillation, evals).
+	Store *bool `protobuf:"varint,22,opt,name=store,proto3,oneof" json:"store,omitempty"`
+	// How long the answer should be, for gpt-5 models (ListModels: verbosity;
+	// unknown names shaped like gpt-5* too). INVALID_ARGUMENT for other models.
+	Verbosity Verbosity `protobuf:"varint,23,opt,name=verbosity,proto3,enum=gptgrpc.v1.Verbosity" json:"verbosity,omitempty"`
+	// A JSON object merged into the upstream request body, for parameters this
+	// API does not name (vLLM's top_k or guided_json, Ollama's options). At most
+	// 256 KiB, nested at most 128 levels. A key the gateway owns (model,
+	// messages, stream, stream_options, max_tokens, max_completion_tokens, and
+	// n: the gateway returns one answer) or that a field of this request
+	// already sets is INVALID_ARGUMENT. Logged by key names only, never values.
+	ExtraBodyJson string `protobuf:"bytes,24,opt,name=extra_body_json,json=extraBodyJson,proto3" json:"extra_body_json,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1063,6 +1339,69 @@ func (x *ChatCompletionRequest) GetUser() string {
 	return ""
 }
 
+func (x *ChatCompletionRequest) GetReasoningEffort() ReasoningEffort {
+	if x != nil {
+		return x.ReasoningEffort
+	}
+	return ReasoningEffort_REASONING_EFFORT_UNSPECIFIED
+}
+
+func (x *ChatCompletionRequest) GetParallelToolCalls() bool {
+	if x != nil && x.ParallelToolCalls != nil {
+		return *x.ParallelToolCalls
+	}
+	return false
+}
+
+func (x *ChatCompletionRequest) GetLogprobs() bool {
+	if x != nil && x.Logprobs != nil {
+		return *x.Logprobs
+	}
+	return false
+}
+
+func (x *ChatCompletionRequest) GetTopLogprobs() int32 {
+	if x != nil && x.TopLogprobs != nil {
+		return *x.TopLogprobs
+	}
+	return 0
+}
+
+func (x *ChatCompletionRequest) GetServiceTier() string {
+	if x != nil {
+		return x.ServiceTier
+	}
+	return ""
+}
+
+func (x *ChatCompletionRequest) GetMetadata() map[string]string {
+	if x != nil {
+		return x.Metadata
+	}
+	return nil
+}
+
+func (x *ChatCompletionRequest) GetStore() bool {
+	if x != nil && x.Store != nil {
+		return *x.Store
+	}
+	return false
+}
+
+func (x *ChatCompletionRequest) GetVerbosity() Verbosity {
+	if x != nil {
+		return x.Verbosity
+	}
+	return Verbosity_VERBOSITY_UNSPECIFIED
+}
+
+func (x *ChatCompletionRequest) GetExtraBodyJson() string {
+	if x != nil {
+		return x.ExtraBodyJson
+	}
+	return ""
+}
+
 // Usage is the token usage of one completion.
 type Usage struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1175,7 +1514,16 @@ type ChatCompletionResponse struct {
 	// Upstream attempts it took (1 when the first attempt succeeded).
 	Attempts int32 `protobuf:"varint,8,opt,name=attempts,proto3" json:"attempts,omitempty"`
 	// Refusal text when the model refused (structured outputs).
-	Refusal       string `protobuf:"bytes,9,opt,name=refusal,proto3" json:"refusal,omitempty"`
+	Refusal string `protobuf:"bytes,9,opt,name=refusal,proto3" json:"refusal,omitempty"`
+	// Log probabilities of the answer's tokens, in order; empty unless the
+	// request set logprobs (and the upstream sent them).
+	Logprobs []*TokenLogprob `protobuf:"bytes,12,rep,name=logprobs,proto3" json:"logprobs,omitempty"`
+	// The processing tier that served the call, as the upstream reports it.
+	ServiceTier string `protobuf:"bytes,13,opt,name=service_tier,json=serviceTier,proto3" json:"service_tier,omitempty"`
+	// The upstream's backend configuration fingerprint, as it reports it.
+	SystemFingerprint string `protobuf:"bytes,14,opt,name=system_fingerprint,json=systemFingerprint,proto3" json:"system_fingerprint,omitempty"`
+	// URL citations in the answer (web search models), when the upstream sends them.
+	Annotations   []*UrlCitation `protobuf:"bytes,15,rep,name=annotations,proto3" json:"annotations,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1273,6 +1621,34 @@ func (x *ChatCompletionResponse) GetRefusal() string {
 	return ""
 }
 
+func (x *ChatCompletionResponse) GetLogprobs() []*TokenLogprob {
+	if x != nil {
+		return x.Logprobs
+	}
+	return nil
+}
+
+func (x *ChatCompletionResponse) GetServiceTier() string {
+	if x != nil {
+		return x.ServiceTier
+	}
+	return ""
+}
+
+func (x *ChatCompletionResponse) GetSystemFingerprint() string {
+	if x != nil {
+		return x.SystemFingerprint
+	}
+	return ""
+}
+
+func (x *ChatCompletionResponse) GetAnnotations() []*UrlCitation {
+	if x != nil {
+		return x.Annotations
+	}
+	return nil
+}
+
 // StreamChatCompletionRequest has exactly the fields of ChatCompletionRequest.
 type StreamChatCompletionRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1305,7 +1681,42 @@ type StreamChatCompletionRequest struct {
 	// How the model may use the tools.
 	ToolChoice *ToolChoice `protobuf:"bytes,14,opt,name=tool_choice,json=toolChoice,proto3" json:"tool_choice,omitempty"`
 	// End-user id forwarded to the upstream.
-	User          string `protobuf:"bytes,15,opt,name=user,proto3" json:"user,omitempty"`
+	User string `protobuf:"bytes,15,opt,name=user,proto3" json:"user,omitempty"`
+	// How hard a reasoning model thinks before it answers. Sent only to
+	// reasoning models as the catalog knows them (ListModels: reasoning), and
+	// to unknown model names shaped like one (o1*, o3*, o4*, gpt-5*). For any
+	// other model it is INVALID_ARGUMENT, never silently dropped; to send it to
+	// an OpenAI-compatible server that takes it anyway, use extra_body_json.
+	// MINIMAL is for gpt-5 models (others answer UPSTREAM_BAD_REQUEST).
+	ReasoningEffort ReasoningEffort `protobuf:"varint,16,opt,name=reasoning_effort,json=reasoningEffort,proto3,enum=gptgrpc.v1.ReasoningEffort" json:"reasoning_effort,omitempty"`
+	// Whether the model may call several tools in one turn. Needs tools.
+	ParallelToolCalls *bool `protobuf:"varint,17,opt,name=parallel_tool_calls,json=parallelToolCalls,proto3,oneof" json:"parallel_tool_calls,omitempty"`
+	// Return the log probability of each generated token (response.logprobs,
+	// and each delta's logprobs in a stream).
+	Logprobs *bool `protobuf:"varint,18,opt,name=logprobs,proto3,oneof" json:"logprobs,omitempty"`
+	// How many most likely alternatives to return per token, 0 to 20. Needs
+	// logprobs set to true.
+	TopLogprobs *int32 `protobuf:"varint,19,opt,name=top_logprobs,json=topLogprobs,proto3,oneof" json:"top_logprobs,omitempty"`
+	// The upstream's processing tier, e.g. "auto", "default", "flex",
+	// "priority": lower-case letters, digits, '_' and '-', at most 32. Empty:
+	// the upstream default. The tier that served the call comes back in
+	// service_tier of the response.
+	ServiceTier string `protobuf:"bytes,20,opt,name=service_tier,json=serviceTier,proto3" json:"service_tier,omitempty"`
+	// Key-value pairs stored with the completion upstream (at most 16 pairs;
+	// keys at most 64 characters, values at most 512).
+	Metadata map[string]string `protobuf:"bytes,21,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Whether the upstream stores the completion (model distillation, evals).
+	Store *bool `protobuf:"varint,22,opt,name=store,proto3,oneof" json:"store,omitempty"`
+	// How long the answer should be, for gpt-5 models (ListModels: verbosity;
+	// unknown names shaped like gpt-5* too). INVALID_ARGUMENT for other models.
+	Verbosity Verbosity `protobuf:"varint,23,opt,name=verbosity,proto3,enum=gptgrpc.v1.Verbosity" json:"verbosity,omitempty"`
+	// A JSON object merged into the upstream request body, for parameters this
+	// API does not name (vLLM's top_k or guided_json, Ollama's options). At most
+	// 256 KiB, nested at most 128 levels. A key the gateway owns (model,
+	// messages, stream, stream_options, max_tokens, max_completion_tokens, and
+	// n: the gateway returns one answer) or that a field of this request
+	// already sets is INVALID_ARGUMENT. Logged by key names only, never values.
+	ExtraBodyJson string `protobuf:"bytes,24,opt,name=extra_body_json,json=extraBodyJson,proto3" json:"extra_body_json,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1445,13 +1856,78 @@ func (x *StreamChatCompletionRequest) GetUser() string {
 	return ""
 }
 
+func (x *StreamChatCompletionRequest) GetReasoningEffort() ReasoningEffort {
+	if x != nil {
+		return x.ReasoningEffort
+	}
+	return ReasoningEffort_REASONING_EFFORT_UNSPECIFIED
+}
+
+func (x *StreamChatCompletionRequest) GetParallelToolCalls() bool {
+	if x != nil && x.ParallelToolCalls != nil {
+		return *x.ParallelToolCalls
+	}
+	return false
+}
+
+func (x *StreamChatCompletionRequest) GetLogprobs() bool {
+	if x != nil && x.Logprobs != nil {
+		return *x.Logprobs
+	}
+	return false
+}
+
+func (x *StreamChatCompletionRequest) GetTopLogprobs() int32 {
+	if x != nil && x.TopLogprobs != nil {
+		return *x.TopLogprobs
+	}
+	return 0
+}
+
+func (x *StreamChatCompletionRequest) GetServiceTier() string {
+	if x != nil {
+		return x.ServiceTier
+	}
+	return ""
+}
+
+func (x *StreamChatCompletionRequest) GetMetadata() map[string]string {
+	if x != nil {
+		return x.Metadata
+	}
+	return nil
+}
+
+func (x *StreamChatCompletionRequest) GetStore() bool {
+	if x != nil && x.Store != nil {
+		return *x.Store
+	}
+	return false
+}
+
+func (x *StreamChatCompletionRequest) GetVerbosity() Verbosity {
+	if x != nil {
+		return x.Verbosity
+	}
+	return Verbosity_VERBOSITY_UNSPECIFIED
+}
+
+func (x *StreamChatCompletionRequest) GetExtraBodyJson() string {
+	if x != nil {
+		return x.ExtraBodyJson
+	}
+	return ""
+}
+
 // ChatCompletionDelta is a piece of the answer as it arrives.
 type ChatCompletionDelta struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Text to append to the answer so far.
 	Content string `protobuf:"bytes,1,opt,name=content,proto3" json:"content,omitempty"`
 	// Refusal text to append, when the model refuses.
-	Refusal       string `protobuf:"bytes,2,opt,name=refusal,proto3" json:"refusal,omitempty"`
+	Refusal string `protobuf:"bytes,2,opt,name=refusal,proto3" json:"refusal,omitempty"`
+	// Log probabilities of this delta's tokens, as they arrive (request.logprobs).
+	Logprobs      []*TokenLogprob `protobuf:"bytes,3,rep,name=logprobs,proto3" json:"logprobs,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1500,6 +1976,13 @@ func (x *ChatCompletionDelta) GetRefusal() string {
 	return ""
 }
 
+func (x *ChatCompletionDelta) GetLogprobs() []*TokenLogprob {
+	if x != nil {
+		return x.Logprobs
+	}
+	return nil
+}
+
 // ChatCompletionSummary ends a stream.
 type ChatCompletionSummary struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1516,7 +1999,13 @@ type ChatCompletionSummary struct {
 	// Cost in USD. Unset when the model's price is unknown.
 	CostUsd *float64 `protobuf:"fixed64,6,opt,name=cost_usd,json=costUsd,proto3,oneof" json:"cost_usd,omitempty"`
 	// Upstream attempts it took.
-	Attempts      int32 `protobuf:"varint,7,opt,name=attempts,proto3" json:"attempts,omitempty"`
+	Attempts int32 `protobuf:"varint,7,opt,name=attempts,proto3" json:"attempts,omitempty"`
+	// The processing tier that served the call, as the upstream reports it.
+	ServiceTier string `protobuf:"bytes,9,opt,name=service_tier,json=serviceTier,proto3" json:"service_tier,omitempty"`
+	// The upstream's backend configuration fingerprint, as it reports it.
+	SystemFingerprint string `protobuf:"bytes,10,opt,name=system_fingerprint,json=systemFingerprint,proto3" json:"system_fingerprint,omitempty"`
+	// URL citations in the answer, assembled from the stream.
+	Annotations   []*UrlCitation `protobuf:"bytes,11,rep,name=annotations,proto3" json:"annotations,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1598,6 +2087,27 @@ func (x *ChatCompletionSummary) GetAttempts() int32 {
 		return x.Attempts
 	}
 	return 0
+}
+
+func (x *ChatCompletionSummary) GetServiceTier() string {
+	if x != nil {
+		return x.ServiceTier
+	}
+	return ""
+}
+
+func (x *ChatCompletionSummary) GetSystemFingerprint() string {
+	if x != nil {
+		return x.SystemFingerprint
+	}
+	return ""
+}
+
+func (x *ChatCompletionSummary) GetAnnotations() []*UrlCitation {
+	if x != nil {
+		return x.Annotations
+	}
+	return nil
 }
 
 // StreamChatCompletionResponse is one event of a stream: deltas, then one summary.
@@ -1688,6 +2198,8 @@ func (*StreamChatCompletionResponse_Delta) isStreamChatCompletionResponse_Event(
 func (*StreamChatCompletionResponse_Summary) isStreamChatCompletionResponse_Event() {}
 
 // CountTokensRequest counts a text or a list of messages; give one of them.
+// Messages may hold parts: an image counts as OpenAI bills it (see
+// CountTokensResponse.estimated), audio and files are not counted.
 type CountTokensRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Text to count.
@@ -1760,8 +2272,14 @@ type CountTokensResponse struct {
 	Encoding string `protobuf:"bytes,2,opt,name=encoding,proto3" json:"encoding,omitempty"`
 	// True when the model is unknown and the default encoding was used.
 	EncodingFallback bool `protobuf:"varint,3,opt,name=encoding_fallback,json=encodingFallback,proto3" json:"encoding_fallback,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// True when part of the count is an estimate: an image given by URL (the
+	// gateway never fetches it: it counts as the most an image can cost at its
+	// detail, 8 tiles or 1536 patches; at detail LOW on a tile-billed model its
+	// size does not matter and the count is exact), or an image for a model
+	// whose image figures the catalog does not know (counted with gpt-4o's).
+	Estimated     bool `protobuf:"varint,4,opt,name=estimated,proto3" json:"estimated,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CountTokensResponse) Reset() {
@@ -1811,6 +2329,13 @@ func (x *CountTokensResponse) GetEncoding() string {
 func (x *CountTokensResponse) GetEncodingFallback() bool {
 	if x != nil {
 		return x.EncodingFallback
+	}
+	return false
+}
+
+func (x *CountTokensResponse) GetEstimated() bool {
+	if x != nil {
+		return x.Estimated
 	}
 	return false
 }
@@ -2283,7 +2808,17 @@ type ModelInfo struct {
 	// USD per million output tokens; unset when unknown.
 	OutputUsdPerMillion *float64 `protobuf:"fixed64,8,opt,name=output_usd_per_million,json=outputUsdPerMillion,proto3,oneof" json:"output_usd_per_million,omitempty"`
 	// Where the prices come from: "genai-prices <version>" or "override".
-	PriceSource   string `protobuf:"bytes,9,opt,name=price_source,json=priceSource,proto3" json:"price_source,omitempty"`
+	PriceSource string `protobuf:"bytes,9,opt,name=price_source,json=priceSource,proto3" json:"price_source,omitempty"`
+	// Tokens every image costs (tile billing: detail low costs only these).
+	// Unset when the model is not billed by tiles or takes no images.
+	ImageBaseTokens *int64 `protobuf:"varint,10,opt,name=image_base_tokens,json=imageBaseTokens,proto3,oneof" json:"image_base_tokens,omitempty"`
+	// Tokens per 512-pixel tile of an image at detail high or auto (tile billing).
+	ImageTileTokens *int64 `protobuf:"varint,11,opt,name=image_tile_tokens,json=imageTileTokens,proto3,oneof" json:"image_tile_tokens,omitempty"`
+	// Tokens per 32-pixel patch (patch billing: gpt-4.1-mini, o4-mini, ...);
+	// unset for tile billing.
+	ImagePatchMultiplier *float64 `protobuf:"fixed64,12,opt,name=image_patch_multiplier,json=imagePatchMultiplier,proto3,oneof" json:"image_patch_multiplier,omitempty"`
+	// Takes the verbosity request field (gpt-5 models).
+	Verbosity     bool `protobuf:"varint,13,opt,name=verbosity,proto3" json:"verbosity,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2379,6 +2914,34 @@ func (x *ModelInfo) GetPriceSource() string {
 		return x.PriceSource
 	}
 	return ""
+}
+
+func (x *ModelInfo) GetImageBaseTokens() int64 {
+	if x != nil && x.ImageBaseTokens != nil {
+		return *x.ImageBaseTokens
+	}
+	return 0
+}
+
+func (x *ModelInfo) GetImageTileTokens() int64 {
+	if x != nil && x.ImageTileTokens != nil {
+		return *x.ImageTileTokens
+	}
+	return 0
+}
+
+func (x *ModelInfo) GetImagePatchMultiplier() float64 {
+	if x != nil && x.ImagePatchMultiplier != nil {
+		return *x.ImagePatchMultiplier
+	}
+	return 0
+}
+
+func (x *ModelInfo) GetVerbosity() bool {
+	if x != nil {
+		return x.Verbosity
+	}
+	return false
 }
 
 // ListModelsResponse lists the known models.
@@ -3240,12 +3803,540 @@ func (x *RevokeClientResponse) GetClient() *Client {
 	return nil
 }
 
+// ContentPart is one piece of a message's content.
+type ContentPart struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The piece.
+	//
+	// Types that are valid to be assigned to Part:
+	//
+	//	*ContentPart_Text
+	//	*ContentPart_Image
+	//	*ContentPart_Audio
+	//	*ContentPart_File
+	Part          isContentPart_Part `protobuf_oneof:"part"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ContentPart) Reset() {
+	*x = ContentPart{}
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ContentPart) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ContentPart) ProtoMessage() {}
+
+func (x *ContentPart) ProtoReflect() protoreflect.Message {
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ContentPart.ProtoReflect.Descriptor instead.
+func (*ContentPart) Descriptor() ([]byte, []int) {
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *ContentPart) GetPart() isContentPart_Part {
+	if x != nil {
+		return x.Part
+	}
+	return nil
+}
+
+func (x *ContentPart) GetText() string {
+	if x != nil {
+		if x, ok := x.Part.(*ContentPart_Text); ok {
+			return x.Text
+		}
+	}
+	return ""
+}
+
+func (x *ContentPart) GetImage() *ImagePart {
+	if x != nil {
+		if x, ok := x.Part.(*ContentPart_Image); ok {
+			return x.Image
+		}
+	}
+	return nil
+}
+
+func (x *ContentPart) GetAudio() *AudioPart {
+	if x != nil {
+		if x, ok := x.Part.(*ContentPart_Audio); ok {
+			return x.Audio
+		}
+	}
+	return nil
+}
+
+func (x *ContentPart) GetFile() *FilePart {
+	if x != nil {
+		if x, ok := x.Part.(*ContentPart_File); ok {
+			return x.File
+		}
+	}
+	return nil
+}
+
+type isContentPart_Part interface {
+	isContentPart_Part()
+}
+
+type ContentPart_Text struct {
+	// Text.
+	Text string `protobuf:"bytes,1,opt,name=text,proto3,oneof"`
+}
+
+type ContentPart_Image struct {
+	// An image (ROLE_USER only).
+	Image *ImagePart `protobuf:"bytes,2,opt,name=image,proto3,oneof"`
+}
+
+type ContentPart_Audio struct {
+	// An audio clip (ROLE_USER only).
+	Audio *AudioPart `protobuf:"bytes,3,opt,name=audio,proto3,oneof"`
+}
+
+type ContentPart_File struct {
+	// A file such as a PDF (ROLE_USER only).
+	File *FilePart `protobuf:"bytes,4,opt,name=file,proto3,oneof"`
+}
+
+func (*ContentPart_Text) isContentPart_Part() {}
+
+func (*ContentPart_Image) isContentPart_Part() {}
+
+func (*ContentPart_Audio) isContentPart_Part() {}
+
+func (*ContentPart_File) isContentPart_Part() {}
+
+// ImagePart is an image given by URL or inline; set exactly one of url and data.
+type ImagePart struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// An https URL, passed through (the gateway never fetches it), or a data
+	// URL "data:image/<png|jpeg|gif|webp>;base64,...".
+	Url string `protobuf:"bytes,1,opt,name=url,proto3" json:"url,omitempty"`
+	// The image bytes (at most 10 MiB; 12 MiB of media per request in all).
+	Data []byte `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
+	// MIME type of data: image/png, image/jpeg, image/gif or image/webp; the
+	// bytes must be an image of that type. Required with data.
+	MimeType string `protobuf:"bytes,3,opt,name=mime_type,json=mimeType,proto3" json:"mime_type,omitempty"`
+	// The resolution to look at it with.
+	Detail        ImageDetail `protobuf:"varint,4,opt,name=detail,proto3,enum=gptgrpc.v1.ImageDetail" json:"detail,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ImagePart) Reset() {
+	*x = ImagePart{}
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ImagePart) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ImagePart) ProtoMessage() {}
+
+func (x *ImagePart) ProtoReflect() protoreflect.Message {
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ImagePart.ProtoReflect.Descriptor instead.
+func (*ImagePart) Descriptor() ([]byte, []int) {
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *ImagePart) GetUrl() string {
+	if x != nil {
+		return x.Url
+	}
+	return ""
+}
+
+func (x *ImagePart) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *ImagePart) GetMimeType() string {
+	if x != nil {
+		return x.MimeType
+	}
+	return ""
+}
+
+func (x *ImagePart) GetDetail() ImageDetail {
+	if x != nil {
+		return x.Detail
+	}
+	return ImageDetail_IMAGE_DETAIL_UNSPECIFIED
+}
+
+// AudioPart is an audio clip for a model that takes audio input.
+type AudioPart struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The audio bytes (at most 10 MiB).
+	Data []byte `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
+	// Their format. Required.
+	Format        AudioFormat `protobuf:"varint,2,opt,name=format,proto3,enum=gptgrpc.v1.AudioFormat" json:"format,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AudioPart) Reset() {
+	*x = AudioPart{}
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AudioPart) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AudioPart) ProtoMessage() {}
+
+func (x *AudioPart) ProtoReflect() protoreflect.Message {
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AudioPart.ProtoReflect.Descriptor instead.
+func (*AudioPart) Descriptor() ([]byte, []int) {
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *AudioPart) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *AudioPart) GetFormat() AudioFormat {
+	if x != nil {
+		return x.Format
+	}
+	return AudioFormat_AUDIO_FORMAT_UNSPECIFIED
+}
+
+// FilePart is a file, such as a PDF, for a model that reads files.
+type FilePart struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The file bytes (at most 10 MiB).
+	Data []byte `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
+	// The file's name, e.g. "report.pdf": 1 to 255 characters, no slash or backslash.
+	Filename string `protobuf:"bytes,2,opt,name=filename,proto3" json:"filename,omitempty"`
+	// MIME type, e.g. "application/pdf". Empty: guessed from the filename's
+	// extension (INVALID_ARGUMENT when it cannot be).
+	MimeType      string `protobuf:"bytes,3,opt,name=mime_type,json=mimeType,proto3" json:"mime_type,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FilePart) Reset() {
+	*x = FilePart{}
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FilePart) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FilePart) ProtoMessage() {}
+
+func (x *FilePart) ProtoReflect() protoreflect.Message {
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FilePart.ProtoReflect.Descriptor instead.
+func (*FilePart) Descriptor() ([]byte, []int) {
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *FilePart) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *FilePart) GetFilename() string {
+	if x != nil {
+		return x.Filename
+	}
+	return ""
+}
+
+func (x *FilePart) GetMimeType() string {
+	if x != nil {
+		return x.MimeType
+	}
+	return ""
+}
+
+// TopLogprob is one likely alternative at a token position.
+type TopLogprob struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The token's text.
+	Token string `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	// Its log probability.
+	Logprob float64 `protobuf:"fixed64,2,opt,name=logprob,proto3" json:"logprob,omitempty"`
+	// Its UTF-8 bytes (a token may hold part of a character); empty when the
+	// upstream sent none.
+	Bytes         []byte `protobuf:"bytes,3,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TopLogprob) Reset() {
+	*x = TopLogprob{}
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TopLogprob) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TopLogprob) ProtoMessage() {}
+
+func (x *TopLogprob) ProtoReflect() protoreflect.Message {
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TopLogprob.ProtoReflect.Descriptor instead.
+func (*TopLogprob) Descriptor() ([]byte, []int) {
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{40}
+}
+
+func (x *TopLogprob) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+func (x *TopLogprob) GetLogprob() float64 {
+	if x != nil {
+		return x.Logprob
+	}
+	return 0
+}
+
+func (x *TopLogprob) GetBytes() []byte {
+	if x != nil {
+		return x.Bytes
+	}
+	return nil
+}
+
+// TokenLogprob is the log probability of one generated token.
+type TokenLogprob struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The token's text.
+	Token string `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	// Its log probability.
+	Logprob float64 `protobuf:"fixed64,2,opt,name=logprob,proto3" json:"logprob,omitempty"`
+	// Its UTF-8 bytes (a token may hold part of a character); empty when the
+	// upstream sent none.
+	Bytes []byte `protobuf:"bytes,3,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	// The most likely tokens at this position (request.top_logprobs of them).
+	TopLogprobs   []*TopLogprob `protobuf:"bytes,4,rep,name=top_logprobs,json=topLogprobs,proto3" json:"top_logprobs,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TokenLogprob) Reset() {
+	*x = TokenLogprob{}
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TokenLogprob) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TokenLogprob) ProtoMessage() {}
+
+func (x *TokenLogprob) ProtoReflect() protoreflect.Message {
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TokenLogprob.ProtoReflect.Descriptor instead.
+func (*TokenLogprob) Descriptor() ([]byte, []int) {
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *TokenLogprob) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+func (x *TokenLogprob) GetLogprob() float64 {
+	if x != nil {
+		return x.Logprob
+	}
+	return 0
+}
+
+func (x *TokenLogprob) GetBytes() []byte {
+	if x != nil {
+		return x.Bytes
+	}
+	return nil
+}
+
+func (x *TokenLogprob) GetTopLogprobs() []*TopLogprob {
+	if x != nil {
+		return x.TopLogprobs
+	}
+	return nil
+}
+
+// UrlCitation is a web source the answer cites.
+type UrlCitation struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The source's URL.
+	Url string `protobuf:"bytes,1,opt,name=url,proto3" json:"url,omitempty"`
+	// The source's title.
+	Title string `protobuf:"bytes,2,opt,name=title,proto3" json:"title,omitempty"`
+	// Index of the first character of the citation in the answer text.
+	StartIndex int32 `protobuf:"varint,3,opt,name=start_index,json=startIndex,proto3" json:"start_index,omitempty"`
+	// Index just past its last character.
+	EndIndex      int32 `protobuf:"varint,4,opt,name=end_index,json=endIndex,proto3" json:"end_index,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UrlCitation) Reset() {
+	*x = UrlCitation{}
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UrlCitation) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UrlCitation) ProtoMessage() {}
+
+func (x *UrlCitation) ProtoReflect() protoreflect.Message {
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UrlCitation.ProtoReflect.Descriptor instead.
+func (*UrlCitation) Descriptor() ([]byte, []int) {
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *UrlCitation) GetUrl() string {
+	if x != nil {
+		return x.Url
+	}
+	return ""
+}
+
+func (x *UrlCitation) GetTitle() string {
+	if x != nil {
+		return x.Title
+	}
+	return ""
+}
+
+func (x *UrlCitation) GetStartIndex() int32 {
+	if x != nil {
+		return x.StartIndex
+	}
+	return 0
+}
+
+func (x *UrlCitation) GetEndIndex() int32 {
+	if x != nil {
+		return x.EndIndex
+	}
+	return 0
+}
+
 var File_gptgrpc_v1_gateway_proto protoreflect.FileDescriptor
 
 const file_gptgrpc_v1_gateway_proto_rawDesc = "" +
 	"\n" +
 	"\x18gptgrpc/v1/gateway.proto\x12\n" +
-	"gptgrpc.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdc\x01\n" +
+	"gptgrpc.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8b\x02\n" +
 	"\vChatMessage\x12$\n" +
 	"\x04role\x18\x01 \x01(\x0e2\x10.gptgrpc.v1.RoleR\x04role\x12\x18\n" +
 	"\acontent\x18\x02 \x01(\tR\acontent\x12\x17\n" +
@@ -3253,7 +4344,8 @@ const file_gptgrpc_v1_gateway_proto_rawDesc = "" +
 	"\ftool_call_id\x18\x04 \x01(\tH\x01R\n" +
 	"toolCallId\x88\x01\x01\x123\n" +
 	"\n" +
-	"tool_calls\x18\x05 \x03(\v2\x14.gptgrpc.v1.ToolCallR\ttoolCallsB\a\n" +
+	"tool_calls\x18\x05 \x03(\v2\x14.gptgrpc.v1.ToolCallR\ttoolCalls\x12-\n" +
+	"\x05parts\x18\x06 \x03(\v2\x17.gptgrpc.v1.ContentPartR\x05partsB\a\n" +
 	"\x05_nameB\x0f\n" +
 	"\r_tool_call_id\"\x8d\x01\n" +
 	"\x04Tool\x12\x12\n" +
@@ -3278,7 +4370,7 @@ const file_gptgrpc_v1_gateway_proto_rawDesc = "" +
 	"\vschema_json\x18\x03 \x01(\tR\n" +
 	"schemaJson\x12\x1b\n" +
 	"\x06strict\x18\x04 \x01(\bH\x00R\x06strict\x88\x01\x01B\t\n" +
-	"\a_strict\"\xb7\x05\n" +
+	"\a_strict\"\xe2\t\n" +
 	"\x15ChatCompletionRequest\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x12%\n" +
 	"\x0esystem_message\x18\x02 \x01(\tR\rsystemMessage\x12!\n" +
@@ -3297,20 +4389,36 @@ const file_gptgrpc_v1_gateway_proto_rawDesc = "" +
 	"\x05tools\x18\r \x03(\v2\x10.gptgrpc.v1.ToolR\x05tools\x127\n" +
 	"\vtool_choice\x18\x0e \x01(\v2\x16.gptgrpc.v1.ToolChoiceR\n" +
 	"toolChoice\x12\x12\n" +
-	"\x04user\x18\x0f \x01(\tR\x04userB\x0e\n" +
+	"\x04user\x18\x0f \x01(\tR\x04user\x12F\n" +
+	"\x10reasoning_effort\x18\x10 \x01(\x0e2\x1b.gptgrpc.v1.ReasoningEffortR\x0freasoningEffort\x123\n" +
+	"\x13parallel_tool_calls\x18\x11 \x01(\bH\x06R\x11parallelToolCalls\x88\x01\x01\x12\x1f\n" +
+	"\blogprobs\x18\x12 \x01(\bH\aR\blogprobs\x88\x01\x01\x12&\n" +
+	"\ftop_logprobs\x18\x13 \x01(\x05H\bR\vtopLogprobs\x88\x01\x01\x12!\n" +
+	"\fservice_tier\x18\x14 \x01(\tR\vserviceTier\x12K\n" +
+	"\bmetadata\x18\x15 \x03(\v2/.gptgrpc.v1.ChatCompletionRequest.MetadataEntryR\bmetadata\x12\x19\n" +
+	"\x05store\x18\x16 \x01(\bH\tR\x05store\x88\x01\x01\x123\n" +
+	"\tverbosity\x18\x17 \x01(\x0e2\x15.gptgrpc.v1.VerbosityR\tverbosity\x12&\n" +
+	"\x0fextra_body_json\x18\x18 \x01(\tR\rextraBodyJson\x1a;\n" +
+	"\rMetadataEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\x0e\n" +
 	"\f_temperatureB\r\n" +
 	"\v_max_tokensB\b\n" +
 	"\x06_top_pB\a\n" +
 	"\x05_seedB\x13\n" +
 	"\x11_presence_penaltyB\x14\n" +
-	"\x12_frequency_penalty\"\xf7\x01\n" +
+	"\x12_frequency_penaltyB\x16\n" +
+	"\x14_parallel_tool_callsB\v\n" +
+	"\t_logprobsB\x0f\n" +
+	"\r_top_logprobsB\b\n" +
+	"\x06_store\"\xf7\x01\n" +
 	"\x05Usage\x12#\n" +
 	"\rprompt_tokens\x18\x01 \x01(\x03R\fpromptTokens\x12+\n" +
 	"\x11completion_tokens\x18\x02 \x01(\x03R\x10completionTokens\x12!\n" +
 	"\ftotal_tokens\x18\x03 \x01(\x03R\vtotalTokens\x120\n" +
 	"\x14cached_prompt_tokens\x18\x04 \x01(\x03R\x12cachedPromptTokens\x12)\n" +
 	"\x10reasoning_tokens\x18\x05 \x01(\x03R\x0freasoningTokens\x12\x1c\n" +
-	"\testimated\x18\x06 \x01(\bR\testimated\"\xd8\x02\n" +
+	"\testimated\x18\x06 \x01(\bR\testimated\"\x9b\x04\n" +
 	"\x16ChatCompletionResponse\x12\x18\n" +
 	"\acontent\x18\x01 \x01(\tR\acontent\x123\n" +
 	"\n" +
@@ -3321,8 +4429,12 @@ const file_gptgrpc_v1_gateway_proto_rawDesc = "" +
 	"\x05usage\x18\x06 \x01(\v2\x11.gptgrpc.v1.UsageR\x05usage\x12\x1e\n" +
 	"\bcost_usd\x18\a \x01(\x01H\x00R\acostUsd\x88\x01\x01\x12\x1a\n" +
 	"\battempts\x18\b \x01(\x05R\battempts\x12\x18\n" +
-	"\arefusal\x18\t \x01(\tR\arefusalB\v\n" +
-	"\t_cost_usd\"\xbd\x05\n" +
+	"\arefusal\x18\t \x01(\tR\arefusal\x124\n" +
+	"\blogprobs\x18\f \x03(\v2\x18.gptgrpc.v1.TokenLogprobR\blogprobs\x12!\n" +
+	"\fservice_tier\x18\r \x01(\tR\vserviceTier\x12-\n" +
+	"\x12system_fingerprint\x18\x0e \x01(\tR\x11systemFingerprint\x129\n" +
+	"\vannotations\x18\x0f \x03(\v2\x17.gptgrpc.v1.UrlCitationR\vannotationsB\v\n" +
+	"\t_cost_usd\"\xee\t\n" +
 	"\x1bStreamChatCompletionRequest\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x12%\n" +
 	"\x0esystem_message\x18\x02 \x01(\tR\rsystemMessage\x12!\n" +
@@ -3341,16 +4453,33 @@ const file_gptgrpc_v1_gateway_proto_rawDesc = "" +
 	"\x05tools\x18\r \x03(\v2\x10.gptgrpc.v1.ToolR\x05tools\x127\n" +
 	"\vtool_choice\x18\x0e \x01(\v2\x16.gptgrpc.v1.ToolChoiceR\n" +
 	"toolChoice\x12\x12\n" +
-	"\x04user\x18\x0f \x01(\tR\x04userB\x0e\n" +
+	"\x04user\x18\x0f \x01(\tR\x04user\x12F\n" +
+	"\x10reasoning_effort\x18\x10 \x01(\x0e2\x1b.gptgrpc.v1.ReasoningEffortR\x0freasoningEffort\x123\n" +
+	"\x13parallel_tool_calls\x18\x11 \x01(\bH\x06R\x11parallelToolCalls\x88\x01\x01\x12\x1f\n" +
+	"\blogprobs\x18\x12 \x01(\bH\aR\blogprobs\x88\x01\x01\x12&\n" +
+	"\ftop_logprobs\x18\x13 \x01(\x05H\bR\vtopLogprobs\x88\x01\x01\x12!\n" +
+	"\fservice_tier\x18\x14 \x01(\tR\vserviceTier\x12Q\n" +
+	"\bmetadata\x18\x15 \x03(\v25.gptgrpc.v1.StreamChatCompletionRequest.MetadataEntryR\bmetadata\x12\x19\n" +
+	"\x05store\x18\x16 \x01(\bH\tR\x05store\x88\x01\x01\x123\n" +
+	"\tverbosity\x18\x17 \x01(\x0e2\x15.gptgrpc.v1.VerbosityR\tverbosity\x12&\n" +
+	"\x0fextra_body_json\x18\x18 \x01(\tR\rextraBodyJson\x1a;\n" +
+	"\rMetadataEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\x0e\n" +
 	"\f_temperatureB\r\n" +
 	"\v_max_tokensB\b\n" +
 	"\x06_top_pB\a\n" +
 	"\x05_seedB\x13\n" +
 	"\x11_presence_penaltyB\x14\n" +
-	"\x12_frequency_penalty\"I\n" +
+	"\x12_frequency_penaltyB\x16\n" +
+	"\x14_parallel_tool_callsB\v\n" +
+	"\t_logprobsB\x0f\n" +
+	"\r_top_logprobsB\b\n" +
+	"\x06_store\"\x7f\n" +
 	"\x13ChatCompletionDelta\x12\x18\n" +
 	"\acontent\x18\x01 \x01(\tR\acontent\x12\x18\n" +
-	"\arefusal\x18\x02 \x01(\tR\arefusal\"\xa3\x02\n" +
+	"\arefusal\x18\x02 \x01(\tR\arefusal\x124\n" +
+	"\blogprobs\x18\x03 \x03(\v2\x18.gptgrpc.v1.TokenLogprobR\blogprobs\"\xb0\x03\n" +
 	"\x15ChatCompletionSummary\x123\n" +
 	"\n" +
 	"tool_calls\x18\x01 \x03(\v2\x14.gptgrpc.v1.ToolCallR\ttoolCalls\x12=\n" +
@@ -3359,7 +4488,11 @@ const file_gptgrpc_v1_gateway_proto_rawDesc = "" +
 	"\x02id\x18\x04 \x01(\tR\x02id\x12'\n" +
 	"\x05usage\x18\x05 \x01(\v2\x11.gptgrpc.v1.UsageR\x05usage\x12\x1e\n" +
 	"\bcost_usd\x18\x06 \x01(\x01H\x00R\acostUsd\x88\x01\x01\x12\x1a\n" +
-	"\battempts\x18\a \x01(\x05R\battemptsB\v\n" +
+	"\battempts\x18\a \x01(\x05R\battempts\x12!\n" +
+	"\fservice_tier\x18\t \x01(\tR\vserviceTier\x12-\n" +
+	"\x12system_fingerprint\x18\n" +
+	" \x01(\tR\x11systemFingerprint\x129\n" +
+	"\vannotations\x18\v \x03(\v2\x17.gptgrpc.v1.UrlCitationR\vannotationsB\v\n" +
 	"\t_cost_usd\"\x9f\x01\n" +
 	"\x1cStreamChatCompletionResponse\x127\n" +
 	"\x05delta\x18\x01 \x01(\v2\x1f.gptgrpc.v1.ChatCompletionDeltaH\x00R\x05delta\x12=\n" +
@@ -3368,12 +4501,13 @@ const file_gptgrpc_v1_gateway_proto_rawDesc = "" +
 	"\x12CountTokensRequest\x12\x12\n" +
 	"\x04text\x18\x01 \x01(\tR\x04text\x123\n" +
 	"\bmessages\x18\x02 \x03(\v2\x17.gptgrpc.v1.ChatMessageR\bmessages\x12\x14\n" +
-	"\x05model\x18\x03 \x01(\tR\x05model\"\x7f\n" +
+	"\x05model\x18\x03 \x01(\tR\x05model\"\x9d\x01\n" +
 	"\x13CountTokensResponse\x12\x1f\n" +
 	"\vtoken_count\x18\x01 \x01(\x03R\n" +
 	"tokenCount\x12\x1a\n" +
 	"\bencoding\x18\x02 \x01(\tR\bencoding\x12+\n" +
-	"\x11encoding_fallback\x18\x03 \x01(\bR\x10encodingFallback\"\xc6\x01\n" +
+	"\x11encoding_fallback\x18\x03 \x01(\bR\x10encodingFallback\x12\x1c\n" +
+	"\testimated\x18\x04 \x01(\bR\testimated\"\xc6\x01\n" +
 	"\vRetryPolicy\x12&\n" +
 	"\fmax_attempts\x18\x01 \x01(\x05H\x00R\vmaxAttempts\x88\x01\x01\x12B\n" +
 	"\x0finitial_backoff\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x0einitialBackoff\x12:\n" +
@@ -3412,7 +4546,7 @@ const file_gptgrpc_v1_gateway_proto_rawDesc = "" +
 	"\x17GetConfigurationRequest\"[\n" +
 	"\x18GetConfigurationResponse\x12?\n" +
 	"\rconfiguration\x18\x01 \x01(\v2\x19.gptgrpc.v1.ConfigurationR\rconfiguration\"\x13\n" +
-	"\x11ListModelsRequest\"\xd8\x03\n" +
+	"\x11ListModelsRequest\"\xda\x05\n" +
 	"\tModelInfo\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1a\n" +
 	"\bencoding\x18\x02 \x01(\tR\bencoding\x12%\n" +
@@ -3422,10 +4556,18 @@ const file_gptgrpc_v1_gateway_proto_rawDesc = "" +
 	"\x15input_usd_per_million\x18\x06 \x01(\x01H\x00R\x12inputUsdPerMillion\x88\x01\x01\x12C\n" +
 	"\x1ccached_input_usd_per_million\x18\a \x01(\x01H\x01R\x18cachedInputUsdPerMillion\x88\x01\x01\x128\n" +
 	"\x16output_usd_per_million\x18\b \x01(\x01H\x02R\x13outputUsdPerMillion\x88\x01\x01\x12!\n" +
-	"\fprice_source\x18\t \x01(\tR\vpriceSourceB\x18\n" +
+	"\fprice_source\x18\t \x01(\tR\vpriceSource\x12/\n" +
+	"\x11image_base_tokens\x18\n" +
+	" \x01(\x03H\x03R\x0fimageBaseTokens\x88\x01\x01\x12/\n" +
+	"\x11image_tile_tokens\x18\v \x01(\x03H\x04R\x0fimageTileTokens\x88\x01\x01\x129\n" +
+	"\x16image_patch_multiplier\x18\f \x01(\x01H\x05R\x14imagePatchMultiplier\x88\x01\x01\x12\x1c\n" +
+	"\tverbosity\x18\r \x01(\bR\tverbosityB\x18\n" +
 	"\x16_input_usd_per_millionB\x1f\n" +
 	"\x1d_cached_input_usd_per_millionB\x19\n" +
-	"\x17_output_usd_per_million\"C\n" +
+	"\x17_output_usd_per_millionB\x14\n" +
+	"\x12_image_base_tokensB\x14\n" +
+	"\x12_image_tile_tokensB\x19\n" +
+	"\x17_image_patch_multiplier\"C\n" +
 	"\x12ListModelsResponse\x12-\n" +
 	"\x06models\x18\x01 \x03(\v2\x15.gptgrpc.v1.ModelInfoR\x06models\")\n" +
 	"\x0fGetUsageRequest\x12\x16\n" +
@@ -3484,7 +4626,41 @@ const file_gptgrpc_v1_gateway_proto_rawDesc = "" +
 	"\x13RevokeClientRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"B\n" +
 	"\x14RevokeClientResponse\x12*\n" +
-	"\x06client\x18\x01 \x01(\v2\x12.gptgrpc.v1.ClientR\x06client*s\n" +
+	"\x06client\x18\x01 \x01(\v2\x12.gptgrpc.v1.ClientR\x06client\"\xb5\x01\n" +
+	"\vContentPart\x12\x14\n" +
+	"\x04text\x18\x01 \x01(\tH\x00R\x04text\x12-\n" +
+	"\x05image\x18\x02 \x01(\v2\x15.gptgrpc.v1.ImagePartH\x00R\x05image\x12-\n" +
+	"\x05audio\x18\x03 \x01(\v2\x15.gptgrpc.v1.AudioPartH\x00R\x05audio\x12*\n" +
+	"\x04file\x18\x04 \x01(\v2\x14.gptgrpc.v1.FilePartH\x00R\x04fileB\x06\n" +
+	"\x04part\"\x7f\n" +
+	"\tImagePart\x12\x10\n" +
+	"\x03url\x18\x01 \x01(\tR\x03url\x12\x12\n" +
+	"\x04data\x18\x02 \x01(\fR\x04data\x12\x1b\n" +
+	"\tmime_type\x18\x03 \x01(\tR\bmimeType\x12/\n" +
+	"\x06detail\x18\x04 \x01(\x0e2\x17.gptgrpc.v1.ImageDetailR\x06detail\"P\n" +
+	"\tAudioPart\x12\x12\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\x12/\n" +
+	"\x06format\x18\x02 \x01(\x0e2\x17.gptgrpc.v1.AudioFormatR\x06format\"W\n" +
+	"\bFilePart\x12\x12\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\x12\x1a\n" +
+	"\bfilename\x18\x02 \x01(\tR\bfilename\x12\x1b\n" +
+	"\tmime_type\x18\x03 \x01(\tR\bmimeType\"R\n" +
+	"\n" +
+	"TopLogprob\x12\x14\n" +
+	"\x05token\x18\x01 \x01(\tR\x05token\x12\x18\n" +
+	"\alogprob\x18\x02 \x01(\x01R\alogprob\x12\x14\n" +
+	"\x05bytes\x18\x03 \x01(\fR\x05bytes\"\x8f\x01\n" +
+	"\fTokenLogprob\x12\x14\n" +
+	"\x05token\x18\x01 \x01(\tR\x05token\x12\x18\n" +
+	"\alogprob\x18\x02 \x01(\x01R\alogprob\x12\x14\n" +
+	"\x05bytes\x18\x03 \x01(\fR\x05bytes\x129\n" +
+	"\ftop_logprobs\x18\x04 \x03(\v2\x16.gptgrpc.v1.TopLogprobR\vtopLogprobs\"s\n" +
+	"\vUrlCitation\x12\x10\n" +
+	"\x03url\x18\x01 \x01(\tR\x03url\x12\x14\n" +
+	"\x05title\x18\x02 \x01(\tR\x05title\x12\x1f\n" +
+	"\vstart_index\x18\x03 \x01(\x05R\n" +
+	"startIndex\x12\x1b\n" +
+	"\tend_index\x18\x04 \x01(\x05R\bendIndex*s\n" +
 	"\x04Role\x12\x14\n" +
 	"\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n" +
 	"\vROLE_SYSTEM\x10\x01\x12\x12\n" +
@@ -3512,7 +4688,27 @@ const file_gptgrpc_v1_gateway_proto_rawDesc = "" +
 	"\fBudgetPeriod\x12\x1d\n" +
 	"\x19BUDGET_PERIOD_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11BUDGET_PERIOD_DAY\x10\x01\x12\x17\n" +
-	"\x13BUDGET_PERIOD_MONTH\x10\x02*\xca\x06\n" +
+	"\x13BUDGET_PERIOD_MONTH\x10\x02*o\n" +
+	"\vImageDetail\x12\x1c\n" +
+	"\x18IMAGE_DETAIL_UNSPECIFIED\x10\x00\x12\x15\n" +
+	"\x11IMAGE_DETAIL_AUTO\x10\x01\x12\x14\n" +
+	"\x10IMAGE_DETAIL_LOW\x10\x02\x12\x15\n" +
+	"\x11IMAGE_DETAIL_HIGH\x10\x03*W\n" +
+	"\vAudioFormat\x12\x1c\n" +
+	"\x18AUDIO_FORMAT_UNSPECIFIED\x10\x00\x12\x14\n" +
+	"\x10AUDIO_FORMAT_WAV\x10\x01\x12\x14\n" +
+	"\x10AUDIO_FORMAT_MP3\x10\x02*\xa3\x01\n" +
+	"\x0fReasoningEffort\x12 \n" +
+	"\x1cREASONING_EFFORT_UNSPECIFIED\x10\x00\x12\x1c\n" +
+	"\x18REASONING_EFFORT_MINIMAL\x10\x01\x12\x18\n" +
+	"\x14REASONING_EFFORT_LOW\x10\x02\x12\x1b\n" +
+	"\x17REASONING_EFFORT_MEDIUM\x10\x03\x12\x19\n" +
+	"\x15REASONING_EFFORT_HIGH\x10\x04*c\n" +
+	"\tVerbosity\x12\x19\n" +
+	"\x15VERBOSITY_UNSPECIFIED\x10\x00\x12\x11\n" +
+	"\rVERBOSITY_LOW\x10\x01\x12\x14\n" +
+	"\x10VERBOSITY_MEDIUM\x10\x02\x12\x12\n" +
+	"\x0eVERBOSITY_HIGH\x10\x03*\xca\x06\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fINVALID_REQUEST\x10\x01\x12\x13\n" +
@@ -3576,125 +4772,155 @@ func file_gptgrpc_v1_gateway_proto_rawDescGZIP() []byte {
 	return file_gptgrpc_v1_gateway_proto_rawDescData
 }
 
-var file_gptgrpc_v1_gateway_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
-var file_gptgrpc_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
+var file_gptgrpc_v1_gateway_proto_enumTypes = make([]protoimpl.EnumInfo, 10)
+var file_gptgrpc_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 45)
 var file_gptgrpc_v1_gateway_proto_goTypes = []any{
 	(Role)(0),                            // 0: gptgrpc.v1.Role
 	(ToolChoiceMode)(0),                  // 1: gptgrpc.v1.ToolChoiceMode
 	(ResponseFormatType)(0),              // 2: gptgrpc.v1.ResponseFormatType
 	(FinishReason)(0),                    // 3: gptgrpc.v1.FinishReason
 	(BudgetPeriod)(0),                    // 4: gptgrpc.v1.BudgetPeriod
-	(ErrorReason)(0),                     // 5: gptgrpc.v1.ErrorReason
-	(*ChatMessage)(nil),                  // 6: gptgrpc.v1.ChatMessage
-	(*Tool)(nil),                         // 7: gptgrpc.v1.Tool
-	(*ToolCall)(nil),                     // 8: gptgrpc.v1.ToolCall
-	(*ToolChoice)(nil),                   // 9: gptgrpc.v1.ToolChoice
-	(*ResponseFormat)(nil),               // 10: gptgrpc.v1.ResponseFormat
-	(*ChatCompletionRequest)(nil),        // 11: gptgrpc.v1.ChatCompletionRequest
-	(*Usage)(nil),                        // 12: gptgrpc.v1.Usage
-	(*ChatCompletionResponse)(nil),       // 13: gptgrpc.v1.ChatCompletionResponse
-	(*StreamChatCompletionRequest)(nil),  // 14: gptgrpc.v1.StreamChatCompletionRequest
-	(*ChatCompletionDelta)(nil),          // 15: gptgrpc.v1.ChatCompletionDelta
-	(*ChatCompletionSummary)(nil),        // 16: gptgrpc.v1.ChatCompletionSummary
-	(*StreamChatCompletionResponse)(nil), // 17: gptgrpc.v1.StreamChatCompletionResponse
-	(*CountTokensRequest)(nil),           // 18: gptgrpc.v1.CountTokensRequest
-	(*CountTokensResponse)(nil),          // 19: gptgrpc.v1.CountTokensResponse
-	(*RetryPolicy)(nil),                  // 20: gptgrpc.v1.RetryPolicy
-	(*ConfigureRequest)(nil),             // 21: gptgrpc.v1.ConfigureRequest
-	(*Configuration)(nil),                // 22: gptgrpc.v1.Configuration
-	(*ConfigureResponse)(nil),            // 23: gptgrpc.v1.ConfigureResponse
-	(*GetConfigurationRequest)(nil),      // 24: gptgrpc.v1.GetConfigurationRequest
-	(*GetConfigurationResponse)(nil),     // 25: gptgrpc.v1.GetConfigurationResponse
-	(*ListModelsRequest)(nil),            // 26: gptgrpc.v1.ListModelsRequest
-	(*ModelInfo)(nil),                    // 27: gptgrpc.v1.ModelInfo
-	(*ListModelsResponse)(nil),           // 28: gptgrpc.v1.ListModelsResponse
-	(*GetUsageRequest)(nil),              // 29: gptgrpc.v1.GetUsageRequest
-	(*ModelUsage)(nil),                   // 30: gptgrpc.v1.ModelUsage
-	(*GetUsageResponse)(nil),             // 31: gptgrpc.v1.GetUsageResponse
-	(*ClientLimits)(nil),                 // 32: gptgrpc.v1.ClientLimits
-	(*Client)(nil),                       // 33: gptgrpc.v1.Client
-	(*CreateClientRequest)(nil),          // 34: gptgrpc.v1.CreateClientRequest
-	(*CreateClientResponse)(nil),         // 35: gptgrpc.v1.CreateClientResponse
-	(*ListClientsRequest)(nil),           // 36: gptgrpc.v1.ListClientsRequest
-	(*ListClientsResponse)(nil),          // 37: gptgrpc.v1.ListClientsResponse
-	(*UpdateClientRequest)(nil),          // 38: gptgrpc.v1.UpdateClientRequest
-	(*UpdateClientResponse)(nil),         // 39: gptgrpc.v1.UpdateClientResponse
-	(*RevokeClientRequest)(nil),          // 40: gptgrpc.v1.RevokeClientRequest
-	(*RevokeClientResponse)(nil),         // 41: gptgrpc.v1.RevokeClientResponse
-	(*durationpb.Duration)(nil),          // 42: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),        // 43: google.protobuf.Timestamp
+	(ImageDetail)(0),                     // 5: gptgrpc.v1.ImageDetail
+	(AudioFormat)(0),                     // 6: gptgrpc.v1.AudioFormat
+	(ReasoningEffort)(0),                 // 7: gptgrpc.v1.ReasoningEffort
+	(Verbosity)(0),                       // 8: gptgrpc.v1.Verbosity
+	(ErrorReason)(0),                     // 9: gptgrpc.v1.ErrorReason
+	(*ChatMessage)(nil),                  // 10: gptgrpc.v1.ChatMessage
+	(*Tool)(nil),                         // 11: gptgrpc.v1.Tool
+	(*ToolCall)(nil),                     // 12: gptgrpc.v1.ToolCall
+	(*ToolChoice)(nil),                   // 13: gptgrpc.v1.ToolChoice
+	(*ResponseFormat)(nil),               // 14: gptgrpc.v1.ResponseFormat
+	(*ChatCompletionRequest)(nil),        // 15: gptgrpc.v1.ChatCompletionRequest
+	(*Usage)(nil),                        // 16: gptgrpc.v1.Usage
+	(*ChatCompletionResponse)(nil),       // 17: gptgrpc.v1.ChatCompletionResponse
+	(*StreamChatCompletionRequest)(nil),  // 18: gptgrpc.v1.StreamChatCompletionRequest
+	(*ChatCompletionDelta)(nil),          // 19: gptgrpc.v1.ChatCompletionDelta
+	(*ChatCompletionSummary)(nil),        // 20: gptgrpc.v1.ChatCompletionSummary
+	(*StreamChatCompletionResponse)(nil), // 21: gptgrpc.v1.StreamChatCompletionResponse
+	(*CountTokensRequest)(nil),           // 22: gptgrpc.v1.CountTokensRequest
+	(*CountTokensResponse)(nil),          // 23: gptgrpc.v1.CountTokensResponse
+	(*RetryPolicy)(nil),                  // 24: gptgrpc.v1.RetryPolicy
+	(*ConfigureRequest)(nil),             // 25: gptgrpc.v1.ConfigureRequest
+	(*Configuration)(nil),                // 26: gptgrpc.v1.Configuration
+	(*ConfigureResponse)(nil),            // 27: gptgrpc.v1.ConfigureResponse
+	(*GetConfigurationRequest)(nil),      // 28: gptgrpc.v1.GetConfigurationRequest
+	(*GetConfigurationResponse)(nil),     // 29: gptgrpc.v1.GetConfigurationResponse
+	(*ListModelsRequest)(nil),            // 30: gptgrpc.v1.ListModelsRequest
+	(*ModelInfo)(nil),                    // 31: gptgrpc.v1.ModelInfo
+	(*ListModelsResponse)(nil),           // 32: gptgrpc.v1.ListModelsResponse
+	(*GetUsageRequest)(nil),              // 33: gptgrpc.v1.GetUsageRequest
+	(*ModelUsage)(nil),                   // 34: gptgrpc.v1.ModelUsage
+	(*GetUsageResponse)(nil),             // 35: gptgrpc.v1.GetUsageResponse
+	(*ClientLimits)(nil),                 // 36: gptgrpc.v1.ClientLimits
+	(*Client)(nil),                       // 37: gptgrpc.v1.Client
+	(*CreateClientRequest)(nil),          // 38: gptgrpc.v1.CreateClientRequest
+	(*CreateClientResponse)(nil),         // 39: gptgrpc.v1.CreateClientResponse
+	(*ListClientsRequest)(nil),           // 40: gptgrpc.v1.ListClientsRequest
+	(*ListClientsResponse)(nil),          // 41: gptgrpc.v1.ListClientsResponse
+	(*UpdateClientRequest)(nil),          // 42: gptgrpc.v1.UpdateClientRequest
+	(*UpdateClientResponse)(nil),         // 43: gptgrpc.v1.UpdateClientResponse
+	(*RevokeClientRequest)(nil),          // 44: gptgrpc.v1.RevokeClientRequest
+	(*RevokeClientResponse)(nil),         // 45: gptgrpc.v1.RevokeClientResponse
+	(*ContentPart)(nil),                  // 46: gptgrpc.v1.ContentPart
+	(*ImagePart)(nil),                    // 47: gptgrpc.v1.ImagePart
+	(*AudioPart)(nil),                    // 48: gptgrpc.v1.AudioPart
+	(*FilePart)(nil),                     // 49: gptgrpc.v1.FilePart
+	(*TopLogprob)(nil),                   // 50: gptgrpc.v1.TopLogprob
+	(*TokenLogprob)(nil),                 // 51: gptgrpc.v1.TokenLogprob
+	(*UrlCitation)(nil),                  // 52: gptgrpc.v1.UrlCitation
+	nil,                                  // 53: gptgrpc.v1.ChatCompletionRequest.MetadataEntry
+	nil,                                  // 54: gptgrpc.v1.StreamChatCompletionRequest.MetadataEntry
+	(*durationpb.Duration)(nil),          // 55: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),        // 56: google.protobuf.Timestamp
 }
 var file_gptgrpc_v1_gateway_proto_depIdxs = []int32{
 	0,  // 0: gptgrpc.v1.ChatMessage.role:type_name -> gptgrpc.v1.Role
-	8,  // 1: gptgrpc.v1.ChatMessage.tool_calls:type_name -> gptgrpc.v1.ToolCall
-	1,  // 2: gptgrpc.v1.ToolChoice.mode:type_name -> gptgrpc.v1.ToolChoiceMode
-	2,  // 3: gptgrpc.v1.ResponseFormat.type:type_name -> gptgrpc.v1.ResponseFormatType
-	6,  // 4: gptgrpc.v1.ChatCompletionRequest.messages:type_name -> gptgrpc.v1.ChatMessage
-	10, // 5: gptgrpc.v1.ChatCompletionRequest.response_format:type_name -> gptgrpc.v1.ResponseFormat
-	7,  // 6: gptgrpc.v1.ChatCompletionRequest.tools:type_name -> gptgrpc.v1.Tool
-	9,  // 7: gptgrpc.v1.ChatCompletionRequest.tool_choice:type_name -> gptgrpc.v1.ToolChoice
-	8,  // 8: gptgrpc.v1.ChatCompletionResponse.tool_calls:type_name -> gptgrpc.v1.ToolCall
-	3,  // 9: gptgrpc.v1.ChatCompletionResponse.finish_reason:type_name -> gptgrpc.v1.FinishReason
-	12, // 10: gptgrpc.v1.ChatCompletionResponse.usage:type_name -> gptgrpc.v1.Usage
-	6,  // 11: gptgrpc.v1.StreamChatCompletionRequest.messages:type_name -> gptgrpc.v1.ChatMessage
-	10, // 12: gptgrpc.v1.StreamChatCompletionRequest.response_format:type_name -> gptgrpc.v1.ResponseFormat
-	7,  // 13: gptgrpc.v1.StreamChatCompletionRequest.tools:type_name -> gptgrpc.v1.Tool
-	9,  // 14: gptgrpc.v1.StreamChatCompletionRequest.tool_choice:type_name -> gptgrpc.v1.ToolChoice
-	8,  // 15: gptgrpc.v1.ChatCompletionSummary.tool_calls:type_name -> gptgrpc.v1.ToolCall
-	3,  // 16: gptgrpc.v1.ChatCompletionSummary.finish_reason:type_name -> gptgrpc.v1.FinishReason
-	12, // 17: gptgrpc.v1.ChatCompletionSummary.usage:type_name -> gptgrpc.v1.Usage
-	15, // 18: gptgrpc.v1.StreamChatCompletionResponse.delta:type_name -> gptgrpc.v1.ChatCompletionDelta
-	16, // 19: gptgrpc.v1.StreamChatCompletionResponse.summary:type_name -> gptgrpc.v1.ChatCompletionSummary
-	6,  // 20: gptgrpc.v1.CountTokensRequest.messages:type_name -> gptgrpc.v1.ChatMessage
-	42, // 21: gptgrpc.v1.RetryPolicy.initial_backoff:type_name -> google.protobuf.Duration
-	42, // 22: gptgrpc.v1.RetryPolicy.max_backoff:type_name -> google.protobuf.Duration
-	42, // 23: gptgrpc.v1.ConfigureRequest.request_timeout:type_name -> google.protobuf.Duration
-	20, // 24: gptgrpc.v1.ConfigureRequest.retry_policy:type_name -> gptgrpc.v1.RetryPolicy
-	42, // 25: gptgrpc.v1.Configuration.request_timeout:type_name -> google.protobuf.Duration
-	20, // 26: gptgrpc.v1.Configuration.retry_policy:type_name -> gptgrpc.v1.RetryPolicy
-	22, // 27: gptgrpc.v1.ConfigureResponse.configuration:type_name -> gptgrpc.v1.Configuration
-	22, // 28: gptgrpc.v1.GetConfigurationResponse.configuration:type_name -> gptgrpc.v1.Configuration
-	27, // 29: gptgrpc.v1.ListModelsResponse.models:type_name -> gptgrpc.v1.ModelInfo
-	30, // 30: gptgrpc.v1.GetUsageResponse.models:type_name -> gptgrpc.v1.ModelUsage
-	30, // 31: gptgrpc.v1.GetUsageResponse.total:type_name -> gptgrpc.v1.ModelUsage
-	43, // 32: gptgrpc.v1.GetUsageResponse.since:type_name -> google.protobuf.Timestamp
-	4,  // 33: gptgrpc.v1.ClientLimits.budget_period:type_name -> gptgrpc.v1.BudgetPeriod
-	32, // 34: gptgrpc.v1.Client.limits:type_name -> gptgrpc.v1.ClientLimits
-	43, // 35: gptgrpc.v1.Client.create_time:type_name -> google.protobuf.Timestamp
-	43, // 36: gptgrpc.v1.Client.revoke_time:type_name -> google.protobuf.Timestamp
-	32, // 37: gptgrpc.v1.CreateClientRequest.limits:type_name -> gptgrpc.v1.ClientLimits
-	33, // 38: gptgrpc.v1.CreateClientResponse.client:type_name -> gptgrpc.v1.Client
-	33, // 39: gptgrpc.v1.ListClientsResponse.clients:type_name -> gptgrpc.v1.Client
-	32, // 40: gptgrpc.v1.UpdateClientRequest.limits:type_name -> gptgrpc.v1.ClientLimits
-	33, // 41: gptgrpc.v1.UpdateClientResponse.client:type_name -> gptgrpc.v1.Client
-	33, // 42: gptgrpc.v1.RevokeClientResponse.client:type_name -> gptgrpc.v1.Client
-	11, // 43: gptgrpc.v1.GPTService.ChatCompletion:input_type -> gptgrpc.v1.ChatCompletionRequest
-	14, // 44: gptgrpc.v1.GPTService.StreamChatCompletion:input_type -> gptgrpc.v1.StreamChatCompletionRequest
-	18, // 45: gptgrpc.v1.GPTService.CountTokens:input_type -> gptgrpc.v1.CountTokensRequest
-	21, // 46: gptgrpc.v1.GPTService.Configure:input_type -> gptgrpc.v1.ConfigureRequest
-	24, // 47: gptgrpc.v1.GPTService.GetConfiguration:input_type -> gptgrpc.v1.GetConfigurationRequest
-	26, // 48: gptgrpc.v1.GPTService.ListModels:input_type -> gptgrpc.v1.ListModelsRequest
-	29, // 49: gptgrpc.v1.GPTService.GetUsage:input_type -> gptgrpc.v1.GetUsageRequest
-	34, // 50: gptgrpc.v1.GPTService.CreateClient:input_type -> gptgrpc.v1.CreateClientRequest
-	36, // 51: gptgrpc.v1.GPTService.ListClients:input_type -> gptgrpc.v1.ListClientsRequest
-	38, // 52: gptgrpc.v1.GPTService.UpdateClient:input_type -> gptgrpc.v1.UpdateClientRequest
-	40, // 53: gptgrpc.v1.GPTService.RevokeClient:input_type -> gptgrpc.v1.RevokeClientRequest
-	13, // 54: gptgrpc.v1.GPTService.ChatCompletion:output_type -> gptgrpc.v1.ChatCompletionResponse
-	17, // 55: gptgrpc.v1.GPTService.StreamChatCompletion:output_type -> gptgrpc.v1.StreamChatCompletionResponse
-	19, // 56: gptgrpc.v1.GPTService.CountTokens:output_type -> gptgrpc.v1.CountTokensResponse
-	23, // 57: gptgrpc.v1.GPTService.Configure:output_type -> gptgrpc.v1.ConfigureResponse
-	25, // 58: gptgrpc.v1.GPTService.GetConfiguration:output_type -> gptgrpc.v1.GetConfigurationResponse
-	28, // 59: gptgrpc.v1.GPTService.ListModels:output_type -> gptgrpc.v1.ListModelsResponse
-	31, // 60: gptgrpc.v1.GPTService.GetUsage:output_type -> gptgrpc.v1.GetUsageResponse
-	35, // 61: gptgrpc.v1.GPTService.CreateClient:output_type -> gptgrpc.v1.CreateClientResponse
-	37, // 62: gptgrpc.v1.GPTService.ListClients:output_type -> gptgrpc.v1.ListClientsResponse
-	39, // 63: gptgrpc.v1.GPTService.UpdateClient:output_type -> gptgrpc.v1.UpdateClientResponse
-	41, // 64: gptgrpc.v1.GPTService.RevokeClient:output_type -> gptgrpc.v1.RevokeClientResponse
-	54, // [54:65] is the sub-list for method output_type
-	43, // [43:54] is the sub-list for method input_type
-	43, // [43:43] is the sub-list for extension type_name
-	43, // [43:43] is the sub-list for extension extendee
-	0,  // [0:43] is the sub-list for field type_name
+	12, // 1: gptgrpc.v1.ChatMessage.tool_calls:type_name -> gptgrpc.v1.ToolCall
+	46, // 2: gptgrpc.v1.ChatMessage.parts:type_name -> gptgrpc.v1.ContentPart
+	1,  // 3: gptgrpc.v1.ToolChoice.mode:type_name -> gptgrpc.v1.ToolChoiceMode
+	2,  // 4: gptgrpc.v1.ResponseFormat.type:type_name -> gptgrpc.v1.ResponseFormatType
+	10, // 5: gptgrpc.v1.ChatCompletionRequest.messages:type_name -> gptgrpc.v1.ChatMessage
+	14, // 6: gptgrpc.v1.ChatCompletionRequest.response_format:type_name -> gptgrpc.v1.ResponseFormat
+	11, // 7: gptgrpc.v1.ChatCompletionRequest.tools:type_name -> gptgrpc.v1.Tool
+	13, // 8: gptgrpc.v1.ChatCompletionRequest.tool_choice:type_name -> gptgrpc.v1.ToolChoice
+	7,  // 9: gptgrpc.v1.ChatCompletionRequest.reasoning_effort:type_name -> gptgrpc.v1.ReasoningEffort
+	53, // 10: gptgrpc.v1.ChatCompletionRequest.metadata:type_name -> gptgrpc.v1.ChatCompletionRequest.MetadataEntry
+	8,  // 11: gptgrpc.v1.ChatCompletionRequest.verbosity:type_name -> gptgrpc.v1.Verbosity
+	12, // 12: gptgrpc.v1.ChatCompletionResponse.tool_calls:type_name -> gptgrpc.v1.ToolCall
+	3,  // 13: gptgrpc.v1.ChatCompletionResponse.finish_reason:type_name -> gptgrpc.v1.FinishReason
+	16, // 14: gptgrpc.v1.ChatCompletionResponse.usage:type_name -> gptgrpc.v1.Usage
+	51, // 15: gptgrpc.v1.ChatCompletionResponse.logprobs:type_name -> gptgrpc.v1.TokenLogprob
+	52, // 16: gptgrpc.v1.ChatCompletionResponse.annotations:type_name -> gptgrpc.v1.UrlCitation
+	10, // 17: gptgrpc.v1.StreamChatCompletionRequest.messages:type_name -> gptgrpc.v1.ChatMessage
+	14, // 18: gptgrpc.v1.StreamChatCompletionRequest.response_format:type_name -> gptgrpc.v1.ResponseFormat
+	11, // 19: gptgrpc.v1.StreamChatCompletionRequest.tools:type_name -> gptgrpc.v1.Tool
+	13, // 20: gptgrpc.v1.StreamChatCompletionRequest.tool_choice:type_name -> gptgrpc.v1.ToolChoice
+	7,  // 21: gptgrpc.v1.StreamChatCompletionRequest.reasoning_effort:type_name -> gptgrpc.v1.ReasoningEffort
+	54, // 22: gptgrpc.v1.StreamChatCompletionRequest.metadata:type_name -> gptgrpc.v1.StreamChatCompletionRequest.MetadataEntry
+	8,  // 23: gptgrpc.v1.StreamChatCompletionRequest.verbosity:type_name -> gptgrpc.v1.Verbosity
+	51, // 24: gptgrpc.v1.ChatCompletionDelta.logprobs:type_name -> gptgrpc.v1.TokenLogprob
+	12, // 25: gptgrpc.v1.ChatCompletionSummary.tool_calls:type_name -> gptgrpc.v1.ToolCall
+	3,  // 26: gptgrpc.v1.ChatCompletionSummary.finish_reason:type_name -> gptgrpc.v1.FinishReason
+	16, // 27: gptgrpc.v1.ChatCompletionSummary.usage:type_name -> gptgrpc.v1.Usage
+	52, // 28: gptgrpc.v1.ChatCompletionSummary.annotations:type_name -> gptgrpc.v1.UrlCitation
+	19, // 29: gptgrpc.v1.StreamChatCompletionResponse.delta:type_name -> gptgrpc.v1.ChatCompletionDelta
+	20, // 30: gptgrpc.v1.StreamChatCompletionResponse.summary:type_name -> gptgrpc.v1.ChatCompletionSummary
+	10, // 31: gptgrpc.v1.CountTokensRequest.messages:type_name -> gptgrpc.v1.ChatMessage
+	55, // 32: gptgrpc.v1.RetryPolicy.initial_backoff:type_name -> google.protobuf.Duration
+	55, // 33: gptgrpc.v1.RetryPolicy.max_backoff:type_name -> google.protobuf.Duration
+	55, // 34: gptgrpc.v1.ConfigureRequest.request_timeout:type_name -> google.protobuf.Duration
+	24, // 35: gptgrpc.v1.ConfigureRequest.retry_policy:type_name -> gptgrpc.v1.RetryPolicy
+	55, // 36: gptgrpc.v1.Configuration.request_timeout:type_name -> google.protobuf.Duration
+	24, // 37: gptgrpc.v1.Configuration.retry_policy:type_name -> gptgrpc.v1.RetryPolicy
+	26, // 38: gptgrpc.v1.ConfigureResponse.configuration:type_name -> gptgrpc.v1.Configuration
+	26, // 39: gptgrpc.v1.GetConfigurationResponse.configuration:type_name -> gptgrpc.v1.Configuration
+	31, // 40: gptgrpc.v1.ListModelsResponse.models:type_name -> gptgrpc.v1.ModelInfo
+	34, // 41: gptgrpc.v1.GetUsageResponse.models:type_name -> gptgrpc.v1.ModelUsage
+	34, // 42: gptgrpc.v1.GetUsageResponse.total:type_name -> gptgrpc.v1.ModelUsage
+	56, // 43: gptgrpc.v1.GetUsageResponse.since:type_name -> google.protobuf.Timestamp
+	4,  // 44: gptgrpc.v1.ClientLimits.budget_period:type_name -> gptgrpc.v1.BudgetPeriod
+	36, // 45: gptgrpc.v1.Client.limits:type_name -> gptgrpc.v1.ClientLimits
+	56, // 46: gptgrpc.v1.Client.create_time:type_name -> google.protobuf.Timestamp
+	56, // 47: gptgrpc.v1.Client.revoke_time:type_name -> google.protobuf.Timestamp
+	36, // 48: gptgrpc.v1.CreateClientRequest.limits:type_name -> gptgrpc.v1.ClientLimits
+	37, // 49: gptgrpc.v1.CreateClientResponse.client:type_name -> gptgrpc.v1.Client
+	37, // 50: gptgrpc.v1.ListClientsResponse.clients:type_name -> gptgrpc.v1.Client
+	36, // 51: gptgrpc.v1.UpdateClientRequest.limits:type_name -> gptgrpc.v1.ClientLimits
+	37, // 52: gptgrpc.v1.UpdateClientResponse.client:type_name -> gptgrpc.v1.Client
+	37, // 53: gptgrpc.v1.RevokeClientResponse.client:type_name -> gptgrpc.v1.Client
+	47, // 54: gptgrpc.v1.ContentPart.image:type_name -> gptgrpc.v1.ImagePart
+	48, // 55: gptgrpc.v1.ContentPart.audio:type_name -> gptgrpc.v1.AudioPart
+	49, // 56: gptgrpc.v1.ContentPart.file:type_name -> gptgrpc.v1.FilePart
+	5,  // 57: gptgrpc.v1.ImagePart.detail:type_name -> gptgrpc.v1.ImageDetail
+	6,  // 58: gptgrpc.v1.AudioPart.format:type_name -> gptgrpc.v1.AudioFormat
+	50, // 59: gptgrpc.v1.TokenLogprob.top_logprobs:type_name -> gptgrpc.v1.TopLogprob
+	15, // 60: gptgrpc.v1.GPTService.ChatCompletion:input_type -> gptgrpc.v1.ChatCompletionRequest
+	18, // 61: gptgrpc.v1.GPTService.StreamChatCompletion:input_type -> gptgrpc.v1.StreamChatCompletionRequest
+	22, // 62: gptgrpc.v1.GPTService.CountTokens:input_type -> gptgrpc.v1.CountTokensRequest
+	25, // 63: gptgrpc.v1.GPTService.Configure:input_type -> gptgrpc.v1.ConfigureRequest
+	28, // 64: gptgrpc.v1.GPTService.GetConfiguration:input_type -> gptgrpc.v1.GetConfigurationRequest
+	30, // 65: gptgrpc.v1.GPTService.ListModels:input_type -> gptgrpc.v1.ListModelsRequest
+	33, // 66: gptgrpc.v1.GPTService.GetUsage:input_type -> gptgrpc.v1.GetUsageRequest
+	38, // 67: gptgrpc.v1.GPTService.CreateClient:input_type -> gptgrpc.v1.CreateClientRequest
+	40, // 68: gptgrpc.v1.GPTService.ListClients:input_type -> gptgrpc.v1.ListClientsRequest
+	42, // 69: gptgrpc.v1.GPTService.UpdateClient:input_type -> gptgrpc.v1.UpdateClientRequest
+	44, // 70: gptgrpc.v1.GPTService.RevokeClient:input_type -> gptgrpc.v1.RevokeClientRequest
+	17, // 71: gptgrpc.v1.GPTService.ChatCompletion:output_type -> gptgrpc.v1.ChatCompletionResponse
+	21, // 72: gptgrpc.v1.GPTService.StreamChatCompletion:output_type -> gptgrpc.v1.StreamChatCompletionResponse
+	23, // 73: gptgrpc.v1.GPTService.CountTokens:output_type -> gptgrpc.v1.CountTokensResponse
+	27, // 74: gptgrpc.v1.GPTService.Configure:output_type -> gptgrpc.v1.ConfigureResponse
+	29, // 75: gptgrpc.v1.GPTService.GetConfiguration:output_type -> gptgrpc.v1.GetConfigurationResponse
+	32, // 76: gptgrpc.v1.GPTService.ListModels:output_type -> gptgrpc.v1.ListModelsResponse
+	35, // 77: gptgrpc.v1.GPTService.GetUsage:output_type -> gptgrpc.v1.GetUsageResponse
+	39, // 78: gptgrpc.v1.GPTService.CreateClient:output_type -> gptgrpc.v1.CreateClientResponse
+	41, // 79: gptgrpc.v1.GPTService.ListClients:output_type -> gptgrpc.v1.ListClientsResponse
+	43, // 80: gptgrpc.v1.GPTService.UpdateClient:output_type -> gptgrpc.v1.UpdateClientResponse
+	45, // 81: gptgrpc.v1.GPTService.RevokeClient:output_type -> gptgrpc.v1.RevokeClientResponse
+	71, // [71:82] is the sub-list for method output_type
+	60, // [60:71] is the sub-list for method input_type
+	60, // [60:60] is the sub-list for extension type_name
+	60, // [60:60] is the sub-list for extension extendee
+	0,  // [0:60] is the sub-list for field type_name
 }
 
 func init() { file_gptgrpc_v1_gateway_proto_init() }
@@ -3721,13 +4947,19 @@ func file_gptgrpc_v1_gateway_proto_init() {
 	file_gptgrpc_v1_gateway_proto_msgTypes[15].OneofWrappers = []any{}
 	file_gptgrpc_v1_gateway_proto_msgTypes[21].OneofWrappers = []any{}
 	file_gptgrpc_v1_gateway_proto_msgTypes[26].OneofWrappers = []any{}
+	file_gptgrpc_v1_gateway_proto_msgTypes[36].OneofWrappers = []any{
+		(*ContentPart_Text)(nil),
+		(*ContentPart_Image)(nil),
+		(*ContentPart_Audio)(nil),
+		(*ContentPart_File)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_gptgrpc_v1_gateway_proto_rawDesc), len(file_gptgrpc_v1_gateway_proto_rawDesc)),
-			NumEnums:      6,
-			NumMessages:   36,
+			NumEnums:      10,
+			NumMessages:   45,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

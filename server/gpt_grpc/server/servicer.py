@@ -97,6 +97,7 @@ class Call:
     ticket: Ticket | None = None
     code: grpc.StatusCode = grpc.StatusCode.OK
     reason: str | None = None
+    extra_keys: tuple[str, ...] = ()  # extra_body_json's key names (never its values)
     span: Span | None = None  # the call's server span, when tracing is on
 
     def took(self, result: ChatResult) -> None:
@@ -198,13 +199,30 @@ def add_to_server(servicer: GPTServicer, server: Any) -> None:
 
 
 def _counted_bytes(request: pb.CountTokensRequest) -> int:
-    """The size of what CountTokens would count: the text in UTF-8, or the messages serialized."""
+    """The size of what CountTokens would count: the text in UTF-8, or the messages serialized.
+
+    Inline media do not count toward it: an image costs a look at its header,
+    not a tokenizer's time; media have their own bounds (media.py).
+    """
     if request.messages:
-        return sum(message.ByteSize() for message in request.messages)
+        return sum(message.ByteSize() - _media_bytes(message) for message in request.messages)
     text = request.text
     if len(text) * _MAX_UTF8_BYTES <= MAX_COUNT_TOKENS_BYTES:
         return len(text)  # small enough whatever its characters: no need to encode it
     return len(text.encode("utf-8", "surrogatepass"))
+
+
+def _media_bytes(message: pb.ChatMessage) -> int:
+    total = 0
+    for part in message.parts:
+        which = part.WhichOneof("part")
+        if which == "image":
+            total += len(part.image.data) + len(part.image.url)
+        elif which == "audio":
+            total += len(part.audio.data)
+        elif which == "file":
+            total += len(part.file.data)
+    return total
 
 
 def _internal(method: str) -> GatewayError:
@@ -330,6 +348,8 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
             fields["cost_usd"] = call.cost_usd
         if call.attempts:
             fields["attempts"] = call.attempts
+        if call.extra_keys:
+            fields["extra_body_keys"] = logs.key_names(call.extra_keys)
         if call.span is not None and self.tracing is not None:
             fields.update(self.tracing.log_fields(call.span))
             self.tracing.end_server_span(call.span, code, reason)
@@ -344,6 +364,8 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
     async def _prepare(self, request: Any, call: Call) -> PreparedCall:
         chat = convert.chat_request(request, call.request_id)
         call.model = chat.model  # as asked, until the engine has resolved it
+        if chat.extra:
+            call.extra_keys = tuple(chat.extra)
         prepared = self.engine.prepare(chat, trace=call.span)
         call.model = prepared.model.name
         await self._meter(call, prepared)
@@ -392,11 +414,13 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
             raise invalid(violations)
         model = self.engine.models.resolve(name, priced=False)
         if request.messages:
-            messages = convert.count_messages(request.messages)
-            violations = validate_counted(messages)
+            messages, problems = convert.count_messages(request.messages)
+            violations = problems + validate_counted(messages)
             if violations:
                 raise invalid(violations)
-            count = tokens.count_messages(messages, model.name, encoding=model.encoding)
+            count = tokens.count_messages(
+                messages, model.name, encoding=model.encoding, image_billing=model.image_tokens
+            )
         elif len(request.text) > LARGE_TEXT_CHARS:
             # Megabytes take a while: keep the event loop serving other calls meanwhile.
             count = await tokens.count_text_off_loop(request.text, model.name, encoding=model.encoding)
@@ -421,7 +445,14 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
                 context_window=spec.context_window,
                 max_output_tokens=spec.max_output_tokens,
                 reasoning=spec.reasoning,
+                verbosity=spec.verbosity,
             )
+            billing = spec.image_tokens
+            if billing is not None and billing.patch_multiplier is not None:
+                info.image_patch_multiplier = billing.patch_multiplier
+            elif billing is not None:
+                info.image_base_tokens = billing.base
+                info.image_tile_tokens = billing.tile
             if price is not None:
                 info.input_usd_per_million = float(price.input_usd_per_million)
                 if price.cached_input_usd_per_million is not None:

@@ -3,8 +3,10 @@
 `iter_lines` splits a response body into lines (LF, CRLF or CR, like httpx's
 `aiter_lines`) straight from its bytes, and counts them against the answer
 bound. `events` parses each `data:` event with orjson and ends at `[DONE]`.
-`StreamState` accumulates content, refusal, tool calls, usage and the finish
-reason, and holds the deltas not yet handed to the caller.
+`StreamState` accumulates content, refusal, tool calls, usage, the finish
+reason, the service tier, the system fingerprint and URL citations, and holds
+the deltas not yet handed to the caller (each with the token logprobs that
+came with it, as they arrive).
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from typing import Any
 import httpx2
 import orjson
 
-from ..chat import Delta, ToolCall
+from ..chat import Delta, ToolCall, UrlCitation
+from . import answers
 from .failures import AnswerTooLarge, ErrorEvent, StreamCut
 
 # After `[DONE]` only the end of the body is left (the chunked terminator).
@@ -112,21 +115,32 @@ class StreamState:
         self.model = ""
         self.id = ""
         self.usage: Mapping[str, Any] | None = None
+        self.service_tier = ""
+        self.system_fingerprint = ""
+        self.annotations: list[UrlCitation] = []
         self.done = False
 
     def feed(self, event: Mapping[str, Any]) -> None:
         self.model = self.model or str(event.get("model") or "")
         self.id = self.id or str(event.get("id") or "")
+        # Both come with every chunk (OpenAI): read until known.
+        if not self.service_tier:
+            self.service_tier = answers.text(event.get("service_tier"))
+        if not self.system_fingerprint:
+            self.system_fingerprint = answers.text(event.get("system_fingerprint"))
         if event.get("usage"):
             self.usage = event["usage"]
         for choice in event.get("choices") or ():
             delta = choice.get("delta") or {}
             text = delta.get("content") or ""
             refusal = delta.get("refusal") or ""
-            if text or refusal:
+            logprobs = answers.logprobs(choice["logprobs"]) if choice.get("logprobs") else ()
+            if text or refusal or logprobs:
                 self.content.append(text)
                 self.refusal.append(refusal)
-                self.pending.append(Delta(text, refusal))
+                self.pending.append(Delta(text, refusal, logprobs))
+            if delta.get("annotations"):
+                self.annotations.extend(answers.citations(delta["annotations"]))
             for call in delta.get("tool_calls") or ():
                 slot = self.calls.setdefault(int(call.get("index") or 0), {"id": "", "name": "", "args": ""})
                 fn = call.get("function") or {}

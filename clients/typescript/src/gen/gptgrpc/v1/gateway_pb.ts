@@ -19,7 +19,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file gptgrpc/v1/gateway.proto.
  */
 export const file_gptgrpc_v1_gateway: GenFile = /*@__PURE__*/
-  fileDesc("ChhncHRncnBjL3YxL2dhdGV3YXkucHJvdG8SCmdwdGdycGMudjEisAEKC0NoYXRNZXNzYWdlEh4KBHJvbGUYASABKA4yEC5ncHRncnBjLnYxLlJvbGUSDwoHY29udGVudBgCIAEoCRIRCgRuYW1lGAMgASgJSACIAQESGQoMdG9vbF9jYWxsX2lkGAQgASgJSAGIAQESKAoKdG9vbF9jYWxscxgFIAMoCzIULmdwdGdycGMudjEuVG9vbENhbGxCBwoFX25hbWVCDwoNX3Rvb2xfY2FsbF9pZCJiCgRUb29sEgwKBG5hbWUYASABKAkSEwoLZGVzY3JpcHRpb24YAiABKAkSFwoPcGFyYW1ldGVyc19qc29uGAMgASgJEhMKBnN0cmljdBgEIAEoCEgAiAEBQgkKB19zdHJpY3QiPAoIVG9vbENhbGwSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRIWCg5hcmd1bWVudHNfanNvbhgDIAEoCSJbCgpUb29sQ2hvaWNlEioKBG1vZGUYASABKA4yGi5ncHRncnBjLnYxLlRvb2xDaG9pY2VNb2RlSAASFwoNZnVuY3Rpb25fbmFtZRgCIAEoCUgAQggKBmNob2ljZSKIAQoOUmVzcG9uc2VGb3JtYXQSLAoEdHlwZRgBIAEoDjIeLmdwdGdycGMudjEuUmVzcG9uc2VGb3JtYXRUeXBlEhMKC3NjaGVtYV9uYW1lGAIgASgJEhMKC3NjaGVtYV9qc29uGAMgASgJEhMKBnN0cmljdBgEIAEoCEgAiAEBQgkKB19zdHJpY3QilAQKFUNoYXRDb21wbGV0aW9uUmVxdWVzdBINCgVtb2RlbBgBIAEoCRIWCg5zeXN0ZW1fbWVzc2FnZRgCIAEoCRIUCgx1c2VyX21lc3NhZ2UYAyABKAkSKQoIbWVzc2FnZXMYBCADKAsyFy5ncHRncnBjLnYxLkNoYXRNZXNzYWdlEhgKC3RlbXBlcmF0dXJlGAUgASgBSACIAQESFwoKbWF4X3Rva2VucxgGIAEoBUgBiAEBEhIKBXRvcF9wGAcgASgBSAKIAQESDAoEc3RvcBgIIAMoCRIRCgRzZWVkGAkgASgDSAOIAQESHQoQcHJlc2VuY2VfcGVuYWx0eRgKIAEoAUgEiAEBEh4KEWZyZXF1ZW5jeV9wZW5hbHR5GAsgASgBSAWIAQESMwoPcmVzcG9uc2VfZm9ybWF0GAwgASgLMhouZ3B0Z3JwYy52MS5SZXNwb25zZUZvcm1hdBIfCgV0b29scxgNIAMoCzIQLmdwdGdycGMudjEuVG9vbBIrCgt0b29sX2Nob2ljZRgOIAEoCzIWLmdwdGdycGMudjEuVG9vbENob2ljZRIMCgR1c2VyGA8gASgJQg4KDF90ZW1wZXJhdHVyZUINCgtfbWF4X3Rva2Vuc0IICgZfdG9wX3BCBwoFX3NlZWRCEwoRX3ByZXNlbmNlX3BlbmFsdHlCFAoSX2ZyZXF1ZW5jeV9wZW5hbHR5IpoBCgVVc2FnZRIVCg1wcm9tcHRfdG9rZW5zGAEgASgDEhkKEWNvbXBsZXRpb25fdG9rZW5zGAIgASgDEhQKDHRvdGFsX3Rva2VucxgDIAEoAxIcChRjYWNoZWRfcHJvbXB0X3Rva2VucxgEIAEoAxIYChByZWFzb25pbmdfdG9rZW5zGAUgASgDEhEKCWVzdGltYXRlZBgGIAEoCCKIAgoWQ2hhdENvbXBsZXRpb25SZXNwb25zZRIPCgdjb250ZW50GAEgASgJEigKCnRvb2xfY2FsbHMYAiADKAsyFC5ncHRncnBjLnYxLlRvb2xDYWxsEi8KDWZpbmlzaF9yZWFzb24YAyABKA4yGC5ncHRncnBjLnYxLkZpbmlzaFJlYXNvbhINCgVtb2RlbBgEIAEoCRIKCgJpZBgFIAEoCRIgCgV1c2FnZRgGIAEoCzIRLmdwdGdycGMudjEuVXNhZ2USFQoIY29zdF91c2QYByABKAFIAIgBARIQCghhdHRlbXB0cxgIIAEoBRIPCgdyZWZ1c2FsGAkgASgJQgsKCV9jb3N0X3VzZCKaBAobU3RyZWFtQ2hhdENvbXBsZXRpb25SZXF1ZXN0Eg0KBW1vZGVsGAEgASgJEhYKDnN5c3RlbV9tZXNzYWdlGAIgASgJEhQKDHVzZXJfbWVzc2FnZRgDIAEoCRIpCghtZXNzYWdlcxgEIAMoCzIXLmdwdGdycGMudjEuQ2hhdE1lc3NhZ2USGAoLdGVtcGVyYXR1cmUYBSABKAFIAIgBARIXCgptYXhfdG9rZW5zGAYgASgFSAGIAQESEgoFdG9wX3AYByABKAFIAogBARIMCgRzdG9wGAggAygJEhEKBHNlZWQYCSABKANIA4gBARIdChBwcmVzZW5jZV9wZW5hbHR5GAogASgBSASIAQESHgoRZnJlcXVlbmN5X3BlbmFsdHkYCyABKAFIBYgBARIzCg9yZXNwb25zZV9mb3JtYXQYDCABKAsyGi5ncHRncnBjLnYxLlJlc3BvbnNlRm9ybWF0Eh8KBXRvb2xzGA0gAygLMhAuZ3B0Z3JwYy52MS5Ub29sEisKC3Rvb2xfY2hvaWNlGA4gASgLMhYuZ3B0Z3JwYy52MS5Ub29sQ2hvaWNlEgwKBHVzZXIYDyABKAlCDgoMX3RlbXBlcmF0dXJlQg0KC19tYXhfdG9rZW5zQggKBl90b3BfcEIHCgVfc2VlZEITChFfcHJlc2VuY2VfcGVuYWx0eUIUChJfZnJlcXVlbmN5X3BlbmFsdHkiNwoTQ2hhdENvbXBsZXRpb25EZWx0YRIPCgdjb250ZW50GAEgASgJEg8KB3JlZnVzYWwYAiABKAki5QEKFUNoYXRDb21wbGV0aW9uU3VtbWFyeRIoCgp0b29sX2NhbGxzGAEgAygLMhQuZ3B0Z3JwYy52MS5Ub29sQ2FsbBIvCg1maW5pc2hfcmVhc29uGAIgASgOMhguZ3B0Z3JwYy52MS5GaW5pc2hSZWFzb24SDQoFbW9kZWwYAyABKAkSCgoCaWQYBCABKAkSIAoFdXNhZ2UYBSABKAsyES5ncHRncnBjLnYxLlVzYWdlEhUKCGNvc3RfdXNkGAYgASgBSACIAQESEAoIYXR0ZW1wdHMYByABKAVCCwoJX2Nvc3RfdXNkIo8BChxTdHJlYW1DaGF0Q29tcGxldGlvblJlc3BvbnNlEjAKBWRlbHRhGAEgASgLMh8uZ3B0Z3JwYy52MS5DaGF0Q29tcGxldGlvbkRlbHRhSAASNAoHc3VtbWFyeRgCIAEoCzIhLmdwdGdycGMudjEuQ2hhdENvbXBsZXRpb25TdW1tYXJ5SABCBwoFZXZlbnQiXAoSQ291bnRUb2tlbnNSZXF1ZXN0EgwKBHRleHQYASABKAkSKQoIbWVzc2FnZXMYAiADKAsyFy5ncHRncnBjLnYxLkNoYXRNZXNzYWdlEg0KBW1vZGVsGAMgASgJIlcKE0NvdW50VG9rZW5zUmVzcG9uc2USEwoLdG9rZW5fY291bnQYASABKAMSEAoIZW5jb2RpbmcYAiABKAkSGQoRZW5jb2RpbmdfZmFsbGJhY2sYAyABKAginQEKC1JldHJ5UG9saWN5EhkKDG1heF9hdHRlbXB0cxgBIAEoBUgAiAEBEjIKD2luaXRpYWxfYmFja29mZhgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIuCgttYXhfYmFja29mZhgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbkIPCg1fbWF4X2F0dGVtcHRzIrcCChBDb25maWd1cmVSZXF1ZXN0EhQKB2FwaV9rZXkYASABKAlIAIgBARIVCghlbmRwb2ludBgCIAEoCUgBiAEBEhkKDG9yZ2FuaXphdGlvbhgDIAEoCUgCiAEBEhQKB3Byb2plY3QYBCABKAlIA4gBARIaCg1kZWZhdWx0X21vZGVsGAUgASgJSASIAQESMgoPcmVxdWVzdF90aW1lb3V0GAYgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEi0KDHJldHJ5X3BvbGljeRgHIAEoCzIXLmdwdGdycGMudjEuUmV0cnlQb2xpY3lCCgoIX2FwaV9rZXlCCwoJX2VuZHBvaW50Qg8KDV9vcmdhbml6YXRpb25CCgoIX3Byb2plY3RCEAoOX2RlZmF1bHRfbW9kZWwigwIKDUNvbmZpZ3VyYXRpb24SFgoOYXBpX2tleV9tYXNrZWQYASABKAkSEwoLYXBpX2tleV9zZXQYAiABKAgSEAoIZW5kcG9pbnQYAyABKAkSFAoMb3JnYW5pemF0aW9uGAQgASgJEg8KB3Byb2plY3QYBSABKAkSFQoNZGVmYXVsdF9tb2RlbBgGIAEoCRIyCg9yZXF1ZXN0X3RpbWVvdXQYByABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SLQoMcmV0cnlfcG9saWN5GAggASgLMhcuZ3B0Z3JwYy52MS5SZXRyeVBvbGljeRISCgpnZW5lcmF0aW9uGAkgASgDIkUKEUNvbmZpZ3VyZVJlc3BvbnNlEjAKDWNvbmZpZ3VyYXRpb24YASABKAsyGS5ncHRncnBjLnYxLkNvbmZpZ3VyYXRpb24iGQoXR2V0Q29uZmlndXJhdGlvblJlcXVlc3QiTAoYR2V0Q29uZmlndXJhdGlvblJlc3BvbnNlEjAKDWNvbmZpZ3VyYXRpb24YASABKAsyGS5ncHRncnBjLnYxLkNvbmZpZ3VyYXRpb24iEwoRTGlzdE1vZGVsc1JlcXVlc3QizwIKCU1vZGVsSW5mbxIKCgJpZBgBIAEoCRIQCghlbmNvZGluZxgCIAEoCRIWCg5jb250ZXh0X3dpbmRvdxgDIAEoAxIZChFtYXhfb3V0cHV0X3Rva2VucxgEIAEoAxIRCglyZWFzb25pbmcYBSABKAgSIgoVaW5wdXRfdXNkX3Blcl9taWxsaW9uGAYgASgBSACIAQESKQocY2FjaGVkX2lucHV0X3VzZF9wZXJfbWlsbGlvbhgHIAEoAUgBiAEBEiMKFm91dHB1dF91c2RfcGVyX21pbGxpb24YCCABKAFIAogBARIUCgxwcmljZV9zb3VyY2UYCSABKAlCGAoWX2lucHV0X3VzZF9wZXJfbWlsbGlvbkIfCh1fY2FjaGVkX2lucHV0X3VzZF9wZXJfbWlsbGlvbkIZChdfb3V0cHV0X3VzZF9wZXJfbWlsbGlvbiI7ChJMaXN0TW9kZWxzUmVzcG9uc2USJQoGbW9kZWxzGAEgAygLMhUuZ3B0Z3JwYy52MS5Nb2RlbEluZm8iIQoPR2V0VXNhZ2VSZXF1ZXN0Eg4KBmNsaWVudBgBIAEoCSLdAQoKTW9kZWxVc2FnZRINCgVtb2RlbBgBIAEoCRIQCghyZXF1ZXN0cxgCIAEoAxIXCg9mYWlsZWRfcmVxdWVzdHMYAyABKAMSFQoNcHJvbXB0X3Rva2VucxgEIAEoAxIZChFjb21wbGV0aW9uX3Rva2VucxgFIAEoAxIcChRjYWNoZWRfcHJvbXB0X3Rva2VucxgGIAEoAxIYChByZWFzb25pbmdfdG9rZW5zGAcgASgDEhAKCGNvc3RfdXNkGAggASgBEhkKEXVucHJpY2VkX3JlcXVlc3RzGAkgASgDIpwBChBHZXRVc2FnZVJlc3BvbnNlEiYKBm1vZGVscxgBIAMoCzIWLmdwdGdycGMudjEuTW9kZWxVc2FnZRIlCgV0b3RhbBgCIAEoCzIWLmdwdGdycGMudjEuTW9kZWxVc2FnZRIpCgVzaW5jZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDgoGY2xpZW50GAQgASgJIoUCCgxDbGllbnRMaW1pdHMSIAoTcmVxdWVzdHNfcGVyX21pbnV0ZRgBIAEoBUgAiAEBEh4KEXRva2Vuc19wZXJfbWludXRlGAIgASgDSAGIAQESFwoKYnVkZ2V0X3VzZBgDIAEoAUgCiAEBEi8KDWJ1ZGdldF9wZXJpb2QYBCABKA4yGC5ncHRncnBjLnYxLkJ1ZGdldFBlcmlvZBIaCg1tYXhfaW5fZmxpZ2h0GAUgASgFSAOIAQFCFgoUX3JlcXVlc3RzX3Blcl9taW51dGVCFAoSX3Rva2Vuc19wZXJfbWludXRlQg0KC19idWRnZXRfdXNkQhAKDl9tYXhfaW5fZmxpZ2h0ItIBCgZDbGllbnQSDAoEbmFtZRgBIAEoCRIoCgZsaW1pdHMYAiABKAsyGC5ncHRncnBjLnYxLkNsaWVudExpbWl0cxIvCgtjcmVhdGVfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLcmV2b2tlX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhQKDHRva2VuX3ByZWZpeBgFIAEoCRIYChBwZXJpb2Rfc3BlbmRfdXNkGAYgASgBIk0KE0NyZWF0ZUNsaWVudFJlcXVlc3QSDAoEbmFtZRgBIAEoCRIoCgZsaW1pdHMYAiABKAsyGC5ncHRncnBjLnYxLkNsaWVudExpbWl0cyJJChRDcmVhdGVDbGllbnRSZXNwb25zZRIiCgZjbGllbnQYASABKAsyEi5ncHRncnBjLnYxLkNsaWVudBINCgV0b2tlbhgCIAEoCSItChJMaXN0Q2xpZW50c1JlcXVlc3QSFwoPaW5jbHVkZV9yZXZva2VkGAEgASgIIjoKE0xpc3RDbGllbnRzUmVzcG9uc2USIwoHY2xpZW50cxgBIAMoCzISLmdwdGdycGMudjEuQ2xpZW50Ik0KE1VwZGF0ZUNsaWVudFJlcXVlc3QSDAoEbmFtZRgBIAEoCRIoCgZsaW1pdHMYAiABKAsyGC5ncHRncnBjLnYxLkNsaWVudExpbWl0cyI6ChRVcGRhdGVDbGllbnRSZXNwb25zZRIiCgZjbGllbnQYASABKAsyEi5ncHRncnBjLnYxLkNsaWVudCIjChNSZXZva2VDbGllbnRSZXF1ZXN0EgwKBG5hbWUYASABKAkiOgoUUmV2b2tlQ2xpZW50UmVzcG9uc2USIgoGY2xpZW50GAEgASgLMhIuZ3B0Z3JwYy52MS5DbGllbnQqcwoEUm9sZRIUChBST0xFX1VOU1BFQ0lGSUVEEAASDwoLUk9MRV9TWVNURU0QARISCg5ST0xFX0RFVkVMT1BFUhACEg0KCVJPTEVfVVNFUhADEhIKDlJPTEVfQVNTSVNUQU5UEAQSDQoJUk9MRV9UT09MEAUqhwEKDlRvb2xDaG9pY2VNb2RlEiAKHFRPT0xfQ0hPSUNFX01PREVfVU5TUEVDSUZJRUQQABIZChVUT09MX0NIT0lDRV9NT0RFX0FVVE8QARIZChVUT09MX0NIT0lDRV9NT0RFX05PTkUQAhIdChlUT09MX0NIT0lDRV9NT0RFX1JFUVVJUkVEEAMqpQEKElJlc3BvbnNlRm9ybWF0VHlwZRIkCiBSRVNQT05TRV9GT1JNQVRfVFlQRV9VTlNQRUNJRklFRBAAEh0KGVJFU1BPTlNFX0ZPUk1BVF9UWVBFX1RFWFQQARIkCiBSRVNQT05TRV9GT1JNQVRfVFlQRV9KU09OX09CSkVDVBACEiQKIFJFU1BPTlNFX0ZPUk1BVF9UWVBFX0pTT05fU0NIRU1BEAMqwAEKDEZpbmlzaFJlYXNvbhIdChlGSU5JU0hfUkVBU09OX1VOU1BFQ0lGSUVEEAASFgoSRklOSVNIX1JFQVNPTl9TVE9QEAESGAoURklOSVNIX1JFQVNPTl9MRU5HVEgQAhIcChhGSU5JU0hfUkVBU09OX1RPT0xfQ0FMTFMQAxIgChxGSU5JU0hfUkVBU09OX0NPTlRFTlRfRklMVEVSEAQSHwobRklOSVNIX1JFQVNPTl9GVU5DVElPTl9DQUxMEAUqXQoMQnVkZ2V0UGVyaW9kEh0KGUJVREdFVF9QRVJJT0RfVU5TUEVDSUZJRUQQABIVChFCVURHRVRfUEVSSU9EX0RBWRABEhcKE0JVREdFVF9QRVJJT0RfTU9OVEgQAirKBgoLRXJyb3JSZWFzb24SHAoYRVJST1JfUkVBU09OX1VOU1BFQ0lGSUVEEAASEwoPSU5WQUxJRF9SRVFVRVNUEAESEwoPQVBJX0tFWV9NSVNTSU5HEAISFwoTQURNSU5fVE9LRU5fTUlTU0lORxADEhcKE0FETUlOX1RPS0VOX0lOVkFMSUQQBBISCg5BRE1JTl9ESVNBQkxFRBAFEhgKFFVQU1RSRUFNX0JBRF9SRVFVRVNUEAYSJAogVVBTVFJFQU1fQ09OVEVYVF9MRU5HVEhfRVhDRUVERUQQBxIiCh5VUFNUUkVBTV9BVVRIRU5USUNBVElPTl9GQUlMRUQQCBIeChpVUFNUUkVBTV9QRVJNSVNTSU9OX0RFTklFRBAJEhYKElVQU1RSRUFNX05PVF9GT1VORBAKEhkKFVVQU1RSRUFNX1JBVEVfTElNSVRFRBALEhsKF1VQU1RSRUFNX1FVT1RBX0VYQ0VFREVEEAwSGAoUVVBTVFJFQU1fVU5BVkFJTEFCTEUQDRIdChlVUFNUUkVBTV9SRVNQT05TRV9JTlZBTElEEA4SFAoQVVBTVFJFQU1fVElNRU9VVBAPEhUKEURFQURMSU5FX0VYQ0VFREVEEBASFQoRVVBTVFJFQU1fQ09ORkxJQ1QQERIRCg1TSFVUVElOR19ET1dOEBISDgoKT1ZFUkxPQURFRBATEhIKDklOVEVSTkFMX0VSUk9SEBQSGAoUQ0xJRU5UX1RPS0VOX01JU1NJTkcQFRIYChRDTElFTlRfVE9LRU5fSU5WQUxJRBAWEhcKE0NMSUVOVF9SQVRFX0xJTUlURUQQFxIaChZDTElFTlRfQlVER0VUX0VYQ0VFREVEEBgSFQoRQVVUSF9SQVRFX0xJTUlURUQQGRIUChBDTElFTlRfTk9UX0ZPVU5EEBoSEQoNQ0xJRU5UX0VYSVNUUxAbEhQKEENMSUVOVF9GT1JCSURERU4QHBIZChVDTElFTlRfTU9ERUxfVU5QUklDRUQQIRIWChJTRUNSRVRfS0VZX01JU1NJTkcQIhIcChhDTElFTlRfSU5fRkxJR0hUX0xJTUlURUQQIxIVChFTVE9SRV9VTkFWQUlMQUJMRRAkMqgHCgpHUFRTZXJ2aWNlElcKDkNoYXRDb21wbGV0aW9uEiEuZ3B0Z3JwYy52MS5DaGF0Q29tcGxldGlvblJlcXVlc3QaIi5ncHRncnBjLnYxLkNoYXRDb21wbGV0aW9uUmVzcG9uc2USawoUU3RyZWFtQ2hhdENvbXBsZXRpb24SJy5ncHRncnBjLnYxLlN0cmVhbUNoYXRDb21wbGV0aW9uUmVxdWVzdBooLmdwdGdycGMudjEuU3RyZWFtQ2hhdENvbXBsZXRpb25SZXNwb25zZTABEk4KC0NvdW50VG9rZW5zEh4uZ3B0Z3JwYy52MS5Db3VudFRva2Vuc1JlcXVlc3QaHy5ncHRncnBjLnYxLkNvdW50VG9rZW5zUmVzcG9uc2USSAoJQ29uZmlndXJlEhwuZ3B0Z3JwYy52MS5Db25maWd1cmVSZXF1ZXN0Gh0uZ3B0Z3JwYy52MS5Db25maWd1cmVSZXNwb25zZRJdChBHZXRDb25maWd1cmF0aW9uEiMuZ3B0Z3JwYy52MS5HZXRDb25maWd1cmF0aW9uUmVxdWVzdBokLmdwdGdycGMudjEuR2V0Q29uZmlndXJhdGlvblJlc3BvbnNlEksKCkxpc3RNb2RlbHMSHS5ncHRncnBjLnYxLkxpc3RNb2RlbHNSZXF1ZXN0Gh4uZ3B0Z3JwYy52MS5MaXN0TW9kZWxzUmVzcG9uc2USRQoIR2V0VXNhZ2USGy5ncHRncnBjLnYxLkdldFVzYWdlUmVxdWVzdBocLmdwdGdycGMudjEuR2V0VXNhZ2VSZXNwb25zZRJRCgxDcmVhdGVDbGllbnQSHy5ncHRncnBjLnYxLkNyZWF0ZUNsaWVudFJlcXVlc3QaIC5ncHRncnBjLnYxLkNyZWF0ZUNsaWVudFJlc3BvbnNlEk4KC0xpc3RDbGllbnRzEh4uZ3B0Z3JwYy52MS5MaXN0Q2xpZW50c1JlcXVlc3QaHy5ncHRncnBjLnYxLkxpc3RDbGllbnRzUmVzcG9uc2USUQoMVXBkYXRlQ2xpZW50Eh8uZ3B0Z3JwYy52MS5VcGRhdGVDbGllbnRSZXF1ZXN0GiAuZ3B0Z3JwYy52MS5VcGRhdGVDbGllbnRSZXNwb25zZRJRCgxSZXZva2VDbGllbnQSHy5ncHRncnBjLnYxLlJldm9rZUNsaWVudFJlcXVlc3QaIC5ncHRncnBjLnYxLlJldm9rZUNsaWVudFJlc3BvbnNlQj1aO2dpdGh1Yi5jb20vZ3B0LWdycGMvZ3B0LWdycGMvY2xpZW50cy9nby9ncHRncnBjdjE7Z3B0Z3JwY3YxYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("ChhncHRncnBjL3YxL2dhdGV3YXkucHJvdG8SCmdwdGdycGMudjEi2AEKC0NoYXRNZXNzYWdlEh4KBHJvbGUYASABKA4yEC5ncHRncnBjLnYxLlJvbGUSDwoHY29udGVudBgCIAEoCRIRCgRuYW1lGAMgASgJSACIAQESGQoMdG9vbF9jYWxsX2lkGAQgASgJSAGIAQESKAoKdG9vbF9jYWxscxgFIAMoCzIULmdwdGdycGMudjEuVG9vbENhbGwSJgoFcGFydHMYBiADKAsyFy5ncHRncnBjLnYxLkNvbnRlbnRQYXJ0QgcKBV9uYW1lQg8KDV90b29sX2NhbGxfaWQiYgoEVG9vbBIMCgRuYW1lGAEgASgJEhMKC2Rlc2NyaXB0aW9uGAIgASgJEhcKD3BhcmFtZXRlcnNfanNvbhgDIAEoCRITCgZzdHJpY3QYBCABKAhIAIgBAUIJCgdfc3RyaWN0IjwKCFRvb2xDYWxsEgoKAmlkGAEgASgJEgwKBG5hbWUYAiABKAkSFgoOYXJndW1lbnRzX2pzb24YAyABKAkiWwoKVG9vbENob2ljZRIqCgRtb2RlGAEgASgOMhouZ3B0Z3JwYy52MS5Ub29sQ2hvaWNlTW9kZUgAEhcKDWZ1bmN0aW9uX25hbWUYAiABKAlIAEIICgZjaG9pY2UiiAEKDlJlc3BvbnNlRm9ybWF0EiwKBHR5cGUYASABKA4yHi5ncHRncnBjLnYxLlJlc3BvbnNlRm9ybWF0VHlwZRITCgtzY2hlbWFfbmFtZRgCIAEoCRITCgtzY2hlbWFfanNvbhgDIAEoCRITCgZzdHJpY3QYBCABKAhIAIgBAUIJCgdfc3RyaWN0IsAHChVDaGF0Q29tcGxldGlvblJlcXVlc3QSDQoFbW9kZWwYASABKAkSFgoOc3lzdGVtX21lc3NhZ2UYAiABKAkSFAoMdXNlcl9tZXNzYWdlGAMgASgJEikKCG1lc3NhZ2VzGAQgAygLMhcuZ3B0Z3JwYy52MS5DaGF0TWVzc2FnZRIYCgt0ZW1wZXJhdHVyZRgFIAEoAUgAiAEBEhcKCm1heF90b2tlbnMYBiABKAVIAYgBARISCgV0b3BfcBgHIAEoAUgCiAEBEgwKBHN0b3AYCCADKAkSEQoEc2VlZBgJIAEoA0gDiAEBEh0KEHByZXNlbmNlX3BlbmFsdHkYCiABKAFIBIgBARIeChFmcmVxdWVuY3lfcGVuYWx0eRgLIAEoAUgFiAEBEjMKD3Jlc3BvbnNlX2Zvcm1hdBgMIAEoCzIaLmdwdGdycGMudjEuUmVzcG9uc2VGb3JtYXQSHwoFdG9vbHMYDSADKAsyEC5ncHRncnBjLnYxLlRvb2wSKwoLdG9vbF9jaG9pY2UYDiABKAsyFi5ncHRncnBjLnYxLlRvb2xDaG9pY2USDAoEdXNlchgPIAEoCRI1ChByZWFzb25pbmdfZWZmb3J0GBAgASgOMhsuZ3B0Z3JwYy52MS5SZWFzb25pbmdFZmZvcnQSIAoTcGFyYWxsZWxfdG9vbF9jYWxscxgRIAEoCEgGiAEBEhUKCGxvZ3Byb2JzGBIgASgISAeIAQESGQoMdG9wX2xvZ3Byb2JzGBMgASgFSAiIAQESFAoMc2VydmljZV90aWVyGBQgASgJEkEKCG1ldGFkYXRhGBUgAygLMi8uZ3B0Z3JwYy52MS5DaGF0Q29tcGxldGlvblJlcXVlc3QuTWV0YWRhdGFFbnRyeRISCgVzdG9yZRgWIAEoCEgJiAEBEigKCXZlcmJvc2l0eRgXIAEoDjIVLmdwdGdycGMudjEuVmVyYm9zaXR5EhcKD2V4dHJhX2JvZHlfanNvbhgYIAEoCRovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAFCDgoMX3RlbXBlcmF0dXJlQg0KC19tYXhfdG9rZW5zQggKBl90b3BfcEIHCgVfc2VlZEITChFfcHJlc2VuY2VfcGVuYWx0eUIUChJfZnJlcXVlbmN5X3BlbmFsdHlCFgoUX3BhcmFsbGVsX3Rvb2xfY2FsbHNCCwoJX2xvZ3Byb2JzQg8KDV90b3BfbG9ncHJvYnNCCAoGX3N0b3JlIpoBCgVVc2FnZRIVCg1wcm9tcHRfdG9rZW5zGAEgASgDEhkKEWNvbXBsZXRpb25fdG9rZW5zGAIgASgDEhQKDHRvdGFsX3Rva2VucxgDIAEoAxIcChRjYWNoZWRfcHJvbXB0X3Rva2VucxgEIAEoAxIYChByZWFzb25pbmdfdG9rZW5zGAUgASgDEhEKCWVzdGltYXRlZBgGIAEoCCKUAwoWQ2hhdENvbXBsZXRpb25SZXNwb25zZRIPCgdjb250ZW50GAEgASgJEigKCnRvb2xfY2FsbHMYAiADKAsyFC5ncHRncnBjLnYxLlRvb2xDYWxsEi8KDWZpbmlzaF9yZWFzb24YAyABKA4yGC5ncHRncnBjLnYxLkZpbmlzaFJlYXNvbhINCgVtb2RlbBgEIAEoCRIKCgJpZBgFIAEoCRIgCgV1c2FnZRgGIAEoCzIRLmdwdGdycGMudjEuVXNhZ2USFQoIY29zdF91c2QYByABKAFIAIgBARIQCghhdHRlbXB0cxgIIAEoBRIPCgdyZWZ1c2FsGAkgASgJEioKCGxvZ3Byb2JzGAwgAygLMhguZ3B0Z3JwYy52MS5Ub2tlbkxvZ3Byb2ISFAoMc2VydmljZV90aWVyGA0gASgJEhoKEnN5c3RlbV9maW5nZXJwcmludBgOIAEoCRIsCgthbm5vdGF0aW9ucxgPIAMoCzIXLmdwdGdycGMudjEuVXJsQ2l0YXRpb25CCwoJX2Nvc3RfdXNkIswHChtTdHJlYW1DaGF0Q29tcGxldGlvblJlcXVlc3QSDQoFbW9kZWwYASABKAkSFgoOc3lzdGVtX21lc3NhZ2UYAiABKAkSFAoMdXNlcl9tZXNzYWdlGAMgASgJEikKCG1lc3NhZ2VzGAQgAygLMhcuZ3B0Z3JwYy52MS5DaGF0TWVzc2FnZRIYCgt0ZW1wZXJhdHVyZRgFIAEoAUgAiAEBEhcKCm1heF90b2tlbnMYBiABKAVIAYgBARISCgV0b3BfcBgHIAEoAUgCiAEBEgwKBHN0b3AYCCADKAkSEQoEc2VlZBgJIAEoA0gDiAEBEh0KEHByZXNlbmNlX3BlbmFsdHkYCiABKAFIBIgBARIeChFmcmVxdWVuY3lfcGVuYWx0eRgLIAEoAUgFiAEBEjMKD3Jlc3BvbnNlX2Zvcm1hdBgMIAEoCzIaLmdwdGdycGMudjEuUmVzcG9uc2VGb3JtYXQSHwoFdG9vbHMYDSADKAsyEC5ncHRncnBjLnYxLlRvb2wSKwoLdG9vbF9jaG9pY2UYDiABKAsyFi5ncHRncnBjLnYxLlRvb2xDaG9pY2USDAoEdXNlchgPIAEoCRI1ChByZWFzb25pbmdfZWZmb3J0GBAgASgOMhsuZ3B0Z3JwYy52MS5SZWFzb25pbmdFZmZvcnQSIAoTcGFyYWxsZWxfdG9vbF9jYWxscxgRIAEoCEgGiAEBEhUKCGxvZ3Byb2JzGBIgASgISAeIAQESGQoMdG9wX2xvZ3Byb2JzGBMgASgFSAiIAQESFAoMc2VydmljZV90aWVyGBQgASgJEkcKCG1ldGFkYXRhGBUgAygLMjUuZ3B0Z3JwYy52MS5TdHJlYW1DaGF0Q29tcGxldGlvblJlcXVlc3QuTWV0YWRhdGFFbnRyeRISCgVzdG9yZRgWIAEoCEgJiAEBEigKCXZlcmJvc2l0eRgXIAEoDjIVLmdwdGdycGMudjEuVmVyYm9zaXR5EhcKD2V4dHJhX2JvZHlfanNvbhgYIAEoCRovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAFCDgoMX3RlbXBlcmF0dXJlQg0KC19tYXhfdG9rZW5zQggKBl90b3BfcEIHCgVfc2VlZEITChFfcHJlc2VuY2VfcGVuYWx0eUIUChJfZnJlcXVlbmN5X3BlbmFsdHlCFgoUX3BhcmFsbGVsX3Rvb2xfY2FsbHNCCwoJX2xvZ3Byb2JzQg8KDV90b3BfbG9ncHJvYnNCCAoGX3N0b3JlImMKE0NoYXRDb21wbGV0aW9uRGVsdGESDwoHY29udGVudBgBIAEoCRIPCgdyZWZ1c2FsGAIgASgJEioKCGxvZ3Byb2JzGAMgAygLMhguZ3B0Z3JwYy52MS5Ub2tlbkxvZ3Byb2IixQIKFUNoYXRDb21wbGV0aW9uU3VtbWFyeRIoCgp0b29sX2NhbGxzGAEgAygLMhQuZ3B0Z3JwYy52MS5Ub29sQ2FsbBIvCg1maW5pc2hfcmVhc29uGAIgASgOMhguZ3B0Z3JwYy52MS5GaW5pc2hSZWFzb24SDQoFbW9kZWwYAyABKAkSCgoCaWQYBCABKAkSIAoFdXNhZ2UYBSABKAsyES5ncHRncnBjLnYxLlVzYWdlEhUKCGNvc3RfdXNkGAYgASgBSACIAQESEAoIYXR0ZW1wdHMYByABKAUSFAoMc2VydmljZV90aWVyGAkgASgJEhoKEnN5c3RlbV9maW5nZXJwcmludBgKIAEoCRIsCgthbm5vdGF0aW9ucxgLIAMoCzIXLmdwdGdycGMudjEuVXJsQ2l0YXRpb25CCwoJX2Nvc3RfdXNkIo8BChxTdHJlYW1DaGF0Q29tcGxldGlvblJlc3BvbnNlEjAKBWRlbHRhGAEgASgLMh8uZ3B0Z3JwYy52MS5DaGF0Q29tcGxldGlvbkRlbHRhSAASNAoHc3VtbWFyeRgCIAEoCzIhLmdwdGdycGMudjEuQ2hhdENvbXBsZXRpb25TdW1tYXJ5SABCBwoFZXZlbnQiXAoSQ291bnRUb2tlbnNSZXF1ZXN0EgwKBHRleHQYASABKAkSKQoIbWVzc2FnZXMYAiADKAsyFy5ncHRncnBjLnYxLkNoYXRNZXNzYWdlEg0KBW1vZGVsGAMgASgJImoKE0NvdW50VG9rZW5zUmVzcG9uc2USEwoLdG9rZW5fY291bnQYASABKAMSEAoIZW5jb2RpbmcYAiABKAkSGQoRZW5jb2RpbmdfZmFsbGJhY2sYAyABKAgSEQoJZXN0aW1hdGVkGAQgASgIIp0BCgtSZXRyeVBvbGljeRIZCgxtYXhfYXR0ZW1wdHMYASABKAVIAIgBARIyCg9pbml0aWFsX2JhY2tvZmYYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SLgoLbWF4X2JhY2tvZmYYAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb25CDwoNX21heF9hdHRlbXB0cyK3AgoQQ29uZmlndXJlUmVxdWVzdBIUCgdhcGlfa2V5GAEgASgJSACIAQESFQoIZW5kcG9pbnQYAiABKAlIAYgBARIZCgxvcmdhbml6YXRpb24YAyABKAlIAogBARIUCgdwcm9qZWN0GAQgASgJSAOIAQESGgoNZGVmYXVsdF9tb2RlbBgFIAEoCUgEiAEBEjIKD3JlcXVlc3RfdGltZW91dBgGIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhItCgxyZXRyeV9wb2xpY3kYByABKAsyFy5ncHRncnBjLnYxLlJldHJ5UG9saWN5QgoKCF9hcGlfa2V5QgsKCV9lbmRwb2ludEIPCg1fb3JnYW5pemF0aW9uQgoKCF9wcm9qZWN0QhAKDl9kZWZhdWx0X21vZGVsIoMCCg1Db25maWd1cmF0aW9uEhYKDmFwaV9rZXlfbWFza2VkGAEgASgJEhMKC2FwaV9rZXlfc2V0GAIgASgIEhAKCGVuZHBvaW50GAMgASgJEhQKDG9yZ2FuaXphdGlvbhgEIAEoCRIPCgdwcm9qZWN0GAUgASgJEhUKDWRlZmF1bHRfbW9kZWwYBiABKAkSMgoPcmVxdWVzdF90aW1lb3V0GAcgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEi0KDHJldHJ5X3BvbGljeRgIIAEoCzIXLmdwdGdycGMudjEuUmV0cnlQb2xpY3kSEgoKZ2VuZXJhdGlvbhgJIAEoAyJFChFDb25maWd1cmVSZXNwb25zZRIwCg1jb25maWd1cmF0aW9uGAEgASgLMhkuZ3B0Z3JwYy52MS5Db25maWd1cmF0aW9uIhkKF0dldENvbmZpZ3VyYXRpb25SZXF1ZXN0IkwKGEdldENvbmZpZ3VyYXRpb25SZXNwb25zZRIwCg1jb25maWd1cmF0aW9uGAEgASgLMhkuZ3B0Z3JwYy52MS5Db25maWd1cmF0aW9uIhMKEUxpc3RNb2RlbHNSZXF1ZXN0Io4ECglNb2RlbEluZm8SCgoCaWQYASABKAkSEAoIZW5jb2RpbmcYAiABKAkSFgoOY29udGV4dF93aW5kb3cYAyABKAMSGQoRbWF4X291dHB1dF90b2tlbnMYBCABKAMSEQoJcmVhc29uaW5nGAUgASgIEiIKFWlucHV0X3VzZF9wZXJfbWlsbGlvbhgGIAEoAUgAiAEBEikKHGNhY2hlZF9pbnB1dF91c2RfcGVyX21pbGxpb24YByABKAFIAYgBARIjChZvdXRwdXRfdXNkX3Blcl9taWxsaW9uGAggASgBSAKIAQESFAoMcHJpY2Vfc291cmNlGAkgASgJEh4KEWltYWdlX2Jhc2VfdG9rZW5zGAogASgDSAOIAQESHgoRaW1hZ2VfdGlsZV90b2tlbnMYCyABKANIBIgBARIjChZpbWFnZV9wYXRjaF9tdWx0aXBsaWVyGAwgASgBSAWIAQESEQoJdmVyYm9zaXR5GA0gASgIQhgKFl9pbnB1dF91c2RfcGVyX21pbGxpb25CHwodX2NhY2hlZF9pbnB1dF91c2RfcGVyX21pbGxpb25CGQoXX291dHB1dF91c2RfcGVyX21pbGxpb25CFAoSX2ltYWdlX2Jhc2VfdG9rZW5zQhQKEl9pbWFnZV90aWxlX3Rva2Vuc0IZChdfaW1hZ2VfcGF0Y2hfbXVsdGlwbGllciI7ChJMaXN0TW9kZWxzUmVzcG9uc2USJQoGbW9kZWxzGAEgAygLMhUuZ3B0Z3JwYy52MS5Nb2RlbEluZm8iIQoPR2V0VXNhZ2VSZXF1ZXN0Eg4KBmNsaWVudBgBIAEoCSLdAQoKTW9kZWxVc2FnZRINCgVtb2RlbBgBIAEoCRIQCghyZXF1ZXN0cxgCIAEoAxIXCg9mYWlsZWRfcmVxdWVzdHMYAyABKAMSFQoNcHJvbXB0X3Rva2VucxgEIAEoAxIZChFjb21wbGV0aW9uX3Rva2VucxgFIAEoAxIcChRjYWNoZWRfcHJvbXB0X3Rva2VucxgGIAEoAxIYChByZWFzb25pbmdfdG9rZW5zGAcgASgDEhAKCGNvc3RfdXNkGAggASgBEhkKEXVucHJpY2VkX3JlcXVlc3RzGAkgASgDIpwBChBHZXRVc2FnZVJlc3BvbnNlEiYKBm1vZGVscxgBIAMoCzIWLmdwdGdycGMudjEuTW9kZWxVc2FnZRIlCgV0b3RhbBgCIAEoCzIWLmdwdGdycGMudjEuTW9kZWxVc2FnZRIpCgVzaW5jZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDgoGY2xpZW50GAQgASgJIoUCCgxDbGllbnRMaW1pdHMSIAoTcmVxdWVzdHNfcGVyX21pbnV0ZRgBIAEoBUgAiAEBEh4KEXRva2Vuc19wZXJfbWludXRlGAIgASgDSAGIAQESFwoKYnVkZ2V0X3VzZBgDIAEoAUgCiAEBEi8KDWJ1ZGdldF9wZXJpb2QYBCABKA4yGC5ncHRncnBjLnYxLkJ1ZGdldFBlcmlvZBIaCg1tYXhfaW5fZmxpZ2h0GAUgASgFSAOIAQFCFgoUX3JlcXVlc3RzX3Blcl9taW51dGVCFAoSX3Rva2Vuc19wZXJfbWludXRlQg0KC19idWRnZXRfdXNkQhAKDl9tYXhfaW5fZmxpZ2h0ItIBCgZDbGllbnQSDAoEbmFtZRgBIAEoCRIoCgZsaW1pdHMYAiABKAsyGC5ncHRncnBjLnYxLkNsaWVudExpbWl0cxIvCgtjcmVhdGVfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLcmV2b2tlX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhQKDHRva2VuX3ByZWZpeBgFIAEoCRIYChBwZXJpb2Rfc3BlbmRfdXNkGAYgASgBIk0KE0NyZWF0ZUNsaWVudFJlcXVlc3QSDAoEbmFtZRgBIAEoCRIoCgZsaW1pdHMYAiABKAsyGC5ncHRncnBjLnYxLkNsaWVudExpbWl0cyJJChRDcmVhdGVDbGllbnRSZXNwb25zZRIiCgZjbGllbnQYASABKAsyEi5ncHRncnBjLnYxLkNsaWVudBINCgV0b2tlbhgCIAEoCSItChJMaXN0Q2xpZW50c1JlcXVlc3QSFwoPaW5jbHVkZV9yZXZva2VkGAEgASgIIjoKE0xpc3RDbGllbnRzUmVzcG9uc2USIwoHY2xpZW50cxgBIAMoCzISLmdwdGdycGMudjEuQ2xpZW50Ik0KE1VwZGF0ZUNsaWVudFJlcXVlc3QSDAoEbmFtZRgBIAEoCRIoCgZsaW1pdHMYAiABKAsyGC5ncHRncnBjLnYxLkNsaWVudExpbWl0cyI6ChRVcGRhdGVDbGllbnRSZXNwb25zZRIiCgZjbGllbnQYASABKAsyEi5ncHRncnBjLnYxLkNsaWVudCIjChNSZXZva2VDbGllbnRSZXF1ZXN0EgwKBG5hbWUYASABKAkiOgoUUmV2b2tlQ2xpZW50UmVzcG9uc2USIgoGY2xpZW50GAEgASgLMhIuZ3B0Z3JwYy52MS5DbGllbnQimwEKC0NvbnRlbnRQYXJ0Eg4KBHRleHQYASABKAlIABImCgVpbWFnZRgCIAEoCzIVLmdwdGdycGMudjEuSW1hZ2VQYXJ0SAASJgoFYXVkaW8YAyABKAsyFS5ncHRncnBjLnYxLkF1ZGlvUGFydEgAEiQKBGZpbGUYBCABKAsyFC5ncHRncnBjLnYxLkZpbGVQYXJ0SABCBgoEcGFydCJiCglJbWFnZVBhcnQSCwoDdXJsGAEgASgJEgwKBGRhdGEYAiABKAwSEQoJbWltZV90eXBlGAMgASgJEicKBmRldGFpbBgEIAEoDjIXLmdwdGdycGMudjEuSW1hZ2VEZXRhaWwiQgoJQXVkaW9QYXJ0EgwKBGRhdGEYASABKAwSJwoGZm9ybWF0GAIgASgOMhcuZ3B0Z3JwYy52MS5BdWRpb0Zvcm1hdCI9CghGaWxlUGFydBIMCgRkYXRhGAEgASgMEhAKCGZpbGVuYW1lGAIgASgJEhEKCW1pbWVfdHlwZRgDIAEoCSI7CgpUb3BMb2dwcm9iEg0KBXRva2VuGAEgASgJEg8KB2xvZ3Byb2IYAiABKAESDQoFYnl0ZXMYAyABKAwiawoMVG9rZW5Mb2dwcm9iEg0KBXRva2VuGAEgASgJEg8KB2xvZ3Byb2IYAiABKAESDQoFYnl0ZXMYAyABKAwSLAoMdG9wX2xvZ3Byb2JzGAQgAygLMhYuZ3B0Z3JwYy52MS5Ub3BMb2dwcm9iIlEKC1VybENpdGF0aW9uEgsKA3VybBgBIAEoCRINCgV0aXRsZRgCIAEoCRITCgtzdGFydF9pbmRleBgDIAEoBRIRCgllbmRfaW5kZXgYBCABKAUqcwoEUm9sZRIUChBST0xFX1VOU1BFQ0lGSUVEEAASDwoLUk9MRV9TWVNURU0QARISCg5ST0xFX0RFVkVMT1BFUhACEg0KCVJPTEVfVVNFUhADEhIKDlJPTEVfQVNTSVNUQU5UEAQSDQoJUk9MRV9UT09MEAUqhwEKDlRvb2xDaG9pY2VNb2RlEiAKHFRPT0xfQ0hPSUNFX01PREVfVU5TUEVDSUZJRUQQABIZChVUT09MX0NIT0lDRV9NT0RFX0FVVE8QARIZChVUT09MX0NIT0lDRV9NT0RFX05PTkUQAhIdChlUT09MX0NIT0lDRV9NT0RFX1JFUVVJUkVEEAMqpQEKElJlc3BvbnNlRm9ybWF0VHlwZRIkCiBSRVNQT05TRV9GT1JNQVRfVFlQRV9VTlNQRUNJRklFRBAAEh0KGVJFU1BPTlNFX0ZPUk1BVF9UWVBFX1RFWFQQARIkCiBSRVNQT05TRV9GT1JNQVRfVFlQRV9KU09OX09CSkVDVBACEiQKIFJFU1BPTlNFX0ZPUk1BVF9UWVBFX0pTT05fU0NIRU1BEAMqwAEKDEZpbmlzaFJlYXNvbhIdChlGSU5JU0hfUkVBU09OX1VOU1BFQ0lGSUVEEAASFgoSRklOSVNIX1JFQVNPTl9TVE9QEAESGAoURklOSVNIX1JFQVNPTl9MRU5HVEgQAhIcChhGSU5JU0hfUkVBU09OX1RPT0xfQ0FMTFMQAxIgChxGSU5JU0hfUkVBU09OX0NPTlRFTlRfRklMVEVSEAQSHwobRklOSVNIX1JFQVNPTl9GVU5DVElPTl9DQUxMEAUqXQoMQnVkZ2V0UGVyaW9kEh0KGUJVREdFVF9QRVJJT0RfVU5TUEVDSUZJRUQQABIVChFCVURHRVRfUEVSSU9EX0RBWRABEhcKE0JVREdFVF9QRVJJT0RfTU9OVEgQAipvCgtJbWFnZURldGFpbBIcChhJTUFHRV9ERVRBSUxfVU5TUEVDSUZJRUQQABIVChFJTUFHRV9ERVRBSUxfQVVUTxABEhQKEElNQUdFX0RFVEFJTF9MT1cQAhIVChFJTUFHRV9ERVRBSUxfSElHSBADKlcKC0F1ZGlvRm9ybWF0EhwKGEFVRElPX0ZPUk1BVF9VTlNQRUNJRklFRBAAEhQKEEFVRElPX0ZPUk1BVF9XQVYQARIUChBBVURJT19GT1JNQVRfTVAzEAIqowEKD1JlYXNvbmluZ0VmZm9ydBIgChxSRUFTT05JTkdfRUZGT1JUX1VOU1BFQ0lGSUVEEAASHAoYUkVBU09OSU5HX0VGRk9SVF9NSU5JTUFMEAESGAoUUkVBU09OSU5HX0VGRk9SVF9MT1cQAhIbChdSRUFTT05JTkdfRUZGT1JUX01FRElVTRADEhkKFVJFQVNPTklOR19FRkZPUlRfSElHSBAEKmMKCVZlcmJvc2l0eRIZChVWRVJCT1NJVFlfVU5TUEVDSUZJRUQQABIRCg1WRVJCT1NJVFlfTE9XEAESFAoQVkVSQk9TSVRZX01FRElVTRACEhIKDlZFUkJPU0lUWV9ISUdIEAMqygYKC0Vycm9yUmVhc29uEhwKGEVSUk9SX1JFQVNPTl9VTlNQRUNJRklFRBAAEhMKD0lOVkFMSURfUkVRVUVTVBABEhMKD0FQSV9LRVlfTUlTU0lORxACEhcKE0FETUlOX1RPS0VOX01JU1NJTkcQAxIXChNBRE1JTl9UT0tFTl9JTlZBTElEEAQSEgoOQURNSU5fRElTQUJMRUQQBRIYChRVUFNUUkVBTV9CQURfUkVRVUVTVBAGEiQKIFVQU1RSRUFNX0NPTlRFWFRfTEVOR1RIX0VYQ0VFREVEEAcSIgoeVVBTVFJFQU1fQVVUSEVOVElDQVRJT05fRkFJTEVEEAgSHgoaVVBTVFJFQU1fUEVSTUlTU0lPTl9ERU5JRUQQCRIWChJVUFNUUkVBTV9OT1RfRk9VTkQQChIZChVVUFNUUkVBTV9SQVRFX0xJTUlURUQQCxIbChdVUFNUUkVBTV9RVU9UQV9FWENFRURFRBAMEhgKFFVQU1RSRUFNX1VOQVZBSUxBQkxFEA0SHQoZVVBTVFJFQU1fUkVTUE9OU0VfSU5WQUxJRBAOEhQKEFVQU1RSRUFNX1RJTUVPVVQQDxIVChFERUFETElORV9FWENFRURFRBAQEhUKEVVQU1RSRUFNX0NPTkZMSUNUEBESEQoNU0hVVFRJTkdfRE9XThASEg4KCk9WRVJMT0FERUQQExISCg5JTlRFUk5BTF9FUlJPUhAUEhgKFENMSUVOVF9UT0tFTl9NSVNTSU5HEBUSGAoUQ0xJRU5UX1RPS0VOX0lOVkFMSUQQFhIXChNDTElFTlRfUkFURV9MSU1JVEVEEBcSGgoWQ0xJRU5UX0JVREdFVF9FWENFRURFRBAYEhUKEUFVVEhfUkFURV9MSU1JVEVEEBkSFAoQQ0xJRU5UX05PVF9GT1VORBAaEhEKDUNMSUVOVF9FWElTVFMQGxIUChBDTElFTlRfRk9SQklEREVOEBwSGQoVQ0xJRU5UX01PREVMX1VOUFJJQ0VEECESFgoSU0VDUkVUX0tFWV9NSVNTSU5HECISHAoYQ0xJRU5UX0lOX0ZMSUdIVF9MSU1JVEVEECMSFQoRU1RPUkVfVU5BVkFJTEFCTEUQJDKoBwoKR1BUU2VydmljZRJXCg5DaGF0Q29tcGxldGlvbhIhLmdwdGdycGMudjEuQ2hhdENvbXBsZXRpb25SZXF1ZXN0GiIuZ3B0Z3JwYy52MS5DaGF0Q29tcGxldGlvblJlc3BvbnNlEmsKFFN0cmVhbUNoYXRDb21wbGV0aW9uEicuZ3B0Z3JwYy52MS5TdHJlYW1DaGF0Q29tcGxldGlvblJlcXVlc3QaKC5ncHRncnBjLnYxLlN0cmVhbUNoYXRDb21wbGV0aW9uUmVzcG9uc2UwARJOCgtDb3VudFRva2VucxIeLmdwdGdycGMudjEuQ291bnRUb2tlbnNSZXF1ZXN0Gh8uZ3B0Z3JwYy52MS5Db3VudFRva2Vuc1Jlc3BvbnNlEkgKCUNvbmZpZ3VyZRIcLmdwdGdycGMudjEuQ29uZmlndXJlUmVxdWVzdBodLmdwdGdycGMudjEuQ29uZmlndXJlUmVzcG9uc2USXQoQR2V0Q29uZmlndXJhdGlvbhIjLmdwdGdycGMudjEuR2V0Q29uZmlndXJhdGlvblJlcXVlc3QaJC5ncHRncnBjLnYxLkdldENvbmZpZ3VyYXRpb25SZXNwb25zZRJLCgpMaXN0TW9kZWxzEh0uZ3B0Z3JwYy52MS5MaXN0TW9kZWxzUmVxdWVzdBoeLmdwdGdycGMudjEuTGlzdE1vZGVsc1Jlc3BvbnNlEkUKCEdldFVzYWdlEhsuZ3B0Z3JwYy52MS5HZXRVc2FnZVJlcXVlc3QaHC5ncHRncnBjLnYxLkdldFVzYWdlUmVzcG9uc2USUQoMQ3JlYXRlQ2xpZW50Eh8uZ3B0Z3JwYy52MS5DcmVhdGVDbGllbnRSZXF1ZXN0GiAuZ3B0Z3JwYy52MS5DcmVhdGVDbGllbnRSZXNwb25zZRJOCgtMaXN0Q2xpZW50cxIeLmdwdGdycGMudjEuTGlzdENsaWVudHNSZXF1ZXN0Gh8uZ3B0Z3JwYy52MS5MaXN0Q2xpZW50c1Jlc3BvbnNlElEKDFVwZGF0ZUNsaWVudBIfLmdwdGdycGMudjEuVXBkYXRlQ2xpZW50UmVxdWVzdBogLmdwdGdycGMudjEuVXBkYXRlQ2xpZW50UmVzcG9uc2USUQoMUmV2b2tlQ2xpZW50Eh8uZ3B0Z3JwYy52MS5SZXZva2VDbGllbnRSZXF1ZXN0GiAuZ3B0Z3JwYy52MS5SZXZva2VDbGllbnRSZXNwb25zZUI9WjtnaXRodWIuY29tL2dwdC1ncnBjL2dwdC1ncnBjL2NsaWVudHMvZ28vZ3B0Z3JwY3YxO2dwdGdycGN2MWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * ChatMessage is one message of a conversation.
@@ -61,6 +61,16 @@ export type ChatMessage = Message<"gptgrpc.v1.ChatMessage"> & {
    * @generated from field: repeated gptgrpc.v1.ToolCall tool_calls = 5;
    */
   toolCalls: ToolCall[];
+
+  /**
+   * The message as content parts (text, images, audio, files), instead of
+   * content: setting both is INVALID_ARGUMENT. Only ROLE_USER messages may
+   * carry image, audio or file parts; any role may carry text parts. Sent
+   * upstream as OpenAI's content-part array, inline bytes base64-encoded.
+   *
+   * @generated from field: repeated gptgrpc.v1.ContentPart parts = 6;
+   */
+  parts: ContentPart[];
 };
 
 /**
@@ -339,6 +349,86 @@ export type ChatCompletionRequest = Message<"gptgrpc.v1.ChatCompletionRequest"> 
    * @generated from field: string user = 15;
    */
   user: string;
+
+  /**
+   * How hard a reasoning model thinks before it answers. Sent only to
+   * reasoning models as the catalog knows them (ListModels: reasoning), and
+   * to unknown model names shaped like one (o1*, o3*, o4*, gpt-5*). For any
+   * other model it is INVALID_ARGUMENT, never silently dropped; to send it to
+   * an OpenAI-compatible server that takes it anyway, use extra_body_json.
+   * MINIMAL is for gpt-5 models (others answer UPSTREAM_BAD_REQUEST).
+   *
+   * @generated from field: gptgrpc.v1.ReasoningEffort reasoning_effort = 16;
+   */
+  reasoningEffort: ReasoningEffort;
+
+  /**
+   * Whether the model may call several tools in one turn. Needs tools.
+   *
+   * @generated from field: optional bool parallel_tool_calls = 17;
+   */
+  parallelToolCalls?: boolean | undefined;
+
+  /**
+   * Return the log probability of each generated token (response.logprobs,
+   * and each delta's logprobs in a stream).
+   *
+   * @generated from field: optional bool logprobs = 18;
+   */
+  logprobs?: boolean | undefined;
+
+  /**
+   * How many most likely alternatives to return per token, 0 to 20. Needs
+   * logprobs set to true.
+   *
+   * @generated from field: optional int32 top_logprobs = 19;
+   */
+  topLogprobs?: number | undefined;
+
+  /**
+   * The upstream's processing tier, e.g. "auto", "default", "flex",
+   * "priority": lower-case letters, digits, '_' and '-', at most 32. Empty:
+   * the upstream default. The tier that served the call comes back in
+   * service_tier of the response.
+   *
+   * @generated from field: string service_tier = 20;
+   */
+  serviceTier: string;
+
+  /**
+   * Key-value pairs stored with the completion upstream (at most 16 pairs;
+   * keys at most 64 characters, values at most 512).
+   *
+   * @generated from field: map<string, string> metadata = 21;
+   */
+  metadata: { [key: string]: string };
+
+  /**
+   * Whether the upstream stores the completion (model distillation, evals).
+   *
+   * @generated from field: optional bool store = 22;
+   */
+  store?: boolean | undefined;
+
+  /**
+   * How long the answer should be, for gpt-5 models (ListModels: verbosity;
+   * unknown names shaped like gpt-5* too). INVALID_ARGUMENT for other models.
+   *
+   * @generated from field: gptgrpc.v1.Verbosity verbosity = 23;
+   */
+  verbosity: Verbosity;
+
+  /**
+   * A JSON object merged into the upstream request body, for parameters this
+   * API does not name (vLLM's top_k or guided_json, Ollama's options). At most
+   * 256 KiB, nested at most 128 levels. A key the gateway owns (model,
+   * messages, stream, stream_options, max_tokens, max_completion_tokens, and
+   * n: the gateway returns one answer) or that a field of this request
+   * already sets is INVALID_ARGUMENT. Logged by key names only, never values.
+   *
+   * @generated from field: string extra_body_json = 24;
+   */
+  extraBodyJson: string;
 };
 
 /**
@@ -473,6 +563,35 @@ export type ChatCompletionResponse = Message<"gptgrpc.v1.ChatCompletionResponse"
    * @generated from field: string refusal = 9;
    */
   refusal: string;
+
+  /**
+   * Log probabilities of the answer's tokens, in order; empty unless the
+   * request set logprobs (and the upstream sent them).
+   *
+   * @generated from field: repeated gptgrpc.v1.TokenLogprob logprobs = 12;
+   */
+  logprobs: TokenLogprob[];
+
+  /**
+   * The processing tier that served the call, as the upstream reports it.
+   *
+   * @generated from field: string service_tier = 13;
+   */
+  serviceTier: string;
+
+  /**
+   * The upstream's backend configuration fingerprint, as it reports it.
+   *
+   * @generated from field: string system_fingerprint = 14;
+   */
+  systemFingerprint: string;
+
+  /**
+   * URL citations in the answer (web search models), when the upstream sends them.
+   *
+   * @generated from field: repeated gptgrpc.v1.UrlCitation annotations = 15;
+   */
+  annotations: UrlCitation[];
 };
 
 /**
@@ -592,6 +711,86 @@ export type StreamChatCompletionRequest = Message<"gptgrpc.v1.StreamChatCompleti
    * @generated from field: string user = 15;
    */
   user: string;
+
+  /**
+   * How hard a reasoning model thinks before it answers. Sent only to
+   * reasoning models as the catalog knows them (ListModels: reasoning), and
+   * to unknown model names shaped like one (o1*, o3*, o4*, gpt-5*). For any
+   * other model it is INVALID_ARGUMENT, never silently dropped; to send it to
+   * an OpenAI-compatible server that takes it anyway, use extra_body_json.
+   * MINIMAL is for gpt-5 models (others answer UPSTREAM_BAD_REQUEST).
+   *
+   * @generated from field: gptgrpc.v1.ReasoningEffort reasoning_effort = 16;
+   */
+  reasoningEffort: ReasoningEffort;
+
+  /**
+   * Whether the model may call several tools in one turn. Needs tools.
+   *
+   * @generated from field: optional bool parallel_tool_calls = 17;
+   */
+  parallelToolCalls?: boolean | undefined;
+
+  /**
+   * Return the log probability of each generated token (response.logprobs,
+   * and each delta's logprobs in a stream).
+   *
+   * @generated from field: optional bool logprobs = 18;
+   */
+  logprobs?: boolean | undefined;
+
+  /**
+   * How many most likely alternatives to return per token, 0 to 20. Needs
+   * logprobs set to true.
+   *
+   * @generated from field: optional int32 top_logprobs = 19;
+   */
+  topLogprobs?: number | undefined;
+
+  /**
+   * The upstream's processing tier, e.g. "auto", "default", "flex",
+   * "priority": lower-case letters, digits, '_' and '-', at most 32. Empty:
+   * the upstream default. The tier that served the call comes back in
+   * service_tier of the response.
+   *
+   * @generated from field: string service_tier = 20;
+   */
+  serviceTier: string;
+
+  /**
+   * Key-value pairs stored with the completion upstream (at most 16 pairs;
+   * keys at most 64 characters, values at most 512).
+   *
+   * @generated from field: map<string, string> metadata = 21;
+   */
+  metadata: { [key: string]: string };
+
+  /**
+   * Whether the upstream stores the completion (model distillation, evals).
+   *
+   * @generated from field: optional bool store = 22;
+   */
+  store?: boolean | undefined;
+
+  /**
+   * How long the answer should be, for gpt-5 models (ListModels: verbosity;
+   * unknown names shaped like gpt-5* too). INVALID_ARGUMENT for other models.
+   *
+   * @generated from field: gptgrpc.v1.Verbosity verbosity = 23;
+   */
+  verbosity: Verbosity;
+
+  /**
+   * A JSON object merged into the upstream request body, for parameters this
+   * API does not name (vLLM's top_k or guided_json, Ollama's options). At most
+   * 256 KiB, nested at most 128 levels. A key the gateway owns (model,
+   * messages, stream, stream_options, max_tokens, max_completion_tokens, and
+   * n: the gateway returns one answer) or that a field of this request
+   * already sets is INVALID_ARGUMENT. Logged by key names only, never values.
+   *
+   * @generated from field: string extra_body_json = 24;
+   */
+  extraBodyJson: string;
 };
 
 /**
@@ -620,6 +819,13 @@ export type ChatCompletionDelta = Message<"gptgrpc.v1.ChatCompletionDelta"> & {
    * @generated from field: string refusal = 2;
    */
   refusal: string;
+
+  /**
+   * Log probabilities of this delta's tokens, as they arrive (request.logprobs).
+   *
+   * @generated from field: repeated gptgrpc.v1.TokenLogprob logprobs = 3;
+   */
+  logprobs: TokenLogprob[];
 };
 
 /**
@@ -683,6 +889,27 @@ export type ChatCompletionSummary = Message<"gptgrpc.v1.ChatCompletionSummary"> 
    * @generated from field: int32 attempts = 7;
    */
   attempts: number;
+
+  /**
+   * The processing tier that served the call, as the upstream reports it.
+   *
+   * @generated from field: string service_tier = 9;
+   */
+  serviceTier: string;
+
+  /**
+   * The upstream's backend configuration fingerprint, as it reports it.
+   *
+   * @generated from field: string system_fingerprint = 10;
+   */
+  systemFingerprint: string;
+
+  /**
+   * URL citations in the answer, assembled from the stream.
+   *
+   * @generated from field: repeated gptgrpc.v1.UrlCitation annotations = 11;
+   */
+  annotations: UrlCitation[];
 };
 
 /**
@@ -731,6 +958,8 @@ export const StreamChatCompletionResponseSchema: GenMessage<StreamChatCompletion
 
 /**
  * CountTokensRequest counts a text or a list of messages; give one of them.
+ * Messages may hold parts: an image counts as OpenAI bills it (see
+ * CountTokensResponse.estimated), audio and files are not counted.
  *
  * @generated from message gptgrpc.v1.CountTokensRequest
  */
@@ -790,6 +1019,17 @@ export type CountTokensResponse = Message<"gptgrpc.v1.CountTokensResponse"> & {
    * @generated from field: bool encoding_fallback = 3;
    */
   encodingFallback: boolean;
+
+  /**
+   * True when part of the count is an estimate: an image given by URL (the
+   * gateway never fetches it: it counts as the most an image can cost at its
+   * detail, 8 tiles or 1536 patches; at detail LOW on a tile-billed model its
+   * size does not matter and the count is exact), or an image for a model
+   * whose image figures the catalog does not know (counted with gpt-4o's).
+   *
+   * @generated from field: bool estimated = 4;
+   */
+  estimated: boolean;
 };
 
 /**
@@ -1114,6 +1354,36 @@ export type ModelInfo = Message<"gptgrpc.v1.ModelInfo"> & {
    * @generated from field: string price_source = 9;
    */
   priceSource: string;
+
+  /**
+   * Tokens every image costs (tile billing: detail low costs only these).
+   * Unset when the model is not billed by tiles or takes no images.
+   *
+   * @generated from field: optional int64 image_base_tokens = 10;
+   */
+  imageBaseTokens?: bigint | undefined;
+
+  /**
+   * Tokens per 512-pixel tile of an image at detail high or auto (tile billing).
+   *
+   * @generated from field: optional int64 image_tile_tokens = 11;
+   */
+  imageTileTokens?: bigint | undefined;
+
+  /**
+   * Tokens per 32-pixel patch (patch billing: gpt-4.1-mini, o4-mini, ...);
+   * unset for tile billing.
+   *
+   * @generated from field: optional double image_patch_multiplier = 12;
+   */
+  imagePatchMultiplier?: number | undefined;
+
+  /**
+   * Takes the verbosity request field (gpt-5 models).
+   *
+   * @generated from field: bool verbosity = 13;
+   */
+  verbosity: boolean;
 };
 
 /**
@@ -1587,6 +1857,288 @@ export const RevokeClientResponseSchema: GenMessage<RevokeClientResponse> = /*@_
   messageDesc(file_gptgrpc_v1_gateway, 35);
 
 /**
+ * ContentPart is one piece of a message's content.
+ *
+ * @generated from message gptgrpc.v1.ContentPart
+ */
+export type ContentPart = Message<"gptgrpc.v1.ContentPart"> & {
+  /**
+   * The piece.
+   *
+   * @generated from oneof gptgrpc.v1.ContentPart.part
+   */
+  part: {
+    /**
+     * Text.
+     *
+     * @generated from field: string text = 1;
+     */
+    value: string;
+    case: "text";
+  } | {
+    /**
+     * An image (ROLE_USER only).
+     *
+     * @generated from field: gptgrpc.v1.ImagePart image = 2;
+     */
+    value: ImagePart;
+    case: "image";
+  } | {
+    /**
+     * An audio clip (ROLE_USER only).
+     *
+     * @generated from field: gptgrpc.v1.AudioPart audio = 3;
+     */
+    value: AudioPart;
+    case: "audio";
+  } | {
+    /**
+     * A file such as a PDF (ROLE_USER only).
+     *
+     * @generated from field: gptgrpc.v1.FilePart file = 4;
+     */
+    value: FilePart;
+    case: "file";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message gptgrpc.v1.ContentPart.
+ * Use `create(ContentPartSchema)` to create a new message.
+ */
+export const ContentPartSchema: GenMessage<ContentPart> = /*@__PURE__*/
+  messageDesc(file_gptgrpc_v1_gateway, 36);
+
+/**
+ * ImagePart is an image given by URL or inline; set exactly one of url and data.
+ *
+ * @generated from message gptgrpc.v1.ImagePart
+ */
+export type ImagePart = Message<"gptgrpc.v1.ImagePart"> & {
+  /**
+   * An https URL, passed through (the gateway never fetches it), or a data
+   * URL "data:image/<png|jpeg|gif|webp>;base64,...".
+   *
+   * @generated from field: string url = 1;
+   */
+  url: string;
+
+  /**
+   * The image bytes (at most 10 MiB; 12 MiB of media per request in all).
+   *
+   * @generated from field: bytes data = 2;
+   */
+  data: Uint8Array;
+
+  /**
+   * MIME type of data: image/png, image/jpeg, image/gif or image/webp; the
+   * bytes must be an image of that type. Required with data.
+   *
+   * @generated from field: string mime_type = 3;
+   */
+  mimeType: string;
+
+  /**
+   * The resolution to look at it with.
+   *
+   * @generated from field: gptgrpc.v1.ImageDetail detail = 4;
+   */
+  detail: ImageDetail;
+};
+
+/**
+ * Describes the message gptgrpc.v1.ImagePart.
+ * Use `create(ImagePartSchema)` to create a new message.
+ */
+export const ImagePartSchema: GenMessage<ImagePart> = /*@__PURE__*/
+  messageDesc(file_gptgrpc_v1_gateway, 37);
+
+/**
+ * AudioPart is an audio clip for a model that takes audio input.
+ *
+ * @generated from message gptgrpc.v1.AudioPart
+ */
+export type AudioPart = Message<"gptgrpc.v1.AudioPart"> & {
+  /**
+   * The audio bytes (at most 10 MiB).
+   *
+   * @generated from field: bytes data = 1;
+   */
+  data: Uint8Array;
+
+  /**
+   * Their format. Required.
+   *
+   * @generated from field: gptgrpc.v1.AudioFormat format = 2;
+   */
+  format: AudioFormat;
+};
+
+/**
+ * Describes the message gptgrpc.v1.AudioPart.
+ * Use `create(AudioPartSchema)` to create a new message.
+ */
+export const AudioPartSchema: GenMessage<AudioPart> = /*@__PURE__*/
+  messageDesc(file_gptgrpc_v1_gateway, 38);
+
+/**
+ * FilePart is a file, such as a PDF, for a model that reads files.
+ *
+ * @generated from message gptgrpc.v1.FilePart
+ */
+export type FilePart = Message<"gptgrpc.v1.FilePart"> & {
+  /**
+   * The file bytes (at most 10 MiB).
+   *
+   * @generated from field: bytes data = 1;
+   */
+  data: Uint8Array;
+
+  /**
+   * The file's name, e.g. "report.pdf": 1 to 255 characters, no slash or backslash.
+   *
+   * @generated from field: string filename = 2;
+   */
+  filename: string;
+
+  /**
+   * MIME type, e.g. "application/pdf". Empty: guessed from the filename's
+   * extension (INVALID_ARGUMENT when it cannot be).
+   *
+   * @generated from field: string mime_type = 3;
+   */
+  mimeType: string;
+};
+
+/**
+ * Describes the message gptgrpc.v1.FilePart.
+ * Use `create(FilePartSchema)` to create a new message.
+ */
+export const FilePartSchema: GenMessage<FilePart> = /*@__PURE__*/
+  messageDesc(file_gptgrpc_v1_gateway, 39);
+
+/**
+ * TopLogprob is one likely alternative at a token position.
+ *
+ * @generated from message gptgrpc.v1.TopLogprob
+ */
+export type TopLogprob = Message<"gptgrpc.v1.TopLogprob"> & {
+  /**
+   * The token's text.
+   *
+   * @generated from field: string token = 1;
+   */
+  token: string;
+
+  /**
+   * Its log probability.
+   *
+   * @generated from field: double logprob = 2;
+   */
+  logprob: number;
+
+  /**
+   * Its UTF-8 bytes (a token may hold part of a character); empty when the
+   * upstream sent none.
+   *
+   * @generated from field: bytes bytes = 3;
+   */
+  bytes: Uint8Array;
+};
+
+/**
+ * Describes the message gptgrpc.v1.TopLogprob.
+ * Use `create(TopLogprobSchema)` to create a new message.
+ */
+export const TopLogprobSchema: GenMessage<TopLogprob> = /*@__PURE__*/
+  messageDesc(file_gptgrpc_v1_gateway, 40);
+
+/**
+ * TokenLogprob is the log probability of one generated token.
+ *
+ * @generated from message gptgrpc.v1.TokenLogprob
+ */
+export type TokenLogprob = Message<"gptgrpc.v1.TokenLogprob"> & {
+  /**
+   * The token's text.
+   *
+   * @generated from field: string token = 1;
+   */
+  token: string;
+
+  /**
+   * Its log probability.
+   *
+   * @generated from field: double logprob = 2;
+   */
+  logprob: number;
+
+  /**
+   * Its UTF-8 bytes (a token may hold part of a character); empty when the
+   * upstream sent none.
+   *
+   * @generated from field: bytes bytes = 3;
+   */
+  bytes: Uint8Array;
+
+  /**
+   * The most likely tokens at this position (request.top_logprobs of them).
+   *
+   * @generated from field: repeated gptgrpc.v1.TopLogprob top_logprobs = 4;
+   */
+  topLogprobs: TopLogprob[];
+};
+
+/**
+ * Describes the message gptgrpc.v1.TokenLogprob.
+ * Use `create(TokenLogprobSchema)` to create a new message.
+ */
+export const TokenLogprobSchema: GenMessage<TokenLogprob> = /*@__PURE__*/
+  messageDesc(file_gptgrpc_v1_gateway, 41);
+
+/**
+ * UrlCitation is a web source the answer cites.
+ *
+ * @generated from message gptgrpc.v1.UrlCitation
+ */
+export type UrlCitation = Message<"gptgrpc.v1.UrlCitation"> & {
+  /**
+   * The source's URL.
+   *
+   * @generated from field: string url = 1;
+   */
+  url: string;
+
+  /**
+   * The source's title.
+   *
+   * @generated from field: string title = 2;
+   */
+  title: string;
+
+  /**
+   * Index of the first character of the citation in the answer text.
+   *
+   * @generated from field: int32 start_index = 3;
+   */
+  startIndex: number;
+
+  /**
+   * Index just past its last character.
+   *
+   * @generated from field: int32 end_index = 4;
+   */
+  endIndex: number;
+};
+
+/**
+ * Describes the message gptgrpc.v1.UrlCitation.
+ * Use `create(UrlCitationSchema)` to create a new message.
+ */
+export const UrlCitationSchema: GenMessage<UrlCitation> = /*@__PURE__*/
+  messageDesc(file_gptgrpc_v1_gateway, 42);
+
+/**
  * Role is the author of a chat message.
  *
  * @generated from enum gptgrpc.v1.Role
@@ -1811,6 +2363,171 @@ export enum BudgetPeriod {
  */
 export const BudgetPeriodSchema: GenEnum<BudgetPeriod> = /*@__PURE__*/
   enumDesc(file_gptgrpc_v1_gateway, 4);
+
+/**
+ * ImageDetail is the resolution the model looks at an image with (and what
+ * it costs: LOW is a fixed number of tokens).
+ *
+ * @generated from enum gptgrpc.v1.ImageDetail
+ */
+export enum ImageDetail {
+  /**
+   * Not set: the upstream default (auto).
+   *
+   * @generated from enum value: IMAGE_DETAIL_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The model chooses.
+   *
+   * @generated from enum value: IMAGE_DETAIL_AUTO = 1;
+   */
+  AUTO = 1,
+
+  /**
+   * A 512x512 view, fixed cost.
+   *
+   * @generated from enum value: IMAGE_DETAIL_LOW = 2;
+   */
+  LOW = 2,
+
+  /**
+   * Full detail, billed per 512-pixel tile.
+   *
+   * @generated from enum value: IMAGE_DETAIL_HIGH = 3;
+   */
+  HIGH = 3,
+}
+
+/**
+ * Describes the enum gptgrpc.v1.ImageDetail.
+ */
+export const ImageDetailSchema: GenEnum<ImageDetail> = /*@__PURE__*/
+  enumDesc(file_gptgrpc_v1_gateway, 5);
+
+/**
+ * AudioFormat is the encoding of an audio clip.
+ *
+ * @generated from enum gptgrpc.v1.AudioFormat
+ */
+export enum AudioFormat {
+  /**
+   * Not set: invalid in a request.
+   *
+   * @generated from enum value: AUDIO_FORMAT_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * WAV.
+   *
+   * @generated from enum value: AUDIO_FORMAT_WAV = 1;
+   */
+  WAV = 1,
+
+  /**
+   * MP3.
+   *
+   * @generated from enum value: AUDIO_FORMAT_MP3 = 2;
+   */
+  MP3 = 2,
+}
+
+/**
+ * Describes the enum gptgrpc.v1.AudioFormat.
+ */
+export const AudioFormatSchema: GenEnum<AudioFormat> = /*@__PURE__*/
+  enumDesc(file_gptgrpc_v1_gateway, 6);
+
+/**
+ * ReasoningEffort is how much a reasoning model thinks before answering.
+ *
+ * @generated from enum gptgrpc.v1.ReasoningEffort
+ */
+export enum ReasoningEffort {
+  /**
+   * Not set: the model's default.
+   *
+   * @generated from enum value: REASONING_EFFORT_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * As little as possible (gpt-5 models).
+   *
+   * @generated from enum value: REASONING_EFFORT_MINIMAL = 1;
+   */
+  MINIMAL = 1,
+
+  /**
+   * Little.
+   *
+   * @generated from enum value: REASONING_EFFORT_LOW = 2;
+   */
+  LOW = 2,
+
+  /**
+   * Medium.
+   *
+   * @generated from enum value: REASONING_EFFORT_MEDIUM = 3;
+   */
+  MEDIUM = 3,
+
+  /**
+   * Much.
+   *
+   * @generated from enum value: REASONING_EFFORT_HIGH = 4;
+   */
+  HIGH = 4,
+}
+
+/**
+ * Describes the enum gptgrpc.v1.ReasoningEffort.
+ */
+export const ReasoningEffortSchema: GenEnum<ReasoningEffort> = /*@__PURE__*/
+  enumDesc(file_gptgrpc_v1_gateway, 7);
+
+/**
+ * Verbosity is how long a gpt-5 model's answer should be.
+ *
+ * @generated from enum gptgrpc.v1.Verbosity
+ */
+export enum Verbosity {
+  /**
+   * Not set: the model's default.
+   *
+   * @generated from enum value: VERBOSITY_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Concise.
+   *
+   * @generated from enum value: VERBOSITY_LOW = 1;
+   */
+  LOW = 1,
+
+  /**
+   * Balanced.
+   *
+   * @generated from enum value: VERBOSITY_MEDIUM = 2;
+   */
+  MEDIUM = 2,
+
+  /**
+   * Thorough.
+   *
+   * @generated from enum value: VERBOSITY_HIGH = 3;
+   */
+  HIGH = 3,
+}
+
+/**
+ * Describes the enum gptgrpc.v1.Verbosity.
+ */
+export const VerbositySchema: GenEnum<Verbosity> = /*@__PURE__*/
+  enumDesc(file_gptgrpc_v1_gateway, 8);
 
 /**
  * ErrorReason is the reason of the google.rpc.ErrorInfo attached to every
@@ -2063,7 +2780,7 @@ export enum ErrorReason {
  * Describes the enum gptgrpc.v1.ErrorReason.
  */
 export const ErrorReasonSchema: GenEnum<ErrorReason> = /*@__PURE__*/
-  enumDesc(file_gptgrpc_v1_gateway, 5);
+  enumDesc(file_gptgrpc_v1_gateway, 9);
 
 /**
  * GPTService fronts an OpenAI-compatible chat completions API.
