@@ -59,6 +59,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -672,21 +673,12 @@ class Bench:
         self.results["ready_s"] = summary(times)
         self.results["ready_runs"] = times
 
-    def run_store_only(self) -> dict[str, Any]:
+    def run_alone(self, row: Callable[[str], None]) -> dict[str, Any]:
+        """One row (`store_row`, `tracing_row`) against a fresh fast upstream, nothing else."""
         try:
             self.say(f"logs in {self.logs}")
             upstream, base_url = start_upstream(self.stack)
-            self.store_row(base_url)
-            self.stack.stop(upstream)
-        finally:
-            self.stack.close()
-        return self.results
-
-    def run_tracing_only(self) -> dict[str, Any]:
-        try:
-            self.say(f"logs in {self.logs}")
-            upstream, base_url = start_upstream(self.stack)
-            self.tracing_row(base_url)
+            row(base_url)
             self.stack.stop(upstream)
         finally:
             self.stack.close()
@@ -1251,13 +1243,13 @@ def main(argv: list[str] | None = None) -> int:
     bench = Bench(plan, args.out, cpus)
     started = time.time()
     if args.only_store:
-        results = bench.run_store_only()
+        results = bench.run_alone(bench.store_row)
         (args.out / "store.json").write_text(
             json.dumps({"results": results, "series": {k: v.to_json() for k, v in bench.series.items()}}, indent=1)
         )
         return 0
     if args.only_tracing:
-        results = bench.run_tracing_only()
+        results = bench.run_alone(bench.tracing_row)
         meta = {
             "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
             "machine": f"{os.cpu_count()} CPUs, {platform.machine()}, Python {platform.python_version()}",
