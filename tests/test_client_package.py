@@ -1415,7 +1415,7 @@ def test_wheel_contains_the_stubs_and_no_server_dependencies(tmp_path: Path) -> 
     declared = metadata.get_all("Requires-Dist") or []
     # Required ones alone: opentelemetry-api is the optional `otel` extra (trace context propagation).
     requires = [r.split(";")[0].strip() for r in declared if "extra ==" not in r]
-    extras = {r.split(";")[0].strip().split(">")[0] for r in declared if "extra == \"otel\"" in r}
+    extras = {r.split(";")[0].strip().split(">")[0] for r in declared if 'extra == "otel"' in r}
     assert extras == {"opentelemetry-api"}, declared
     names_only = {r.replace(" ", "").split(">")[0].split("=")[0].split("<")[0].lower() for r in requires}
     assert names_only == {"grpcio", "protobuf", "googleapis-common-protos"}, requires
