@@ -674,6 +674,7 @@ async def test_http_control_api(standin: Standin, http: aiohttp.ClientSession) -
         "completed",
         "client_disconnected",
         "raw_length",
+        "request_id",
     }
     async with http.get(control + "/stats") as r:
         stats = await r.json()

@@ -255,7 +255,7 @@ class Engine:
         content = _encode({**call.body, "stream": False})
 
         async def attempt(endpoint: Endpoint, seconds: float, by_deadline: bool, span: AttemptSpan | None) -> _Answer:
-            phase, request_id = Phase.SEND, None
+            phase, request_id, status = Phase.SEND, None, None
             try:
                 async with asyncio.timeout(seconds):
                     async with self.client.post(
@@ -265,12 +265,12 @@ class Engine:
                         client_request_id=call.request.request_id,
                         trace_headers=() if span is None else span.headers,
                     ) as response:
-                        request_id = response.headers.get("x-request-id")
+                        request_id, status = response.headers.get("x-request-id"), response.status_code
                         phase = Phase.BODY
                         raw = await upstream_client.read(response)
                 answer = self._answer(call, orjson.loads(raw), request_id, endpoint.scrubber)
             except BaseException as exc:
-                _fail(exc, phase, by_deadline, endpoint.scrubber, request_id)
+                _fail(exc, phase, by_deadline, endpoint.scrubber, request_id, status)
             if span is not None:
                 span.answered(answer)
                 span.end()
@@ -377,7 +377,7 @@ class Engine:
         ) -> tuple[contextlib.AsyncExitStack, AsyncIterator[Mapping[str, Any]], Endpoint, AttemptSpan | None]:
             stack = contextlib.AsyncExitStack()
             state.reset()
-            state.request_id = None
+            state.request_id = state.status = None
             phase = Phase.SEND
             try:
                 async with asyncio.timeout(seconds):
@@ -390,7 +390,7 @@ class Engine:
                             trace_headers=() if span is None else span.headers,
                         )
                     )
-                    state.request_id = response.headers.get("x-request-id")
+                    state.request_id, state.status = response.headers.get("x-request-id"), response.status_code
                     phase = Phase.STREAM
                     events = sse.events(sse.iter_lines(response, MAX_ANSWER_BYTES))
                     # Read until something can reach the caller: until then a
@@ -402,7 +402,7 @@ class Engine:
                 return stack, events, endpoint, span
             except BaseException as exc:
                 await stack.aclose()
-                _fail(exc, phase, by_deadline, endpoint.scrubber, state.request_id)
+                _fail(exc, phase, by_deadline, endpoint.scrubber, state.request_id, state.status)
 
         try:
             (stack, events, endpoint, span), attempts = await self._attempts(call, deadline, attempt, stream=True)
@@ -419,7 +419,8 @@ class Engine:
                     try:
                         await state.advance(events)
                     except BaseException as exc:
-                        _fail(exc, Phase.STREAM, False, endpoint.scrubber, state.request_id)
+                        passed = deadline is not None and self._clock() >= deadline
+                        _fail(exc, Phase.STREAM, passed, endpoint.scrubber, state.request_id, state.status)
             calls = state.tool_calls()
             text = "".join(state.content)
             usage = self._usage(state.usage, call, text, calls)
@@ -454,9 +455,18 @@ class Engine:
         yield result
 
 
-def _fail(exc: BaseException, phase: Phase, by_deadline: bool, scrubber: Scrubber, request_id: str | None) -> NoReturn:
+def _fail(
+    exc: BaseException,
+    phase: Phase,
+    by_deadline: bool,
+    scrubber: Scrubber,
+    request_id: str | None,
+    http_status: int | None,
+) -> NoReturn:
     """Raise what `exc` means to the caller (failures.translate), `exc` chained as its cause."""
-    error = translate(exc, phase=phase, by_deadline=by_deadline, scrubber=scrubber, request_id=request_id)
+    error = translate(
+        exc, phase=phase, by_deadline=by_deadline, scrubber=scrubber, request_id=request_id, http_status=http_status
+    )
     if error is exc:
         raise exc
     raise error from exc

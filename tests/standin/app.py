@@ -17,8 +17,10 @@ import asyncio
 import base64
 import contextlib
 import dataclasses
+import email.utils
 import gzip
 import importlib.resources
+import math
 import os
 import re
 import socket
@@ -140,6 +142,8 @@ class RecordedRequest:
     completed: bool = False
     client_disconnected: bool = False
     raw: bytes = b""  # the body exactly as received (`body` is its JSON, parsed)
+    # The X-Request-Id the stand-in answered with (None until it answered, or if it never did).
+    request_id: str | None = None
 
     def to_json(self, mask_authorization: bool = True) -> dict[str, Any]:
         """JSON-ready dict (the raw body as its length); the Authorization header value is masked by default."""
@@ -752,6 +756,7 @@ class Standin:
         self, request: web.BaseRequest, record: RecordedRequest, response: web.StreamResponse
     ) -> web.StreamResponse:
         """Write a complete response now, so ``record.completed`` means it really went out."""
+        record.request_id = response.headers.get("x-request-id")
         try:
             await response.prepare(request)
             await response.write_eof()
@@ -784,9 +789,12 @@ class Standin:
                 return web.Response(status=500)  # never written: the transport is gone
             if kind == "hang":
                 return await self._hang(request, record)
-            if kind == "html_error":
+            if kind in ("html_error", "html_ok"):
+                # A proxy's error page; or, with status 200, a captive portal's page (not JSON, not SSE).
                 headers = {"Content-Type": "text/html", "x-request-id": _request_id(), "Server": "nginx"}
-                return await self._send(request, record, web.Response(status=502, body=_HTML_502, headers=headers))
+                page_status = 502 if kind == "html_error" else 200
+                page = web.Response(status=page_status, body=_HTML_502, headers=headers)
+                return await self._send(request, record, page)
             if kind == "slow" and fault.delay > 0:
                 await asyncio.sleep(fault.delay)
         reply = self._build_reply(body)
@@ -807,7 +815,9 @@ class Standin:
             code = "invalid_api_key"
         headers: dict[str, str] = {}
         retry_after, retry_after_ms = fault.retry_hints()
-        if retry_after is not None:
+        if retry_after is not None and fault.retry_after_http_date:
+            headers["retry-after"] = email.utils.formatdate(math.ceil(time.time() + retry_after), usegmt=True)
+        elif retry_after is not None:
             headers["retry-after"] = _format_seconds(retry_after)
         if retry_after_ms is not None:
             headers["retry-after-ms"] = str(retry_after_ms)
@@ -942,6 +952,7 @@ class Standin:
         if kind != "drop_mid_stream":
             return await self._send(request, record, web.Response(body=payload, headers=headers))
         # Announce the full length, send half, then cut the connection.
+        record.request_id = headers["x-request-id"]
         response = web.StreamResponse(headers=headers)
         response.content_length = len(payload)
         try:
@@ -971,6 +982,7 @@ class Standin:
         headers = {"Content-Type": _JSON, "x-request-id": _request_id()}
         if not chunked:
             return await self._send(request, record, web.Response(body=payload, headers=headers))
+        record.request_id = headers["x-request-id"]
         response = web.StreamResponse(headers=headers)
         response.enable_chunked_encoding()
         try:
@@ -1082,6 +1094,7 @@ class Standin:
             error = {"error": {"message": message, "type": "server_error", "param": None, "code": code}}
             events.append(b"data: " + orjson.dumps(error) + b"\n\n")
         delay = fault.delay if fault is not None and kind == "slow_stream" else 0.0
+        record.request_id = request_id
         response = web.StreamResponse(
             headers={
                 "Content-Type": "text/event-stream; charset=utf-8",

@@ -3,10 +3,11 @@
 Every handler is wrapped by `rpc`/`stream_rpc`, which gives the call a
 request id, authorizes it (admin, client or open), admits it, turns a
 GatewayError into its status with details, turns anything unexpected into
-INTERNAL (logged with its traceback, never sent), lets cancellation through,
-and finally writes one access-log line and the metrics. With tracing on
-(tracing.py), each call is a server span, ended there too, whose ids the
-access line carries.
+INTERNAL (logged with its traceback, never sent), lets cancellation through
+(recorded as DEADLINE_EXCEEDED when it is the caller's deadline passing, as
+CANCELLED otherwise), and finally writes one access-log line and the metrics.
+With tracing on (tracing.py), each call is a server span, ended there too,
+whose ids the access line carries.
 """
 
 from __future__ import annotations
@@ -61,6 +62,16 @@ MAX_COUNT_TOKENS_BYTES = 4 * 1024 * 1024
 _MAX_UTF8_BYTES = 4  # per character
 # A caller's x-request-id is used as given when it is this tame.
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+# When a call's deadline passes, grpc.aio cancels its handler just as it does when
+# the caller cancels; what tells the two apart is how much of the deadline is left.
+# The caller's own timer usually fires first and cancels the call on the wire (the
+# same cancel as a real one), while the server's deadline lies later by the trip of
+# the request's headers and by the rounding up of grpc-timeout (to 10 ms units from
+# 1 s, 100 ms from 10 s: at most 1% of the timeout, gRPC's timeout encoding). On
+# loopback that was up to 3 ms left (tests/test_deadlines.py); a cancellation with
+# less than the slack below left (at most half of a short call's time) is the deadline.
+DEADLINE_SLACK_SECONDS = 0.05
+DEADLINE_SLACK_RATIO = 0.02
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
@@ -99,6 +110,18 @@ class Call:
     reason: str | None = None
     extra_keys: tuple[str, ...] = ()  # extra_body_json's key names (never its values)
     span: Span | None = None  # the call's server span, when tracing is on
+    # The caller's deadline (a time.monotonic() instant) and the time it gave the call; None without one.
+    deadline: float | None = None
+    budget: float | None = None
+
+    def cancelled(self) -> None:
+        """Record a cancellation: the deadline passing (DEADLINE_EXCEEDED) or the caller leaving (CANCELLED)."""
+        if self.deadline is not None and self.budget is not None:
+            left = self.deadline - time.monotonic()
+            if left <= min(DEADLINE_SLACK_SECONDS, self.budget / 2) + DEADLINE_SLACK_RATIO * self.budget:
+                self.code, self.reason = grpc.StatusCode.DEADLINE_EXCEEDED, Reason.DEADLINE_EXCEEDED.value
+                return
+        self.code, self.reason = grpc.StatusCode.CANCELLED, None
 
     def took(self, result: ChatResult) -> None:
         self.model, self.usage, self.cost_usd, self.attempts = (
@@ -122,11 +145,6 @@ def _request_id(context: Context) -> str:
     return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
 
 
-def _deadline(context: Context) -> float | None:
-    remaining = context.time_remaining()
-    return None if remaining is None else time.monotonic() + remaining
-
-
 Handler = Callable[[Any, Req, Context, Call], Awaitable[Resp]]
 StreamHandler = Callable[[Any, Req, Context, Call], AsyncIterator[Resp]]
 
@@ -142,7 +160,7 @@ def rpc(access: Access) -> Callable[[Handler[Req, Resp]], Callable[[Any, Req, Co
                 await self._open(call, access, request, context)
                 return await fn(self, request, context, call)
             except asyncio.CancelledError:
-                call.code = grpc.StatusCode.CANCELLED
+                call.cancelled()
                 raise
             except Exception as exc:
                 await self._fail(context, call, exc)
@@ -172,7 +190,7 @@ def stream_rpc(
                 async for event in events:
                     yield event
             except (asyncio.CancelledError, GeneratorExit):
-                call.code = grpc.StatusCode.CANCELLED
+                call.cancelled()
                 raise
             except Exception as exc:
                 await self._fail(context, call, exc)
@@ -260,6 +278,9 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
 
     def _begin(self, method: str, context: Context) -> Call:
         call = Call(method=method, request_id=_request_id(context), peer=context.peer() or "")
+        remaining = context.time_remaining()
+        if remaining is not None:
+            call.deadline, call.budget = time.monotonic() + remaining, remaining
         if self.tracing is not None:
             call.span = self.tracing.server_span(method, context.invocation_metadata(), call.request_id)
         context.set_trailing_metadata((("x-request-id", call.request_id),))
@@ -377,7 +398,7 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
     async def ChatCompletion(
         self, request: pb.ChatCompletionRequest, context: Context, call: Call
     ) -> pb.ChatCompletionResponse:
-        result = await self.engine.acomplete(await self._prepare(request, call), deadline=_deadline(context))
+        result = await self.engine.acomplete(await self._prepare(request, call), deadline=call.deadline)
         call.took(result)
         return convert.chat_response(result)
 
@@ -385,7 +406,7 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
     async def StreamChatCompletion(
         self, request: pb.StreamChatCompletionRequest, context: Context, call: Call
     ) -> AsyncIterator[pb.StreamChatCompletionResponse]:
-        events = self.engine.astream(await self._prepare(request, call), deadline=_deadline(context))
+        events = self.engine.astream(await self._prepare(request, call), deadline=call.deadline)
         try:
             async for event in events:
                 if isinstance(event, ChatResult):
@@ -405,19 +426,23 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
             violations.append(FieldViolation("model", bad_model))
         else:
             call.model = name
+        too_large = False
         if request.messages and request.text:
             violations.append(FieldViolation("text", "give either text or messages, not both"))
         elif _counted_bytes(request) > MAX_COUNT_TOKENS_BYTES:
+            too_large = True
             where = "messages" if request.messages else "text"
             violations.append(FieldViolation(where, f"must be at most {MAX_COUNT_TOKENS_BYTES // 1024 // 1024} MiB"))
+        # Every violation at once: the messages' own too (unless there are too many bytes of them to read).
+        messages: list[dict[str, Any]] = []
+        if request.messages and not too_large:
+            messages, problems = convert.count_messages(request.messages)
+            violations.extend(problems)
+        violations.extend(validate_counted(messages))
         if violations:
             raise invalid(violations)
         model = self.engine.models.resolve(name, priced=False)
         if request.messages:
-            messages, problems = convert.count_messages(request.messages)
-            violations = problems + validate_counted(messages)
-            if violations:
-                raise invalid(violations)
             count = tokens.count_messages(
                 messages, model.name, encoding=model.encoding, image_billing=model.image_tokens
             )

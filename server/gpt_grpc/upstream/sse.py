@@ -61,14 +61,17 @@ async def iter_lines(response: httpx2.Response, limit: int) -> AsyncIterator[str
 async def events(lines: AsyncIterator[str]) -> AsyncIterator[Mapping[str, Any]]:
     """Parsed JSON of each SSE `data:` event; ends at `[DONE]`.
 
-    Raises StreamCut if the body ends without `[DONE]`, ValueError on an
-    event that is not a JSON object, ErrorEvent on an in-stream error object.
+    Raises StreamCut if the body ends without `[DONE]` (saying whether it held
+    any event at all), ValueError on an event that is not a JSON object,
+    ErrorEvent on an in-stream error object.
     """
     data: list[str] = []
+    sse = False  # whether any `data:` line came: an HTML page or a JSON body has none
     async for line in lines:
         if line:
             if line.startswith("data:"):
                 data.append(line[6:] if line.startswith("data: ") else line[5:])
+                sse = True
             continue  # event:, id:, retry: and comments carry nothing we use
         if not data:
             continue
@@ -85,7 +88,7 @@ async def events(lines: AsyncIterator[str]) -> AsyncIterator[Mapping[str, Any]]:
         yield event
     if data and "\n".join(data) == "[DONE]":
         return
-    raise StreamCut()
+    raise StreamCut(sse=sse)
 
 
 async def _drain_after_done(lines: AsyncIterator[str]) -> None:
@@ -103,7 +106,9 @@ class StreamState:
     """What a stream has said so far (reset when a new attempt starts)."""
 
     def __init__(self) -> None:
+        # The answer's X-Request-Id and status, once the upstream answered (errors carry them).
         self.request_id: str | None = None
+        self.status: int | None = None
         self.reset()
 
     def reset(self) -> None:
