@@ -19,7 +19,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file gptgrpc/v1/gateway.proto.
  */
 export const file_gptgrpc_v1_gateway: GenFile = /*@__PURE__*/
-  fileDesc("ChhncHRncnBjL3YxL2dhdGV3YXkucHJvdG8SCmdwdGdycGMudjEisAEKC0NoYXRNZXNzYWdlEh4KBHJvbGUYASABKA4yEC5ncHRncnBjLnYxLlJvbGUSDwoHY29udGVudBgCIAEoCRIRCgRuYW1lGAMgASgJSACIAQESGQoMdG9vbF9jYWxsX2lkGAQgASgJSAGIAQESKAoKdG9vbF9jYWxscxgFIAMoCzIULmdwdGdycGMudjEuVG9vbENhbGxCBwoFX25hbWVCDwoNX3Rvb2xfY2FsbF9pZCJiCgRUb29sEgwKBG5hbWUYASABKAkSEwoLZGVzY3JpcHRpb24YAiABKAkSFwoPcGFyYW1ldGVyc19qc29uGAMgASgJEhMKBnN0cmljdBgEIAEoCEgAiAEBQgkKB19zdHJpY3QiPAoIVG9vbENhbGwSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRIWCg5hcmd1bWVudHNfanNvbhgDIAEoCSJbCgpUb29sQ2hvaWNlEioKBG1vZGUYASABKA4yGi5ncHRncnBjLnYxLlRvb2xDaG9pY2VNb2RlSAASFwoNZnVuY3Rpb25fbmFtZRgCIAEoCUgAQggKBmNob2ljZSKIAQoOUmVzcG9uc2VGb3JtYXQSLAoEdHlwZRgBIAEoDjIeLmdwdGdycGMudjEuUmVzcG9uc2VGb3JtYXRUeXBlEhMKC3NjaGVtYV9uYW1lGAIgASgJEhMKC3NjaGVtYV9qc29uGAMgASgJEhMKBnN0cmljdBgEIAEoCEgAiAEBQgkKB19zdHJpY3QilAQKFUNoYXRDb21wbGV0aW9uUmVxdWVzdBINCgVtb2RlbBgBIAEoCRIWCg5zeXN0ZW1fbWVzc2FnZRgCIAEoCRIUCgx1c2VyX21lc3NhZ2UYAyABKAkSKQoIbWVzc2FnZXMYBCADKAsyFy5ncHRncnBjLnYxLkNoYXRNZXNzYWdlEhgKC3RlbXBlcmF0dXJlGAUgASgBSACIAQESFwoKbWF4X3Rva2VucxgGIAEoBUgBiAEBEhIKBXRvcF9wGAcgASgBSAKIAQESDAoEc3RvcBgIIAMoCRIRCgRzZWVkGAkgASgDSAOIAQESHQoQcHJlc2VuY2VfcGVuYWx0eRgKIAEoAUgEiAEBEh4KEWZyZXF1ZW5jeV9wZW5hbHR5GAsgASgBSAWIAQESMwoPcmVzcG9uc2VfZm9ybWF0GAwgASgLMhouZ3B0Z3JwYy52MS5SZXNwb25zZUZvcm1hdBIfCgV0b29scxgNIAMoCzIQLmdwdGdycGMudjEuVG9vbBIrCgt0b29sX2Nob2ljZRgOIAEoCzIWLmdwdGdycGMudjEuVG9vbENob2ljZRIMCgR1c2VyGA8gASgJQg4KDF90ZW1wZXJhdHVyZUINCgtfbWF4X3Rva2Vuc0IICgZfdG9wX3BCBwoFX3NlZWRCEwoRX3ByZXNlbmNlX3BlbmFsdHlCFAoSX2ZyZXF1ZW5jeV9wZW5hbHR5IpoBCgVVc2FnZRIVCg1wcm9tcHRfdG9rZW5zGAEgASgDEhkKEWNvbXBsZXRpb25fdG9rZW5zGAIgASgDEhQKDHRvdGFsX3Rva2VucxgDIAEoAxIcChRjYWNoZWRfcHJvbXB0X3Rva2VucxgEIAEoAxIYChByZWFzb25pbmdfdG9rZW5zGAUgASgDEhEKCWVzdGltYXRlZBgGIAEoCCKIAgoWQ2hhdENvbXBsZXRpb25SZXNwb25zZRIPCgdjb250ZW50GAEgASgJEigKCnRvb2xfY2FsbHMYAiADKAsyFC5ncHRncnBjLnYxLlRvb2xDYWxsEi8KDWZpbmlzaF9yZWFzb24YAyABKA4yGC5ncHRncnBjLnYxLkZpbmlzaFJlYXNvbhINCgVtb2RlbBgEIAEoCRIKCgJpZBgFIAEoCRIgCgV1c2FnZRgGIAEoCzIRLmdwdGdycGMudjEuVXNhZ2USFQoIY29zdF91c2QYByABKAFIAIgBARIQCghhdHRlbXB0cxgIIAEoBRIPCgdyZWZ1c2FsGAkgASgJQgsKCV9jb3N0X3VzZCKaBAobU3RyZWFtQ2hhdENvbXBsZXRpb25SZXF1ZXN0Eg0KBW1vZGVsGAEgASgJEhYKDnN5c3RlbV9tZXNzYWdlGAIgASgJEhQKDHVzZXJfbWVzc2FnZRgDIAEoCRIpCghtZXNzYWdlcxgEIAMoCzIXLmdwdGdycGMudjEuQ2hhdE1lc3NhZ2USGAoLdGVtcGVyYXR1cmUYBSABKAFIAIgBARIXCgptYXhfdG9rZW5zGAYgASgFSAGIAQESEgoFdG9wX3AYByABKAFIAogBARIMCgRzdG9wGAggAygJEhEKBHNlZWQYCSABKANIA4gBARIdChBwcmVzZW5jZV9wZW5hbHR5GAogASgBSASIAQESHgoRZnJlcXVlbmN5X3BlbmFsdHkYCyABKAFIBYgBARIzCg9yZXNwb25zZV9mb3JtYXQYDCABKAsyGi5ncHRncnBjLnYxLlJlc3BvbnNlRm9ybWF0Eh8KBXRvb2xzGA0gAygLMhAuZ3B0Z3JwYy52MS5Ub29sEisKC3Rvb2xfY2hvaWNlGA4gASgLMhYuZ3B0Z3JwYy52MS5Ub29sQ2hvaWNlEgwKBHVzZXIYDyABKAlCDgoMX3RlbXBlcmF0dXJlQg0KC19tYXhfdG9rZW5zQggKBl90b3BfcEIHCgVfc2VlZEITChFfcHJlc2VuY2VfcGVuYWx0eUIUChJfZnJlcXVlbmN5X3BlbmFsdHkiNwoTQ2hhdENvbXBsZXRpb25EZWx0YRIPCgdjb250ZW50GAEgASgJEg8KB3JlZnVzYWwYAiABKAki5QEKFUNoYXRDb21wbGV0aW9uU3VtbWFyeRIoCgp0b29sX2NhbGxzGAEgAygLMhQuZ3B0Z3JwYy52MS5Ub29sQ2FsbBIvCg1maW5pc2hfcmVhc29uGAIgASgOMhguZ3B0Z3JwYy52MS5GaW5pc2hSZWFzb24SDQoFbW9kZWwYAyABKAkSCgoCaWQYBCABKAkSIAoFdXNhZ2UYBSABKAsyES5ncHRncnBjLnYxLlVzYWdlEhUKCGNvc3RfdXNkGAYgASgBSACIAQESEAoIYXR0ZW1wdHMYByABKAVCCwoJX2Nvc3RfdXNkIo8BChxTdHJlYW1DaGF0Q29tcGxldGlvblJlc3BvbnNlEjAKBWRlbHRhGAEgASgLMh8uZ3B0Z3JwYy52MS5DaGF0Q29tcGxldGlvbkRlbHRhSAASNAoHc3VtbWFyeRgCIAEoCzIhLmdwdGdycGMudjEuQ2hhdENvbXBsZXRpb25TdW1tYXJ5SABCBwoFZXZlbnQiXAoSQ291bnRUb2tlbnNSZXF1ZXN0EgwKBHRleHQYASABKAkSKQoIbWVzc2FnZXMYAiADKAsyFy5ncHRncnBjLnYxLkNoYXRNZXNzYWdlEg0KBW1vZGVsGAMgASgJIlcKE0NvdW50VG9rZW5zUmVzcG9uc2USEwoLdG9rZW5fY291bnQYASABKAMSEAoIZW5jb2RpbmcYAiABKAkSGQoRZW5jb2RpbmdfZmFsbGJhY2sYAyABKAginQEKC1JldHJ5UG9saWN5EhkKDG1heF9hdHRlbXB0cxgBIAEoBUgAiAEBEjIKD2luaXRpYWxfYmFja29mZhgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIuCgttYXhfYmFja29mZhgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbkIPCg1fbWF4X2F0dGVtcHRzIrcCChBDb25maWd1cmVSZXF1ZXN0EhQKB2FwaV9rZXkYASABKAlIAIgBARIVCghlbmRwb2ludBgCIAEoCUgBiAEBEhkKDG9yZ2FuaXphdGlvbhgDIAEoCUgCiAEBEhQKB3Byb2plY3QYBCABKAlIA4gBARIaCg1kZWZhdWx0X21vZGVsGAUgASgJSASIAQESMgoPcmVxdWVzdF90aW1lb3V0GAYgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEi0KDHJldHJ5X3BvbGljeRgHIAEoCzIXLmdwdGdycGMudjEuUmV0cnlQb2xpY3lCCgoIX2FwaV9rZXlCCwoJX2VuZHBvaW50Qg8KDV9vcmdhbml6YXRpb25CCgoIX3Byb2plY3RCEAoOX2RlZmF1bHRfbW9kZWwigwIKDUNvbmZpZ3VyYXRpb24SFgoOYXBpX2tleV9tYXNrZWQYASABKAkSEwoLYXBpX2tleV9zZXQYAiABKAgSEAoIZW5kcG9pbnQYAyABKAkSFAoMb3JnYW5pemF0aW9uGAQgASgJEg8KB3Byb2plY3QYBSABKAkSFQoNZGVmYXVsdF9tb2RlbBgGIAEoCRIyCg9yZXF1ZXN0X3RpbWVvdXQYByABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SLQoMcmV0cnlfcG9saWN5GAggASgLMhcuZ3B0Z3JwYy52MS5SZXRyeVBvbGljeRISCgpnZW5lcmF0aW9uGAkgASgDIkUKEUNvbmZpZ3VyZVJlc3BvbnNlEjAKDWNvbmZpZ3VyYXRpb24YASABKAsyGS5ncHRncnBjLnYxLkNvbmZpZ3VyYXRpb24iGQoXR2V0Q29uZmlndXJhdGlvblJlcXVlc3QiTAoYR2V0Q29uZmlndXJhdGlvblJlc3BvbnNlEjAKDWNvbmZpZ3VyYXRpb24YASABKAsyGS5ncHRncnBjLnYxLkNvbmZpZ3VyYXRpb24iEwoRTGlzdE1vZGVsc1JlcXVlc3QizwIKCU1vZGVsSW5mbxIKCgJpZBgBIAEoCRIQCghlbmNvZGluZxgCIAEoCRIWCg5jb250ZXh0X3dpbmRvdxgDIAEoAxIZChFtYXhfb3V0cHV0X3Rva2VucxgEIAEoAxIRCglyZWFzb25pbmcYBSABKAgSIgoVaW5wdXRfdXNkX3Blcl9taWxsaW9uGAYgASgBSACIAQESKQocY2FjaGVkX2lucHV0X3VzZF9wZXJfbWlsbGlvbhgHIAEoAUgBiAEBEiMKFm91dHB1dF91c2RfcGVyX21pbGxpb24YCCABKAFIAogBARIUCgxwcmljZV9zb3VyY2UYCSABKAlCGAoWX2lucHV0X3VzZF9wZXJfbWlsbGlvbkIfCh1fY2FjaGVkX2lucHV0X3VzZF9wZXJfbWlsbGlvbkIZChdfb3V0cHV0X3VzZF9wZXJfbWlsbGlvbiI7ChJMaXN0TW9kZWxzUmVzcG9uc2USJQoGbW9kZWxzGAEgAygLMhUuZ3B0Z3JwYy52MS5Nb2RlbEluZm8iIQoPR2V0VXNhZ2VSZXF1ZXN0Eg4KBmNsaWVudBgBIAEoCSLdAQoKTW9kZWxVc2FnZRINCgVtb2RlbBgBIAEoCRIQCghyZXF1ZXN0cxgCIAEoAxIXCg9mYWlsZWRfcmVxdWVzdHMYAyABKAMSFQoNcHJvbXB0X3Rva2VucxgEIAEoAxIZChFjb21wbGV0aW9uX3Rva2VucxgFIAEoAxIcChRjYWNoZWRfcHJvbXB0X3Rva2VucxgGIAEoAxIYChByZWFzb25pbmdfdG9rZW5zGAcgASgDEhAKCGNvc3RfdXNkGAggASgBEhkKEXVucHJpY2VkX3JlcXVlc3RzGAkgASgDIpwBChBHZXRVc2FnZVJlc3BvbnNlEiYKBm1vZGVscxgBIAMoCzIWLmdwdGdycGMudjEuTW9kZWxVc2FnZRIlCgV0b3RhbBgCIAEoCzIWLmdwdGdycGMudjEuTW9kZWxVc2FnZRIpCgVzaW5jZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDgoGY2xpZW50GAQgASgJIoUCCgxDbGllbnRMaW1pdHMSIAoTcmVxdWVzdHNfcGVyX21pbnV0ZRgBIAEoBUgAiAEBEh4KEXRva2Vuc19wZXJfbWludXRlGAIgASgDSAGIAQESFwoKYnVkZ2V0X3VzZBgDIAEoAUgCiAEBEi8KDWJ1ZGdldF9wZXJpb2QYBCABKA4yGC5ncHRncnBjLnYxLkJ1ZGdldFBlcmlvZBIaCg1tYXhfaW5fZmxpZ2h0GAUgASgFSAOIAQFCFgoUX3JlcXVlc3RzX3Blcl9taW51dGVCFAoSX3Rva2Vuc19wZXJfbWludXRlQg0KC19idWRnZXRfdXNkQhAKDl9tYXhfaW5fZmxpZ2h0ItIBCgZDbGllbnQSDAoEbmFtZRgBIAEoCRIoCgZsaW1pdHMYAiABKAsyGC5ncHRncnBjLnYxLkNsaWVudExpbWl0cxIvCgtjcmVhdGVfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLcmV2b2tlX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhQKDHRva2VuX3ByZWZpeBgFIAEoCRIYChBwZXJpb2Rfc3BlbmRfdXNkGAYgASgBIk0KE0NyZWF0ZUNsaWVudFJlcXVlc3QSDAoEbmFtZRgBIAEoCRIoCgZsaW1pdHMYAiABKAsyGC5ncHRncnBjLnYxLkNsaWVudExpbWl0cyJJChRDcmVhdGVDbGllbnRSZXNwb25zZRIiCgZjbGllbnQYASABKAsyEi5ncHRncnBjLnYxLkNsaWVudBINCgV0b2tlbhgCIAEoCSItChJMaXN0Q2xpZW50c1JlcXVlc3QSFwoPaW5jbHVkZV9yZXZva2VkGAEgASgIIjoKE0xpc3RDbGllbnRzUmVzcG9uc2USIwoHY2xpZW50cxgBIAMoCzISLmdwdGdycGMudjEuQ2xpZW50Ik0KE1VwZGF0ZUNsaWVudFJlcXVlc3QSDAoEbmFtZRgBIAEoCRIoCgZsaW1pdHMYAiABKAsyGC5ncHRncnBjLnYxLkNsaWVudExpbWl0cyI6ChRVcGRhdGVDbGllbnRSZXNwb25zZRIiCgZjbGllbnQYASABKAsyEi5ncHRncnBjLnYxLkNsaWVudCIjChNSZXZva2VDbGllbnRSZXF1ZXN0EgwKBG5hbWUYASABKAkiOgoUUmV2b2tlQ2xpZW50UmVzcG9uc2USIgoGY2xpZW50GAEgASgLMhIuZ3B0Z3JwYy52MS5DbGllbnQqcwoEUm9sZRIUChBST0xFX1VOU1BFQ0lGSUVEEAASDwoLUk9MRV9TWVNURU0QARISCg5ST0xFX0RFVkVMT1BFUhACEg0KCVJPTEVfVVNFUhADEhIKDlJPTEVfQVNTSVNUQU5UEAQSDQoJUk9MRV9UT09MEAUqhwEKDlRvb2xDaG9pY2VNb2RlEiAKHFRPT0xfQ0hPSUNFX01PREVfVU5TUEVDSUZJRUQQABIZChVUT09MX0NIT0lDRV9NT0RFX0FVVE8QARIZChVUT09MX0NIT0lDRV9NT0RFX05PTkUQAhIdChlUT09MX0NIT0lDRV9NT0RFX1JFUVVJUkVEEAMqpQEKElJlc3BvbnNlRm9ybWF0VHlwZRIkCiBSRVNQT05TRV9GT1JNQVRfVFlQRV9VTlNQRUNJRklFRBAAEh0KGVJFU1BPTlNFX0ZPUk1BVF9UWVBFX1RFWFQQARIkCiBSRVNQT05TRV9GT1JNQVRfVFlQRV9KU09OX09CSkVDVBACEiQKIFJFU1BPTlNFX0ZPUk1BVF9UWVBFX0pTT05fU0NIRU1BEAMqwAEKDEZpbmlzaFJlYXNvbhIdChlGSU5JU0hfUkVBU09OX1VOU1BFQ0lGSUVEEAASFgoSRklOSVNIX1JFQVNPTl9TVE9QEAESGAoURklOSVNIX1JFQVNPTl9MRU5HVEgQAhIcChhGSU5JU0hfUkVBU09OX1RPT0xfQ0FMTFMQAxIgChxGSU5JU0hfUkVBU09OX0NPTlRFTlRfRklMVEVSEAQSHwobRklOSVNIX1JFQVNPTl9GVU5DVElPTl9DQUxMEAUqXQoMQnVkZ2V0UGVyaW9kEh0KGUJVREdFVF9QRVJJT0RfVU5TUEVDSUZJRUQQABIVChFCVURHRVRfUEVSSU9EX0RBWRABEhcKE0JVREdFVF9QRVJJT0RfTU9OVEgQAirKBgoLRXJyb3JSZWFzb24SHAoYRVJST1JfUkVBU09OX1VOU1BFQ0lGSUVEEAASEwoPSU5WQUxJRF9SRVFVRVNUEAESEwoPQVBJX0tFWV9NSVNTSU5HEAISFwoTQURNSU5fVE9LRU5fTUlTU0lORxADEhcKE0FETUlOX1RPS0VOX0lOVkFMSUQQBBISCg5BRE1JTl9ESVNBQkxFRBAFEhgKFFVQU1RSRUFNX0JBRF9SRVFVRVNUEAYSJAogVVBTVFJFQU1fQ09OVEVYVF9MRU5HVEhfRVhDRUVERUQQBxIiCh5VUFNUUkVBTV9BVVRIRU5USUNBVElPTl9GQUlMRUQQCBIeChpVUFNUUkVBTV9QRVJNSVNTSU9OX0RFTklFRBAJEhYKElVQU1RSRUFNX05PVF9GT1VORBAKEhkKFVVQU1RSRUFNX1JBVEVfTElNSVRFRBALEhsKF1VQU1RSRUFNX1FVT1RBX0VYQ0VFREVEEAwSGAoUVVBTVFJFQU1fVU5BVkFJTEFCTEUQDRIdChlVUFNUUkVBTV9SRVNQT05TRV9JTlZBTElEEA4SFAoQVVBTVFJFQU1fVElNRU9VVBAPEhUKEURFQURMSU5FX0VYQ0VFREVEEBASFQoRVVBTVFJFQU1fQ09ORkxJQ1QQERIRCg1TSFVUVElOR19ET1dOEBISDgoKT1ZFUkxPQURFRBATEhIKDklOVEVSTkFMX0VSUk9SEBQSGAoUQ0xJRU5UX1RPS0VOX01JU1NJTkcQFRIYChRDTElFTlRfVE9LRU5fSU5WQUxJRBAWEhcKE0NMSUVOVF9SQVRFX0xJTUlURUQQFxIaChZDTElFTlRfQlVER0VUX0VYQ0VFREVEEBgSFQoRQVVUSF9SQVRFX0xJTUlURUQQGRIUChBDTElFTlRfTk9UX0ZPVU5EEBoSEQoNQ0xJRU5UX0VYSVNUUxAbEhQKEENMSUVOVF9GT1JCSURERU4QHBIZChVDTElFTlRfTU9ERUxfVU5QUklDRUQQIRIWChJTRUNSRVRfS0VZX01JU1NJTkcQIhIcChhDTElFTlRfSU5fRkxJR0hUX0xJTUlURUQQIxIVChFTVE9SRV9VTkFWQUlMQUJMRRAkMqgHCgpHUFRTZXJ2aWNlElcKDkNoYXRDb21wbGV0aW9uEiEuZ3B0Z3JwYy52MS5DaGF0Q29tcGxldGlvblJlcXVlc3QaIi5ncHRncnBjLnYxLkNoYXRDb21wbGV0aW9uUmVzcG9uc2USawoUU3RyZWFtQ2hhdENvbXBsZXRpb24SJy5ncHRncnBjLnYxLlN0cmVhbUNoYXRDb21wbGV0aW9uUmVxdWVzdBooLmdwdGdycGMudjEuU3RyZWFtQ2hhdENvbXBsZXRpb25SZXNwb25zZTABEk4KC0NvdW50VG9rZW5zEh4uZ3B0Z3JwYy52MS5Db3VudFRva2Vuc1JlcXVlc3QaHy5ncHRncnBjLnYxLkNvdW50VG9rZW5zUmVzcG9uc2USSAoJQ29uZmlndXJlEhwuZ3B0Z3JwYy52MS5Db25maWd1cmVSZXF1ZXN0Gh0uZ3B0Z3JwYy52MS5Db25maWd1cmVSZXNwb25zZRJdChBHZXRDb25maWd1cmF0aW9uEiMuZ3B0Z3JwYy52MS5HZXRDb25maWd1cmF0aW9uUmVxdWVzdBokLmdwdGdycGMudjEuR2V0Q29uZmlndXJhdGlvblJlc3BvbnNlEksKCkxpc3RNb2RlbHMSHS5ncHRncnBjLnYxLkxpc3RNb2RlbHNSZXF1ZXN0Gh4uZ3B0Z3JwYy52MS5MaXN0TW9kZWxzUmVzcG9uc2USRQoIR2V0VXNhZ2USGy5ncHRncnBjLnYxLkdldFVzYWdlUmVxdWVzdBocLmdwdGdycGMudjEuR2V0VXNhZ2VSZXNwb25zZRJRCgxDcmVhdGVDbGllbnQSHy5ncHRncnBjLnYxLkNyZWF0ZUNsaWVudFJlcXVlc3QaIC5ncHRncnBjLnYxLkNyZWF0ZUNsaWVudFJlc3BvbnNlEk4KC0xpc3RDbGllbnRzEh4uZ3B0Z3JwYy52MS5MaXN0Q2xpZW50c1JlcXVlc3QaHy5ncHRncnBjLnYxLkxpc3RDbGllbnRzUmVzcG9uc2USUQoMVXBkYXRlQ2xpZW50Eh8uZ3B0Z3JwYy52MS5VcGRhdGVDbGllbnRSZXF1ZXN0GiAuZ3B0Z3JwYy52MS5VcGRhdGVDbGllbnRSZXNwb25zZRJRCgxSZXZva2VDbGllbnQSHy5ncHRncnBjLnYxLlJldm9rZUNsaWVudFJlcXVlc3QaIC5ncHRncnBjLnYxLlJldm9rZUNsaWVudFJlc3BvbnNlQj1aO2dpdGh1Yi5jb20vZ3B0LWdycGMvZ3B0LWdycGMvY2xpZW50cy9nby9ncHRncnBjdjE7Z3B0Z3JwY3YxYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("ChhncHRncnBjL3YxL2dhdGV3YXkucHJvdG8SCmdwdGdycGMudjEisAEKC0NoYXRNZXNzYWdlEh4KBHJvbGUYASABKA4yEC5ncHRncnBjLnYxLlJvbGUSDwoHY29udGVudBgCIAEoCRIRCgRuYW1lGAMgASgJSACIAQESGQoMdG9vbF9jYWxsX2lkGAQgASgJSAGIAQESKAoKdG9vbF9jYWxscxgFIAMoCzIULmdwdGdycGMudjEuVG9vbENhbGxCBwoFX25hbWVCDwoNX3Rvb2xfY2FsbF9pZCJiCgRUb29sEgwKBG5hbWUYASABKAkSEwoLZGVzY3JpcHRpb24YAiABKAkSFwoPcGFyYW1ldGVyc19qc29uGAMgASgJEhMKBnN0cmljdBgEIAEoCEgAiAEBQgkKB19zdHJpY3QiPAoIVG9vbENhbGwSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRIWCg5hcmd1bWVudHNfanNvbhgDIAEoCSJbCgpUb29sQ2hvaWNlEioKBG1vZGUYASABKA4yGi5ncHRncnBjLnYxLlRvb2xDaG9pY2VNb2RlSAASFwoNZnVuY3Rpb25fbmFtZRgCIAEoCUgAQggKBmNob2ljZSKIAQoOUmVzcG9uc2VGb3JtYXQSLAoEdHlwZRgBIAEoDjIeLmdwdGdycGMudjEuUmVzcG9uc2VGb3JtYXRUeXBlEhMKC3NjaGVtYV9uYW1lGAIgASgJEhMKC3NjaGVtYV9qc29uGAMgASgJEhMKBnN0cmljdBgEIAEoCEgAiAEBQgkKB19zdHJpY3QilAQKFUNoYXRDb21wbGV0aW9uUmVxdWVzdBINCgVtb2RlbBgBIAEoCRIWCg5zeXN0ZW1fbWVzc2FnZRgCIAEoCRIUCgx1c2VyX21lc3NhZ2UYAyABKAkSKQoIbWVzc2FnZXMYBCADKAsyFy5ncHRncnBjLnYxLkNoYXRNZXNzYWdlEhgKC3RlbXBlcmF0dXJlGAUgASgBSACIAQESFwoKbWF4X3Rva2VucxgGIAEoBUgBiAEBEhIKBXRvcF9wGAcgASgBSAKIAQESDAoEc3RvcBgIIAMoCRIRCgRzZWVkGAkgASgDSAOIAQESHQoQcHJlc2VuY2VfcGVuYWx0eRgKIAEoAUgEiAEBEh4KEWZyZXF1ZW5jeV9wZW5hbHR5GAsgASgBSAWIAQESMwoPcmVzcG9uc2VfZm9ybWF0GAwgASgLMhouZ3B0Z3JwYy52MS5SZXNwb25zZUZvcm1hdBIfCgV0b29scxgNIAMoCzIQLmdwdGdycGMudjEuVG9vbBIrCgt0b29sX2Nob2ljZRgOIAEoCzIWLmdwdGdycGMudjEuVG9vbENob2ljZRIMCgR1c2VyGA8gASgJQg4KDF90ZW1wZXJhdHVyZUINCgtfbWF4X3Rva2Vuc0IICgZfdG9wX3BCBwoFX3NlZWRCEwoRX3ByZXNlbmNlX3BlbmFsdHlCFAoSX2ZyZXF1ZW5jeV9wZW5hbHR5IpoBCgVVc2FnZRIVCg1wcm9tcHRfdG9rZW5zGAEgASgDEhkKEWNvbXBsZXRpb25fdG9rZW5zGAIgASgDEhQKDHRvdGFsX3Rva2VucxgDIAEoAxIcChRjYWNoZWRfcHJvbXB0X3Rva2VucxgEIAEoAxIYChByZWFzb25pbmdfdG9rZW5zGAUgASgDEhEKCWVzdGltYXRlZBgGIAEoCCKaAgoWQ2hhdENvbXBsZXRpb25SZXNwb25zZRIPCgdjb250ZW50GAEgASgJEigKCnRvb2xfY2FsbHMYAiADKAsyFC5ncHRncnBjLnYxLlRvb2xDYWxsEi8KDWZpbmlzaF9yZWFzb24YAyABKA4yGC5ncHRncnBjLnYxLkZpbmlzaFJlYXNvbhINCgVtb2RlbBgEIAEoCRIKCgJpZBgFIAEoCRIgCgV1c2FnZRgGIAEoCzIRLmdwdGdycGMudjEuVXNhZ2USFQoIY29zdF91c2QYByABKAFIAIgBARIQCghhdHRlbXB0cxgIIAEoBRIPCgdyZWZ1c2FsGAkgASgJEhAKCHVwc3RyZWFtGAogASgJQgsKCV9jb3N0X3VzZCKaBAobU3RyZWFtQ2hhdENvbXBsZXRpb25SZXF1ZXN0Eg0KBW1vZGVsGAEgASgJEhYKDnN5c3RlbV9tZXNzYWdlGAIgASgJEhQKDHVzZXJfbWVzc2FnZRgDIAEoCRIpCghtZXNzYWdlcxgEIAMoCzIXLmdwdGdycGMudjEuQ2hhdE1lc3NhZ2USGAoLdGVtcGVyYXR1cmUYBSABKAFIAIgBARIXCgptYXhfdG9rZW5zGAYgASgFSAGIAQESEgoFdG9wX3AYByABKAFIAogBARIMCgRzdG9wGAggAygJEhEKBHNlZWQYCSABKANIA4gBARIdChBwcmVzZW5jZV9wZW5hbHR5GAogASgBSASIAQESHgoRZnJlcXVlbmN5X3BlbmFsdHkYCyABKAFIBYgBARIzCg9yZXNwb25zZV9mb3JtYXQYDCABKAsyGi5ncHRncnBjLnYxLlJlc3BvbnNlRm9ybWF0Eh8KBXRvb2xzGA0gAygLMhAuZ3B0Z3JwYy52MS5Ub29sEisKC3Rvb2xfY2hvaWNlGA4gASgLMhYuZ3B0Z3JwYy52MS5Ub29sQ2hvaWNlEgwKBHVzZXIYDyABKAlCDgoMX3RlbXBlcmF0dXJlQg0KC19tYXhfdG9rZW5zQggKBl90b3BfcEIHCgVfc2VlZEITChFfcHJlc2VuY2VfcGVuYWx0eUIUChJfZnJlcXVlbmN5X3BlbmFsdHkiNwoTQ2hhdENvbXBsZXRpb25EZWx0YRIPCgdjb250ZW50GAEgASgJEg8KB3JlZnVzYWwYAiABKAki9wEKFUNoYXRDb21wbGV0aW9uU3VtbWFyeRIoCgp0b29sX2NhbGxzGAEgAygLMhQuZ3B0Z3JwYy52MS5Ub29sQ2FsbBIvCg1maW5pc2hfcmVhc29uGAIgASgOMhguZ3B0Z3JwYy52MS5GaW5pc2hSZWFzb24SDQoFbW9kZWwYAyABKAkSCgoCaWQYBCABKAkSIAoFdXNhZ2UYBSABKAsyES5ncHRncnBjLnYxLlVzYWdlEhUKCGNvc3RfdXNkGAYgASgBSACIAQESEAoIYXR0ZW1wdHMYByABKAUSEAoIdXBzdHJlYW0YCCABKAlCCwoJX2Nvc3RfdXNkIo8BChxTdHJlYW1DaGF0Q29tcGxldGlvblJlc3BvbnNlEjAKBWRlbHRhGAEgASgLMh8uZ3B0Z3JwYy52MS5DaGF0Q29tcGxldGlvbkRlbHRhSAASNAoHc3VtbWFyeRgCIAEoCzIhLmdwdGdycGMudjEuQ2hhdENvbXBsZXRpb25TdW1tYXJ5SABCBwoFZXZlbnQiXAoSQ291bnRUb2tlbnNSZXF1ZXN0EgwKBHRleHQYASABKAkSKQoIbWVzc2FnZXMYAiADKAsyFy5ncHRncnBjLnYxLkNoYXRNZXNzYWdlEg0KBW1vZGVsGAMgASgJIlcKE0NvdW50VG9rZW5zUmVzcG9uc2USEwoLdG9rZW5fY291bnQYASABKAMSEAoIZW5jb2RpbmcYAiABKAkSGQoRZW5jb2RpbmdfZmFsbGJhY2sYAyABKAginQEKC1JldHJ5UG9saWN5EhkKDG1heF9hdHRlbXB0cxgBIAEoBUgAiAEBEjIKD2luaXRpYWxfYmFja29mZhgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIuCgttYXhfYmFja29mZhgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbkIPCg1fbWF4X2F0dGVtcHRzIvwCChBDb25maWd1cmVSZXF1ZXN0EhQKB2FwaV9rZXkYASABKAlIAIgBARIVCghlbmRwb2ludBgCIAEoCUgBiAEBEhkKDG9yZ2FuaXphdGlvbhgDIAEoCUgCiAEBEhQKB3Byb2plY3QYBCABKAlIA4gBARIaCg1kZWZhdWx0X21vZGVsGAUgASgJSASIAQESMgoPcmVxdWVzdF90aW1lb3V0GAYgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEi0KDHJldHJ5X3BvbGljeRgHIAEoCzIXLmdwdGdycGMudjEuUmV0cnlQb2xpY3kSKgoJdXBzdHJlYW1zGAogASgLMhcuZ3B0Z3JwYy52MS5VcHN0cmVhbVNldBIXCg9jbGVhcl91cHN0cmVhbXMYCyABKAhCCgoIX2FwaV9rZXlCCwoJX2VuZHBvaW50Qg8KDV9vcmdhbml6YXRpb25CCgoIX3Byb2plY3RCEAoOX2RlZmF1bHRfbW9kZWwiyQIKDUNvbmZpZ3VyYXRpb24SFgoOYXBpX2tleV9tYXNrZWQYASABKAkSEwoLYXBpX2tleV9zZXQYAiABKAgSEAoIZW5kcG9pbnQYAyABKAkSFAoMb3JnYW5pemF0aW9uGAQgASgJEg8KB3Byb2plY3QYBSABKAkSFQoNZGVmYXVsdF9tb2RlbBgGIAEoCRIyCg9yZXF1ZXN0X3RpbWVvdXQYByABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SLQoMcmV0cnlfcG9saWN5GAggASgLMhcuZ3B0Z3JwYy52MS5SZXRyeVBvbGljeRISCgpnZW5lcmF0aW9uGAkgASgDEioKCXVwc3RyZWFtcxgKIAEoCzIXLmdwdGdycGMudjEuVXBzdHJlYW1TZXQSGAoQdXBzdHJlYW1zX3NvdXJjZRgLIAEoCSJFChFDb25maWd1cmVSZXNwb25zZRIwCg1jb25maWd1cmF0aW9uGAEgASgLMhkuZ3B0Z3JwYy52MS5Db25maWd1cmF0aW9uIhkKF0dldENvbmZpZ3VyYXRpb25SZXF1ZXN0IkwKGEdldENvbmZpZ3VyYXRpb25SZXNwb25zZRIwCg1jb25maWd1cmF0aW9uGAEgASgLMhkuZ3B0Z3JwYy52MS5Db25maWd1cmF0aW9uIhMKEUxpc3RNb2RlbHNSZXF1ZXN0Is8CCglNb2RlbEluZm8SCgoCaWQYASABKAkSEAoIZW5jb2RpbmcYAiABKAkSFgoOY29udGV4dF93aW5kb3cYAyABKAMSGQoRbWF4X291dHB1dF90b2tlbnMYBCABKAMSEQoJcmVhc29uaW5nGAUgASgIEiIKFWlucHV0X3VzZF9wZXJfbWlsbGlvbhgGIAEoAUgAiAEBEikKHGNhY2hlZF9pbnB1dF91c2RfcGVyX21pbGxpb24YByABKAFIAYgBARIjChZvdXRwdXRfdXNkX3Blcl9taWxsaW9uGAggASgBSAKIAQESFAoMcHJpY2Vfc291cmNlGAkgASgJQhgKFl9pbnB1dF91c2RfcGVyX21pbGxpb25CHwodX2NhY2hlZF9pbnB1dF91c2RfcGVyX21pbGxpb25CGQoXX291dHB1dF91c2RfcGVyX21pbGxpb24iOwoSTGlzdE1vZGVsc1Jlc3BvbnNlEiUKBm1vZGVscxgBIAMoCzIVLmdwdGdycGMudjEuTW9kZWxJbmZvIiEKD0dldFVzYWdlUmVxdWVzdBIOCgZjbGllbnQYASABKAki3QEKCk1vZGVsVXNhZ2USDQoFbW9kZWwYASABKAkSEAoIcmVxdWVzdHMYAiABKAMSFwoPZmFpbGVkX3JlcXVlc3RzGAMgASgDEhUKDXByb21wdF90b2tlbnMYBCABKAMSGQoRY29tcGxldGlvbl90b2tlbnMYBSABKAMSHAoUY2FjaGVkX3Byb21wdF90b2tlbnMYBiABKAMSGAoQcmVhc29uaW5nX3Rva2VucxgHIAEoAxIQCghjb3N0X3VzZBgIIAEoARIZChF1bnByaWNlZF9yZXF1ZXN0cxgJIAEoAyKcAQoQR2V0VXNhZ2VSZXNwb25zZRImCgZtb2RlbHMYASADKAsyFi5ncHRncnBjLnYxLk1vZGVsVXNhZ2USJQoFdG90YWwYAiABKAsyFi5ncHRncnBjLnYxLk1vZGVsVXNhZ2USKQoFc2luY2UYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg4KBmNsaWVudBgEIAEoCSKFAgoMQ2xpZW50TGltaXRzEiAKE3JlcXVlc3RzX3Blcl9taW51dGUYASABKAVIAIgBARIeChF0b2tlbnNfcGVyX21pbnV0ZRgCIAEoA0gBiAEBEhcKCmJ1ZGdldF91c2QYAyABKAFIAogBARIvCg1idWRnZXRfcGVyaW9kGAQgASgOMhguZ3B0Z3JwYy52MS5CdWRnZXRQZXJpb2QSGgoNbWF4X2luX2ZsaWdodBgFIAEoBUgDiAEBQhYKFF9yZXF1ZXN0c19wZXJfbWludXRlQhQKEl90b2tlbnNfcGVyX21pbnV0ZUINCgtfYnVkZ2V0X3VzZEIQCg5fbWF4X2luX2ZsaWdodCLSAQoGQ2xpZW50EgwKBG5hbWUYASABKAkSKAoGbGltaXRzGAIgASgLMhguZ3B0Z3JwYy52MS5DbGllbnRMaW1pdHMSLwoLY3JlYXRlX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3Jldm9rZV90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIUCgx0b2tlbl9wcmVmaXgYBSABKAkSGAoQcGVyaW9kX3NwZW5kX3VzZBgGIAEoASJNChNDcmVhdGVDbGllbnRSZXF1ZXN0EgwKBG5hbWUYASABKAkSKAoGbGltaXRzGAIgASgLMhguZ3B0Z3JwYy52MS5DbGllbnRMaW1pdHMiSQoUQ3JlYXRlQ2xpZW50UmVzcG9uc2USIgoGY2xpZW50GAEgASgLMhIuZ3B0Z3JwYy52MS5DbGllbnQSDQoFdG9rZW4YAiABKAkiLQoSTGlzdENsaWVudHNSZXF1ZXN0EhcKD2luY2x1ZGVfcmV2b2tlZBgBIAEoCCI6ChNMaXN0Q2xpZW50c1Jlc3BvbnNlEiMKB2NsaWVudHMYASADKAsyEi5ncHRncnBjLnYxLkNsaWVudCJNChNVcGRhdGVDbGllbnRSZXF1ZXN0EgwKBG5hbWUYASABKAkSKAoGbGltaXRzGAIgASgLMhguZ3B0Z3JwYy52MS5DbGllbnRMaW1pdHMiOgoUVXBkYXRlQ2xpZW50UmVzcG9uc2USIgoGY2xpZW50GAEgASgLMhIuZ3B0Z3JwYy52MS5DbGllbnQiIwoTUmV2b2tlQ2xpZW50UmVxdWVzdBIMCgRuYW1lGAEgASgJIjoKFFJldm9rZUNsaWVudFJlc3BvbnNlEiIKBmNsaWVudBgBIAEoCzISLmdwdGdycGMudjEuQ2xpZW50IoYDCg1CcmVha2VyUG9saWN5Eh4KEWZhaWx1cmVfdGhyZXNob2xkGAEgASgFSACIAQESGgoNZmFpbHVyZV9yYXRpbxgCIAEoAUgBiAEBEikKBndpbmRvdxgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIWCgltaW5fY2FsbHMYBCABKAVIAogBARIxCg5wcm9iZV9pbnRlcnZhbBgFIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIYCgtjbG9zZV9hZnRlchgGIAEoBUgDiAEBEjEKDnF1b3RhX2Nvb2xkb3duGAcgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjAKDWF1dGhfY29vbGRvd24YCCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb25CFAoSX2ZhaWx1cmVfdGhyZXNob2xkQhAKDl9mYWlsdXJlX3JhdGlvQgwKCl9taW5fY2FsbHNCDgoMX2Nsb3NlX2FmdGVyIrgDCghVcHN0cmVhbRIMCgRuYW1lGAEgASgJEiYKBGtpbmQYAiABKA4yGC5ncHRncnBjLnYxLlVwc3RyZWFtS2luZBIQCghiYXNlX3VybBgDIAEoCRIUCgdhcGlfa2V5GAQgASgJSACIAQESFgoOYXBpX2tleV9tYXNrZWQYBSABKAkSFQoIcHJpb3JpdHkYBiABKAVIAYgBARITCgZ3ZWlnaHQYByABKAFIAogBARIOCgZtb2RlbHMYCCADKAkSEwoLYXBpX3ZlcnNpb24YCSABKAkSOgoLZGVwbG95bWVudHMYCiADKAsyJS5ncHRncnBjLnYxLlVwc3RyZWFtLkRlcGxveW1lbnRzRW50cnkSFAoMb3JnYW5pemF0aW9uGAsgASgJEg8KB3Byb2plY3QYDCABKAkSKgoHYnJlYWtlchgNIAEoCzIZLmdwdGdycGMudjEuQnJlYWtlclBvbGljeRoyChBEZXBsb3ltZW50c0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAFCCgoIX2FwaV9rZXlCCwoJX3ByaW9yaXR5QgkKB193ZWlnaHQiMgoORmFsbGJhY2tNb2RlbHMSDQoFbW9kZWwYASABKAkSEQoJZmFsbGJhY2tzGAIgAygJIpEBCgtVcHN0cmVhbVNldBInCgl1cHN0cmVhbXMYASADKAsyFC5ncHRncnBjLnYxLlVwc3RyZWFtEi0KCWZhbGxiYWNrcxgCIAMoCzIaLmdwdGdycGMudjEuRmFsbGJhY2tNb2RlbHMSKgoHYnJlYWtlchgDIAEoCzIZLmdwdGdycGMudjEuQnJlYWtlclBvbGljeSIWChRMaXN0VXBzdHJlYW1zUmVxdWVzdCKgAgoOVXBzdHJlYW1TdGF0dXMSDAoEbmFtZRgBIAEoCRImCgRraW5kGAIgASgOMhguZ3B0Z3JwYy52MS5VcHN0cmVhbUtpbmQSEAoIYmFzZV91cmwYAyABKAkSDgoGbW9kZWxzGAQgAygJEhAKCHByaW9yaXR5GAUgASgFEg4KBndlaWdodBgGIAEoARInCgVzdGF0ZRgHIAEoDjIYLmdwdGdycGMudjEuQnJlYWtlclN0YXRlEhEKCWluX2ZsaWdodBgIIAEoAxISCgplcnJvcl9yYXRlGAkgASgBEhcKD3JlY2VudF9hdHRlbXB0cxgKIAEoAxIrCghyZXRyeV9pbhgLIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiJ1ChVMaXN0VXBzdHJlYW1zUmVzcG9uc2USLQoJdXBzdHJlYW1zGAEgAygLMhouZ3B0Z3JwYy52MS5VcHN0cmVhbVN0YXR1cxItCglmYWxsYmFja3MYAiADKAsyGi5ncHRncnBjLnYxLkZhbGxiYWNrTW9kZWxzKnMKBFJvbGUSFAoQUk9MRV9VTlNQRUNJRklFRBAAEg8KC1JPTEVfU1lTVEVNEAESEgoOUk9MRV9ERVZFTE9QRVIQAhINCglST0xFX1VTRVIQAxISCg5ST0xFX0FTU0lTVEFOVBAEEg0KCVJPTEVfVE9PTBAFKocBCg5Ub29sQ2hvaWNlTW9kZRIgChxUT09MX0NIT0lDRV9NT0RFX1VOU1BFQ0lGSUVEEAASGQoVVE9PTF9DSE9JQ0VfTU9ERV9BVVRPEAESGQoVVE9PTF9DSE9JQ0VfTU9ERV9OT05FEAISHQoZVE9PTF9DSE9JQ0VfTU9ERV9SRVFVSVJFRBADKqUBChJSZXNwb25zZUZvcm1hdFR5cGUSJAogUkVTUE9OU0VfRk9STUFUX1RZUEVfVU5TUEVDSUZJRUQQABIdChlSRVNQT05TRV9GT1JNQVRfVFlQRV9URVhUEAESJAogUkVTUE9OU0VfRk9STUFUX1RZUEVfSlNPTl9PQkpFQ1QQAhIkCiBSRVNQT05TRV9GT1JNQVRfVFlQRV9KU09OX1NDSEVNQRADKsABCgxGaW5pc2hSZWFzb24SHQoZRklOSVNIX1JFQVNPTl9VTlNQRUNJRklFRBAAEhYKEkZJTklTSF9SRUFTT05fU1RPUBABEhgKFEZJTklTSF9SRUFTT05fTEVOR1RIEAISHAoYRklOSVNIX1JFQVNPTl9UT09MX0NBTExTEAMSIAocRklOSVNIX1JFQVNPTl9DT05URU5UX0ZJTFRFUhAEEh8KG0ZJTklTSF9SRUFTT05fRlVOQ1RJT05fQ0FMTBAFKl0KDEJ1ZGdldFBlcmlvZBIdChlCVURHRVRfUEVSSU9EX1VOU1BFQ0lGSUVEEAASFQoRQlVER0VUX1BFUklPRF9EQVkQARIXChNCVURHRVRfUEVSSU9EX01PTlRIEAIqYAoMVXBzdHJlYW1LaW5kEh0KGVVQU1RSRUFNX0tJTkRfVU5TUEVDSUZJRUQQABIYChRVUFNUUkVBTV9LSU5EX09QRU5BSRABEhcKE1VQU1RSRUFNX0tJTkRfQVpVUkUQAip8CgxCcmVha2VyU3RhdGUSHQoZQlJFQUtFUl9TVEFURV9VTlNQRUNJRklFRBAAEhgKFEJSRUFLRVJfU1RBVEVfQ0xPU0VEEAESFgoSQlJFQUtFUl9TVEFURV9PUEVOEAISGwoXQlJFQUtFUl9TVEFURV9IQUxGX09QRU4QAyrgBgoLRXJyb3JSZWFzb24SHAoYRVJST1JfUkVBU09OX1VOU1BFQ0lGSUVEEAASEwoPSU5WQUxJRF9SRVFVRVNUEAESEwoPQVBJX0tFWV9NSVNTSU5HEAISFwoTQURNSU5fVE9LRU5fTUlTU0lORxADEhcKE0FETUlOX1RPS0VOX0lOVkFMSUQQBBISCg5BRE1JTl9ESVNBQkxFRBAFEhgKFFVQU1RSRUFNX0JBRF9SRVFVRVNUEAYSJAogVVBTVFJFQU1fQ09OVEVYVF9MRU5HVEhfRVhDRUVERUQQBxIiCh5VUFNUUkVBTV9BVVRIRU5USUNBVElPTl9GQUlMRUQQCBIeChpVUFNUUkVBTV9QRVJNSVNTSU9OX0RFTklFRBAJEhYKElVQU1RSRUFNX05PVF9GT1VORBAKEhkKFVVQU1RSRUFNX1JBVEVfTElNSVRFRBALEhsKF1VQU1RSRUFNX1FVT1RBX0VYQ0VFREVEEAwSGAoUVVBTVFJFQU1fVU5BVkFJTEFCTEUQDRIdChlVUFNUUkVBTV9SRVNQT05TRV9JTlZBTElEEA4SFAoQVVBTVFJFQU1fVElNRU9VVBAPEhUKEURFQURMSU5FX0VYQ0VFREVEEBASFQoRVVBTVFJFQU1fQ09ORkxJQ1QQERIRCg1TSFVUVElOR19ET1dOEBISDgoKT1ZFUkxPQURFRBATEhIKDklOVEVSTkFMX0VSUk9SEBQSGAoUQ0xJRU5UX1RPS0VOX01JU1NJTkcQFRIYChRDTElFTlRfVE9LRU5fSU5WQUxJRBAWEhcKE0NMSUVOVF9SQVRFX0xJTUlURUQQFxIaChZDTElFTlRfQlVER0VUX0VYQ0VFREVEEBgSFQoRQVVUSF9SQVRFX0xJTUlURUQQGRIUChBDTElFTlRfTk9UX0ZPVU5EEBoSEQoNQ0xJRU5UX0VYSVNUUxAbEhQKEENMSUVOVF9GT1JCSURERU4QHBIZChVDTElFTlRfTU9ERUxfVU5QUklDRUQQIRIWChJTRUNSRVRfS0VZX01JU1NJTkcQIhIcChhDTElFTlRfSU5fRkxJR0hUX0xJTUlURUQQIxIVChFTVE9SRV9VTkFWQUlMQUJMRRAkEhQKEE1PREVMX05PVF9ST1VURUQQMTL+BwoKR1BUU2VydmljZRJXCg5DaGF0Q29tcGxldGlvbhIhLmdwdGdycGMudjEuQ2hhdENvbXBsZXRpb25SZXF1ZXN0GiIuZ3B0Z3JwYy52MS5DaGF0Q29tcGxldGlvblJlc3BvbnNlEmsKFFN0cmVhbUNoYXRDb21wbGV0aW9uEicuZ3B0Z3JwYy52MS5TdHJlYW1DaGF0Q29tcGxldGlvblJlcXVlc3QaKC5ncHRncnBjLnYxLlN0cmVhbUNoYXRDb21wbGV0aW9uUmVzcG9uc2UwARJOCgtDb3VudFRva2VucxIeLmdwdGdycGMudjEuQ291bnRUb2tlbnNSZXF1ZXN0Gh8uZ3B0Z3JwYy52MS5Db3VudFRva2Vuc1Jlc3BvbnNlEkgKCUNvbmZpZ3VyZRIcLmdwdGdycGMudjEuQ29uZmlndXJlUmVxdWVzdBodLmdwdGdycGMudjEuQ29uZmlndXJlUmVzcG9uc2USXQoQR2V0Q29uZmlndXJhdGlvbhIjLmdwdGdycGMudjEuR2V0Q29uZmlndXJhdGlvblJlcXVlc3QaJC5ncHRncnBjLnYxLkdldENvbmZpZ3VyYXRpb25SZXNwb25zZRJLCgpMaXN0TW9kZWxzEh0uZ3B0Z3JwYy52MS5MaXN0TW9kZWxzUmVxdWVzdBoeLmdwdGdycGMudjEuTGlzdE1vZGVsc1Jlc3BvbnNlEkUKCEdldFVzYWdlEhsuZ3B0Z3JwYy52MS5HZXRVc2FnZVJlcXVlc3QaHC5ncHRncnBjLnYxLkdldFVzYWdlUmVzcG9uc2USUQoMQ3JlYXRlQ2xpZW50Eh8uZ3B0Z3JwYy52MS5DcmVhdGVDbGllbnRSZXF1ZXN0GiAuZ3B0Z3JwYy52MS5DcmVhdGVDbGllbnRSZXNwb25zZRJOCgtMaXN0Q2xpZW50cxIeLmdwdGdycGMudjEuTGlzdENsaWVudHNSZXF1ZXN0Gh8uZ3B0Z3JwYy52MS5MaXN0Q2xpZW50c1Jlc3BvbnNlElEKDFVwZGF0ZUNsaWVudBIfLmdwdGdycGMudjEuVXBkYXRlQ2xpZW50UmVxdWVzdBogLmdwdGdycGMudjEuVXBkYXRlQ2xpZW50UmVzcG9uc2USUQoMUmV2b2tlQ2xpZW50Eh8uZ3B0Z3JwYy52MS5SZXZva2VDbGllbnRSZXF1ZXN0GiAuZ3B0Z3JwYy52MS5SZXZva2VDbGllbnRSZXNwb25zZRJUCg1MaXN0VXBzdHJlYW1zEiAuZ3B0Z3JwYy52MS5MaXN0VXBzdHJlYW1zUmVxdWVzdBohLmdwdGdycGMudjEuTGlzdFVwc3RyZWFtc1Jlc3BvbnNlQj1aO2dpdGh1Yi5jb20vZ3B0LWdycGMvZ3B0LWdycGMvY2xpZW50cy9nby9ncHRncnBjdjE7Z3B0Z3JwY3YxYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * ChatMessage is one message of a conversation.
@@ -473,6 +473,15 @@ export type ChatCompletionResponse = Message<"gptgrpc.v1.ChatCompletionResponse"
    * @generated from field: string refusal = 9;
    */
   refusal: string;
+
+  /**
+   * The configured upstream that answered (an [[upstream]] name of the
+   * upstreams file or Configure; "default" for the single OPENAI_BASE_URL
+   * upstream). With fallback models, `model` says which model answered.
+   *
+   * @generated from field: string upstream = 10;
+   */
+  upstream: string;
 };
 
 /**
@@ -683,6 +692,13 @@ export type ChatCompletionSummary = Message<"gptgrpc.v1.ChatCompletionSummary"> 
    * @generated from field: int32 attempts = 7;
    */
   attempts: number;
+
+  /**
+   * The configured upstream that answered (see ChatCompletionResponse.upstream).
+   *
+   * @generated from field: string upstream = 8;
+   */
+  upstream: string;
 };
 
 /**
@@ -888,6 +904,25 @@ export type ConfigureRequest = Message<"gptgrpc.v1.ConfigureRequest"> & {
    * @generated from field: gptgrpc.v1.RetryPolicy retry_policy = 7;
    */
   retryPolicy?: RetryPolicy | undefined;
+
+  /**
+   * Replaces the whole upstream set at once, validated like the upstreams
+   * file (every problem listed, nothing applied unless all pass). Each
+   * upstream's api_key is given here, or left unset to keep the key of the
+   * upstream of the same name in force (only while its base URL keeps its
+   * origin). On a shared store the keys are kept encrypted.
+   *
+   * @generated from field: gptgrpc.v1.UpstreamSet upstreams = 10;
+   */
+  upstreams?: UpstreamSet | undefined;
+
+  /**
+   * True: drop the upstream set and go back to the single upstream of
+   * endpoint + api_key. Not together with upstreams.
+   *
+   * @generated from field: bool clear_upstreams = 11;
+   */
+  clearUpstreams: boolean;
 };
 
 /**
@@ -965,6 +1000,22 @@ export type Configuration = Message<"gptgrpc.v1.Configuration"> & {
    * @generated from field: int64 generation = 9;
    */
   generation: bigint;
+
+  /**
+   * The upstream set in force, keys masked (api_key_masked); unset when the
+   * single upstream of endpoint + api_key serves every call.
+   *
+   * @generated from field: gptgrpc.v1.UpstreamSet upstreams = 10;
+   */
+  upstreams?: UpstreamSet | undefined;
+
+  /**
+   * Where the upstream set came from: "file" (the server's --upstreams file)
+   * or "configure"; empty without one.
+   *
+   * @generated from field: string upstreams_source = 11;
+   */
+  upstreamsSource: string;
 };
 
 /**
@@ -1587,6 +1638,385 @@ export const RevokeClientResponseSchema: GenMessage<RevokeClientResponse> = /*@_
   messageDesc(file_gptgrpc_v1_gateway, 35);
 
 /**
+ * BreakerPolicy says when an upstream's circuit breaker opens and closes;
+ * unset fields take the defaults (README "Several upstreams").
+ *
+ * @generated from message gptgrpc.v1.BreakerPolicy
+ */
+export type BreakerPolicy = Message<"gptgrpc.v1.BreakerPolicy"> & {
+  /**
+   * Failed attempts in a row that open it (default 5).
+   *
+   * @generated from field: optional int32 failure_threshold = 1;
+   */
+  failureThreshold?: number | undefined;
+
+  /**
+   * Or this share of failed attempts over the window, 0 to 1 (default 0.5) ...
+   *
+   * @generated from field: optional double failure_ratio = 2;
+   */
+  failureRatio?: number | undefined;
+
+  /**
+   * ... of this length (default 30 s) ...
+   *
+   * @generated from field: google.protobuf.Duration window = 3;
+   */
+  window?: Duration | undefined;
+
+  /**
+   * ... once it holds at least this many attempts (default 20).
+   *
+   * @generated from field: optional int32 min_calls = 4;
+   */
+  minCalls?: number | undefined;
+
+  /**
+   * While open, one half-open probe per interval (default 10 s).
+   *
+   * @generated from field: google.protobuf.Duration probe_interval = 5;
+   */
+  probeInterval?: Duration | undefined;
+
+  /**
+   * Successful probes in a row that close it again (default 2).
+   *
+   * @generated from field: optional int32 close_after = 6;
+   */
+  closeAfter?: number | undefined;
+
+  /**
+   * How long 429 insufficient_quota takes the upstream out (default 300 s).
+   *
+   * @generated from field: google.protobuf.Duration quota_cooldown = 7;
+   */
+  quotaCooldown?: Duration | undefined;
+
+  /**
+   * How long a refused key (401) takes the upstream out (default 60 s).
+   *
+   * @generated from field: google.protobuf.Duration auth_cooldown = 8;
+   */
+  authCooldown?: Duration | undefined;
+};
+
+/**
+ * Describes the message gptgrpc.v1.BreakerPolicy.
+ * Use `create(BreakerPolicySchema)` to create a new message.
+ */
+export const BreakerPolicySchema: GenMessage<BreakerPolicy> = /*@__PURE__*/
+  messageDesc(file_gptgrpc_v1_gateway, 36);
+
+/**
+ * Upstream is one [[upstream]] of the upstream set.
+ *
+ * @generated from message gptgrpc.v1.Upstream
+ */
+export type Upstream = Message<"gptgrpc.v1.Upstream"> & {
+  /**
+   * Unique name (1-64 letters, digits, ".", "_", "-"): shown in responses,
+   * logs, metrics and ListUpstreams.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * The API it speaks.
+   *
+   * @generated from field: gptgrpc.v1.UpstreamKind kind = 2;
+   */
+  kind: UpstreamKind;
+
+  /**
+   * Base URL, e.g. "https://api.openai.com/v1" or, for Azure,
+   * "https://my-resource.openai.azure.com". Held to the egress policy.
+   *
+   * @generated from field: string base_url = 3;
+   */
+  baseUrl: string;
+
+  /**
+   * ConfigureRequest only: the key. Unset keeps the key of the upstream of
+   * the same name in force, if its base URL keeps its origin. Never returned.
+   *
+   * @generated from field: optional string api_key = 4;
+   */
+  apiKey?: string | undefined;
+
+  /**
+   * Configuration only: the key, masked.
+   *
+   * @generated from field: string api_key_masked = 5;
+   */
+  apiKeyMasked: string;
+
+  /**
+   * Lower is tried first (default 1).
+   *
+   * @generated from field: optional int32 priority = 6;
+   */
+  priority?: number | undefined;
+
+  /**
+   * Share of the calls among upstreams of equal priority (default 1).
+   *
+   * @generated from field: optional double weight = 7;
+   */
+  weight?: number | undefined;
+
+  /**
+   * Models it serves: exact names or globs ("gpt-4o*"); empty: every model.
+   * Azure upstreams serve the models of their deployments.
+   *
+   * @generated from field: repeated string models = 8;
+   */
+  models: string[];
+
+  /**
+   * Azure: the api-version (default "2024-10-21").
+   *
+   * @generated from field: string api_version = 9;
+   */
+  apiVersion: string;
+
+  /**
+   * Azure: model -> deployment name.
+   *
+   * @generated from field: map<string, string> deployments = 10;
+   */
+  deployments: { [key: string]: string };
+
+  /**
+   * OpenAI organization id sent with its calls (OpenAI kind).
+   *
+   * @generated from field: string organization = 11;
+   */
+  organization: string;
+
+  /**
+   * OpenAI project id sent with its calls (OpenAI kind).
+   *
+   * @generated from field: string project = 12;
+   */
+  project: string;
+
+  /**
+   * Its circuit breaker; unset fields take the set's breaker, then the defaults.
+   *
+   * @generated from field: gptgrpc.v1.BreakerPolicy breaker = 13;
+   */
+  breaker?: BreakerPolicy | undefined;
+};
+
+/**
+ * Describes the message gptgrpc.v1.Upstream.
+ * Use `create(UpstreamSchema)` to create a new message.
+ */
+export const UpstreamSchema: GenMessage<Upstream> = /*@__PURE__*/
+  messageDesc(file_gptgrpc_v1_gateway, 37);
+
+/**
+ * FallbackModels lists the models tried, in order, once every upstream of
+ * a model failed or is open.
+ *
+ * @generated from message gptgrpc.v1.FallbackModels
+ */
+export type FallbackModels = Message<"gptgrpc.v1.FallbackModels"> & {
+  /**
+   * The model asked for.
+   *
+   * @generated from field: string model = 1;
+   */
+  model: string;
+
+  /**
+   * Models to try instead, in order (at most 8).
+   *
+   * @generated from field: repeated string fallbacks = 2;
+   */
+  fallbacks: string[];
+};
+
+/**
+ * Describes the message gptgrpc.v1.FallbackModels.
+ * Use `create(FallbackModelsSchema)` to create a new message.
+ */
+export const FallbackModelsSchema: GenMessage<FallbackModels> = /*@__PURE__*/
+  messageDesc(file_gptgrpc_v1_gateway, 38);
+
+/**
+ * UpstreamSet is every upstream and the fallback models, replaced as a whole.
+ *
+ * @generated from message gptgrpc.v1.UpstreamSet
+ */
+export type UpstreamSet = Message<"gptgrpc.v1.UpstreamSet"> & {
+  /**
+   * The upstreams (1 to 32).
+   *
+   * @generated from field: repeated gptgrpc.v1.Upstream upstreams = 1;
+   */
+  upstreams: Upstream[];
+
+  /**
+   * Fallback models per model.
+   *
+   * @generated from field: repeated gptgrpc.v1.FallbackModels fallbacks = 2;
+   */
+  fallbacks: FallbackModels[];
+
+  /**
+   * Breaker defaults for every upstream (ConfigureRequest only).
+   *
+   * @generated from field: gptgrpc.v1.BreakerPolicy breaker = 3;
+   */
+  breaker?: BreakerPolicy | undefined;
+};
+
+/**
+ * Describes the message gptgrpc.v1.UpstreamSet.
+ * Use `create(UpstreamSetSchema)` to create a new message.
+ */
+export const UpstreamSetSchema: GenMessage<UpstreamSet> = /*@__PURE__*/
+  messageDesc(file_gptgrpc_v1_gateway, 39);
+
+/**
+ * ListUpstreamsRequest is empty.
+ *
+ * @generated from message gptgrpc.v1.ListUpstreamsRequest
+ */
+export type ListUpstreamsRequest = Message<"gptgrpc.v1.ListUpstreamsRequest"> & {
+};
+
+/**
+ * Describes the message gptgrpc.v1.ListUpstreamsRequest.
+ * Use `create(ListUpstreamsRequestSchema)` to create a new message.
+ */
+export const ListUpstreamsRequestSchema: GenMessage<ListUpstreamsRequest> = /*@__PURE__*/
+  messageDesc(file_gptgrpc_v1_gateway, 40);
+
+/**
+ * UpstreamStatus is one upstream as this replica sees it now.
+ *
+ * @generated from message gptgrpc.v1.UpstreamStatus
+ */
+export type UpstreamStatus = Message<"gptgrpc.v1.UpstreamStatus"> & {
+  /**
+   * Its name ("default" for the single OPENAI_BASE_URL upstream).
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * The API it speaks.
+   *
+   * @generated from field: gptgrpc.v1.UpstreamKind kind = 2;
+   */
+  kind: UpstreamKind;
+
+  /**
+   * Its base URL.
+   *
+   * @generated from field: string base_url = 3;
+   */
+  baseUrl: string;
+
+  /**
+   * Models it serves ("*": every model).
+   *
+   * @generated from field: repeated string models = 4;
+   */
+  models: string[];
+
+  /**
+   * Lower is tried first.
+   *
+   * @generated from field: int32 priority = 5;
+   */
+  priority: number;
+
+  /**
+   * Share among upstreams of equal priority.
+   *
+   * @generated from field: double weight = 6;
+   */
+  weight: number;
+
+  /**
+   * Its circuit breaker's state.
+   *
+   * @generated from field: gptgrpc.v1.BreakerState state = 7;
+   */
+  state: BreakerState;
+
+  /**
+   * Calls it is serving now.
+   *
+   * @generated from field: int64 in_flight = 8;
+   */
+  inFlight: bigint;
+
+  /**
+   * Failed share of its attempts over the breaker's window, 0 to 1.
+   *
+   * @generated from field: double error_rate = 9;
+   */
+  errorRate: number;
+
+  /**
+   * Attempts in that window.
+   *
+   * @generated from field: int64 recent_attempts = 10;
+   */
+  recentAttempts: bigint;
+
+  /**
+   * Until when it takes no calls (open, or busy after a Retry-After); zero
+   * when it takes them now.
+   *
+   * @generated from field: google.protobuf.Duration retry_in = 11;
+   */
+  retryIn?: Duration | undefined;
+};
+
+/**
+ * Describes the message gptgrpc.v1.UpstreamStatus.
+ * Use `create(UpstreamStatusSchema)` to create a new message.
+ */
+export const UpstreamStatusSchema: GenMessage<UpstreamStatus> = /*@__PURE__*/
+  messageDesc(file_gptgrpc_v1_gateway, 41);
+
+/**
+ * ListUpstreamsResponse lists the upstreams in their configured order.
+ *
+ * @generated from message gptgrpc.v1.ListUpstreamsResponse
+ */
+export type ListUpstreamsResponse = Message<"gptgrpc.v1.ListUpstreamsResponse"> & {
+  /**
+   * The upstreams.
+   *
+   * @generated from field: repeated gptgrpc.v1.UpstreamStatus upstreams = 1;
+   */
+  upstreams: UpstreamStatus[];
+
+  /**
+   * The fallback models.
+   *
+   * @generated from field: repeated gptgrpc.v1.FallbackModels fallbacks = 2;
+   */
+  fallbacks: FallbackModels[];
+};
+
+/**
+ * Describes the message gptgrpc.v1.ListUpstreamsResponse.
+ * Use `create(ListUpstreamsResponseSchema)` to create a new message.
+ */
+export const ListUpstreamsResponseSchema: GenMessage<ListUpstreamsResponse> = /*@__PURE__*/
+  messageDesc(file_gptgrpc_v1_gateway, 42);
+
+/**
  * Role is the author of a chat message.
  *
  * @generated from enum gptgrpc.v1.Role
@@ -1811,6 +2241,83 @@ export enum BudgetPeriod {
  */
 export const BudgetPeriodSchema: GenEnum<BudgetPeriod> = /*@__PURE__*/
   enumDesc(file_gptgrpc_v1_gateway, 4);
+
+/**
+ * UpstreamKind is the API an upstream speaks.
+ *
+ * @generated from enum gptgrpc.v1.UpstreamKind
+ */
+export enum UpstreamKind {
+  /**
+   * Not set: OPENAI.
+   *
+   * @generated from enum value: UPSTREAM_KIND_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * OpenAI or any OpenAI-compatible server: POST <base_url>/chat/completions
+   * with "Authorization: Bearer <key>".
+   *
+   * @generated from enum value: UPSTREAM_KIND_OPENAI = 1;
+   */
+  OPENAI = 1,
+
+  /**
+   * Azure OpenAI: POST <base_url>/openai/deployments/<deployment>/chat/completions
+   * ?api-version=<api_version> with an "api-key" header.
+   *
+   * @generated from enum value: UPSTREAM_KIND_AZURE = 2;
+   */
+  AZURE = 2,
+}
+
+/**
+ * Describes the enum gptgrpc.v1.UpstreamKind.
+ */
+export const UpstreamKindSchema: GenEnum<UpstreamKind> = /*@__PURE__*/
+  enumDesc(file_gptgrpc_v1_gateway, 5);
+
+/**
+ * BreakerState is an upstream's circuit breaker state.
+ *
+ * @generated from enum gptgrpc.v1.BreakerState
+ */
+export enum BreakerState {
+  /**
+   * Never sent.
+   *
+   * @generated from enum value: BREAKER_STATE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Calls go to it.
+   *
+   * @generated from enum value: BREAKER_STATE_CLOSED = 1;
+   */
+  CLOSED = 1,
+
+  /**
+   * It failed: no calls until its next half-open probe.
+   *
+   * @generated from enum value: BREAKER_STATE_OPEN = 2;
+   */
+  OPEN = 2,
+
+  /**
+   * A probe call is testing it; it closes again after successful probes.
+   *
+   * @generated from enum value: BREAKER_STATE_HALF_OPEN = 3;
+   */
+  HALF_OPEN = 3,
+}
+
+/**
+ * Describes the enum gptgrpc.v1.BreakerState.
+ */
+export const BreakerStateSchema: GenEnum<BreakerState> = /*@__PURE__*/
+  enumDesc(file_gptgrpc_v1_gateway, 6);
 
 /**
  * ErrorReason is the reason of the google.rpc.ErrorInfo attached to every
@@ -2057,13 +2564,21 @@ export enum ErrorReason {
    * @generated from enum value: STORE_UNAVAILABLE = 36;
    */
   STORE_UNAVAILABLE = 36,
+
+  /**
+   * No configured upstream serves the model (nor any of its fallback
+   * models). NOT_FOUND.
+   *
+   * @generated from enum value: MODEL_NOT_ROUTED = 49;
+   */
+  MODEL_NOT_ROUTED = 49,
 }
 
 /**
  * Describes the enum gptgrpc.v1.ErrorReason.
  */
 export const ErrorReasonSchema: GenEnum<ErrorReason> = /*@__PURE__*/
-  enumDesc(file_gptgrpc_v1_gateway, 5);
+  enumDesc(file_gptgrpc_v1_gateway, 7);
 
 /**
  * GPTService fronts an OpenAI-compatible chat completions API.
@@ -2195,6 +2710,19 @@ export const GPTService: GenService<{
     methodKind: "unary";
     input: typeof RevokeClientRequestSchema;
     output: typeof RevokeClientResponseSchema;
+  },
+  /**
+   * ListUpstreams shows each configured upstream as this replica sees it now:
+   * name, base URL, models, circuit breaker state, calls in flight and recent
+   * error rate. Needs a client or the admin token once clients exist (like the
+   * other data-plane reads). Never shows a key.
+   *
+   * @generated from rpc gptgrpc.v1.GPTService.ListUpstreams
+   */
+  listUpstreams: {
+    methodKind: "unary";
+    input: typeof ListUpstreamsRequestSchema;
+    output: typeof ListUpstreamsResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_gptgrpc_v1_gateway, 0);
