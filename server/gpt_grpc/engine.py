@@ -53,7 +53,7 @@ from .upstream import sse
 from .upstream.client import MAX_ANSWER_BYTES, UpstreamClient
 from .upstream.endpoints import Endpoint
 from .upstream.failures import Phase, translate
-from .upstream.routing import Route, Router, RouterFactory, Routers, Target
+from .upstream.routing import Route, Router, RouterFactory, Routers, Target, UpstreamStatus
 from .upstream.scrub import MAX_ID_CHARS, Scrubber, Secrets, scrubbed
 from .usage import CallOutcome, ResultSink, UsageTracker
 
@@ -162,6 +162,12 @@ class Engine:
 
     async def aclose(self) -> None:
         await self.client.aclose()
+
+    def upstreams(self) -> tuple[list[UpstreamStatus], tuple[tuple[str, tuple[str, ...]], ...]]:
+        """Each upstream of the settings in force (breaker state, calls in flight), and the fallback models."""
+        snapshot = self._snapshot
+        upstreams = snapshot.settings.upstreams
+        return snapshot.router.status(), upstreams.fallbacks if upstreams is not None else ()
 
     # -- one call -----------------------------------------------------------------------
 

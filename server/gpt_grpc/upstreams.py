@@ -26,7 +26,7 @@ import math
 import os
 import re
 import tomllib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any
@@ -297,15 +297,20 @@ class _Invalid(Exception):
         self.violations = violations
 
 
-def parse_configured(data: Mapping[str, Any], prefix: str = "upstreams") -> UpstreamSet:
-    """A set given by Configure (or read back from the store); raises GatewayError(INVALID_REQUEST)."""
+def parse_configured(data: Mapping[str, Any], prefix: str = "upstreams", label: str = "upstreams") -> UpstreamSet:
+    """A set given by Configure (or read back from the store); raises GatewayError(INVALID_REQUEST).
+
+    `label` names the list of upstreams in violations (the proto's field is `upstreams`).
+    """
     try:
-        return parse(data, inline_keys, prefix=prefix, source=SOURCE_CONFIGURE)
+        return parse(data, inline_keys, prefix=prefix, source=SOURCE_CONFIGURE, label=label)
     except _Invalid as exc:
         raise invalid(exc.violations) from None
 
 
-def parse(data: Mapping[str, Any], keys: KeyResolver, *, prefix: str, source: str) -> UpstreamSet:
+def parse(
+    data: Mapping[str, Any], keys: KeyResolver, *, prefix: str, source: str, label: str = "upstream"
+) -> UpstreamSet:
     """Check a set in the file's shape as a whole; raises _Invalid listing every problem."""
     out: list[FieldViolation] = []
     dot = f"{prefix}." if prefix else ""
@@ -315,14 +320,14 @@ def parse(data: Mapping[str, Any], keys: KeyResolver, *, prefix: str, source: st
     tables = data.get("upstream")
     specs: list[UpstreamSpec] = []
     if not isinstance(tables, list) or not tables:
-        out.append(FieldViolation(f"{dot}upstream", "must list at least one [[upstream]]"))
+        out.append(FieldViolation(f"{dot}{label}", "must list at least one [[upstream]]"))
         tables = []
     elif len(tables) > MAX_UPSTREAMS:
-        out.append(FieldViolation(f"{dot}upstream", f"at most {MAX_UPSTREAMS} upstreams"))
+        out.append(FieldViolation(f"{dot}{label}", f"at most {MAX_UPSTREAMS} upstreams"))
         tables = []
     names: set[str] = set()
     for i, table in enumerate(tables):
-        where = f"{dot}upstream[{i}]"
+        where = f"{dot}{label}[{i}]"
         if not isinstance(table, Mapping):
             out.append(FieldViolation(where, "must be a table"))
             continue
@@ -498,6 +503,3 @@ def summary(upstreams: Iterable[UpstreamSpec]) -> str:
     """One line naming the upstreams (for the start-up log)."""
     return ", ".join(f"{u.name} ({u.kind}, priority {u.priority}, weight {u.weight:g})" for u in upstreams)
 
-
-def names(specs: Sequence[UpstreamSpec]) -> list[str]:
-    return [u.name for u in specs]

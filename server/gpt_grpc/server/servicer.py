@@ -90,13 +90,15 @@ class Call:
     ticket: Ticket | None = None
     code: grpc.StatusCode = grpc.StatusCode.OK
     reason: str | None = None
+    upstream: str | None = None  # the configured upstream that answered (or failed last)
 
     def took(self, result: ChatResult) -> None:
-        self.model, self.usage, self.cost_usd, self.attempts = (
+        self.model, self.usage, self.cost_usd, self.attempts, self.upstream = (
             result.model,
             result.usage,
             result.cost_usd,
             result.attempts,
+            result.upstream,
         )
 
 
@@ -270,6 +272,7 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
         err = exc if isinstance(exc, GatewayError) else _internal(call.method)
         call.code, call.reason = REASON_CODES[err.reason], err.reason.value
         call.attempts = call.attempts or err.attempts
+        call.upstream = call.upstream or err.upstream
         await self._abort(context, call, err)
 
     def _leave(self) -> None:
@@ -318,6 +321,8 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
             fields["cost_usd"] = call.cost_usd
         if call.attempts:
             fields["attempts"] = call.attempts
+        if call.upstream:
+            fields["upstream"] = call.upstream
         logs.access(fields)
 
     def _cost(self, call: Call) -> float | None:
@@ -415,6 +420,12 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
                 info.price_source = price.source
             models.append(info)
         return pb.ListModelsResponse(models=models)
+
+    @rpc(Access.OPEN)
+    async def ListUpstreams(
+        self, request: pb.ListUpstreamsRequest, context: Context, call: Call
+    ) -> pb.ListUpstreamsResponse:
+        return convert.upstreams(*self.engine.upstreams())
 
     @rpc(Access.OPEN)
     async def GetUsage(self, request: pb.GetUsageRequest, context: Context, call: Call) -> pb.GetUsageResponse:
