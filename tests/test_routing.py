@@ -16,8 +16,8 @@ from gpt_grpc.upstream.routing import Candidate, Routers, choose
 from gpt_grpc.upstream.scrub import NO_SECRETS, Secrets
 from gpt_grpc.upstreams import (
     BreakerPolicy,
-    UpstreamsFileError,
     UpstreamSet,
+    UpstreamsFileError,
     UpstreamSpec,
     load_file,
     parse_configured,
@@ -50,12 +50,17 @@ C = Candidate(2, priority=2, weight=100, in_flight=0)
         ([A, B, C], 0.74, 0),
         ([A, B, C], 0.76, 1),
         ([A, B, C], 0.999, 1),
-        # fewest calls in flight per unit of weight goes first: B has 1 for weight 1, A 2 for weight 3
-        ([Candidate(0, 1, 3, 2), Candidate(1, 1, 1, 1)], 0.99, 0),
-        ([Candidate(0, 1, 3, 4), Candidate(1, 1, 1, 1)], 0.0, 1),
-        # tied load (3/3 == 1/1): back to the weighted draw
-        ([Candidate(0, 1, 3, 3), Candidate(1, 1, 1, 1)], 0.5, 0),
-        ([Candidate(0, 1, 3, 3), Candidate(1, 1, 1, 1)], 0.8, 1),
+        # the weights decide the share whatever the load: a busy heavy upstream still gets its 3/4
+        ([Candidate(0, 1, 3, 5), Candidate(1, 1, 1, 0)], 0.5, 0),
+        ([Candidate(0, 1, 3, 0), Candidate(1, 1, 1, 5)], 0.9, 1),
+        # among equal weights, the fewest calls in flight, whatever the draw
+        ([Candidate(0, 1, 1, 2), Candidate(1, 1, 1, 1)], 0.0, 1),
+        ([Candidate(0, 1, 1, 0), Candidate(1, 1, 1, 1)], 0.99, 0),
+        ([Candidate(0, 1, 3, 5), Candidate(1, 1, 1, 2), Candidate(2, 1, 1, 0)], 0.7, 2),
+        ([Candidate(0, 1, 3, 5), Candidate(1, 1, 1, 2), Candidate(2, 1, 1, 0)], 0.5, 0),
+        # equal weights and load: the draw
+        ([Candidate(0, 1, 1, 0), Candidate(1, 1, 1, 0)], 0.2, 0),
+        ([Candidate(0, 1, 1, 0), Candidate(1, 1, 1, 0)], 0.7, 1),
     ],
 )
 def test_choose(candidates: list[Candidate], draw: float, chosen: int | None) -> None:
@@ -275,7 +280,7 @@ def test_configure_keeps_a_key_only_while_the_origin_stays() -> None:
     assert problems == [] and kept.upstreams[0].api_key == "key-a-0123456789"
     moved = parse_configured({"upstream": [{"name": "a", "base_url": "https://b.example/v1"}]})
     _, problems = moved.checked(None, current)
-    assert [p.field for p in problems] == ["upstreams[0].api_key"]
+    assert [p.field for p in problems] == ["upstreams.upstreams[0].api_key"]
     new = parse_configured({"upstream": [{"name": "n", "base_url": "https://n.example"}]})
     _, problems = new.checked(None, current)
     assert [p.description for p in problems] == ["must be given for a new upstream"]
@@ -294,8 +299,8 @@ def test_egress_policy_holds_for_every_upstream() -> None:
     with pytest.raises(GatewayError) as info:
         apply(Settings(), SettingsUpdate(upstreams=s), EgressPolicy())
     assert [v.field for v in info.value.field_violations] == [
-        "upstreams[1].base_url",
-        "upstreams[2].base_url",
+        "upstreams.upstreams[1].base_url",
+        "upstreams.upstreams[2].base_url",
     ]
     with pytest.raises(GatewayError) as info:
         apply(Settings(), SettingsUpdate(upstreams=s), EgressPolicy(allowed_hosts=frozenset({"127.0.0.1"})))
@@ -317,6 +322,7 @@ def test_azure_endpoint_url_and_header() -> None:
 
 
 # ----------------------------------------------------------------------------- a route
+
 
 def _set(*specs: UpstreamSpec, fallbacks: dict[str, tuple[str, ...]] | None = None) -> Settings:
     return Settings(upstreams=UpstreamSet(specs, tuple((fallbacks or {}).items())))

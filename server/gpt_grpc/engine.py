@@ -51,7 +51,6 @@ from .settings import Settings, SettingsUpdate, apply
 from .upstream import client as upstream_client
 from .upstream import sse
 from .upstream.client import MAX_ANSWER_BYTES, UpstreamClient
-from .upstream.endpoints import Endpoint
 from .upstream.failures import Phase, translate
 from .upstream.routing import Route, Router, RouterFactory, Routers, Target, UpstreamStatus
 from .upstream.scrub import MAX_ID_CHARS, Scrubber, Secrets, scrubbed
@@ -269,7 +268,11 @@ class Engine:
         return ask
 
     def _finish(
-        self, call: PreparedCall, result: ChatResult | None, error: BaseException | None, model: ModelRecord | None = None
+        self,
+        call: PreparedCall,
+        result: ChatResult | None,
+        error: BaseException | None,
+        model: ModelRecord | None = None,
     ) -> None:
         """The one place a finished call is recorded: under the model that answered (a fallback's, say)."""
         self.sink.record(CallOutcome(model or call.model, result, error, call.request.request_id))

@@ -176,7 +176,7 @@ class UpstreamSet:
         return next((u for u in self.upstreams if u.name == name), None)
 
     def checked(
-        self, policy: EgressPolicy | None, current: UpstreamSet | None, prefix: str = "upstreams"
+        self, policy: EgressPolicy | None, current: UpstreamSet | None, prefix: str = "upstreams.upstreams"
     ) -> tuple[UpstreamSet, list[FieldViolation]]:
         """This set under the operator's `policy`, keys filled in from `current`; (set, violations).
 
@@ -244,9 +244,7 @@ def file_keys(env: Mapping[str, str]) -> KeyResolver:
     def resolve(table: Mapping[str, Any], where: str, out: list[FieldViolation]) -> str:
         if "api_key" in table:
             out.append(
-                FieldViolation(
-                    f"{where}.api_key", "keys are not written in the file: use api_key_env or api_key_file"
-                )
+                FieldViolation(f"{where}.api_key", "keys are not written in the file: use api_key_env or api_key_file")
             )
             return ""
         by_env, by_file = table.get("api_key_env"), table.get("api_key_file")
@@ -331,13 +329,13 @@ def parse(
         if not isinstance(table, Mapping):
             out.append(FieldViolation(where, "must be a table"))
             continue
+        name = table.get("name")
+        if isinstance(name, str) and name in names:
+            out.append(FieldViolation(f"{where}.name", f"{name!r} is used by another upstream"))
+        names.add(str(name))
         spec = _upstream(table, where, keys, defaults, out)
-        if spec is None:
-            continue
-        if spec.name in names:
-            out.append(FieldViolation(f"{where}.name", f"{spec.name!r} is used by another upstream"))
-        names.add(spec.name)
-        specs.append(spec)
+        if spec is not None:
+            specs.append(spec)
     fallbacks = _fallbacks(data.get("fallbacks", {}), f"{dot}fallbacks", out)
     if out:
         raise _Invalid(out)
@@ -356,7 +354,9 @@ def _upstream(
         out.append(FieldViolation(f"{where}.{unknown}", "unknown key"))
     name = table.get("name")
     if not isinstance(name, str) or not NAME.fullmatch(name):
-        out.append(FieldViolation(f"{where}.name", "must be 1-64 letters, digits, '.', '_' or '-', starting alphanumeric"))
+        out.append(
+            FieldViolation(f"{where}.name", "must be 1-64 letters, digits, '.', '_' or '-', starting alphanumeric")
+        )
     kind = table.get("kind", "openai")
     if kind not in KINDS:
         out.append(FieldViolation(f"{where}.kind", f"must be one of {', '.join(KINDS)}"))
@@ -394,7 +394,7 @@ def _upstream(
     else:
         for azure_only in ("deployments", "api_version"):
             if azure_only in table:
-                out.append(FieldViolation(f"{where}.{azure_only}", "only for kind = \"azure\""))
+                out.append(FieldViolation(f"{where}.{azure_only}", 'only for kind = "azure"'))
     organization = _optional_id(table.get("organization"), f"{where}.organization", out)
     project = _optional_id(table.get("project"), f"{where}.project", out)
     breaker = _breaker(table.get("breaker", {}), f"{where}.breaker", defaults, out)
@@ -502,4 +502,3 @@ def _is_number(value: object) -> bool:
 def summary(upstreams: Iterable[UpstreamSpec]) -> str:
     """One line naming the upstreams (for the start-up log)."""
     return ", ".join(f"{u.name} ({u.kind}, priority {u.priority}, weight {u.weight:g})" for u in upstreams)
-

@@ -121,7 +121,7 @@ class GatewayServer:
         # egress policy; settings saved by Configure before a restart win over the
         # environment. (What the endpoint's name resolves to is checked in start.)
         self.egress = EgressPolicy.of(config.allow_insecure_upstream, config.allowed_upstream_hosts)
-        settings = apply(Settings(), _with_upstreams_file(config), self.egress)
+        settings = apply(Settings(), _with_upstreams_file(config, self.egress), self.egress)
         self.store = store_from_url(store_url(config), password=config.store_password)
         if config.state_file and self.store.shared:
             raise ConfigError(
@@ -249,7 +249,7 @@ def _connection_options(config: ServerConfig) -> list[tuple[str, int]]:
     return out
 
 
-def _with_upstreams_file(config: ServerConfig) -> SettingsUpdate:
+def _with_upstreams_file(config: ServerConfig, policy: EgressPolicy) -> SettingsUpdate:
     """The start-up settings, with the upstreams file's set when one is given (it is then the whole set)."""
     if not config.upstreams_file:
         return config.upstream
@@ -257,6 +257,10 @@ def _with_upstreams_file(config: ServerConfig) -> SettingsUpdate:
         upstreams = load_file(config.upstreams_file)
     except UpstreamsFileError as exc:
         raise ConfigError(str(exc)) from None
+    _, problems = upstreams.checked(policy, None, prefix="upstream")
+    if problems:
+        listed = "; ".join(f"{v.field}: {v.description}" for v in problems)
+        raise ConfigError(f"the upstreams file {config.upstreams_file} is invalid: {listed}")
     if config.upstream.endpoint is not None:
         log.warning(
             "upstreams from %s; OPENAI_BASE_URL (--endpoint) is ignored: the file is the whole upstream set",

@@ -394,7 +394,9 @@ def _upstream_set_view(s: UpstreamSet) -> pb.UpstreamSet:
     return pb.UpstreamSet(upstreams=[_upstream_view(u) for u in s.upstreams], fallbacks=_fallbacks(s.fallbacks))
 
 
-def upstreams(statuses: Sequence[UpstreamStatus], fallbacks: Sequence[tuple[str, Sequence[str]]]) -> pb.ListUpstreamsResponse:
+def upstreams(
+    statuses: Sequence[UpstreamStatus], fallbacks: Sequence[tuple[str, Sequence[str]]]
+) -> pb.ListUpstreamsResponse:
     return pb.ListUpstreamsResponse(
         upstreams=[
             pb.UpstreamStatus(

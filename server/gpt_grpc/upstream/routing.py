@@ -19,7 +19,9 @@ the lease's `succeeded` / `release`). The route tries, in order:
 
 Within a step only upstreams whose breaker lets a call through are
 candidates, and `choose` - a pure function of the candidates, their
-priorities, weights and calls in flight, and a random draw - picks one.
+priorities, weights and calls in flight, and a random draw - picks one:
+the best priority, then a weighted draw, then among upstreams of equal
+weight the fewest calls in flight.
 
 The `OPENAI_BASE_URL` + `OPENAI_API_KEY` shorthand is a set of one upstream,
 "default", serving every model, whose breaker never opens (its failures
@@ -80,22 +82,34 @@ class Candidate:
 
 
 def choose(candidates: Sequence[Candidate], draw: float) -> Candidate | None:
-    """The upstream for the next attempt: the best (lowest) priority; among those, the fewest calls
-    in flight per unit of weight; among those still tied, by weight with `draw` (uniform in [0, 1))."""
+    """The upstream for the next attempt, from those that may take it now.
+
+    The best (lowest) priority first. Among equal priorities, by weight: a draw
+    (uniform in [0, 1)) picks a weight with the chance of its share, so the split
+    follows the weights whatever the load. Among upstreams of that same weight,
+    the fewest calls in flight; the draw again among those still tied.
+    """
     if not candidates:
         return None
     best = min(c.priority for c in candidates)
     top = [c for c in candidates if c.priority == best]
     if len(top) == 1:
         return top[0]
-    least = min(c.in_flight / c.weight for c in top)
-    tied = [c for c in top if c.in_flight / c.weight == least]
-    point = draw * sum(c.weight for c in tied)
-    for c in tied:
-        point -= c.weight
-        if point < 0:
-            return c
-    return tied[-1]
+    groups: dict[float, list[Candidate]] = {}
+    for c in top:
+        groups.setdefault(c.weight, []).append(c)
+    point = draw * sum(c.weight for c in top)
+    members: list[Candidate] = []
+    span = 0.0
+    for weight, members in groups.items():
+        span = weight * len(members)
+        if point < span:
+            break
+        point -= span
+    least = min(c.in_flight for c in members)
+    tied = [c for c in members if c.in_flight == least]
+    within = min(max(point / span, 0.0), 1.0) if span else 0.0  # where the draw fell in the group, 0..1
+    return tied[min(int(within * len(tied)), len(tied) - 1)]
 
 
 # -- an upstream's health, kept across settings snapshots --------------------------------
@@ -115,7 +129,7 @@ class Health:
 class Lease:
     """One attempt's hold on an upstream: its call in flight, and the breaker's probe if it is one."""
 
-    __slots__ = ("_health", "_observer", "_probe", "_reported", "_released")
+    __slots__ = ("_health", "_observer", "_probe", "_released", "_reported")
 
     def __init__(self, health: Health, probe: bool, observer: UpstreamObserver | None) -> None:
         self._health = health
@@ -465,7 +479,10 @@ class Routers:
     def _set(self, upstreams: UpstreamSet, secrets: Secrets) -> Router:
         scrubber = secrets.add(*(u.api_key for u in upstreams.upstreams))
         healths = self._healths(upstreams.upstreams, opens=True)
-        built = [_Upstream(i, spec, h, scrubber) for i, (spec, h) in enumerate(zip(upstreams.upstreams, healths))]
+        built = [
+            _Upstream(i, spec, h, scrubber)
+            for i, (spec, h) in enumerate(zip(upstreams.upstreams, healths, strict=True))
+        ]
         if self.observer is not None:
             for h in healths:
                 self.observer.upstream_state(h.name, h.breaker.state.value)
