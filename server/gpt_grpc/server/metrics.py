@@ -125,6 +125,7 @@ class Metrics:
             "gpt_grpc_upstream_breaker_opened", "Times an upstream's circuit breaker opened.", ["upstream"], registry=r
         )
         self._breaker_states: dict[str, str] = {}
+        self._upstream_children: dict[tuple[str, str], Any] = {}
         self._sampler: asyncio.Task[None] | None = None
         self._models: set[str] = set()
         self._call_children: dict[tuple[str, str], tuple[Any, Any]] = {}
@@ -190,7 +191,11 @@ class Metrics:
 
     # UpstreamObserver (upstream/routing.py): attempts and breaker states per upstream.
     def upstream_attempt(self, upstream: str, outcome: str) -> None:
-        self.upstream_attempts.labels(upstream, outcome).inc()
+        key = (upstream, outcome)
+        child = self._upstream_children.get(key)
+        if child is None:  # cached as observe_call does: labels() costs a lock and a hash
+            child = self._upstream_children[key] = self.upstream_attempts.labels(upstream, outcome)
+        child.inc()
 
     def upstream_state(self, upstream: str, state: str) -> None:
         if state == "open" and self._breaker_states.get(upstream) != "open":
