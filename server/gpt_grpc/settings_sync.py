@@ -49,7 +49,7 @@ from .settings import Settings, SettingsUpdate, apply
 from .state import StateFile
 from .store.base import SettingsDoc, Store
 from .store.secrets import Sealer, SecretKeyError
-from .upstreams import SOURCE_CONFIGURE, UpstreamSet, UpstreamSpec, parse_configured
+from .upstreams import SOURCE_CONFIGURE, UpstreamSet, UpstreamSpec, parse_configured, resolved_problems
 
 log = logging.getLogger("gpt_grpc.settings")
 
@@ -165,10 +165,7 @@ class SettingsSync:
             if problem:
                 violations.append(FieldViolation("endpoint", problem))
         if new.upstreams is not None and new.upstreams is not current.upstreams:
-            for i, upstream in enumerate(new.upstreams.upstreams):
-                problem = await resolved_problem(upstream.base_url)
-                if problem:
-                    violations.append(FieldViolation(f"upstreams.upstreams[{i}].base_url", problem))
+            violations += await resolved_problems(new.upstreams, "upstreams.upstreams")
         if violations:
             raise invalid(violations)
 

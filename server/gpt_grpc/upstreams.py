@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any
 
-from .egress import EgressPolicy, endpoint_problem, origin
+from .egress import EgressPolicy, endpoint_problem, origin, resolved_problem
 from .errors import FieldViolation, invalid
 from .settings import KEY_MUST_FOLLOW, check_api_key, check_endpoint, mask_key
 
@@ -497,6 +497,16 @@ def _is_int(value: object) -> bool:
 
 def _is_number(value: object) -> bool:
     return (isinstance(value, (int, float)) and not isinstance(value, bool)) and math.isfinite(value)
+
+
+async def resolved_problems(upstreams: UpstreamSet, prefix: str) -> list[FieldViolation]:
+    """What each upstream's host name resolves to now, under the egress rules (egress.resolved_problem)."""
+    out = []
+    for i, upstream in enumerate(upstreams.upstreams):
+        problem = await resolved_problem(upstream.base_url)
+        if problem:
+            out.append(FieldViolation(f"{prefix}[{i}].base_url", problem))
+    return out
 
 
 def summary(upstreams: Iterable[UpstreamSpec]) -> str:

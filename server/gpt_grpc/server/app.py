@@ -40,7 +40,7 @@ from ..state import StateFile, StateFileError
 from ..store import StoreError, store_from_url
 from ..store.secrets import Sealer, SecretKeyError, sealer_from_env
 from ..upstream.routing import Routers
-from ..upstreams import UpstreamsFileError, load_file, summary
+from ..upstreams import UpstreamsFileError, load_file, resolved_problems, summary
 from . import logs, reflection, registration, workers
 from .admission import Admission
 from .auth import AdminAuth, Authorizer
@@ -277,11 +277,7 @@ async def _check_resolved(settings: Settings) -> None:
         if problem:
             raise invalid([FieldViolation("endpoint", problem)])
         return
-    violations = []
-    for i, upstream in enumerate(settings.upstreams.upstreams):
-        problem = await resolved_problem(upstream.base_url)
-        if problem:
-            violations.append(FieldViolation(f"upstream[{i}].base_url", problem))
+    violations = await resolved_problems(settings.upstreams, "upstream")
     if violations:
         raise invalid(violations)
 
