@@ -261,7 +261,10 @@ def messages(descriptor: d.Descriptor, depth: int = 0) -> st.SearchStrategy[Mess
         for name, value in values.items():
             field = descriptor.fields_by_name[name]
             target = getattr(message, name) if field.is_repeated else None
-            if target is not None and field.type == d.FieldDescriptor.TYPE_MESSAGE:
+            if target is not None and field.message_type is not None and field.message_type.GetOptions().map_entry:
+                for item in value:  # a map field: its entries' keys and values (the proto's maps are of strings)
+                    target[item.key] = item.value
+            elif target is not None and field.type == d.FieldDescriptor.TYPE_MESSAGE:
                 for item in value:
                     target.add().CopyFrom(item)
             elif target is not None:
