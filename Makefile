@@ -38,15 +38,15 @@ demo: $(STAMP)
 
 # Everything CI checks: the Python suite (servers on loopback, the short fault
 # campaign, stale-stub checks, grpcurl/ghz/grpc-health-probe against the
-# gateway), then the Go, TypeScript and Java clients, the contract suite in
-# each, and buf lint + breaking against the last release.
+# gateway, the error table against aimock), then the Go, TypeScript and Java
+# clients, the contract suite in each, and buf lint + breaking against the last release.
 test: $(STAMP) debian-packages
-	$(MAKE) grpc-tools
+	$(MAKE) grpc-tools aimock
 	$(BIN)/pytest -q
 	$(MAKE) clients-build clients-test contract-test proto-check
 
 test-py: $(STAMP) debian-packages
-	$(MAKE) grpc-tools
+	$(MAKE) grpc-tools aimock
 	$(BIN)/pytest -q
 
 # Debian packages the tests run as real processes: redis-server (the shared
@@ -94,9 +94,10 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 clean: clients-clean
-	rm -rf $(VENV) .mypy_cache .ruff_cache $(TOOLS_BIN)
+	rm -rf $(VENV) .mypy_cache .ruff_cache $(TOOLS_BIN) $(AIMOCK_DIR)/node_modules
 
 # Last, so that `install` stays the default goal.
 include clients/clients.mk
 include bench/bench.mk
 include tests/tools/tools.mk
+include tests/aimock/aimock.mk

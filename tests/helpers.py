@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 import pytest
@@ -60,3 +63,24 @@ async def fail(call: object) -> grpc.aio.AioRpcError:
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await call  # type: ignore[misc]
     return info.value
+
+
+ACCESS_LINE_SECONDS = 5.0
+
+
+async def access_lines(
+    caplog: pytest.LogCaptureFixture, done: Callable[[list[dict[str, Any]]], bool]
+) -> list[dict[str, Any]]:
+    """The access-log lines so far, once `done(lines)` holds (waited for, bounded).
+
+    A handler writes its line as it unwinds, which may come after its caller saw the status.
+    Needs `caplog.set_level(logging.INFO, logger="gpt_grpc.access")`.
+    """
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + ACCESS_LINE_SECONDS
+    while True:
+        lines = [r.fields for r in caplog.records if r.name == "gpt_grpc.access"]  # type: ignore[attr-defined]
+        if done(lines) or loop.time() > give_up:
+            assert done(lines), lines
+            return lines
+        await asyncio.sleep(0.01)

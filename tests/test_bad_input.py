@@ -245,6 +245,11 @@ def messages(descriptor: d.Descriptor, depth: int = 0) -> st.SearchStrategy[Mess
     cls = message_factory.GetMessageClass(descriptor)
     fields: dict[str, st.SearchStrategy[Any]] = {}
     for field in descriptor.fields:
+        entry = field.message_type
+        if entry is not None and entry.GetOptions().map_entry:  # a map<scalar, scalar> field
+            key, item = entry.fields_by_name["key"], entry.fields_by_name["value"]
+            fields[field.name] = st.dictionaries(_scalar(key), _scalar(item), max_size=20)
+            continue
         if field.full_name in OVERRIDES:
             value = OVERRIDES[field.full_name]
         elif field.type == d.FieldDescriptor.TYPE_MESSAGE:
@@ -261,9 +266,8 @@ def messages(descriptor: d.Descriptor, depth: int = 0) -> st.SearchStrategy[Mess
         for name, value in values.items():
             field = descriptor.fields_by_name[name]
             target = getattr(message, name) if field.is_repeated else None
-            if target is not None and field.message_type is not None and field.message_type.GetOptions().map_entry:
-                for item in value:  # a map field: its entries' keys and values (the proto's maps are of strings)
-                    target[item.key] = item.value
+            if isinstance(value, dict):
+                getattr(message, name).update(value)
             elif target is not None and field.type == d.FieldDescriptor.TYPE_MESSAGE:
                 for item in value:
                     target.add().CopyFrom(item)

@@ -14,10 +14,13 @@ from gpt_grpc import tokens
 from gpt_grpc.catalog import (
     Catalog,
     CatalogError,
+    ImageBilling,
     ModelSpec,
     adapt_request,
     default_catalog,
     is_reasoning_model,
+    takes_reasoning,
+    takes_verbosity,
 )
 
 REQUIRED = [
@@ -308,6 +311,23 @@ def test_custom_catalog_file(tmp_path: Path) -> None:
     assert catalog.lookup("m-2025-01-01") == ModelSpec("m", "o200k_base", 1000, 100, False, False)
 
 
+def test_image_figures_and_verbosity_in_a_catalog_file(tmp_path: Path) -> None:
+    tiles = {**GOOD, "verbosity": True, "image_tokens": {"base": 85, "tile": 170}}
+    patches = {**GOOD, "id": "p", "prefixes": [], "image_tokens": {"patch_multiplier": 1.62}}
+    catalog = Catalog(_write(tmp_path, {"models": [tiles, patches]}))
+    assert catalog.lookup("m") == ModelSpec("m", "o200k_base", 1000, 100, False, False, True, ImageBilling(85, 170))
+    assert catalog.lookup("p").image_tokens == ImageBilling(patch_multiplier=1.62)  # type: ignore[union-attr]
+
+
+def test_verbosity_and_reasoning_of_unknown_names() -> None:
+    assert takes_verbosity(None, "gpt-5.1") and takes_verbosity(None, "openai/gpt-5-2031-01-01")
+    assert not takes_verbosity(None, "gpt-5-chat-next") and not takes_verbosity(None, "o3-pro")
+    assert takes_verbosity(spec_of("gpt-5-nano"), "gpt-5-nano") and not takes_verbosity(
+        spec_of("gpt-5-chat-latest"), "x"
+    )
+    assert takes_reasoning(None, "o3-pro") and not takes_reasoning(None, "llama3")
+
+
 @pytest.mark.parametrize(
     ("data", "problem"),
     [
@@ -323,6 +343,14 @@ def test_custom_catalog_file(tmp_path: Path) -> None:
         ({"models": [GOOD, GOOD]}, "duplicate id"),
         ({"models": [GOOD, {**GOOD, "id": "n"}]}, "already used"),
         ({"models": [{**GOOD, "id": "GPT"}]}, "lower-case"),
+        ({"models": [{**GOOD, "verbosity": "yes"}]}, "must be bool"),
+        ({"models": [{**GOOD, "image_tokens": [85, 170]}]}, "must be dict"),
+        ({"models": [{**GOOD, "image_tokens": {"base": 85}}]}, "'image_tokens' must be"),
+        ({"models": [{**GOOD, "image_tokens": {"base": 0, "tile": 170}}]}, "'image_tokens' must be"),
+        ({"models": [{**GOOD, "image_tokens": {"base": 85, "tile": True}}]}, "'image_tokens' must be"),
+        ({"models": [{**GOOD, "image_tokens": {"base": 85, "tile": 170, "patch_multiplier": 1}}]}, "must be"),
+        ({"models": [{**GOOD, "image_tokens": {"patch_multiplier": 0}}]}, "'image_tokens' must be"),
+        ({"models": [{**GOOD, "image_tokens": {"patch_multiplier": "1.6"}}]}, "'image_tokens' must be"),
     ],
 )
 def test_invalid_catalog(tmp_path: Path, data: Any, problem: str) -> None:

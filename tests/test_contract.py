@@ -338,6 +338,12 @@ async def test_contract_case(case: dict[str, Any], exact: dict[str, Any], servic
     if "upstream_chat_requests" in expect:
         stats = await standin(f"{services.standin_url}/_standin/stats")
         assert stats["requests"] == expect["upstream_chat_requests"], "chat requests the stand-in received"
+    if "upstream_request" in expect:
+        records = await standin(f"{services.standin_url}/_standin/requests")
+        assert records, "the stand-in recorded no chat request"
+        # Numbers exactly, as the patterns are read (a float would not equal its Decimal).
+        body = json.loads(json.dumps(records[-1]["body"]), parse_float=Decimal)
+        check("upstream_request", expect["upstream_request"], body)
 
     # 5: save values for later cases.
     for name, path in save.items():

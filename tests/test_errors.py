@@ -59,13 +59,35 @@ def test_http_error_table(status: int, code: str | None, reason: Reason, grpc_co
         ({"retry-after-ms": "150"}, 0.15),
         ({"retry-after-ms": "150", "retry-after": "9"}, 0.15),
         ({"retry-after": "3600"}, 60.0),
-        ({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}, None),
         ({"retry-after": "-1"}, None),
+        ({"retry-after": "soon"}, None),
         ({}, None),
     ],
 )
 def test_retry_after_parsing(headers: dict[str, str], expected: float | None) -> None:
     assert parse_retry_after(headers) == expected
+
+
+# 2015-10-21 07:28:00 UTC, the instant of RFC 9110's own example.
+EXAMPLE_INSTANT = 1445412480.0
+
+
+@pytest.mark.parametrize(
+    ("value", "now", "expected"),
+    [
+        # The three forms RFC 9110 section 5.6.7 makes recipients accept, 5 s ahead.
+        ("Wed, 21 Oct 2015 07:28:00 GMT", EXAMPLE_INSTANT - 5, 5.0),
+        ("Wednesday, 21-Oct-15 07:28:00 GMT", EXAMPLE_INSTANT - 5, 5.0),
+        ("Wed Oct 21 07:28:00 2015", EXAMPLE_INSTANT - 5, 5.0),
+        # An hour ahead is capped as the seconds form is.
+        ("Wed, 21 Oct 2015 07:28:00 GMT", EXAMPLE_INSTANT - 3600, 60.0),
+        # A date already past: retry now.
+        ("Wed, 21 Oct 2015 07:28:00 GMT", EXAMPLE_INSTANT + 30, 0.0),
+        ("Wed, 32 Oct 2015 07:28:00 GMT", EXAMPLE_INSTANT, None),
+    ],
+)
+def test_retry_after_http_date(value: str, now: float, expected: float | None) -> None:
+    assert parse_retry_after({"retry-after": value}, now=now) == expected
 
 
 def test_from_http_keeps_request_id_and_retry_after_only_when_retryable() -> None:

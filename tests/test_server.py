@@ -381,6 +381,27 @@ async def test_retry_after_ms_is_honoured(gateway: Gateway, standin: Standin) ->
     assert second.received_at - first.received_at >= 0.25
 
 
+async def test_retry_after_as_an_http_date_is_honoured(gateway: Gateway, standin: Standin) -> None:
+    # RFC 9110 section 10.2.3: Retry-After is delay-seconds or an HTTP-date; the date here is
+    # at least 1 s ahead (rounded up to the second it names).
+    standin.enqueue(Fault(kind="rate_limit", retry_after=1, retry_after_http_date=True))
+    reply = await gateway.stub.ChatCompletion(HI, timeout=10)
+    assert reply.attempts == 2
+    first, second = standin.requests
+    assert second.received_at - first.received_at >= 0.9  # not the plain backoff (at most 0.05 s)
+
+
+async def test_retry_after_http_date_past_the_deadline_is_reported_in_retry_info(
+    gateway: Gateway, standin: Standin
+) -> None:
+    standin.enqueue(Fault(kind="rate_limit", retry_after=5, retry_after_http_date=True))
+    err = details(await fail(gateway.stub.ChatCompletion(HI, timeout=1.0)))
+    assert (err.code, err.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "UPSTREAM_RATE_LIMITED")
+    assert err.retry_info is not None
+    assert 4 <= err.retry_info.retry_delay.seconds <= 5  # the date, seen from the instant it was read
+    assert len(standin.requests) == 1
+
+
 async def test_deadline_shorter_than_backoff_is_respected(gateway: Gateway, standin: Standin) -> None:
     standin.enqueue(Fault(kind="rate_limit", retry_after=5))
     started = time.monotonic()
@@ -437,7 +458,7 @@ async def test_stream_failure_after_first_delta_is_not_retried(gateway: Gateway,
         async for event in call:
             deltas.append(event.delta.content)
     err = details(info.value)
-    assert (err.code, err.reason) == (grpc.StatusCode.UNAVAILABLE, "UPSTREAM_UNAVAILABLE")
+    assert (err.code, err.reason) == (grpc.StatusCode.UNAVAILABLE, "UPSTREAM_RESPONSE_INVALID")
     assert len(deltas) >= 1
     assert len(standin.requests) == 1
 

@@ -109,7 +109,7 @@ async def test_unary_wire_format(standin: Standin, http: aiohttp.ClientSession) 
     assert headers["content-type"] == "application/json"
     assert headers["x-request-id"].startswith("req_")
     body = orjson.loads(raw)
-    assert list(body) == ["id", "object", "created", "model", "system_fingerprint", "choices", "usage"]
+    assert list(body) == ["id", "object", "created", "model", "service_tier", "system_fingerprint", "choices", "usage"]
     assert isinstance(body["created"], int)
     assert body["choices"] == [
         {
@@ -673,6 +673,8 @@ async def test_http_control_api(standin: Standin, http: aiohttp.ClientSession) -
         "fault",
         "completed",
         "client_disconnected",
+        "raw_length",
+        "request_id",
     }
     async with http.get(control + "/stats") as r:
         stats = await r.json()

@@ -37,7 +37,8 @@ async def any_transport(
         ([], "OK", None),
         ([Fault(kind="server_error")] * 3, "UNAVAILABLE", "UPSTREAM_UNAVAILABLE"),
         ([Fault(kind="reset")] * 3, "UNAVAILABLE", "UPSTREAM_UNAVAILABLE"),
-        ([Fault(kind="drop_mid_stream")] * 3, "UNAVAILABLE", "UPSTREAM_UNAVAILABLE"),
+        # Answered 200, then cut: an unreadable answer, not an unreachable upstream.
+        ([Fault(kind="drop_mid_stream")] * 3, "UNAVAILABLE", "UPSTREAM_RESPONSE_INVALID"),
         ([Fault(kind="invalid_json")] * 3, "UNAVAILABLE", "UPSTREAM_RESPONSE_INVALID"),
         ([Fault(kind="hang")] * 3, "DEADLINE_EXCEEDED", "UPSTREAM_TIMEOUT"),
         ([Fault(kind="rate_limit", retry_after=0.01)] * 3, "RESOURCE_EXHAUSTED", "UPSTREAM_RATE_LIMITED"),

@@ -140,8 +140,9 @@ ERROR_BODY = b'{"error": {"message": "nope", "type": "invalid_request_error", "c
         (fails(httpx2.ConnectTimeout("slow")), Reason.UPSTREAM_TIMEOUT, "within the request timeout", None),
         (fails(httpx2.ReadTimeout("slow")), Reason.UPSTREAM_TIMEOUT, "within the request timeout", None),
         (fails(httpx2.ConnectError("refused")), Reason.UPSTREAM_UNAVAILABLE, "could not reach the upstream", None),
-        (fails(httpx2.RemoteProtocolError("bad")), Reason.UPSTREAM_UNAVAILABLE, "connection failed", None),
-        (fails(ConnectionResetError("reset")), Reason.UPSTREAM_UNAVAILABLE, "connection failed", None),
+        # Connected, then closed (or broke the protocol) before any answer: not "could not reach".
+        (fails(httpx2.RemoteProtocolError("bad")), Reason.UPSTREAM_UNAVAILABLE, "closed the connection before", None),
+        (fails(ConnectionResetError("reset")), Reason.UPSTREAM_UNAVAILABLE, "closed the connection before", None),
     ],
 )
 async def test_every_failure_is_translated_once_with_its_cause(

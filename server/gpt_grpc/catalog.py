@@ -27,6 +27,15 @@ body for these quirks:
   ``developer`` messages. Their text is folded into the next user message,
   prefixed and followed by a blank line, rather than dropped.
 * Anything else passes through unchanged.
+
+Two optional keys say what else a model takes: ``verbosity`` (true for the
+gpt-5 models that take the ``verbosity`` parameter) and ``image_tokens``, how
+OpenAI bills an image for the model (see the vision guide, "Calculating
+costs"): ``{"base": B, "tile": T}`` for tile billing (an image costs B, plus T
+per 512-pixel tile at detail high or auto) or ``{"patch_multiplier": M}`` for
+patch billing (32-pixel patches, at most 1536, times M). A model without it
+takes no images, or its figures are not published; `tokens` counts its images
+with gpt-4o's figures and marks the count estimated.
 """
 
 from __future__ import annotations
@@ -45,11 +54,14 @@ __all__ = [
     "REASONING_REJECTED_PARAMS",
     "Catalog",
     "CatalogError",
+    "ImageBilling",
     "ModelSpec",
     "adapt_request",
     "default_catalog",
     "is_reasoning_model",
     "normalize_model_name",
+    "takes_reasoning",
+    "takes_verbosity",
 ]
 
 #: Sampling parameters that reasoning models reject; :func:`adapt_request` drops them.
@@ -66,6 +78,7 @@ _REQUIRED_FIELDS: dict[str, type] = {
     "no_system_message": bool,
     "prefixes": list,
 }
+_OPTIONAL_FIELDS: dict[str, type] = {"verbosity": bool, "image_tokens": dict}
 _TOP_LEVEL_KEYS = frozenset({"models", "comment"})
 
 # Unknown names that still follow OpenAI's reasoning-model naming: o1*, o3*, o4*
@@ -80,6 +93,15 @@ class CatalogError(ValueError):
     """The catalog data file is missing or invalid."""
 
 
+@dataclass(frozen=True, slots=True)
+class ImageBilling:
+    """How a model bills an image: 512-pixel tiles (`base` + `tile` each) or 32-pixel patches (`patch_multiplier`)."""
+
+    base: int = 0
+    tile: int = 0
+    patch_multiplier: float | None = None  # set: patch billing (base and tile unused)
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     id: str
@@ -88,6 +110,8 @@ class ModelSpec:
     max_output_tokens: int
     reasoning: bool
     no_system_message: bool
+    verbosity: bool = False  # takes the `verbosity` parameter (gpt-5 models)
+    image_tokens: ImageBilling | None = None  # None: takes no images, or its figures are unknown
 
 
 def normalize_model_name(model: str) -> str:
@@ -104,6 +128,10 @@ def normalize_model_name(model: str) -> str:
 def _matches_reasoning_pattern(name: str) -> bool:
     if _O_SERIES.match(name):
         return True
+    return _matches_gpt5_pattern(name)
+
+
+def _matches_gpt5_pattern(name: str) -> bool:
     return bool(_GPT5.match(name)) and "-chat" not in name
 
 
@@ -173,7 +201,7 @@ def _parse(text: str, source: str) -> tuple[list[ModelSpec], list[tuple[str, Mod
         missing = [key for key in _REQUIRED_FIELDS if key not in entry]
         if missing:
             raise CatalogError(f"{where}: missing keys {missing}")
-        extra = set(entry) - set(_REQUIRED_FIELDS)
+        extra = set(entry) - set(_REQUIRED_FIELDS) - set(_OPTIONAL_FIELDS)
         if extra:
             raise CatalogError(f"{where}: unknown keys {sorted(extra)}")
         for key, expected in _REQUIRED_FIELDS.items():
@@ -181,6 +209,9 @@ def _parse(text: str, source: str) -> tuple[list[ModelSpec], list[tuple[str, Mod
             # bool is an int subclass: reject True where an int is expected.
             if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
                 raise CatalogError(f"{where}: {key!r} must be {expected.__name__}, got {value!r}")
+        for key, expected in _OPTIONAL_FIELDS.items():
+            if key in entry and not isinstance(entry[key], expected):
+                raise CatalogError(f"{where}: {key!r} must be {expected.__name__}, got {entry[key]!r}")
         model_id: str = entry["id"]
         where = f"{source}: model {model_id!r}"
         if not model_id or model_id != normalize_model_name(model_id):
@@ -201,6 +232,8 @@ def _parse(text: str, source: str) -> tuple[list[ModelSpec], list[tuple[str, Mod
             max_output_tokens=entry["max_output_tokens"],
             reasoning=entry["reasoning"],
             no_system_message=entry["no_system_message"],
+            verbosity=entry.get("verbosity", False),
+            image_tokens=_image_billing(entry.get("image_tokens"), where),
         )
         specs.append(spec)
         for prefix in entry["prefixes"]:
@@ -211,6 +244,26 @@ def _parse(text: str, source: str) -> tuple[list[ModelSpec], list[tuple[str, Mod
             seen_prefixes[prefix] = model_id
             prefixes.append((prefix, spec))
     return specs, prefixes
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _image_billing(data: Mapping[str, Any] | None, where: str) -> ImageBilling | None:
+    """``{"base", "tile"}`` (tile billing) or ``{"patch_multiplier"}`` (patch billing)."""
+    if data is None:
+        return None
+    if set(data) == {"base", "tile"} and _positive_int(data["base"]) and _positive_int(data["tile"]):
+        return ImageBilling(base=data["base"], tile=data["tile"])
+    multiplier = data.get("patch_multiplier")
+    if set(data) == {"patch_multiplier"} and isinstance(multiplier, (int, float)) and not isinstance(multiplier, bool):
+        if 0 < multiplier < 100:
+            return ImageBilling(patch_multiplier=float(multiplier))
+    raise CatalogError(
+        f"{where}: 'image_tokens' must be {{'base': int > 0, 'tile': int > 0}} or "
+        f"{{'patch_multiplier': number in (0, 100)}}, got {data!r}"
+    )
 
 
 @functools.cache
@@ -233,6 +286,20 @@ def is_reasoning_model(model: str) -> bool:
     return _matches_reasoning_pattern(normalize_model_name(model))
 
 
+def takes_reasoning(spec: ModelSpec | None, model: str) -> bool:
+    """Whether a model is a reasoning model: the catalog's flag, else the name's shape (see `is_reasoning_model`)."""
+    if spec is not None:
+        return spec.reasoning
+    return _matches_reasoning_pattern(normalize_model_name(model))
+
+
+def takes_verbosity(spec: ModelSpec | None, model: str) -> bool:
+    """Whether a model takes ``verbosity``: the catalog's flag, else a gpt-5* name (not a -chat variant)."""
+    if spec is not None:
+        return spec.verbosity
+    return _matches_gpt5_pattern(normalize_model_name(model))
+
+
 def adapt_request(body: dict[str, Any], spec: ModelSpec | None, model: str) -> dict[str, Any]:
     """Return a new request body adapted to the model's quirks; ``body`` is not modified.
 
@@ -248,12 +315,8 @@ def adapt_request(body: dict[str, Any], spec: ModelSpec | None, model: str) -> d
       the next user message as ``<system text>\\n\\n<user text>``; if no user
       message follows, the run becomes one user message in its place.
     """
-    if spec is not None:
-        reasoning = spec.reasoning
-        no_system = spec.no_system_message
-    else:
-        reasoning = _matches_reasoning_pattern(normalize_model_name(model))
-        no_system = False
+    reasoning = takes_reasoning(spec, model)
+    no_system = spec.no_system_message if spec is not None else False
 
     out = dict(body)
     if reasoning:

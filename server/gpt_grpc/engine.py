@@ -2,11 +2,12 @@
 
 A call goes through the engine once:
 
-1. `prepare`: the default model is filled in, the request validated
-   (`chat.validate`, the one validator), the model resolved once
-   (`models.Models.resolve`) and the upstream body built for its quirks
-   (`catalog.adapt_request`). The call keeps the settings snapshot it started
-   with, and the router built for that snapshot.
+1. `prepare`: the default model is filled in, the model resolved once
+   (`models.Models.resolve`), the request validated against it
+   (`chat.validate`, the one validator) and the upstream body built
+   (`endpoints.chat_body`: content parts, model quirks, extra_body_json).
+   The call keeps the settings snapshot it started with, and the router
+   built for that snapshot.
 2. Attempts, under the snapshot's retry policy and the server-wide retry
    budget (`retry.call_with_retries`, which tells the `AttemptObserver` -
    metrics - about each attempt and retry). The call's `Route` (the router of
@@ -41,16 +42,16 @@ from typing import Any, NoReturn, TypeVar
 import orjson
 
 from . import errors, tokens
-from .catalog import adapt_request
-from .chat import ChatRequest, ChatResult, Delta, ToolCall, Usage, validate
+from .chat import ChatRequest, ChatResult, Delta, TokenLogprob, ToolCall, UrlCitation, Usage, check_model, validate
 from .egress import EgressPolicy
 from .errors import GatewayError, Reason
 from .models import ModelRecord, Models
 from .retry import AttemptObserver, RetryBudget, call_with_retries
 from .settings import Settings, SettingsUpdate, apply
+from .upstream import answers, sse
 from .upstream import client as upstream_client
-from .upstream import sse
 from .upstream.client import MAX_ANSWER_BYTES, UpstreamClient
+from .upstream.endpoints import chat_body
 from .upstream.failures import Phase, translate
 from .upstream.routing import Route, Router, RouterFactory, Routers, Target, UpstreamStatus
 from .upstream.scrub import MAX_ID_CHARS, Scrubber, Secrets, scrubbed
@@ -89,7 +90,7 @@ class _Ask:
     content: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass pays object.__setattr__ per field, per call
 class _Answer:
     """What one successful unary attempt read, before the call's totals are known."""
 
@@ -101,6 +102,10 @@ class _Answer:
     usage: Usage
     refusal: str
     request_id: str | None
+    logprobs: tuple[TokenLogprob, ...]
+    service_tier: str
+    system_fingerprint: str
+    annotations: tuple[UrlCitation, ...]
 
 
 class Engine:
@@ -171,16 +176,16 @@ class Engine:
     # -- one call -----------------------------------------------------------------------
 
     def prepare(self, request: ChatRequest) -> PreparedCall:
-        """Fill in the default model, validate, resolve the model and build the upstream body."""
+        """Fill in the default model, resolve it, validate against it and build the upstream body."""
         snapshot = self._snapshot
         if not request.model:
             request = dataclasses.replace(request, model=self.model_name(request.model, snapshot.settings))
-        violations = validate(request)
-        if violations:
+        # A name that is not one (empty, too long) is reported by validate, not looked up.
+        model = self.models.resolve(request.model) if check_model(request.model) is None else None
+        violations = validate(request, model)
+        if violations or model is None:
             raise errors.invalid(violations)
-        model = self.models.resolve(request.model)
-        body = adapt_request(request.body(), model.spec, model.name)
-        return PreparedCall(request, model, body, snapshot)
+        return PreparedCall(request, model, chat_body(request, model), snapshot)
 
     def model_name(self, requested: str, settings: Settings | None = None) -> str:
         """The model a call is for: the one the caller named, else the default model (filled in here only)."""
@@ -263,7 +268,7 @@ class Engine:
     ) -> _Ask:
         """The ask of a fallback model: its record and its body (its own quirks), built once per call."""
         record = self.models.resolve(model)
-        body = adapt_request(dataclasses.replace(call.request, model=model).body(), record.spec, record.name)
+        body = chat_body(dataclasses.replace(call.request, model=model), record)
         ask = asks[model] = _Ask(record, body, encode(body))
         return ask
 
@@ -285,18 +290,18 @@ class Engine:
 
         async def attempt(target: Target, ask: _Ask, seconds: float, by_deadline: bool) -> _Answer:
             endpoint = target.endpoint
-            phase, request_id = Phase.SEND, None
+            phase, request_id, status = Phase.SEND, None, None
             try:
                 async with asyncio.timeout(seconds):
                     async with self.client.post(
                         endpoint, ask.content, timeout=seconds, client_request_id=call.request.request_id
                     ) as response:
-                        request_id = response.headers.get("x-request-id")
+                        request_id, status = response.headers.get("x-request-id"), response.status_code
                         phase = Phase.BODY
                         raw = await upstream_client.read(response)
                 return self._answer(ask, orjson.loads(raw), request_id, endpoint.scrubber)
             except BaseException as exc:
-                _fail(exc, phase, by_deadline, endpoint.scrubber, request_id)
+                _fail(exc, phase, by_deadline, endpoint.scrubber, request_id, status)
 
         try:
             answer, attempts, target, ask = await self._attempts(call, deadline, attempt, _unary_body)
@@ -316,6 +321,10 @@ class Engine:
             refusal=answer.refusal,
             request_id=answer.request_id,
             upstream=target.upstream,
+            logprobs=answer.logprobs,
+            service_tier=answer.service_tier,
+            system_fingerprint=answer.system_fingerprint,
+            annotations=answer.annotations,
         )
         self._finish(call, result, None, ask.model)
         return result
@@ -345,6 +354,10 @@ class Engine:
             usage=self._usage(data.get("usage"), ask, content, calls),
             refusal=message.get("refusal") or "",
             request_id=scrubbed(request_id, scrubber, MAX_ID_CHARS),
+            logprobs=answers.logprobs(choice["logprobs"]) if choice.get("logprobs") else (),
+            service_tier=scrubbed(answers.text(data.get("service_tier")), scrubber, MAX_ID_CHARS) or "",
+            system_fingerprint=scrubbed(answers.text(data.get("system_fingerprint")), scrubber, MAX_ID_CHARS) or "",
+            annotations=answers.citations(message["annotations"]) if message.get("annotations") else (),
         )
 
     def _usage(self, reported: object, ask: _Ask, content: str, calls: Sequence[ToolCall]) -> Usage:
@@ -363,7 +376,11 @@ class Engine:
         # Some OpenAI-compatible servers send no usage: count it ourselves.
         model, body = ask.model, ask.body
         prompt = tokens.count_messages(
-            body["messages"], model.name, tools=body.get("tools"), encoding=model.encoding
+            body["messages"],
+            model.name,
+            tools=body.get("tools"),
+            encoding=model.encoding,
+            image_billing=model.image_tokens,
         ).tokens
         generated = content + "".join(c.name + c.arguments for c in calls)
         completion = tokens.count_text(generated, model.name, encoding=model.encoding).tokens
@@ -389,7 +406,7 @@ class Engine:
             endpoint = target.endpoint
             stack = contextlib.AsyncExitStack()
             state.reset()
-            state.request_id = None
+            state.request_id = state.status = None
             phase = Phase.SEND
             try:
                 async with asyncio.timeout(seconds):
@@ -398,7 +415,7 @@ class Engine:
                             endpoint, ask.content, timeout=seconds, client_request_id=call.request.request_id
                         )
                     )
-                    state.request_id = response.headers.get("x-request-id")
+                    state.request_id, state.status = response.headers.get("x-request-id"), response.status_code
                     phase = Phase.STREAM
                     events = sse.events(sse.iter_lines(response, MAX_ANSWER_BYTES))
                     # Read until something can reach the caller: until then a
@@ -408,7 +425,7 @@ class Engine:
                 return stack, events
             except BaseException as exc:
                 await stack.aclose()
-                _fail(exc, phase, by_deadline, endpoint.scrubber, state.request_id)
+                _fail(exc, phase, by_deadline, endpoint.scrubber, state.request_id, state.status)
 
         try:
             (stack, events), attempts, target, ask = await self._attempts(call, deadline, attempt, _stream_body)
@@ -426,7 +443,8 @@ class Engine:
                     try:
                         await state.advance(events)
                     except BaseException as exc:
-                        _fail(exc, Phase.STREAM, False, endpoint.scrubber, state.request_id)
+                        passed = deadline is not None and self._clock() >= deadline
+                        _fail(exc, Phase.STREAM, passed, endpoint.scrubber, state.request_id, state.status)
             calls = state.tool_calls()
             text = "".join(state.content)
             usage = self._usage(state.usage, ask, text, calls)
@@ -443,6 +461,9 @@ class Engine:
                 refusal="".join(state.refusal),
                 request_id=scrubbed(state.request_id, endpoint.scrubber, MAX_ID_CHARS),
                 upstream=target.upstream,
+                service_tier=scrubbed(state.service_tier, endpoint.scrubber, MAX_ID_CHARS) or "",
+                system_fingerprint=scrubbed(state.system_fingerprint, endpoint.scrubber, MAX_ID_CHARS) or "",
+                annotations=tuple(state.annotations),
             )
         except BaseException as exc:
             if isinstance(exc, GatewayError):
@@ -476,9 +497,18 @@ def _annotate(error: GatewayError, route: Route) -> None:
         error.args = (error.message,)
 
 
-def _fail(exc: BaseException, phase: Phase, by_deadline: bool, scrubber: Scrubber, request_id: str | None) -> NoReturn:
+def _fail(
+    exc: BaseException,
+    phase: Phase,
+    by_deadline: bool,
+    scrubber: Scrubber,
+    request_id: str | None,
+    http_status: int | None,
+) -> NoReturn:
     """Raise what `exc` means to the caller (failures.translate), `exc` chained as its cause."""
-    error = translate(exc, phase=phase, by_deadline=by_deadline, scrubber=scrubber, request_id=request_id)
+    error = translate(
+        exc, phase=phase, by_deadline=by_deadline, scrubber=scrubber, request_id=request_id, http_status=http_status
+    )
     if error is exc:
         raise exc
     raise error from exc

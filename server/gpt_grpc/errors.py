@@ -8,7 +8,10 @@ field violations. `server/status.py` turns a reason into a gRPC code.
 
 from __future__ import annotations
 
+import datetime
+import email.utils
 import enum
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -159,8 +162,14 @@ def invalid(violations: Sequence[FieldViolation]) -> GatewayError:
 MAX_RETRY_AFTER_SECONDS = 60.0
 
 
-def parse_retry_after(headers: Mapping[str, str]) -> float | None:
-    """Seconds to wait from `retry-after-ms` or `retry-after` (seconds), capped."""
+def parse_retry_after(headers: Mapping[str, str], *, now: float | None = None) -> float | None:
+    """Seconds to wait from `retry-after-ms`, or `retry-after` as seconds or an HTTP-date; capped.
+
+    RFC 9110 section 10.2.3 allows `Retry-After` to be delay-seconds or an
+    HTTP-date (any of the three forms of section 5.6.7); a date is counted
+    from `now` (seconds since the epoch, the current time when None), and one
+    already past means "now" (0). Anything unreadable falls back to backoff.
+    """
     raw_ms = headers.get("retry-after-ms")
     seconds: float | None = None
     if raw_ms:
@@ -174,7 +183,18 @@ def parse_retry_after(headers: Mapping[str, str]) -> float | None:
             try:
                 seconds = float(raw)
             except ValueError:
-                seconds = None  # HTTP-date form: rare for these APIs; fall back to backoff
+                seconds = _seconds_until(raw, time.time() if now is None else now)
     if seconds is None or seconds < 0:
         return None
     return min(seconds, MAX_RETRY_AFTER_SECONDS)
+
+
+def _seconds_until(http_date: str, now: float) -> float | None:
+    """Seconds from `now` until an HTTP-date (at least 0), or None if it is not one."""
+    try:
+        when = email.utils.parsedate_to_datetime(http_date)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # the asctime form names no zone: HTTP-dates are GMT
+        when = when.replace(tzinfo=datetime.UTC)
+    return max(0.0, when.timestamp() - now)

@@ -222,7 +222,10 @@ class Pricer:
         if not limits.needs_estimate:
             return NO_ESTIMATE
         messages = body.get("messages") or []
-        prompt = tokens.count_messages(messages, model.name, tools=body.get("tools"), encoding=model.encoding).tokens
+        # Images count as billed (an image by URL: the most it can cost, so a reservation never falls short).
+        prompt = tokens.count_messages(
+            messages, model.name, tools=body.get("tools"), encoding=model.encoding, image_billing=model.image_tokens
+        ).tokens
         asked = body.get("max_tokens") or body.get("max_completion_tokens")
         completion: int = asked if isinstance(asked, int) and asked > 0 else self.default_completion_tokens
         cost = 0.0

@@ -2,7 +2,8 @@
 
 `Models.resolve` fills in the default model, looks the name up in the
 catalog (encoding, context window, max output, reasoning and no-system
-quirks) and in the prices, once per call. The request rewrite
+quirks, whether it takes verbosity, how it bills an image) and in the
+prices, once per call. The request rewrite
 (`catalog.adapt_request`), token counting (`tokens`) and the cost all take
 the record instead of looking the name up again.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from . import tokens
-from .catalog import Catalog, ModelSpec
+from .catalog import Catalog, ImageBilling, ModelSpec, takes_reasoning, takes_verbosity
 from .chat import Usage
 from .pricing import PriceEntry, Pricing
 
@@ -25,6 +26,13 @@ class ModelRecord:
     spec: ModelSpec | None  # None: not in the catalog (passed through untouched)
     encoding: tokens.EncodingChoice
     price: PriceEntry | None  # None: no known price (the call's cost is unknown)
+    reasoning: bool = False  # takes reasoning_effort and max_completion_tokens (catalog, else the name's shape)
+    verbosity: bool = False  # takes verbosity (catalog, else a gpt-5* name)
+
+    @property
+    def image_tokens(self) -> ImageBilling | None:
+        """How the model bills an image; None when the catalog does not say (counted with gpt-4o's figures)."""
+        return self.spec.image_tokens if self.spec is not None else None
 
 
 class Models:
@@ -37,11 +45,23 @@ class Models:
     def resolve(self, name: str, *, priced: bool = True) -> ModelRecord:
         """The record of `name` (the default model already filled in); without prices if not `priced`."""
         spec = self.catalog.lookup(name)
+        price = self.pricing.entry(name) if priced else None
+        if spec is None:  # not catalogued: what the name's shape tells
+            return ModelRecord(
+                name=name,
+                spec=None,
+                encoding=tokens.encoding_choice(name, None),
+                price=price,
+                reasoning=takes_reasoning(None, name),
+                verbosity=takes_verbosity(None, name),
+            )
         return ModelRecord(
             name=name,
             spec=spec,
-            encoding=tokens.encoding_choice(name, spec.encoding if spec is not None else None),
-            price=self.pricing.entry(name) if priced else None,
+            encoding=tokens.EncodingChoice(spec.encoding, False),
+            price=price,
+            reasoning=spec.reasoning,
+            verbosity=spec.verbosity,
         )
 
     def cost_usd(self, model: ModelRecord, answered: str, usage: Usage) -> float | None:

@@ -55,6 +55,27 @@ gpt-3.5-turbo-0301) plus the tokens of every string value (role, content, name,
 ...), a ``name`` costs ``tokens_per_name`` more (1; -1 for gpt-3.5-turbo-0301),
 and every reply is primed with 3 tokens. Approximations where the cookbook says
 nothing are documented on :func:`count_messages`.
+
+Images
+------
+An image counts as OpenAI bills it for the model (:func:`image_tokens`, with
+the model's figures from the catalog, ``catalog.ImageBilling``):
+
+* tile billing (gpt-4o: 85 + 170 per tile; gpt-4o-mini 2833 + 5667; o1 and o3
+  75 + 150; gpt-5 70 + 140): ``detail: low`` costs the base alone; ``high`` and
+  ``auto`` fit the image within 2048x2048, then scale its shortest side down to
+  768 (neither step enlarges; sizes are rounded to whole pixels after each
+  step), count the 512-pixel tiles that cover it, and cost base + tile x tiles;
+* patch billing (gpt-4.1-mini, gpt-4.1-nano, o4-mini, gpt-5-mini, gpt-5-nano):
+  32-pixel patches, the image scaled down to fit 1536 of them, times the
+  model's multiplier (rounded); ``detail`` does not change it.
+
+The size of an inline image is read from its header (``media.image_size``,
+Pillow). An image given by URL is never fetched: it counts as the most an
+image can cost at its detail (tiles: a 768x2048 image after resizing, 8 tiles;
+patches: 1536), and the count is marked ``estimated``; so is the count of an
+image for a model whose figures the catalog does not know (gpt-4o's are used).
+Audio and files are not counted.
 """
 
 from __future__ import annotations
@@ -67,6 +88,7 @@ import hashlib
 import importlib
 import json
 import logging
+import math
 import os
 import re
 import tempfile
@@ -83,8 +105,9 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import tiktoken
 from tiktoken.model import encoding_name_for_model
 
-from gpt_grpc.catalog import default_catalog, normalize_model_name
-from gpt_grpc.chat import MAX_MODEL_CHARS
+from gpt_grpc import media
+from gpt_grpc.catalog import ImageBilling, default_catalog, normalize_model_name
+from gpt_grpc.chat import MAX_MODEL_CHARS, ImagePart, TextPart
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
@@ -92,6 +115,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BUNDLED_SHA256",
     "DEFAULT_ENCODING",
+    "DEFAULT_IMAGE_BILLING",
     "MAX_CHUNK_CHARS",
     "EncodingChoice",
     "EncodingUnavailableError",
@@ -102,6 +126,8 @@ __all__ = [
     "encoding_choice",
     "encoding_name_for",
     "get_encoding",
+    "image_part_tokens",
+    "image_tokens",
     "loaded_encodings",
     "preload",
     "tiktoken_cache_path",
@@ -169,6 +195,7 @@ class TokenCount:
     tokens: int
     encoding: str
     fallback: bool  # True when the model was unknown and the default encoding was used
+    estimated: bool = False  # True when an image's count had to be estimated (see the module docstring)
 
 
 # --------------------------------------------------------------------------- loading
@@ -484,21 +511,131 @@ def _message_overheads(model: str) -> tuple[int, int]:
     return _TOKENS_PER_MESSAGE, _TOKENS_PER_NAME
 
 
-def _content_tokens(encoding: tiktoken.Encoding, content: Any) -> int:
+# --------------------------------------------------------------------------- images
+
+#: gpt-4o's figures: what an image counts as for a model whose figures are unknown (estimated).
+DEFAULT_IMAGE_BILLING = ImageBilling(base=85, tile=170)
+_FIT_SIDE = 2048  # pixels: an image is first fitted within a square of this side
+_SHORT_SIDE = 768  # pixels: then its shortest side is brought down to this
+_TILE_SIDE = 512  # pixels per tile side
+_PATCH_SIDE = 32  # pixels per patch side
+_MAX_PATCHES = 1536
+# The most tiles an image can cover after resizing (768x2048: 2 x 4).
+_MOST_TILES = 8
+
+
+def _scaled(width: float, height: float, factor: float) -> tuple[float, float]:
+    return float(round(width * factor)), float(round(height * factor))
+
+
+def _tiles(width: int, height: int) -> int:
+    w, h = float(width), float(height)
+    if max(w, h) > _FIT_SIDE:
+        w, h = _scaled(w, h, _FIT_SIDE / max(w, h))
+    if min(w, h) > _SHORT_SIDE:
+        w, h = _scaled(w, h, _SHORT_SIDE / min(w, h))
+    return math.ceil(w / _TILE_SIDE) * math.ceil(h / _TILE_SIDE)
+
+
+def _patches(width: int, height: int) -> int:
+    patches = math.ceil(width / _PATCH_SIDE) * math.ceil(height / _PATCH_SIDE)
+    if patches <= _MAX_PATCHES:
+        return patches
+    # OpenAI's steps: scale to fit the patch budget, then shrink to whole patches on the tighter side.
+    ratio = math.sqrt(_PATCH_SIDE * _PATCH_SIDE * _MAX_PATCHES / (width * height))
+    across, down = width * ratio / _PATCH_SIDE, height * ratio / _PATCH_SIDE
+    ratio *= min(math.floor(across) / across, math.floor(down) / down)
+    w, h = math.floor(width * ratio), math.floor(height * ratio)
+    return min(_MAX_PATCHES, math.ceil(w / _PATCH_SIDE) * math.ceil(h / _PATCH_SIDE))
+
+
+def image_tokens(width: int | None, height: int | None, detail: str | None, billing: ImageBilling) -> int:
+    """Tokens OpenAI bills for an image of this size (None: unknown, the most it can cost) at `detail`."""
+    if billing.patch_multiplier is not None:
+        patches = _MAX_PATCHES if width is None or height is None else _patches(width, height)
+        return round(patches * billing.patch_multiplier)
+    if detail == "low":
+        return billing.base
+    tiles = _MOST_TILES if width is None or height is None else _tiles(width, height)
+    return billing.base + billing.tile * tiles
+
+
+def _size_unknown_matters(detail: str | None, billing: ImageBilling) -> bool:
+    return billing.patch_multiplier is not None or detail != "low"
+
+
+def image_part_tokens(part: ImagePart | Mapping[str, Any], billing: ImageBilling) -> tuple[int, bool]:
+    """(tokens, estimated) of one image: an ImagePart, or OpenAI's ``image_url`` part."""
+    data, mime_type, url, detail = b"", "", "", None
+    if isinstance(part, ImagePart):
+        data, mime_type, url, detail = part.data, part.mime_type, part.url, part.detail
+    else:
+        image = part.get("image_url")
+        if isinstance(image, Mapping):
+            url, detail = str(image.get("url") or ""), image.get("detail")
+        elif isinstance(image, str):
+            url = image
+    if not data and url.startswith("data:"):
+        try:
+            inline = media.parse_data_url(url)
+        except media.MediaError:
+            pass
+        else:
+            data, mime_type = inline.data, inline.mime_type
+    detail = detail if isinstance(detail, str) else None
+    if data and mime_type in media.IMAGE_FORMATS:
+        try:
+            width, height = media.image_size(data, mime_type)
+        except media.MediaError:
+            pass
+        else:
+            return image_tokens(width, height, detail, billing), False
+    # Never fetched, or unreadable: the most it can cost (exact when its size does not matter).
+    return image_tokens(None, None, detail, billing), _size_unknown_matters(detail, billing)
+
+
+class _Images:
+    """The image figures of one count, looked up at the first image; whether any count was estimated."""
+
+    def __init__(self, model: str, billing: ImageBilling | None) -> None:
+        self.model = model
+        self.billing = billing
+        self.estimated = False
+
+    def tokens(self, part: ImagePart | Mapping[str, Any]) -> int:
+        billing = self.billing
+        if billing is None:
+            spec = default_catalog().lookup(self.model)
+            billing = spec.image_tokens if spec is not None else None
+            if billing is None:
+                billing, self.estimated = DEFAULT_IMAGE_BILLING, True
+            self.billing = billing
+        count, estimated = image_part_tokens(part, billing)
+        self.estimated = self.estimated or estimated
+        return count
+
+
+def _content_tokens(encoding: tiktoken.Encoding, content: Any, images: _Images) -> int:
     if isinstance(content, str):
         return _count(encoding, content)
     if not isinstance(content, Sequence) or isinstance(content, (bytes, bytearray)):
         return 0
     total = 0
     for part in content:
+        if isinstance(part, TextPart):
+            total += _count(encoding, part.text)
+        elif isinstance(part, ImagePart):
+            total += images.tokens(part)
         if not isinstance(part, Mapping):
-            continue
+            continue  # AudioPart, FilePart: not counted
         kind = part.get("type")
         if kind in ("text", "input_text", "output_text") and isinstance(part.get("text"), str):
             total += _count(encoding, part["text"])
         elif kind == "refusal" and isinstance(part.get("refusal"), str):
             total += _count(encoding, part["refusal"])
-        # image_url / input_audio / file parts are not text; not counted.
+        elif kind == "image_url":
+            total += images.tokens(part)
+        # input_audio / file parts are not counted.
     return total
 
 
@@ -573,13 +710,16 @@ def count_messages(
     tools: Sequence[Mapping[str, Any]] | None = None,
     *,
     encoding: EncodingChoice | None = None,
+    image_billing: ImageBilling | None = None,
 ) -> TokenCount:
     """Prompt tokens OpenAI bills for a chat request with these messages (and tools).
 
     Exact per the cookbook for plain messages. Beyond the cookbook (approximations):
 
-    * ``content`` as a list of parts: text (and refusal) parts are counted; images,
-      audio and files are not (their cost depends on size/detail, not on text).
+    * ``content`` as a list of parts (``chat.TextPart``... or OpenAI's part
+      objects): text (and refusal) parts are counted as text; images as OpenAI
+      bills them (see the module docstring; ``estimated`` says when that was a
+      guess); audio and files are not counted.
     * ``tool_calls`` on assistant messages (and legacy ``function_call``): each call
       costs its function ``name`` + ``arguments`` tokens + 3 for framing; the call
       ``id`` and ``type`` are bookkeeping and not counted.
@@ -592,10 +732,12 @@ def count_messages(
       ``properties``, ...) add the tokens of their compact JSON. Non-function
       tools add the tokens of their JSON.
 
-    ``encoding``: the model's, when the caller resolved it already (models.py).
+    ``encoding``: the model's, when the caller resolved it already (models.py);
+    ``image_billing``: its image figures likewise (else the catalog's, at the first image).
     """
     enc, name, fallback = _resolve(model, default, encoding)
     per_message, per_name = _message_overheads(model)
+    images = _Images(model, image_billing)
     total = 0
     for message in messages:
         total += per_message
@@ -603,7 +745,7 @@ def count_messages(
             if value is None or key in _NOT_COUNTED_KEYS:
                 continue
             if key == "content":
-                total += _content_tokens(enc, value)
+                total += _content_tokens(enc, value, images)
             elif key == "tool_calls":
                 total += _tool_calls_tokens(enc, value)
             elif key == "function_call":
@@ -615,7 +757,7 @@ def count_messages(
     total += _REPLY_PRIMING
     if tools:
         total += _tools_tokens(enc, name, tools)
-    return TokenCount(tokens=total, encoding=name, fallback=fallback)
+    return TokenCount(tokens=total, encoding=name, fallback=fallback, estimated=images.estimated)
 
 
 # --------------------------------------------------------------------------- counting off the event loop

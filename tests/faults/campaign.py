@@ -68,8 +68,9 @@ ERROR_TABLE: dict[str, tuple[str, str]] = {
     "unavailable": ("UNAVAILABLE", "UPSTREAM_UNAVAILABLE"),
     "html_error": ("UNAVAILABLE", "UPSTREAM_UNAVAILABLE"),
     "reset": ("UNAVAILABLE", "UPSTREAM_UNAVAILABLE"),
-    "drop_mid_stream": ("UNAVAILABLE", "UPSTREAM_UNAVAILABLE"),
-    "truncated_sse": ("UNAVAILABLE", "UPSTREAM_UNAVAILABLE"),
+    # The upstream answered 200, then its answer was cut short: unreadable (issue 11 item 1).
+    "drop_mid_stream": ("UNAVAILABLE", "UPSTREAM_RESPONSE_INVALID"),
+    "truncated_sse": ("UNAVAILABLE", "UPSTREAM_RESPONSE_INVALID"),
     "invalid_json": ("UNAVAILABLE", "UPSTREAM_RESPONSE_INVALID"),
     "hang": ("DEADLINE_EXCEEDED", "UPSTREAM_TIMEOUT"),
     "context_length_exceeded": ("INVALID_ARGUMENT", "UPSTREAM_CONTEXT_LENGTH_EXCEEDED"),

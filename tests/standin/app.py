@@ -3,6 +3,12 @@
 It speaks real HTTP/1.1 (aiohttp's low-level server, no router or middleware on the hot
 path), real SSE in OpenAI's wire format, and fails in the ways a real upstream does
 (status errors, hangs, dropped and truncated streams, resets, garbage bodies).
+
+Each chat request is recorded exactly as it arrived (`RecordedRequest.raw`, the body's
+bytes, besides the parsed `body`). Answers carry what OpenAI's do when asked: token
+logprobs per piece of the answer (`logprobs`, with `top_logprobs` alternatives), the
+`service_tier` that served the call, a `system_fingerprint`, and a URL citation over
+the whole answer for a web-search model (a name containing "search").
 """
 
 from __future__ import annotations
@@ -11,8 +17,10 @@ import asyncio
 import base64
 import contextlib
 import dataclasses
+import email.utils
 import gzip
 import importlib.resources
+import math
 import os
 import re
 import socket
@@ -135,10 +143,14 @@ class RecordedRequest:
     client_disconnected: bool = False
     query: str = ""  # the URL's query string (Azure's api-version)
     deployment: str | None = None  # Azure OpenAI: the deployment the URL named
+    raw: bytes = b""  # the body exactly as received (`body` is its JSON, parsed)
+    # The X-Request-Id the stand-in answered with (None until it answered, or if it never did).
+    request_id: str | None = None
 
     def to_json(self, mask_authorization: bool = True) -> dict[str, Any]:
-        """JSON-ready dict; the Authorization header value is masked by default."""
+        """JSON-ready dict (the raw body as its length); the Authorization header value is masked by default."""
         data = dataclasses.asdict(self)
+        data["raw_length"] = len(data.pop("raw"))
         if mask_authorization and "authorization" in data["headers"]:
             data["headers"]["authorization"] = "Bearer ***"
         if mask_authorization and "api-key" in data["headers"]:
@@ -272,6 +284,44 @@ def _echo_key_error(fault: Fault, record: RecordedRequest) -> web.Response:
     status = fault.status or 401
     message, code, request_id = _echo(record)
     return _error_response(status, message, code, extra_headers={"x-request-id": request_id})
+
+
+_CITED_URL = "https://example.com/standin-source"
+_MAX_TOP_LOGPROBS = 20
+
+
+def _service_tier(body: Mapping[str, Any]) -> str:
+    """The tier that "served" the call: the one asked for, "default" for none or "auto" (as OpenAI reports)."""
+    asked = body.get("service_tier")
+    return asked if isinstance(asked, str) and asked not in ("", "auto") else "default"
+
+
+def _token_logprob(piece: str, position: int, alternatives: int) -> dict[str, Any]:
+    """OpenAI's logprob entry for one piece of the answer, deterministic: -0.1 per position, alternatives lower."""
+    logprob = -0.1 * (position + 1)
+    top = [{"token": piece, "logprob": logprob, "bytes": list(piece.encode())}]
+    top += [
+        {"token": f"alt{k}", "logprob": logprob - k, "bytes": list(f"alt{k}".encode())} for k in range(1, alternatives)
+    ]
+    return {"token": piece, "logprob": logprob, "bytes": list(piece.encode()), "top_logprobs": top[:alternatives]}
+
+
+def _logprobs(body: Mapping[str, Any], pieces: Iterable[str], start: int = 0) -> dict[str, Any] | None:
+    """The choice's `logprobs` object when the request asked for them, else None (as OpenAI sends)."""
+    if body.get("logprobs") is not True:
+        return None
+    top = body.get("top_logprobs")
+    alternatives = top if isinstance(top, int) and 0 <= top <= _MAX_TOP_LOGPROBS else 0
+    content = [_token_logprob(piece, start + i, alternatives) for i, piece in enumerate(pieces)]
+    return {"content": content, "refusal": None}
+
+
+def _citations(body: Mapping[str, Any], content: str | None) -> list[dict[str, Any]]:
+    """A web-search model's URL citation over the whole answer."""
+    if "search" not in str(body.get("model")) or not content:
+        return []
+    cited = {"url": _CITED_URL, "title": "Stand-in source", "start_index": 0, "end_index": len(content)}
+    return [{"type": "url_citation", "url_citation": cited}]
 
 
 def _format_seconds(value: float) -> str:
@@ -661,6 +711,7 @@ class Standin:
             received_at=time.monotonic(),
             query=request.query_string,
             deployment=deployment,
+            raw=raw,
         )
         self._record(record)
 
@@ -753,6 +804,7 @@ class Standin:
         self, request: web.BaseRequest, record: RecordedRequest, response: web.StreamResponse
     ) -> web.StreamResponse:
         """Write a complete response now, so ``record.completed`` means it really went out."""
+        record.request_id = response.headers.get("x-request-id")
         try:
             await response.prepare(request)
             await response.write_eof()
@@ -785,9 +837,12 @@ class Standin:
                 return web.Response(status=500)  # never written: the transport is gone
             if kind == "hang":
                 return await self._hang(request, record)
-            if kind == "html_error":
+            if kind in ("html_error", "html_ok"):
+                # A proxy's error page; or, with status 200, a captive portal's page (not JSON, not SSE).
                 headers = {"Content-Type": "text/html", "x-request-id": _request_id(), "Server": "nginx"}
-                return await self._send(request, record, web.Response(status=502, body=_HTML_502, headers=headers))
+                page_status = 502 if kind == "html_error" else 200
+                page = web.Response(status=page_status, body=_HTML_502, headers=headers)
+                return await self._send(request, record, page)
             if kind == "slow" and fault.delay > 0:
                 await asyncio.sleep(fault.delay)
         reply = self._build_reply(body)
@@ -808,7 +863,9 @@ class Standin:
             code = "invalid_api_key"
         headers: dict[str, str] = {}
         retry_after, retry_after_ms = fault.retry_hints()
-        if retry_after is not None:
+        if retry_after is not None and fault.retry_after_http_date:
+            headers["retry-after"] = email.utils.formatdate(math.ceil(time.time() + retry_after), usegmt=True)
+        elif retry_after is not None:
             headers["retry-after"] = _format_seconds(retry_after)
         if retry_after_ms is not None:
             headers["retry-after-ms"] = str(retry_after_ms)
@@ -915,6 +972,9 @@ class Standin:
         message: dict[str, Any] = {"role": "assistant", "content": reply.content, "refusal": None}
         if reply.tool_calls:
             message["tool_calls"] = reply.tool_calls
+        citations = _citations(body, reply.content)
+        if citations:
+            message["annotations"] = citations
         usage = None
         if kind != "no_usage":
             usage = self._usage(count_prompt_tokens(body["messages"]), reply.completion_tokens)
@@ -924,14 +984,23 @@ class Standin:
                 "object": "chat.completion",
                 "created": int(time.time()),
                 "model": body["model"],
+                "service_tier": _service_tier(body),
                 "system_fingerprint": "fp_standin",
-                "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": reply.finish_reason}],
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": message,
+                        "logprobs": _logprobs(body, reply.pieces),
+                        "finish_reason": reply.finish_reason,
+                    }
+                ],
                 "usage": usage,
             }
         )
         if kind != "drop_mid_stream":
             return await self._send(request, record, web.Response(body=payload, headers=headers))
         # Announce the full length, send half, then cut the connection.
+        record.request_id = headers["x-request-id"]
         response = web.StreamResponse(headers=headers)
         response.content_length = len(payload)
         try:
@@ -961,6 +1030,7 @@ class Standin:
         headers = {"Content-Type": _JSON, "x-request-id": _request_id()}
         if not chunked:
             return await self._send(request, record, web.Response(body=payload, headers=headers))
+        record.request_id = headers["x-request-id"]
         response = web.StreamResponse(headers=headers)
         response.enable_chunked_encoding()
         try:
@@ -999,13 +1069,16 @@ class Standin:
             "object": "chat.completion.chunk",
             "created": int(time.time()),
             "model": body["model"],
+            "service_tier": _service_tier(body),
             "system_fingerprint": "fp_standin",
         }
         if include_usage:
             base["usage"] = None  # OpenAI sends "usage": null on every chunk but the last
 
-        def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
-            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        def chunk(
+            delta: dict[str, Any], finish_reason: str | None = None, logprobs: dict[str, Any] | None = None
+        ) -> bytes:
+            choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
             return b"data: " + orjson.dumps({**base, "choices": [choice]}) + b"\n\n"
 
         events: list[bytes] = []
@@ -1014,7 +1087,12 @@ class Standin:
         calls_lead = reply.content is None and bool(calls)
         if not calls_lead:
             events.append(chunk({"role": "assistant", "content": "", "refusal": None}))
-            events.extend(chunk({"content": piece}) for piece in reply.pieces)
+            events.extend(
+                chunk({"content": piece}, logprobs=_logprobs(body, [piece], i)) for i, piece in enumerate(reply.pieces)
+            )
+            citations = _citations(body, reply.content)
+            if citations:
+                events.append(chunk({"annotations": citations}))
         for index, call in enumerate(calls):
             function = call["function"]
             header = {
@@ -1064,6 +1142,7 @@ class Standin:
             error = {"error": {"message": message, "type": "server_error", "param": None, "code": code}}
             events.append(b"data: " + orjson.dumps(error) + b"\n\n")
         delay = fault.delay if fault is not None and kind == "slow_stream" else 0.0
+        record.request_id = request_id
         response = web.StreamResponse(
             headers={
                 "Content-Type": "text/event-stream; charset=utf-8",

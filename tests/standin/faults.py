@@ -38,6 +38,8 @@ BEHAVIOUR_KINDS: frozenset[str] = frozenset(
         "truncated_sse",
         "invalid_json",
         "html_error",
+        # Status 200 with an HTML page for a body, to a unary or a stream request alike.
+        "html_ok",
         "no_usage",
         "reset",
         # Hostile upstreams (issue 9): the first echoes the caller's Authorization header
@@ -94,6 +96,9 @@ class Fault:
     delay: float = 0.0
     after_chunks: int = 2
     message: str | None = None
+    # Send `retry_after` in Retry-After's HTTP-date form (RFC 9110 section 10.2.3): the
+    # instant that many seconds from now, rounded up to the whole second the form holds.
+    retry_after_http_date: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in FAULT_KINDS:

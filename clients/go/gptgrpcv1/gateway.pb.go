@@ -439,6 +439,235 @@ func (BreakerState) EnumDescriptor() ([]byte, []int) {
 	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{6}
 }
 
+// ImageDetail is the resolution the model looks at an image with (and what
+// it costs: LOW is a fixed number of tokens).
+type ImageDetail int32
+
+const (
+	// Not set: the upstream default (auto).
+	ImageDetail_IMAGE_DETAIL_UNSPECIFIED ImageDetail = 0
+	// The model chooses.
+	ImageDetail_IMAGE_DETAIL_AUTO ImageDetail = 1
+	// A 512x512 view, fixed cost.
+	ImageDetail_IMAGE_DETAIL_LOW ImageDetail = 2
+	// Full detail, billed per 512-pixel tile.
+	ImageDetail_IMAGE_DETAIL_HIGH ImageDetail = 3
+)
+
+// Enum value maps for ImageDetail.
+var (
+	ImageDetail_name = map[int32]string{
+		0: "IMAGE_DETAIL_UNSPECIFIED",
+		1: "IMAGE_DETAIL_AUTO",
+		2: "IMAGE_DETAIL_LOW",
+		3: "IMAGE_DETAIL_HIGH",
+	}
+	ImageDetail_value = map[string]int32{
+		"IMAGE_DETAIL_UNSPECIFIED": 0,
+		"IMAGE_DETAIL_AUTO":        1,
+		"IMAGE_DETAIL_LOW":         2,
+		"IMAGE_DETAIL_HIGH":        3,
+	}
+)
+
+func (x ImageDetail) Enum() *ImageDetail {
+	p := new(ImageDetail)
+	*p = x
+	return p
+}
+
+func (x ImageDetail) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ImageDetail) Descriptor() protoreflect.EnumDescriptor {
+	return file_gptgrpc_v1_gateway_proto_enumTypes[7].Descriptor()
+}
+
+func (ImageDetail) Type() protoreflect.EnumType {
+	return &file_gptgrpc_v1_gateway_proto_enumTypes[7]
+}
+
+func (x ImageDetail) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ImageDetail.Descriptor instead.
+func (ImageDetail) EnumDescriptor() ([]byte, []int) {
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{7}
+}
+
+// AudioFormat is the encoding of an audio clip.
+type AudioFormat int32
+
+const (
+	// Not set: invalid in a request.
+	AudioFormat_AUDIO_FORMAT_UNSPECIFIED AudioFormat = 0
+	// WAV.
+	AudioFormat_AUDIO_FORMAT_WAV AudioFormat = 1
+	// MP3.
+	AudioFormat_AUDIO_FORMAT_MP3 AudioFormat = 2
+)
+
+// Enum value maps for AudioFormat.
+var (
+	AudioFormat_name = map[int32]string{
+		0: "AUDIO_FORMAT_UNSPECIFIED",
+		1: "AUDIO_FORMAT_WAV",
+		2: "AUDIO_FORMAT_MP3",
+	}
+	AudioFormat_value = map[string]int32{
+		"AUDIO_FORMAT_UNSPECIFIED": 0,
+		"AUDIO_FORMAT_WAV":         1,
+		"AUDIO_FORMAT_MP3":         2,
+	}
+)
+
+func (x AudioFormat) Enum() *AudioFormat {
+	p := new(AudioFormat)
+	*p = x
+	return p
+}
+
+func (x AudioFormat) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (AudioFormat) Descriptor() protoreflect.EnumDescriptor {
+	return file_gptgrpc_v1_gateway_proto_enumTypes[8].Descriptor()
+}
+
+func (AudioFormat) Type() protoreflect.EnumType {
+	return &file_gptgrpc_v1_gateway_proto_enumTypes[8]
+}
+
+func (x AudioFormat) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use AudioFormat.Descriptor instead.
+func (AudioFormat) EnumDescriptor() ([]byte, []int) {
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{8}
+}
+
+// ReasoningEffort is how much a reasoning model thinks before answering.
+type ReasoningEffort int32
+
+const (
+	// Not set: the model's default.
+	ReasoningEffort_REASONING_EFFORT_UNSPECIFIED ReasoningEffort = 0
+	// As little as possible (gpt-5 models).
+	ReasoningEffort_REASONING_EFFORT_MINIMAL ReasoningEffort = 1
+	// Little.
+	ReasoningEffort_REASONING_EFFORT_LOW ReasoningEffort = 2
+	// Medium.
+	ReasoningEffort_REASONING_EFFORT_MEDIUM ReasoningEffort = 3
+	// Much.
+	ReasoningEffort_REASONING_EFFORT_HIGH ReasoningEffort = 4
+)
+
+// Enum value maps for ReasoningEffort.
+var (
+	ReasoningEffort_name = map[int32]string{
+		0: "REASONING_EFFORT_UNSPECIFIED",
+		1: "REASONING_EFFORT_MINIMAL",
+		2: "REASONING_EFFORT_LOW",
+		3: "REASONING_EFFORT_MEDIUM",
+		4: "REASONING_EFFORT_HIGH",
+	}
+	ReasoningEffort_value = map[string]int32{
+		"REASONING_EFFORT_UNSPECIFIED": 0,
+		"REASONING_EFFORT_MINIMAL":     1,
+		"REASONING_EFFORT_LOW":         2,
+		"REASONING_EFFORT_MEDIUM":      3,
+		"REASONING_EFFORT_HIGH":        4,
+	}
+)
+
+func (x ReasoningEffort) Enum() *ReasoningEffort {
+	p := new(ReasoningEffort)
+	*p = x
+	return p
+}
+
+func (x ReasoningEffort) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ReasoningEffort) Descriptor() protoreflect.EnumDescriptor {
+	return file_gptgrpc_v1_gateway_proto_enumTypes[9].Descriptor()
+}
+
+func (ReasoningEffort) Type() protoreflect.EnumType {
+	return &file_gptgrpc_v1_gateway_proto_enumTypes[9]
+}
+
+func (x ReasoningEffort) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ReasoningEffort.Descriptor instead.
+func (ReasoningEffort) EnumDescriptor() ([]byte, []int) {
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{9}
+}
+
+// Verbosity is how long a gpt-5 model's answer should be.
+type Verbosity int32
+
+const (
+	// Not set: the model's default.
+	Verbosity_VERBOSITY_UNSPECIFIED Verbosity = 0
+	// Concise.
+	Verbosity_VERBOSITY_LOW Verbosity = 1
+	// Balanced.
+	Verbosity_VERBOSITY_MEDIUM Verbosity = 2
+	// Thorough.
+	Verbosity_VERBOSITY_HIGH Verbosity = 3
+)
+
+// Enum value maps for Verbosity.
+var (
+	Verbosity_name = map[int32]string{
+		0: "VERBOSITY_UNSPECIFIED",
+		1: "VERBOSITY_LOW",
+		2: "VERBOSITY_MEDIUM",
+		3: "VERBOSITY_HIGH",
+	}
+	Verbosity_value = map[string]int32{
+		"VERBOSITY_UNSPECIFIED": 0,
+		"VERBOSITY_LOW":         1,
+		"VERBOSITY_MEDIUM":      2,
+		"VERBOSITY_HIGH":        3,
+	}
+)
+
+func (x Verbosity) Enum() *Verbosity {
+	p := new(Verbosity)
+	*p = x
+	return p
+}
+
+func (x Verbosity) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Verbosity) Descriptor() protoreflect.EnumDescriptor {
+	return file_gptgrpc_v1_gateway_proto_enumTypes[10].Descriptor()
+}
+
+func (Verbosity) Type() protoreflect.EnumType {
+	return &file_gptgrpc_v1_gateway_proto_enumTypes[10]
+}
+
+func (x Verbosity) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Verbosity.Descriptor instead.
+func (Verbosity) EnumDescriptor() ([]byte, []int) {
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{10}
+}
+
 // ErrorReason is the reason of the google.rpc.ErrorInfo attached to every
 // error (ErrorInfo.reason is the value's name, ErrorInfo.domain "gpt-grpc").
 // Reasons that start with UPSTREAM_ come from the upstream API; the others
@@ -610,11 +839,11 @@ func (x ErrorReason) String() string {
 }
 
 func (ErrorReason) Descriptor() protoreflect.EnumDescriptor {
-	return file_gptgrpc_v1_gateway_proto_enumTypes[7].Descriptor()
+	return file_gptgrpc_v1_gateway_proto_enumTypes[11].Descriptor()
 }
 
 func (ErrorReason) Type() protoreflect.EnumType {
-	return &file_gptgrpc_v1_gateway_proto_enumTypes[7]
+	return &file_gptgrpc_v1_gateway_proto_enumTypes[11]
 }
 
 func (x ErrorReason) Number() protoreflect.EnumNumber {
@@ -623,7 +852,7 @@ func (x ErrorReason) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ErrorReason.Descriptor instead.
 func (ErrorReason) EnumDescriptor() ([]byte, []int) {
-	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{7}
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{11}
 }
 
 // ChatMessage is one message of a conversation.
@@ -638,7 +867,12 @@ type ChatMessage struct {
 	// For ROLE_TOOL: the id of the tool call this message answers.
 	ToolCallId *string `protobuf:"bytes,4,opt,name=tool_call_id,json=toolCallId,proto3,oneof" json:"tool_call_id,omitempty"`
 	// For ROLE_ASSISTANT: the tool calls the model made in this turn.
-	ToolCalls     []*ToolCall `protobuf:"bytes,5,rep,name=tool_calls,json=toolCalls,proto3" json:"tool_calls,omitempty"`
+	ToolCalls []*ToolCall `protobuf:"bytes,5,rep,name=tool_calls,json=toolCalls,proto3" json:"tool_calls,omitempty"`
+	// The message as content parts (text, images, audio, files), instead of
+	// content: setting both is INVALID_ARGUMENT. Only ROLE_USER messages may
+	// carry image, audio or file parts; any role may carry text parts. Sent
+	// upstream as OpenAI's content-part array, inline bytes base64-encoded.
+	Parts         []*ContentPart `protobuf:"bytes,6,rep,name=parts,proto3" json:"parts,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -704,6 +938,13 @@ func (x *ChatMessage) GetToolCallId() string {
 func (x *ChatMessage) GetToolCalls() []*ToolCall {
 	if x != nil {
 		return x.ToolCalls
+	}
+	return nil
+}
+
+func (x *ChatMessage) GetParts() []*ContentPart {
+	if x != nil {
+		return x.Parts
 	}
 	return nil
 }
@@ -1040,7 +1281,42 @@ type ChatCompletionRequest struct {
 	// How the model may use the tools.
 	ToolChoice *ToolChoice `protobuf:"bytes,14,opt,name=tool_choice,json=toolChoice,proto3" json:"tool_choice,omitempty"`
 	// End-user id forwarded to the upstream for abuse monitoring.
-	User          string `protobuf:"bytes,15,opt,name=user,proto3" json:"user,omitempty"`
+	User string `protobuf:"bytes,15,opt,name=user,proto3" json:"user,omitempty"`
+	// How hard a reasoning model thinks before it answers. Sent only to
+	// reasoning models as the catalog knows them (ListModels: reasoning), and
+	// to unknown model names shaped like one (o1*, o3*, o4*, gpt-5*). For any
+	// other model it is INVALID_ARGUMENT, never silently dropped; to send it to
+	// an OpenAI-compatible server that takes it anyway, use extra_body_json.
+	// MINIMAL is for gpt-5 models (others answer UPSTREAM_BAD_REQUEST).
+	ReasoningEffort ReasoningEffort `protobuf:"varint,16,opt,name=reasoning_effort,json=reasoningEffort,proto3,enum=gptgrpc.v1.ReasoningEffort" json:"reasoning_effort,omitempty"`
+	// Whether the model may call several tools in one turn. Needs tools.
+	ParallelToolCalls *bool `protobuf:"varint,17,opt,name=parallel_tool_calls,json=parallelToolCalls,proto3,oneof" json:"parallel_tool_calls,omitempty"`
+	// Return the log probability of each generated token (response.logprobs,
+	// and each delta's logprobs in a stream).
+	Logprobs *bool `protobuf:"varint,18,opt,name=logprobs,proto3,oneof" json:"logprobs,omitempty"`
+	// How many most likely alternatives to return per token, 0 to 20. Needs
+	// logprobs set to true.
+	TopLogprobs *int32 `protobuf:"varint,19,opt,name=top_logprobs,json=topLogprobs,proto3,oneof" json:"top_logprobs,omitempty"`
+	// The upstream's processing tier, e.g. "auto", "default", "flex",
+	// "priority": lower-case letters, digits, '_' and '-', at most 32. Empty:
+	// the upstream default. The tier that served the call comes back in
+	// service_tier of the response.
+	ServiceTier string `protobuf:"bytes,20,opt,name=service_tier,json=serviceTier,proto3" json:"service_tier,omitempty"`
+	// Key-value pairs stored with the completion upstream (at most 16 pairs;
+	// keys at most 64 characters, values at most 512).
+	Metadata map[string]string `protobuf:"bytes,21,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Whether the upstream stores the completion (model distillation, evals).
+	Store *bool `protobuf:"varint,22,opt,name=store,proto3,oneof" json:"store,omitempty"`
+	// How long the answer should be, for gpt-5 models (ListModels: verbosity;
+	// unknown names shaped like gpt-5* too). INVALID_ARGUMENT for other models.
+	Verbosity Verbosity `protobuf:"varint,23,opt,name=verbosity,proto3,enum=gptgrpc.v1.Verbosity" json:"verbosity,omitempty"`
+	// A JSON object merged into the upstream request body, for parameters this
+	// API does not name (vLLM's top_k or guided_json, Ollama's options). At most
+	// 256 KiB, nested at most 128 levels. A key the gateway owns (model,
+	// messages, stream, stream_options, max_tokens, max_completion_tokens, and
+	// n: the gateway returns one answer) or that a field of this request
+	// already sets is INVALID_ARGUMENT. Logged by key names only, never values.
+	ExtraBodyJson string `protobuf:"bytes,24,opt,name=extra_body_json,json=extraBodyJson,proto3" json:"extra_body_json,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1180,6 +1456,69 @@ func (x *ChatCompletionRequest) GetUser() string {
 	return ""
 }
 
+func (x *ChatCompletionRequest) GetReasoningEffort() ReasoningEffort {
+	if x != nil {
+		return x.ReasoningEffort
+	}
+	return ReasoningEffort_REASONING_EFFORT_UNSPECIFIED
+}
+
+func (x *ChatCompletionRequest) GetParallelToolCalls() bool {
+	if x != nil && x.ParallelToolCalls != nil {
+		return *x.ParallelToolCalls
+	}
+	return false
+}
+
+func (x *ChatCompletionRequest) GetLogprobs() bool {
+	if x != nil && x.Logprobs != nil {
+		return *x.Logprobs
+	}
+	return false
+}
+
+func (x *ChatCompletionRequest) GetTopLogprobs() int32 {
+	if x != nil && x.TopLogprobs != nil {
+		return *x.TopLogprobs
+	}
+	return 0
+}
+
+func (x *ChatCompletionRequest) GetServiceTier() string {
+	if x != nil {
+		return x.ServiceTier
+	}
+	return ""
+}
+
+func (x *ChatCompletionRequest) GetMetadata() map[string]string {
+	if x != nil {
+		return x.Metadata
+	}
+	return nil
+}
+
+func (x *ChatCompletionRequest) GetStore() bool {
+	if x != nil && x.Store != nil {
+		return *x.Store
+	}
+	return false
+}
+
+func (x *ChatCompletionRequest) GetVerbosity() Verbosity {
+	if x != nil {
+		return x.Verbosity
+	}
+	return Verbosity_VERBOSITY_UNSPECIFIED
+}
+
+func (x *ChatCompletionRequest) GetExtraBodyJson() string {
+	if x != nil {
+		return x.ExtraBodyJson
+	}
+	return ""
+}
+
 // Usage is the token usage of one completion.
 type Usage struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1296,7 +1635,16 @@ type ChatCompletionResponse struct {
 	// The configured upstream that answered (an [[upstream]] name of the
 	// upstreams file or Configure; "default" for the single OPENAI_BASE_URL
 	// upstream). With fallback models, `model` says which model answered.
-	Upstream      string `protobuf:"bytes,10,opt,name=upstream,proto3" json:"upstream,omitempty"`
+	Upstream string `protobuf:"bytes,10,opt,name=upstream,proto3" json:"upstream,omitempty"`
+	// Log probabilities of the answer's tokens, in order; empty unless the
+	// request set logprobs (and the upstream sent them).
+	Logprobs []*TokenLogprob `protobuf:"bytes,12,rep,name=logprobs,proto3" json:"logprobs,omitempty"`
+	// The processing tier that served the call, as the upstream reports it.
+	ServiceTier string `protobuf:"bytes,13,opt,name=service_tier,json=serviceTier,proto3" json:"service_tier,omitempty"`
+	// The upstream's backend configuration fingerprint, as it reports it.
+	SystemFingerprint string `protobuf:"bytes,14,opt,name=system_fingerprint,json=systemFingerprint,proto3" json:"system_fingerprint,omitempty"`
+	// URL citations in the answer (web search models), when the upstream sends them.
+	Annotations   []*UrlCitation `protobuf:"bytes,15,rep,name=annotations,proto3" json:"annotations,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1401,6 +1749,34 @@ func (x *ChatCompletionResponse) GetUpstream() string {
 	return ""
 }
 
+func (x *ChatCompletionResponse) GetLogprobs() []*TokenLogprob {
+	if x != nil {
+		return x.Logprobs
+	}
+	return nil
+}
+
+func (x *ChatCompletionResponse) GetServiceTier() string {
+	if x != nil {
+		return x.ServiceTier
+	}
+	return ""
+}
+
+func (x *ChatCompletionResponse) GetSystemFingerprint() string {
+	if x != nil {
+		return x.SystemFingerprint
+	}
+	return ""
+}
+
+func (x *ChatCompletionResponse) GetAnnotations() []*UrlCitation {
+	if x != nil {
+		return x.Annotations
+	}
+	return nil
+}
+
 // StreamChatCompletionRequest has exactly the fields of ChatCompletionRequest.
 type StreamChatCompletionRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1433,7 +1809,42 @@ type StreamChatCompletionRequest struct {
 	// How the model may use the tools.
 	ToolChoice *ToolChoice `protobuf:"bytes,14,opt,name=tool_choice,json=toolChoice,proto3" json:"tool_choice,omitempty"`
 	// End-user id forwarded to the upstream.
-	User          string `protobuf:"bytes,15,opt,name=user,proto3" json:"user,omitempty"`
+	User string `protobuf:"bytes,15,opt,name=user,proto3" json:"user,omitempty"`
+	// How hard a reasoning model thinks before it answers. Sent only to
+	// reasoning models as the catalog knows them (ListModels: reasoning), and
+	// to unknown model names shaped like one (o1*, o3*, o4*, gpt-5*). For any
+	// other model it is INVALID_ARGUMENT, never silently dropped; to send it to
+	// an OpenAI-compatible server that takes it anyway, use extra_body_json.
+	// MINIMAL is for gpt-5 models (others answer UPSTREAM_BAD_REQUEST).
+	ReasoningEffort ReasoningEffort `protobuf:"varint,16,opt,name=reasoning_effort,json=reasoningEffort,proto3,enum=gptgrpc.v1.ReasoningEffort" json:"reasoning_effort,omitempty"`
+	// Whether the model may call several tools in one turn. Needs tools.
+	ParallelToolCalls *bool `protobuf:"varint,17,opt,name=parallel_tool_calls,json=parallelToolCalls,proto3,oneof" json:"parallel_tool_calls,omitempty"`
+	// Return the log probability of each generated token (response.logprobs,
+	// and each delta's logprobs in a stream).
+	Logprobs *bool `protobuf:"varint,18,opt,name=logprobs,proto3,oneof" json:"logprobs,omitempty"`
+	// How many most likely alternatives to return per token, 0 to 20. Needs
+	// logprobs set to true.
+	TopLogprobs *int32 `protobuf:"varint,19,opt,name=top_logprobs,json=topLogprobs,proto3,oneof" json:"top_logprobs,omitempty"`
+	// The upstream's processing tier, e.g. "auto", "default", "flex",
+	// "priority": lower-case letters, digits, '_' and '-', at most 32. Empty:
+	// the upstream default. The tier that served the call comes back in
+	// service_tier of the response.
+	ServiceTier string `protobuf:"bytes,20,opt,name=service_tier,json=serviceTier,proto3" json:"service_tier,omitempty"`
+	// Key-value pairs stored with the completion upstream (at most 16 pairs;
+	// keys at most 64 characters, values at most 512).
+	Metadata map[string]string `protobuf:"bytes,21,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Whether the upstream stores the completion (model distillation, evals).
+	Store *bool `protobuf:"varint,22,opt,name=store,proto3,oneof" json:"store,omitempty"`
+	// How long the answer should be, for gpt-5 models (ListModels: verbosity;
+	// unknown names shaped like gpt-5* too). INVALID_ARGUMENT for other models.
+	Verbosity Verbosity `protobuf:"varint,23,opt,name=verbosity,proto3,enum=gptgrpc.v1.Verbosity" json:"verbosity,omitempty"`
+	// A JSON object merged into the upstream request body, for parameters this
+	// API does not name (vLLM's top_k or guided_json, Ollama's options). At most
+	// 256 KiB, nested at most 128 levels. A key the gateway owns (model,
+	// messages, stream, stream_options, max_tokens, max_completion_tokens, and
+	// n: the gateway returns one answer) or that a field of this request
+	// already sets is INVALID_ARGUMENT. Logged by key names only, never values.
+	ExtraBodyJson string `protobuf:"bytes,24,opt,name=extra_body_json,json=extraBodyJson,proto3" json:"extra_body_json,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1573,13 +1984,78 @@ func (x *StreamChatCompletionRequest) GetUser() string {
 	return ""
 }
 
+func (x *StreamChatCompletionRequest) GetReasoningEffort() ReasoningEffort {
+	if x != nil {
+		return x.ReasoningEffort
+	}
+	return ReasoningEffort_REASONING_EFFORT_UNSPECIFIED
+}
+
+func (x *StreamChatCompletionRequest) GetParallelToolCalls() bool {
+	if x != nil && x.ParallelToolCalls != nil {
+		return *x.ParallelToolCalls
+	}
+	return false
+}
+
+func (x *StreamChatCompletionRequest) GetLogprobs() bool {
+	if x != nil && x.Logprobs != nil {
+		return *x.Logprobs
+	}
+	return false
+}
+
+func (x *StreamChatCompletionRequest) GetTopLogprobs() int32 {
+	if x != nil && x.TopLogprobs != nil {
+		return *x.TopLogprobs
+	}
+	return 0
+}
+
+func (x *StreamChatCompletionRequest) GetServiceTier() string {
+	if x != nil {
+		return x.ServiceTier
+	}
+	return ""
+}
+
+func (x *StreamChatCompletionRequest) GetMetadata() map[string]string {
+	if x != nil {
+		return x.Metadata
+	}
+	return nil
+}
+
+func (x *StreamChatCompletionRequest) GetStore() bool {
+	if x != nil && x.Store != nil {
+		return *x.Store
+	}
+	return false
+}
+
+func (x *StreamChatCompletionRequest) GetVerbosity() Verbosity {
+	if x != nil {
+		return x.Verbosity
+	}
+	return Verbosity_VERBOSITY_UNSPECIFIED
+}
+
+func (x *StreamChatCompletionRequest) GetExtraBodyJson() string {
+	if x != nil {
+		return x.ExtraBodyJson
+	}
+	return ""
+}
+
 // ChatCompletionDelta is a piece of the answer as it arrives.
 type ChatCompletionDelta struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Text to append to the answer so far.
 	Content string `protobuf:"bytes,1,opt,name=content,proto3" json:"content,omitempty"`
 	// Refusal text to append, when the model refuses.
-	Refusal       string `protobuf:"bytes,2,opt,name=refusal,proto3" json:"refusal,omitempty"`
+	Refusal string `protobuf:"bytes,2,opt,name=refusal,proto3" json:"refusal,omitempty"`
+	// Log probabilities of this delta's tokens, as they arrive (request.logprobs).
+	Logprobs      []*TokenLogprob `protobuf:"bytes,3,rep,name=logprobs,proto3" json:"logprobs,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1628,6 +2104,13 @@ func (x *ChatCompletionDelta) GetRefusal() string {
 	return ""
 }
 
+func (x *ChatCompletionDelta) GetLogprobs() []*TokenLogprob {
+	if x != nil {
+		return x.Logprobs
+	}
+	return nil
+}
+
 // ChatCompletionSummary ends a stream.
 type ChatCompletionSummary struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1646,7 +2129,13 @@ type ChatCompletionSummary struct {
 	// Upstream attempts it took.
 	Attempts int32 `protobuf:"varint,7,opt,name=attempts,proto3" json:"attempts,omitempty"`
 	// The configured upstream that answered (see ChatCompletionResponse.upstream).
-	Upstream      string `protobuf:"bytes,8,opt,name=upstream,proto3" json:"upstream,omitempty"`
+	Upstream string `protobuf:"bytes,8,opt,name=upstream,proto3" json:"upstream,omitempty"`
+	// The processing tier that served the call, as the upstream reports it.
+	ServiceTier string `protobuf:"bytes,9,opt,name=service_tier,json=serviceTier,proto3" json:"service_tier,omitempty"`
+	// The upstream's backend configuration fingerprint, as it reports it.
+	SystemFingerprint string `protobuf:"bytes,10,opt,name=system_fingerprint,json=systemFingerprint,proto3" json:"system_fingerprint,omitempty"`
+	// URL citations in the answer, assembled from the stream.
+	Annotations   []*UrlCitation `protobuf:"bytes,11,rep,name=annotations,proto3" json:"annotations,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1737,6 +2226,27 @@ func (x *ChatCompletionSummary) GetUpstream() string {
 	return ""
 }
 
+func (x *ChatCompletionSummary) GetServiceTier() string {
+	if x != nil {
+		return x.ServiceTier
+	}
+	return ""
+}
+
+func (x *ChatCompletionSummary) GetSystemFingerprint() string {
+	if x != nil {
+		return x.SystemFingerprint
+	}
+	return ""
+}
+
+func (x *ChatCompletionSummary) GetAnnotations() []*UrlCitation {
+	if x != nil {
+		return x.Annotations
+	}
+	return nil
+}
+
 // StreamChatCompletionResponse is one event of a stream: deltas, then one summary.
 type StreamChatCompletionResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1825,6 +2335,8 @@ func (*StreamChatCompletionResponse_Delta) isStreamChatCompletionResponse_Event(
 func (*StreamChatCompletionResponse_Summary) isStreamChatCompletionResponse_Event() {}
 
 // CountTokensRequest counts a text or a list of messages; give one of them.
+// Messages may hold parts: an image counts as OpenAI bills it (see
+// CountTokensResponse.estimated), audio and files are not counted.
 type CountTokensRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Text to count.
@@ -1897,8 +2409,14 @@ type CountTokensResponse struct {
 	Encoding string `protobuf:"bytes,2,opt,name=encoding,proto3" json:"encoding,omitempty"`
 	// True when the model is unknown and the default encoding was used.
 	EncodingFallback bool `protobuf:"varint,3,opt,name=encoding_fallback,json=encodingFallback,proto3" json:"encoding_fallback,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// True when part of the count is an estimate: an image given by URL (the
+	// gateway never fetches it: it counts as the most an image can cost at its
+	// detail, 8 tiles or 1536 patches; at detail LOW on a tile-billed model its
+	// size does not matter and the count is exact), or an image for a model
+	// whose image figures the catalog does not know (counted with gpt-4o's).
+	Estimated     bool `protobuf:"varint,4,opt,name=estimated,proto3" json:"estimated,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CountTokensResponse) Reset() {
@@ -1948,6 +2466,13 @@ func (x *CountTokensResponse) GetEncoding() string {
 func (x *CountTokensResponse) GetEncodingFallback() bool {
 	if x != nil {
 		return x.EncodingFallback
+	}
+	return false
+}
+
+func (x *CountTokensResponse) GetEstimated() bool {
+	if x != nil {
+		return x.Estimated
 	}
 	return false
 }
@@ -2463,7 +2988,17 @@ type ModelInfo struct {
 	// USD per million output tokens; unset when unknown.
 	OutputUsdPerMillion *float64 `protobuf:"fixed64,8,opt,name=output_usd_per_million,json=outputUsdPerMillion,proto3,oneof" json:"output_usd_per_million,omitempty"`
 	// Where the prices come from: "genai-prices <version>" or "override".
-	PriceSource   string `protobuf:"bytes,9,opt,name=price_source,json=priceSource,proto3" json:"price_source,omitempty"`
+	PriceSource string `protobuf:"bytes,9,opt,name=price_source,json=priceSource,proto3" json:"price_source,omitempty"`
+	// Tokens every image costs (tile billing: detail low costs only these).
+	// Unset when the model is not billed by tiles or takes no images.
+	ImageBaseTokens *int64 `protobuf:"varint,10,opt,name=image_base_tokens,json=imageBaseTokens,proto3,oneof" json:"image_base_tokens,omitempty"`
+	// Tokens per 512-pixel tile of an image at detail high or auto (tile billing).
+	ImageTileTokens *int64 `protobuf:"varint,11,opt,name=image_tile_tokens,json=imageTileTokens,proto3,oneof" json:"image_tile_tokens,omitempty"`
+	// Tokens per 32-pixel patch (patch billing: gpt-4.1-mini, o4-mini, ...);
+	// unset for tile billing.
+	ImagePatchMultiplier *float64 `protobuf:"fixed64,12,opt,name=image_patch_multiplier,json=imagePatchMultiplier,proto3,oneof" json:"image_patch_multiplier,omitempty"`
+	// Takes the verbosity request field (gpt-5 models).
+	Verbosity     bool `protobuf:"varint,13,opt,name=verbosity,proto3" json:"verbosity,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2559,6 +3094,34 @@ func (x *ModelInfo) GetPriceSource() string {
 		return x.PriceSource
 	}
 	return ""
+}
+
+func (x *ModelInfo) GetImageBaseTokens() int64 {
+	if x != nil && x.ImageBaseTokens != nil {
+		return *x.ImageBaseTokens
+	}
+	return 0
+}
+
+func (x *ModelInfo) GetImageTileTokens() int64 {
+	if x != nil && x.ImageTileTokens != nil {
+		return *x.ImageTileTokens
+	}
+	return 0
+}
+
+func (x *ModelInfo) GetImagePatchMultiplier() float64 {
+	if x != nil && x.ImagePatchMultiplier != nil {
+		return *x.ImagePatchMultiplier
+	}
+	return 0
+}
+
+func (x *ModelInfo) GetVerbosity() bool {
+	if x != nil {
+		return x.Verbosity
+	}
+	return false
 }
 
 // ListModelsResponse lists the known models.
@@ -4037,12 +4600,540 @@ func (x *ListUpstreamsResponse) GetFallbacks() []*FallbackModels {
 	return nil
 }
 
+// ContentPart is one piece of a message's content.
+type ContentPart struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The piece.
+	//
+	// Types that are valid to be assigned to Part:
+	//
+	//	*ContentPart_Text
+	//	*ContentPart_Image
+	//	*ContentPart_Audio
+	//	*ContentPart_File
+	Part          isContentPart_Part `protobuf_oneof:"part"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ContentPart) Reset() {
+	*x = ContentPart{}
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[43]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ContentPart) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ContentPart) ProtoMessage() {}
+
+func (x *ContentPart) ProtoReflect() protoreflect.Message {
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[43]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ContentPart.ProtoReflect.Descriptor instead.
+func (*ContentPart) Descriptor() ([]byte, []int) {
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{43}
+}
+
+func (x *ContentPart) GetPart() isContentPart_Part {
+	if x != nil {
+		return x.Part
+	}
+	return nil
+}
+
+func (x *ContentPart) GetText() string {
+	if x != nil {
+		if x, ok := x.Part.(*ContentPart_Text); ok {
+			return x.Text
+		}
+	}
+	return ""
+}
+
+func (x *ContentPart) GetImage() *ImagePart {
+	if x != nil {
+		if x, ok := x.Part.(*ContentPart_Image); ok {
+			return x.Image
+		}
+	}
+	return nil
+}
+
+func (x *ContentPart) GetAudio() *AudioPart {
+	if x != nil {
+		if x, ok := x.Part.(*ContentPart_Audio); ok {
+			return x.Audio
+		}
+	}
+	return nil
+}
+
+func (x *ContentPart) GetFile() *FilePart {
+	if x != nil {
+		if x, ok := x.Part.(*ContentPart_File); ok {
+			return x.File
+		}
+	}
+	return nil
+}
+
+type isContentPart_Part interface {
+	isContentPart_Part()
+}
+
+type ContentPart_Text struct {
+	// Text.
+	Text string `protobuf:"bytes,1,opt,name=text,proto3,oneof"`
+}
+
+type ContentPart_Image struct {
+	// An image (ROLE_USER only).
+	Image *ImagePart `protobuf:"bytes,2,opt,name=image,proto3,oneof"`
+}
+
+type ContentPart_Audio struct {
+	// An audio clip (ROLE_USER only).
+	Audio *AudioPart `protobuf:"bytes,3,opt,name=audio,proto3,oneof"`
+}
+
+type ContentPart_File struct {
+	// A file such as a PDF (ROLE_USER only).
+	File *FilePart `protobuf:"bytes,4,opt,name=file,proto3,oneof"`
+}
+
+func (*ContentPart_Text) isContentPart_Part() {}
+
+func (*ContentPart_Image) isContentPart_Part() {}
+
+func (*ContentPart_Audio) isContentPart_Part() {}
+
+func (*ContentPart_File) isContentPart_Part() {}
+
+// ImagePart is an image given by URL or inline; set exactly one of url and data.
+type ImagePart struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// An https URL, passed through (the gateway never fetches it), or a data
+	// URL "data:image/<png|jpeg|gif|webp>;base64,...".
+	Url string `protobuf:"bytes,1,opt,name=url,proto3" json:"url,omitempty"`
+	// The image bytes (at most 10 MiB; 12 MiB of media per request in all).
+	Data []byte `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
+	// MIME type of data: image/png, image/jpeg, image/gif or image/webp; the
+	// bytes must be an image of that type. Required with data.
+	MimeType string `protobuf:"bytes,3,opt,name=mime_type,json=mimeType,proto3" json:"mime_type,omitempty"`
+	// The resolution to look at it with.
+	Detail        ImageDetail `protobuf:"varint,4,opt,name=detail,proto3,enum=gptgrpc.v1.ImageDetail" json:"detail,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ImagePart) Reset() {
+	*x = ImagePart{}
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[44]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ImagePart) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ImagePart) ProtoMessage() {}
+
+func (x *ImagePart) ProtoReflect() protoreflect.Message {
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[44]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ImagePart.ProtoReflect.Descriptor instead.
+func (*ImagePart) Descriptor() ([]byte, []int) {
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{44}
+}
+
+func (x *ImagePart) GetUrl() string {
+	if x != nil {
+		return x.Url
+	}
+	return ""
+}
+
+func (x *ImagePart) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *ImagePart) GetMimeType() string {
+	if x != nil {
+		return x.MimeType
+	}
+	return ""
+}
+
+func (x *ImagePart) GetDetail() ImageDetail {
+	if x != nil {
+		return x.Detail
+	}
+	return ImageDetail_IMAGE_DETAIL_UNSPECIFIED
+}
+
+// AudioPart is an audio clip for a model that takes audio input.
+type AudioPart struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The audio bytes (at most 10 MiB).
+	Data []byte `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
+	// Their format. Required.
+	Format        AudioFormat `protobuf:"varint,2,opt,name=format,proto3,enum=gptgrpc.v1.AudioFormat" json:"format,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AudioPart) Reset() {
+	*x = AudioPart{}
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[45]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AudioPart) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AudioPart) ProtoMessage() {}
+
+func (x *AudioPart) ProtoReflect() protoreflect.Message {
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[45]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AudioPart.ProtoReflect.Descriptor instead.
+func (*AudioPart) Descriptor() ([]byte, []int) {
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{45}
+}
+
+func (x *AudioPart) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *AudioPart) GetFormat() AudioFormat {
+	if x != nil {
+		return x.Format
+	}
+	return AudioFormat_AUDIO_FORMAT_UNSPECIFIED
+}
+
+// FilePart is a file, such as a PDF, for a model that reads files.
+type FilePart struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The file bytes (at most 10 MiB).
+	Data []byte `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
+	// The file's name, e.g. "report.pdf": 1 to 255 characters, no slash or backslash.
+	Filename string `protobuf:"bytes,2,opt,name=filename,proto3" json:"filename,omitempty"`
+	// MIME type, e.g. "application/pdf". Empty: guessed from the filename's
+	// extension (INVALID_ARGUMENT when it cannot be).
+	MimeType      string `protobuf:"bytes,3,opt,name=mime_type,json=mimeType,proto3" json:"mime_type,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FilePart) Reset() {
+	*x = FilePart{}
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[46]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FilePart) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FilePart) ProtoMessage() {}
+
+func (x *FilePart) ProtoReflect() protoreflect.Message {
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[46]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FilePart.ProtoReflect.Descriptor instead.
+func (*FilePart) Descriptor() ([]byte, []int) {
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{46}
+}
+
+func (x *FilePart) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *FilePart) GetFilename() string {
+	if x != nil {
+		return x.Filename
+	}
+	return ""
+}
+
+func (x *FilePart) GetMimeType() string {
+	if x != nil {
+		return x.MimeType
+	}
+	return ""
+}
+
+// TopLogprob is one likely alternative at a token position.
+type TopLogprob struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The token's text.
+	Token string `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	// Its log probability.
+	Logprob float64 `protobuf:"fixed64,2,opt,name=logprob,proto3" json:"logprob,omitempty"`
+	// Its UTF-8 bytes (a token may hold part of a character); empty when the
+	// upstream sent none.
+	Bytes         []byte `protobuf:"bytes,3,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TopLogprob) Reset() {
+	*x = TopLogprob{}
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[47]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TopLogprob) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TopLogprob) ProtoMessage() {}
+
+func (x *TopLogprob) ProtoReflect() protoreflect.Message {
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[47]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TopLogprob.ProtoReflect.Descriptor instead.
+func (*TopLogprob) Descriptor() ([]byte, []int) {
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{47}
+}
+
+func (x *TopLogprob) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+func (x *TopLogprob) GetLogprob() float64 {
+	if x != nil {
+		return x.Logprob
+	}
+	return 0
+}
+
+func (x *TopLogprob) GetBytes() []byte {
+	if x != nil {
+		return x.Bytes
+	}
+	return nil
+}
+
+// TokenLogprob is the log probability of one generated token.
+type TokenLogprob struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The token's text.
+	Token string `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	// Its log probability.
+	Logprob float64 `protobuf:"fixed64,2,opt,name=logprob,proto3" json:"logprob,omitempty"`
+	// Its UTF-8 bytes (a token may hold part of a character); empty when the
+	// upstream sent none.
+	Bytes []byte `protobuf:"bytes,3,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	// The most likely tokens at this position (request.top_logprobs of them).
+	TopLogprobs   []*TopLogprob `protobuf:"bytes,4,rep,name=top_logprobs,json=topLogprobs,proto3" json:"top_logprobs,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TokenLogprob) Reset() {
+	*x = TokenLogprob{}
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[48]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TokenLogprob) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TokenLogprob) ProtoMessage() {}
+
+func (x *TokenLogprob) ProtoReflect() protoreflect.Message {
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[48]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TokenLogprob.ProtoReflect.Descriptor instead.
+func (*TokenLogprob) Descriptor() ([]byte, []int) {
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{48}
+}
+
+func (x *TokenLogprob) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+func (x *TokenLogprob) GetLogprob() float64 {
+	if x != nil {
+		return x.Logprob
+	}
+	return 0
+}
+
+func (x *TokenLogprob) GetBytes() []byte {
+	if x != nil {
+		return x.Bytes
+	}
+	return nil
+}
+
+func (x *TokenLogprob) GetTopLogprobs() []*TopLogprob {
+	if x != nil {
+		return x.TopLogprobs
+	}
+	return nil
+}
+
+// UrlCitation is a web source the answer cites.
+type UrlCitation struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The source's URL.
+	Url string `protobuf:"bytes,1,opt,name=url,proto3" json:"url,omitempty"`
+	// The source's title.
+	Title string `protobuf:"bytes,2,opt,name=title,proto3" json:"title,omitempty"`
+	// Index of the first character of the citation in the answer text.
+	StartIndex int32 `protobuf:"varint,3,opt,name=start_index,json=startIndex,proto3" json:"start_index,omitempty"`
+	// Index just past its last character.
+	EndIndex      int32 `protobuf:"varint,4,opt,name=end_index,json=endIndex,proto3" json:"end_index,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UrlCitation) Reset() {
+	*x = UrlCitation{}
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[49]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UrlCitation) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UrlCitation) ProtoMessage() {}
+
+func (x *UrlCitation) ProtoReflect() protoreflect.Message {
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[49]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UrlCitation.ProtoReflect.Descriptor instead.
+func (*UrlCitation) Descriptor() ([]byte, []int) {
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{49}
+}
+
+func (x *UrlCitation) GetUrl() string {
+	if x != nil {
+		return x.Url
+	}
+	return ""
+}
+
+func (x *UrlCitation) GetTitle() string {
+	if x != nil {
+		return x.Title
+	}
+	return ""
+}
+
+func (x *UrlCitation) GetStartIndex() int32 {
+	if x != nil {
+		return x.StartIndex
+	}
+	return 0
+}
+
+func (x *UrlCitation) GetEndIndex() int32 {
+	if x != nil {
+		return x.EndIndex
+	}
+	return 0
+}
+
 var File_gptgrpc_v1_gateway_proto protoreflect.FileDescriptor
 
 const file_gptgrpc_v1_gateway_proto_rawDesc = "" +
 	"\n" +
 	"\x18gptgrpc/v1/gateway.proto\x12\n" +
-	"gptgrpc.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdc\x01\n" +
+	"gptgrpc.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8b\x02\n" +
 	"\vChatMessage\x12$\n" +
 	"\x04role\x18\x01 \x01(\x0e2\x10.gptgrpc.v1.RoleR\x04role\x12\x18\n" +
 	"\acontent\x18\x02 \x01(\tR\acontent\x12\x17\n" +
@@ -4050,7 +5141,8 @@ const file_gptgrpc_v1_gateway_proto_rawDesc = "" +
 	"\ftool_call_id\x18\x04 \x01(\tH\x01R\n" +
 	"toolCallId\x88\x01\x01\x123\n" +
 	"\n" +
-	"tool_calls\x18\x05 \x03(\v2\x14.gptgrpc.v1.ToolCallR\ttoolCallsB\a\n" +
+	"tool_calls\x18\x05 \x03(\v2\x14.gptgrpc.v1.ToolCallR\ttoolCalls\x12-\n" +
+	"\x05parts\x18\x06 \x03(\v2\x17.gptgrpc.v1.ContentPartR\x05partsB\a\n" +
 	"\x05_nameB\x0f\n" +
 	"\r_tool_call_id\"\x8d\x01\n" +
 	"\x04Tool\x12\x12\n" +
@@ -4075,7 +5167,7 @@ const file_gptgrpc_v1_gateway_proto_rawDesc = "" +
 	"\vschema_json\x18\x03 \x01(\tR\n" +
 	"schemaJson\x12\x1b\n" +
 	"\x06strict\x18\x04 \x01(\bH\x00R\x06strict\x88\x01\x01B\t\n" +
-	"\a_strict\"\xb7\x05\n" +
+	"\a_strict\"\xe2\t\n" +
 	"\x15ChatCompletionRequest\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x12%\n" +
 	"\x0esystem_message\x18\x02 \x01(\tR\rsystemMessage\x12!\n" +
@@ -4094,20 +5186,36 @@ const file_gptgrpc_v1_gateway_proto_rawDesc = "" +
 	"\x05tools\x18\r \x03(\v2\x10.gptgrpc.v1.ToolR\x05tools\x127\n" +
 	"\vtool_choice\x18\x0e \x01(\v2\x16.gptgrpc.v1.ToolChoiceR\n" +
 	"toolChoice\x12\x12\n" +
-	"\x04user\x18\x0f \x01(\tR\x04userB\x0e\n" +
+	"\x04user\x18\x0f \x01(\tR\x04user\x12F\n" +
+	"\x10reasoning_effort\x18\x10 \x01(\x0e2\x1b.gptgrpc.v1.ReasoningEffortR\x0freasoningEffort\x123\n" +
+	"\x13parallel_tool_calls\x18\x11 \x01(\bH\x06R\x11parallelToolCalls\x88\x01\x01\x12\x1f\n" +
+	"\blogprobs\x18\x12 \x01(\bH\aR\blogprobs\x88\x01\x01\x12&\n" +
+	"\ftop_logprobs\x18\x13 \x01(\x05H\bR\vtopLogprobs\x88\x01\x01\x12!\n" +
+	"\fservice_tier\x18\x14 \x01(\tR\vserviceTier\x12K\n" +
+	"\bmetadata\x18\x15 \x03(\v2/.gptgrpc.v1.ChatCompletionRequest.MetadataEntryR\bmetadata\x12\x19\n" +
+	"\x05store\x18\x16 \x01(\bH\tR\x05store\x88\x01\x01\x123\n" +
+	"\tverbosity\x18\x17 \x01(\x0e2\x15.gptgrpc.v1.VerbosityR\tverbosity\x12&\n" +
+	"\x0fextra_body_json\x18\x18 \x01(\tR\rextraBodyJson\x1a;\n" +
+	"\rMetadataEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\x0e\n" +
 	"\f_temperatureB\r\n" +
 	"\v_max_tokensB\b\n" +
 	"\x06_top_pB\a\n" +
 	"\x05_seedB\x13\n" +
 	"\x11_presence_penaltyB\x14\n" +
-	"\x12_frequency_penalty\"\xf7\x01\n" +
+	"\x12_frequency_penaltyB\x16\n" +
+	"\x14_parallel_tool_callsB\v\n" +
+	"\t_logprobsB\x0f\n" +
+	"\r_top_logprobsB\b\n" +
+	"\x06_store\"\xf7\x01\n" +
 	"\x05Usage\x12#\n" +
 	"\rprompt_tokens\x18\x01 \x01(\x03R\fpromptTokens\x12+\n" +
 	"\x11completion_tokens\x18\x02 \x01(\x03R\x10completionTokens\x12!\n" +
 	"\ftotal_tokens\x18\x03 \x01(\x03R\vtotalTokens\x120\n" +
 	"\x14cached_prompt_tokens\x18\x04 \x01(\x03R\x12cachedPromptTokens\x12)\n" +
 	"\x10reasoning_tokens\x18\x05 \x01(\x03R\x0freasoningTokens\x12\x1c\n" +
-	"\testimated\x18\x06 \x01(\bR\testimated\"\xf4\x02\n" +
+	"\testimated\x18\x06 \x01(\bR\testimated\"\xb7\x04\n" +
 	"\x16ChatCompletionResponse\x12\x18\n" +
 	"\acontent\x18\x01 \x01(\tR\acontent\x123\n" +
 	"\n" +
@@ -4120,8 +5228,12 @@ const file_gptgrpc_v1_gateway_proto_rawDesc = "" +
 	"\battempts\x18\b \x01(\x05R\battempts\x12\x18\n" +
 	"\arefusal\x18\t \x01(\tR\arefusal\x12\x1a\n" +
 	"\bupstream\x18\n" +
-	" \x01(\tR\bupstreamB\v\n" +
-	"\t_cost_usd\"\xbd\x05\n" +
+	" \x01(\tR\bupstream\x124\n" +
+	"\blogprobs\x18\f \x03(\v2\x18.gptgrpc.v1.TokenLogprobR\blogprobs\x12!\n" +
+	"\fservice_tier\x18\r \x01(\tR\vserviceTier\x12-\n" +
+	"\x12system_fingerprint\x18\x0e \x01(\tR\x11systemFingerprint\x129\n" +
+	"\vannotations\x18\x0f \x03(\v2\x17.gptgrpc.v1.UrlCitationR\vannotationsB\v\n" +
+	"\t_cost_usd\"\xee\t\n" +
 	"\x1bStreamChatCompletionRequest\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x12%\n" +
 	"\x0esystem_message\x18\x02 \x01(\tR\rsystemMessage\x12!\n" +
@@ -4140,16 +5252,33 @@ const file_gptgrpc_v1_gateway_proto_rawDesc = "" +
 	"\x05tools\x18\r \x03(\v2\x10.gptgrpc.v1.ToolR\x05tools\x127\n" +
 	"\vtool_choice\x18\x0e \x01(\v2\x16.gptgrpc.v1.ToolChoiceR\n" +
 	"toolChoice\x12\x12\n" +
-	"\x04user\x18\x0f \x01(\tR\x04userB\x0e\n" +
+	"\x04user\x18\x0f \x01(\tR\x04user\x12F\n" +
+	"\x10reasoning_effort\x18\x10 \x01(\x0e2\x1b.gptgrpc.v1.ReasoningEffortR\x0freasoningEffort\x123\n" +
+	"\x13parallel_tool_calls\x18\x11 \x01(\bH\x06R\x11parallelToolCalls\x88\x01\x01\x12\x1f\n" +
+	"\blogprobs\x18\x12 \x01(\bH\aR\blogprobs\x88\x01\x01\x12&\n" +
+	"\ftop_logprobs\x18\x13 \x01(\x05H\bR\vtopLogprobs\x88\x01\x01\x12!\n" +
+	"\fservice_tier\x18\x14 \x01(\tR\vserviceTier\x12Q\n" +
+	"\bmetadata\x18\x15 \x03(\v25.gptgrpc.v1.StreamChatCompletionRequest.MetadataEntryR\bmetadata\x12\x19\n" +
+	"\x05store\x18\x16 \x01(\bH\tR\x05store\x88\x01\x01\x123\n" +
+	"\tverbosity\x18\x17 \x01(\x0e2\x15.gptgrpc.v1.VerbosityR\tverbosity\x12&\n" +
+	"\x0fextra_body_json\x18\x18 \x01(\tR\rextraBodyJson\x1a;\n" +
+	"\rMetadataEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\x0e\n" +
 	"\f_temperatureB\r\n" +
 	"\v_max_tokensB\b\n" +
 	"\x06_top_pB\a\n" +
 	"\x05_seedB\x13\n" +
 	"\x11_presence_penaltyB\x14\n" +
-	"\x12_frequency_penalty\"I\n" +
+	"\x12_frequency_penaltyB\x16\n" +
+	"\x14_parallel_tool_callsB\v\n" +
+	"\t_logprobsB\x0f\n" +
+	"\r_top_logprobsB\b\n" +
+	"\x06_store\"\x7f\n" +
 	"\x13ChatCompletionDelta\x12\x18\n" +
 	"\acontent\x18\x01 \x01(\tR\acontent\x12\x18\n" +
-	"\arefusal\x18\x02 \x01(\tR\arefusal\"\xbf\x02\n" +
+	"\arefusal\x18\x02 \x01(\tR\arefusal\x124\n" +
+	"\blogprobs\x18\x03 \x03(\v2\x18.gptgrpc.v1.TokenLogprobR\blogprobs\"\xcc\x03\n" +
 	"\x15ChatCompletionSummary\x123\n" +
 	"\n" +
 	"tool_calls\x18\x01 \x03(\v2\x14.gptgrpc.v1.ToolCallR\ttoolCalls\x12=\n" +
@@ -4159,7 +5288,11 @@ const file_gptgrpc_v1_gateway_proto_rawDesc = "" +
 	"\x05usage\x18\x05 \x01(\v2\x11.gptgrpc.v1.UsageR\x05usage\x12\x1e\n" +
 	"\bcost_usd\x18\x06 \x01(\x01H\x00R\acostUsd\x88\x01\x01\x12\x1a\n" +
 	"\battempts\x18\a \x01(\x05R\battempts\x12\x1a\n" +
-	"\bupstream\x18\b \x01(\tR\bupstreamB\v\n" +
+	"\bupstream\x18\b \x01(\tR\bupstream\x12!\n" +
+	"\fservice_tier\x18\t \x01(\tR\vserviceTier\x12-\n" +
+	"\x12system_fingerprint\x18\n" +
+	" \x01(\tR\x11systemFingerprint\x129\n" +
+	"\vannotations\x18\v \x03(\v2\x17.gptgrpc.v1.UrlCitationR\vannotationsB\v\n" +
 	"\t_cost_usd\"\x9f\x01\n" +
 	"\x1cStreamChatCompletionResponse\x127\n" +
 	"\x05delta\x18\x01 \x01(\v2\x1f.gptgrpc.v1.ChatCompletionDeltaH\x00R\x05delta\x12=\n" +
@@ -4168,12 +5301,13 @@ const file_gptgrpc_v1_gateway_proto_rawDesc = "" +
 	"\x12CountTokensRequest\x12\x12\n" +
 	"\x04text\x18\x01 \x01(\tR\x04text\x123\n" +
 	"\bmessages\x18\x02 \x03(\v2\x17.gptgrpc.v1.ChatMessageR\bmessages\x12\x14\n" +
-	"\x05model\x18\x03 \x01(\tR\x05model\"\x7f\n" +
+	"\x05model\x18\x03 \x01(\tR\x05model\"\x9d\x01\n" +
 	"\x13CountTokensResponse\x12\x1f\n" +
 	"\vtoken_count\x18\x01 \x01(\x03R\n" +
 	"tokenCount\x12\x1a\n" +
 	"\bencoding\x18\x02 \x01(\tR\bencoding\x12+\n" +
-	"\x11encoding_fallback\x18\x03 \x01(\bR\x10encodingFallback\"\xc6\x01\n" +
+	"\x11encoding_fallback\x18\x03 \x01(\bR\x10encodingFallback\x12\x1c\n" +
+	"\testimated\x18\x04 \x01(\bR\testimated\"\xc6\x01\n" +
 	"\vRetryPolicy\x12&\n" +
 	"\fmax_attempts\x18\x01 \x01(\x05H\x00R\vmaxAttempts\x88\x01\x01\x12B\n" +
 	"\x0finitial_backoff\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x0einitialBackoff\x12:\n" +
@@ -4218,7 +5352,7 @@ const file_gptgrpc_v1_gateway_proto_rawDesc = "" +
 	"\x17GetConfigurationRequest\"[\n" +
 	"\x18GetConfigurationResponse\x12?\n" +
 	"\rconfiguration\x18\x01 \x01(\v2\x19.gptgrpc.v1.ConfigurationR\rconfiguration\"\x13\n" +
-	"\x11ListModelsRequest\"\xd8\x03\n" +
+	"\x11ListModelsRequest\"\xda\x05\n" +
 	"\tModelInfo\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1a\n" +
 	"\bencoding\x18\x02 \x01(\tR\bencoding\x12%\n" +
@@ -4228,10 +5362,18 @@ const file_gptgrpc_v1_gateway_proto_rawDesc = "" +
 	"\x15input_usd_per_million\x18\x06 \x01(\x01H\x00R\x12inputUsdPerMillion\x88\x01\x01\x12C\n" +
 	"\x1ccached_input_usd_per_million\x18\a \x01(\x01H\x01R\x18cachedInputUsdPerMillion\x88\x01\x01\x128\n" +
 	"\x16output_usd_per_million\x18\b \x01(\x01H\x02R\x13outputUsdPerMillion\x88\x01\x01\x12!\n" +
-	"\fprice_source\x18\t \x01(\tR\vpriceSourceB\x18\n" +
+	"\fprice_source\x18\t \x01(\tR\vpriceSource\x12/\n" +
+	"\x11image_base_tokens\x18\n" +
+	" \x01(\x03H\x03R\x0fimageBaseTokens\x88\x01\x01\x12/\n" +
+	"\x11image_tile_tokens\x18\v \x01(\x03H\x04R\x0fimageTileTokens\x88\x01\x01\x129\n" +
+	"\x16image_patch_multiplier\x18\f \x01(\x01H\x05R\x14imagePatchMultiplier\x88\x01\x01\x12\x1c\n" +
+	"\tverbosity\x18\r \x01(\bR\tverbosityB\x18\n" +
 	"\x16_input_usd_per_millionB\x1f\n" +
 	"\x1d_cached_input_usd_per_millionB\x19\n" +
-	"\x17_output_usd_per_million\"C\n" +
+	"\x17_output_usd_per_millionB\x14\n" +
+	"\x12_image_base_tokensB\x14\n" +
+	"\x12_image_tile_tokensB\x19\n" +
+	"\x17_image_patch_multiplier\"C\n" +
 	"\x12ListModelsResponse\x12-\n" +
 	"\x06models\x18\x01 \x03(\v2\x15.gptgrpc.v1.ModelInfoR\x06models\")\n" +
 	"\x0fGetUsageRequest\x12\x16\n" +
@@ -4353,7 +5495,41 @@ const file_gptgrpc_v1_gateway_proto_rawDesc = "" +
 	"\bretry_in\x18\v \x01(\v2\x19.google.protobuf.DurationR\aretryIn\"\x8b\x01\n" +
 	"\x15ListUpstreamsResponse\x128\n" +
 	"\tupstreams\x18\x01 \x03(\v2\x1a.gptgrpc.v1.UpstreamStatusR\tupstreams\x128\n" +
-	"\tfallbacks\x18\x02 \x03(\v2\x1a.gptgrpc.v1.FallbackModelsR\tfallbacks*s\n" +
+	"\tfallbacks\x18\x02 \x03(\v2\x1a.gptgrpc.v1.FallbackModelsR\tfallbacks\"\xb5\x01\n" +
+	"\vContentPart\x12\x14\n" +
+	"\x04text\x18\x01 \x01(\tH\x00R\x04text\x12-\n" +
+	"\x05image\x18\x02 \x01(\v2\x15.gptgrpc.v1.ImagePartH\x00R\x05image\x12-\n" +
+	"\x05audio\x18\x03 \x01(\v2\x15.gptgrpc.v1.AudioPartH\x00R\x05audio\x12*\n" +
+	"\x04file\x18\x04 \x01(\v2\x14.gptgrpc.v1.FilePartH\x00R\x04fileB\x06\n" +
+	"\x04part\"\x7f\n" +
+	"\tImagePart\x12\x10\n" +
+	"\x03url\x18\x01 \x01(\tR\x03url\x12\x12\n" +
+	"\x04data\x18\x02 \x01(\fR\x04data\x12\x1b\n" +
+	"\tmime_type\x18\x03 \x01(\tR\bmimeType\x12/\n" +
+	"\x06detail\x18\x04 \x01(\x0e2\x17.gptgrpc.v1.ImageDetailR\x06detail\"P\n" +
+	"\tAudioPart\x12\x12\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\x12/\n" +
+	"\x06format\x18\x02 \x01(\x0e2\x17.gptgrpc.v1.AudioFormatR\x06format\"W\n" +
+	"\bFilePart\x12\x12\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\x12\x1a\n" +
+	"\bfilename\x18\x02 \x01(\tR\bfilename\x12\x1b\n" +
+	"\tmime_type\x18\x03 \x01(\tR\bmimeType\"R\n" +
+	"\n" +
+	"TopLogprob\x12\x14\n" +
+	"\x05token\x18\x01 \x01(\tR\x05token\x12\x18\n" +
+	"\alogprob\x18\x02 \x01(\x01R\alogprob\x12\x14\n" +
+	"\x05bytes\x18\x03 \x01(\fR\x05bytes\"\x8f\x01\n" +
+	"\fTokenLogprob\x12\x14\n" +
+	"\x05token\x18\x01 \x01(\tR\x05token\x12\x18\n" +
+	"\alogprob\x18\x02 \x01(\x01R\alogprob\x12\x14\n" +
+	"\x05bytes\x18\x03 \x01(\fR\x05bytes\x129\n" +
+	"\ftop_logprobs\x18\x04 \x03(\v2\x16.gptgrpc.v1.TopLogprobR\vtopLogprobs\"s\n" +
+	"\vUrlCitation\x12\x10\n" +
+	"\x03url\x18\x01 \x01(\tR\x03url\x12\x14\n" +
+	"\x05title\x18\x02 \x01(\tR\x05title\x12\x1f\n" +
+	"\vstart_index\x18\x03 \x01(\x05R\n" +
+	"startIndex\x12\x1b\n" +
+	"\tend_index\x18\x04 \x01(\x05R\bendIndex*s\n" +
 	"\x04Role\x12\x14\n" +
 	"\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n" +
 	"\vROLE_SYSTEM\x10\x01\x12\x12\n" +
@@ -4390,7 +5566,27 @@ const file_gptgrpc_v1_gateway_proto_rawDesc = "" +
 	"\x19BREAKER_STATE_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14BREAKER_STATE_CLOSED\x10\x01\x12\x16\n" +
 	"\x12BREAKER_STATE_OPEN\x10\x02\x12\x1b\n" +
-	"\x17BREAKER_STATE_HALF_OPEN\x10\x03*\xe0\x06\n" +
+	"\x17BREAKER_STATE_HALF_OPEN\x10\x03*o\n" +
+	"\vImageDetail\x12\x1c\n" +
+	"\x18IMAGE_DETAIL_UNSPECIFIED\x10\x00\x12\x15\n" +
+	"\x11IMAGE_DETAIL_AUTO\x10\x01\x12\x14\n" +
+	"\x10IMAGE_DETAIL_LOW\x10\x02\x12\x15\n" +
+	"\x11IMAGE_DETAIL_HIGH\x10\x03*W\n" +
+	"\vAudioFormat\x12\x1c\n" +
+	"\x18AUDIO_FORMAT_UNSPECIFIED\x10\x00\x12\x14\n" +
+	"\x10AUDIO_FORMAT_WAV\x10\x01\x12\x14\n" +
+	"\x10AUDIO_FORMAT_MP3\x10\x02*\xa3\x01\n" +
+	"\x0fReasoningEffort\x12 \n" +
+	"\x1cREASONING_EFFORT_UNSPECIFIED\x10\x00\x12\x1c\n" +
+	"\x18REASONING_EFFORT_MINIMAL\x10\x01\x12\x18\n" +
+	"\x14REASONING_EFFORT_LOW\x10\x02\x12\x1b\n" +
+	"\x17REASONING_EFFORT_MEDIUM\x10\x03\x12\x19\n" +
+	"\x15REASONING_EFFORT_HIGH\x10\x04*c\n" +
+	"\tVerbosity\x12\x19\n" +
+	"\x15VERBOSITY_UNSPECIFIED\x10\x00\x12\x11\n" +
+	"\rVERBOSITY_LOW\x10\x01\x12\x14\n" +
+	"\x10VERBOSITY_MEDIUM\x10\x02\x12\x12\n" +
+	"\x0eVERBOSITY_HIGH\x10\x03*\xe0\x06\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fINVALID_REQUEST\x10\x01\x12\x13\n" +
@@ -4456,8 +5652,8 @@ func file_gptgrpc_v1_gateway_proto_rawDescGZIP() []byte {
 	return file_gptgrpc_v1_gateway_proto_rawDescData
 }
 
-var file_gptgrpc_v1_gateway_proto_enumTypes = make([]protoimpl.EnumInfo, 8)
-var file_gptgrpc_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 44)
+var file_gptgrpc_v1_gateway_proto_enumTypes = make([]protoimpl.EnumInfo, 12)
+var file_gptgrpc_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 53)
 var file_gptgrpc_v1_gateway_proto_goTypes = []any{
 	(Role)(0),                            // 0: gptgrpc.v1.Role
 	(ToolChoiceMode)(0),                  // 1: gptgrpc.v1.ToolChoiceMode
@@ -4466,144 +5662,174 @@ var file_gptgrpc_v1_gateway_proto_goTypes = []any{
 	(BudgetPeriod)(0),                    // 4: gptgrpc.v1.BudgetPeriod
 	(UpstreamKind)(0),                    // 5: gptgrpc.v1.UpstreamKind
 	(BreakerState)(0),                    // 6: gptgrpc.v1.BreakerState
-	(ErrorReason)(0),                     // 7: gptgrpc.v1.ErrorReason
-	(*ChatMessage)(nil),                  // 8: gptgrpc.v1.ChatMessage
-	(*Tool)(nil),                         // 9: gptgrpc.v1.Tool
-	(*ToolCall)(nil),                     // 10: gptgrpc.v1.ToolCall
-	(*ToolChoice)(nil),                   // 11: gptgrpc.v1.ToolChoice
-	(*ResponseFormat)(nil),               // 12: gptgrpc.v1.ResponseFormat
-	(*ChatCompletionRequest)(nil),        // 13: gptgrpc.v1.ChatCompletionRequest
-	(*Usage)(nil),                        // 14: gptgrpc.v1.Usage
-	(*ChatCompletionResponse)(nil),       // 15: gptgrpc.v1.ChatCompletionResponse
-	(*StreamChatCompletionRequest)(nil),  // 16: gptgrpc.v1.StreamChatCompletionRequest
-	(*ChatCompletionDelta)(nil),          // 17: gptgrpc.v1.ChatCompletionDelta
-	(*ChatCompletionSummary)(nil),        // 18: gptgrpc.v1.ChatCompletionSummary
-	(*StreamChatCompletionResponse)(nil), // 19: gptgrpc.v1.StreamChatCompletionResponse
-	(*CountTokensRequest)(nil),           // 20: gptgrpc.v1.CountTokensRequest
-	(*CountTokensResponse)(nil),          // 21: gptgrpc.v1.CountTokensResponse
-	(*RetryPolicy)(nil),                  // 22: gptgrpc.v1.RetryPolicy
-	(*ConfigureRequest)(nil),             // 23: gptgrpc.v1.ConfigureRequest
-	(*Configuration)(nil),                // 24: gptgrpc.v1.Configuration
-	(*ConfigureResponse)(nil),            // 25: gptgrpc.v1.ConfigureResponse
-	(*GetConfigurationRequest)(nil),      // 26: gptgrpc.v1.GetConfigurationRequest
-	(*GetConfigurationResponse)(nil),     // 27: gptgrpc.v1.GetConfigurationResponse
-	(*ListModelsRequest)(nil),            // 28: gptgrpc.v1.ListModelsRequest
-	(*ModelInfo)(nil),                    // 29: gptgrpc.v1.ModelInfo
-	(*ListModelsResponse)(nil),           // 30: gptgrpc.v1.ListModelsResponse
-	(*GetUsageRequest)(nil),              // 31: gptgrpc.v1.GetUsageRequest
-	(*ModelUsage)(nil),                   // 32: gptgrpc.v1.ModelUsage
-	(*GetUsageResponse)(nil),             // 33: gptgrpc.v1.GetUsageResponse
-	(*ClientLimits)(nil),                 // 34: gptgrpc.v1.ClientLimits
-	(*Client)(nil),                       // 35: gptgrpc.v1.Client
-	(*CreateClientRequest)(nil),          // 36: gptgrpc.v1.CreateClientRequest
-	(*CreateClientResponse)(nil),         // 37: gptgrpc.v1.CreateClientResponse
-	(*ListClientsRequest)(nil),           // 38: gptgrpc.v1.ListClientsRequest
-	(*ListClientsResponse)(nil),          // 39: gptgrpc.v1.ListClientsResponse
-	(*UpdateClientRequest)(nil),          // 40: gptgrpc.v1.UpdateClientRequest
-	(*UpdateClientResponse)(nil),         // 41: gptgrpc.v1.UpdateClientResponse
-	(*RevokeClientRequest)(nil),          // 42: gptgrpc.v1.RevokeClientRequest
-	(*RevokeClientResponse)(nil),         // 43: gptgrpc.v1.RevokeClientResponse
-	(*BreakerPolicy)(nil),                // 44: gptgrpc.v1.BreakerPolicy
-	(*Upstream)(nil),                     // 45: gptgrpc.v1.Upstream
-	(*FallbackModels)(nil),               // 46: gptgrpc.v1.FallbackModels
-	(*UpstreamSet)(nil),                  // 47: gptgrpc.v1.UpstreamSet
-	(*ListUpstreamsRequest)(nil),         // 48: gptgrpc.v1.ListUpstreamsRequest
-	(*UpstreamStatus)(nil),               // 49: gptgrpc.v1.UpstreamStatus
-	(*ListUpstreamsResponse)(nil),        // 50: gptgrpc.v1.ListUpstreamsResponse
-	nil,                                  // 51: gptgrpc.v1.Upstream.DeploymentsEntry
-	(*durationpb.Duration)(nil),          // 52: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),        // 53: google.protobuf.Timestamp
+	(ImageDetail)(0),                     // 7: gptgrpc.v1.ImageDetail
+	(AudioFormat)(0),                     // 8: gptgrpc.v1.AudioFormat
+	(ReasoningEffort)(0),                 // 9: gptgrpc.v1.ReasoningEffort
+	(Verbosity)(0),                       // 10: gptgrpc.v1.Verbosity
+	(ErrorReason)(0),                     // 11: gptgrpc.v1.ErrorReason
+	(*ChatMessage)(nil),                  // 12: gptgrpc.v1.ChatMessage
+	(*Tool)(nil),                         // 13: gptgrpc.v1.Tool
+	(*ToolCall)(nil),                     // 14: gptgrpc.v1.ToolCall
+	(*ToolChoice)(nil),                   // 15: gptgrpc.v1.ToolChoice
+	(*ResponseFormat)(nil),               // 16: gptgrpc.v1.ResponseFormat
+	(*ChatCompletionRequest)(nil),        // 17: gptgrpc.v1.ChatCompletionRequest
+	(*Usage)(nil),                        // 18: gptgrpc.v1.Usage
+	(*ChatCompletionResponse)(nil),       // 19: gptgrpc.v1.ChatCompletionResponse
+	(*StreamChatCompletionRequest)(nil),  // 20: gptgrpc.v1.StreamChatCompletionRequest
+	(*ChatCompletionDelta)(nil),          // 21: gptgrpc.v1.ChatCompletionDelta
+	(*ChatCompletionSummary)(nil),        // 22: gptgrpc.v1.ChatCompletionSummary
+	(*StreamChatCompletionResponse)(nil), // 23: gptgrpc.v1.StreamChatCompletionResponse
+	(*CountTokensRequest)(nil),           // 24: gptgrpc.v1.CountTokensRequest
+	(*CountTokensResponse)(nil),          // 25: gptgrpc.v1.CountTokensResponse
+	(*RetryPolicy)(nil),                  // 26: gptgrpc.v1.RetryPolicy
+	(*ConfigureRequest)(nil),             // 27: gptgrpc.v1.ConfigureRequest
+	(*Configuration)(nil),                // 28: gptgrpc.v1.Configuration
+	(*ConfigureResponse)(nil),            // 29: gptgrpc.v1.ConfigureResponse
+	(*GetConfigurationRequest)(nil),      // 30: gptgrpc.v1.GetConfigurationRequest
+	(*GetConfigurationResponse)(nil),     // 31: gptgrpc.v1.GetConfigurationResponse
+	(*ListModelsRequest)(nil),            // 32: gptgrpc.v1.ListModelsRequest
+	(*ModelInfo)(nil),                    // 33: gptgrpc.v1.ModelInfo
+	(*ListModelsResponse)(nil),           // 34: gptgrpc.v1.ListModelsResponse
+	(*GetUsageRequest)(nil),              // 35: gptgrpc.v1.GetUsageRequest
+	(*ModelUsage)(nil),                   // 36: gptgrpc.v1.ModelUsage
+	(*GetUsageResponse)(nil),             // 37: gptgrpc.v1.GetUsageResponse
+	(*ClientLimits)(nil),                 // 38: gptgrpc.v1.ClientLimits
+	(*Client)(nil),                       // 39: gptgrpc.v1.Client
+	(*CreateClientRequest)(nil),          // 40: gptgrpc.v1.CreateClientRequest
+	(*CreateClientResponse)(nil),         // 41: gptgrpc.v1.CreateClientResponse
+	(*ListClientsRequest)(nil),           // 42: gptgrpc.v1.ListClientsRequest
+	(*ListClientsResponse)(nil),          // 43: gptgrpc.v1.ListClientsResponse
+	(*UpdateClientRequest)(nil),          // 44: gptgrpc.v1.UpdateClientRequest
+	(*UpdateClientResponse)(nil),         // 45: gptgrpc.v1.UpdateClientResponse
+	(*RevokeClientRequest)(nil),          // 46: gptgrpc.v1.RevokeClientRequest
+	(*RevokeClientResponse)(nil),         // 47: gptgrpc.v1.RevokeClientResponse
+	(*BreakerPolicy)(nil),                // 48: gptgrpc.v1.BreakerPolicy
+	(*Upstream)(nil),                     // 49: gptgrpc.v1.Upstream
+	(*FallbackModels)(nil),               // 50: gptgrpc.v1.FallbackModels
+	(*UpstreamSet)(nil),                  // 51: gptgrpc.v1.UpstreamSet
+	(*ListUpstreamsRequest)(nil),         // 52: gptgrpc.v1.ListUpstreamsRequest
+	(*UpstreamStatus)(nil),               // 53: gptgrpc.v1.UpstreamStatus
+	(*ListUpstreamsResponse)(nil),        // 54: gptgrpc.v1.ListUpstreamsResponse
+	(*ContentPart)(nil),                  // 55: gptgrpc.v1.ContentPart
+	(*ImagePart)(nil),                    // 56: gptgrpc.v1.ImagePart
+	(*AudioPart)(nil),                    // 57: gptgrpc.v1.AudioPart
+	(*FilePart)(nil),                     // 58: gptgrpc.v1.FilePart
+	(*TopLogprob)(nil),                   // 59: gptgrpc.v1.TopLogprob
+	(*TokenLogprob)(nil),                 // 60: gptgrpc.v1.TokenLogprob
+	(*UrlCitation)(nil),                  // 61: gptgrpc.v1.UrlCitation
+	nil,                                  // 62: gptgrpc.v1.ChatCompletionRequest.MetadataEntry
+	nil,                                  // 63: gptgrpc.v1.StreamChatCompletionRequest.MetadataEntry
+	nil,                                  // 64: gptgrpc.v1.Upstream.DeploymentsEntry
+	(*durationpb.Duration)(nil),          // 65: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),        // 66: google.protobuf.Timestamp
 }
 var file_gptgrpc_v1_gateway_proto_depIdxs = []int32{
 	0,  // 0: gptgrpc.v1.ChatMessage.role:type_name -> gptgrpc.v1.Role
-	10, // 1: gptgrpc.v1.ChatMessage.tool_calls:type_name -> gptgrpc.v1.ToolCall
-	1,  // 2: gptgrpc.v1.ToolChoice.mode:type_name -> gptgrpc.v1.ToolChoiceMode
-	2,  // 3: gptgrpc.v1.ResponseFormat.type:type_name -> gptgrpc.v1.ResponseFormatType
-	8,  // 4: gptgrpc.v1.ChatCompletionRequest.messages:type_name -> gptgrpc.v1.ChatMessage
-	12, // 5: gptgrpc.v1.ChatCompletionRequest.response_format:type_name -> gptgrpc.v1.ResponseFormat
-	9,  // 6: gptgrpc.v1.ChatCompletionRequest.tools:type_name -> gptgrpc.v1.Tool
-	11, // 7: gptgrpc.v1.ChatCompletionRequest.tool_choice:type_name -> gptgrpc.v1.ToolChoice
-	10, // 8: gptgrpc.v1.ChatCompletionResponse.tool_calls:type_name -> gptgrpc.v1.ToolCall
-	3,  // 9: gptgrpc.v1.ChatCompletionResponse.finish_reason:type_name -> gptgrpc.v1.FinishReason
-	14, // 10: gptgrpc.v1.ChatCompletionResponse.usage:type_name -> gptgrpc.v1.Usage
-	8,  // 11: gptgrpc.v1.StreamChatCompletionRequest.messages:type_name -> gptgrpc.v1.ChatMessage
-	12, // 12: gptgrpc.v1.StreamChatCompletionRequest.response_format:type_name -> gptgrpc.v1.ResponseFormat
-	9,  // 13: gptgrpc.v1.StreamChatCompletionRequest.tools:type_name -> gptgrpc.v1.Tool
-	11, // 14: gptgrpc.v1.StreamChatCompletionRequest.tool_choice:type_name -> gptgrpc.v1.ToolChoice
-	10, // 15: gptgrpc.v1.ChatCompletionSummary.tool_calls:type_name -> gptgrpc.v1.ToolCall
-	3,  // 16: gptgrpc.v1.ChatCompletionSummary.finish_reason:type_name -> gptgrpc.v1.FinishReason
-	14, // 17: gptgrpc.v1.ChatCompletionSummary.usage:type_name -> gptgrpc.v1.Usage
-	17, // 18: gptgrpc.v1.StreamChatCompletionResponse.delta:type_name -> gptgrpc.v1.ChatCompletionDelta
-	18, // 19: gptgrpc.v1.StreamChatCompletionResponse.summary:type_name -> gptgrpc.v1.ChatCompletionSummary
-	8,  // 20: gptgrpc.v1.CountTokensRequest.messages:type_name -> gptgrpc.v1.ChatMessage
-	52, // 21: gptgrpc.v1.RetryPolicy.initial_backoff:type_name -> google.protobuf.Duration
-	52, // 22: gptgrpc.v1.RetryPolicy.max_backoff:type_name -> google.protobuf.Duration
-	52, // 23: gptgrpc.v1.ConfigureRequest.request_timeout:type_name -> google.protobuf.Duration
-	22, // 24: gptgrpc.v1.ConfigureRequest.retry_policy:type_name -> gptgrpc.v1.RetryPolicy
-	47, // 25: gptgrpc.v1.ConfigureRequest.upstreams:type_name -> gptgrpc.v1.UpstreamSet
-	52, // 26: gptgrpc.v1.Configuration.request_timeout:type_name -> google.protobuf.Duration
-	22, // 27: gptgrpc.v1.Configuration.retry_policy:type_name -> gptgrpc.v1.RetryPolicy
-	47, // 28: gptgrpc.v1.Configuration.upstreams:type_name -> gptgrpc.v1.UpstreamSet
-	24, // 29: gptgrpc.v1.ConfigureResponse.configuration:type_name -> gptgrpc.v1.Configuration
-	24, // 30: gptgrpc.v1.GetConfigurationResponse.configuration:type_name -> gptgrpc.v1.Configuration
-	29, // 31: gptgrpc.v1.ListModelsResponse.models:type_name -> gptgrpc.v1.ModelInfo
-	32, // 32: gptgrpc.v1.GetUsageResponse.models:type_name -> gptgrpc.v1.ModelUsage
-	32, // 33: gptgrpc.v1.GetUsageResponse.total:type_name -> gptgrpc.v1.ModelUsage
-	53, // 34: gptgrpc.v1.GetUsageResponse.since:type_name -> google.protobuf.Timestamp
-	4,  // 35: gptgrpc.v1.ClientLimits.budget_period:type_name -> gptgrpc.v1.BudgetPeriod
-	34, // 36: gptgrpc.v1.Client.limits:type_name -> gptgrpc.v1.ClientLimits
-	53, // 37: gptgrpc.v1.Client.create_time:type_name -> google.protobuf.Timestamp
-	53, // 38: gptgrpc.v1.Client.revoke_time:type_name -> google.protobuf.Timestamp
-	34, // 39: gptgrpc.v1.CreateClientRequest.limits:type_name -> gptgrpc.v1.ClientLimits
-	35, // 40: gptgrpc.v1.CreateClientResponse.client:type_name -> gptgrpc.v1.Client
-	35, // 41: gptgrpc.v1.ListClientsResponse.clients:type_name -> gptgrpc.v1.Client
-	34, // 42: gptgrpc.v1.UpdateClientRequest.limits:type_name -> gptgrpc.v1.ClientLimits
-	35, // 43: gptgrpc.v1.UpdateClientResponse.client:type_name -> gptgrpc.v1.Client
-	35, // 44: gptgrpc.v1.RevokeClientResponse.client:type_name -> gptgrpc.v1.Client
-	52, // 45: gptgrpc.v1.BreakerPolicy.window:type_name -> google.protobuf.Duration
-	52, // 46: gptgrpc.v1.BreakerPolicy.probe_interval:type_name -> google.protobuf.Duration
-	52, // 47: gptgrpc.v1.BreakerPolicy.quota_cooldown:type_name -> google.protobuf.Duration
-	52, // 48: gptgrpc.v1.BreakerPolicy.auth_cooldown:type_name -> google.protobuf.Duration
-	5,  // 49: gptgrpc.v1.Upstream.kind:type_name -> gptgrpc.v1.UpstreamKind
-	51, // 50: gptgrpc.v1.Upstream.deployments:type_name -> gptgrpc.v1.Upstream.DeploymentsEntry
-	44, // 51: gptgrpc.v1.Upstream.breaker:type_name -> gptgrpc.v1.BreakerPolicy
-	45, // 52: gptgrpc.v1.UpstreamSet.upstreams:type_name -> gptgrpc.v1.Upstream
-	46, // 53: gptgrpc.v1.UpstreamSet.fallbacks:type_name -> gptgrpc.v1.FallbackModels
-	44, // 54: gptgrpc.v1.UpstreamSet.breaker:type_name -> gptgrpc.v1.BreakerPolicy
-	5,  // 55: gptgrpc.v1.UpstreamStatus.kind:type_name -> gptgrpc.v1.UpstreamKind
-	6,  // 56: gptgrpc.v1.UpstreamStatus.state:type_name -> gptgrpc.v1.BreakerState
-	52, // 57: gptgrpc.v1.UpstreamStatus.retry_in:type_name -> google.protobuf.Duration
-	49, // 58: gptgrpc.v1.ListUpstreamsResponse.upstreams:type_name -> gptgrpc.v1.UpstreamStatus
-	46, // 59: gptgrpc.v1.ListUpstreamsResponse.fallbacks:type_name -> gptgrpc.v1.FallbackModels
-	13, // 60: gptgrpc.v1.GPTService.ChatCompletion:input_type -> gptgrpc.v1.ChatCompletionRequest
-	16, // 61: gptgrpc.v1.GPTService.StreamChatCompletion:input_type -> gptgrpc.v1.StreamChatCompletionRequest
-	20, // 62: gptgrpc.v1.GPTService.CountTokens:input_type -> gptgrpc.v1.CountTokensRequest
-	23, // 63: gptgrpc.v1.GPTService.Configure:input_type -> gptgrpc.v1.ConfigureRequest
-	26, // 64: gptgrpc.v1.GPTService.GetConfiguration:input_type -> gptgrpc.v1.GetConfigurationRequest
-	28, // 65: gptgrpc.v1.GPTService.ListModels:input_type -> gptgrpc.v1.ListModelsRequest
-	31, // 66: gptgrpc.v1.GPTService.GetUsage:input_type -> gptgrpc.v1.GetUsageRequest
-	36, // 67: gptgrpc.v1.GPTService.CreateClient:input_type -> gptgrpc.v1.CreateClientRequest
-	38, // 68: gptgrpc.v1.GPTService.ListClients:input_type -> gptgrpc.v1.ListClientsRequest
-	40, // 69: gptgrpc.v1.GPTService.UpdateClient:input_type -> gptgrpc.v1.UpdateClientRequest
-	42, // 70: gptgrpc.v1.GPTService.RevokeClient:input_type -> gptgrpc.v1.RevokeClientRequest
-	48, // 71: gptgrpc.v1.GPTService.ListUpstreams:input_type -> gptgrpc.v1.ListUpstreamsRequest
-	15, // 72: gptgrpc.v1.GPTService.ChatCompletion:output_type -> gptgrpc.v1.ChatCompletionResponse
-	19, // 73: gptgrpc.v1.GPTService.StreamChatCompletion:output_type -> gptgrpc.v1.StreamChatCompletionResponse
-	21, // 74: gptgrpc.v1.GPTService.CountTokens:output_type -> gptgrpc.v1.CountTokensResponse
-	25, // 75: gptgrpc.v1.GPTService.Configure:output_type -> gptgrpc.v1.ConfigureResponse
-	27, // 76: gptgrpc.v1.GPTService.GetConfiguration:output_type -> gptgrpc.v1.GetConfigurationResponse
-	30, // 77: gptgrpc.v1.GPTService.ListModels:output_type -> gptgrpc.v1.ListModelsResponse
-	33, // 78: gptgrpc.v1.GPTService.GetUsage:output_type -> gptgrpc.v1.GetUsageResponse
-	37, // 79: gptgrpc.v1.GPTService.CreateClient:output_type -> gptgrpc.v1.CreateClientResponse
-	39, // 80: gptgrpc.v1.GPTService.ListClients:output_type -> gptgrpc.v1.ListClientsResponse
-	41, // 81: gptgrpc.v1.GPTService.UpdateClient:output_type -> gptgrpc.v1.UpdateClientResponse
-	43, // 82: gptgrpc.v1.GPTService.RevokeClient:output_type -> gptgrpc.v1.RevokeClientResponse
-	50, // 83: gptgrpc.v1.GPTService.ListUpstreams:output_type -> gptgrpc.v1.ListUpstreamsResponse
-	72, // [72:84] is the sub-list for method output_type
-	60, // [60:72] is the sub-list for method input_type
-	60, // [60:60] is the sub-list for extension type_name
-	60, // [60:60] is the sub-list for extension extendee
-	0,  // [0:60] is the sub-list for field type_name
+	14, // 1: gptgrpc.v1.ChatMessage.tool_calls:type_name -> gptgrpc.v1.ToolCall
+	55, // 2: gptgrpc.v1.ChatMessage.parts:type_name -> gptgrpc.v1.ContentPart
+	1,  // 3: gptgrpc.v1.ToolChoice.mode:type_name -> gptgrpc.v1.ToolChoiceMode
+	2,  // 4: gptgrpc.v1.ResponseFormat.type:type_name -> gptgrpc.v1.ResponseFormatType
+	12, // 5: gptgrpc.v1.ChatCompletionRequest.messages:type_name -> gptgrpc.v1.ChatMessage
+	16, // 6: gptgrpc.v1.ChatCompletionRequest.response_format:type_name -> gptgrpc.v1.ResponseFormat
+	13, // 7: gptgrpc.v1.ChatCompletionRequest.tools:type_name -> gptgrpc.v1.Tool
+	15, // 8: gptgrpc.v1.ChatCompletionRequest.tool_choice:type_name -> gptgrpc.v1.ToolChoice
+	9,  // 9: gptgrpc.v1.ChatCompletionRequest.reasoning_effort:type_name -> gptgrpc.v1.ReasoningEffort
+	62, // 10: gptgrpc.v1.ChatCompletionRequest.metadata:type_name -> gptgrpc.v1.ChatCompletionRequest.MetadataEntry
+	10, // 11: gptgrpc.v1.ChatCompletionRequest.verbosity:type_name -> gptgrpc.v1.Verbosity
+	14, // 12: gptgrpc.v1.ChatCompletionResponse.tool_calls:type_name -> gptgrpc.v1.ToolCall
+	3,  // 13: gptgrpc.v1.ChatCompletionResponse.finish_reason:type_name -> gptgrpc.v1.FinishReason
+	18, // 14: gptgrpc.v1.ChatCompletionResponse.usage:type_name -> gptgrpc.v1.Usage
+	60, // 15: gptgrpc.v1.ChatCompletionResponse.logprobs:type_name -> gptgrpc.v1.TokenLogprob
+	61, // 16: gptgrpc.v1.ChatCompletionResponse.annotations:type_name -> gptgrpc.v1.UrlCitation
+	12, // 17: gptgrpc.v1.StreamChatCompletionRequest.messages:type_name -> gptgrpc.v1.ChatMessage
+	16, // 18: gptgrpc.v1.StreamChatCompletionRequest.response_format:type_name -> gptgrpc.v1.ResponseFormat
+	13, // 19: gptgrpc.v1.StreamChatCompletionRequest.tools:type_name -> gptgrpc.v1.Tool
+	15, // 20: gptgrpc.v1.StreamChatCompletionRequest.tool_choice:type_name -> gptgrpc.v1.ToolChoice
+	9,  // 21: gptgrpc.v1.StreamChatCompletionRequest.reasoning_effort:type_name -> gptgrpc.v1.ReasoningEffort
+	63, // 22: gptgrpc.v1.StreamChatCompletionRequest.metadata:type_name -> gptgrpc.v1.StreamChatCompletionRequest.MetadataEntry
+	10, // 23: gptgrpc.v1.StreamChatCompletionRequest.verbosity:type_name -> gptgrpc.v1.Verbosity
+	60, // 24: gptgrpc.v1.ChatCompletionDelta.logprobs:type_name -> gptgrpc.v1.TokenLogprob
+	14, // 25: gptgrpc.v1.ChatCompletionSummary.tool_calls:type_name -> gptgrpc.v1.ToolCall
+	3,  // 26: gptgrpc.v1.ChatCompletionSummary.finish_reason:type_name -> gptgrpc.v1.FinishReason
+	18, // 27: gptgrpc.v1.ChatCompletionSummary.usage:type_name -> gptgrpc.v1.Usage
+	61, // 28: gptgrpc.v1.ChatCompletionSummary.annotations:type_name -> gptgrpc.v1.UrlCitation
+	21, // 29: gptgrpc.v1.StreamChatCompletionResponse.delta:type_name -> gptgrpc.v1.ChatCompletionDelta
+	22, // 30: gptgrpc.v1.StreamChatCompletionResponse.summary:type_name -> gptgrpc.v1.ChatCompletionSummary
+	12, // 31: gptgrpc.v1.CountTokensRequest.messages:type_name -> gptgrpc.v1.ChatMessage
+	65, // 32: gptgrpc.v1.RetryPolicy.initial_backoff:type_name -> google.protobuf.Duration
+	65, // 33: gptgrpc.v1.RetryPolicy.max_backoff:type_name -> google.protobuf.Duration
+	65, // 34: gptgrpc.v1.ConfigureRequest.request_timeout:type_name -> google.protobuf.Duration
+	26, // 35: gptgrpc.v1.ConfigureRequest.retry_policy:type_name -> gptgrpc.v1.RetryPolicy
+	51, // 36: gptgrpc.v1.ConfigureRequest.upstreams:type_name -> gptgrpc.v1.UpstreamSet
+	65, // 37: gptgrpc.v1.Configuration.request_timeout:type_name -> google.protobuf.Duration
+	26, // 38: gptgrpc.v1.Configuration.retry_policy:type_name -> gptgrpc.v1.RetryPolicy
+	51, // 39: gptgrpc.v1.Configuration.upstreams:type_name -> gptgrpc.v1.UpstreamSet
+	28, // 40: gptgrpc.v1.ConfigureResponse.configuration:type_name -> gptgrpc.v1.Configuration
+	28, // 41: gptgrpc.v1.GetConfigurationResponse.configuration:type_name -> gptgrpc.v1.Configuration
+	33, // 42: gptgrpc.v1.ListModelsResponse.models:type_name -> gptgrpc.v1.ModelInfo
+	36, // 43: gptgrpc.v1.GetUsageResponse.models:type_name -> gptgrpc.v1.ModelUsage
+	36, // 44: gptgrpc.v1.GetUsageResponse.total:type_name -> gptgrpc.v1.ModelUsage
+	66, // 45: gptgrpc.v1.GetUsageResponse.since:type_name -> google.protobuf.Timestamp
+	4,  // 46: gptgrpc.v1.ClientLimits.budget_period:type_name -> gptgrpc.v1.BudgetPeriod
+	38, // 47: gptgrpc.v1.Client.limits:type_name -> gptgrpc.v1.ClientLimits
+	66, // 48: gptgrpc.v1.Client.create_time:type_name -> google.protobuf.Timestamp
+	66, // 49: gptgrpc.v1.Client.revoke_time:type_name -> google.protobuf.Timestamp
+	38, // 50: gptgrpc.v1.CreateClientRequest.limits:type_name -> gptgrpc.v1.ClientLimits
+	39, // 51: gptgrpc.v1.CreateClientResponse.client:type_name -> gptgrpc.v1.Client
+	39, // 52: gptgrpc.v1.ListClientsResponse.clients:type_name -> gptgrpc.v1.Client
+	38, // 53: gptgrpc.v1.UpdateClientRequest.limits:type_name -> gptgrpc.v1.ClientLimits
+	39, // 54: gptgrpc.v1.UpdateClientResponse.client:type_name -> gptgrpc.v1.Client
+	39, // 55: gptgrpc.v1.RevokeClientResponse.client:type_name -> gptgrpc.v1.Client
+	65, // 56: gptgrpc.v1.BreakerPolicy.window:type_name -> google.protobuf.Duration
+	65, // 57: gptgrpc.v1.BreakerPolicy.probe_interval:type_name -> google.protobuf.Duration
+	65, // 58: gptgrpc.v1.BreakerPolicy.quota_cooldown:type_name -> google.protobuf.Duration
+	65, // 59: gptgrpc.v1.BreakerPolicy.auth_cooldown:type_name -> google.protobuf.Duration
+	5,  // 60: gptgrpc.v1.Upstream.kind:type_name -> gptgrpc.v1.UpstreamKind
+	64, // 61: gptgrpc.v1.Upstream.deployments:type_name -> gptgrpc.v1.Upstream.DeploymentsEntry
+	48, // 62: gptgrpc.v1.Upstream.breaker:type_name -> gptgrpc.v1.BreakerPolicy
+	49, // 63: gptgrpc.v1.UpstreamSet.upstreams:type_name -> gptgrpc.v1.Upstream
+	50, // 64: gptgrpc.v1.UpstreamSet.fallbacks:type_name -> gptgrpc.v1.FallbackModels
+	48, // 65: gptgrpc.v1.UpstreamSet.breaker:type_name -> gptgrpc.v1.BreakerPolicy
+	5,  // 66: gptgrpc.v1.UpstreamStatus.kind:type_name -> gptgrpc.v1.UpstreamKind
+	6,  // 67: gptgrpc.v1.UpstreamStatus.state:type_name -> gptgrpc.v1.BreakerState
+	65, // 68: gptgrpc.v1.UpstreamStatus.retry_in:type_name -> google.protobuf.Duration
+	53, // 69: gptgrpc.v1.ListUpstreamsResponse.upstreams:type_name -> gptgrpc.v1.UpstreamStatus
+	50, // 70: gptgrpc.v1.ListUpstreamsResponse.fallbacks:type_name -> gptgrpc.v1.FallbackModels
+	56, // 71: gptgrpc.v1.ContentPart.image:type_name -> gptgrpc.v1.ImagePart
+	57, // 72: gptgrpc.v1.ContentPart.audio:type_name -> gptgrpc.v1.AudioPart
+	58, // 73: gptgrpc.v1.ContentPart.file:type_name -> gptgrpc.v1.FilePart
+	7,  // 74: gptgrpc.v1.ImagePart.detail:type_name -> gptgrpc.v1.ImageDetail
+	8,  // 75: gptgrpc.v1.AudioPart.format:type_name -> gptgrpc.v1.AudioFormat
+	59, // 76: gptgrpc.v1.TokenLogprob.top_logprobs:type_name -> gptgrpc.v1.TopLogprob
+	17, // 77: gptgrpc.v1.GPTService.ChatCompletion:input_type -> gptgrpc.v1.ChatCompletionRequest
+	20, // 78: gptgrpc.v1.GPTService.StreamChatCompletion:input_type -> gptgrpc.v1.StreamChatCompletionRequest
+	24, // 79: gptgrpc.v1.GPTService.CountTokens:input_type -> gptgrpc.v1.CountTokensRequest
+	27, // 80: gptgrpc.v1.GPTService.Configure:input_type -> gptgrpc.v1.ConfigureRequest
+	30, // 81: gptgrpc.v1.GPTService.GetConfiguration:input_type -> gptgrpc.v1.GetConfigurationRequest
+	32, // 82: gptgrpc.v1.GPTService.ListModels:input_type -> gptgrpc.v1.ListModelsRequest
+	35, // 83: gptgrpc.v1.GPTService.GetUsage:input_type -> gptgrpc.v1.GetUsageRequest
+	40, // 84: gptgrpc.v1.GPTService.CreateClient:input_type -> gptgrpc.v1.CreateClientRequest
+	42, // 85: gptgrpc.v1.GPTService.ListClients:input_type -> gptgrpc.v1.ListClientsRequest
+	44, // 86: gptgrpc.v1.GPTService.UpdateClient:input_type -> gptgrpc.v1.UpdateClientRequest
+	46, // 87: gptgrpc.v1.GPTService.RevokeClient:input_type -> gptgrpc.v1.RevokeClientRequest
+	52, // 88: gptgrpc.v1.GPTService.ListUpstreams:input_type -> gptgrpc.v1.ListUpstreamsRequest
+	19, // 89: gptgrpc.v1.GPTService.ChatCompletion:output_type -> gptgrpc.v1.ChatCompletionResponse
+	23, // 90: gptgrpc.v1.GPTService.StreamChatCompletion:output_type -> gptgrpc.v1.StreamChatCompletionResponse
+	25, // 91: gptgrpc.v1.GPTService.CountTokens:output_type -> gptgrpc.v1.CountTokensResponse
+	29, // 92: gptgrpc.v1.GPTService.Configure:output_type -> gptgrpc.v1.ConfigureResponse
+	31, // 93: gptgrpc.v1.GPTService.GetConfiguration:output_type -> gptgrpc.v1.GetConfigurationResponse
+	34, // 94: gptgrpc.v1.GPTService.ListModels:output_type -> gptgrpc.v1.ListModelsResponse
+	37, // 95: gptgrpc.v1.GPTService.GetUsage:output_type -> gptgrpc.v1.GetUsageResponse
+	41, // 96: gptgrpc.v1.GPTService.CreateClient:output_type -> gptgrpc.v1.CreateClientResponse
+	43, // 97: gptgrpc.v1.GPTService.ListClients:output_type -> gptgrpc.v1.ListClientsResponse
+	45, // 98: gptgrpc.v1.GPTService.UpdateClient:output_type -> gptgrpc.v1.UpdateClientResponse
+	47, // 99: gptgrpc.v1.GPTService.RevokeClient:output_type -> gptgrpc.v1.RevokeClientResponse
+	54, // 100: gptgrpc.v1.GPTService.ListUpstreams:output_type -> gptgrpc.v1.ListUpstreamsResponse
+	89, // [89:101] is the sub-list for method output_type
+	77, // [77:89] is the sub-list for method input_type
+	77, // [77:77] is the sub-list for extension type_name
+	77, // [77:77] is the sub-list for extension extendee
+	0,  // [0:77] is the sub-list for field type_name
 }
 
 func init() { file_gptgrpc_v1_gateway_proto_init() }
@@ -4632,13 +5858,19 @@ func file_gptgrpc_v1_gateway_proto_init() {
 	file_gptgrpc_v1_gateway_proto_msgTypes[26].OneofWrappers = []any{}
 	file_gptgrpc_v1_gateway_proto_msgTypes[36].OneofWrappers = []any{}
 	file_gptgrpc_v1_gateway_proto_msgTypes[37].OneofWrappers = []any{}
+	file_gptgrpc_v1_gateway_proto_msgTypes[43].OneofWrappers = []any{
+		(*ContentPart_Text)(nil),
+		(*ContentPart_Image)(nil),
+		(*ContentPart_Audio)(nil),
+		(*ContentPart_File)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_gptgrpc_v1_gateway_proto_rawDesc), len(file_gptgrpc_v1_gateway_proto_rawDesc)),
-			NumEnums:      8,
-			NumMessages:   44,
+			NumEnums:      12,
+			NumMessages:   53,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -46,6 +46,7 @@ interface ContractCase {
     stream?: { content?: string; min_deltas?: number; summary?: Json };
     error?: Json;
     upstream_chat_requests?: number;
+    upstream_request?: Json;
   };
 }
 
@@ -237,6 +238,11 @@ test("contract", async (t) => {
         if (exp.upstream_chat_requests !== undefined) {
           const stats = (await standin(`${standinUrl}/_standin/stats`)) as { requests: number };
           assert.equal(stats.requests, exp.upstream_chat_requests, "chat requests the stand-in received");
+        }
+        if (exp.upstream_request !== undefined) {
+          const records = (await standin(`${standinUrl}/_standin/requests`)) as Array<{ body: unknown }>;
+          assert.ok(records.length > 0, "the stand-in recorded no chat request");
+          check("upstream_request", exp.upstream_request, records[records.length - 1]!.body);
         }
 
         // 5: save values for later cases (every check above passed: they throw).

@@ -54,6 +54,15 @@ import {
 
 export * from "./gen/gptgrpc/v1/gateway_pb.js";
 export {
+  audioPart,
+  filePart,
+  imagePart,
+  textPart,
+  userMessage,
+  type DetailLike,
+  type MediaSource,
+} from "./parts.js";
+export {
   BadRequestSchema,
   ErrorInfoSchema,
   QuotaFailureSchema,

@@ -9,6 +9,7 @@ of the request itself.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, Protocol
 
@@ -17,7 +18,20 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from gptgrpc.v1 import gateway_pb2 as pb
 
 from ..accounts import ClientRecord
-from ..chat import ChatRequest, ChatResult, Delta, ToolCall, Usage
+from ..chat import (
+    AudioPart,
+    ChatRequest,
+    ChatResult,
+    Delta,
+    FilePart,
+    ImagePart,
+    Part,
+    TextPart,
+    TokenLogprob,
+    ToolCall,
+    UrlCitation,
+    Usage,
+)
 from ..errors import FieldViolation, invalid
 from ..limits import Limits
 from ..settings import Settings, SettingsUpdate, mask_key
@@ -45,13 +59,31 @@ TOOL_CHOICE_MODES: Mapping[int, str] = {
     pb.TOOL_CHOICE_MODE_NONE: "none",
     pb.TOOL_CHOICE_MODE_REQUIRED: "required",
 }
+IMAGE_DETAILS: Mapping[int, str | None] = {
+    pb.IMAGE_DETAIL_UNSPECIFIED: None,
+    pb.IMAGE_DETAIL_AUTO: "auto",
+    pb.IMAGE_DETAIL_LOW: "low",
+    pb.IMAGE_DETAIL_HIGH: "high",
+}
+AUDIO_FORMATS: Mapping[int, str] = {pb.AUDIO_FORMAT_WAV: "wav", pb.AUDIO_FORMAT_MP3: "mp3"}
+REASONING_EFFORTS: Mapping[int, str] = {
+    pb.REASONING_EFFORT_MINIMAL: "minimal",
+    pb.REASONING_EFFORT_LOW: "low",
+    pb.REASONING_EFFORT_MEDIUM: "medium",
+    pb.REASONING_EFFORT_HIGH: "high",
+}
+VERBOSITIES: Mapping[int, str] = {pb.VERBOSITY_LOW: "low", pb.VERBOSITY_MEDIUM: "medium", pb.VERBOSITY_HIGH: "high"}
 # Bound on the text of one JSON schema / tool parameters field.
 MAX_SCHEMA_BYTES = 1_000_000
+# Bound on extra_body_json: room for a guided_json schema, not for a second request.
+MAX_EXTRA_BODY_BYTES = 256 * 1024
 # orjson reads JSON nested up to 1024 levels but writes at most 255, and the
 # schema sits a few levels down in the upstream body: a deeper schema would be
 # accepted here and then fail to be sent (INTERNAL). Refuse it as invalid.
 MAX_SCHEMA_DEPTH = 128
 SCALAR_PARAMS = ("temperature", "max_tokens", "top_p", "seed", "presence_penalty", "frequency_penalty")
+# Optional fields of the chat surface passed on as set (explicit presence).
+OPTION_PARAMS = ("parallel_tool_calls", "logprobs", "top_logprobs", "store")
 
 
 class _ChatFields(Protocol):
@@ -61,6 +93,10 @@ class _ChatFields(Protocol):
     system_message: str
     user_message: str
     user: str
+    reasoning_effort: int
+    service_tier: str
+    verbosity: int
+    extra_body_json: str
 
     @property
     def messages(self) -> Sequence[pb.ChatMessage]: ...
@@ -72,12 +108,16 @@ class _ChatFields(Protocol):
     def response_format(self) -> pb.ResponseFormat: ...
     @property
     def tool_choice(self) -> pb.ToolChoice: ...
+    @property
+    def metadata(self) -> Mapping[str, str]: ...
     def HasField(self, field_name: Any) -> bool: ...
 
 
-def _json_object(text: str, field: str, out: list[FieldViolation]) -> dict[str, Any] | None:
-    if len(text) > MAX_SCHEMA_BYTES:
-        out.append(FieldViolation(field, f"must be at most {MAX_SCHEMA_BYTES} bytes"))
+def _json_object(
+    text: str, field: str, out: list[FieldViolation], limit: int = MAX_SCHEMA_BYTES
+) -> dict[str, Any] | None:
+    if len(text) > limit:
+        out.append(FieldViolation(field, f"must be at most {limit} bytes"))
         return None
     try:
         value = orjson.loads(text)
@@ -103,9 +143,34 @@ def _deeper_than(value: Any, limit: int) -> bool:
     return any(isinstance(v, (dict, list)) for v in level)
 
 
-def _message(m: pb.ChatMessage) -> dict[str, Any]:
+def _part(p: pb.ContentPart, path: str, out: list[FieldViolation]) -> Part | None:
+    which = p.WhichOneof("part")
+    if which == "text":
+        return TextPart(p.text)
+    if which == "image":
+        image = p.image
+        if image.detail not in IMAGE_DETAILS:
+            out.append(FieldViolation(f"{path}.image.detail", "must be AUTO, LOW or HIGH"))
+        return ImagePart(image.url, image.data, image.mime_type, IMAGE_DETAILS.get(image.detail))
+    if which == "audio":
+        # An unset or unknown format has no name: the validator refuses the empty one.
+        return AudioPart(p.audio.data, AUDIO_FORMATS.get(p.audio.format, ""))
+    if which == "file":
+        return FilePart(p.file.data, p.file.filename, p.file.mime_type)
+    out.append(FieldViolation(path, "must hold one of text, image, audio or file"))
+    return None
+
+
+def _message(m: pb.ChatMessage, index: int, out: list[FieldViolation]) -> dict[str, Any]:
     # An unknown role number has no name: the validator refuses the empty one.
-    message: dict[str, Any] = {"role": ROLE_NAMES.get(m.role, ""), "content": m.content}
+    content: str | list[Part] = m.content
+    if m.parts:
+        path = f"messages[{index}]"
+        if m.content:
+            out.append(FieldViolation(f"{path}.parts", "give either content or parts, not both"))
+        parts = [_part(p, f"{path}.parts[{j}]", out) for j, p in enumerate(m.parts)]
+        content = [p for p in parts if p is not None]
+    message: dict[str, Any] = {"role": ROLE_NAMES.get(m.role, ""), "content": content}
     if m.HasField("name"):
         message["name"] = m.name
     if m.HasField("tool_call_id"):
@@ -115,9 +180,22 @@ def _message(m: pb.ChatMessage) -> dict[str, Any]:
             {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments_json}}
             for c in m.tool_calls
         ]
-        if not m.content:
+        if not content:
             message["content"] = None
     return message
+
+
+def _enum_param(
+    value: int, names: Mapping[int, str], name: str, params: dict[str, Any], out: list[FieldViolation]
+) -> None:
+    """An enum request field: unset (0) sends nothing, a known value its name, an unknown number a violation."""
+    if value == 0:
+        return
+    known = names.get(value)
+    if known is None:
+        out.append(FieldViolation(name, f"must be one of {', '.join(v.upper() for v in names.values())}"))
+    else:
+        params[name] = known
 
 
 def chat_request(req: _ChatFields, request_id: str | None = None) -> ChatRequest:
@@ -159,14 +237,32 @@ def chat_request(req: _ChatFields, request_id: str | None = None) -> ChatRequest
         fmt = _response_format(req.response_format, out)
         if fmt is not None:
             params["response_format"] = fmt
+    extra = _options(req, params, out)
     if req.messages:
         if req.system_message or req.user_message:
             out.append(FieldViolation("messages", "give either system_message/user_message or messages, not both"))
-        messages = [_message(m) for m in req.messages]
-        return ChatRequest(req.model, messages, params, request_id=request_id, problems=tuple(out))
-    return ChatRequest.from_pair(
+        messages = [_message(m, i, out) for i, m in enumerate(req.messages)]
+        return ChatRequest(req.model, messages, params, request_id=request_id, problems=tuple(out), extra=extra)
+    request = ChatRequest.from_pair(
         req.model, req.system_message, req.user_message, params, request_id=request_id, problems=tuple(out)
     )
+    return request if not extra else dataclasses.replace(request, extra=extra)
+
+
+def _options(req: _ChatFields, params: dict[str, Any], out: list[FieldViolation]) -> dict[str, Any]:
+    """The chat surface's options (fields 16-24) into `params`; the parsed extra_body_json."""
+    _enum_param(req.reasoning_effort, REASONING_EFFORTS, "reasoning_effort", params, out)
+    _enum_param(req.verbosity, VERBOSITIES, "verbosity", params, out)
+    for name in OPTION_PARAMS:
+        if req.HasField(name):
+            params[name] = getattr(req, name)
+    if req.service_tier:
+        params["service_tier"] = req.service_tier
+    if req.metadata:
+        params["metadata"] = dict(req.metadata)
+    if not req.extra_body_json:
+        return {}
+    return _json_object(req.extra_body_json, "extra_body_json", out, MAX_EXTRA_BODY_BYTES) or {}
 
 
 def _response_format(fmt: pb.ResponseFormat, out: list[FieldViolation]) -> dict[str, Any] | None:
@@ -184,8 +280,10 @@ def _response_format(fmt: pb.ResponseFormat, out: list[FieldViolation]) -> dict[
     return None
 
 
-def count_messages(messages: Sequence[pb.ChatMessage]) -> list[dict[str, Any]]:
-    return [_message(m) for m in messages]
+def count_messages(messages: Sequence[pb.ChatMessage]) -> tuple[list[dict[str, Any]], list[FieldViolation]]:
+    """CountTokens' messages, and what could not be translated (validate_counted adds the rules)."""
+    out: list[FieldViolation] = []
+    return [_message(m, i, out) for i, m in enumerate(messages)], out
 
 
 def _usage(u: Usage) -> pb.Usage:
@@ -203,8 +301,26 @@ def _tool_calls(calls: Sequence[ToolCall]) -> list[pb.ToolCall]:
     return [pb.ToolCall(id=c.id, name=c.name, arguments_json=c.arguments) for c in calls]
 
 
+def _logprobs(logprobs: Sequence[TokenLogprob]) -> list[pb.TokenLogprob]:
+    return [
+        pb.TokenLogprob(
+            token=t.token,
+            logprob=t.logprob,
+            bytes=t.bytes,
+            top_logprobs=[pb.TopLogprob(token=a.token, logprob=a.logprob, bytes=a.bytes) for a in t.top],
+        )
+        for t in logprobs
+    ]
+
+
+def _citations(citations: Sequence[UrlCitation]) -> list[pb.UrlCitation]:
+    return [
+        pb.UrlCitation(url=c.url, title=c.title, start_index=c.start_index, end_index=c.end_index) for c in citations
+    ]
+
+
 def chat_response(r: ChatResult) -> pb.ChatCompletionResponse:
-    return pb.ChatCompletionResponse(
+    response = pb.ChatCompletionResponse(
         content=r.content,
         tool_calls=_tool_calls(r.tool_calls),
         finish_reason=FINISH_REASONS.get(r.finish_reason or "", pb.FINISH_REASON_UNSPECIFIED),  # type: ignore[arg-type]
@@ -215,30 +331,43 @@ def chat_response(r: ChatResult) -> pb.ChatCompletionResponse:
         attempts=r.attempts,
         refusal=r.refusal,
         upstream=r.upstream,
+        service_tier=r.service_tier,
+        system_fingerprint=r.system_fingerprint,
     )
+    if r.logprobs:
+        response.logprobs.extend(_logprobs(r.logprobs))
+    if r.annotations:
+        response.annotations.extend(_citations(r.annotations))
+    return response
 
 
 def stream_event(event: Delta | ChatResult) -> pb.StreamChatCompletionResponse:
     if isinstance(event, Delta):
-        return pb.StreamChatCompletionResponse(
-            delta=pb.ChatCompletionDelta(content=event.content, refusal=event.refusal)
-        )
-    return pb.StreamChatCompletionResponse(
-        summary=pb.ChatCompletionSummary(
-            tool_calls=_tool_calls(event.tool_calls),
-            finish_reason=FINISH_REASONS.get(event.finish_reason or "", pb.FINISH_REASON_UNSPECIFIED),  # type: ignore[arg-type]
-            model=event.model,
-            id=event.id,
-            usage=_usage(event.usage),
-            cost_usd=event.cost_usd,
-            attempts=event.attempts,
-            upstream=event.upstream,
-        )
+        delta = pb.ChatCompletionDelta(content=event.content, refusal=event.refusal)
+        if event.logprobs:
+            delta.logprobs.extend(_logprobs(event.logprobs))
+        return pb.StreamChatCompletionResponse(delta=delta)
+    summary = pb.ChatCompletionSummary(
+        tool_calls=_tool_calls(event.tool_calls),
+        finish_reason=FINISH_REASONS.get(event.finish_reason or "", pb.FINISH_REASON_UNSPECIFIED),  # type: ignore[arg-type]
+        model=event.model,
+        id=event.id,
+        usage=_usage(event.usage),
+        cost_usd=event.cost_usd,
+        attempts=event.attempts,
+        service_tier=event.service_tier,
+        system_fingerprint=event.system_fingerprint,
+        upstream=event.upstream,
     )
+    if event.annotations:
+        summary.annotations.extend(_citations(event.annotations))
+    return pb.StreamChatCompletionResponse(summary=summary)
 
 
 def token_count(c: TokenCount) -> pb.CountTokensResponse:
-    return pb.CountTokensResponse(token_count=c.tokens, encoding=c.encoding, encoding_fallback=c.fallback)
+    return pb.CountTokensResponse(
+        token_count=c.tokens, encoding=c.encoding, encoding_fallback=c.fallback, estimated=c.estimated
+    )
 
 
 def _seconds(d: duration_pb2.Duration) -> float:

@@ -13,6 +13,9 @@ import orjson
 ACCESS = logging.getLogger("gpt_grpc.access")
 # A caller-chosen string (a model name, say) is cut to this many characters in a log line.
 MAX_LOGGED_CHARS = 256
+# Caller-chosen key names (extra_body_json's): at most this many, each cut to MAX_LOGGED_KEY_CHARS.
+MAX_LOGGED_KEYS = 32
+MAX_LOGGED_KEY_CHARS = 64
 NOISY = ("httpx", "httpx2", "httpcore", "httpcore2", "aiohttp.access")
 
 
@@ -43,6 +46,14 @@ def clip(text: str, limit: int = MAX_LOGGED_CHARS) -> str:
     if len(text) <= limit:
         return text
     return f"{text[:limit]}...[{len(text)} chars]"
+
+
+def key_names(keys: tuple[str, ...]) -> list[str]:
+    """Key names for a log line (never their values), bounded in number and length."""
+    names = [clip(key, MAX_LOGGED_KEY_CHARS) for key in keys[:MAX_LOGGED_KEYS]]
+    if len(keys) > MAX_LOGGED_KEYS:
+        names.append(f"...[{len(keys)} keys]")
+    return names
 
 
 def configure(level: str = "INFO") -> None:

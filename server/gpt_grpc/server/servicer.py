@@ -3,8 +3,9 @@
 Every handler is wrapped by `rpc`/`stream_rpc`, which gives the call a
 request id, authorizes it (admin, client or open), admits it, turns a
 GatewayError into its status with details, turns anything unexpected into
-INTERNAL (logged with its traceback, never sent), lets cancellation through,
-and finally writes one access-log line and the metrics.
+INTERNAL (logged with its traceback, never sent), lets cancellation through
+(recorded as DEADLINE_EXCEEDED when it is the caller's deadline passing, as
+CANCELLED otherwise), and finally writes one access-log line and the metrics.
 """
 
 from __future__ import annotations
@@ -54,6 +55,16 @@ MAX_COUNT_TOKENS_BYTES = 4 * 1024 * 1024
 _MAX_UTF8_BYTES = 4  # per character
 # A caller's x-request-id is used as given when it is this tame.
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+# When a call's deadline passes, grpc.aio cancels its handler just as it does when
+# the caller cancels; what tells the two apart is how much of the deadline is left.
+# The caller's own timer usually fires first and cancels the call on the wire (the
+# same cancel as a real one), while the server's deadline lies later by the trip of
+# the request's headers and by the rounding up of grpc-timeout (to 10 ms units from
+# 1 s, 100 ms from 10 s: at most 1% of the timeout, gRPC's timeout encoding). On
+# loopback that was up to 3 ms left (tests/test_deadlines.py); a cancellation with
+# less than the slack below left (at most half of a short call's time) is the deadline.
+DEADLINE_SLACK_SECONDS = 0.05
+DEADLINE_SLACK_RATIO = 0.02
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
@@ -91,6 +102,19 @@ class Call:
     code: grpc.StatusCode = grpc.StatusCode.OK
     reason: str | None = None
     upstream: str | None = None  # the configured upstream that answered (or failed last)
+    extra_keys: tuple[str, ...] = ()  # extra_body_json's key names (never its values)
+    # The caller's deadline (a time.monotonic() instant) and the time it gave the call; None without one.
+    deadline: float | None = None
+    budget: float | None = None
+
+    def cancelled(self) -> None:
+        """Record a cancellation: the deadline passing (DEADLINE_EXCEEDED) or the caller leaving (CANCELLED)."""
+        if self.deadline is not None and self.budget is not None:
+            left = self.deadline - time.monotonic()
+            if left <= min(DEADLINE_SLACK_SECONDS, self.budget / 2) + DEADLINE_SLACK_RATIO * self.budget:
+                self.code, self.reason = grpc.StatusCode.DEADLINE_EXCEEDED, Reason.DEADLINE_EXCEEDED.value
+                return
+        self.code, self.reason = grpc.StatusCode.CANCELLED, None
 
     def took(self, result: ChatResult) -> None:
         self.model, self.usage, self.cost_usd, self.attempts, self.upstream = (
@@ -115,11 +139,6 @@ def _request_id(context: Context) -> str:
     return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
 
 
-def _deadline(context: Context) -> float | None:
-    remaining = context.time_remaining()
-    return None if remaining is None else time.monotonic() + remaining
-
-
 Handler = Callable[[Any, Req, Context, Call], Awaitable[Resp]]
 StreamHandler = Callable[[Any, Req, Context, Call], AsyncIterator[Resp]]
 
@@ -135,7 +154,7 @@ def rpc(access: Access) -> Callable[[Handler[Req, Resp]], Callable[[Any, Req, Co
                 await self._open(call, access, request, context)
                 return await fn(self, request, context, call)
             except asyncio.CancelledError:
-                call.code = grpc.StatusCode.CANCELLED
+                call.cancelled()
                 raise
             except Exception as exc:
                 await self._fail(context, call, exc)
@@ -165,7 +184,7 @@ def stream_rpc(
                 async for event in events:
                     yield event
             except (asyncio.CancelledError, GeneratorExit):
-                call.code = grpc.StatusCode.CANCELLED
+                call.cancelled()
                 raise
             except Exception as exc:
                 await self._fail(context, call, exc)
@@ -192,13 +211,30 @@ def add_to_server(servicer: GPTServicer, server: Any) -> None:
 
 
 def _counted_bytes(request: pb.CountTokensRequest) -> int:
-    """The size of what CountTokens would count: the text in UTF-8, or the messages serialized."""
+    """The size of what CountTokens would count: the text in UTF-8, or the messages serialized.
+
+    Inline media do not count toward it: an image costs a look at its header,
+    not a tokenizer's time; media have their own bounds (media.py).
+    """
     if request.messages:
-        return sum(message.ByteSize() for message in request.messages)
+        return sum(message.ByteSize() - _media_bytes(message) for message in request.messages)
     text = request.text
     if len(text) * _MAX_UTF8_BYTES <= MAX_COUNT_TOKENS_BYTES:
         return len(text)  # small enough whatever its characters: no need to encode it
     return len(text.encode("utf-8", "surrogatepass"))
+
+
+def _media_bytes(message: pb.ChatMessage) -> int:
+    total = 0
+    for part in message.parts:
+        which = part.WhichOneof("part")
+        if which == "image":
+            total += len(part.image.data) + len(part.image.url)
+        elif which == "audio":
+            total += len(part.audio.data)
+        elif which == "file":
+            total += len(part.file.data)
+    return total
 
 
 def _internal(method: str) -> GatewayError:
@@ -234,6 +270,9 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
 
     def _begin(self, method: str, context: Context) -> Call:
         call = Call(method=method, request_id=_request_id(context), peer=context.peer() or "")
+        remaining = context.time_remaining()
+        if remaining is not None:
+            call.deadline, call.budget = time.monotonic() + remaining, remaining
         context.set_trailing_metadata((("x-request-id", call.request_id),))
         return call
 
@@ -323,6 +362,8 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
             fields["attempts"] = call.attempts
         if call.upstream:
             fields["upstream"] = call.upstream
+        if call.extra_keys:
+            fields["extra_body_keys"] = logs.key_names(call.extra_keys)
         logs.access(fields)
 
     def _cost(self, call: Call) -> float | None:
@@ -334,6 +375,8 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
     async def _prepare(self, request: Any, call: Call) -> PreparedCall:
         chat = convert.chat_request(request, call.request_id)
         call.model = chat.model  # as asked, until the engine has resolved it
+        if chat.extra:
+            call.extra_keys = tuple(chat.extra)
         prepared = self.engine.prepare(chat)
         call.model = prepared.model.name
         await self._meter(call, prepared)
@@ -345,7 +388,7 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
     async def ChatCompletion(
         self, request: pb.ChatCompletionRequest, context: Context, call: Call
     ) -> pb.ChatCompletionResponse:
-        result = await self.engine.acomplete(await self._prepare(request, call), deadline=_deadline(context))
+        result = await self.engine.acomplete(await self._prepare(request, call), deadline=call.deadline)
         call.took(result)
         return convert.chat_response(result)
 
@@ -353,7 +396,7 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
     async def StreamChatCompletion(
         self, request: pb.StreamChatCompletionRequest, context: Context, call: Call
     ) -> AsyncIterator[pb.StreamChatCompletionResponse]:
-        events = self.engine.astream(await self._prepare(request, call), deadline=_deadline(context))
+        events = self.engine.astream(await self._prepare(request, call), deadline=call.deadline)
         try:
             async for event in events:
                 if isinstance(event, ChatResult):
@@ -373,20 +416,26 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
             violations.append(FieldViolation("model", bad_model))
         else:
             call.model = name
+        too_large = False
         if request.messages and request.text:
             violations.append(FieldViolation("text", "give either text or messages, not both"))
         elif _counted_bytes(request) > MAX_COUNT_TOKENS_BYTES:
+            too_large = True
             where = "messages" if request.messages else "text"
             violations.append(FieldViolation(where, f"must be at most {MAX_COUNT_TOKENS_BYTES // 1024 // 1024} MiB"))
+        # Every violation at once: the messages' own too (unless there are too many bytes of them to read).
+        messages: list[dict[str, Any]] = []
+        if request.messages and not too_large:
+            messages, problems = convert.count_messages(request.messages)
+            violations.extend(problems)
+        violations.extend(validate_counted(messages))
         if violations:
             raise invalid(violations)
         model = self.engine.models.resolve(name, priced=False)
         if request.messages:
-            messages = convert.count_messages(request.messages)
-            violations = validate_counted(messages)
-            if violations:
-                raise invalid(violations)
-            count = tokens.count_messages(messages, model.name, encoding=model.encoding)
+            count = tokens.count_messages(
+                messages, model.name, encoding=model.encoding, image_billing=model.image_tokens
+            )
         elif len(request.text) > LARGE_TEXT_CHARS:
             # Megabytes take a while: keep the event loop serving other calls meanwhile.
             count = await tokens.count_text_off_loop(request.text, model.name, encoding=model.encoding)
@@ -411,7 +460,14 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
                 context_window=spec.context_window,
                 max_output_tokens=spec.max_output_tokens,
                 reasoning=spec.reasoning,
+                verbosity=spec.verbosity,
             )
+            billing = spec.image_tokens
+            if billing is not None and billing.patch_multiplier is not None:
+                info.image_patch_multiplier = billing.patch_multiplier
+            elif billing is not None:
+                info.image_base_tokens = billing.base
+                info.image_tile_tokens = billing.tile
             if price is not None:
                 info.input_usd_per_million = float(price.input_usd_per_million)
                 if price.cached_input_usd_per_million is not None:

@@ -13,16 +13,31 @@ when set, and the caller's request id as `X-Client-Request-Id`.
 `azure_endpoint` builds the Azure OpenAI kind: one endpoint per deployment,
 `POST <base_url>/openai/deployments/<deployment>/chat/completions?api-version=<v>`
 with the key in an `api-key` header.
+
+`chat_body` builds the JSON body every kind sends, once per call: a
+message's parts become OpenAI's content-part objects (inline bytes as base64:
+`image_url` data URLs, `input_audio`, `file` with a data URL), the model's
+quirks are applied (`catalog.adapt_request`), and extra_body_json is merged
+last (`chat.validate` has refused any key it may not set). A message whose
+content is a string, and a request without extra_body_json, are passed on as
+they are.
 """
 
 from __future__ import annotations
 
+import base64
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import metadata
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 import httpx2
 
+from .. import media
+from ..catalog import adapt_request
+from ..chat import AudioPart, ChatRequest, FilePart, ImagePart, TextPart
+from ..models import ModelRecord
 from ..settings import Settings
 from ..upstreams import UpstreamSpec
 from .scrub import Scrubber
@@ -133,3 +148,44 @@ def _endpoint(
         scrubber=scrubber,
         upstream=upstream,
     )
+
+
+# --------------------------------------------------------------------------- the body
+
+
+def chat_body(request: ChatRequest, model: ModelRecord) -> dict[str, Any]:
+    """The upstream body of a validated request (without the stream flags)."""
+    body = request.body()
+    for message in request.messages:
+        if type(message.get("content")) is list:
+            body["messages"] = [_with_parts(m) for m in request.messages]
+            break
+    body = adapt_request(body, model.spec, model.name)
+    if request.extra:
+        body.update(request.extra)
+    return body
+
+
+def _with_parts(message: Mapping[str, Any]) -> Mapping[str, Any]:
+    content = message.get("content")
+    if not isinstance(content, list):
+        return message
+    return {**message, "content": [_part(p) for p in content]}
+
+
+def _part(part: object) -> object:
+    """One content part as OpenAI's chat completions API takes it (an OpenAI-shaped dict passes as is)."""
+    if isinstance(part, TextPart):
+        return {"type": "text", "text": part.text}
+    if isinstance(part, ImagePart):
+        image: dict[str, Any] = {"url": media.data_url(part.mime_type, part.data) if part.data else part.url}
+        if part.detail is not None:
+            image["detail"] = part.detail
+        return {"type": "image_url", "image_url": image}
+    if isinstance(part, AudioPart):
+        encoded = base64.b64encode(part.data).decode("ascii")
+        return {"type": "input_audio", "input_audio": {"data": encoded, "format": part.format}}
+    if isinstance(part, FilePart):
+        mime_type = part.mime_type or media.guess_mime_type(part.filename) or ""
+        return {"type": "file", "file": {"filename": part.filename, "file_data": media.data_url(mime_type, part.data)}}
+    return part

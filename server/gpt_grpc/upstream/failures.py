@@ -2,9 +2,17 @@
 
 `translate` is the one mapping from what can go wrong during an attempt to
 the gateway's error: a timeout (ours or the transport's), a connection that
-failed or dropped, an HTTP error status, an `{"error": ...}` event inside a
-stream, a body that cannot be read, a stream cut short, an answer larger
-than the gateway relays. The original exception stays chained as the cause.
+could not be made or that the upstream closed before answering, an HTTP
+error status, an `{"error": ...}` event inside a stream, a body that cannot
+be read, an answer cut short, an answer larger than the gateway relays. The
+original exception stays chained as the cause.
+
+Once the upstream has answered (a 2xx status line), whatever goes wrong with
+the answer - a body that is not JSON, a stream that is not server-sent
+events, an answer the connection cut or that ended before its finish_reason -
+is UPSTREAM_RESPONSE_INVALID, and the error keeps the status and request id
+of that answer, for a stream as for a whole answer. Before any answer, a
+dropped connection is UPSTREAM_UNAVAILABLE.
 
 Text that came from the upstream (its error message and code, its request
 id) is scrubbed of every key the gateway holds (scrub.py) and bounded in
@@ -19,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import socket
 import ssl
 from collections.abc import Mapping
 from typing import Any
@@ -59,7 +68,15 @@ class ErrorEvent(Exception):
 
 
 class StreamCut(Exception):
-    """A stream ended before its answer was complete (no finish_reason)."""
+    """A stream ended before its answer was complete (no finish_reason).
+
+    `sse` is False when the body held no server-sent event at all (an HTML page
+    or a JSON body where a stream was expected), not a stream cut short.
+    """
+
+    def __init__(self, *, sse: bool = True) -> None:
+        super().__init__("upstream stream ended before the answer was complete" if sse else "not an event stream")
+        self.sse = sse
 
 
 class AnswerTooLarge(Exception):
@@ -75,14 +92,20 @@ _PASS_THROUGH = (asyncio.CancelledError, GeneratorExit, KeyboardInterrupt, Syste
 # The connection failed or dropped: httpx2's errors, and what its own transport may
 # leak untranslated (ssl.SSLError, anyio.EndOfStream), and plain socket errors.
 _CONNECTION_ERRORS = (httpx2.HTTPError, ssl.SSLError, anyio.EndOfStream, OSError)
+# Of those, the ones that mean no connection was ever made (both transports raise
+# httpx2.ConnectError when connecting fails; the others are there if one leaks them).
+_NOT_CONNECTED = (httpx2.ConnectError, ConnectionRefusedError, socket.gaierror)
 # A body or an event the gateway cannot read.
 _UNREADABLE = (ValueError, KeyError, TypeError, IndexError)
 
-_DROPPED = {
-    Phase.SEND: "could not reach the upstream: connection failed",
-    Phase.BODY: "upstream connection dropped mid-response",
-    Phase.STREAM: "upstream connection dropped mid-stream",
+_NOT_REACHED = "could not reach the upstream: connection failed"
+_CLOSED_BEFORE_ANSWERING = "upstream accepted the request but closed the connection before answering"
+_CUT = {
+    Phase.BODY: "upstream response ended before the answer was complete (connection dropped)",
+    Phase.STREAM: "upstream stream ended before the answer was complete (connection dropped)",
 }
+_ENDED_EARLY = "upstream stream ended before the answer was complete"
+_NOT_SSE = "upstream answered a stream request with a body that is not a stream of server-sent events"
 _UNREADABLE_MESSAGES = {
     Phase.SEND: "upstream sent a response the gateway cannot read",
     Phase.BODY: "upstream sent a completion the gateway cannot read",
@@ -97,42 +120,48 @@ def translate(
     by_deadline: bool,
     scrubber: Scrubber,
     request_id: str | None = None,
+    http_status: int | None = None,
 ) -> BaseException:
     """The exception to raise for `exc`, raised during an attempt (`raise translate(...) from exc`).
 
     A GatewayError, a cancellation or an exit comes back as it is, and so does
     anything this module does not know (a bug: the server logs it and answers
     INTERNAL). `by_deadline` says whether the caller's deadline, not the
-    request timeout, limited the attempt; `request_id` is the upstream's, when
-    a response had begun.
+    request timeout, limited the attempt; `request_id` and `http_status` are
+    the upstream's answer's, when one had begun (phase BODY or STREAM).
     """
     if isinstance(exc, (GatewayError, *_PASS_THROUGH)):
         return exc
     upstream_id = scrubbed(request_id, scrubber, MAX_ID_CHARS)
+
+    def error(reason: Reason, message: str, *, final: bool = False) -> GatewayError:
+        """An error that keeps what the upstream's answer, if one began, said: its status and request id."""
+        return GatewayError(reason, message, http_status=http_status, request_id=upstream_id, final=final)
+
     if isinstance(exc, (TimeoutError, httpx2.TimeoutException)):
         if by_deadline:
-            return GatewayError(Reason.DEADLINE_EXCEEDED, "the caller's deadline passed while waiting upstream")
-        return GatewayError(Reason.UPSTREAM_TIMEOUT, "upstream did not answer within the request timeout")
+            return error(Reason.DEADLINE_EXCEEDED, "the caller's deadline passed while waiting upstream")
+        return error(Reason.UPSTREAM_TIMEOUT, "upstream did not answer within the request timeout")
     if isinstance(exc, StatusFailure):
         return _status_error(exc, scrubber)
     if isinstance(exc, ErrorEvent):
-        return _event_error(exc.event, upstream_id, scrubber)
+        return _event_error(exc.event, http_status, upstream_id, scrubber)
     if isinstance(exc, AnswerTooLarge):
-        return GatewayError(
+        return error(
             Reason.UPSTREAM_RESPONSE_INVALID,
             f"upstream answer is larger than {exc.limit // (1024 * 1024)} MiB, the most the gateway relays",
-            http_status=200,
-            request_id=upstream_id,
             final=True,  # the same question would get the same answer
         )
     if isinstance(exc, StreamCut):
-        return GatewayError(Reason.UPSTREAM_UNAVAILABLE, "upstream stream ended before the answer was complete")
+        return error(Reason.UPSTREAM_RESPONSE_INVALID, _ENDED_EARLY if exc.sse else _NOT_SSE)
     if isinstance(exc, _CONNECTION_ERRORS):
-        return GatewayError(Reason.UPSTREAM_UNAVAILABLE, _DROPPED[phase])
+        if phase is not Phase.SEND:
+            # The upstream had answered: what it sent is an answer cut short.
+            return error(Reason.UPSTREAM_RESPONSE_INVALID, _CUT[phase])
+        message = _NOT_REACHED if isinstance(exc, _NOT_CONNECTED) else _CLOSED_BEFORE_ANSWERING
+        return GatewayError(Reason.UPSTREAM_UNAVAILABLE, message)
     if isinstance(exc, _UNREADABLE):
-        return GatewayError(
-            Reason.UPSTREAM_RESPONSE_INVALID, _UNREADABLE_MESSAGES[phase], http_status=200, request_id=upstream_id
-        )
+        return error(Reason.UPSTREAM_RESPONSE_INVALID, _UNREADABLE_MESSAGES[phase])
     return exc
 
 
@@ -168,13 +197,17 @@ def from_http(status: int, headers: Mapping[str, str], body: object, *, scrubber
     )
 
 
-def _event_error(event: Mapping[str, Any], request_id: str | None, scrubber: Scrubber) -> GatewayError:
+def _event_error(
+    event: Mapping[str, Any], http_status: int | None, request_id: str | None, scrubber: Scrubber
+) -> GatewayError:
     code, upstream_message = _code_and_message(event.get("error"), scrubber)
     message = "upstream sent an error in the stream"
     if upstream_message:
         message += f": {upstream_message}"
-    # The stream's status was 200; the error says what went wrong, as a 5xx would.
-    return GatewayError(reason_for_http(500, code), message, http_status=200, request_id=request_id, upstream_code=code)
+    # The stream's status was 2xx; the error says what went wrong, as a 5xx would.
+    return GatewayError(
+        reason_for_http(500, code), message, http_status=http_status, request_id=request_id, upstream_code=code
+    )
 
 
 def _code_and_message(error: object, scrubber: Scrubber) -> tuple[str | None, str | None]:

@@ -3,8 +3,10 @@
 `iter_lines` splits a response body into lines (LF, CRLF or CR, like httpx's
 `aiter_lines`) straight from its bytes, and counts them against the answer
 bound. `events` parses each `data:` event with orjson and ends at `[DONE]`.
-`StreamState` accumulates content, refusal, tool calls, usage and the finish
-reason, and holds the deltas not yet handed to the caller.
+`StreamState` accumulates content, refusal, tool calls, usage, the finish
+reason, the service tier, the system fingerprint and URL citations, and holds
+the deltas not yet handed to the caller (each with the token logprobs that
+came with it, as they arrive).
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from typing import Any
 import httpx2
 import orjson
 
-from ..chat import Delta, ToolCall
+from ..chat import Delta, ToolCall, UrlCitation
+from . import answers
 from .failures import AnswerTooLarge, ErrorEvent, StreamCut
 
 # After `[DONE]` only the end of the body is left (the chunked terminator).
@@ -58,14 +61,17 @@ async def iter_lines(response: httpx2.Response, limit: int) -> AsyncIterator[str
 async def events(lines: AsyncIterator[str]) -> AsyncIterator[Mapping[str, Any]]:
     """Parsed JSON of each SSE `data:` event; ends at `[DONE]`.
 
-    Raises StreamCut if the body ends without `[DONE]`, ValueError on an
-    event that is not a JSON object, ErrorEvent on an in-stream error object.
+    Raises StreamCut if the body ends without `[DONE]` (saying whether it held
+    any event at all), ValueError on an event that is not a JSON object,
+    ErrorEvent on an in-stream error object.
     """
     data: list[str] = []
+    sse = False  # whether any `data:` line came: an HTML page or a JSON body has none
     async for line in lines:
         if line:
             if line.startswith("data:"):
                 data.append(line[6:] if line.startswith("data: ") else line[5:])
+                sse = True
             continue  # event:, id:, retry: and comments carry nothing we use
         if not data:
             continue
@@ -82,7 +88,7 @@ async def events(lines: AsyncIterator[str]) -> AsyncIterator[Mapping[str, Any]]:
         yield event
     if data and "\n".join(data) == "[DONE]":
         return
-    raise StreamCut()
+    raise StreamCut(sse=sse)
 
 
 async def _drain_after_done(lines: AsyncIterator[str]) -> None:
@@ -100,7 +106,9 @@ class StreamState:
     """What a stream has said so far (reset when a new attempt starts)."""
 
     def __init__(self) -> None:
+        # The answer's X-Request-Id and status, once the upstream answered (errors carry them).
         self.request_id: str | None = None
+        self.status: int | None = None
         self.reset()
 
     def reset(self) -> None:
@@ -112,21 +120,32 @@ class StreamState:
         self.model = ""
         self.id = ""
         self.usage: Mapping[str, Any] | None = None
+        self.service_tier = ""
+        self.system_fingerprint = ""
+        self.annotations: list[UrlCitation] = []
         self.done = False
 
     def feed(self, event: Mapping[str, Any]) -> None:
         self.model = self.model or str(event.get("model") or "")
         self.id = self.id or str(event.get("id") or "")
+        # Both come with every chunk (OpenAI): read until known.
+        if not self.service_tier:
+            self.service_tier = answers.text(event.get("service_tier"))
+        if not self.system_fingerprint:
+            self.system_fingerprint = answers.text(event.get("system_fingerprint"))
         if event.get("usage"):
             self.usage = event["usage"]
         for choice in event.get("choices") or ():
             delta = choice.get("delta") or {}
             text = delta.get("content") or ""
             refusal = delta.get("refusal") or ""
-            if text or refusal:
+            logprobs = answers.logprobs(choice["logprobs"]) if choice.get("logprobs") else ()
+            if text or refusal or logprobs:
                 self.content.append(text)
                 self.refusal.append(refusal)
-                self.pending.append(Delta(text, refusal))
+                self.pending.append(Delta(text, refusal, logprobs))
+            if delta.get("annotations"):
+                self.annotations.extend(answers.citations(delta["annotations"]))
             for call in delta.get("tool_calls") or ():
                 slot = self.calls.setdefault(int(call.get("index") or 0), {"id": "", "name": "", "args": ""})
                 fn = call.get("function") or {}

@@ -62,6 +62,7 @@ type expectation struct {
 	Stream               *streamExpect   `json:"stream"`
 	Error                json.RawMessage `json:"error"`
 	UpstreamChatRequests *int            `json:"upstream_chat_requests"`
+	UpstreamRequest      json.RawMessage `json:"upstream_request"`
 }
 
 type streamExpect struct {
@@ -222,6 +223,14 @@ func runCase(t *testing.T, conn *grpc.ClientConn, svc protoreflect.ServiceDescri
 		if stats.Requests != *exp.UpstreamChatRequests {
 			t.Errorf("the stand-in received %d chat requests, want %d", stats.Requests, *exp.UpstreamChatRequests)
 		}
+	}
+	if len(exp.UpstreamRequest) > 0 {
+		records, err := Decode(standinGet(t, standin+"/_standin/requests"))
+		list, ok := records.([]any)
+		if err != nil || !ok || len(list) == 0 {
+			t.Fatalf("the stand-in recorded no chat request (%v)", err)
+		}
+		matchJSON(t, "upstream_request", exp.UpstreamRequest, list[len(list)-1].(map[string]any)["body"])
 	}
 
 	// 5: save values for later cases (only when everything above passed).

@@ -3,6 +3,8 @@
 Examples::
 
     gpt-grpc chat "Write a haiku about gRPC"
+    gpt-grpc chat --image photo.png "What is in this picture?"
+    gpt-grpc chat --model gpt-4o --file report.pdf "Summarize this report"
     echo "some text" | gpt-grpc count-tokens --model gpt-4o
     gpt-grpc --admin-token-file admin.token configure --api-key-file openai.key
     gpt-grpc --admin-token-file admin.token clients create billing --requests-per-minute 60 > billing.token
@@ -28,6 +30,7 @@ from gptgrpc.v1 import gateway_pb2
 
 from .client import DEFAULT_MODEL, DEFAULT_TARGET, Client
 from .errors import GatewayError
+from .parts import audio_part, file_part, image_part, user_message
 
 __all__ = ["build_parser", "main"]
 
@@ -80,6 +83,26 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--system", default="", metavar="TEXT", help="system message")
     chat.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (default: 0.7)")
     chat.add_argument("--max-tokens", type=int, metavar="N", help="upper bound on generated tokens")
+    chat.add_argument(
+        "--image",
+        action="append",
+        default=[],
+        metavar="FILE|URL",
+        help="attach an image (PNG, JPEG, GIF, WebP file, or an https URL); repeatable",
+    )
+    chat.add_argument("--detail", choices=("auto", "low", "high"), help="detail of the attached images")
+    chat.add_argument(
+        "--file", action="append", default=[], metavar="FILE", help="attach a file (a PDF...); repeatable"
+    )
+    chat.add_argument(
+        "--audio", action="append", default=[], metavar="FILE", help="attach a WAV or MP3 clip; repeatable"
+    )
+    chat.add_argument(
+        "--reasoning-effort", choices=("minimal", "low", "medium", "high"), help="for reasoning models only"
+    )
+    chat.add_argument(
+        "--extra-body", metavar="JSON", help="JSON object merged into the upstream request (e.g. '{\"top_k\": 40}')"
+    )
     chat.add_argument("--quiet", "-q", action="store_true", help="no usage summary on stderr")
 
     count = commands.add_parser("count-tokens", help="count the tokens of a text")
@@ -264,21 +287,43 @@ def _summary_line(summary: gateway_pb2.ChatCompletionSummary) -> str:
     return "[" + ", ".join(parts) + "]"
 
 
+def _attachments(args: argparse.Namespace) -> list[gateway_pb2.ContentPart]:
+    """The --image, --file and --audio parts, read now (a file that cannot be read is a CLI error)."""
+    parts: list[gateway_pb2.ContentPart] = []
+    for flag, paths, make in (
+        ("image", args.image, lambda p: image_part(p, detail=args.detail)),
+        ("file", args.file, file_part),
+        ("audio", args.audio, audio_part),
+    ):
+        for path in paths:
+            try:
+                parts.append(make(path))
+            except OSError as err:
+                raise _CliError(f"cannot read {flag} file {path!r}: {err.strerror or err}") from None
+            except ValueError as err:
+                raise _CliError(f"--{flag} {path}: {err}") from None
+    return parts
+
+
 def _chat(args: argparse.Namespace) -> int:
     prompt = _text_or_stdin(args.prompt, "prompt")
     if not prompt.strip():
         raise _CliError("the prompt is empty")
+    fields: dict[str, Any] = {"model": args.model, "temperature": args.temperature, "max_tokens": args.max_tokens}
+    attached = _attachments(args)
+    if attached:
+        system = [gateway_pb2.ChatMessage(role=gateway_pb2.ROLE_SYSTEM, content=args.system)] if args.system else []
+        fields["messages"] = [*system, user_message(prompt, *attached)]
+    else:
+        fields.update(system_message=args.system, user_message=prompt)
+    if args.reasoning_effort:
+        fields["reasoning_effort"] = gateway_pb2.ReasoningEffort.Value(
+            f"REASONING_EFFORT_{args.reasoning_effort.upper()}"
+        )
+    if args.extra_body:
+        fields["extra_body_json"] = args.extra_body
     out = sys.stdout
-    with (
-        _client(args) as client,
-        client.stream_chat(
-            model=args.model,
-            system_message=args.system,
-            user_message=prompt,
-            temperature=args.temperature,
-            max_tokens=args.max_tokens,
-        ) as stream,
-    ):
+    with _client(args) as client, client.stream_chat(**fields) as stream:
         ends_with_newline = True
         for delta in stream:
             out.write(delta)

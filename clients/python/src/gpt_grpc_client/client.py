@@ -58,7 +58,7 @@ _ROLES: dict[str, gateway_pb2.Role.ValueType] = {
     "assistant": gateway_pb2.ROLE_ASSISTANT,
     "tool": gateway_pb2.ROLE_TOOL,
 }
-_MESSAGE_KEYS = frozenset({"role", "content", "name", "tool_call_id", "tool_calls"})
+_MESSAGE_KEYS = frozenset({"role", "content", "parts", "name", "tool_call_id", "tool_calls"})
 _CHAT_FIELDS = frozenset(gateway_pb2.ChatCompletionRequest.DESCRIPTOR.fields_by_name)
 
 
@@ -105,7 +105,9 @@ def to_chat_message(message: MessageLike) -> gateway_pb2.ChatMessage:
 
     Roles are ``"system"``, ``"developer"``, ``"user"``, ``"assistant"`` and ``"tool"``
     (``Role`` values and names such as ``"ROLE_USER"`` work too). Optional keys: ``name``,
-    ``tool_call_id`` and ``tool_calls`` (``ToolCall`` protos or mappings).
+    ``tool_call_id``, ``tool_calls`` (``ToolCall`` protos or mappings) and ``parts``
+    (instead of ``content``: ``ContentPart`` protos, such as :func:`image_part` makes, or
+    ``str`` for text).
     """
     if isinstance(message, gateway_pb2.ChatMessage):
         return message
@@ -123,6 +125,13 @@ def to_chat_message(message: MessageLike) -> gateway_pb2.ChatMessage:
         result.tool_call_id = str(message["tool_call_id"])
     for call in message.get("tool_calls") or ():
         result.tool_calls.append(_tool_call(call))
+    for part in message.get("parts") or ():
+        if isinstance(part, str):
+            result.parts.add(text=part)
+        elif isinstance(part, gateway_pb2.ContentPart):
+            result.parts.append(part)
+        else:
+            raise TypeError(f"a part must be a ContentPart or a str, not {type(part).__name__}")
     return result
 
 

@@ -239,6 +239,120 @@ BREAKER_STATE_HALF_OPEN: BreakerState.ValueType  # 3
 """A probe call is testing it; it closes again after successful probes."""
 Global___BreakerState: _TypeAlias = BreakerState  # noqa: Y015
 
+class _ImageDetail:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ImageDetailEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ImageDetail.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    IMAGE_DETAIL_UNSPECIFIED: _ImageDetail.ValueType  # 0
+    """Not set: the upstream default (auto)."""
+    IMAGE_DETAIL_AUTO: _ImageDetail.ValueType  # 1
+    """The model chooses."""
+    IMAGE_DETAIL_LOW: _ImageDetail.ValueType  # 2
+    """A 512x512 view, fixed cost."""
+    IMAGE_DETAIL_HIGH: _ImageDetail.ValueType  # 3
+    """Full detail, billed per 512-pixel tile."""
+
+class ImageDetail(_ImageDetail, metaclass=_ImageDetailEnumTypeWrapper):
+    """ImageDetail is the resolution the model looks at an image with (and what
+    it costs: LOW is a fixed number of tokens).
+    """
+
+IMAGE_DETAIL_UNSPECIFIED: ImageDetail.ValueType  # 0
+"""Not set: the upstream default (auto)."""
+IMAGE_DETAIL_AUTO: ImageDetail.ValueType  # 1
+"""The model chooses."""
+IMAGE_DETAIL_LOW: ImageDetail.ValueType  # 2
+"""A 512x512 view, fixed cost."""
+IMAGE_DETAIL_HIGH: ImageDetail.ValueType  # 3
+"""Full detail, billed per 512-pixel tile."""
+Global___ImageDetail: _TypeAlias = ImageDetail  # noqa: Y015
+
+class _AudioFormat:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AudioFormatEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AudioFormat.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    AUDIO_FORMAT_UNSPECIFIED: _AudioFormat.ValueType  # 0
+    """Not set: invalid in a request."""
+    AUDIO_FORMAT_WAV: _AudioFormat.ValueType  # 1
+    """WAV."""
+    AUDIO_FORMAT_MP3: _AudioFormat.ValueType  # 2
+    """MP3."""
+
+class AudioFormat(_AudioFormat, metaclass=_AudioFormatEnumTypeWrapper):
+    """AudioFormat is the encoding of an audio clip."""
+
+AUDIO_FORMAT_UNSPECIFIED: AudioFormat.ValueType  # 0
+"""Not set: invalid in a request."""
+AUDIO_FORMAT_WAV: AudioFormat.ValueType  # 1
+"""WAV."""
+AUDIO_FORMAT_MP3: AudioFormat.ValueType  # 2
+"""MP3."""
+Global___AudioFormat: _TypeAlias = AudioFormat  # noqa: Y015
+
+class _ReasoningEffort:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ReasoningEffortEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ReasoningEffort.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    REASONING_EFFORT_UNSPECIFIED: _ReasoningEffort.ValueType  # 0
+    """Not set: the model's default."""
+    REASONING_EFFORT_MINIMAL: _ReasoningEffort.ValueType  # 1
+    """As little as possible (gpt-5 models)."""
+    REASONING_EFFORT_LOW: _ReasoningEffort.ValueType  # 2
+    """Little."""
+    REASONING_EFFORT_MEDIUM: _ReasoningEffort.ValueType  # 3
+    """Medium."""
+    REASONING_EFFORT_HIGH: _ReasoningEffort.ValueType  # 4
+    """Much."""
+
+class ReasoningEffort(_ReasoningEffort, metaclass=_ReasoningEffortEnumTypeWrapper):
+    """ReasoningEffort is how much a reasoning model thinks before answering."""
+
+REASONING_EFFORT_UNSPECIFIED: ReasoningEffort.ValueType  # 0
+"""Not set: the model's default."""
+REASONING_EFFORT_MINIMAL: ReasoningEffort.ValueType  # 1
+"""As little as possible (gpt-5 models)."""
+REASONING_EFFORT_LOW: ReasoningEffort.ValueType  # 2
+"""Little."""
+REASONING_EFFORT_MEDIUM: ReasoningEffort.ValueType  # 3
+"""Medium."""
+REASONING_EFFORT_HIGH: ReasoningEffort.ValueType  # 4
+"""Much."""
+Global___ReasoningEffort: _TypeAlias = ReasoningEffort  # noqa: Y015
+
+class _Verbosity:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _VerbosityEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Verbosity.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    VERBOSITY_UNSPECIFIED: _Verbosity.ValueType  # 0
+    """Not set: the model's default."""
+    VERBOSITY_LOW: _Verbosity.ValueType  # 1
+    """Concise."""
+    VERBOSITY_MEDIUM: _Verbosity.ValueType  # 2
+    """Balanced."""
+    VERBOSITY_HIGH: _Verbosity.ValueType  # 3
+    """Thorough."""
+
+class Verbosity(_Verbosity, metaclass=_VerbosityEnumTypeWrapper):
+    """Verbosity is how long a gpt-5 model's answer should be."""
+
+VERBOSITY_UNSPECIFIED: Verbosity.ValueType  # 0
+"""Not set: the model's default."""
+VERBOSITY_LOW: Verbosity.ValueType  # 1
+"""Concise."""
+VERBOSITY_MEDIUM: Verbosity.ValueType  # 2
+"""Balanced."""
+VERBOSITY_HIGH: Verbosity.ValueType  # 3
+"""Thorough."""
+Global___Verbosity: _TypeAlias = Verbosity  # noqa: Y015
+
 class _ErrorReason:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -426,6 +540,7 @@ class ChatMessage(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     TOOL_CALL_ID_FIELD_NUMBER: _builtins.int
     TOOL_CALLS_FIELD_NUMBER: _builtins.int
+    PARTS_FIELD_NUMBER: _builtins.int
     role: Global___Role.ValueType
     """Who wrote the message."""
     content: _builtins.str
@@ -438,6 +553,14 @@ class ChatMessage(_message.Message):
     def tool_calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___ToolCall]:
         """For ROLE_ASSISTANT: the tool calls the model made in this turn."""
 
+    @_builtins.property
+    def parts(self) -> _containers.RepeatedCompositeFieldContainer[Global___ContentPart]:
+        """The message as content parts (text, images, audio, files), instead of
+        content: setting both is INVALID_ARGUMENT. Only ROLE_USER messages may
+        carry image, audio or file parts; any role may carry text parts. Sent
+        upstream as OpenAI's content-part array, inline bytes base64-encoded.
+        """
+
     def __init__(
         self,
         *,
@@ -446,10 +569,11 @@ class ChatMessage(_message.Message):
         name: _builtins.str | None = ...,
         tool_call_id: _builtins.str | None = ...,
         tool_calls: _abc.Iterable[Global___ToolCall] | None = ...,
+        parts: _abc.Iterable[Global___ContentPart] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_name", b"_name", "_tool_call_id", b"_tool_call_id", "name", b"name", "tool_call_id", b"tool_call_id"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_name", b"_name", "_tool_call_id", b"_tool_call_id", "content", b"content", "name", b"name", "role", b"role", "tool_call_id", b"tool_call_id", "tool_calls", b"tool_calls"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_name", b"_name", "_tool_call_id", b"_tool_call_id", "content", b"content", "name", b"name", "parts", b"parts", "role", b"role", "tool_call_id", b"tool_call_id", "tool_calls", b"tool_calls"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__name: _TypeAlias = _typing.Literal["name"]  # noqa: Y015
     _WhichOneofArgType__name: _TypeAlias = _typing.Literal["_name", b"_name"]  # noqa: Y015
@@ -600,6 +724,26 @@ class ChatCompletionRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class MetadataEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     MODEL_FIELD_NUMBER: _builtins.int
     SYSTEM_MESSAGE_FIELD_NUMBER: _builtins.int
     USER_MESSAGE_FIELD_NUMBER: _builtins.int
@@ -615,6 +759,15 @@ class ChatCompletionRequest(_message.Message):
     TOOLS_FIELD_NUMBER: _builtins.int
     TOOL_CHOICE_FIELD_NUMBER: _builtins.int
     USER_FIELD_NUMBER: _builtins.int
+    REASONING_EFFORT_FIELD_NUMBER: _builtins.int
+    PARALLEL_TOOL_CALLS_FIELD_NUMBER: _builtins.int
+    LOGPROBS_FIELD_NUMBER: _builtins.int
+    TOP_LOGPROBS_FIELD_NUMBER: _builtins.int
+    SERVICE_TIER_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
+    STORE_FIELD_NUMBER: _builtins.int
+    VERBOSITY_FIELD_NUMBER: _builtins.int
+    EXTRA_BODY_JSON_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Model name. Empty means the configured default model. Unknown names pass
     through to the upstream untouched (Ollama, OpenRouter, vLLM...).
@@ -639,6 +792,44 @@ class ChatCompletionRequest(_message.Message):
     """Frequency penalty, -2 to 2."""
     user: _builtins.str
     """End-user id forwarded to the upstream for abuse monitoring."""
+    reasoning_effort: Global___ReasoningEffort.ValueType
+    """How hard a reasoning model thinks before it answers. Sent only to
+    reasoning models as the catalog knows them (ListModels: reasoning), and
+    to unknown model names shaped like one (o1*, o3*, o4*, gpt-5*). For any
+    other model it is INVALID_ARGUMENT, never silently dropped; to send it to
+    an OpenAI-compatible server that takes it anyway, use extra_body_json.
+    MINIMAL is for gpt-5 models (others answer UPSTREAM_BAD_REQUEST).
+    """
+    parallel_tool_calls: _builtins.bool
+    """Whether the model may call several tools in one turn. Needs tools."""
+    logprobs: _builtins.bool
+    """Return the log probability of each generated token (response.logprobs,
+    and each delta's logprobs in a stream).
+    """
+    top_logprobs: _builtins.int
+    """How many most likely alternatives to return per token, 0 to 20. Needs
+    logprobs set to true.
+    """
+    service_tier: _builtins.str
+    """The upstream's processing tier, e.g. "auto", "default", "flex",
+    "priority": lower-case letters, digits, '_' and '-', at most 32. Empty:
+    the upstream default. The tier that served the call comes back in
+    service_tier of the response.
+    """
+    store: _builtins.bool
+    """Whether the upstream stores the completion (model distillation, evals)."""
+    verbosity: Global___Verbosity.ValueType
+    """How long the answer should be, for gpt-5 models (ListModels: verbosity;
+    unknown names shaped like gpt-5* too). INVALID_ARGUMENT for other models.
+    """
+    extra_body_json: _builtins.str
+    """A JSON object merged into the upstream request body, for parameters this
+    API does not name (vLLM's top_k or guided_json, Ollama's options). At most
+    256 KiB, nested at most 128 levels. A key the gateway owns (model,
+    messages, stream, stream_options, max_tokens, max_completion_tokens, and
+    n: the gateway returns one answer) or that a field of this request
+    already sets is INVALID_ARGUMENT. Logged by key names only, never values.
+    """
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChatMessage]:
         """The whole conversation, instead of the pair."""
@@ -659,6 +850,12 @@ class ChatCompletionRequest(_message.Message):
     def tool_choice(self) -> Global___ToolChoice:
         """How the model may use the tools."""
 
+    @_builtins.property
+    def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Key-value pairs stored with the completion upstream (at most 16 pairs;
+        keys at most 64 characters, values at most 512).
+        """
+
     def __init__(
         self,
         *,
@@ -677,33 +874,58 @@ class ChatCompletionRequest(_message.Message):
         tools: _abc.Iterable[Global___Tool] | None = ...,
         tool_choice: Global___ToolChoice | None = ...,
         user: _builtins.str = ...,
+        reasoning_effort: Global___ReasoningEffort.ValueType = ...,
+        parallel_tool_calls: _builtins.bool | None = ...,
+        logprobs: _builtins.bool | None = ...,
+        top_logprobs: _builtins.int | None = ...,
+        service_tier: _builtins.str = ...,
+        metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        store: _builtins.bool | None = ...,
+        verbosity: Global___Verbosity.ValueType = ...,
+        extra_body_json: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_frequency_penalty", b"_frequency_penalty", "_max_tokens", b"_max_tokens", "_presence_penalty", b"_presence_penalty", "_seed", b"_seed", "_temperature", b"_temperature", "_top_p", b"_top_p", "frequency_penalty", b"frequency_penalty", "max_tokens", b"max_tokens", "presence_penalty", b"presence_penalty", "response_format", b"response_format", "seed", b"seed", "temperature", b"temperature", "tool_choice", b"tool_choice", "top_p", b"top_p"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_frequency_penalty", b"_frequency_penalty", "_logprobs", b"_logprobs", "_max_tokens", b"_max_tokens", "_parallel_tool_calls", b"_parallel_tool_calls", "_presence_penalty", b"_presence_penalty", "_seed", b"_seed", "_store", b"_store", "_temperature", b"_temperature", "_top_logprobs", b"_top_logprobs", "_top_p", b"_top_p", "frequency_penalty", b"frequency_penalty", "logprobs", b"logprobs", "max_tokens", b"max_tokens", "parallel_tool_calls", b"parallel_tool_calls", "presence_penalty", b"presence_penalty", "response_format", b"response_format", "seed", b"seed", "store", b"store", "temperature", b"temperature", "tool_choice", b"tool_choice", "top_logprobs", b"top_logprobs", "top_p", b"top_p"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_frequency_penalty", b"_frequency_penalty", "_max_tokens", b"_max_tokens", "_presence_penalty", b"_presence_penalty", "_seed", b"_seed", "_temperature", b"_temperature", "_top_p", b"_top_p", "frequency_penalty", b"frequency_penalty", "max_tokens", b"max_tokens", "messages", b"messages", "model", b"model", "presence_penalty", b"presence_penalty", "response_format", b"response_format", "seed", b"seed", "stop", b"stop", "system_message", b"system_message", "temperature", b"temperature", "tool_choice", b"tool_choice", "tools", b"tools", "top_p", b"top_p", "user", b"user", "user_message", b"user_message"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_frequency_penalty", b"_frequency_penalty", "_logprobs", b"_logprobs", "_max_tokens", b"_max_tokens", "_parallel_tool_calls", b"_parallel_tool_calls", "_presence_penalty", b"_presence_penalty", "_seed", b"_seed", "_store", b"_store", "_temperature", b"_temperature", "_top_logprobs", b"_top_logprobs", "_top_p", b"_top_p", "extra_body_json", b"extra_body_json", "frequency_penalty", b"frequency_penalty", "logprobs", b"logprobs", "max_tokens", b"max_tokens", "messages", b"messages", "metadata", b"metadata", "model", b"model", "parallel_tool_calls", b"parallel_tool_calls", "presence_penalty", b"presence_penalty", "reasoning_effort", b"reasoning_effort", "response_format", b"response_format", "seed", b"seed", "service_tier", b"service_tier", "stop", b"stop", "store", b"store", "system_message", b"system_message", "temperature", b"temperature", "tool_choice", b"tool_choice", "tools", b"tools", "top_logprobs", b"top_logprobs", "top_p", b"top_p", "user", b"user", "user_message", b"user_message", "verbosity", b"verbosity"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__frequency_penalty: _TypeAlias = _typing.Literal["frequency_penalty"]  # noqa: Y015
     _WhichOneofArgType__frequency_penalty: _TypeAlias = _typing.Literal["_frequency_penalty", b"_frequency_penalty"]  # noqa: Y015
+    _WhichOneofReturnType__logprobs: _TypeAlias = _typing.Literal["logprobs"]  # noqa: Y015
+    _WhichOneofArgType__logprobs: _TypeAlias = _typing.Literal["_logprobs", b"_logprobs"]  # noqa: Y015
     _WhichOneofReturnType__max_tokens: _TypeAlias = _typing.Literal["max_tokens"]  # noqa: Y015
     _WhichOneofArgType__max_tokens: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens"]  # noqa: Y015
+    _WhichOneofReturnType__parallel_tool_calls: _TypeAlias = _typing.Literal["parallel_tool_calls"]  # noqa: Y015
+    _WhichOneofArgType__parallel_tool_calls: _TypeAlias = _typing.Literal["_parallel_tool_calls", b"_parallel_tool_calls"]  # noqa: Y015
     _WhichOneofReturnType__presence_penalty: _TypeAlias = _typing.Literal["presence_penalty"]  # noqa: Y015
     _WhichOneofArgType__presence_penalty: _TypeAlias = _typing.Literal["_presence_penalty", b"_presence_penalty"]  # noqa: Y015
     _WhichOneofReturnType__seed: _TypeAlias = _typing.Literal["seed"]  # noqa: Y015
     _WhichOneofArgType__seed: _TypeAlias = _typing.Literal["_seed", b"_seed"]  # noqa: Y015
+    _WhichOneofReturnType__store: _TypeAlias = _typing.Literal["store"]  # noqa: Y015
+    _WhichOneofArgType__store: _TypeAlias = _typing.Literal["_store", b"_store"]  # noqa: Y015
     _WhichOneofReturnType__temperature: _TypeAlias = _typing.Literal["temperature"]  # noqa: Y015
     _WhichOneofArgType__temperature: _TypeAlias = _typing.Literal["_temperature", b"_temperature"]  # noqa: Y015
+    _WhichOneofReturnType__top_logprobs: _TypeAlias = _typing.Literal["top_logprobs"]  # noqa: Y015
+    _WhichOneofArgType__top_logprobs: _TypeAlias = _typing.Literal["_top_logprobs", b"_top_logprobs"]  # noqa: Y015
     _WhichOneofReturnType__top_p: _TypeAlias = _typing.Literal["top_p"]  # noqa: Y015
     _WhichOneofArgType__top_p: _TypeAlias = _typing.Literal["_top_p", b"_top_p"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__frequency_penalty) -> _WhichOneofReturnType__frequency_penalty | None: ...
     @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__logprobs) -> _WhichOneofReturnType__logprobs | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_tokens) -> _WhichOneofReturnType__max_tokens | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__parallel_tool_calls) -> _WhichOneofReturnType__parallel_tool_calls | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__presence_penalty) -> _WhichOneofReturnType__presence_penalty | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__seed) -> _WhichOneofReturnType__seed | None: ...
     @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__store) -> _WhichOneofReturnType__store | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__temperature) -> _WhichOneofReturnType__temperature | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__top_logprobs) -> _WhichOneofReturnType__top_logprobs | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__top_p) -> _WhichOneofReturnType__top_p | None: ...
 
@@ -769,6 +991,10 @@ class ChatCompletionResponse(_message.Message):
     ATTEMPTS_FIELD_NUMBER: _builtins.int
     REFUSAL_FIELD_NUMBER: _builtins.int
     UPSTREAM_FIELD_NUMBER: _builtins.int
+    LOGPROBS_FIELD_NUMBER: _builtins.int
+    SERVICE_TIER_FIELD_NUMBER: _builtins.int
+    SYSTEM_FINGERPRINT_FIELD_NUMBER: _builtins.int
+    ANNOTATIONS_FIELD_NUMBER: _builtins.int
     content: _builtins.str
     """The answer text."""
     finish_reason: Global___FinishReason.ValueType
@@ -788,6 +1014,10 @@ class ChatCompletionResponse(_message.Message):
     upstreams file or Configure; "default" for the single OPENAI_BASE_URL
     upstream). With fallback models, `model` says which model answered.
     """
+    service_tier: _builtins.str
+    """The processing tier that served the call, as the upstream reports it."""
+    system_fingerprint: _builtins.str
+    """The upstream's backend configuration fingerprint, as it reports it."""
     @_builtins.property
     def tool_calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___ToolCall]:
         """Tools the model called."""
@@ -795,6 +1025,16 @@ class ChatCompletionResponse(_message.Message):
     @_builtins.property
     def usage(self) -> Global___Usage:
         """Token usage."""
+
+    @_builtins.property
+    def logprobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___TokenLogprob]:
+        """Log probabilities of the answer's tokens, in order; empty unless the
+        request set logprobs (and the upstream sent them).
+        """
+
+    @_builtins.property
+    def annotations(self) -> _containers.RepeatedCompositeFieldContainer[Global___UrlCitation]:
+        """URL citations in the answer (web search models), when the upstream sends them."""
 
     def __init__(
         self,
@@ -809,10 +1049,14 @@ class ChatCompletionResponse(_message.Message):
         attempts: _builtins.int = ...,
         refusal: _builtins.str = ...,
         upstream: _builtins.str = ...,
+        logprobs: _abc.Iterable[Global___TokenLogprob] | None = ...,
+        service_tier: _builtins.str = ...,
+        system_fingerprint: _builtins.str = ...,
+        annotations: _abc.Iterable[Global___UrlCitation] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_cost_usd", b"_cost_usd", "cost_usd", b"cost_usd", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cost_usd", b"_cost_usd", "attempts", b"attempts", "content", b"content", "cost_usd", b"cost_usd", "finish_reason", b"finish_reason", "id", b"id", "model", b"model", "refusal", b"refusal", "tool_calls", b"tool_calls", "upstream", b"upstream", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cost_usd", b"_cost_usd", "annotations", b"annotations", "attempts", b"attempts", "content", b"content", "cost_usd", b"cost_usd", "finish_reason", b"finish_reason", "id", b"id", "logprobs", b"logprobs", "model", b"model", "refusal", b"refusal", "service_tier", b"service_tier", "system_fingerprint", b"system_fingerprint", "tool_calls", b"tool_calls", "upstream", b"upstream", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__cost_usd: _TypeAlias = _typing.Literal["cost_usd"]  # noqa: Y015
     _WhichOneofArgType__cost_usd: _TypeAlias = _typing.Literal["_cost_usd", b"_cost_usd"]  # noqa: Y015
@@ -825,6 +1069,26 @@ class StreamChatCompletionRequest(_message.Message):
     """StreamChatCompletionRequest has exactly the fields of ChatCompletionRequest."""
 
     DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class MetadataEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
 
     MODEL_FIELD_NUMBER: _builtins.int
     SYSTEM_MESSAGE_FIELD_NUMBER: _builtins.int
@@ -841,6 +1105,15 @@ class StreamChatCompletionRequest(_message.Message):
     TOOLS_FIELD_NUMBER: _builtins.int
     TOOL_CHOICE_FIELD_NUMBER: _builtins.int
     USER_FIELD_NUMBER: _builtins.int
+    REASONING_EFFORT_FIELD_NUMBER: _builtins.int
+    PARALLEL_TOOL_CALLS_FIELD_NUMBER: _builtins.int
+    LOGPROBS_FIELD_NUMBER: _builtins.int
+    TOP_LOGPROBS_FIELD_NUMBER: _builtins.int
+    SERVICE_TIER_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
+    STORE_FIELD_NUMBER: _builtins.int
+    VERBOSITY_FIELD_NUMBER: _builtins.int
+    EXTRA_BODY_JSON_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Model name. Empty means the configured default model."""
     system_message: _builtins.str
@@ -861,6 +1134,44 @@ class StreamChatCompletionRequest(_message.Message):
     """Frequency penalty, -2 to 2."""
     user: _builtins.str
     """End-user id forwarded to the upstream."""
+    reasoning_effort: Global___ReasoningEffort.ValueType
+    """How hard a reasoning model thinks before it answers. Sent only to
+    reasoning models as the catalog knows them (ListModels: reasoning), and
+    to unknown model names shaped like one (o1*, o3*, o4*, gpt-5*). For any
+    other model it is INVALID_ARGUMENT, never silently dropped; to send it to
+    an OpenAI-compatible server that takes it anyway, use extra_body_json.
+    MINIMAL is for gpt-5 models (others answer UPSTREAM_BAD_REQUEST).
+    """
+    parallel_tool_calls: _builtins.bool
+    """Whether the model may call several tools in one turn. Needs tools."""
+    logprobs: _builtins.bool
+    """Return the log probability of each generated token (response.logprobs,
+    and each delta's logprobs in a stream).
+    """
+    top_logprobs: _builtins.int
+    """How many most likely alternatives to return per token, 0 to 20. Needs
+    logprobs set to true.
+    """
+    service_tier: _builtins.str
+    """The upstream's processing tier, e.g. "auto", "default", "flex",
+    "priority": lower-case letters, digits, '_' and '-', at most 32. Empty:
+    the upstream default. The tier that served the call comes back in
+    service_tier of the response.
+    """
+    store: _builtins.bool
+    """Whether the upstream stores the completion (model distillation, evals)."""
+    verbosity: Global___Verbosity.ValueType
+    """How long the answer should be, for gpt-5 models (ListModels: verbosity;
+    unknown names shaped like gpt-5* too). INVALID_ARGUMENT for other models.
+    """
+    extra_body_json: _builtins.str
+    """A JSON object merged into the upstream request body, for parameters this
+    API does not name (vLLM's top_k or guided_json, Ollama's options). At most
+    256 KiB, nested at most 128 levels. A key the gateway owns (model,
+    messages, stream, stream_options, max_tokens, max_completion_tokens, and
+    n: the gateway returns one answer) or that a field of this request
+    already sets is INVALID_ARGUMENT. Logged by key names only, never values.
+    """
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChatMessage]:
         """The whole conversation, instead of the pair."""
@@ -881,6 +1192,12 @@ class StreamChatCompletionRequest(_message.Message):
     def tool_choice(self) -> Global___ToolChoice:
         """How the model may use the tools."""
 
+    @_builtins.property
+    def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Key-value pairs stored with the completion upstream (at most 16 pairs;
+        keys at most 64 characters, values at most 512).
+        """
+
     def __init__(
         self,
         *,
@@ -899,33 +1216,58 @@ class StreamChatCompletionRequest(_message.Message):
         tools: _abc.Iterable[Global___Tool] | None = ...,
         tool_choice: Global___ToolChoice | None = ...,
         user: _builtins.str = ...,
+        reasoning_effort: Global___ReasoningEffort.ValueType = ...,
+        parallel_tool_calls: _builtins.bool | None = ...,
+        logprobs: _builtins.bool | None = ...,
+        top_logprobs: _builtins.int | None = ...,
+        service_tier: _builtins.str = ...,
+        metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        store: _builtins.bool | None = ...,
+        verbosity: Global___Verbosity.ValueType = ...,
+        extra_body_json: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_frequency_penalty", b"_frequency_penalty", "_max_tokens", b"_max_tokens", "_presence_penalty", b"_presence_penalty", "_seed", b"_seed", "_temperature", b"_temperature", "_top_p", b"_top_p", "frequency_penalty", b"frequency_penalty", "max_tokens", b"max_tokens", "presence_penalty", b"presence_penalty", "response_format", b"response_format", "seed", b"seed", "temperature", b"temperature", "tool_choice", b"tool_choice", "top_p", b"top_p"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_frequency_penalty", b"_frequency_penalty", "_logprobs", b"_logprobs", "_max_tokens", b"_max_tokens", "_parallel_tool_calls", b"_parallel_tool_calls", "_presence_penalty", b"_presence_penalty", "_seed", b"_seed", "_store", b"_store", "_temperature", b"_temperature", "_top_logprobs", b"_top_logprobs", "_top_p", b"_top_p", "frequency_penalty", b"frequency_penalty", "logprobs", b"logprobs", "max_tokens", b"max_tokens", "parallel_tool_calls", b"parallel_tool_calls", "presence_penalty", b"presence_penalty", "response_format", b"response_format", "seed", b"seed", "store", b"store", "temperature", b"temperature", "tool_choice", b"tool_choice", "top_logprobs", b"top_logprobs", "top_p", b"top_p"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_frequency_penalty", b"_frequency_penalty", "_max_tokens", b"_max_tokens", "_presence_penalty", b"_presence_penalty", "_seed", b"_seed", "_temperature", b"_temperature", "_top_p", b"_top_p", "frequency_penalty", b"frequency_penalty", "max_tokens", b"max_tokens", "messages", b"messages", "model", b"model", "presence_penalty", b"presence_penalty", "response_format", b"response_format", "seed", b"seed", "stop", b"stop", "system_message", b"system_message", "temperature", b"temperature", "tool_choice", b"tool_choice", "tools", b"tools", "top_p", b"top_p", "user", b"user", "user_message", b"user_message"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_frequency_penalty", b"_frequency_penalty", "_logprobs", b"_logprobs", "_max_tokens", b"_max_tokens", "_parallel_tool_calls", b"_parallel_tool_calls", "_presence_penalty", b"_presence_penalty", "_seed", b"_seed", "_store", b"_store", "_temperature", b"_temperature", "_top_logprobs", b"_top_logprobs", "_top_p", b"_top_p", "extra_body_json", b"extra_body_json", "frequency_penalty", b"frequency_penalty", "logprobs", b"logprobs", "max_tokens", b"max_tokens", "messages", b"messages", "metadata", b"metadata", "model", b"model", "parallel_tool_calls", b"parallel_tool_calls", "presence_penalty", b"presence_penalty", "reasoning_effort", b"reasoning_effort", "response_format", b"response_format", "seed", b"seed", "service_tier", b"service_tier", "stop", b"stop", "store", b"store", "system_message", b"system_message", "temperature", b"temperature", "tool_choice", b"tool_choice", "tools", b"tools", "top_logprobs", b"top_logprobs", "top_p", b"top_p", "user", b"user", "user_message", b"user_message", "verbosity", b"verbosity"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__frequency_penalty: _TypeAlias = _typing.Literal["frequency_penalty"]  # noqa: Y015
     _WhichOneofArgType__frequency_penalty: _TypeAlias = _typing.Literal["_frequency_penalty", b"_frequency_penalty"]  # noqa: Y015
+    _WhichOneofReturnType__logprobs: _TypeAlias = _typing.Literal["logprobs"]  # noqa: Y015
+    _WhichOneofArgType__logprobs: _TypeAlias = _typing.Literal["_logprobs", b"_logprobs"]  # noqa: Y015
     _WhichOneofReturnType__max_tokens: _TypeAlias = _typing.Literal["max_tokens"]  # noqa: Y015
     _WhichOneofArgType__max_tokens: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens"]  # noqa: Y015
+    _WhichOneofReturnType__parallel_tool_calls: _TypeAlias = _typing.Literal["parallel_tool_calls"]  # noqa: Y015
+    _WhichOneofArgType__parallel_tool_calls: _TypeAlias = _typing.Literal["_parallel_tool_calls", b"_parallel_tool_calls"]  # noqa: Y015
     _WhichOneofReturnType__presence_penalty: _TypeAlias = _typing.Literal["presence_penalty"]  # noqa: Y015
     _WhichOneofArgType__presence_penalty: _TypeAlias = _typing.Literal["_presence_penalty", b"_presence_penalty"]  # noqa: Y015
     _WhichOneofReturnType__seed: _TypeAlias = _typing.Literal["seed"]  # noqa: Y015
     _WhichOneofArgType__seed: _TypeAlias = _typing.Literal["_seed", b"_seed"]  # noqa: Y015
+    _WhichOneofReturnType__store: _TypeAlias = _typing.Literal["store"]  # noqa: Y015
+    _WhichOneofArgType__store: _TypeAlias = _typing.Literal["_store", b"_store"]  # noqa: Y015
     _WhichOneofReturnType__temperature: _TypeAlias = _typing.Literal["temperature"]  # noqa: Y015
     _WhichOneofArgType__temperature: _TypeAlias = _typing.Literal["_temperature", b"_temperature"]  # noqa: Y015
+    _WhichOneofReturnType__top_logprobs: _TypeAlias = _typing.Literal["top_logprobs"]  # noqa: Y015
+    _WhichOneofArgType__top_logprobs: _TypeAlias = _typing.Literal["_top_logprobs", b"_top_logprobs"]  # noqa: Y015
     _WhichOneofReturnType__top_p: _TypeAlias = _typing.Literal["top_p"]  # noqa: Y015
     _WhichOneofArgType__top_p: _TypeAlias = _typing.Literal["_top_p", b"_top_p"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__frequency_penalty) -> _WhichOneofReturnType__frequency_penalty | None: ...
     @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__logprobs) -> _WhichOneofReturnType__logprobs | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_tokens) -> _WhichOneofReturnType__max_tokens | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__parallel_tool_calls) -> _WhichOneofReturnType__parallel_tool_calls | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__presence_penalty) -> _WhichOneofReturnType__presence_penalty | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__seed) -> _WhichOneofReturnType__seed | None: ...
     @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__store) -> _WhichOneofReturnType__store | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__temperature) -> _WhichOneofReturnType__temperature | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__top_logprobs) -> _WhichOneofReturnType__top_logprobs | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__top_p) -> _WhichOneofReturnType__top_p | None: ...
 
@@ -939,19 +1281,25 @@ class ChatCompletionDelta(_message.Message):
 
     CONTENT_FIELD_NUMBER: _builtins.int
     REFUSAL_FIELD_NUMBER: _builtins.int
+    LOGPROBS_FIELD_NUMBER: _builtins.int
     content: _builtins.str
     """Text to append to the answer so far."""
     refusal: _builtins.str
     """Refusal text to append, when the model refuses."""
+    @_builtins.property
+    def logprobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___TokenLogprob]:
+        """Log probabilities of this delta's tokens, as they arrive (request.logprobs)."""
+
     def __init__(
         self,
         *,
         content: _builtins.str = ...,
         refusal: _builtins.str = ...,
+        logprobs: _abc.Iterable[Global___TokenLogprob] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "refusal", b"refusal"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "logprobs", b"logprobs", "refusal", b"refusal"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -971,6 +1319,9 @@ class ChatCompletionSummary(_message.Message):
     COST_USD_FIELD_NUMBER: _builtins.int
     ATTEMPTS_FIELD_NUMBER: _builtins.int
     UPSTREAM_FIELD_NUMBER: _builtins.int
+    SERVICE_TIER_FIELD_NUMBER: _builtins.int
+    SYSTEM_FINGERPRINT_FIELD_NUMBER: _builtins.int
+    ANNOTATIONS_FIELD_NUMBER: _builtins.int
     finish_reason: Global___FinishReason.ValueType
     """Why the model stopped."""
     model: _builtins.str
@@ -983,6 +1334,10 @@ class ChatCompletionSummary(_message.Message):
     """Upstream attempts it took."""
     upstream: _builtins.str
     """The configured upstream that answered (see ChatCompletionResponse.upstream)."""
+    service_tier: _builtins.str
+    """The processing tier that served the call, as the upstream reports it."""
+    system_fingerprint: _builtins.str
+    """The upstream's backend configuration fingerprint, as it reports it."""
     @_builtins.property
     def tool_calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___ToolCall]:
         """Tools the model called, assembled from the upstream's fragments."""
@@ -990,6 +1345,10 @@ class ChatCompletionSummary(_message.Message):
     @_builtins.property
     def usage(self) -> Global___Usage:
         """Token usage (estimated when the upstream sent none)."""
+
+    @_builtins.property
+    def annotations(self) -> _containers.RepeatedCompositeFieldContainer[Global___UrlCitation]:
+        """URL citations in the answer, assembled from the stream."""
 
     def __init__(
         self,
@@ -1002,10 +1361,13 @@ class ChatCompletionSummary(_message.Message):
         cost_usd: _builtins.float | None = ...,
         attempts: _builtins.int = ...,
         upstream: _builtins.str = ...,
+        service_tier: _builtins.str = ...,
+        system_fingerprint: _builtins.str = ...,
+        annotations: _abc.Iterable[Global___UrlCitation] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_cost_usd", b"_cost_usd", "cost_usd", b"cost_usd", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cost_usd", b"_cost_usd", "attempts", b"attempts", "cost_usd", b"cost_usd", "finish_reason", b"finish_reason", "id", b"id", "model", b"model", "tool_calls", b"tool_calls", "upstream", b"upstream", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cost_usd", b"_cost_usd", "annotations", b"annotations", "attempts", b"attempts", "cost_usd", b"cost_usd", "finish_reason", b"finish_reason", "id", b"id", "model", b"model", "service_tier", b"service_tier", "system_fingerprint", b"system_fingerprint", "tool_calls", b"tool_calls", "upstream", b"upstream", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__cost_usd: _TypeAlias = _typing.Literal["cost_usd"]  # noqa: Y015
     _WhichOneofArgType__cost_usd: _TypeAlias = _typing.Literal["_cost_usd", b"_cost_usd"]  # noqa: Y015
@@ -1047,7 +1409,10 @@ Global___StreamChatCompletionResponse: _TypeAlias = StreamChatCompletionResponse
 
 @_typing.final
 class CountTokensRequest(_message.Message):
-    """CountTokensRequest counts a text or a list of messages; give one of them."""
+    """CountTokensRequest counts a text or a list of messages; give one of them.
+    Messages may hold parts: an image counts as OpenAI bills it (see
+    CountTokensResponse.estimated), audio and files are not counted.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1086,22 +1451,31 @@ class CountTokensResponse(_message.Message):
     TOKEN_COUNT_FIELD_NUMBER: _builtins.int
     ENCODING_FIELD_NUMBER: _builtins.int
     ENCODING_FALLBACK_FIELD_NUMBER: _builtins.int
+    ESTIMATED_FIELD_NUMBER: _builtins.int
     token_count: _builtins.int
     """Number of tokens."""
     encoding: _builtins.str
     """The tiktoken encoding used, e.g. "o200k_base"."""
     encoding_fallback: _builtins.bool
     """True when the model is unknown and the default encoding was used."""
+    estimated: _builtins.bool
+    """True when part of the count is an estimate: an image given by URL (the
+    gateway never fetches it: it counts as the most an image can cost at its
+    detail, 8 tiles or 1536 patches; at detail LOW on a tile-billed model its
+    size does not matter and the count is exact), or an image for a model
+    whose image figures the catalog does not know (counted with gpt-4o's).
+    """
     def __init__(
         self,
         *,
         token_count: _builtins.int = ...,
         encoding: _builtins.str = ...,
         encoding_fallback: _builtins.bool = ...,
+        estimated: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["encoding", b"encoding", "encoding_fallback", b"encoding_fallback", "token_count", b"token_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["encoding", b"encoding", "encoding_fallback", b"encoding_fallback", "estimated", b"estimated", "token_count", b"token_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1398,6 +1772,10 @@ class ModelInfo(_message.Message):
     CACHED_INPUT_USD_PER_MILLION_FIELD_NUMBER: _builtins.int
     OUTPUT_USD_PER_MILLION_FIELD_NUMBER: _builtins.int
     PRICE_SOURCE_FIELD_NUMBER: _builtins.int
+    IMAGE_BASE_TOKENS_FIELD_NUMBER: _builtins.int
+    IMAGE_TILE_TOKENS_FIELD_NUMBER: _builtins.int
+    IMAGE_PATCH_MULTIPLIER_FIELD_NUMBER: _builtins.int
+    VERBOSITY_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Model name as sent upstream."""
     encoding: _builtins.str
@@ -1416,6 +1794,18 @@ class ModelInfo(_message.Message):
     """USD per million output tokens; unset when unknown."""
     price_source: _builtins.str
     """Where the prices come from: "genai-prices <version>" or "override"."""
+    image_base_tokens: _builtins.int
+    """Tokens every image costs (tile billing: detail low costs only these).
+    Unset when the model is not billed by tiles or takes no images.
+    """
+    image_tile_tokens: _builtins.int
+    """Tokens per 512-pixel tile of an image at detail high or auto (tile billing)."""
+    image_patch_multiplier: _builtins.float
+    """Tokens per 32-pixel patch (patch billing: gpt-4.1-mini, o4-mini, ...);
+    unset for tile billing.
+    """
+    verbosity: _builtins.bool
+    """Takes the verbosity request field (gpt-5 models)."""
     def __init__(
         self,
         *,
@@ -1428,19 +1818,35 @@ class ModelInfo(_message.Message):
         cached_input_usd_per_million: _builtins.float | None = ...,
         output_usd_per_million: _builtins.float | None = ...,
         price_source: _builtins.str = ...,
+        image_base_tokens: _builtins.int | None = ...,
+        image_tile_tokens: _builtins.int | None = ...,
+        image_patch_multiplier: _builtins.float | None = ...,
+        verbosity: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_cached_input_usd_per_million", b"_cached_input_usd_per_million", "_input_usd_per_million", b"_input_usd_per_million", "_output_usd_per_million", b"_output_usd_per_million", "cached_input_usd_per_million", b"cached_input_usd_per_million", "input_usd_per_million", b"input_usd_per_million", "output_usd_per_million", b"output_usd_per_million"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_cached_input_usd_per_million", b"_cached_input_usd_per_million", "_image_base_tokens", b"_image_base_tokens", "_image_patch_multiplier", b"_image_patch_multiplier", "_image_tile_tokens", b"_image_tile_tokens", "_input_usd_per_million", b"_input_usd_per_million", "_output_usd_per_million", b"_output_usd_per_million", "cached_input_usd_per_million", b"cached_input_usd_per_million", "image_base_tokens", b"image_base_tokens", "image_patch_multiplier", b"image_patch_multiplier", "image_tile_tokens", b"image_tile_tokens", "input_usd_per_million", b"input_usd_per_million", "output_usd_per_million", b"output_usd_per_million"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cached_input_usd_per_million", b"_cached_input_usd_per_million", "_input_usd_per_million", b"_input_usd_per_million", "_output_usd_per_million", b"_output_usd_per_million", "cached_input_usd_per_million", b"cached_input_usd_per_million", "context_window", b"context_window", "encoding", b"encoding", "id", b"id", "input_usd_per_million", b"input_usd_per_million", "max_output_tokens", b"max_output_tokens", "output_usd_per_million", b"output_usd_per_million", "price_source", b"price_source", "reasoning", b"reasoning"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cached_input_usd_per_million", b"_cached_input_usd_per_million", "_image_base_tokens", b"_image_base_tokens", "_image_patch_multiplier", b"_image_patch_multiplier", "_image_tile_tokens", b"_image_tile_tokens", "_input_usd_per_million", b"_input_usd_per_million", "_output_usd_per_million", b"_output_usd_per_million", "cached_input_usd_per_million", b"cached_input_usd_per_million", "context_window", b"context_window", "encoding", b"encoding", "id", b"id", "image_base_tokens", b"image_base_tokens", "image_patch_multiplier", b"image_patch_multiplier", "image_tile_tokens", b"image_tile_tokens", "input_usd_per_million", b"input_usd_per_million", "max_output_tokens", b"max_output_tokens", "output_usd_per_million", b"output_usd_per_million", "price_source", b"price_source", "reasoning", b"reasoning", "verbosity", b"verbosity"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__cached_input_usd_per_million: _TypeAlias = _typing.Literal["cached_input_usd_per_million"]  # noqa: Y015
     _WhichOneofArgType__cached_input_usd_per_million: _TypeAlias = _typing.Literal["_cached_input_usd_per_million", b"_cached_input_usd_per_million"]  # noqa: Y015
+    _WhichOneofReturnType__image_base_tokens: _TypeAlias = _typing.Literal["image_base_tokens"]  # noqa: Y015
+    _WhichOneofArgType__image_base_tokens: _TypeAlias = _typing.Literal["_image_base_tokens", b"_image_base_tokens"]  # noqa: Y015
+    _WhichOneofReturnType__image_patch_multiplier: _TypeAlias = _typing.Literal["image_patch_multiplier"]  # noqa: Y015
+    _WhichOneofArgType__image_patch_multiplier: _TypeAlias = _typing.Literal["_image_patch_multiplier", b"_image_patch_multiplier"]  # noqa: Y015
+    _WhichOneofReturnType__image_tile_tokens: _TypeAlias = _typing.Literal["image_tile_tokens"]  # noqa: Y015
+    _WhichOneofArgType__image_tile_tokens: _TypeAlias = _typing.Literal["_image_tile_tokens", b"_image_tile_tokens"]  # noqa: Y015
     _WhichOneofReturnType__input_usd_per_million: _TypeAlias = _typing.Literal["input_usd_per_million"]  # noqa: Y015
     _WhichOneofArgType__input_usd_per_million: _TypeAlias = _typing.Literal["_input_usd_per_million", b"_input_usd_per_million"]  # noqa: Y015
     _WhichOneofReturnType__output_usd_per_million: _TypeAlias = _typing.Literal["output_usd_per_million"]  # noqa: Y015
     _WhichOneofArgType__output_usd_per_million: _TypeAlias = _typing.Literal["_output_usd_per_million", b"_output_usd_per_million"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__cached_input_usd_per_million) -> _WhichOneofReturnType__cached_input_usd_per_million | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__image_base_tokens) -> _WhichOneofReturnType__image_base_tokens | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__image_patch_multiplier) -> _WhichOneofReturnType__image_patch_multiplier | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__image_tile_tokens) -> _WhichOneofReturnType__image_tile_tokens | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__input_usd_per_million) -> _WhichOneofReturnType__input_usd_per_million | None: ...
     @_typing.overload
@@ -2270,3 +2676,249 @@ class ListUpstreamsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListUpstreamsResponse: _TypeAlias = ListUpstreamsResponse  # noqa: Y015
+
+@_typing.final
+class ContentPart(_message.Message):
+    """---------------------------------------------------------------------------
+    Content parts, request options and answer details of the chat surface.
+
+    ContentPart is one piece of a message's content.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEXT_FIELD_NUMBER: _builtins.int
+    IMAGE_FIELD_NUMBER: _builtins.int
+    AUDIO_FIELD_NUMBER: _builtins.int
+    FILE_FIELD_NUMBER: _builtins.int
+    text: _builtins.str
+    """Text."""
+    @_builtins.property
+    def image(self) -> Global___ImagePart:
+        """An image (ROLE_USER only)."""
+
+    @_builtins.property
+    def audio(self) -> Global___AudioPart:
+        """An audio clip (ROLE_USER only)."""
+
+    @_builtins.property
+    def file(self) -> Global___FilePart:
+        """A file such as a PDF (ROLE_USER only)."""
+
+    def __init__(
+        self,
+        *,
+        text: _builtins.str = ...,
+        image: Global___ImagePart | None = ...,
+        audio: Global___AudioPart | None = ...,
+        file: Global___FilePart | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "file", b"file", "image", b"image", "part", b"part", "text", b"text"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "file", b"file", "image", b"image", "part", b"part", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_part: _TypeAlias = _typing.Literal["text", "image", "audio", "file"]  # noqa: Y015
+    _WhichOneofArgType_part: _TypeAlias = _typing.Literal["part", b"part"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_part) -> _WhichOneofReturnType_part | None: ...
+
+Global___ContentPart: _TypeAlias = ContentPart  # noqa: Y015
+
+@_typing.final
+class ImagePart(_message.Message):
+    """ImagePart is an image given by URL or inline; set exactly one of url and data."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    URL_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    MIME_TYPE_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    url: _builtins.str
+    """An https URL, passed through (the gateway never fetches it), or a data
+    URL "data:image/<png|jpeg|gif|webp>;base64,...".
+    """
+    data: _builtins.bytes
+    """The image bytes (at most 10 MiB; 12 MiB of media per request in all)."""
+    mime_type: _builtins.str
+    """MIME type of data: image/png, image/jpeg, image/gif or image/webp; the
+    bytes must be an image of that type. Required with data.
+    """
+    detail: Global___ImageDetail.ValueType
+    """The resolution to look at it with."""
+    def __init__(
+        self,
+        *,
+        url: _builtins.str = ...,
+        data: _builtins.bytes = ...,
+        mime_type: _builtins.str = ...,
+        detail: Global___ImageDetail.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "detail", b"detail", "mime_type", b"mime_type", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImagePart: _TypeAlias = ImagePart  # noqa: Y015
+
+@_typing.final
+class AudioPart(_message.Message):
+    """AudioPart is an audio clip for a model that takes audio input."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATA_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    data: _builtins.bytes
+    """The audio bytes (at most 10 MiB)."""
+    format: Global___AudioFormat.ValueType
+    """Their format. Required."""
+    def __init__(
+        self,
+        *,
+        data: _builtins.bytes = ...,
+        format: Global___AudioFormat.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "format", b"format"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AudioPart: _TypeAlias = AudioPart  # noqa: Y015
+
+@_typing.final
+class FilePart(_message.Message):
+    """FilePart is a file, such as a PDF, for a model that reads files."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATA_FIELD_NUMBER: _builtins.int
+    FILENAME_FIELD_NUMBER: _builtins.int
+    MIME_TYPE_FIELD_NUMBER: _builtins.int
+    data: _builtins.bytes
+    """The file bytes (at most 10 MiB)."""
+    filename: _builtins.str
+    """The file's name, e.g. "report.pdf": 1 to 255 characters, no slash or backslash."""
+    mime_type: _builtins.str
+    """MIME type, e.g. "application/pdf". Empty: guessed from the filename's
+    extension (INVALID_ARGUMENT when it cannot be).
+    """
+    def __init__(
+        self,
+        *,
+        data: _builtins.bytes = ...,
+        filename: _builtins.str = ...,
+        mime_type: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "filename", b"filename", "mime_type", b"mime_type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FilePart: _TypeAlias = FilePart  # noqa: Y015
+
+@_typing.final
+class TopLogprob(_message.Message):
+    """TopLogprob is one likely alternative at a token position."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_FIELD_NUMBER: _builtins.int
+    LOGPROB_FIELD_NUMBER: _builtins.int
+    BYTES_FIELD_NUMBER: _builtins.int
+    token: _builtins.str
+    """The token's text."""
+    logprob: _builtins.float
+    """Its log probability."""
+    bytes: _builtins.bytes
+    """Its UTF-8 bytes (a token may hold part of a character); empty when the
+    upstream sent none.
+    """
+    def __init__(
+        self,
+        *,
+        token: _builtins.str = ...,
+        logprob: _builtins.float = ...,
+        bytes: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes", b"bytes", "logprob", b"logprob", "token", b"token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TopLogprob: _TypeAlias = TopLogprob  # noqa: Y015
+
+@_typing.final
+class TokenLogprob(_message.Message):
+    """TokenLogprob is the log probability of one generated token."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_FIELD_NUMBER: _builtins.int
+    LOGPROB_FIELD_NUMBER: _builtins.int
+    BYTES_FIELD_NUMBER: _builtins.int
+    TOP_LOGPROBS_FIELD_NUMBER: _builtins.int
+    token: _builtins.str
+    """The token's text."""
+    logprob: _builtins.float
+    """Its log probability."""
+    bytes: _builtins.bytes
+    """Its UTF-8 bytes (a token may hold part of a character); empty when the
+    upstream sent none.
+    """
+    @_builtins.property
+    def top_logprobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___TopLogprob]:
+        """The most likely tokens at this position (request.top_logprobs of them)."""
+
+    def __init__(
+        self,
+        *,
+        token: _builtins.str = ...,
+        logprob: _builtins.float = ...,
+        bytes: _builtins.bytes = ...,
+        top_logprobs: _abc.Iterable[Global___TopLogprob] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes", b"bytes", "logprob", b"logprob", "token", b"token", "top_logprobs", b"top_logprobs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TokenLogprob: _TypeAlias = TokenLogprob  # noqa: Y015
+
+@_typing.final
+class UrlCitation(_message.Message):
+    """UrlCitation is a web source the answer cites."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    URL_FIELD_NUMBER: _builtins.int
+    TITLE_FIELD_NUMBER: _builtins.int
+    START_INDEX_FIELD_NUMBER: _builtins.int
+    END_INDEX_FIELD_NUMBER: _builtins.int
+    url: _builtins.str
+    """The source's URL."""
+    title: _builtins.str
+    """The source's title."""
+    start_index: _builtins.int
+    """Index of the first character of the citation in the answer text."""
+    end_index: _builtins.int
+    """Index just past its last character."""
+    def __init__(
+        self,
+        *,
+        url: _builtins.str = ...,
+        title: _builtins.str = ...,
+        start_index: _builtins.int = ...,
+        end_index: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_index", b"end_index", "start_index", b"start_index", "title", b"title", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UrlCitation: _TypeAlias = UrlCitation  # noqa: Y015

@@ -119,6 +119,14 @@ final class CaseRunner {
         problems.add("the stand-in received " + got + " chat requests, want " + want);
       }
     }
+    if (expect.has("upstream_request")) {
+      JsonElement body = standin.lastChatBody();
+      if (body == null) {
+        problems.add("the stand-in recorded no chat request");
+      } else {
+        match("upstream_request", expect.get("upstream_request"), body, problems);
+      }
+    }
     if (!problems.isEmpty()) {
       throw new AssertionError(String.join("\n", problems));
     }

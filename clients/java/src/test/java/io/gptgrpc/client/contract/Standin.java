@@ -1,5 +1,6 @@
 package io.gptgrpc.client.contract;
 
+import com.google.gson.JsonArray;
 import com.google.gson.JsonElement;
 import com.google.gson.JsonParser;
 import java.io.IOException;
@@ -9,7 +10,7 @@ import java.net.http.HttpRequest;
 import java.net.http.HttpResponse;
 import java.time.Duration;
 
-/** The stand-in upstream's control API (tests/standin): reset, queue faults, read the request count. */
+/** The stand-in upstream's control API (tests/standin): reset, queue faults, read the requests it received. */
 final class Standin {
   private static final Duration TIMEOUT = Duration.ofSeconds(10);
   private final HttpClient http = HttpClient.newBuilder().connectTimeout(TIMEOUT).build();
@@ -32,6 +33,13 @@ final class Standin {
   long chatRequests() {
     JsonElement stats = JsonParser.parseString(send(HttpRequest.newBuilder(uri("/_standin/stats")).GET()));
     return stats.getAsJsonObject().get("requests").getAsLong();
+  }
+
+  /** The body of the last chat request the stand-in received since the last reset, or null when none. */
+  JsonElement lastChatBody() {
+    JsonArray records = JsonParser.parseString(send(HttpRequest.newBuilder(uri("/_standin/requests")).GET()))
+        .getAsJsonArray();
+    return records.isEmpty() ? null : records.get(records.size() - 1).getAsJsonObject().get("body");
   }
 
   private void post(String path, String body) {
