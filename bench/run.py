@@ -32,6 +32,10 @@ or more, and measures:
   local receiver, tests/otlp_receiver.py) against the same gateway with
   tracing off, windows alternating; the spans the receiver got
   (`--only-tracing` runs this row alone; skipped by --smoke).
+- several upstreams: unary calls at concurrency 32, the gateway with one
+  upstream configured through an upstreams file (`--upstreams`) against the
+  same gateway configured by the OPENAI_BASE_URL shorthand, windows
+  alternating (`--only-upstreams` runs this row alone).
 - the upstream transport (GPT_GRPC_UPSTREAM_TRANSPORT): one gateway per
   candidate in `TRANSPORTS` against the same stand-in, unary and streams at
   concurrency 32, the candidates' windows alternating. `--transports` runs
@@ -83,6 +87,7 @@ TARGETS = {
     "slow_rss": ("slow upstream: server peak RSS (MB)", "<", 600.0),
     "ready": ("readiness: start to SERVING (s)", "<=", 1.5),
     "store_32": ("unary calls/s with a client token, Redis store / in-memory store, concurrency 32", ">=", 0.85),
+    "upstreams_32": ("unary calls/s, one upstream from an upstreams file / the shorthand, concurrency 32", ">=", 0.95),
 }
 
 
@@ -110,6 +115,7 @@ class Plan:
     scaling: bool = True
     store: bool = True
     tracing: bool = True
+    upstreams: bool = True
 
 
 SMOKE = Plan(
@@ -561,6 +567,9 @@ class Bench:
             # 8. tracing on against off
             if p.tracing:
                 self.tracing_row(base_url)
+            # 9. several upstreams: one from a file against the shorthand
+            if p.upstreams:
+                self.upstreams_row(base_url)
             self.stack.stop(upstream)
         finally:
             self.stack.close()
@@ -733,6 +742,33 @@ class Bench:
             f"{_fmt(self.results['tracing']['server_cpu_ratio'], 3)}; {self.results['tracing']['receiver']}"
         )
 
+    def upstreams_row(self, base_url: str) -> None:
+        """Unary at 32: one upstream through the upstreams file against the OPENAI_BASE_URL shorthand."""
+        p = self.plan
+        c = 32 if 32 in p.concurrencies else max(p.concurrencies)
+        self.say(f"several upstreams: unary at concurrency {c}, one upstream from a file vs the shorthand")
+        path = self.logs / "upstreams.toml"
+        path.write_text(f'[[upstream]]\nname = "only"\nbase_url = "{base_url}"\napi_key_env = "OPENAI_API_KEY"\n')
+        shorthand, shorthand_target, _ = start_gateway(self.stack, base_url, name="gateway-shorthand")
+        from_file, file_target, _ = start_gateway(
+            self.stack, base_url, name="gateway-file", args=("--upstreams", str(path))
+        )
+        try:
+            series = self.alternate(
+                f"upstreams_{c}",
+                {
+                    "shorthand": {**self.base_spec("gateway_unary", c), "target": shorthand_target},
+                    "file": {**self.base_spec("gateway_unary", c), "target": file_target},
+                },
+                {"shorthand": shorthand, "file": from_file},
+            )
+        finally:
+            self.stack.stop(shorthand)
+            self.stack.stop(from_file)
+        ratio = paired_ratios(series["file"], series["shorthand"])
+        self.results["upstreams"] = {"concurrency": c, "file_over_shorthand": ratio}
+        self.say(f"  file / shorthand calls/s: {_fmt(ratio, 3)}")
+
     def store_row(self, base_url: str) -> None:
         """Unary at 32 with a client token: Redis store vs in-memory store; Redis commands per call."""
         self.say("store: unary calls at concurrency 32 with a client token, Redis store vs in-memory store")
@@ -870,6 +906,9 @@ def compute(bench: Bench) -> dict[str, Any]:
     keymap = {"unary_32": f"unary_{32 if 32 in p.concurrencies else max(p.concurrencies)}"}
     keymap["unary_256"] = f"unary_{256 if 256 in p.concurrencies else max(p.concurrencies)}"
     keymap["stream_32"] = f"stream_{c}"
+    upstreams_key = f"upstreams_{r['upstreams']['concurrency']}" if "upstreams" in r else None
+    if upstreams_key is not None:
+        figures["upstreams_32"] = paired_ratios(s[f"{upstreams_key}/file"], s[f"{upstreams_key}/shorthand"])
     if "store_32/redis" in s:
         figures["store_32"] = paired_ratios(s["store_32/redis"], s["store_32/memory"])
         figures["store_commands_per_call"] = r["store"]["commands_per_call"]
@@ -971,6 +1010,15 @@ def markdown(bench: Bench, figures: dict[str, Any], meta: dict[str, Any]) -> str
             f"{bench.results['store']['round_trips_per_call']:.3f} store round trips per call (the gateway's "
             f"gpt_grpc_store_round_trips), {bench.results['store']['commands_per_call']:.2f} Redis commands per "
             "call, those run inside scripts included (INFO commandstats)."
+        )
+    if "upstreams" in bench.results:
+        up = bench.results["upstreams"]
+        key = f"upstreams_{up['concurrency']}"
+        lines.append(
+            f"- Several upstreams (unary, concurrency {up['concurrency']}): one upstream from an upstreams file "
+            f"{_fmt(s[key + '/file'].stat('rate'))} calls/s, the OPENAI_BASE_URL shorthand "
+            f"{_fmt(s[key + '/shorthand'].stat('rate'))} calls/s; file / shorthand per round "
+            f"{_fmt(up['file_over_shorthand'], 3)}."
         )
     lines += ["", *transport_section(bench), *tracing_section(bench)]
     lines += ["## Ratios and targets", "", "| figure | target | value | met |", "| --- | --- | --- | --- |"]
@@ -1219,6 +1267,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only-store", action="store_true", help="run the Redis store row alone (prints its figures)")
     ap.add_argument("--no-tracing", action="store_true", help="skip the tracing on/off row")
     ap.add_argument("--only-tracing", action="store_true", help="run the tracing on/off row alone (writes tracing.md)")
+    ap.add_argument("--no-upstreams", action="store_true", help="skip the upstreams-file row")
+    ap.add_argument(
+        "--only-upstreams",
+        action="store_true",
+        help="run the upstreams-file row alone: one upstream from a file vs the shorthand (prints its figures)",
+    )
     ap.add_argument(
         "--transports", action="store_true", help="only the upstream transport comparison (writes transports.md)"
     )
@@ -1236,6 +1290,7 @@ def main(argv: list[str] | None = None) -> int:
     plan.scaling = plan.scaling and not args.no_scaling
     plan.store = plan.store and not args.no_store
     plan.tracing = plan.tracing and not args.no_tracing
+    plan.upstreams = plan.upstreams and not args.no_upstreams
     cpus = plan_cpus()
     if cpus.load:
         os.sched_setaffinity(0, cpus.load)
@@ -1266,6 +1321,12 @@ def main(argv: list[str] | None = None) -> int:
         report = {"meta": meta, "results": results, "series": series}
         (args.out / "tracing.json").write_text(json.dumps(report, indent=1))
         print(f"report: {args.out / 'tracing.md'}")
+        return 0
+    if args.only_upstreams:
+        results = bench.run_alone(bench.upstreams_row)
+        (args.out / "upstreams.json").write_text(
+            json.dumps({"results": results, "series": {k: v.to_json() for k, v in bench.series.items()}}, indent=1)
+        )
         return 0
     if args.transports:
         bench.run_transports()

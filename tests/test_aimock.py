@@ -290,6 +290,8 @@ ELSEWHERE = {
     "Configure without / with a wrong admin token": "tests/test_server.py::test_configure_requires_the_admin_token",
     "Configure on a server with no admin token": "tests/test_server.py::test_configure_disabled_without_admin_token",
     "server shutting down": "tests/test_lifecycle.py::test_sigterm_drains_500_streams_and_exits_zero",
+    # Several upstreams (an upstreams file): the stand-ins of tests/test_upstreams.py.
+    "no configured upstream serves the model": "tests/test_upstreams.py::test_a_fallback_model_is_used_and_reported",
 }
 # The rows run here by tests of their own below (not through ROWS).
 OWN_TESTS = {

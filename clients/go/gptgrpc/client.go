@@ -182,6 +182,7 @@ var (
 		gptgrpcv1.GPTService_GetConfiguration_FullMethodName:     true,
 		gptgrpcv1.GPTService_ListModels_FullMethodName:           true,
 		gptgrpcv1.GPTService_GetUsage_FullMethodName:             true,
+		gptgrpcv1.GPTService_ListUpstreams_FullMethodName:        true,
 	}
 )
 

@@ -327,6 +327,118 @@ func (BudgetPeriod) EnumDescriptor() ([]byte, []int) {
 	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{4}
 }
 
+// UpstreamKind is the API an upstream speaks.
+type UpstreamKind int32
+
+const (
+	// Not set: OPENAI.
+	UpstreamKind_UPSTREAM_KIND_UNSPECIFIED UpstreamKind = 0
+	// OpenAI or any OpenAI-compatible server: POST <base_url>/chat/completions
+	// with "Authorization: Bearer <key>".
+	UpstreamKind_UPSTREAM_KIND_OPENAI UpstreamKind = 1
+	// Azure OpenAI: POST <base_url>/openai/deployments/<deployment>/chat/completions
+	// ?api-version=<api_version> with an "api-key" header.
+	UpstreamKind_UPSTREAM_KIND_AZURE UpstreamKind = 2
+)
+
+// Enum value maps for UpstreamKind.
+var (
+	UpstreamKind_name = map[int32]string{
+		0: "UPSTREAM_KIND_UNSPECIFIED",
+		1: "UPSTREAM_KIND_OPENAI",
+		2: "UPSTREAM_KIND_AZURE",
+	}
+	UpstreamKind_value = map[string]int32{
+		"UPSTREAM_KIND_UNSPECIFIED": 0,
+		"UPSTREAM_KIND_OPENAI":      1,
+		"UPSTREAM_KIND_AZURE":       2,
+	}
+)
+
+func (x UpstreamKind) Enum() *UpstreamKind {
+	p := new(UpstreamKind)
+	*p = x
+	return p
+}
+
+func (x UpstreamKind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (UpstreamKind) Descriptor() protoreflect.EnumDescriptor {
+	return file_gptgrpc_v1_gateway_proto_enumTypes[5].Descriptor()
+}
+
+func (UpstreamKind) Type() protoreflect.EnumType {
+	return &file_gptgrpc_v1_gateway_proto_enumTypes[5]
+}
+
+func (x UpstreamKind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use UpstreamKind.Descriptor instead.
+func (UpstreamKind) EnumDescriptor() ([]byte, []int) {
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{5}
+}
+
+// BreakerState is an upstream's circuit breaker state.
+type BreakerState int32
+
+const (
+	// Never sent.
+	BreakerState_BREAKER_STATE_UNSPECIFIED BreakerState = 0
+	// Calls go to it.
+	BreakerState_BREAKER_STATE_CLOSED BreakerState = 1
+	// It failed: no calls until its next half-open probe.
+	BreakerState_BREAKER_STATE_OPEN BreakerState = 2
+	// A probe call is testing it; it closes again after successful probes.
+	BreakerState_BREAKER_STATE_HALF_OPEN BreakerState = 3
+)
+
+// Enum value maps for BreakerState.
+var (
+	BreakerState_name = map[int32]string{
+		0: "BREAKER_STATE_UNSPECIFIED",
+		1: "BREAKER_STATE_CLOSED",
+		2: "BREAKER_STATE_OPEN",
+		3: "BREAKER_STATE_HALF_OPEN",
+	}
+	BreakerState_value = map[string]int32{
+		"BREAKER_STATE_UNSPECIFIED": 0,
+		"BREAKER_STATE_CLOSED":      1,
+		"BREAKER_STATE_OPEN":        2,
+		"BREAKER_STATE_HALF_OPEN":   3,
+	}
+)
+
+func (x BreakerState) Enum() *BreakerState {
+	p := new(BreakerState)
+	*p = x
+	return p
+}
+
+func (x BreakerState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (BreakerState) Descriptor() protoreflect.EnumDescriptor {
+	return file_gptgrpc_v1_gateway_proto_enumTypes[6].Descriptor()
+}
+
+func (BreakerState) Type() protoreflect.EnumType {
+	return &file_gptgrpc_v1_gateway_proto_enumTypes[6]
+}
+
+func (x BreakerState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use BreakerState.Descriptor instead.
+func (BreakerState) EnumDescriptor() ([]byte, []int) {
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{6}
+}
+
 // ImageDetail is the resolution the model looks at an image with (and what
 // it costs: LOW is a fixed number of tokens).
 type ImageDetail int32
@@ -369,11 +481,11 @@ func (x ImageDetail) String() string {
 }
 
 func (ImageDetail) Descriptor() protoreflect.EnumDescriptor {
-	return file_gptgrpc_v1_gateway_proto_enumTypes[5].Descriptor()
+	return file_gptgrpc_v1_gateway_proto_enumTypes[7].Descriptor()
 }
 
 func (ImageDetail) Type() protoreflect.EnumType {
-	return &file_gptgrpc_v1_gateway_proto_enumTypes[5]
+	return &file_gptgrpc_v1_gateway_proto_enumTypes[7]
 }
 
 func (x ImageDetail) Number() protoreflect.EnumNumber {
@@ -382,7 +494,7 @@ func (x ImageDetail) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ImageDetail.Descriptor instead.
 func (ImageDetail) EnumDescriptor() ([]byte, []int) {
-	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{5}
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{7}
 }
 
 // AudioFormat is the encoding of an audio clip.
@@ -422,11 +534,11 @@ func (x AudioFormat) String() string {
 }
 
 func (AudioFormat) Descriptor() protoreflect.EnumDescriptor {
-	return file_gptgrpc_v1_gateway_proto_enumTypes[6].Descriptor()
+	return file_gptgrpc_v1_gateway_proto_enumTypes[8].Descriptor()
 }
 
 func (AudioFormat) Type() protoreflect.EnumType {
-	return &file_gptgrpc_v1_gateway_proto_enumTypes[6]
+	return &file_gptgrpc_v1_gateway_proto_enumTypes[8]
 }
 
 func (x AudioFormat) Number() protoreflect.EnumNumber {
@@ -435,7 +547,7 @@ func (x AudioFormat) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use AudioFormat.Descriptor instead.
 func (AudioFormat) EnumDescriptor() ([]byte, []int) {
-	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{6}
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{8}
 }
 
 // ReasoningEffort is how much a reasoning model thinks before answering.
@@ -483,11 +595,11 @@ func (x ReasoningEffort) String() string {
 }
 
 func (ReasoningEffort) Descriptor() protoreflect.EnumDescriptor {
-	return file_gptgrpc_v1_gateway_proto_enumTypes[7].Descriptor()
+	return file_gptgrpc_v1_gateway_proto_enumTypes[9].Descriptor()
 }
 
 func (ReasoningEffort) Type() protoreflect.EnumType {
-	return &file_gptgrpc_v1_gateway_proto_enumTypes[7]
+	return &file_gptgrpc_v1_gateway_proto_enumTypes[9]
 }
 
 func (x ReasoningEffort) Number() protoreflect.EnumNumber {
@@ -496,7 +608,7 @@ func (x ReasoningEffort) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ReasoningEffort.Descriptor instead.
 func (ReasoningEffort) EnumDescriptor() ([]byte, []int) {
-	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{7}
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{9}
 }
 
 // Verbosity is how long a gpt-5 model's answer should be.
@@ -540,11 +652,11 @@ func (x Verbosity) String() string {
 }
 
 func (Verbosity) Descriptor() protoreflect.EnumDescriptor {
-	return file_gptgrpc_v1_gateway_proto_enumTypes[8].Descriptor()
+	return file_gptgrpc_v1_gateway_proto_enumTypes[10].Descriptor()
 }
 
 func (Verbosity) Type() protoreflect.EnumType {
-	return &file_gptgrpc_v1_gateway_proto_enumTypes[8]
+	return &file_gptgrpc_v1_gateway_proto_enumTypes[10]
 }
 
 func (x Verbosity) Number() protoreflect.EnumNumber {
@@ -553,7 +665,7 @@ func (x Verbosity) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Verbosity.Descriptor instead.
 func (Verbosity) EnumDescriptor() ([]byte, []int) {
-	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{8}
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{10}
 }
 
 // ErrorReason is the reason of the google.rpc.ErrorInfo attached to every
@@ -635,6 +747,9 @@ const (
 	// The shared store cannot be reached for an admin change (client or
 	// settings); nothing was changed. The data plane keeps serving. UNAVAILABLE.
 	ErrorReason_STORE_UNAVAILABLE ErrorReason = 36
+	// No configured upstream serves the model (nor any of its fallback
+	// models). NOT_FOUND.
+	ErrorReason_MODEL_NOT_ROUTED ErrorReason = 49
 )
 
 // Enum value maps for ErrorReason.
@@ -673,6 +788,7 @@ var (
 		34: "SECRET_KEY_MISSING",
 		35: "CLIENT_IN_FLIGHT_LIMITED",
 		36: "STORE_UNAVAILABLE",
+		49: "MODEL_NOT_ROUTED",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED":         0,
@@ -708,6 +824,7 @@ var (
 		"SECRET_KEY_MISSING":               34,
 		"CLIENT_IN_FLIGHT_LIMITED":         35,
 		"STORE_UNAVAILABLE":                36,
+		"MODEL_NOT_ROUTED":                 49,
 	}
 )
 
@@ -722,11 +839,11 @@ func (x ErrorReason) String() string {
 }
 
 func (ErrorReason) Descriptor() protoreflect.EnumDescriptor {
-	return file_gptgrpc_v1_gateway_proto_enumTypes[9].Descriptor()
+	return file_gptgrpc_v1_gateway_proto_enumTypes[11].Descriptor()
 }
 
 func (ErrorReason) Type() protoreflect.EnumType {
-	return &file_gptgrpc_v1_gateway_proto_enumTypes[9]
+	return &file_gptgrpc_v1_gateway_proto_enumTypes[11]
 }
 
 func (x ErrorReason) Number() protoreflect.EnumNumber {
@@ -735,7 +852,7 @@ func (x ErrorReason) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ErrorReason.Descriptor instead.
 func (ErrorReason) EnumDescriptor() ([]byte, []int) {
-	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{9}
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{11}
 }
 
 // ChatMessage is one message of a conversation.
@@ -1515,6 +1632,10 @@ type ChatCompletionResponse struct {
 	Attempts int32 `protobuf:"varint,8,opt,name=attempts,proto3" json:"attempts,omitempty"`
 	// Refusal text when the model refused (structured outputs).
 	Refusal string `protobuf:"bytes,9,opt,name=refusal,proto3" json:"refusal,omitempty"`
+	// The configured upstream that answered (an [[upstream]] name of the
+	// upstreams file or Configure; "default" for the single OPENAI_BASE_URL
+	// upstream). With fallback models, `model` says which model answered.
+	Upstream string `protobuf:"bytes,10,opt,name=upstream,proto3" json:"upstream,omitempty"`
 	// Log probabilities of the answer's tokens, in order; empty unless the
 	// request set logprobs (and the upstream sent them).
 	Logprobs []*TokenLogprob `protobuf:"bytes,12,rep,name=logprobs,proto3" json:"logprobs,omitempty"`
@@ -1617,6 +1738,13 @@ func (x *ChatCompletionResponse) GetAttempts() int32 {
 func (x *ChatCompletionResponse) GetRefusal() string {
 	if x != nil {
 		return x.Refusal
+	}
+	return ""
+}
+
+func (x *ChatCompletionResponse) GetUpstream() string {
+	if x != nil {
+		return x.Upstream
 	}
 	return ""
 }
@@ -2000,6 +2128,8 @@ type ChatCompletionSummary struct {
 	CostUsd *float64 `protobuf:"fixed64,6,opt,name=cost_usd,json=costUsd,proto3,oneof" json:"cost_usd,omitempty"`
 	// Upstream attempts it took.
 	Attempts int32 `protobuf:"varint,7,opt,name=attempts,proto3" json:"attempts,omitempty"`
+	// The configured upstream that answered (see ChatCompletionResponse.upstream).
+	Upstream string `protobuf:"bytes,8,opt,name=upstream,proto3" json:"upstream,omitempty"`
 	// The processing tier that served the call, as the upstream reports it.
 	ServiceTier string `protobuf:"bytes,9,opt,name=service_tier,json=serviceTier,proto3" json:"service_tier,omitempty"`
 	// The upstream's backend configuration fingerprint, as it reports it.
@@ -2087,6 +2217,13 @@ func (x *ChatCompletionSummary) GetAttempts() int32 {
 		return x.Attempts
 	}
 	return 0
+}
+
+func (x *ChatCompletionSummary) GetUpstream() string {
+	if x != nil {
+		return x.Upstream
+	}
+	return ""
 }
 
 func (x *ChatCompletionSummary) GetServiceTier() string {
@@ -2420,9 +2557,18 @@ type ConfigureRequest struct {
 	// Timeout of one upstream attempt.
 	RequestTimeout *durationpb.Duration `protobuf:"bytes,6,opt,name=request_timeout,json=requestTimeout,proto3" json:"request_timeout,omitempty"`
 	// Retry policy; only its set fields change.
-	RetryPolicy   *RetryPolicy `protobuf:"bytes,7,opt,name=retry_policy,json=retryPolicy,proto3" json:"retry_policy,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	RetryPolicy *RetryPolicy `protobuf:"bytes,7,opt,name=retry_policy,json=retryPolicy,proto3" json:"retry_policy,omitempty"`
+	// Replaces the whole upstream set at once, validated like the upstreams
+	// file (every problem listed, nothing applied unless all pass). Each
+	// upstream's api_key is given here, or left unset to keep the key of the
+	// upstream of the same name in force (only while its base URL keeps its
+	// origin). On a shared store the keys are kept encrypted.
+	Upstreams *UpstreamSet `protobuf:"bytes,10,opt,name=upstreams,proto3" json:"upstreams,omitempty"`
+	// True: drop the upstream set and go back to the single upstream of
+	// endpoint + api_key. Not together with upstreams.
+	ClearUpstreams bool `protobuf:"varint,11,opt,name=clear_upstreams,json=clearUpstreams,proto3" json:"clear_upstreams,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *ConfigureRequest) Reset() {
@@ -2504,6 +2650,20 @@ func (x *ConfigureRequest) GetRetryPolicy() *RetryPolicy {
 	return nil
 }
 
+func (x *ConfigureRequest) GetUpstreams() *UpstreamSet {
+	if x != nil {
+		return x.Upstreams
+	}
+	return nil
+}
+
+func (x *ConfigureRequest) GetClearUpstreams() bool {
+	if x != nil {
+		return x.ClearUpstreams
+	}
+	return false
+}
+
 // Configuration is the gateway's current upstream settings.
 type Configuration struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2524,9 +2684,15 @@ type Configuration struct {
 	// Retry policy.
 	RetryPolicy *RetryPolicy `protobuf:"bytes,8,opt,name=retry_policy,json=retryPolicy,proto3" json:"retry_policy,omitempty"`
 	// Increases by one with every applied Configure.
-	Generation    int64 `protobuf:"varint,9,opt,name=generation,proto3" json:"generation,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Generation int64 `protobuf:"varint,9,opt,name=generation,proto3" json:"generation,omitempty"`
+	// The upstream set in force, keys masked (api_key_masked); unset when the
+	// single upstream of endpoint + api_key serves every call.
+	Upstreams *UpstreamSet `protobuf:"bytes,10,opt,name=upstreams,proto3" json:"upstreams,omitempty"`
+	// Where the upstream set came from: "file" (the server's --upstreams file)
+	// or "configure"; empty without one.
+	UpstreamsSource string `protobuf:"bytes,11,opt,name=upstreams_source,json=upstreamsSource,proto3" json:"upstreams_source,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *Configuration) Reset() {
@@ -2620,6 +2786,20 @@ func (x *Configuration) GetGeneration() int64 {
 		return x.Generation
 	}
 	return 0
+}
+
+func (x *Configuration) GetUpstreams() *UpstreamSet {
+	if x != nil {
+		return x.Upstreams
+	}
+	return nil
+}
+
+func (x *Configuration) GetUpstreamsSource() string {
+	if x != nil {
+		return x.UpstreamsSource
+	}
+	return ""
 }
 
 // ConfigureResponse returns the settings now in force.
@@ -3803,6 +3983,623 @@ func (x *RevokeClientResponse) GetClient() *Client {
 	return nil
 }
 
+// BreakerPolicy says when an upstream's circuit breaker opens and closes;
+// unset fields take the defaults (README "Several upstreams").
+type BreakerPolicy struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Failed attempts in a row that open it (default 5).
+	FailureThreshold *int32 `protobuf:"varint,1,opt,name=failure_threshold,json=failureThreshold,proto3,oneof" json:"failure_threshold,omitempty"`
+	// Or this share of failed attempts over the window, 0 to 1 (default 0.5) ...
+	FailureRatio *float64 `protobuf:"fixed64,2,opt,name=failure_ratio,json=failureRatio,proto3,oneof" json:"failure_ratio,omitempty"`
+	// ... of this length (default 30 s) ...
+	Window *durationpb.Duration `protobuf:"bytes,3,opt,name=window,proto3" json:"window,omitempty"`
+	// ... once it holds at least this many attempts (default 20).
+	MinCalls *int32 `protobuf:"varint,4,opt,name=min_calls,json=minCalls,proto3,oneof" json:"min_calls,omitempty"`
+	// While open, one half-open probe per interval (default 10 s).
+	ProbeInterval *durationpb.Duration `protobuf:"bytes,5,opt,name=probe_interval,json=probeInterval,proto3" json:"probe_interval,omitempty"`
+	// Successful probes in a row that close it again (default 2).
+	CloseAfter *int32 `protobuf:"varint,6,opt,name=close_after,json=closeAfter,proto3,oneof" json:"close_after,omitempty"`
+	// How long 429 insufficient_quota takes the upstream out (default 300 s).
+	QuotaCooldown *durationpb.Duration `protobuf:"bytes,7,opt,name=quota_cooldown,json=quotaCooldown,proto3" json:"quota_cooldown,omitempty"`
+	// How long a refused key (401) takes the upstream out (default 60 s).
+	AuthCooldown  *durationpb.Duration `protobuf:"bytes,8,opt,name=auth_cooldown,json=authCooldown,proto3" json:"auth_cooldown,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BreakerPolicy) Reset() {
+	*x = BreakerPolicy{}
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BreakerPolicy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BreakerPolicy) ProtoMessage() {}
+
+func (x *BreakerPolicy) ProtoReflect() protoreflect.Message {
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BreakerPolicy.ProtoReflect.Descriptor instead.
+func (*BreakerPolicy) Descriptor() ([]byte, []int) {
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *BreakerPolicy) GetFailureThreshold() int32 {
+	if x != nil && x.FailureThreshold != nil {
+		return *x.FailureThreshold
+	}
+	return 0
+}
+
+func (x *BreakerPolicy) GetFailureRatio() float64 {
+	if x != nil && x.FailureRatio != nil {
+		return *x.FailureRatio
+	}
+	return 0
+}
+
+func (x *BreakerPolicy) GetWindow() *durationpb.Duration {
+	if x != nil {
+		return x.Window
+	}
+	return nil
+}
+
+func (x *BreakerPolicy) GetMinCalls() int32 {
+	if x != nil && x.MinCalls != nil {
+		return *x.MinCalls
+	}
+	return 0
+}
+
+func (x *BreakerPolicy) GetProbeInterval() *durationpb.Duration {
+	if x != nil {
+		return x.ProbeInterval
+	}
+	return nil
+}
+
+func (x *BreakerPolicy) GetCloseAfter() int32 {
+	if x != nil && x.CloseAfter != nil {
+		return *x.CloseAfter
+	}
+	return 0
+}
+
+func (x *BreakerPolicy) GetQuotaCooldown() *durationpb.Duration {
+	if x != nil {
+		return x.QuotaCooldown
+	}
+	return nil
+}
+
+func (x *BreakerPolicy) GetAuthCooldown() *durationpb.Duration {
+	if x != nil {
+		return x.AuthCooldown
+	}
+	return nil
+}
+
+// Upstream is one [[upstream]] of the upstream set.
+type Upstream struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Unique name (1-64 letters, digits, ".", "_", "-"): shown in responses,
+	// logs, metrics and ListUpstreams.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// The API it speaks.
+	Kind UpstreamKind `protobuf:"varint,2,opt,name=kind,proto3,enum=gptgrpc.v1.UpstreamKind" json:"kind,omitempty"`
+	// Base URL, e.g. "https://api.openai.com/v1" or, for Azure,
+	// "https://my-resource.openai.azure.com". Held to the egress policy.
+	BaseUrl string `protobuf:"bytes,3,opt,name=base_url,json=baseUrl,proto3" json:"base_url,omitempty"`
+	// ConfigureRequest only: the key. Unset keeps the key of the upstream of
+	// the same name in force, if its base URL keeps its origin. Never returned.
+	ApiKey *string `protobuf:"bytes,4,opt,name=api_key,json=apiKey,proto3,oneof" json:"api_key,omitempty"`
+	// Configuration only: the key, masked.
+	ApiKeyMasked string `protobuf:"bytes,5,opt,name=api_key_masked,json=apiKeyMasked,proto3" json:"api_key_masked,omitempty"`
+	// Lower is tried first (default 1).
+	Priority *int32 `protobuf:"varint,6,opt,name=priority,proto3,oneof" json:"priority,omitempty"`
+	// Share of the calls among upstreams of equal priority (default 1).
+	Weight *float64 `protobuf:"fixed64,7,opt,name=weight,proto3,oneof" json:"weight,omitempty"`
+	// Models it serves: exact names or globs ("gpt-4o*"); empty: every model.
+	// Azure upstreams serve the models of their deployments.
+	Models []string `protobuf:"bytes,8,rep,name=models,proto3" json:"models,omitempty"`
+	// Azure: the api-version (default "2024-10-21").
+	ApiVersion string `protobuf:"bytes,9,opt,name=api_version,json=apiVersion,proto3" json:"api_version,omitempty"`
+	// Azure: model -> deployment name.
+	Deployments map[string]string `protobuf:"bytes,10,rep,name=deployments,proto3" json:"deployments,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// OpenAI organization id sent with its calls (OpenAI kind).
+	Organization string `protobuf:"bytes,11,opt,name=organization,proto3" json:"organization,omitempty"`
+	// OpenAI project id sent with its calls (OpenAI kind).
+	Project string `protobuf:"bytes,12,opt,name=project,proto3" json:"project,omitempty"`
+	// Its circuit breaker; unset fields take the set's breaker, then the defaults.
+	Breaker       *BreakerPolicy `protobuf:"bytes,13,opt,name=breaker,proto3" json:"breaker,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Upstream) Reset() {
+	*x = Upstream{}
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Upstream) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Upstream) ProtoMessage() {}
+
+func (x *Upstream) ProtoReflect() protoreflect.Message {
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Upstream.ProtoReflect.Descriptor instead.
+func (*Upstream) Descriptor() ([]byte, []int) {
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *Upstream) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Upstream) GetKind() UpstreamKind {
+	if x != nil {
+		return x.Kind
+	}
+	return UpstreamKind_UPSTREAM_KIND_UNSPECIFIED
+}
+
+func (x *Upstream) GetBaseUrl() string {
+	if x != nil {
+		return x.BaseUrl
+	}
+	return ""
+}
+
+func (x *Upstream) GetApiKey() string {
+	if x != nil && x.ApiKey != nil {
+		return *x.ApiKey
+	}
+	return ""
+}
+
+func (x *Upstream) GetApiKeyMasked() string {
+	if x != nil {
+		return x.ApiKeyMasked
+	}
+	return ""
+}
+
+func (x *Upstream) GetPriority() int32 {
+	if x != nil && x.Priority != nil {
+		return *x.Priority
+	}
+	return 0
+}
+
+func (x *Upstream) GetWeight() float64 {
+	if x != nil && x.Weight != nil {
+		return *x.Weight
+	}
+	return 0
+}
+
+func (x *Upstream) GetModels() []string {
+	if x != nil {
+		return x.Models
+	}
+	return nil
+}
+
+func (x *Upstream) GetApiVersion() string {
+	if x != nil {
+		return x.ApiVersion
+	}
+	return ""
+}
+
+func (x *Upstream) GetDeployments() map[string]string {
+	if x != nil {
+		return x.Deployments
+	}
+	return nil
+}
+
+func (x *Upstream) GetOrganization() string {
+	if x != nil {
+		return x.Organization
+	}
+	return ""
+}
+
+func (x *Upstream) GetProject() string {
+	if x != nil {
+		return x.Project
+	}
+	return ""
+}
+
+func (x *Upstream) GetBreaker() *BreakerPolicy {
+	if x != nil {
+		return x.Breaker
+	}
+	return nil
+}
+
+// FallbackModels lists the models tried, in order, once every upstream of
+// a model failed or is open.
+type FallbackModels struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The model asked for.
+	Model string `protobuf:"bytes,1,opt,name=model,proto3" json:"model,omitempty"`
+	// Models to try instead, in order (at most 8).
+	Fallbacks     []string `protobuf:"bytes,2,rep,name=fallbacks,proto3" json:"fallbacks,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FallbackModels) Reset() {
+	*x = FallbackModels{}
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FallbackModels) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FallbackModels) ProtoMessage() {}
+
+func (x *FallbackModels) ProtoReflect() protoreflect.Message {
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FallbackModels.ProtoReflect.Descriptor instead.
+func (*FallbackModels) Descriptor() ([]byte, []int) {
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *FallbackModels) GetModel() string {
+	if x != nil {
+		return x.Model
+	}
+	return ""
+}
+
+func (x *FallbackModels) GetFallbacks() []string {
+	if x != nil {
+		return x.Fallbacks
+	}
+	return nil
+}
+
+// UpstreamSet is every upstream and the fallback models, replaced as a whole.
+type UpstreamSet struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The upstreams (1 to 32).
+	Upstreams []*Upstream `protobuf:"bytes,1,rep,name=upstreams,proto3" json:"upstreams,omitempty"`
+	// Fallback models per model.
+	Fallbacks []*FallbackModels `protobuf:"bytes,2,rep,name=fallbacks,proto3" json:"fallbacks,omitempty"`
+	// Breaker defaults for every upstream (ConfigureRequest only).
+	Breaker       *BreakerPolicy `protobuf:"bytes,3,opt,name=breaker,proto3" json:"breaker,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpstreamSet) Reset() {
+	*x = UpstreamSet{}
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpstreamSet) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpstreamSet) ProtoMessage() {}
+
+func (x *UpstreamSet) ProtoReflect() protoreflect.Message {
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpstreamSet.ProtoReflect.Descriptor instead.
+func (*UpstreamSet) Descriptor() ([]byte, []int) {
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *UpstreamSet) GetUpstreams() []*Upstream {
+	if x != nil {
+		return x.Upstreams
+	}
+	return nil
+}
+
+func (x *UpstreamSet) GetFallbacks() []*FallbackModels {
+	if x != nil {
+		return x.Fallbacks
+	}
+	return nil
+}
+
+func (x *UpstreamSet) GetBreaker() *BreakerPolicy {
+	if x != nil {
+		return x.Breaker
+	}
+	return nil
+}
+
+// ListUpstreamsRequest is empty.
+type ListUpstreamsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListUpstreamsRequest) Reset() {
+	*x = ListUpstreamsRequest{}
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListUpstreamsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListUpstreamsRequest) ProtoMessage() {}
+
+func (x *ListUpstreamsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListUpstreamsRequest.ProtoReflect.Descriptor instead.
+func (*ListUpstreamsRequest) Descriptor() ([]byte, []int) {
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{40}
+}
+
+// UpstreamStatus is one upstream as this replica sees it now.
+type UpstreamStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Its name ("default" for the single OPENAI_BASE_URL upstream).
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// The API it speaks.
+	Kind UpstreamKind `protobuf:"varint,2,opt,name=kind,proto3,enum=gptgrpc.v1.UpstreamKind" json:"kind,omitempty"`
+	// Its base URL.
+	BaseUrl string `protobuf:"bytes,3,opt,name=base_url,json=baseUrl,proto3" json:"base_url,omitempty"`
+	// Models it serves ("*": every model).
+	Models []string `protobuf:"bytes,4,rep,name=models,proto3" json:"models,omitempty"`
+	// Lower is tried first.
+	Priority int32 `protobuf:"varint,5,opt,name=priority,proto3" json:"priority,omitempty"`
+	// Share among upstreams of equal priority.
+	Weight float64 `protobuf:"fixed64,6,opt,name=weight,proto3" json:"weight,omitempty"`
+	// Its circuit breaker's state.
+	State BreakerState `protobuf:"varint,7,opt,name=state,proto3,enum=gptgrpc.v1.BreakerState" json:"state,omitempty"`
+	// Calls it is serving now.
+	InFlight int64 `protobuf:"varint,8,opt,name=in_flight,json=inFlight,proto3" json:"in_flight,omitempty"`
+	// Failed share of its attempts over the breaker's window, 0 to 1.
+	ErrorRate float64 `protobuf:"fixed64,9,opt,name=error_rate,json=errorRate,proto3" json:"error_rate,omitempty"`
+	// Attempts in that window.
+	RecentAttempts int64 `protobuf:"varint,10,opt,name=recent_attempts,json=recentAttempts,proto3" json:"recent_attempts,omitempty"`
+	// Until when it takes no calls (open, or busy after a Retry-After); zero
+	// when it takes them now.
+	RetryIn       *durationpb.Duration `protobuf:"bytes,11,opt,name=retry_in,json=retryIn,proto3" json:"retry_in,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpstreamStatus) Reset() {
+	*x = UpstreamStatus{}
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpstreamStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpstreamStatus) ProtoMessage() {}
+
+func (x *UpstreamStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpstreamStatus.ProtoReflect.Descriptor instead.
+func (*UpstreamStatus) Descriptor() ([]byte, []int) {
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *UpstreamStatus) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *UpstreamStatus) GetKind() UpstreamKind {
+	if x != nil {
+		return x.Kind
+	}
+	return UpstreamKind_UPSTREAM_KIND_UNSPECIFIED
+}
+
+func (x *UpstreamStatus) GetBaseUrl() string {
+	if x != nil {
+		return x.BaseUrl
+	}
+	return ""
+}
+
+func (x *UpstreamStatus) GetModels() []string {
+	if x != nil {
+		return x.Models
+	}
+	return nil
+}
+
+func (x *UpstreamStatus) GetPriority() int32 {
+	if x != nil {
+		return x.Priority
+	}
+	return 0
+}
+
+func (x *UpstreamStatus) GetWeight() float64 {
+	if x != nil {
+		return x.Weight
+	}
+	return 0
+}
+
+func (x *UpstreamStatus) GetState() BreakerState {
+	if x != nil {
+		return x.State
+	}
+	return BreakerState_BREAKER_STATE_UNSPECIFIED
+}
+
+func (x *UpstreamStatus) GetInFlight() int64 {
+	if x != nil {
+		return x.InFlight
+	}
+	return 0
+}
+
+func (x *UpstreamStatus) GetErrorRate() float64 {
+	if x != nil {
+		return x.ErrorRate
+	}
+	return 0
+}
+
+func (x *UpstreamStatus) GetRecentAttempts() int64 {
+	if x != nil {
+		return x.RecentAttempts
+	}
+	return 0
+}
+
+func (x *UpstreamStatus) GetRetryIn() *durationpb.Duration {
+	if x != nil {
+		return x.RetryIn
+	}
+	return nil
+}
+
+// ListUpstreamsResponse lists the upstreams in their configured order.
+type ListUpstreamsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The upstreams.
+	Upstreams []*UpstreamStatus `protobuf:"bytes,1,rep,name=upstreams,proto3" json:"upstreams,omitempty"`
+	// The fallback models.
+	Fallbacks     []*FallbackModels `protobuf:"bytes,2,rep,name=fallbacks,proto3" json:"fallbacks,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListUpstreamsResponse) Reset() {
+	*x = ListUpstreamsResponse{}
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListUpstreamsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListUpstreamsResponse) ProtoMessage() {}
+
+func (x *ListUpstreamsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListUpstreamsResponse.ProtoReflect.Descriptor instead.
+func (*ListUpstreamsResponse) Descriptor() ([]byte, []int) {
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *ListUpstreamsResponse) GetUpstreams() []*UpstreamStatus {
+	if x != nil {
+		return x.Upstreams
+	}
+	return nil
+}
+
+func (x *ListUpstreamsResponse) GetFallbacks() []*FallbackModels {
+	if x != nil {
+		return x.Fallbacks
+	}
+	return nil
+}
+
 // ContentPart is one piece of a message's content.
 type ContentPart struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -3821,7 +4618,7 @@ type ContentPart struct {
 
 func (x *ContentPart) Reset() {
 	*x = ContentPart{}
-	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[36]
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3833,7 +4630,7 @@ func (x *ContentPart) String() string {
 func (*ContentPart) ProtoMessage() {}
 
 func (x *ContentPart) ProtoReflect() protoreflect.Message {
-	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[36]
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3846,7 +4643,7 @@ func (x *ContentPart) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContentPart.ProtoReflect.Descriptor instead.
 func (*ContentPart) Descriptor() ([]byte, []int) {
-	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{36}
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *ContentPart) GetPart() isContentPart_Part {
@@ -3943,7 +4740,7 @@ type ImagePart struct {
 
 func (x *ImagePart) Reset() {
 	*x = ImagePart{}
-	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[37]
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3955,7 +4752,7 @@ func (x *ImagePart) String() string {
 func (*ImagePart) ProtoMessage() {}
 
 func (x *ImagePart) ProtoReflect() protoreflect.Message {
-	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[37]
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3968,7 +4765,7 @@ func (x *ImagePart) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImagePart.ProtoReflect.Descriptor instead.
 func (*ImagePart) Descriptor() ([]byte, []int) {
-	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{37}
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *ImagePart) GetUrl() string {
@@ -4012,7 +4809,7 @@ type AudioPart struct {
 
 func (x *AudioPart) Reset() {
 	*x = AudioPart{}
-	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[38]
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4024,7 +4821,7 @@ func (x *AudioPart) String() string {
 func (*AudioPart) ProtoMessage() {}
 
 func (x *AudioPart) ProtoReflect() protoreflect.Message {
-	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[38]
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4037,7 +4834,7 @@ func (x *AudioPart) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AudioPart.ProtoReflect.Descriptor instead.
 func (*AudioPart) Descriptor() ([]byte, []int) {
-	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{38}
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *AudioPart) GetData() []byte {
@@ -4070,7 +4867,7 @@ type FilePart struct {
 
 func (x *FilePart) Reset() {
 	*x = FilePart{}
-	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[39]
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4082,7 +4879,7 @@ func (x *FilePart) String() string {
 func (*FilePart) ProtoMessage() {}
 
 func (x *FilePart) ProtoReflect() protoreflect.Message {
-	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[39]
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4095,7 +4892,7 @@ func (x *FilePart) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FilePart.ProtoReflect.Descriptor instead.
 func (*FilePart) Descriptor() ([]byte, []int) {
-	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{39}
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *FilePart) GetData() []byte {
@@ -4135,7 +4932,7 @@ type TopLogprob struct {
 
 func (x *TopLogprob) Reset() {
 	*x = TopLogprob{}
-	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[40]
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4147,7 +4944,7 @@ func (x *TopLogprob) String() string {
 func (*TopLogprob) ProtoMessage() {}
 
 func (x *TopLogprob) ProtoReflect() protoreflect.Message {
-	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[40]
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4160,7 +4957,7 @@ func (x *TopLogprob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TopLogprob.ProtoReflect.Descriptor instead.
 func (*TopLogprob) Descriptor() ([]byte, []int) {
-	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{40}
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *TopLogprob) GetToken() string {
@@ -4202,7 +4999,7 @@ type TokenLogprob struct {
 
 func (x *TokenLogprob) Reset() {
 	*x = TokenLogprob{}
-	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[41]
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4214,7 +5011,7 @@ func (x *TokenLogprob) String() string {
 func (*TokenLogprob) ProtoMessage() {}
 
 func (x *TokenLogprob) ProtoReflect() protoreflect.Message {
-	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[41]
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4227,7 +5024,7 @@ func (x *TokenLogprob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenLogprob.ProtoReflect.Descriptor instead.
 func (*TokenLogprob) Descriptor() ([]byte, []int) {
-	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{41}
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *TokenLogprob) GetToken() string {
@@ -4275,7 +5072,7 @@ type UrlCitation struct {
 
 func (x *UrlCitation) Reset() {
 	*x = UrlCitation{}
-	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[42]
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4287,7 +5084,7 @@ func (x *UrlCitation) String() string {
 func (*UrlCitation) ProtoMessage() {}
 
 func (x *UrlCitation) ProtoReflect() protoreflect.Message {
-	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[42]
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4300,7 +5097,7 @@ func (x *UrlCitation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UrlCitation.ProtoReflect.Descriptor instead.
 func (*UrlCitation) Descriptor() ([]byte, []int) {
-	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{42}
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *UrlCitation) GetUrl() string {
@@ -4418,7 +5215,7 @@ const file_gptgrpc_v1_gateway_proto_rawDesc = "" +
 	"\ftotal_tokens\x18\x03 \x01(\x03R\vtotalTokens\x120\n" +
 	"\x14cached_prompt_tokens\x18\x04 \x01(\x03R\x12cachedPromptTokens\x12)\n" +
 	"\x10reasoning_tokens\x18\x05 \x01(\x03R\x0freasoningTokens\x12\x1c\n" +
-	"\testimated\x18\x06 \x01(\bR\testimated\"\x9b\x04\n" +
+	"\testimated\x18\x06 \x01(\bR\testimated\"\xb7\x04\n" +
 	"\x16ChatCompletionResponse\x12\x18\n" +
 	"\acontent\x18\x01 \x01(\tR\acontent\x123\n" +
 	"\n" +
@@ -4429,7 +5226,9 @@ const file_gptgrpc_v1_gateway_proto_rawDesc = "" +
 	"\x05usage\x18\x06 \x01(\v2\x11.gptgrpc.v1.UsageR\x05usage\x12\x1e\n" +
 	"\bcost_usd\x18\a \x01(\x01H\x00R\acostUsd\x88\x01\x01\x12\x1a\n" +
 	"\battempts\x18\b \x01(\x05R\battempts\x12\x18\n" +
-	"\arefusal\x18\t \x01(\tR\arefusal\x124\n" +
+	"\arefusal\x18\t \x01(\tR\arefusal\x12\x1a\n" +
+	"\bupstream\x18\n" +
+	" \x01(\tR\bupstream\x124\n" +
 	"\blogprobs\x18\f \x03(\v2\x18.gptgrpc.v1.TokenLogprobR\blogprobs\x12!\n" +
 	"\fservice_tier\x18\r \x01(\tR\vserviceTier\x12-\n" +
 	"\x12system_fingerprint\x18\x0e \x01(\tR\x11systemFingerprint\x129\n" +
@@ -4479,7 +5278,7 @@ const file_gptgrpc_v1_gateway_proto_rawDesc = "" +
 	"\x13ChatCompletionDelta\x12\x18\n" +
 	"\acontent\x18\x01 \x01(\tR\acontent\x12\x18\n" +
 	"\arefusal\x18\x02 \x01(\tR\arefusal\x124\n" +
-	"\blogprobs\x18\x03 \x03(\v2\x18.gptgrpc.v1.TokenLogprobR\blogprobs\"\xb0\x03\n" +
+	"\blogprobs\x18\x03 \x03(\v2\x18.gptgrpc.v1.TokenLogprobR\blogprobs\"\xcc\x03\n" +
 	"\x15ChatCompletionSummary\x123\n" +
 	"\n" +
 	"tool_calls\x18\x01 \x03(\v2\x14.gptgrpc.v1.ToolCallR\ttoolCalls\x12=\n" +
@@ -4488,7 +5287,8 @@ const file_gptgrpc_v1_gateway_proto_rawDesc = "" +
 	"\x02id\x18\x04 \x01(\tR\x02id\x12'\n" +
 	"\x05usage\x18\x05 \x01(\v2\x11.gptgrpc.v1.UsageR\x05usage\x12\x1e\n" +
 	"\bcost_usd\x18\x06 \x01(\x01H\x00R\acostUsd\x88\x01\x01\x12\x1a\n" +
-	"\battempts\x18\a \x01(\x05R\battempts\x12!\n" +
+	"\battempts\x18\a \x01(\x05R\battempts\x12\x1a\n" +
+	"\bupstream\x18\b \x01(\tR\bupstream\x12!\n" +
 	"\fservice_tier\x18\t \x01(\tR\vserviceTier\x12-\n" +
 	"\x12system_fingerprint\x18\n" +
 	" \x01(\tR\x11systemFingerprint\x129\n" +
@@ -4513,7 +5313,7 @@ const file_gptgrpc_v1_gateway_proto_rawDesc = "" +
 	"\x0finitial_backoff\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x0einitialBackoff\x12:\n" +
 	"\vmax_backoff\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\n" +
 	"maxBackoffB\x0f\n" +
-	"\r_max_attempts\"\x8b\x03\n" +
+	"\r_max_attempts\"\xeb\x03\n" +
 	"\x10ConfigureRequest\x12\x1c\n" +
 	"\aapi_key\x18\x01 \x01(\tH\x00R\x06apiKey\x88\x01\x01\x12\x1f\n" +
 	"\bendpoint\x18\x02 \x01(\tH\x01R\bendpoint\x88\x01\x01\x12'\n" +
@@ -4521,14 +5321,17 @@ const file_gptgrpc_v1_gateway_proto_rawDesc = "" +
 	"\aproject\x18\x04 \x01(\tH\x03R\aproject\x88\x01\x01\x12(\n" +
 	"\rdefault_model\x18\x05 \x01(\tH\x04R\fdefaultModel\x88\x01\x01\x12B\n" +
 	"\x0frequest_timeout\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\x0erequestTimeout\x12:\n" +
-	"\fretry_policy\x18\a \x01(\v2\x17.gptgrpc.v1.RetryPolicyR\vretryPolicyB\n" +
+	"\fretry_policy\x18\a \x01(\v2\x17.gptgrpc.v1.RetryPolicyR\vretryPolicy\x125\n" +
+	"\tupstreams\x18\n" +
+	" \x01(\v2\x17.gptgrpc.v1.UpstreamSetR\tupstreams\x12'\n" +
+	"\x0fclear_upstreams\x18\v \x01(\bR\x0eclearUpstreamsB\n" +
 	"\n" +
 	"\b_api_keyB\v\n" +
 	"\t_endpointB\x0f\n" +
 	"\r_organizationB\n" +
 	"\n" +
 	"\b_projectB\x10\n" +
-	"\x0e_default_model\"\xf4\x02\n" +
+	"\x0e_default_model\"\xd6\x03\n" +
 	"\rConfiguration\x12$\n" +
 	"\x0eapi_key_masked\x18\x01 \x01(\tR\fapiKeyMasked\x12\x1e\n" +
 	"\vapi_key_set\x18\x02 \x01(\bR\tapiKeySet\x12\x1a\n" +
@@ -4540,7 +5343,10 @@ const file_gptgrpc_v1_gateway_proto_rawDesc = "" +
 	"\fretry_policy\x18\b \x01(\v2\x17.gptgrpc.v1.RetryPolicyR\vretryPolicy\x12\x1e\n" +
 	"\n" +
 	"generation\x18\t \x01(\x03R\n" +
-	"generation\"T\n" +
+	"generation\x125\n" +
+	"\tupstreams\x18\n" +
+	" \x01(\v2\x17.gptgrpc.v1.UpstreamSetR\tupstreams\x12)\n" +
+	"\x10upstreams_source\x18\v \x01(\tR\x0fupstreamsSource\"T\n" +
 	"\x11ConfigureResponse\x12?\n" +
 	"\rconfiguration\x18\x01 \x01(\v2\x19.gptgrpc.v1.ConfigurationR\rconfiguration\"\x19\n" +
 	"\x17GetConfigurationRequest\"[\n" +
@@ -4626,7 +5432,70 @@ const file_gptgrpc_v1_gateway_proto_rawDesc = "" +
 	"\x13RevokeClientRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"B\n" +
 	"\x14RevokeClientResponse\x12*\n" +
-	"\x06client\x18\x01 \x01(\v2\x12.gptgrpc.v1.ClientR\x06client\"\xb5\x01\n" +
+	"\x06client\x18\x01 \x01(\v2\x12.gptgrpc.v1.ClientR\x06client\"\xf0\x03\n" +
+	"\rBreakerPolicy\x120\n" +
+	"\x11failure_threshold\x18\x01 \x01(\x05H\x00R\x10failureThreshold\x88\x01\x01\x12(\n" +
+	"\rfailure_ratio\x18\x02 \x01(\x01H\x01R\ffailureRatio\x88\x01\x01\x121\n" +
+	"\x06window\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x06window\x12 \n" +
+	"\tmin_calls\x18\x04 \x01(\x05H\x02R\bminCalls\x88\x01\x01\x12@\n" +
+	"\x0eprobe_interval\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\rprobeInterval\x12$\n" +
+	"\vclose_after\x18\x06 \x01(\x05H\x03R\n" +
+	"closeAfter\x88\x01\x01\x12@\n" +
+	"\x0equota_cooldown\x18\a \x01(\v2\x19.google.protobuf.DurationR\rquotaCooldown\x12>\n" +
+	"\rauth_cooldown\x18\b \x01(\v2\x19.google.protobuf.DurationR\fauthCooldownB\x14\n" +
+	"\x12_failure_thresholdB\x10\n" +
+	"\x0e_failure_ratioB\f\n" +
+	"\n" +
+	"_min_callsB\x0e\n" +
+	"\f_close_after\"\xc2\x04\n" +
+	"\bUpstream\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12,\n" +
+	"\x04kind\x18\x02 \x01(\x0e2\x18.gptgrpc.v1.UpstreamKindR\x04kind\x12\x19\n" +
+	"\bbase_url\x18\x03 \x01(\tR\abaseUrl\x12\x1c\n" +
+	"\aapi_key\x18\x04 \x01(\tH\x00R\x06apiKey\x88\x01\x01\x12$\n" +
+	"\x0eapi_key_masked\x18\x05 \x01(\tR\fapiKeyMasked\x12\x1f\n" +
+	"\bpriority\x18\x06 \x01(\x05H\x01R\bpriority\x88\x01\x01\x12\x1b\n" +
+	"\x06weight\x18\a \x01(\x01H\x02R\x06weight\x88\x01\x01\x12\x16\n" +
+	"\x06models\x18\b \x03(\tR\x06models\x12\x1f\n" +
+	"\vapi_version\x18\t \x01(\tR\n" +
+	"apiVersion\x12G\n" +
+	"\vdeployments\x18\n" +
+	" \x03(\v2%.gptgrpc.v1.Upstream.DeploymentsEntryR\vdeployments\x12\"\n" +
+	"\forganization\x18\v \x01(\tR\forganization\x12\x18\n" +
+	"\aproject\x18\f \x01(\tR\aproject\x123\n" +
+	"\abreaker\x18\r \x01(\v2\x19.gptgrpc.v1.BreakerPolicyR\abreaker\x1a>\n" +
+	"\x10DeploymentsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\n" +
+	"\n" +
+	"\b_api_keyB\v\n" +
+	"\t_priorityB\t\n" +
+	"\a_weight\"D\n" +
+	"\x0eFallbackModels\x12\x14\n" +
+	"\x05model\x18\x01 \x01(\tR\x05model\x12\x1c\n" +
+	"\tfallbacks\x18\x02 \x03(\tR\tfallbacks\"\xb0\x01\n" +
+	"\vUpstreamSet\x122\n" +
+	"\tupstreams\x18\x01 \x03(\v2\x14.gptgrpc.v1.UpstreamR\tupstreams\x128\n" +
+	"\tfallbacks\x18\x02 \x03(\v2\x1a.gptgrpc.v1.FallbackModelsR\tfallbacks\x123\n" +
+	"\abreaker\x18\x03 \x01(\v2\x19.gptgrpc.v1.BreakerPolicyR\abreaker\"\x16\n" +
+	"\x14ListUpstreamsRequest\"\x84\x03\n" +
+	"\x0eUpstreamStatus\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12,\n" +
+	"\x04kind\x18\x02 \x01(\x0e2\x18.gptgrpc.v1.UpstreamKindR\x04kind\x12\x19\n" +
+	"\bbase_url\x18\x03 \x01(\tR\abaseUrl\x12\x16\n" +
+	"\x06models\x18\x04 \x03(\tR\x06models\x12\x1a\n" +
+	"\bpriority\x18\x05 \x01(\x05R\bpriority\x12\x16\n" +
+	"\x06weight\x18\x06 \x01(\x01R\x06weight\x12.\n" +
+	"\x05state\x18\a \x01(\x0e2\x18.gptgrpc.v1.BreakerStateR\x05state\x12\x1b\n" +
+	"\tin_flight\x18\b \x01(\x03R\binFlight\x12\x1d\n" +
+	"\n" +
+	"error_rate\x18\t \x01(\x01R\terrorRate\x12'\n" +
+	"\x0frecent_attempts\x18\n" +
+	" \x01(\x03R\x0erecentAttempts\x124\n" +
+	"\bretry_in\x18\v \x01(\v2\x19.google.protobuf.DurationR\aretryIn\"\x8b\x01\n" +
+	"\x15ListUpstreamsResponse\x128\n" +
+	"\tupstreams\x18\x01 \x03(\v2\x1a.gptgrpc.v1.UpstreamStatusR\tupstreams\x128\n" +
+	"\tfallbacks\x18\x02 \x03(\v2\x1a.gptgrpc.v1.FallbackModelsR\tfallbacks\"\xb5\x01\n" +
 	"\vContentPart\x12\x14\n" +
 	"\x04text\x18\x01 \x01(\tH\x00R\x04text\x12-\n" +
 	"\x05image\x18\x02 \x01(\v2\x15.gptgrpc.v1.ImagePartH\x00R\x05image\x12-\n" +
@@ -4688,7 +5557,16 @@ const file_gptgrpc_v1_gateway_proto_rawDesc = "" +
 	"\fBudgetPeriod\x12\x1d\n" +
 	"\x19BUDGET_PERIOD_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11BUDGET_PERIOD_DAY\x10\x01\x12\x17\n" +
-	"\x13BUDGET_PERIOD_MONTH\x10\x02*o\n" +
+	"\x13BUDGET_PERIOD_MONTH\x10\x02*`\n" +
+	"\fUpstreamKind\x12\x1d\n" +
+	"\x19UPSTREAM_KIND_UNSPECIFIED\x10\x00\x12\x18\n" +
+	"\x14UPSTREAM_KIND_OPENAI\x10\x01\x12\x17\n" +
+	"\x13UPSTREAM_KIND_AZURE\x10\x02*|\n" +
+	"\fBreakerState\x12\x1d\n" +
+	"\x19BREAKER_STATE_UNSPECIFIED\x10\x00\x12\x18\n" +
+	"\x14BREAKER_STATE_CLOSED\x10\x01\x12\x16\n" +
+	"\x12BREAKER_STATE_OPEN\x10\x02\x12\x1b\n" +
+	"\x17BREAKER_STATE_HALF_OPEN\x10\x03*o\n" +
 	"\vImageDetail\x12\x1c\n" +
 	"\x18IMAGE_DETAIL_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11IMAGE_DETAIL_AUTO\x10\x01\x12\x14\n" +
@@ -4708,7 +5586,7 @@ const file_gptgrpc_v1_gateway_proto_rawDesc = "" +
 	"\x15VERBOSITY_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rVERBOSITY_LOW\x10\x01\x12\x14\n" +
 	"\x10VERBOSITY_MEDIUM\x10\x02\x12\x12\n" +
-	"\x0eVERBOSITY_HIGH\x10\x03*\xca\x06\n" +
+	"\x0eVERBOSITY_HIGH\x10\x03*\xe0\x06\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fINVALID_REQUEST\x10\x01\x12\x13\n" +
@@ -4744,7 +5622,8 @@ const file_gptgrpc_v1_gateway_proto_rawDesc = "" +
 	"\x15CLIENT_MODEL_UNPRICED\x10!\x12\x16\n" +
 	"\x12SECRET_KEY_MISSING\x10\"\x12\x1c\n" +
 	"\x18CLIENT_IN_FLIGHT_LIMITED\x10#\x12\x15\n" +
-	"\x11STORE_UNAVAILABLE\x10$2\xa8\a\n" +
+	"\x11STORE_UNAVAILABLE\x10$\x12\x14\n" +
+	"\x10MODEL_NOT_ROUTED\x1012\xfe\a\n" +
 	"\n" +
 	"GPTService\x12W\n" +
 	"\x0eChatCompletion\x12!.gptgrpc.v1.ChatCompletionRequest\x1a\".gptgrpc.v1.ChatCompletionResponse\x12k\n" +
@@ -4758,7 +5637,8 @@ const file_gptgrpc_v1_gateway_proto_rawDesc = "" +
 	"\fCreateClient\x12\x1f.gptgrpc.v1.CreateClientRequest\x1a .gptgrpc.v1.CreateClientResponse\x12N\n" +
 	"\vListClients\x12\x1e.gptgrpc.v1.ListClientsRequest\x1a\x1f.gptgrpc.v1.ListClientsResponse\x12Q\n" +
 	"\fUpdateClient\x12\x1f.gptgrpc.v1.UpdateClientRequest\x1a .gptgrpc.v1.UpdateClientResponse\x12Q\n" +
-	"\fRevokeClient\x12\x1f.gptgrpc.v1.RevokeClientRequest\x1a .gptgrpc.v1.RevokeClientResponseB=Z;github.com/gpt-grpc/gpt-grpc/clients/go/gptgrpcv1;gptgrpcv1b\x06proto3"
+	"\fRevokeClient\x12\x1f.gptgrpc.v1.RevokeClientRequest\x1a .gptgrpc.v1.RevokeClientResponse\x12T\n" +
+	"\rListUpstreams\x12 .gptgrpc.v1.ListUpstreamsRequest\x1a!.gptgrpc.v1.ListUpstreamsResponseB=Z;github.com/gpt-grpc/gpt-grpc/clients/go/gptgrpcv1;gptgrpcv1b\x06proto3"
 
 var (
 	file_gptgrpc_v1_gateway_proto_rawDescOnce sync.Once
@@ -4772,155 +5652,184 @@ func file_gptgrpc_v1_gateway_proto_rawDescGZIP() []byte {
 	return file_gptgrpc_v1_gateway_proto_rawDescData
 }
 
-var file_gptgrpc_v1_gateway_proto_enumTypes = make([]protoimpl.EnumInfo, 10)
-var file_gptgrpc_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 45)
+var file_gptgrpc_v1_gateway_proto_enumTypes = make([]protoimpl.EnumInfo, 12)
+var file_gptgrpc_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 53)
 var file_gptgrpc_v1_gateway_proto_goTypes = []any{
 	(Role)(0),                            // 0: gptgrpc.v1.Role
 	(ToolChoiceMode)(0),                  // 1: gptgrpc.v1.ToolChoiceMode
 	(ResponseFormatType)(0),              // 2: gptgrpc.v1.ResponseFormatType
 	(FinishReason)(0),                    // 3: gptgrpc.v1.FinishReason
 	(BudgetPeriod)(0),                    // 4: gptgrpc.v1.BudgetPeriod
-	(ImageDetail)(0),                     // 5: gptgrpc.v1.ImageDetail
-	(AudioFormat)(0),                     // 6: gptgrpc.v1.AudioFormat
-	(ReasoningEffort)(0),                 // 7: gptgrpc.v1.ReasoningEffort
-	(Verbosity)(0),                       // 8: gptgrpc.v1.Verbosity
-	(ErrorReason)(0),                     // 9: gptgrpc.v1.ErrorReason
-	(*ChatMessage)(nil),                  // 10: gptgrpc.v1.ChatMessage
-	(*Tool)(nil),                         // 11: gptgrpc.v1.Tool
-	(*ToolCall)(nil),                     // 12: gptgrpc.v1.ToolCall
-	(*ToolChoice)(nil),                   // 13: gptgrpc.v1.ToolChoice
-	(*ResponseFormat)(nil),               // 14: gptgrpc.v1.ResponseFormat
-	(*ChatCompletionRequest)(nil),        // 15: gptgrpc.v1.ChatCompletionRequest
-	(*Usage)(nil),                        // 16: gptgrpc.v1.Usage
-	(*ChatCompletionResponse)(nil),       // 17: gptgrpc.v1.ChatCompletionResponse
-	(*StreamChatCompletionRequest)(nil),  // 18: gptgrpc.v1.StreamChatCompletionRequest
-	(*ChatCompletionDelta)(nil),          // 19: gptgrpc.v1.ChatCompletionDelta
-	(*ChatCompletionSummary)(nil),        // 20: gptgrpc.v1.ChatCompletionSummary
-	(*StreamChatCompletionResponse)(nil), // 21: gptgrpc.v1.StreamChatCompletionResponse
-	(*CountTokensRequest)(nil),           // 22: gptgrpc.v1.CountTokensRequest
-	(*CountTokensResponse)(nil),          // 23: gptgrpc.v1.CountTokensResponse
-	(*RetryPolicy)(nil),                  // 24: gptgrpc.v1.RetryPolicy
-	(*ConfigureRequest)(nil),             // 25: gptgrpc.v1.ConfigureRequest
-	(*Configuration)(nil),                // 26: gptgrpc.v1.Configuration
-	(*ConfigureResponse)(nil),            // 27: gptgrpc.v1.ConfigureResponse
-	(*GetConfigurationRequest)(nil),      // 28: gptgrpc.v1.GetConfigurationRequest
-	(*GetConfigurationResponse)(nil),     // 29: gptgrpc.v1.GetConfigurationResponse
-	(*ListModelsRequest)(nil),            // 30: gptgrpc.v1.ListModelsRequest
-	(*ModelInfo)(nil),                    // 31: gptgrpc.v1.ModelInfo
-	(*ListModelsResponse)(nil),           // 32: gptgrpc.v1.ListModelsResponse
-	(*GetUsageRequest)(nil),              // 33: gptgrpc.v1.GetUsageRequest
-	(*ModelUsage)(nil),                   // 34: gptgrpc.v1.ModelUsage
-	(*GetUsageResponse)(nil),             // 35: gptgrpc.v1.GetUsageResponse
-	(*ClientLimits)(nil),                 // 36: gptgrpc.v1.ClientLimits
-	(*Client)(nil),                       // 37: gptgrpc.v1.Client
-	(*CreateClientRequest)(nil),          // 38: gptgrpc.v1.CreateClientRequest
-	(*CreateClientResponse)(nil),         // 39: gptgrpc.v1.CreateClientResponse
-	(*ListClientsRequest)(nil),           // 40: gptgrpc.v1.ListClientsRequest
-	(*ListClientsResponse)(nil),          // 41: gptgrpc.v1.ListClientsResponse
-	(*UpdateClientRequest)(nil),          // 42: gptgrpc.v1.UpdateClientRequest
-	(*UpdateClientResponse)(nil),         // 43: gptgrpc.v1.UpdateClientResponse
-	(*RevokeClientRequest)(nil),          // 44: gptgrpc.v1.RevokeClientRequest
-	(*RevokeClientResponse)(nil),         // 45: gptgrpc.v1.RevokeClientResponse
-	(*ContentPart)(nil),                  // 46: gptgrpc.v1.ContentPart
-	(*ImagePart)(nil),                    // 47: gptgrpc.v1.ImagePart
-	(*AudioPart)(nil),                    // 48: gptgrpc.v1.AudioPart
-	(*FilePart)(nil),                     // 49: gptgrpc.v1.FilePart
-	(*TopLogprob)(nil),                   // 50: gptgrpc.v1.TopLogprob
-	(*TokenLogprob)(nil),                 // 51: gptgrpc.v1.TokenLogprob
-	(*UrlCitation)(nil),                  // 52: gptgrpc.v1.UrlCitation
-	nil,                                  // 53: gptgrpc.v1.ChatCompletionRequest.MetadataEntry
-	nil,                                  // 54: gptgrpc.v1.StreamChatCompletionRequest.MetadataEntry
-	(*durationpb.Duration)(nil),          // 55: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),        // 56: google.protobuf.Timestamp
+	(UpstreamKind)(0),                    // 5: gptgrpc.v1.UpstreamKind
+	(BreakerState)(0),                    // 6: gptgrpc.v1.BreakerState
+	(ImageDetail)(0),                     // 7: gptgrpc.v1.ImageDetail
+	(AudioFormat)(0),                     // 8: gptgrpc.v1.AudioFormat
+	(ReasoningEffort)(0),                 // 9: gptgrpc.v1.ReasoningEffort
+	(Verbosity)(0),                       // 10: gptgrpc.v1.Verbosity
+	(ErrorReason)(0),                     // 11: gptgrpc.v1.ErrorReason
+	(*ChatMessage)(nil),                  // 12: gptgrpc.v1.ChatMessage
+	(*Tool)(nil),                         // 13: gptgrpc.v1.Tool
+	(*ToolCall)(nil),                     // 14: gptgrpc.v1.ToolCall
+	(*ToolChoice)(nil),                   // 15: gptgrpc.v1.ToolChoice
+	(*ResponseFormat)(nil),               // 16: gptgrpc.v1.ResponseFormat
+	(*ChatCompletionRequest)(nil),        // 17: gptgrpc.v1.ChatCompletionRequest
+	(*Usage)(nil),                        // 18: gptgrpc.v1.Usage
+	(*ChatCompletionResponse)(nil),       // 19: gptgrpc.v1.ChatCompletionResponse
+	(*StreamChatCompletionRequest)(nil),  // 20: gptgrpc.v1.StreamChatCompletionRequest
+	(*ChatCompletionDelta)(nil),          // 21: gptgrpc.v1.ChatCompletionDelta
+	(*ChatCompletionSummary)(nil),        // 22: gptgrpc.v1.ChatCompletionSummary
+	(*StreamChatCompletionResponse)(nil), // 23: gptgrpc.v1.StreamChatCompletionResponse
+	(*CountTokensRequest)(nil),           // 24: gptgrpc.v1.CountTokensRequest
+	(*CountTokensResponse)(nil),          // 25: gptgrpc.v1.CountTokensResponse
+	(*RetryPolicy)(nil),                  // 26: gptgrpc.v1.RetryPolicy
+	(*ConfigureRequest)(nil),             // 27: gptgrpc.v1.ConfigureRequest
+	(*Configuration)(nil),                // 28: gptgrpc.v1.Configuration
+	(*ConfigureResponse)(nil),            // 29: gptgrpc.v1.ConfigureResponse
+	(*GetConfigurationRequest)(nil),      // 30: gptgrpc.v1.GetConfigurationRequest
+	(*GetConfigurationResponse)(nil),     // 31: gptgrpc.v1.GetConfigurationResponse
+	(*ListModelsRequest)(nil),            // 32: gptgrpc.v1.ListModelsRequest
+	(*ModelInfo)(nil),                    // 33: gptgrpc.v1.ModelInfo
+	(*ListModelsResponse)(nil),           // 34: gptgrpc.v1.ListModelsResponse
+	(*GetUsageRequest)(nil),              // 35: gptgrpc.v1.GetUsageRequest
+	(*ModelUsage)(nil),                   // 36: gptgrpc.v1.ModelUsage
+	(*GetUsageResponse)(nil),             // 37: gptgrpc.v1.GetUsageResponse
+	(*ClientLimits)(nil),                 // 38: gptgrpc.v1.ClientLimits
+	(*Client)(nil),                       // 39: gptgrpc.v1.Client
+	(*CreateClientRequest)(nil),          // 40: gptgrpc.v1.CreateClientRequest
+	(*CreateClientResponse)(nil),         // 41: gptgrpc.v1.CreateClientResponse
+	(*ListClientsRequest)(nil),           // 42: gptgrpc.v1.ListClientsRequest
+	(*ListClientsResponse)(nil),          // 43: gptgrpc.v1.ListClientsResponse
+	(*UpdateClientRequest)(nil),          // 44: gptgrpc.v1.UpdateClientRequest
+	(*UpdateClientResponse)(nil),         // 45: gptgrpc.v1.UpdateClientResponse
+	(*RevokeClientRequest)(nil),          // 46: gptgrpc.v1.RevokeClientRequest
+	(*RevokeClientResponse)(nil),         // 47: gptgrpc.v1.RevokeClientResponse
+	(*BreakerPolicy)(nil),                // 48: gptgrpc.v1.BreakerPolicy
+	(*Upstream)(nil),                     // 49: gptgrpc.v1.Upstream
+	(*FallbackModels)(nil),               // 50: gptgrpc.v1.FallbackModels
+	(*UpstreamSet)(nil),                  // 51: gptgrpc.v1.UpstreamSet
+	(*ListUpstreamsRequest)(nil),         // 52: gptgrpc.v1.ListUpstreamsRequest
+	(*UpstreamStatus)(nil),               // 53: gptgrpc.v1.UpstreamStatus
+	(*ListUpstreamsResponse)(nil),        // 54: gptgrpc.v1.ListUpstreamsResponse
+	(*ContentPart)(nil),                  // 55: gptgrpc.v1.ContentPart
+	(*ImagePart)(nil),                    // 56: gptgrpc.v1.ImagePart
+	(*AudioPart)(nil),                    // 57: gptgrpc.v1.AudioPart
+	(*FilePart)(nil),                     // 58: gptgrpc.v1.FilePart
+	(*TopLogprob)(nil),                   // 59: gptgrpc.v1.TopLogprob
+	(*TokenLogprob)(nil),                 // 60: gptgrpc.v1.TokenLogprob
+	(*UrlCitation)(nil),                  // 61: gptgrpc.v1.UrlCitation
+	nil,                                  // 62: gptgrpc.v1.ChatCompletionRequest.MetadataEntry
+	nil,                                  // 63: gptgrpc.v1.StreamChatCompletionRequest.MetadataEntry
+	nil,                                  // 64: gptgrpc.v1.Upstream.DeploymentsEntry
+	(*durationpb.Duration)(nil),          // 65: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),        // 66: google.protobuf.Timestamp
 }
 var file_gptgrpc_v1_gateway_proto_depIdxs = []int32{
 	0,  // 0: gptgrpc.v1.ChatMessage.role:type_name -> gptgrpc.v1.Role
-	12, // 1: gptgrpc.v1.ChatMessage.tool_calls:type_name -> gptgrpc.v1.ToolCall
-	46, // 2: gptgrpc.v1.ChatMessage.parts:type_name -> gptgrpc.v1.ContentPart
+	14, // 1: gptgrpc.v1.ChatMessage.tool_calls:type_name -> gptgrpc.v1.ToolCall
+	55, // 2: gptgrpc.v1.ChatMessage.parts:type_name -> gptgrpc.v1.ContentPart
 	1,  // 3: gptgrpc.v1.ToolChoice.mode:type_name -> gptgrpc.v1.ToolChoiceMode
 	2,  // 4: gptgrpc.v1.ResponseFormat.type:type_name -> gptgrpc.v1.ResponseFormatType
-	10, // 5: gptgrpc.v1.ChatCompletionRequest.messages:type_name -> gptgrpc.v1.ChatMessage
-	14, // 6: gptgrpc.v1.ChatCompletionRequest.response_format:type_name -> gptgrpc.v1.ResponseFormat
-	11, // 7: gptgrpc.v1.ChatCompletionRequest.tools:type_name -> gptgrpc.v1.Tool
-	13, // 8: gptgrpc.v1.ChatCompletionRequest.tool_choice:type_name -> gptgrpc.v1.ToolChoice
-	7,  // 9: gptgrpc.v1.ChatCompletionRequest.reasoning_effort:type_name -> gptgrpc.v1.ReasoningEffort
-	53, // 10: gptgrpc.v1.ChatCompletionRequest.metadata:type_name -> gptgrpc.v1.ChatCompletionRequest.MetadataEntry
-	8,  // 11: gptgrpc.v1.ChatCompletionRequest.verbosity:type_name -> gptgrpc.v1.Verbosity
-	12, // 12: gptgrpc.v1.ChatCompletionResponse.tool_calls:type_name -> gptgrpc.v1.ToolCall
+	12, // 5: gptgrpc.v1.ChatCompletionRequest.messages:type_name -> gptgrpc.v1.ChatMessage
+	16, // 6: gptgrpc.v1.ChatCompletionRequest.response_format:type_name -> gptgrpc.v1.ResponseFormat
+	13, // 7: gptgrpc.v1.ChatCompletionRequest.tools:type_name -> gptgrpc.v1.Tool
+	15, // 8: gptgrpc.v1.ChatCompletionRequest.tool_choice:type_name -> gptgrpc.v1.ToolChoice
+	9,  // 9: gptgrpc.v1.ChatCompletionRequest.reasoning_effort:type_name -> gptgrpc.v1.ReasoningEffort
+	62, // 10: gptgrpc.v1.ChatCompletionRequest.metadata:type_name -> gptgrpc.v1.ChatCompletionRequest.MetadataEntry
+	10, // 11: gptgrpc.v1.ChatCompletionRequest.verbosity:type_name -> gptgrpc.v1.Verbosity
+	14, // 12: gptgrpc.v1.ChatCompletionResponse.tool_calls:type_name -> gptgrpc.v1.ToolCall
 	3,  // 13: gptgrpc.v1.ChatCompletionResponse.finish_reason:type_name -> gptgrpc.v1.FinishReason
-	16, // 14: gptgrpc.v1.ChatCompletionResponse.usage:type_name -> gptgrpc.v1.Usage
-	51, // 15: gptgrpc.v1.ChatCompletionResponse.logprobs:type_name -> gptgrpc.v1.TokenLogprob
-	52, // 16: gptgrpc.v1.ChatCompletionResponse.annotations:type_name -> gptgrpc.v1.UrlCitation
-	10, // 17: gptgrpc.v1.StreamChatCompletionRequest.messages:type_name -> gptgrpc.v1.ChatMessage
-	14, // 18: gptgrpc.v1.StreamChatCompletionRequest.response_format:type_name -> gptgrpc.v1.ResponseFormat
-	11, // 19: gptgrpc.v1.StreamChatCompletionRequest.tools:type_name -> gptgrpc.v1.Tool
-	13, // 20: gptgrpc.v1.StreamChatCompletionRequest.tool_choice:type_name -> gptgrpc.v1.ToolChoice
-	7,  // 21: gptgrpc.v1.StreamChatCompletionRequest.reasoning_effort:type_name -> gptgrpc.v1.ReasoningEffort
-	54, // 22: gptgrpc.v1.StreamChatCompletionRequest.metadata:type_name -> gptgrpc.v1.StreamChatCompletionRequest.MetadataEntry
-	8,  // 23: gptgrpc.v1.StreamChatCompletionRequest.verbosity:type_name -> gptgrpc.v1.Verbosity
-	51, // 24: gptgrpc.v1.ChatCompletionDelta.logprobs:type_name -> gptgrpc.v1.TokenLogprob
-	12, // 25: gptgrpc.v1.ChatCompletionSummary.tool_calls:type_name -> gptgrpc.v1.ToolCall
+	18, // 14: gptgrpc.v1.ChatCompletionResponse.usage:type_name -> gptgrpc.v1.Usage
+	60, // 15: gptgrpc.v1.ChatCompletionResponse.logprobs:type_name -> gptgrpc.v1.TokenLogprob
+	61, // 16: gptgrpc.v1.ChatCompletionResponse.annotations:type_name -> gptgrpc.v1.UrlCitation
+	12, // 17: gptgrpc.v1.StreamChatCompletionRequest.messages:type_name -> gptgrpc.v1.ChatMessage
+	16, // 18: gptgrpc.v1.StreamChatCompletionRequest.response_format:type_name -> gptgrpc.v1.ResponseFormat
+	13, // 19: gptgrpc.v1.StreamChatCompletionRequest.tools:type_name -> gptgrpc.v1.Tool
+	15, // 20: gptgrpc.v1.StreamChatCompletionRequest.tool_choice:type_name -> gptgrpc.v1.ToolChoice
+	9,  // 21: gptgrpc.v1.StreamChatCompletionRequest.reasoning_effort:type_name -> gptgrpc.v1.ReasoningEffort
+	63, // 22: gptgrpc.v1.StreamChatCompletionRequest.metadata:type_name -> gptgrpc.v1.StreamChatCompletionRequest.MetadataEntry
+	10, // 23: gptgrpc.v1.StreamChatCompletionRequest.verbosity:type_name -> gptgrpc.v1.Verbosity
+	60, // 24: gptgrpc.v1.ChatCompletionDelta.logprobs:type_name -> gptgrpc.v1.TokenLogprob
+	14, // 25: gptgrpc.v1.ChatCompletionSummary.tool_calls:type_name -> gptgrpc.v1.ToolCall
 	3,  // 26: gptgrpc.v1.ChatCompletionSummary.finish_reason:type_name -> gptgrpc.v1.FinishReason
-	16, // 27: gptgrpc.v1.ChatCompletionSummary.usage:type_name -> gptgrpc.v1.Usage
-	52, // 28: gptgrpc.v1.ChatCompletionSummary.annotations:type_name -> gptgrpc.v1.UrlCitation
-	19, // 29: gptgrpc.v1.StreamChatCompletionResponse.delta:type_name -> gptgrpc.v1.ChatCompletionDelta
-	20, // 30: gptgrpc.v1.StreamChatCompletionResponse.summary:type_name -> gptgrpc.v1.ChatCompletionSummary
-	10, // 31: gptgrpc.v1.CountTokensRequest.messages:type_name -> gptgrpc.v1.ChatMessage
-	55, // 32: gptgrpc.v1.RetryPolicy.initial_backoff:type_name -> google.protobuf.Duration
-	55, // 33: gptgrpc.v1.RetryPolicy.max_backoff:type_name -> google.protobuf.Duration
-	55, // 34: gptgrpc.v1.ConfigureRequest.request_timeout:type_name -> google.protobuf.Duration
-	24, // 35: gptgrpc.v1.ConfigureRequest.retry_policy:type_name -> gptgrpc.v1.RetryPolicy
-	55, // 36: gptgrpc.v1.Configuration.request_timeout:type_name -> google.protobuf.Duration
-	24, // 37: gptgrpc.v1.Configuration.retry_policy:type_name -> gptgrpc.v1.RetryPolicy
-	26, // 38: gptgrpc.v1.ConfigureResponse.configuration:type_name -> gptgrpc.v1.Configuration
-	26, // 39: gptgrpc.v1.GetConfigurationResponse.configuration:type_name -> gptgrpc.v1.Configuration
-	31, // 40: gptgrpc.v1.ListModelsResponse.models:type_name -> gptgrpc.v1.ModelInfo
-	34, // 41: gptgrpc.v1.GetUsageResponse.models:type_name -> gptgrpc.v1.ModelUsage
-	34, // 42: gptgrpc.v1.GetUsageResponse.total:type_name -> gptgrpc.v1.ModelUsage
-	56, // 43: gptgrpc.v1.GetUsageResponse.since:type_name -> google.protobuf.Timestamp
-	4,  // 44: gptgrpc.v1.ClientLimits.budget_period:type_name -> gptgrpc.v1.BudgetPeriod
-	36, // 45: gptgrpc.v1.Client.limits:type_name -> gptgrpc.v1.ClientLimits
-	56, // 46: gptgrpc.v1.Client.create_time:type_name -> google.protobuf.Timestamp
-	56, // 47: gptgrpc.v1.Client.revoke_time:type_name -> google.protobuf.Timestamp
-	36, // 48: gptgrpc.v1.CreateClientRequest.limits:type_name -> gptgrpc.v1.ClientLimits
-	37, // 49: gptgrpc.v1.CreateClientResponse.client:type_name -> gptgrpc.v1.Client
-	37, // 50: gptgrpc.v1.ListClientsResponse.clients:type_name -> gptgrpc.v1.Client
-	36, // 51: gptgrpc.v1.UpdateClientRequest.limits:type_name -> gptgrpc.v1.ClientLimits
-	37, // 52: gptgrpc.v1.UpdateClientResponse.client:type_name -> gptgrpc.v1.Client
-	37, // 53: gptgrpc.v1.RevokeClientResponse.client:type_name -> gptgrpc.v1.Client
-	47, // 54: gptgrpc.v1.ContentPart.image:type_name -> gptgrpc.v1.ImagePart
-	48, // 55: gptgrpc.v1.ContentPart.audio:type_name -> gptgrpc.v1.AudioPart
-	49, // 56: gptgrpc.v1.ContentPart.file:type_name -> gptgrpc.v1.FilePart
-	5,  // 57: gptgrpc.v1.ImagePart.detail:type_name -> gptgrpc.v1.ImageDetail
-	6,  // 58: gptgrpc.v1.AudioPart.format:type_name -> gptgrpc.v1.AudioFormat
-	50, // 59: gptgrpc.v1.TokenLogprob.top_logprobs:type_name -> gptgrpc.v1.TopLogprob
-	15, // 60: gptgrpc.v1.GPTService.ChatCompletion:input_type -> gptgrpc.v1.ChatCompletionRequest
-	18, // 61: gptgrpc.v1.GPTService.StreamChatCompletion:input_type -> gptgrpc.v1.StreamChatCompletionRequest
-	22, // 62: gptgrpc.v1.GPTService.CountTokens:input_type -> gptgrpc.v1.CountTokensRequest
-	25, // 63: gptgrpc.v1.GPTService.Configure:input_type -> gptgrpc.v1.ConfigureRequest
-	28, // 64: gptgrpc.v1.GPTService.GetConfiguration:input_type -> gptgrpc.v1.GetConfigurationRequest
-	30, // 65: gptgrpc.v1.GPTService.ListModels:input_type -> gptgrpc.v1.ListModelsRequest
-	33, // 66: gptgrpc.v1.GPTService.GetUsage:input_type -> gptgrpc.v1.GetUsageRequest
-	38, // 67: gptgrpc.v1.GPTService.CreateClient:input_type -> gptgrpc.v1.CreateClientRequest
-	40, // 68: gptgrpc.v1.GPTService.ListClients:input_type -> gptgrpc.v1.ListClientsRequest
-	42, // 69: gptgrpc.v1.GPTService.UpdateClient:input_type -> gptgrpc.v1.UpdateClientRequest
-	44, // 70: gptgrpc.v1.GPTService.RevokeClient:input_type -> gptgrpc.v1.RevokeClientRequest
-	17, // 71: gptgrpc.v1.GPTService.ChatCompletion:output_type -> gptgrpc.v1.ChatCompletionResponse
-	21, // 72: gptgrpc.v1.GPTService.StreamChatCompletion:output_type -> gptgrpc.v1.StreamChatCompletionResponse
-	23, // 73: gptgrpc.v1.GPTService.CountTokens:output_type -> gptgrpc.v1.CountTokensResponse
-	27, // 74: gptgrpc.v1.GPTService.Configure:output_type -> gptgrpc.v1.ConfigureResponse
-	29, // 75: gptgrpc.v1.GPTService.GetConfiguration:output_type -> gptgrpc.v1.GetConfigurationResponse
-	32, // 76: gptgrpc.v1.GPTService.ListModels:output_type -> gptgrpc.v1.ListModelsResponse
-	35, // 77: gptgrpc.v1.GPTService.GetUsage:output_type -> gptgrpc.v1.GetUsageResponse
-	39, // 78: gptgrpc.v1.GPTService.CreateClient:output_type -> gptgrpc.v1.CreateClientResponse
-	41, // 79: gptgrpc.v1.GPTService.ListClients:output_type -> gptgrpc.v1.ListClientsResponse
-	43, // 80: gptgrpc.v1.GPTService.UpdateClient:output_type -> gptgrpc.v1.UpdateClientResponse
-	45, // 81: gptgrpc.v1.GPTService.RevokeClient:output_type -> gptgrpc.v1.RevokeClientResponse
-	71, // [71:82] is the sub-list for method output_type
-	60, // [60:71] is the sub-list for method input_type
-	60, // [60:60] is the sub-list for extension type_name
-	60, // [60:60] is the sub-list for extension extendee
-	0,  // [0:60] is the sub-list for field type_name
+	18, // 27: gptgrpc.v1.ChatCompletionSummary.usage:type_name -> gptgrpc.v1.Usage
+	61, // 28: gptgrpc.v1.ChatCompletionSummary.annotations:type_name -> gptgrpc.v1.UrlCitation
+	21, // 29: gptgrpc.v1.StreamChatCompletionResponse.delta:type_name -> gptgrpc.v1.ChatCompletionDelta
+	22, // 30: gptgrpc.v1.StreamChatCompletionResponse.summary:type_name -> gptgrpc.v1.ChatCompletionSummary
+	12, // 31: gptgrpc.v1.CountTokensRequest.messages:type_name -> gptgrpc.v1.ChatMessage
+	65, // 32: gptgrpc.v1.RetryPolicy.initial_backoff:type_name -> google.protobuf.Duration
+	65, // 33: gptgrpc.v1.RetryPolicy.max_backoff:type_name -> google.protobuf.Duration
+	65, // 34: gptgrpc.v1.ConfigureRequest.request_timeout:type_name -> google.protobuf.Duration
+	26, // 35: gptgrpc.v1.ConfigureRequest.retry_policy:type_name -> gptgrpc.v1.RetryPolicy
+	51, // 36: gptgrpc.v1.ConfigureRequest.upstreams:type_name -> gptgrpc.v1.UpstreamSet
+	65, // 37: gptgrpc.v1.Configuration.request_timeout:type_name -> google.protobuf.Duration
+	26, // 38: gptgrpc.v1.Configuration.retry_policy:type_name -> gptgrpc.v1.RetryPolicy
+	51, // 39: gptgrpc.v1.Configuration.upstreams:type_name -> gptgrpc.v1.UpstreamSet
+	28, // 40: gptgrpc.v1.ConfigureResponse.configuration:type_name -> gptgrpc.v1.Configuration
+	28, // 41: gptgrpc.v1.GetConfigurationResponse.configuration:type_name -> gptgrpc.v1.Configuration
+	33, // 42: gptgrpc.v1.ListModelsResponse.models:type_name -> gptgrpc.v1.ModelInfo
+	36, // 43: gptgrpc.v1.GetUsageResponse.models:type_name -> gptgrpc.v1.ModelUsage
+	36, // 44: gptgrpc.v1.GetUsageResponse.total:type_name -> gptgrpc.v1.ModelUsage
+	66, // 45: gptgrpc.v1.GetUsageResponse.since:type_name -> google.protobuf.Timestamp
+	4,  // 46: gptgrpc.v1.ClientLimits.budget_period:type_name -> gptgrpc.v1.BudgetPeriod
+	38, // 47: gptgrpc.v1.Client.limits:type_name -> gptgrpc.v1.ClientLimits
+	66, // 48: gptgrpc.v1.Client.create_time:type_name -> google.protobuf.Timestamp
+	66, // 49: gptgrpc.v1.Client.revoke_time:type_name -> google.protobuf.Timestamp
+	38, // 50: gptgrpc.v1.CreateClientRequest.limits:type_name -> gptgrpc.v1.ClientLimits
+	39, // 51: gptgrpc.v1.CreateClientResponse.client:type_name -> gptgrpc.v1.Client
+	39, // 52: gptgrpc.v1.ListClientsResponse.clients:type_name -> gptgrpc.v1.Client
+	38, // 53: gptgrpc.v1.UpdateClientRequest.limits:type_name -> gptgrpc.v1.ClientLimits
+	39, // 54: gptgrpc.v1.UpdateClientResponse.client:type_name -> gptgrpc.v1.Client
+	39, // 55: gptgrpc.v1.RevokeClientResponse.client:type_name -> gptgrpc.v1.Client
+	65, // 56: gptgrpc.v1.BreakerPolicy.window:type_name -> google.protobuf.Duration
+	65, // 57: gptgrpc.v1.BreakerPolicy.probe_interval:type_name -> google.protobuf.Duration
+	65, // 58: gptgrpc.v1.BreakerPolicy.quota_cooldown:type_name -> google.protobuf.Duration
+	65, // 59: gptgrpc.v1.BreakerPolicy.auth_cooldown:type_name -> google.protobuf.Duration
+	5,  // 60: gptgrpc.v1.Upstream.kind:type_name -> gptgrpc.v1.UpstreamKind
+	64, // 61: gptgrpc.v1.Upstream.deployments:type_name -> gptgrpc.v1.Upstream.DeploymentsEntry
+	48, // 62: gptgrpc.v1.Upstream.breaker:type_name -> gptgrpc.v1.BreakerPolicy
+	49, // 63: gptgrpc.v1.UpstreamSet.upstreams:type_name -> gptgrpc.v1.Upstream
+	50, // 64: gptgrpc.v1.UpstreamSet.fallbacks:type_name -> gptgrpc.v1.FallbackModels
+	48, // 65: gptgrpc.v1.UpstreamSet.breaker:type_name -> gptgrpc.v1.BreakerPolicy
+	5,  // 66: gptgrpc.v1.UpstreamStatus.kind:type_name -> gptgrpc.v1.UpstreamKind
+	6,  // 67: gptgrpc.v1.UpstreamStatus.state:type_name -> gptgrpc.v1.BreakerState
+	65, // 68: gptgrpc.v1.UpstreamStatus.retry_in:type_name -> google.protobuf.Duration
+	53, // 69: gptgrpc.v1.ListUpstreamsResponse.upstreams:type_name -> gptgrpc.v1.UpstreamStatus
+	50, // 70: gptgrpc.v1.ListUpstreamsResponse.fallbacks:type_name -> gptgrpc.v1.FallbackModels
+	56, // 71: gptgrpc.v1.ContentPart.image:type_name -> gptgrpc.v1.ImagePart
+	57, // 72: gptgrpc.v1.ContentPart.audio:type_name -> gptgrpc.v1.AudioPart
+	58, // 73: gptgrpc.v1.ContentPart.file:type_name -> gptgrpc.v1.FilePart
+	7,  // 74: gptgrpc.v1.ImagePart.detail:type_name -> gptgrpc.v1.ImageDetail
+	8,  // 75: gptgrpc.v1.AudioPart.format:type_name -> gptgrpc.v1.AudioFormat
+	59, // 76: gptgrpc.v1.TokenLogprob.top_logprobs:type_name -> gptgrpc.v1.TopLogprob
+	17, // 77: gptgrpc.v1.GPTService.ChatCompletion:input_type -> gptgrpc.v1.ChatCompletionRequest
+	20, // 78: gptgrpc.v1.GPTService.StreamChatCompletion:input_type -> gptgrpc.v1.StreamChatCompletionRequest
+	24, // 79: gptgrpc.v1.GPTService.CountTokens:input_type -> gptgrpc.v1.CountTokensRequest
+	27, // 80: gptgrpc.v1.GPTService.Configure:input_type -> gptgrpc.v1.ConfigureRequest
+	30, // 81: gptgrpc.v1.GPTService.GetConfiguration:input_type -> gptgrpc.v1.GetConfigurationRequest
+	32, // 82: gptgrpc.v1.GPTService.ListModels:input_type -> gptgrpc.v1.ListModelsRequest
+	35, // 83: gptgrpc.v1.GPTService.GetUsage:input_type -> gptgrpc.v1.GetUsageRequest
+	40, // 84: gptgrpc.v1.GPTService.CreateClient:input_type -> gptgrpc.v1.CreateClientRequest
+	42, // 85: gptgrpc.v1.GPTService.ListClients:input_type -> gptgrpc.v1.ListClientsRequest
+	44, // 86: gptgrpc.v1.GPTService.UpdateClient:input_type -> gptgrpc.v1.UpdateClientRequest
+	46, // 87: gptgrpc.v1.GPTService.RevokeClient:input_type -> gptgrpc.v1.RevokeClientRequest
+	52, // 88: gptgrpc.v1.GPTService.ListUpstreams:input_type -> gptgrpc.v1.ListUpstreamsRequest
+	19, // 89: gptgrpc.v1.GPTService.ChatCompletion:output_type -> gptgrpc.v1.ChatCompletionResponse
+	23, // 90: gptgrpc.v1.GPTService.StreamChatCompletion:output_type -> gptgrpc.v1.StreamChatCompletionResponse
+	25, // 91: gptgrpc.v1.GPTService.CountTokens:output_type -> gptgrpc.v1.CountTokensResponse
+	29, // 92: gptgrpc.v1.GPTService.Configure:output_type -> gptgrpc.v1.ConfigureResponse
+	31, // 93: gptgrpc.v1.GPTService.GetConfiguration:output_type -> gptgrpc.v1.GetConfigurationResponse
+	34, // 94: gptgrpc.v1.GPTService.ListModels:output_type -> gptgrpc.v1.ListModelsResponse
+	37, // 95: gptgrpc.v1.GPTService.GetUsage:output_type -> gptgrpc.v1.GetUsageResponse
+	41, // 96: gptgrpc.v1.GPTService.CreateClient:output_type -> gptgrpc.v1.CreateClientResponse
+	43, // 97: gptgrpc.v1.GPTService.ListClients:output_type -> gptgrpc.v1.ListClientsResponse
+	45, // 98: gptgrpc.v1.GPTService.UpdateClient:output_type -> gptgrpc.v1.UpdateClientResponse
+	47, // 99: gptgrpc.v1.GPTService.RevokeClient:output_type -> gptgrpc.v1.RevokeClientResponse
+	54, // 100: gptgrpc.v1.GPTService.ListUpstreams:output_type -> gptgrpc.v1.ListUpstreamsResponse
+	89, // [89:101] is the sub-list for method output_type
+	77, // [77:89] is the sub-list for method input_type
+	77, // [77:77] is the sub-list for extension type_name
+	77, // [77:77] is the sub-list for extension extendee
+	0,  // [0:77] is the sub-list for field type_name
 }
 
 func init() { file_gptgrpc_v1_gateway_proto_init() }
@@ -4947,7 +5856,9 @@ func file_gptgrpc_v1_gateway_proto_init() {
 	file_gptgrpc_v1_gateway_proto_msgTypes[15].OneofWrappers = []any{}
 	file_gptgrpc_v1_gateway_proto_msgTypes[21].OneofWrappers = []any{}
 	file_gptgrpc_v1_gateway_proto_msgTypes[26].OneofWrappers = []any{}
-	file_gptgrpc_v1_gateway_proto_msgTypes[36].OneofWrappers = []any{
+	file_gptgrpc_v1_gateway_proto_msgTypes[36].OneofWrappers = []any{}
+	file_gptgrpc_v1_gateway_proto_msgTypes[37].OneofWrappers = []any{}
+	file_gptgrpc_v1_gateway_proto_msgTypes[43].OneofWrappers = []any{
 		(*ContentPart_Text)(nil),
 		(*ContentPart_Image)(nil),
 		(*ContentPart_Audio)(nil),
@@ -4958,8 +5869,8 @@ func file_gptgrpc_v1_gateway_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_gptgrpc_v1_gateway_proto_rawDesc), len(file_gptgrpc_v1_gateway_proto_rawDesc)),
-			NumEnums:      10,
-			NumMessages:   45,
+			NumEnums:      12,
+			NumMessages:   53,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

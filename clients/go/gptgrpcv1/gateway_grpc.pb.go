@@ -37,6 +37,7 @@ const (
 	GPTService_ListClients_FullMethodName          = "/gptgrpc.v1.GPTService/ListClients"
 	GPTService_UpdateClient_FullMethodName         = "/gptgrpc.v1.GPTService/UpdateClient"
 	GPTService_RevokeClient_FullMethodName         = "/gptgrpc.v1.GPTService/RevokeClient"
+	GPTService_ListUpstreams_FullMethodName        = "/gptgrpc.v1.GPTService/ListUpstreams"
 )
 
 // GPTServiceClient is the client API for GPTService service.
@@ -82,6 +83,11 @@ type GPTServiceClient interface {
 	UpdateClient(ctx context.Context, in *UpdateClientRequest, opts ...grpc.CallOption) (*UpdateClientResponse, error)
 	// RevokeClient revokes a client's token at once. Requires the admin token.
 	RevokeClient(ctx context.Context, in *RevokeClientRequest, opts ...grpc.CallOption) (*RevokeClientResponse, error)
+	// ListUpstreams shows each configured upstream as this replica sees it now:
+	// name, base URL, models, circuit breaker state, calls in flight and recent
+	// error rate. Needs a client or the admin token once clients exist (like the
+	// other data-plane reads). Never shows a key.
+	ListUpstreams(ctx context.Context, in *ListUpstreamsRequest, opts ...grpc.CallOption) (*ListUpstreamsResponse, error)
 }
 
 type gPTServiceClient struct {
@@ -211,6 +217,16 @@ func (c *gPTServiceClient) RevokeClient(ctx context.Context, in *RevokeClientReq
 	return out, nil
 }
 
+func (c *gPTServiceClient) ListUpstreams(ctx context.Context, in *ListUpstreamsRequest, opts ...grpc.CallOption) (*ListUpstreamsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListUpstreamsResponse)
+	err := c.cc.Invoke(ctx, GPTService_ListUpstreams_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // GPTServiceServer is the server API for GPTService service.
 // All implementations must embed UnimplementedGPTServiceServer
 // for forward compatibility.
@@ -254,6 +270,11 @@ type GPTServiceServer interface {
 	UpdateClient(context.Context, *UpdateClientRequest) (*UpdateClientResponse, error)
 	// RevokeClient revokes a client's token at once. Requires the admin token.
 	RevokeClient(context.Context, *RevokeClientRequest) (*RevokeClientResponse, error)
+	// ListUpstreams shows each configured upstream as this replica sees it now:
+	// name, base URL, models, circuit breaker state, calls in flight and recent
+	// error rate. Needs a client or the admin token once clients exist (like the
+	// other data-plane reads). Never shows a key.
+	ListUpstreams(context.Context, *ListUpstreamsRequest) (*ListUpstreamsResponse, error)
 	mustEmbedUnimplementedGPTServiceServer()
 }
 
@@ -296,6 +317,9 @@ func (UnimplementedGPTServiceServer) UpdateClient(context.Context, *UpdateClient
 }
 func (UnimplementedGPTServiceServer) RevokeClient(context.Context, *RevokeClientRequest) (*RevokeClientResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RevokeClient not implemented")
+}
+func (UnimplementedGPTServiceServer) ListUpstreams(context.Context, *ListUpstreamsRequest) (*ListUpstreamsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListUpstreams not implemented")
 }
 func (UnimplementedGPTServiceServer) mustEmbedUnimplementedGPTServiceServer() {}
 func (UnimplementedGPTServiceServer) testEmbeddedByValue()                    {}
@@ -509,6 +533,24 @@ func _GPTService_RevokeClient_Handler(srv interface{}, ctx context.Context, dec 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _GPTService_ListUpstreams_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListUpstreamsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(GPTServiceServer).ListUpstreams(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: GPTService_ListUpstreams_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(GPTServiceServer).ListUpstreams(ctx, req.(*ListUpstreamsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // GPTService_ServiceDesc is the grpc.ServiceDesc for GPTService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -555,6 +597,10 @@ var GPTService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RevokeClient",
 			Handler:    _GPTService_RevokeClient_Handler,
+		},
+		{
+			MethodName: "ListUpstreams",
+			Handler:    _GPTService_ListUpstreams_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

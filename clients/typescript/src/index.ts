@@ -135,6 +135,7 @@ export const DATA_PLANE_RPCS: readonly string[] = [
   "GetConfiguration",
   "ListModels",
   "GetUsage",
+  "ListUpstreams",
 ];
 
 /** Whether method is an admin RPC of GPTService (takes the admin token, not a client token). */

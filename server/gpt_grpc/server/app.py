@@ -40,6 +40,8 @@ from ..settings_sync import SettingsRecordError, SettingsSync
 from ..state import StateFile, StateFileError
 from ..store import StoreError, store_from_url
 from ..store.secrets import Sealer, SecretKeyError, sealer_from_env
+from ..upstream.routing import Routers
+from ..upstreams import UpstreamsFileError, load_file, resolved_problems, summary
 from . import logs, reflection, registration, workers
 from .admission import Admission
 from .auth import AdminAuth, Authorizer
@@ -82,6 +84,8 @@ class ServerConfig:
     max_in_flight: int = 10_000
     pricing_file: str | None = None
     upstream: SettingsUpdate = field(default_factory=SettingsUpdate)
+    # Several upstreams (--upstreams FILE, TOML; upstreams.py): the whole set, the shorthand ignored.
+    upstreams_file: str | None = None
     retry_budget: bool = True
     state_file: str | None = None
     # Where clients, limits, usage and settings live (store/__init__.py): None = in memory.
@@ -123,7 +127,7 @@ class GatewayServer:
         # egress policy; settings saved by Configure before a restart win over the
         # environment. (What the endpoint's name resolves to is checked in start.)
         self.egress = EgressPolicy.of(config.allow_insecure_upstream, config.allowed_upstream_hosts)
-        settings = apply(Settings(), config.upstream, self.egress)
+        settings = apply(Settings(), _with_upstreams_file(config, self.egress), self.egress)
         self.store = store_from_url(store_url(config), password=config.store_password)
         if config.state_file and self.store.shared:
             raise ConfigError(
@@ -132,7 +136,7 @@ class GatewayServer:
         self.state = StateFile(config.state_file) if config.state_file else None
         saved = self.state.load() if self.state else None
         if saved is not None:
-            settings = _revalidate(saved, self.egress)
+            settings = _revalidate(saved, self.egress, settings)
             log.info("restored settings from %s (generation %d)", config.state_file, settings.generation)
         self.metrics = Metrics()
         self.tracing = tracing_from_env(os.environ)
@@ -141,6 +145,7 @@ class GatewayServer:
             models=Models(pricing=Pricing(config.pricing_file)),
             budget=RetryBudget() if config.retry_budget else None,
             observer=self.metrics,
+            router=Routers(observer=self.metrics),
         )
         if self.tracing is not None and self.engine.tracer is None:
             self.engine.tracer = self.tracing.attempts
@@ -194,9 +199,7 @@ class GatewayServer:
         self._stopped = asyncio.Event()
 
     async def start(self) -> int:
-        problem = await resolved_problem(self.engine.settings.endpoint)
-        if problem:
-            raise invalid([FieldViolation("endpoint", problem)])
+        await _check_resolved(self.engine.settings)
         tokens.preload()  # readiness includes the encodings: no first-call stall
         self.store.on_degraded(self.metrics.store_degraded.set)
         await self.store.open()
@@ -278,8 +281,45 @@ def _connection_options(config: ServerConfig) -> list[tuple[str, int]]:
     return out
 
 
-def _revalidate(saved: Settings, policy: EgressPolicy) -> Settings:
-    """Check a saved snapshot as strictly as a Configure call (the file may have been edited)."""
+def _with_upstreams_file(config: ServerConfig, policy: EgressPolicy) -> SettingsUpdate:
+    """The start-up settings, with the upstreams file's set when one is given (it is then the whole set)."""
+    if not config.upstreams_file:
+        return config.upstream
+    try:
+        upstreams = load_file(config.upstreams_file)
+    except UpstreamsFileError as exc:
+        raise ConfigError(str(exc)) from None
+    _, problems = upstreams.checked(policy, None, prefix="upstream")
+    if problems:
+        listed = "; ".join(f"{v.field}: {v.description}" for v in problems)
+        raise ConfigError(f"the upstreams file {config.upstreams_file} is invalid: {listed}")
+    if config.upstream.endpoint is not None:
+        log.warning(
+            "upstreams from %s; OPENAI_BASE_URL (--endpoint) is ignored: the file is the whole upstream set",
+            config.upstreams_file,
+        )
+    log.info("upstreams from %s: %s", config.upstreams_file, summary(upstreams.upstreams))
+    return dataclasses.replace(config.upstream, upstreams=upstreams)
+
+
+async def _check_resolved(settings: Settings) -> None:
+    """What each upstream's host name resolves to now, under the egress rules (egress.resolved_problem)."""
+    if settings.upstreams is None:
+        problem = await resolved_problem(settings.endpoint)
+        if problem:
+            raise invalid([FieldViolation("endpoint", problem)])
+        return
+    violations = await resolved_problems(settings.upstreams, "upstream")
+    if violations:
+        raise invalid(violations)
+
+
+def _revalidate(saved: Settings, policy: EgressPolicy, started: Settings) -> Settings:
+    """Check a saved snapshot as strictly as a Configure call (the file may have been edited).
+
+    An upstream set that Configure saved wins over the one the process was started
+    with (`started`, from the upstreams file); without one, the started one stays.
+    """
     update = SettingsUpdate(
         api_key=saved.api_key,
         endpoint=saved.endpoint,
@@ -290,9 +330,10 @@ def _revalidate(saved: Settings, policy: EgressPolicy) -> Settings:
         max_attempts=saved.retry.max_attempts,
         initial_backoff=saved.retry.initial_backoff,
         max_backoff=saved.retry.max_backoff,
+        upstreams=saved.upstreams,
     )
     try:
-        checked = apply(Settings(), update, policy)
+        checked = apply(Settings(upstreams=started.upstreams), update, policy)
     except GatewayError as exc:
         raise StateFileError(f"state file holds invalid settings: {exc.message}") from None
     return dataclasses.replace(checked, generation=saved.generation)
@@ -402,6 +443,12 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
         help="file holding the admin bearer token (or set GPT_GRPC_ADMIN_TOKEN)",
     )
     p.add_argument("--endpoint", default=env.get("OPENAI_BASE_URL"), help="upstream base URL")
+    p.add_argument(
+        "--upstreams",
+        default=env.get("GPT_GRPC_UPSTREAMS"),
+        metavar="FILE",
+        help="several upstreams (TOML: [[upstream]] tables, [fallbacks]); the whole set: --endpoint is then ignored",
+    )
     p.add_argument(
         "--api-key-file",
         default=env.get("OPENAI_API_KEY_FILE"),
@@ -533,6 +580,7 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
         max_in_flight=args.max_in_flight,
         pricing_file=args.pricing_file,
         upstream=upstream,
+        upstreams_file=args.upstreams,
         state_file=args.state_file,
         store_url=args.store,
         db_path=args.db,

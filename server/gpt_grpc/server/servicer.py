@@ -108,6 +108,7 @@ class Call:
     ticket: Ticket | None = None
     code: grpc.StatusCode = grpc.StatusCode.OK
     reason: str | None = None
+    upstream: str | None = None  # the configured upstream that answered (or failed last)
     extra_keys: tuple[str, ...] = ()  # extra_body_json's key names (never its values)
     span: Span | None = None  # the call's server span, when tracing is on
     # The caller's deadline (a time.monotonic() instant) and the time it gave the call; None without one.
@@ -124,11 +125,12 @@ class Call:
         self.code, self.reason = grpc.StatusCode.CANCELLED, None
 
     def took(self, result: ChatResult) -> None:
-        self.model, self.usage, self.cost_usd, self.attempts = (
+        self.model, self.usage, self.cost_usd, self.attempts, self.upstream = (
             result.model,
             result.usage,
             result.cost_usd,
             result.attempts,
+            result.upstream,
         )
 
 
@@ -321,6 +323,7 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
         err = exc if isinstance(exc, GatewayError) else _internal(call.method)
         call.code, call.reason = REASON_CODES[err.reason], err.reason.value
         call.attempts = call.attempts or err.attempts
+        call.upstream = call.upstream or err.upstream
         await self._abort(context, call, err)
 
     def _leave(self) -> None:
@@ -369,6 +372,8 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
             fields["cost_usd"] = call.cost_usd
         if call.attempts:
             fields["attempts"] = call.attempts
+        if call.upstream:
+            fields["upstream"] = call.upstream
         if call.extra_keys:
             fields["extra_body_keys"] = logs.key_names(call.extra_keys)
         if call.span is not None and self.tracing is not None:
@@ -486,6 +491,12 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
                 info.price_source = price.source
             models.append(info)
         return pb.ListModelsResponse(models=models)
+
+    @rpc(Access.OPEN)
+    async def ListUpstreams(
+        self, request: pb.ListUpstreamsRequest, context: Context, call: Call
+    ) -> pb.ListUpstreamsResponse:
+        return convert.upstreams(*self.engine.upstreams())
 
     @rpc(Access.OPEN)
     async def GetUsage(self, request: pb.GetUsageRequest, context: Context, call: Call) -> pb.GetUsageResponse:

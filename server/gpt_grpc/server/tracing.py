@@ -239,6 +239,7 @@ class _AttemptSpans:
             "server.address": endpoint.name,
             "server.port": url.port or _DEFAULT_PORTS.get(url.scheme, 443),
             "gpt_grpc.attempt": number,
+            "gpt_grpc.upstream": endpoint.upstream,  # the configured upstream's name (upstreams file)
         }
         params = call.request.params
         for key, name, kind in (

@@ -627,7 +627,7 @@ class Client(_BaseClient):
 
     Tokens: ``token`` (a client token from :meth:`create_client`) is sent as
     ``authorization: Bearer <token>`` on every data-plane call (chat, streams,
-    ``count_tokens``, ``list_models``, ``get_configuration``, ``get_usage``), and
+    ``count_tokens``, ``list_models``, ``list_upstreams``, ``get_configuration``, ``get_usage``), and
     ``admin_token`` on the admin calls only (``configure`` and the client registry:
     ``create_client``, ``list_clients``, ``update_client``, ``revoke_client``); a call
     never carries both. The gateway needs a client token once a client exists.
@@ -852,6 +852,13 @@ class Client(_BaseClient):
         """The models the gateway knows, with encoding, context window and prices."""
         response: gateway_pb2.ListModelsResponse = self._unary(
             self._stub.ListModels, gateway_pb2.ListModelsRequest(), timeout
+        )
+        return response
+
+    def list_upstreams(self, *, timeout: Seconds | None = None) -> gateway_pb2.ListUpstreamsResponse:
+        """Each upstream as the replica answering sees it: breaker state, calls in flight, recent error rate."""
+        response: gateway_pb2.ListUpstreamsResponse = self._unary(
+            self._stub.ListUpstreams, gateway_pb2.ListUpstreamsRequest(), timeout
         )
         return response
 
@@ -1160,6 +1167,13 @@ class AsyncClient(_BaseClient):
         """The models the gateway knows, with encoding, context window and prices."""
         response: gateway_pb2.ListModelsResponse = await self._unary(
             "ListModels", gateway_pb2.ListModelsRequest(), timeout
+        )
+        return response
+
+    async def list_upstreams(self, *, timeout: Seconds | None = None) -> gateway_pb2.ListUpstreamsResponse:
+        """Each upstream as the replica answering sees it: breaker state, calls in flight, recent error rate."""
+        response: gateway_pb2.ListUpstreamsResponse = await self._unary(
+            "ListUpstreams", gateway_pb2.ListUpstreamsRequest(), timeout
         )
         return response
 

@@ -84,6 +84,12 @@ class GPTServiceStub:
     """UpdateClient replaces a client's limits. Requires the admin token."""
     RevokeClient: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.RevokeClientRequest, _gateway_pb2.RevokeClientResponse]
     """RevokeClient revokes a client's token at once. Requires the admin token."""
+    ListUpstreams: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ListUpstreamsRequest, _gateway_pb2.ListUpstreamsResponse]
+    """ListUpstreams shows each configured upstream as this replica sees it now:
+    name, base URL, models, circuit breaker state, calls in flight and recent
+    error rate. Needs a client or the admin token once clients exist (like the
+    other data-plane reads). Never shows a key.
+    """
 
 @_typing.type_check_only
 class GPTServiceAsyncStub(GPTServiceStub):
@@ -135,6 +141,12 @@ class GPTServiceAsyncStub(GPTServiceStub):
     """UpdateClient replaces a client's limits. Requires the admin token."""
     RevokeClient: _aio.UnaryUnaryMultiCallable[_gateway_pb2.RevokeClientRequest, _gateway_pb2.RevokeClientResponse]  # type: ignore[assignment]
     """RevokeClient revokes a client's token at once. Requires the admin token."""
+    ListUpstreams: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ListUpstreamsRequest, _gateway_pb2.ListUpstreamsResponse]  # type: ignore[assignment]
+    """ListUpstreams shows each configured upstream as this replica sees it now:
+    name, base URL, models, circuit breaker state, calls in flight and recent
+    error rate. Needs a client or the admin token once clients exist (like the
+    other data-plane reads). Never shows a key.
+    """
 
 class GPTServiceServicer(metaclass=_abc_1.ABCMeta):
     """GPTService fronts an OpenAI-compatible chat completions API."""
@@ -249,5 +261,17 @@ class GPTServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_pb2.RevokeClientResponse, _abc.Awaitable[_gateway_pb2.RevokeClientResponse]]:
         """RevokeClient revokes a client's token at once. Requires the admin token."""
+
+    @_abc_1.abstractmethod
+    def ListUpstreams(
+        self,
+        request: _gateway_pb2.ListUpstreamsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.ListUpstreamsResponse, _abc.Awaitable[_gateway_pb2.ListUpstreamsResponse]]:
+        """ListUpstreams shows each configured upstream as this replica sees it now:
+        name, base URL, models, circuit breaker state, calls in flight and recent
+        error rate. Needs a client or the admin token once clients exist (like the
+        other data-plane reads). Never shows a key.
+        """
 
 def add_GPTServiceServicer_to_server(servicer: GPTServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

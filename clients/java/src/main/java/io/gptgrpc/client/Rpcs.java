@@ -26,7 +26,8 @@ public final class Rpcs {
       GPTServiceGrpc.getCountTokensMethod().getFullMethodName(),
       GPTServiceGrpc.getGetConfigurationMethod().getFullMethodName(),
       GPTServiceGrpc.getListModelsMethod().getFullMethodName(),
-      GPTServiceGrpc.getGetUsageMethod().getFullMethodName());
+      GPTServiceGrpc.getGetUsageMethod().getFullMethodName(),
+      GPTServiceGrpc.getListUpstreamsMethod().getFullMethodName());
 
   private Rpcs() {}
 
