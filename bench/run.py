@@ -27,6 +27,15 @@ or more, and measures:
   on a Redis store against the same gateway on the in-memory store, windows
   alternating; and the Redis commands per call, from INFO commandstats over
   the Redis windows (`--only-store` runs this row alone; skipped by --smoke).
+- tracing: unary calls at concurrency 32 through a gateway tracing every
+  call (OTEL_TRACES_SAMPLER=always_on, spans exported over OTLP/gRPC to a
+  local receiver, tests/otlp_receiver.py) against the same gateway with
+  tracing off, windows alternating; the spans the receiver got
+  (`--only-tracing` runs this row alone; skipped by --smoke).
+- several upstreams: unary calls at concurrency 32, the gateway with one
+  upstream configured through an upstreams file (`--upstreams`) against the
+  same gateway configured by the OPENAI_BASE_URL shorthand, windows
+  alternating (`--only-upstreams` runs this row alone).
 - the upstream transport (GPT_GRPC_UPSTREAM_TRANSPORT): one gateway per
   candidate in `TRANSPORTS` against the same stand-in, unary and streams at
   concurrency 32, the candidates' windows alternating. `--transports` runs
@@ -54,6 +63,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,6 +87,7 @@ TARGETS = {
     "slow_rss": ("slow upstream: server peak RSS (MB)", "<", 600.0),
     "ready": ("readiness: start to SERVING (s)", "<=", 1.5),
     "store_32": ("unary calls/s with a client token, Redis store / in-memory store, concurrency 32", ">=", 0.85),
+    "upstreams_32": ("unary calls/s, one upstream from an upstreams file / the shorthand, concurrency 32", ">=", 0.95),
 }
 
 
@@ -86,6 +97,7 @@ TARGETS = {
 TRANSPORTS = ("fast", "httpx")
 TRANSPORT_NAMES = {"fast": "own pool", "httpx": "httpx2's transport (httpcore, h11)"}
 TRANSPORT_CONCURRENCY = 32
+TRACING_CONCURRENCY = 32
 
 
 @dataclass
@@ -102,6 +114,8 @@ class Plan:
     one_mb: int = ONE_MB
     scaling: bool = True
     store: bool = True
+    tracing: bool = True
+    upstreams: bool = True
 
 
 SMOKE = Plan(
@@ -117,6 +131,7 @@ SMOKE = Plan(
     one_mb=64 * 1024,
     scaling=False,
     store=False,
+    tracing=False,
 )
 
 
@@ -549,6 +564,12 @@ class Bench:
             # 7. the store
             if p.store:
                 self.store_row(base_url)
+            # 8. tracing on against off
+            if p.tracing:
+                self.tracing_row(base_url)
+            # 9. several upstreams: one from a file against the shorthand
+            if p.upstreams:
+                self.upstreams_row(base_url)
             self.stack.stop(upstream)
         finally:
             self.stack.close()
@@ -661,15 +682,92 @@ class Bench:
         self.results["ready_s"] = summary(times)
         self.results["ready_runs"] = times
 
-    def run_store_only(self) -> dict[str, Any]:
+    def run_alone(self, row: Callable[[str], None]) -> dict[str, Any]:
+        """One row (`store_row`, `tracing_row`) against a fresh fast upstream, nothing else."""
         try:
             self.say(f"logs in {self.logs}")
             upstream, base_url = start_upstream(self.stack)
-            self.store_row(base_url)
+            row(base_url)
             self.stack.stop(upstream)
         finally:
             self.stack.close()
         return self.results
+
+    def tracing_row(self, base_url: str) -> None:
+        """Unary at 32: a gateway tracing every call (OTLP/gRPC to a local receiver) against one not tracing.
+
+        The receiver (a collector's stand-in that counts spans) runs on every CPU, not on the gateway's
+        alone: a real collector runs elsewhere. The untraced gateway gets OTEL_SDK_DISABLED=true, so that
+        an OTEL_EXPORTER_OTLP_ENDPOINT in the bench's own environment cannot turn its tracing on.
+        """
+        c = TRACING_CONCURRENCY
+        self.say(f"tracing: unary calls at concurrency {c}, every call traced (OTLP/gRPC, local receiver) vs off")
+        port_file = self.logs / "otlp-receiver.port"
+        receiver = self.stack.spawn(
+            "otlp-receiver", [PY, "-m", "tests.otlp_receiver", "--port-file", str(port_file)], pin=False
+        )
+        deadline = time.monotonic() + 20
+        while not port_file.exists():
+            if receiver.popen.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"OTLP receiver did not start; see {receiver.log}")
+            time.sleep(0.01)
+        endpoint = f"http://127.0.0.1:{int(port_file.read_text())}"
+        traced_env = {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+            "OTEL_TRACES_SAMPLER": "always_on",
+            "OTEL_SDK_DISABLED": "false",
+        }
+        gateways: dict[str, Proc] = {}
+        targets: dict[str, str] = {}
+        for label, env in (("off", {"OTEL_SDK_DISABLED": "true"}), ("on", traced_env)):
+            gateways[label], targets[label], _ = start_gateway(
+                self.stack, base_url, name=f"gateway-tracing-{label}", extra_env=env
+            )
+        specs = {label: {**self.base_spec("gateway_unary", c), "target": targets[label]} for label in ("off", "on")}
+        series = self.alternate("tracing_32", specs, gateways)
+        for proc in gateways.values():
+            self.stack.stop(proc)  # the traced gateway exports what it still holds on its way out
+        self.stack.stop(receiver)
+        counted = [line for line in receiver.log.read_text().splitlines() if line.startswith("otlp receiver:")]
+        calls = sum(w["calls"] for w in series["on"].windows)
+        self.results["tracing"] = {
+            "ratio": paired_ratios(series["on"], series["off"]),
+            "server_cpu_ratio": paired_ratios(series["on"], series["off"], key="server_cpu_ms_per_call"),
+            "receiver": counted[-1] if counted else "no count (see the receiver's log)",
+            "traced_calls_in_windows": calls,
+        }
+        self.say(
+            f"  on / off calls/s: {_fmt(self.results['tracing']['ratio'], 3)}; gateway CPU per call on / off: "
+            f"{_fmt(self.results['tracing']['server_cpu_ratio'], 3)}; {self.results['tracing']['receiver']}"
+        )
+
+    def upstreams_row(self, base_url: str) -> None:
+        """Unary at 32: one upstream through the upstreams file against the OPENAI_BASE_URL shorthand."""
+        p = self.plan
+        c = 32 if 32 in p.concurrencies else max(p.concurrencies)
+        self.say(f"several upstreams: unary at concurrency {c}, one upstream from a file vs the shorthand")
+        path = self.logs / "upstreams.toml"
+        path.write_text(f'[[upstream]]\nname = "only"\nbase_url = "{base_url}"\napi_key_env = "OPENAI_API_KEY"\n')
+        shorthand, shorthand_target, _ = start_gateway(self.stack, base_url, name="gateway-shorthand")
+        from_file, file_target, _ = start_gateway(
+            self.stack, base_url, name="gateway-file", args=("--upstreams", str(path))
+        )
+        try:
+            series = self.alternate(
+                f"upstreams_{c}",
+                {
+                    "shorthand": {**self.base_spec("gateway_unary", c), "target": shorthand_target},
+                    "file": {**self.base_spec("gateway_unary", c), "target": file_target},
+                },
+                {"shorthand": shorthand, "file": from_file},
+            )
+        finally:
+            self.stack.stop(shorthand)
+            self.stack.stop(from_file)
+        ratio = paired_ratios(series["file"], series["shorthand"])
+        self.results["upstreams"] = {"concurrency": c, "file_over_shorthand": ratio}
+        self.say(f"  file / shorthand calls/s: {_fmt(ratio, 3)}")
 
     def store_row(self, base_url: str) -> None:
         """Unary at 32 with a client token: Redis store vs in-memory store; Redis commands per call."""
@@ -808,6 +906,9 @@ def compute(bench: Bench) -> dict[str, Any]:
     keymap = {"unary_32": f"unary_{32 if 32 in p.concurrencies else max(p.concurrencies)}"}
     keymap["unary_256"] = f"unary_{256 if 256 in p.concurrencies else max(p.concurrencies)}"
     keymap["stream_32"] = f"stream_{c}"
+    upstreams_key = f"upstreams_{r['upstreams']['concurrency']}" if "upstreams" in r else None
+    if upstreams_key is not None:
+        figures["upstreams_32"] = paired_ratios(s[f"{upstreams_key}/file"], s[f"{upstreams_key}/shorthand"])
     if "store_32/redis" in s:
         figures["store_32"] = paired_ratios(s["store_32/redis"], s["store_32/memory"])
         figures["store_commands_per_call"] = r["store"]["commands_per_call"]
@@ -910,7 +1011,16 @@ def markdown(bench: Bench, figures: dict[str, Any], meta: dict[str, Any]) -> str
             f"gpt_grpc_store_round_trips), {bench.results['store']['commands_per_call']:.2f} Redis commands per "
             "call, those run inside scripts included (INFO commandstats)."
         )
-    lines += ["", *transport_section(bench)]
+    if "upstreams" in bench.results:
+        up = bench.results["upstreams"]
+        key = f"upstreams_{up['concurrency']}"
+        lines.append(
+            f"- Several upstreams (unary, concurrency {up['concurrency']}): one upstream from an upstreams file "
+            f"{_fmt(s[key + '/file'].stat('rate'))} calls/s, the OPENAI_BASE_URL shorthand "
+            f"{_fmt(s[key + '/shorthand'].stat('rate'))} calls/s; file / shorthand per round "
+            f"{_fmt(up['file_over_shorthand'], 3)}."
+        )
+    lines += ["", *transport_section(bench), *tracing_section(bench)]
     lines += ["## Ratios and targets", "", "| figure | target | value | met |", "| --- | --- | --- | --- |"]
     for t in figures["targets"].values():
         f = figures_key_value(t)
@@ -948,6 +1058,32 @@ def transport_section(bench: Bench) -> list[str]:
             f"| {_fmt(paired_ratios(stream, s['transport_stream/fast']), 2)} |"
         )
     return [*lines, ""]
+
+
+def tracing_section(bench: Bench) -> list[str]:
+    """Tracing on (every call sampled, exported over OTLP/gRPC) against off: calls/s and the gateway's CPU."""
+    s = bench.series
+    if "tracing_32/on" not in s:
+        return []
+    lines = [
+        f"## Tracing (OpenTelemetry, OTLP/gRPC to a local receiver), unary, concurrency {TRACING_CONCURRENCY}",
+        "",
+        "Two gateways against the same stand-in, windows alternating: one tracing every call "
+        "(OTEL_TRACES_SAMPLER=always_on, a server span and an attempt span per call, batched), one with "
+        "tracing off. Gateway CPU = the gateway process's CPU per call.",
+        "",
+        "| tracing | calls/s | p50 ms | p99 ms | gateway CPU ms/call | calls/s vs off |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for label in ("off", "on"):
+        ser = s[f"tracing_32/{label}"]
+        lines.append(
+            f"| {label} | {_fmt(ser.stat('rate'))} | {_fmt(ser.stat('p50_ms'), 2)} | {_fmt(ser.stat('p99_ms'), 2)} "
+            f"| {_fmt(ser.stat('server_cpu_ms_per_call'), 3)} "
+            f"| {_fmt(paired_ratios(ser, s['tracing_32/off']), 3)} |"
+        )
+    receiver = bench.results.get("tracing", {}).get("receiver", "")
+    return [*lines, "", f"Receiver: {receiver}.", ""]
 
 
 def transports_report(bench: Bench, meta: dict[str, Any]) -> str:
@@ -1129,6 +1265,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-scaling", action="store_true", help="skip the 1- and 2-worker measurement")
     ap.add_argument("--no-store", action="store_true", help="skip the Redis store row")
     ap.add_argument("--only-store", action="store_true", help="run the Redis store row alone (prints its figures)")
+    ap.add_argument("--no-tracing", action="store_true", help="skip the tracing on/off row")
+    ap.add_argument("--only-tracing", action="store_true", help="run the tracing on/off row alone (writes tracing.md)")
+    ap.add_argument("--no-upstreams", action="store_true", help="skip the upstreams-file row")
+    ap.add_argument(
+        "--only-upstreams",
+        action="store_true",
+        help="run the upstreams-file row alone: one upstream from a file vs the shorthand (prints its figures)",
+    )
     ap.add_argument(
         "--transports", action="store_true", help="only the upstream transport comparison (writes transports.md)"
     )
@@ -1145,6 +1289,8 @@ def main(argv: list[str] | None = None) -> int:
         plan.window = args.window
     plan.scaling = plan.scaling and not args.no_scaling
     plan.store = plan.store and not args.no_store
+    plan.tracing = plan.tracing and not args.no_tracing
+    plan.upstreams = plan.upstreams and not args.no_upstreams
     cpus = plan_cpus()
     if cpus.load:
         os.sched_setaffinity(0, cpus.load)
@@ -1152,8 +1298,33 @@ def main(argv: list[str] | None = None) -> int:
     bench = Bench(plan, args.out, cpus)
     started = time.time()
     if args.only_store:
-        results = bench.run_store_only()
+        results = bench.run_alone(bench.store_row)
         (args.out / "store.json").write_text(
+            json.dumps({"results": results, "series": {k: v.to_json() for k, v in bench.series.items()}}, indent=1)
+        )
+        return 0
+    if args.only_tracing:
+        results = bench.run_alone(bench.tracing_row)
+        meta = {
+            "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
+            "machine": f"{os.cpu_count()} CPUs, {platform.machine()}, Python {platform.python_version()}",
+        }
+        head = [
+            "# gpt-grpc benchmark: tracing",
+            "",
+            f"{meta['when']} · {meta['machine']} · {plan.windows} windows of {plan.window:g} s "
+            f"(after {plan.warmup:g} s warm-up); median (min-max).",
+            "",
+        ]
+        (args.out / "tracing.md").write_text("\n".join([*head, *tracing_section(bench)]))
+        series = {k: v.to_json() for k, v in bench.series.items()}
+        report = {"meta": meta, "results": results, "series": series}
+        (args.out / "tracing.json").write_text(json.dumps(report, indent=1))
+        print(f"report: {args.out / 'tracing.md'}")
+        return 0
+    if args.only_upstreams:
+        results = bench.run_alone(bench.upstreams_row)
+        (args.out / "upstreams.json").write_text(
             json.dumps({"results": results, "series": {k: v.to_json() for k, v in bench.series.items()}}, indent=1)
         )
         return 0

@@ -299,6 +299,8 @@ ELSEWHERE = {
     "the new message does not fit the conversation's context even alone": (
         "tests/test_conversations.py::test_a_message_that_cannot_fit_alone_is_refused_with_its_numbers"
     ),
+    # Several upstreams (an upstreams file): the stand-ins of tests/test_upstreams.py.
+    "no configured upstream serves the model": "tests/test_upstreams.py::test_a_fallback_model_is_used_and_reported",
 }
 # The rows run here by tests of their own below (not through ROWS).
 OWN_TESTS = {

@@ -32,6 +32,7 @@ def test_bench_smoke_writes_a_well_formed_report(tmp_path_factory: pytest.TempPa
     targets = data["figures"]["targets"]
     assert set(targets) == {
         "unary_32", "unary_256", "stream_32", "ttfc_1", "count_1k", "count_1m", "slow_ok", "slow_rss", "ready",
+        "upstreams_32",
     }  # fmt: skip
     for target in targets.values():
         assert isinstance(target["met"], bool) and isinstance(target["value"], float)

@@ -189,6 +189,25 @@ class FakeGateway(gateway_pb2_grpc.GPTServiceServicer):
             ]
         )
 
+    def ListUpstreams(
+        self, request: gateway_pb2.ListUpstreamsRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.ListUpstreamsResponse:
+        self._record("ListUpstreams", request, context)
+        return gateway_pb2.ListUpstreamsResponse(
+            upstreams=[
+                gateway_pb2.UpstreamStatus(
+                    name="openai", kind=gateway_pb2.UPSTREAM_KIND_OPENAI, base_url="https://api.openai.com/v1",
+                    models=["gpt-4o*"], priority=1, weight=1, state=gateway_pb2.BREAKER_STATE_OPEN, in_flight=2,
+                    error_rate=0.5, recent_attempts=40, retry_in=duration_pb2.Duration(seconds=7),
+                ),
+                gateway_pb2.UpstreamStatus(
+                    name="azure-east", kind=gateway_pb2.UPSTREAM_KIND_AZURE, base_url="https://r.openai.azure.com",
+                    models=["gpt-4o"], priority=2, weight=1, state=gateway_pb2.BREAKER_STATE_CLOSED,
+                ),
+            ],
+            fallbacks=[gateway_pb2.FallbackModels(model="gpt-4o", fallbacks=["gpt-4o-mini"])],
+        )  # fmt: skip
+
     def GetUsage(
         self, request: gateway_pb2.GetUsageRequest, context: grpc.ServicerContext
     ) -> gateway_pb2.GetUsageResponse:
@@ -636,6 +655,7 @@ def test_client_token_on_data_plane_admin_token_on_admin_calls(fake: FakeGateway
         both.count_tokens("x")
         both.get_configuration()
         both.list_models()
+        both.list_upstreams()
         both.get_usage()
         both.configure(default_model="gpt-4o")
         both.create_client("a")
@@ -1005,6 +1025,7 @@ async def test_async_client_tokens_and_client_registry(fake: FakeGateway, grpc_a
         await both.count_tokens("x")
         await both.get_configuration()
         await both.list_models()
+        assert [u.name for u in (await both.list_upstreams()).upstreams] == ["openai", "azure-east"]
         assert (await both.get_usage("billing")).client == "billing"
         await both.configure(default_model="gpt-4o")
         created = await both.create_client("billing", tokens_per_minute=500, budget_usd=2, budget_period="month")
@@ -1177,6 +1198,16 @@ def test_cli_models_and_usage_tables(fake: FakeGateway, grpc_addr: str, capsys: 
     ]  # fmt: skip
     assert lines[2].split()[:5] == ["o3-mini", "o200k_base", "0", "0", "yes"]
     assert lines[2].split()[5:] == ["-", "-", "-"]
+
+    code, out, _ = run_cli(["--target", grpc_addr, "upstreams"], capsys)
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split()[:4] == ["NAME", "KIND", "BASE", "URL"]
+    assert lines[1].split() == [
+        "openai", "openai", "https://api.openai.com/v1", "gpt-4o*", "1", "1", "open", "2", "50%", "of", "40", "7s",
+    ]  # fmt: skip
+    assert lines[2].split()[:2] == ["azure-east", "azure"] and lines[2].split()[6] == "closed"
+    assert lines[3] == "fallbacks of gpt-4o: gpt-4o-mini"
 
     code, out, _ = run_cli(["--target", grpc_addr, "usage"], capsys)
     assert code == 0
@@ -1477,7 +1508,11 @@ def test_wheel_contains_the_stubs_and_no_server_dependencies(tmp_path: Path) -> 
         dist_info = next(n.split("/")[0] for n in names if n.endswith(".dist-info/METADATA"))
         metadata = Parser().parsestr(wheel.read(f"{dist_info}/METADATA").decode())
         entry_points = wheel.read(f"{dist_info}/entry_points.txt").decode()
-    requires = [r.split(";")[0].strip() for r in metadata.get_all("Requires-Dist") or []]
+    declared = metadata.get_all("Requires-Dist") or []
+    # Required ones alone: opentelemetry-api is the optional `otel` extra (trace context propagation).
+    requires = [r.split(";")[0].strip() for r in declared if "extra ==" not in r]
+    extras = {r.split(";")[0].strip().split(">")[0] for r in declared if 'extra == "otel"' in r}
+    assert extras == {"opentelemetry-api"}, declared
     names_only = {r.replace(" ", "").split(">")[0].split("=")[0].split("<")[0].lower() for r in requires}
     assert names_only == {"grpcio", "protobuf", "googleapis-common-protos"}, requires
     assert not names_only & {"openai", "tiktoken", "grpcio-status"}, requires

@@ -85,7 +85,9 @@ async def test_the_upstream_receives_the_history_in_order(gateway: Gateway, stan
     conversation = await create(gateway)
     assert conversation.id.startswith("conv_") and len(conversation.id) == 37
     assert conversation.trimming_policy == pb.TRIM_OLDEST and conversation.context_limit == 128_000
-    answers = [(await say(gateway, conversation.id, sentence(i))).content for i in range(3)]
+    replies = [await say(gateway, conversation.id, sentence(i)) for i in range(3)]
+    answers = [r.content for r in replies]
+    assert {r.upstream for r in replies} == {"default"}  # the one-upstream shorthand's name
     assert answers == [f"Echo: {sentence(i)}" for i in range(3)]
     expected = [("system", SYSTEM)]
     for i in range(3):

@@ -685,6 +685,8 @@ async def test_http_control_api(standin: Standin, http: aiohttp.ClientSession) -
         "client_disconnected",
         "raw_length",
         "request_id",
+        "query",
+        "deployment",
     }
     async with http.get(control + "/stats") as r:
         stats = await r.json()

@@ -180,6 +180,7 @@ class ChatResult:
     attempts: int
     refusal: str = ""
     request_id: str | None = None
+    upstream: str = ""  # the configured upstream that answered ("default": the OPENAI_BASE_URL shorthand)
     logprobs: tuple[TokenLogprob, ...] = ()
     service_tier: str = ""
     system_fingerprint: str = ""

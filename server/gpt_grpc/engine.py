@@ -10,16 +10,19 @@ A call goes through the engine once:
    built for that snapshot.
 2. Attempts, under the snapshot's retry policy and the server-wide retry
    budget (`retry.call_with_retries`, which tells the `AttemptObserver` -
-   metrics - about each attempt and retry). Each attempt asks the router
-   which upstream serves it (`Router.endpoint_for`: the seam for several
-   upstreams with failover), sends through the shared `UpstreamClient`, and
-   hands any failure to `failures.translate` (one translation, secrets
-   scrubbed, cause chained). Every attempt of both kinds of call runs through
-   `_attempts.one`: the place to observe one attempt with its endpoint (a span).
-   A stream is retried only until its first delta is ready for the caller.
+   metrics - about each attempt and retry). The call's `Route` (the router of
+   its snapshot, upstream/routing.py) gives the target of each attempt - an
+   upstream, and the model asked of it, a fallback model once every upstream
+   of the model failed - and hears how it ended (breakers, failover). Each
+   attempt sends through the shared `UpstreamClient` and hands any failure to
+   `failures.translate` (one translation, secrets scrubbed, cause chained).
+   Every attempt of both kinds of call runs through `_attempts.one`, which
+   reports it to the `AttemptTracer` when one is set (spans.py: a span per
+   attempt; tracing off, it is None and costs one check). A stream is
+   retried (or failed over) only until its first delta is ready for the caller.
 3. The result (usage as reported, or counted when the upstream sent none;
-   cost from the model record) or the failure goes to the one `ResultSink`,
-   exactly once per call (`_finish`).
+   cost from the record of the model that answered) or the failure goes to
+   the one `ResultSink`, exactly once per call (`_finish`).
 
 The engine imports neither grpc nor any SDK; the server and the sync `GPT`
 facade (compat.py) are its two users.
@@ -46,12 +49,13 @@ from .errors import GatewayError, Reason
 from .models import ModelRecord, Models
 from .retry import AttemptObserver, RetryBudget, call_with_retries
 from .settings import Settings, SettingsUpdate, apply
+from .spans import AttemptSpan, AttemptTracer
 from .upstream import answers, sse
 from .upstream import client as upstream_client
 from .upstream.client import MAX_ANSWER_BYTES, UpstreamClient
-from .upstream.endpoints import Endpoint, chat_body
+from .upstream.endpoints import chat_body
 from .upstream.failures import Phase, translate
-from .upstream.routing import Router, RouterFactory, SingleUpstream
+from .upstream.routing import Route, Router, RouterFactory, Routers, Target, UpstreamStatus
 from .upstream.scrub import MAX_ID_CHARS, Scrubber, Secrets, scrubbed
 from .usage import CallOutcome, ResultSink, UsageTracker
 
@@ -77,6 +81,17 @@ class PreparedCall:
     model: ModelRecord
     body: dict[str, Any]  # the upstream body, model quirks applied (no stream flags)
     snapshot: _Snapshot
+    # What parents the attempts' spans (the server's span of the call); opaque to the core (spans.py).
+    trace: object = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Ask:
+    """What one attempt asks for: the call's model, or a fallback model, with its upstream body."""
+
+    model: ModelRecord
+    body: dict[str, Any]
+    content: bytes
 
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass pays object.__setattr__ per field, per call
@@ -109,7 +124,8 @@ class Engine:
         sink: ResultSink | None = None,
         budget: RetryBudget | None = None,
         observer: AttemptObserver | None = None,
-        router: RouterFactory = SingleUpstream,
+        tracer: AttemptTracer | None = None,
+        router: RouterFactory | None = None,
         client: UpstreamClient | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
@@ -119,9 +135,10 @@ class Engine:
         self.sink: ResultSink = sink or self.usage
         self.budget = budget
         self.observer = observer
+        self.tracer = tracer
         self.client = client or UpstreamClient()
         self.secrets = Secrets()
-        self._router = router
+        self._router = router or Routers(clock=clock)
         self._sleep = sleep
         self._clock = clock
         self._lock = threading.Lock()
@@ -156,10 +173,19 @@ class Engine:
     async def aclose(self) -> None:
         await self.client.aclose()
 
+    def upstreams(self) -> tuple[list[UpstreamStatus], tuple[tuple[str, tuple[str, ...]], ...]]:
+        """Each upstream of the settings in force (breaker state, calls in flight), and the fallback models."""
+        snapshot = self._snapshot
+        upstreams = snapshot.settings.upstreams
+        return snapshot.router.status(), upstreams.fallbacks if upstreams is not None else ()
+
     # -- one call -----------------------------------------------------------------------
 
-    def prepare(self, request: ChatRequest) -> PreparedCall:
-        """Fill in the default model, resolve it, validate against it and build the upstream body."""
+    def prepare(self, request: ChatRequest, *, trace: object = None) -> PreparedCall:
+        """Fill in the default model, resolve it, validate against it and build the upstream body.
+
+        `trace`: what the attempts' spans are children of, for the `AttemptTracer` (spans.py).
+        """
         snapshot = self._snapshot
         if not request.model:
             request = dataclasses.replace(request, model=self.model_name(request.model, snapshot.settings))
@@ -168,7 +194,7 @@ class Engine:
         violations = validate(request, model)
         if violations or model is None:
             raise errors.invalid(violations)
-        return PreparedCall(request, model, chat_body(request, model), snapshot)
+        return PreparedCall(request, model, chat_body(request, model), snapshot, trace)
 
     def model_name(self, requested: str, settings: Settings | None = None) -> str:
         """The model a call is for: the one the caller named, else the default model (filled in here only)."""
@@ -185,67 +211,141 @@ class Engine:
         return (left, True) if left < timeout else (timeout, False)
 
     async def _attempts(
-        self, call: PreparedCall, deadline: float | None, attempt: Callable[[Endpoint, float, bool], Awaitable[T]]
-    ) -> tuple[T, int]:
-        """Run `attempt(endpoint, seconds, by_deadline)` under the retry rules: (its result, attempts).
+        self,
+        call: PreparedCall,
+        deadline: float | None,
+        attempt: Callable[[Target, _Ask, float, bool, AttemptSpan | None], Awaitable[T]],
+        encode: Callable[[Mapping[str, Any]], bytes],
+        *,
+        stream: bool,
+    ) -> tuple[T, int, Target, _Ask]:
+        """Run `attempt(target, ask, seconds, by_deadline, span)` under the retry rules.
 
-        The first endpoint is chosen before any attempt starts, so a call that no
-        upstream can serve (no key) fails without counting as an attempt.
+        Returns (its result, attempts, the target and ask that answered); the
+        target's lease is still held (the caller releases it). The first target
+        is chosen before any attempt starts, so a call that no upstream can
+        serve (no key, no upstream for the model, every breaker open) fails
+        without counting as an attempt. With a tracer, each attempt has a span
+        (None without): ended here when the attempt fails; on success `attempt`
+        (unary) or the stream's end ends it.
         """
-        router = call.snapshot.router
-        first = router.endpoint_for(call.model, 1, None)
-        failures: list[GatewayError] = []
+        route = call.snapshot.router.route(call.model.name)
+        try:
+            first = route.take()
+        except GatewayError as exc:
+            _annotate(exc, route)
+            raise
+        asks = {call.model.name: _Ask(call.model, call.body, encode(call.body))}
+        answered: list[tuple[Target, _Ask]] = []
+        tracer = self.tracer
+        failed_spans: list[AttemptSpan] = []
 
         async def one(number: int) -> T:
-            # Every attempt of every call passes here, with its endpoint: where a span would wrap it.
-            endpoint = first if number == 1 else router.endpoint_for(call.model, number, failures[-1])
+            # Every attempt of every call passes here, with its endpoint.
+            target = first if number == 1 else route.take()
+            span: AttemptSpan | None = None
             try:
+                ask = asks.get(target.model) or self._ask(call, target.model, encode, asks)
+                if tracer is not None:
+                    # A fallback model's attempt is traced as a request for that model.
+                    traced = (
+                        call if ask.model is call.model else dataclasses.replace(call, model=ask.model, body=ask.body)
+                    )
+                    after = failed_spans[-1] if failed_spans else None
+                    span = tracer.attempt(traced, target.endpoint, number, stream=stream, after=after)
                 seconds, by_deadline = self._attempt_timeout(call.snapshot.settings, deadline)
-                return await attempt(endpoint, seconds, by_deadline)
-            except GatewayError as exc:
-                failures.append(exc)
+                result = await attempt(target, ask, seconds, by_deadline, span)
+            except BaseException as exc:
+                if span is not None:
+                    span.failed(exc)
+                    span.end()
+                    failed_spans.append(span)
+                if isinstance(exc, GatewayError):
+                    route.failed(target, exc)
+                else:
+                    target.lease.release()
                 raise
+            target.lease.succeeded()
+            answered.append((target, ask))
+            return result
 
-        return await call_with_retries(
-            one,
-            call.snapshot.settings.retry,
-            deadline=deadline,
-            budget=self.budget,
-            observer=self.observer,
-            clock=self._clock,
-            sleep=self._sleep,
-        )
+        try:
+            result, attempts = await call_with_retries(
+                one,
+                call.snapshot.settings.retry,
+                deadline=deadline,
+                budget=self.budget,
+                observer=self.observer,
+                clock=self._clock,
+                sleep=self._sleep,
+                failover=route if route.named else None,
+            )
+        except GatewayError as exc:
+            _annotate(exc, route)
+            raise
+        except BaseException:
+            if not answered:
+                first.lease.release()  # cancelled before the first attempt began
+            raise
+        target, ask = answered[-1]
+        return result, attempts, target, ask
 
-    def _finish(self, call: PreparedCall, result: ChatResult | None, error: BaseException | None) -> None:
-        """The one place a finished call is recorded."""
-        self.sink.record(CallOutcome(call.model, result, error, call.request.request_id))
+    def _ask(
+        self, call: PreparedCall, model: str, encode: Callable[[Mapping[str, Any]], bytes], asks: dict[str, _Ask]
+    ) -> _Ask:
+        """The ask of a fallback model: its record and its body (its own quirks), built once per call."""
+        record = self.models.resolve(model)
+        body = chat_body(dataclasses.replace(call.request, model=model), record)
+        ask = asks[model] = _Ask(record, body, encode(body))
+        return ask
+
+    def _finish(
+        self,
+        call: PreparedCall,
+        result: ChatResult | None,
+        error: BaseException | None,
+        model: ModelRecord | None = None,
+    ) -> None:
+        """The one place a finished call is recorded: under the model that answered (a fallback's, say)."""
+        self.sink.record(CallOutcome(model or call.model, result, error, call.request.request_id))
 
     # -- a whole answer -----------------------------------------------------------------
 
     async def acomplete(self, request: ChatRequest | PreparedCall, *, deadline: float | None = None) -> ChatResult:
         """One whole answer. `deadline` is a `time.monotonic()` instant."""
         call = request if isinstance(request, PreparedCall) else self.prepare(request)
-        content = _encode({**call.body, "stream": False})
 
-        async def attempt(endpoint: Endpoint, seconds: float, by_deadline: bool) -> _Answer:
+        async def attempt(
+            target: Target, ask: _Ask, seconds: float, by_deadline: bool, span: AttemptSpan | None
+        ) -> _Answer:
+            endpoint = target.endpoint
             phase, request_id, status = Phase.SEND, None, None
             try:
                 async with asyncio.timeout(seconds):
                     async with self.client.post(
-                        endpoint, content, timeout=seconds, client_request_id=call.request.request_id
+                        endpoint,
+                        ask.content,
+                        timeout=seconds,
+                        client_request_id=call.request.request_id,
+                        trace_headers=() if span is None else span.headers,
                     ) as response:
                         request_id, status = response.headers.get("x-request-id"), response.status_code
                         phase = Phase.BODY
                         raw = await upstream_client.read(response)
-                return self._answer(call, orjson.loads(raw), request_id, endpoint.scrubber)
+                answer = self._answer(ask, orjson.loads(raw), request_id, endpoint.scrubber)
             except BaseException as exc:
                 _fail(exc, phase, by_deadline, endpoint.scrubber, request_id, status)
+            if span is not None:
+                span.answered(answer)
+                span.end()
+            return answer
 
         try:
-            answer, attempts = await self._attempts(call, deadline, attempt)
+            answer, attempts, target, ask = await self._attempts(call, deadline, attempt, _unary_body, stream=False)
         except BaseException as exc:
             self._finish(call, None, exc)
             raise
+        target.lease.release()
         result = ChatResult(
             content=answer.content,
             tool_calls=answer.tool_calls,
@@ -253,19 +353,20 @@ class Engine:
             model=answer.model,
             id=answer.id,
             usage=answer.usage,
-            cost_usd=self.models.cost_usd(call.model, answer.model, answer.usage),
+            cost_usd=self.models.cost_usd(ask.model, answer.model, answer.usage),
             attempts=attempts,
             refusal=answer.refusal,
             request_id=answer.request_id,
+            upstream=target.upstream,
             logprobs=answer.logprobs,
             service_tier=answer.service_tier,
             system_fingerprint=answer.system_fingerprint,
             annotations=answer.annotations,
         )
-        self._finish(call, result, None)
+        self._finish(call, result, None, ask.model)
         return result
 
-    def _answer(self, call: PreparedCall, data: Any, request_id: str | None, scrubber: Scrubber) -> _Answer:
+    def _answer(self, ask: _Ask, data: Any, request_id: str | None, scrubber: Scrubber) -> _Answer:
         """A completion body read; anything missing or misshapen raises (an unreadable answer)."""
         choices = data["choices"]
         if not isinstance(choices, list) or not choices or not isinstance(choices[0], Mapping):
@@ -285,9 +386,9 @@ class Engine:
             content=content,
             tool_calls=calls,
             finish_reason=choice.get("finish_reason"),
-            model=_answered(data.get("model"), call, scrubber),
+            model=_answered(data.get("model"), ask.model, scrubber),
             id=scrubbed(str(data.get("id") or ""), scrubber, MAX_ID_CHARS) or "",
-            usage=self._usage(data.get("usage"), call, content, calls),
+            usage=self._usage(data.get("usage"), ask, content, calls),
             refusal=message.get("refusal") or "",
             request_id=scrubbed(request_id, scrubber, MAX_ID_CHARS),
             logprobs=answers.logprobs(choice["logprobs"]) if choice.get("logprobs") else (),
@@ -296,7 +397,7 @@ class Engine:
             annotations=answers.citations(message["annotations"]) if message.get("annotations") else (),
         )
 
-    def _usage(self, reported: object, call: PreparedCall, content: str, calls: Sequence[ToolCall]) -> Usage:
+    def _usage(self, reported: object, ask: _Ask, content: str, calls: Sequence[ToolCall]) -> Usage:
         if isinstance(reported, Mapping) and "prompt_tokens" in reported:
             prompt_details = reported.get("prompt_tokens_details") or {}
             completion_details = reported.get("completion_tokens_details") or {}
@@ -310,7 +411,7 @@ class Engine:
                 reasoning_tokens=_count(completion_details.get("reasoning_tokens")),
             )
         # Some OpenAI-compatible servers send no usage: count it ourselves.
-        model, body = call.model, call.body
+        model, body = ask.model, ask.body
         prompt = tokens.count_messages(
             body["messages"],
             model.name,
@@ -334,12 +435,12 @@ class Engine:
         iterator (the caller went away) closes the upstream request at once.
         """
         call = request if isinstance(request, PreparedCall) else self.prepare(request)
-        content = _encode({**call.body, "stream": True, "stream_options": {"include_usage": True}})
         state = sse.StreamState()
 
         async def attempt(
-            endpoint: Endpoint, seconds: float, by_deadline: bool
-        ) -> tuple[contextlib.AsyncExitStack, AsyncIterator[Mapping[str, Any]], Endpoint]:
+            target: Target, ask: _Ask, seconds: float, by_deadline: bool, span: AttemptSpan | None
+        ) -> tuple[contextlib.AsyncExitStack, AsyncIterator[Mapping[str, Any]], AttemptSpan | None]:
+            endpoint = target.endpoint
             stack = contextlib.AsyncExitStack()
             state.reset()
             state.request_id = state.status = None
@@ -347,7 +448,13 @@ class Engine:
             try:
                 async with asyncio.timeout(seconds):
                     response = await stack.enter_async_context(
-                        self.client.post(endpoint, content, timeout=seconds, client_request_id=call.request.request_id)
+                        self.client.post(
+                            endpoint,
+                            ask.content,
+                            timeout=seconds,
+                            client_request_id=call.request.request_id,
+                            trace_headers=() if span is None else span.headers,
+                        )
                     )
                     state.request_id, state.status = response.headers.get("x-request-id"), response.status_code
                     phase = Phase.STREAM
@@ -356,16 +463,21 @@ class Engine:
                     # retry is invisible to it.
                     while not state.pending and not state.done:
                         await state.advance(events)
-                return stack, events, endpoint
+                if span is not None and state.pending:
+                    span.first_chunk()
+                return stack, events, span
             except BaseException as exc:
                 await stack.aclose()
                 _fail(exc, phase, by_deadline, endpoint.scrubber, state.request_id, state.status)
 
         try:
-            (stack, events, endpoint), attempts = await self._attempts(call, deadline, attempt)
+            (stack, events, span), attempts, target, ask = await self._attempts(
+                call, deadline, attempt, _stream_body, stream=True
+            )
         except BaseException as exc:
             self._finish(call, None, exc)
             raise
+        endpoint = target.endpoint
         try:
             async with stack:
                 while True:
@@ -380,8 +492,8 @@ class Engine:
                         _fail(exc, Phase.STREAM, passed, endpoint.scrubber, state.request_id, state.status)
             calls = state.tool_calls()
             text = "".join(state.content)
-            usage = self._usage(state.usage, call, text, calls)
-            model = _answered(state.model, call, endpoint.scrubber)
+            usage = self._usage(state.usage, ask, text, calls)
+            model = _answered(state.model, ask.model, endpoint.scrubber)
             result = ChatResult(
                 content=text,
                 tool_calls=calls,
@@ -389,21 +501,51 @@ class Engine:
                 model=model,
                 id=scrubbed(state.id, endpoint.scrubber, MAX_ID_CHARS) or "",
                 usage=usage,
-                cost_usd=self.models.cost_usd(call.model, model, usage),
+                cost_usd=self.models.cost_usd(ask.model, model, usage),
                 attempts=attempts,
                 refusal="".join(state.refusal),
                 request_id=scrubbed(state.request_id, endpoint.scrubber, MAX_ID_CHARS),
+                upstream=target.upstream,
                 service_tier=scrubbed(state.service_tier, endpoint.scrubber, MAX_ID_CHARS) or "",
                 system_fingerprint=scrubbed(state.system_fingerprint, endpoint.scrubber, MAX_ID_CHARS) or "",
                 annotations=tuple(state.annotations),
             )
         except BaseException as exc:
+            if span is not None:  # the successful attempt's span lasts as long as its stream
+                span.failed(exc)
+                span.end()
             if isinstance(exc, GatewayError):
                 exc.attempts = attempts
-            self._finish(call, None, exc)
+                if target.named:
+                    exc.upstream = target.upstream
+                target.lease.failed(exc)  # after the first delta: no failover, but the breaker hears of it
+            self._finish(call, None, exc, ask.model)
             raise
-        self._finish(call, result, None)
+        finally:
+            target.lease.release()
+        if span is not None:
+            span.answered(result)
+            span.end()
+        self._finish(call, result, None, ask.model)
         yield result
+
+
+def _unary_body(body: Mapping[str, Any]) -> bytes:
+    return _encode({**body, "stream": False})
+
+
+def _stream_body(body: Mapping[str, Any]) -> bytes:
+    return _encode({**body, "stream": True, "stream_options": {"include_usage": True}})
+
+
+def _annotate(error: GatewayError, route: Route) -> None:
+    """Name the upstreams in the error that ends a call routed over several of them."""
+    if not route.named or not route.history:
+        return
+    error.upstream_attempts = tuple((a.upstream, a.model, a.outcome) for a in route.history)
+    if error.upstream and f'"{error.upstream}"' not in error.message:
+        error.message = f'{error.message} (upstream "{error.upstream}")'
+        error.args = (error.message,)
 
 
 def _fail(
@@ -431,9 +573,9 @@ def _encode(body: Mapping[str, Any]) -> bytes:
     return content
 
 
-def _answered(model: object, call: PreparedCall, scrubber: Scrubber) -> str:
+def _answered(model: object, asked: ModelRecord, scrubber: Scrubber) -> str:
     """The model that answered, as the upstream named it (bounded), else the one asked for."""
-    return scrubbed(str(model or ""), scrubber, MAX_ANSWERED_MODEL_CHARS) or call.model.name
+    return scrubbed(str(model or ""), scrubber, MAX_ANSWERED_MODEL_CHARS) or asked.name
 
 
 def _count(value: object) -> int:

@@ -51,6 +51,7 @@ class Reason(enum.StrEnum):
     SECRET_KEY_MISSING = "SECRET_KEY_MISSING"
     CLIENT_IN_FLIGHT_LIMITED = "CLIENT_IN_FLIGHT_LIMITED"
     STORE_UNAVAILABLE = "STORE_UNAVAILABLE"
+    MODEL_NOT_ROUTED = "MODEL_NOT_ROUTED"
     CONVERSATION_NOT_FOUND = "CONVERSATION_NOT_FOUND"
     CONVERSATION_BUSY = "CONVERSATION_BUSY"
     CONVERSATION_FULL = "CONVERSATION_FULL"
@@ -141,6 +142,10 @@ class GatewayError(Exception):
         # Retrying would give the same answer (an oversized one, say): neither the
         # gateway nor, through RetryInfo, the caller is told to try again.
         self.final = final
+        # The configured upstream that answered so (several upstreams), and every attempt of
+        # the call as (upstream, model, outcome) when it ended with no upstream left.
+        self.upstream: str | None = None
+        self.upstream_attempts: tuple[tuple[str, str, str], ...] = ()
 
     @property
     def retryable(self) -> bool:

@@ -7,6 +7,10 @@
   it, stop now and report the last error.
 - A server-wide `RetryBudget` caps retries to a fraction of first attempts, so
   a dead upstream is not hammered harder by the gateway's own retries.
+- With several upstreams, a `Failover` (the call's route, upstream/routing.py)
+  says whether another attempt may follow - it may for a refused key or an
+  exhausted quota too, when another upstream is left - and whether it goes to
+  another upstream, which it does at once, without the backoff.
 """
 
 from __future__ import annotations
@@ -40,6 +44,16 @@ class AttemptObserver(Protocol):
 
     def retry(self, reason: str) -> None:
         """Another attempt starts after a failure with this reason."""
+
+
+class Failover(Protocol):
+    """Where the next attempt of a call would go (the call's route)."""
+
+    def goes_on(self, error: GatewayError) -> bool:
+        """Whether an attempt may follow the one that failed with `error`."""
+
+    def elsewhere(self) -> bool:
+        """Whether that attempt goes to another upstream (or model) than the last one."""
 
 
 @dataclass(frozen=True)
@@ -114,11 +128,14 @@ class RetryBudget:
 
 
 class _Wait:
-    def __init__(self, policy: RetryPolicy, rng: Callable[[], float]) -> None:
+    def __init__(self, policy: RetryPolicy, rng: Callable[[], float], failover: Failover | None) -> None:
         self.policy = policy
         self.rng = rng
+        self.failover = failover
 
     def __call__(self, state: RetryCallState) -> float:
+        if self.failover is not None and self.failover.elsewhere():
+            return 0.0  # another upstream: no reason to wait for this one
         exc = state.outcome.exception() if state.outcome else None
         if isinstance(exc, GatewayError) and exc.retry_after is not None:
             return exc.retry_after
@@ -157,6 +174,12 @@ def _retryable(exc: BaseException) -> bool:
     return isinstance(exc, GatewayError) and exc.retryable
 
 
+def _retry_predicate(failover: Failover | None) -> Callable[[BaseException], bool]:
+    if failover is None:
+        return _retryable
+    return lambda exc: isinstance(exc, GatewayError) and failover.goes_on(exc)
+
+
 async def call_with_retries(
     attempt: Callable[[int], Awaitable[T]],
     policy: RetryPolicy,
@@ -167,6 +190,7 @@ async def call_with_retries(
     sleep: Sleep = asyncio.sleep,
     rng: Callable[[], float] = random.random,
     observer: AttemptObserver | None = None,
+    failover: Failover | None = None,
 ) -> tuple[T, int]:
     """Run `attempt(n)` (n = 1, 2, ...) until it succeeds or the rules say stop.
 
@@ -179,8 +203,8 @@ async def call_with_retries(
     retrying = AsyncRetrying(
         sleep=sleep,
         stop=_Stop(policy, deadline, clock, budget),
-        wait=_Wait(policy, rng),
-        retry=tenacity.retry_if_exception(_retryable),
+        wait=_Wait(policy, rng, failover),
+        retry=tenacity.retry_if_exception(_retry_predicate(failover)),
         reraise=True,
     )
     number = 0

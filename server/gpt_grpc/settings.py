@@ -10,11 +10,15 @@ import dataclasses
 import math
 import re
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from .egress import EgressPolicy, endpoint_problem, origin
 from .errors import FieldViolation, invalid
 from .retry import RetryPolicy
+
+if TYPE_CHECKING:  # upstreams.py builds on the checks below
+    from .upstreams import UpstreamSet
 
 OPENAI_ENDPOINT = "https://api.openai.com/v1"
 OPENAI_HOSTS = frozenset({"api.openai.com"})
@@ -46,11 +50,13 @@ class Settings:
     request_timeout: float = 60.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     generation: int = 0
+    # Several upstreams (upstreams.py); None: the one upstream of api_key + endpoint (the shorthand).
+    upstreams: UpstreamSet | None = None
 
     def __repr__(self) -> str:  # never show the key
         return (
             f"Settings(api_key={mask_key(self.api_key)!r}, endpoint={self.endpoint!r}, "
-            f"default_model={self.default_model!r}, generation={self.generation})"
+            f"default_model={self.default_model!r}, generation={self.generation}, upstreams={self.upstreams!r})"
         )
 
 
@@ -67,9 +73,13 @@ class SettingsUpdate:
     max_attempts: int | None = None
     initial_backoff: float | None = None
     max_backoff: float | None = None
+    # A whole new upstream set (validated by upstreams.parse; keys checked here), or back to the shorthand.
+    upstreams: UpstreamSet | None = None
+    clear_upstreams: bool = False
 
     def __repr__(self) -> str:
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        fields["clear_upstreams"] = self.clear_upstreams or None
         fields["api_key"] = mask_key(self.api_key)
         shown = ", ".join(f"{k}={v!r}" for k, v in fields.items() if v is not None)
         return f"SettingsUpdate({shown})"
@@ -186,6 +196,13 @@ def apply(current: Settings, update: SettingsUpdate, policy: EgressPolicy | None
     elif math.isfinite(initial) and math.isfinite(maximum) and maximum < initial:
         bad("retry_policy.max_backoff", "must not be less than initial_backoff")
 
+    upstreams = None if update.clear_upstreams else current.upstreams
+    if update.upstreams is not None:
+        if update.clear_upstreams:
+            bad("clear_upstreams", "give either upstreams or clear_upstreams, not both")
+        upstreams, problems = update.upstreams.checked(policy, current.upstreams)
+        violations.extend(problems)
+
     if violations:
         raise invalid(violations)
     return Settings(
@@ -197,4 +214,5 @@ def apply(current: Settings, update: SettingsUpdate, policy: EgressPolicy | None
         request_timeout=(current.request_timeout if update.request_timeout is None else update.request_timeout),
         retry=RetryPolicy(max_attempts=max_attempts, initial_backoff=initial, max_backoff=maximum),
         generation=current.generation + 1,
+        upstreams=upstreams,
     )

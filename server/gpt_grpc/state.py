@@ -15,8 +15,10 @@ import secrets
 from pathlib import Path
 from typing import Any
 
+from .errors import GatewayError
 from .retry import RetryPolicy
 from .settings import Settings
+from .upstreams import SOURCE_CONFIGURE, parse_configured
 
 FORMAT_VERSION = 1
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -47,6 +49,8 @@ class StateFile:
             raise StateFileError(
                 f"state file {self.path} is corrupt (nested too deeply); fix or remove it to start from the environment"
             ) from None
+        except GatewayError as exc:
+            raise StateFileError(f"state file {self.path} holds an invalid upstream set: {exc.message}") from None
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise StateFileError(
                 f"state file {self.path} is corrupt ({exc}); fix or remove it to start from the environment"
@@ -82,7 +86,11 @@ class StateFile:
 
 
 def _settings_to_json(s: Settings) -> dict[str, Any]:
+    # An upstream set from Configure is kept (keys too: the file is 0600, as for api_key); one
+    # from the upstreams file is not: the file is read again at start.
+    upstreams = s.upstreams if s.upstreams is not None and s.upstreams.source == SOURCE_CONFIGURE else None
     return {
+        "upstreams": upstreams.to_mapping(lambda u: u.api_key) if upstreams is not None else None,
         "api_key": s.api_key,
         "endpoint": s.endpoint,
         "organization": s.organization,
@@ -119,4 +127,5 @@ def _settings_from_json(d: dict[str, Any]) -> Settings:
             max_backoff=float(retry["max_backoff"]),
         ),
         generation=int(d["generation"]),
+        upstreams=parse_configured(d["upstreams"], label="upstream") if d.get("upstreams") else None,
     )

@@ -141,6 +141,8 @@ class RecordedRequest:
     fault: str | None = None
     completed: bool = False
     client_disconnected: bool = False
+    query: str = ""  # the URL's query string (Azure's api-version)
+    deployment: str | None = None  # Azure OpenAI: the deployment the URL named
     raw: bytes = b""  # the body exactly as received (`body` is its JSON, parsed)
     # The X-Request-Id the stand-in answered with (None until it answered, or if it never did).
     request_id: str | None = None
@@ -151,6 +153,8 @@ class RecordedRequest:
         data["raw_length"] = len(data.pop("raw"))
         if mask_authorization and "authorization" in data["headers"]:
             data["headers"]["authorization"] = "Bearer ***"
+        if mask_authorization and "api-key" in data["headers"]:
+            data["headers"]["api-key"] = "***"
         return data
 
 
@@ -249,6 +253,16 @@ def _error_response(
         headers.update(extra_headers)
     body = _error_body(message, _error_type(status, code), code, param)
     return web.Response(status=status, body=body, headers=headers)
+
+
+_AZURE_PREFIX = "/openai/deployments/"
+_AZURE_SUFFIX = "/chat/completions"
+
+
+def _azure_error(status: int, code: str, message: str) -> web.Response:
+    """An error as Azure OpenAI words it: {"error": {"code", "message"}}."""
+    body = orjson.dumps({"error": {"code": code, "message": message}})
+    return web.Response(status=status, body=body, headers={"Content-Type": _JSON, "apim-request-id": _request_id()})
 
 
 def _echo(record: RecordedRequest) -> tuple[str, str, str]:
@@ -398,8 +412,12 @@ class Standin:
         max_recorded: int | None = None,
         shutdown_timeout: float = 1.0,
         ssl_context: ssl.SSLContext | None = None,
+        azure_deployments: Mapping[str, str] | None = None,
     ) -> None:
         self.host = host
+        # Azure OpenAI's paths (/openai/deployments/<name>/chat/completions?api-version=...,
+        # key in an api-key header): deployment name -> the model it runs.
+        self.azure_deployments = dict(azure_deployments or {})
         # HTTPS like the real API when given: the gateway's TLS client path gets tested.
         self.ssl_context = ssl_context
         self._port = port
@@ -601,6 +619,8 @@ class Standin:
         method = request.method
         if path == "/v1/chat/completions" and method == "POST":
             return await self._chat(request)
+        if path.startswith(_AZURE_PREFIX) and path.endswith(_AZURE_SUFFIX) and method == "POST":
+            return await self._azure_chat(request, path[len(_AZURE_PREFIX) : -len(_AZURE_SUFFIX)])
         if path.startswith("/_standin/"):
             return await self._control(request, path[len("/_standin/") :], method)
         if method == "GET" and (path == "/v1/models" or path.startswith("/v1/models/")):
@@ -624,6 +644,15 @@ class Standin:
                 "https://platform.openai.com/account/api-keys."
             )
             return _error_response(401, message, code="invalid_api_key")
+        return None
+
+    def _azure_auth_error(self, api_key: str | None) -> web.Response | None:
+        if api_key is None or (self.api_keys is not None and api_key not in self.api_keys):
+            message = (
+                "Access denied due to invalid subscription key or wrong API endpoint. Make sure to provide a "
+                "valid key for an active subscription and use a correct regional API endpoint for your resource."
+            )
+            return _azure_error(401, "401", message)
         return None
 
     @staticmethod
@@ -656,7 +685,19 @@ class Standin:
 
     # ------------------------------------------------------------------ chat
 
-    async def _chat(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def _azure_chat(self, request: web.BaseRequest, deployment: str) -> web.StreamResponse:
+        """Azure OpenAI's chat path: the key in `api-key`, an api-version, a known deployment."""
+        if not request.query.get("api-version"):
+            return _azure_error(404, "404", "Resource not found")
+        model = self.azure_deployments.get(deployment)
+        if model is None:
+            message = "The API deployment for this resource does not exist."
+            return _azure_error(404, "DeploymentNotFound", message)
+        return await self._chat(request, deployment=deployment, model=model)
+
+    async def _chat(
+        self, request: web.BaseRequest, *, deployment: str | None = None, model: str | None = None
+    ) -> web.StreamResponse:
         raw = await request.read()
         parsed: Any
         try:
@@ -665,18 +706,25 @@ class Standin:
             parsed = None
         headers = {k.lower(): v for k, v in request.headers.items()}
         authorization = headers.get("authorization")
-        api_key = self._api_key(authorization)
+        api_key = self._api_key(authorization) if deployment is None else headers.get("api-key") or None
         record = RecordedRequest(
             path=request.path,
             headers=headers,
             body=parsed if isinstance(parsed, dict) else {},
             api_key=api_key,
             received_at=time.monotonic(),
+            query=request.query_string,
+            deployment=deployment,
             raw=raw,
         )
         self._record(record)
 
-        denied = self._auth_error(api_key, authorization)
+        if deployment is not None:
+            denied = self._azure_auth_error(api_key)
+            if isinstance(parsed, dict):
+                parsed["model"] = model  # Azure answers with the deployment's model, whatever the body says
+        else:
+            denied = self._auth_error(api_key, authorization)
         if denied is not None:
             return await self._send(request, record, denied)
         try:

@@ -190,6 +190,7 @@ var (
 		gptgrpcv1.GPTService_GetConversation_FullMethodName:    true,
 		gptgrpcv1.GPTService_ListConversations_FullMethodName:  true,
 		gptgrpcv1.GPTService_DeleteConversation_FullMethodName: true,
+		gptgrpcv1.GPTService_ListUpstreams_FullMethodName:      true,
 	}
 )
 

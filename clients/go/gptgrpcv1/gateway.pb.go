@@ -327,6 +327,118 @@ func (BudgetPeriod) EnumDescriptor() ([]byte, []int) {
 	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{4}
 }
 
+// UpstreamKind is the API an upstream speaks.
+type UpstreamKind int32
+
+const (
+	// Not set: OPENAI.
+	UpstreamKind_UPSTREAM_KIND_UNSPECIFIED UpstreamKind = 0
+	// OpenAI or any OpenAI-compatible server: POST <base_url>/chat/completions
+	// with "Authorization: Bearer <key>".
+	UpstreamKind_UPSTREAM_KIND_OPENAI UpstreamKind = 1
+	// Azure OpenAI: POST <base_url>/openai/deployments/<deployment>/chat/completions
+	// ?api-version=<api_version> with an "api-key" header.
+	UpstreamKind_UPSTREAM_KIND_AZURE UpstreamKind = 2
+)
+
+// Enum value maps for UpstreamKind.
+var (
+	UpstreamKind_name = map[int32]string{
+		0: "UPSTREAM_KIND_UNSPECIFIED",
+		1: "UPSTREAM_KIND_OPENAI",
+		2: "UPSTREAM_KIND_AZURE",
+	}
+	UpstreamKind_value = map[string]int32{
+		"UPSTREAM_KIND_UNSPECIFIED": 0,
+		"UPSTREAM_KIND_OPENAI":      1,
+		"UPSTREAM_KIND_AZURE":       2,
+	}
+)
+
+func (x UpstreamKind) Enum() *UpstreamKind {
+	p := new(UpstreamKind)
+	*p = x
+	return p
+}
+
+func (x UpstreamKind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (UpstreamKind) Descriptor() protoreflect.EnumDescriptor {
+	return file_gptgrpc_v1_gateway_proto_enumTypes[5].Descriptor()
+}
+
+func (UpstreamKind) Type() protoreflect.EnumType {
+	return &file_gptgrpc_v1_gateway_proto_enumTypes[5]
+}
+
+func (x UpstreamKind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use UpstreamKind.Descriptor instead.
+func (UpstreamKind) EnumDescriptor() ([]byte, []int) {
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{5}
+}
+
+// BreakerState is an upstream's circuit breaker state.
+type BreakerState int32
+
+const (
+	// Never sent.
+	BreakerState_BREAKER_STATE_UNSPECIFIED BreakerState = 0
+	// Calls go to it.
+	BreakerState_BREAKER_STATE_CLOSED BreakerState = 1
+	// It failed: no calls until its next half-open probe.
+	BreakerState_BREAKER_STATE_OPEN BreakerState = 2
+	// A probe call is testing it; it closes again after successful probes.
+	BreakerState_BREAKER_STATE_HALF_OPEN BreakerState = 3
+)
+
+// Enum value maps for BreakerState.
+var (
+	BreakerState_name = map[int32]string{
+		0: "BREAKER_STATE_UNSPECIFIED",
+		1: "BREAKER_STATE_CLOSED",
+		2: "BREAKER_STATE_OPEN",
+		3: "BREAKER_STATE_HALF_OPEN",
+	}
+	BreakerState_value = map[string]int32{
+		"BREAKER_STATE_UNSPECIFIED": 0,
+		"BREAKER_STATE_CLOSED":      1,
+		"BREAKER_STATE_OPEN":        2,
+		"BREAKER_STATE_HALF_OPEN":   3,
+	}
+)
+
+func (x BreakerState) Enum() *BreakerState {
+	p := new(BreakerState)
+	*p = x
+	return p
+}
+
+func (x BreakerState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (BreakerState) Descriptor() protoreflect.EnumDescriptor {
+	return file_gptgrpc_v1_gateway_proto_enumTypes[6].Descriptor()
+}
+
+func (BreakerState) Type() protoreflect.EnumType {
+	return &file_gptgrpc_v1_gateway_proto_enumTypes[6]
+}
+
+func (x BreakerState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use BreakerState.Descriptor instead.
+func (BreakerState) EnumDescriptor() ([]byte, []int) {
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{6}
+}
+
 // ImageDetail is the resolution the model looks at an image with (and what
 // it costs: LOW is a fixed number of tokens).
 type ImageDetail int32
@@ -369,11 +481,11 @@ func (x ImageDetail) String() string {
 }
 
 func (ImageDetail) Descriptor() protoreflect.EnumDescriptor {
-	return file_gptgrpc_v1_gateway_proto_enumTypes[5].Descriptor()
+	return file_gptgrpc_v1_gateway_proto_enumTypes[7].Descriptor()
 }
 
 func (ImageDetail) Type() protoreflect.EnumType {
-	return &file_gptgrpc_v1_gateway_proto_enumTypes[5]
+	return &file_gptgrpc_v1_gateway_proto_enumTypes[7]
 }
 
 func (x ImageDetail) Number() protoreflect.EnumNumber {
@@ -382,7 +494,7 @@ func (x ImageDetail) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ImageDetail.Descriptor instead.
 func (ImageDetail) EnumDescriptor() ([]byte, []int) {
-	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{5}
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{7}
 }
 
 // AudioFormat is the encoding of an audio clip.
@@ -422,11 +534,11 @@ func (x AudioFormat) String() string {
 }
 
 func (AudioFormat) Descriptor() protoreflect.EnumDescriptor {
-	return file_gptgrpc_v1_gateway_proto_enumTypes[6].Descriptor()
+	return file_gptgrpc_v1_gateway_proto_enumTypes[8].Descriptor()
 }
 
 func (AudioFormat) Type() protoreflect.EnumType {
-	return &file_gptgrpc_v1_gateway_proto_enumTypes[6]
+	return &file_gptgrpc_v1_gateway_proto_enumTypes[8]
 }
 
 func (x AudioFormat) Number() protoreflect.EnumNumber {
@@ -435,7 +547,7 @@ func (x AudioFormat) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use AudioFormat.Descriptor instead.
 func (AudioFormat) EnumDescriptor() ([]byte, []int) {
-	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{6}
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{8}
 }
 
 // ReasoningEffort is how much a reasoning model thinks before answering.
@@ -483,11 +595,11 @@ func (x ReasoningEffort) String() string {
 }
 
 func (ReasoningEffort) Descriptor() protoreflect.EnumDescriptor {
-	return file_gptgrpc_v1_gateway_proto_enumTypes[7].Descriptor()
+	return file_gptgrpc_v1_gateway_proto_enumTypes[9].Descriptor()
 }
 
 func (ReasoningEffort) Type() protoreflect.EnumType {
-	return &file_gptgrpc_v1_gateway_proto_enumTypes[7]
+	return &file_gptgrpc_v1_gateway_proto_enumTypes[9]
 }
 
 func (x ReasoningEffort) Number() protoreflect.EnumNumber {
@@ -496,7 +608,7 @@ func (x ReasoningEffort) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ReasoningEffort.Descriptor instead.
 func (ReasoningEffort) EnumDescriptor() ([]byte, []int) {
-	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{7}
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{9}
 }
 
 // Verbosity is how long a gpt-5 model's answer should be.
@@ -540,11 +652,11 @@ func (x Verbosity) String() string {
 }
 
 func (Verbosity) Descriptor() protoreflect.EnumDescriptor {
-	return file_gptgrpc_v1_gateway_proto_enumTypes[8].Descriptor()
+	return file_gptgrpc_v1_gateway_proto_enumTypes[10].Descriptor()
 }
 
 func (Verbosity) Type() protoreflect.EnumType {
-	return &file_gptgrpc_v1_gateway_proto_enumTypes[8]
+	return &file_gptgrpc_v1_gateway_proto_enumTypes[10]
 }
 
 func (x Verbosity) Number() protoreflect.EnumNumber {
@@ -553,7 +665,7 @@ func (x Verbosity) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Verbosity.Descriptor instead.
 func (Verbosity) EnumDescriptor() ([]byte, []int) {
-	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{8}
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{10}
 }
 
 // TrimmingPolicy is how a conversation that outgrows its context is shortened
@@ -597,11 +709,11 @@ func (x TrimmingPolicy) String() string {
 }
 
 func (TrimmingPolicy) Descriptor() protoreflect.EnumDescriptor {
-	return file_gptgrpc_v1_gateway_proto_enumTypes[9].Descriptor()
+	return file_gptgrpc_v1_gateway_proto_enumTypes[11].Descriptor()
 }
 
 func (TrimmingPolicy) Type() protoreflect.EnumType {
-	return &file_gptgrpc_v1_gateway_proto_enumTypes[9]
+	return &file_gptgrpc_v1_gateway_proto_enumTypes[11]
 }
 
 func (x TrimmingPolicy) Number() protoreflect.EnumNumber {
@@ -610,7 +722,7 @@ func (x TrimmingPolicy) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use TrimmingPolicy.Descriptor instead.
 func (TrimmingPolicy) EnumDescriptor() ([]byte, []int) {
-	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{9}
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{11}
 }
 
 // ErrorReason is the reason of the google.rpc.ErrorInfo attached to every
@@ -692,6 +804,9 @@ const (
 	// The shared store cannot be reached for an admin change (client or
 	// settings); nothing was changed. The data plane keeps serving. UNAVAILABLE.
 	ErrorReason_STORE_UNAVAILABLE ErrorReason = 36
+	// No configured upstream serves the model (nor any of its fallback
+	// models). NOT_FOUND.
+	ErrorReason_MODEL_NOT_ROUTED ErrorReason = 49
 	// No conversation has that id for this caller: it never existed, was
 	// deleted, expired, or belongs to another client. NOT_FOUND.
 	ErrorReason_CONVERSATION_NOT_FOUND ErrorReason = 57
@@ -743,6 +858,7 @@ var (
 		34: "SECRET_KEY_MISSING",
 		35: "CLIENT_IN_FLIGHT_LIMITED",
 		36: "STORE_UNAVAILABLE",
+		49: "MODEL_NOT_ROUTED",
 		57: "CONVERSATION_NOT_FOUND",
 		58: "CONVERSATION_BUSY",
 		59: "CONVERSATION_FULL",
@@ -782,6 +898,7 @@ var (
 		"SECRET_KEY_MISSING":               34,
 		"CLIENT_IN_FLIGHT_LIMITED":         35,
 		"STORE_UNAVAILABLE":                36,
+		"MODEL_NOT_ROUTED":                 49,
 		"CONVERSATION_NOT_FOUND":           57,
 		"CONVERSATION_BUSY":                58,
 		"CONVERSATION_FULL":                59,
@@ -800,11 +917,11 @@ func (x ErrorReason) String() string {
 }
 
 func (ErrorReason) Descriptor() protoreflect.EnumDescriptor {
-	return file_gptgrpc_v1_gateway_proto_enumTypes[10].Descriptor()
+	return file_gptgrpc_v1_gateway_proto_enumTypes[12].Descriptor()
 }
 
 func (ErrorReason) Type() protoreflect.EnumType {
-	return &file_gptgrpc_v1_gateway_proto_enumTypes[10]
+	return &file_gptgrpc_v1_gateway_proto_enumTypes[12]
 }
 
 func (x ErrorReason) Number() protoreflect.EnumNumber {
@@ -813,7 +930,7 @@ func (x ErrorReason) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ErrorReason.Descriptor instead.
 func (ErrorReason) EnumDescriptor() ([]byte, []int) {
-	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{10}
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{12}
 }
 
 // ChatMessage is one message of a conversation.
@@ -1593,6 +1710,10 @@ type ChatCompletionResponse struct {
 	Attempts int32 `protobuf:"varint,8,opt,name=attempts,proto3" json:"attempts,omitempty"`
 	// Refusal text when the model refused (structured outputs).
 	Refusal string `protobuf:"bytes,9,opt,name=refusal,proto3" json:"refusal,omitempty"`
+	// The configured upstream that answered (an [[upstream]] name of the
+	// upstreams file or Configure; "default" for the single OPENAI_BASE_URL
+	// upstream). With fallback models, `model` says which model answered.
+	Upstream string `protobuf:"bytes,10,opt,name=upstream,proto3" json:"upstream,omitempty"`
 	// Log probabilities of the answer's tokens, in order; empty unless the
 	// request set logprobs (and the upstream sent them).
 	Logprobs []*TokenLogprob `protobuf:"bytes,12,rep,name=logprobs,proto3" json:"logprobs,omitempty"`
@@ -1695,6 +1816,13 @@ func (x *ChatCompletionResponse) GetAttempts() int32 {
 func (x *ChatCompletionResponse) GetRefusal() string {
 	if x != nil {
 		return x.Refusal
+	}
+	return ""
+}
+
+func (x *ChatCompletionResponse) GetUpstream() string {
+	if x != nil {
+		return x.Upstream
 	}
 	return ""
 }
@@ -2078,6 +2206,8 @@ type ChatCompletionSummary struct {
 	CostUsd *float64 `protobuf:"fixed64,6,opt,name=cost_usd,json=costUsd,proto3,oneof" json:"cost_usd,omitempty"`
 	// Upstream attempts it took.
 	Attempts int32 `protobuf:"varint,7,opt,name=attempts,proto3" json:"attempts,omitempty"`
+	// The configured upstream that answered (see ChatCompletionResponse.upstream).
+	Upstream string `protobuf:"bytes,8,opt,name=upstream,proto3" json:"upstream,omitempty"`
 	// The processing tier that served the call, as the upstream reports it.
 	ServiceTier string `protobuf:"bytes,9,opt,name=service_tier,json=serviceTier,proto3" json:"service_tier,omitempty"`
 	// The upstream's backend configuration fingerprint, as it reports it.
@@ -2165,6 +2295,13 @@ func (x *ChatCompletionSummary) GetAttempts() int32 {
 		return x.Attempts
 	}
 	return 0
+}
+
+func (x *ChatCompletionSummary) GetUpstream() string {
+	if x != nil {
+		return x.Upstream
+	}
+	return ""
 }
 
 func (x *ChatCompletionSummary) GetServiceTier() string {
@@ -2498,9 +2635,18 @@ type ConfigureRequest struct {
 	// Timeout of one upstream attempt.
 	RequestTimeout *durationpb.Duration `protobuf:"bytes,6,opt,name=request_timeout,json=requestTimeout,proto3" json:"request_timeout,omitempty"`
 	// Retry policy; only its set fields change.
-	RetryPolicy   *RetryPolicy `protobuf:"bytes,7,opt,name=retry_policy,json=retryPolicy,proto3" json:"retry_policy,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	RetryPolicy *RetryPolicy `protobuf:"bytes,7,opt,name=retry_policy,json=retryPolicy,proto3" json:"retry_policy,omitempty"`
+	// Replaces the whole upstream set at once, validated like the upstreams
+	// file (every problem listed, nothing applied unless all pass). Each
+	// upstream's api_key is given here, or left unset to keep the key of the
+	// upstream of the same name in force (only while its base URL keeps its
+	// origin). On a shared store the keys are kept encrypted.
+	Upstreams *UpstreamSet `protobuf:"bytes,10,opt,name=upstreams,proto3" json:"upstreams,omitempty"`
+	// True: drop the upstream set and go back to the single upstream of
+	// endpoint + api_key. Not together with upstreams.
+	ClearUpstreams bool `protobuf:"varint,11,opt,name=clear_upstreams,json=clearUpstreams,proto3" json:"clear_upstreams,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *ConfigureRequest) Reset() {
@@ -2582,6 +2728,20 @@ func (x *ConfigureRequest) GetRetryPolicy() *RetryPolicy {
 	return nil
 }
 
+func (x *ConfigureRequest) GetUpstreams() *UpstreamSet {
+	if x != nil {
+		return x.Upstreams
+	}
+	return nil
+}
+
+func (x *ConfigureRequest) GetClearUpstreams() bool {
+	if x != nil {
+		return x.ClearUpstreams
+	}
+	return false
+}
+
 // Configuration is the gateway's current upstream settings.
 type Configuration struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2602,9 +2762,15 @@ type Configuration struct {
 	// Retry policy.
 	RetryPolicy *RetryPolicy `protobuf:"bytes,8,opt,name=retry_policy,json=retryPolicy,proto3" json:"retry_policy,omitempty"`
 	// Increases by one with every applied Configure.
-	Generation    int64 `protobuf:"varint,9,opt,name=generation,proto3" json:"generation,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Generation int64 `protobuf:"varint,9,opt,name=generation,proto3" json:"generation,omitempty"`
+	// The upstream set in force, keys masked (api_key_masked); unset when the
+	// single upstream of endpoint + api_key serves every call.
+	Upstreams *UpstreamSet `protobuf:"bytes,10,opt,name=upstreams,proto3" json:"upstreams,omitempty"`
+	// Where the upstream set came from: "file" (the server's --upstreams file)
+	// or "configure"; empty without one.
+	UpstreamsSource string `protobuf:"bytes,11,opt,name=upstreams_source,json=upstreamsSource,proto3" json:"upstreams_source,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *Configuration) Reset() {
@@ -2698,6 +2864,20 @@ func (x *Configuration) GetGeneration() int64 {
 		return x.Generation
 	}
 	return 0
+}
+
+func (x *Configuration) GetUpstreams() *UpstreamSet {
+	if x != nil {
+		return x.Upstreams
+	}
+	return nil
+}
+
+func (x *Configuration) GetUpstreamsSource() string {
+	if x != nil {
+		return x.UpstreamsSource
+	}
+	return ""
 }
 
 // ConfigureResponse returns the settings now in force.
@@ -3881,6 +4061,623 @@ func (x *RevokeClientResponse) GetClient() *Client {
 	return nil
 }
 
+// BreakerPolicy says when an upstream's circuit breaker opens and closes;
+// unset fields take the defaults (README "Several upstreams").
+type BreakerPolicy struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Failed attempts in a row that open it (default 5).
+	FailureThreshold *int32 `protobuf:"varint,1,opt,name=failure_threshold,json=failureThreshold,proto3,oneof" json:"failure_threshold,omitempty"`
+	// Or this share of failed attempts over the window, 0 to 1 (default 0.5) ...
+	FailureRatio *float64 `protobuf:"fixed64,2,opt,name=failure_ratio,json=failureRatio,proto3,oneof" json:"failure_ratio,omitempty"`
+	// ... of this length (default 30 s) ...
+	Window *durationpb.Duration `protobuf:"bytes,3,opt,name=window,proto3" json:"window,omitempty"`
+	// ... once it holds at least this many attempts (default 20).
+	MinCalls *int32 `protobuf:"varint,4,opt,name=min_calls,json=minCalls,proto3,oneof" json:"min_calls,omitempty"`
+	// While open, one half-open probe per interval (default 10 s).
+	ProbeInterval *durationpb.Duration `protobuf:"bytes,5,opt,name=probe_interval,json=probeInterval,proto3" json:"probe_interval,omitempty"`
+	// Successful probes in a row that close it again (default 2).
+	CloseAfter *int32 `protobuf:"varint,6,opt,name=close_after,json=closeAfter,proto3,oneof" json:"close_after,omitempty"`
+	// How long 429 insufficient_quota takes the upstream out (default 300 s).
+	QuotaCooldown *durationpb.Duration `protobuf:"bytes,7,opt,name=quota_cooldown,json=quotaCooldown,proto3" json:"quota_cooldown,omitempty"`
+	// How long a refused key (401) takes the upstream out (default 60 s).
+	AuthCooldown  *durationpb.Duration `protobuf:"bytes,8,opt,name=auth_cooldown,json=authCooldown,proto3" json:"auth_cooldown,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BreakerPolicy) Reset() {
+	*x = BreakerPolicy{}
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BreakerPolicy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BreakerPolicy) ProtoMessage() {}
+
+func (x *BreakerPolicy) ProtoReflect() protoreflect.Message {
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BreakerPolicy.ProtoReflect.Descriptor instead.
+func (*BreakerPolicy) Descriptor() ([]byte, []int) {
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *BreakerPolicy) GetFailureThreshold() int32 {
+	if x != nil && x.FailureThreshold != nil {
+		return *x.FailureThreshold
+	}
+	return 0
+}
+
+func (x *BreakerPolicy) GetFailureRatio() float64 {
+	if x != nil && x.FailureRatio != nil {
+		return *x.FailureRatio
+	}
+	return 0
+}
+
+func (x *BreakerPolicy) GetWindow() *durationpb.Duration {
+	if x != nil {
+		return x.Window
+	}
+	return nil
+}
+
+func (x *BreakerPolicy) GetMinCalls() int32 {
+	if x != nil && x.MinCalls != nil {
+		return *x.MinCalls
+	}
+	return 0
+}
+
+func (x *BreakerPolicy) GetProbeInterval() *durationpb.Duration {
+	if x != nil {
+		return x.ProbeInterval
+	}
+	return nil
+}
+
+func (x *BreakerPolicy) GetCloseAfter() int32 {
+	if x != nil && x.CloseAfter != nil {
+		return *x.CloseAfter
+	}
+	return 0
+}
+
+func (x *BreakerPolicy) GetQuotaCooldown() *durationpb.Duration {
+	if x != nil {
+		return x.QuotaCooldown
+	}
+	return nil
+}
+
+func (x *BreakerPolicy) GetAuthCooldown() *durationpb.Duration {
+	if x != nil {
+		return x.AuthCooldown
+	}
+	return nil
+}
+
+// Upstream is one [[upstream]] of the upstream set.
+type Upstream struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Unique name (1-64 letters, digits, ".", "_", "-"): shown in responses,
+	// logs, metrics and ListUpstreams.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// The API it speaks.
+	Kind UpstreamKind `protobuf:"varint,2,opt,name=kind,proto3,enum=gptgrpc.v1.UpstreamKind" json:"kind,omitempty"`
+	// Base URL, e.g. "https://api.openai.com/v1" or, for Azure,
+	// "https://my-resource.openai.azure.com". Held to the egress policy.
+	BaseUrl string `protobuf:"bytes,3,opt,name=base_url,json=baseUrl,proto3" json:"base_url,omitempty"`
+	// ConfigureRequest only: the key. Unset keeps the key of the upstream of
+	// the same name in force, if its base URL keeps its origin. Never returned.
+	ApiKey *string `protobuf:"bytes,4,opt,name=api_key,json=apiKey,proto3,oneof" json:"api_key,omitempty"`
+	// Configuration only: the key, masked.
+	ApiKeyMasked string `protobuf:"bytes,5,opt,name=api_key_masked,json=apiKeyMasked,proto3" json:"api_key_masked,omitempty"`
+	// Lower is tried first (default 1).
+	Priority *int32 `protobuf:"varint,6,opt,name=priority,proto3,oneof" json:"priority,omitempty"`
+	// Share of the calls among upstreams of equal priority (default 1).
+	Weight *float64 `protobuf:"fixed64,7,opt,name=weight,proto3,oneof" json:"weight,omitempty"`
+	// Models it serves: exact names or globs ("gpt-4o*"); empty: every model.
+	// Azure upstreams serve the models of their deployments.
+	Models []string `protobuf:"bytes,8,rep,name=models,proto3" json:"models,omitempty"`
+	// Azure: the api-version (default "2024-10-21").
+	ApiVersion string `protobuf:"bytes,9,opt,name=api_version,json=apiVersion,proto3" json:"api_version,omitempty"`
+	// Azure: model -> deployment name.
+	Deployments map[string]string `protobuf:"bytes,10,rep,name=deployments,proto3" json:"deployments,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// OpenAI organization id sent with its calls (OpenAI kind).
+	Organization string `protobuf:"bytes,11,opt,name=organization,proto3" json:"organization,omitempty"`
+	// OpenAI project id sent with its calls (OpenAI kind).
+	Project string `protobuf:"bytes,12,opt,name=project,proto3" json:"project,omitempty"`
+	// Its circuit breaker; unset fields take the set's breaker, then the defaults.
+	Breaker       *BreakerPolicy `protobuf:"bytes,13,opt,name=breaker,proto3" json:"breaker,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Upstream) Reset() {
+	*x = Upstream{}
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Upstream) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Upstream) ProtoMessage() {}
+
+func (x *Upstream) ProtoReflect() protoreflect.Message {
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Upstream.ProtoReflect.Descriptor instead.
+func (*Upstream) Descriptor() ([]byte, []int) {
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *Upstream) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Upstream) GetKind() UpstreamKind {
+	if x != nil {
+		return x.Kind
+	}
+	return UpstreamKind_UPSTREAM_KIND_UNSPECIFIED
+}
+
+func (x *Upstream) GetBaseUrl() string {
+	if x != nil {
+		return x.BaseUrl
+	}
+	return ""
+}
+
+func (x *Upstream) GetApiKey() string {
+	if x != nil && x.ApiKey != nil {
+		return *x.ApiKey
+	}
+	return ""
+}
+
+func (x *Upstream) GetApiKeyMasked() string {
+	if x != nil {
+		return x.ApiKeyMasked
+	}
+	return ""
+}
+
+func (x *Upstream) GetPriority() int32 {
+	if x != nil && x.Priority != nil {
+		return *x.Priority
+	}
+	return 0
+}
+
+func (x *Upstream) GetWeight() float64 {
+	if x != nil && x.Weight != nil {
+		return *x.Weight
+	}
+	return 0
+}
+
+func (x *Upstream) GetModels() []string {
+	if x != nil {
+		return x.Models
+	}
+	return nil
+}
+
+func (x *Upstream) GetApiVersion() string {
+	if x != nil {
+		return x.ApiVersion
+	}
+	return ""
+}
+
+func (x *Upstream) GetDeployments() map[string]string {
+	if x != nil {
+		return x.Deployments
+	}
+	return nil
+}
+
+func (x *Upstream) GetOrganization() string {
+	if x != nil {
+		return x.Organization
+	}
+	return ""
+}
+
+func (x *Upstream) GetProject() string {
+	if x != nil {
+		return x.Project
+	}
+	return ""
+}
+
+func (x *Upstream) GetBreaker() *BreakerPolicy {
+	if x != nil {
+		return x.Breaker
+	}
+	return nil
+}
+
+// FallbackModels lists the models tried, in order, once every upstream of
+// a model failed or is open.
+type FallbackModels struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The model asked for.
+	Model string `protobuf:"bytes,1,opt,name=model,proto3" json:"model,omitempty"`
+	// Models to try instead, in order (at most 8).
+	Fallbacks     []string `protobuf:"bytes,2,rep,name=fallbacks,proto3" json:"fallbacks,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FallbackModels) Reset() {
+	*x = FallbackModels{}
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FallbackModels) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FallbackModels) ProtoMessage() {}
+
+func (x *FallbackModels) ProtoReflect() protoreflect.Message {
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FallbackModels.ProtoReflect.Descriptor instead.
+func (*FallbackModels) Descriptor() ([]byte, []int) {
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *FallbackModels) GetModel() string {
+	if x != nil {
+		return x.Model
+	}
+	return ""
+}
+
+func (x *FallbackModels) GetFallbacks() []string {
+	if x != nil {
+		return x.Fallbacks
+	}
+	return nil
+}
+
+// UpstreamSet is every upstream and the fallback models, replaced as a whole.
+type UpstreamSet struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The upstreams (1 to 32).
+	Upstreams []*Upstream `protobuf:"bytes,1,rep,name=upstreams,proto3" json:"upstreams,omitempty"`
+	// Fallback models per model.
+	Fallbacks []*FallbackModels `protobuf:"bytes,2,rep,name=fallbacks,proto3" json:"fallbacks,omitempty"`
+	// Breaker defaults for every upstream (ConfigureRequest only).
+	Breaker       *BreakerPolicy `protobuf:"bytes,3,opt,name=breaker,proto3" json:"breaker,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpstreamSet) Reset() {
+	*x = UpstreamSet{}
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpstreamSet) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpstreamSet) ProtoMessage() {}
+
+func (x *UpstreamSet) ProtoReflect() protoreflect.Message {
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpstreamSet.ProtoReflect.Descriptor instead.
+func (*UpstreamSet) Descriptor() ([]byte, []int) {
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *UpstreamSet) GetUpstreams() []*Upstream {
+	if x != nil {
+		return x.Upstreams
+	}
+	return nil
+}
+
+func (x *UpstreamSet) GetFallbacks() []*FallbackModels {
+	if x != nil {
+		return x.Fallbacks
+	}
+	return nil
+}
+
+func (x *UpstreamSet) GetBreaker() *BreakerPolicy {
+	if x != nil {
+		return x.Breaker
+	}
+	return nil
+}
+
+// ListUpstreamsRequest is empty.
+type ListUpstreamsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListUpstreamsRequest) Reset() {
+	*x = ListUpstreamsRequest{}
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListUpstreamsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListUpstreamsRequest) ProtoMessage() {}
+
+func (x *ListUpstreamsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListUpstreamsRequest.ProtoReflect.Descriptor instead.
+func (*ListUpstreamsRequest) Descriptor() ([]byte, []int) {
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{40}
+}
+
+// UpstreamStatus is one upstream as this replica sees it now.
+type UpstreamStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Its name ("default" for the single OPENAI_BASE_URL upstream).
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// The API it speaks.
+	Kind UpstreamKind `protobuf:"varint,2,opt,name=kind,proto3,enum=gptgrpc.v1.UpstreamKind" json:"kind,omitempty"`
+	// Its base URL.
+	BaseUrl string `protobuf:"bytes,3,opt,name=base_url,json=baseUrl,proto3" json:"base_url,omitempty"`
+	// Models it serves ("*": every model).
+	Models []string `protobuf:"bytes,4,rep,name=models,proto3" json:"models,omitempty"`
+	// Lower is tried first.
+	Priority int32 `protobuf:"varint,5,opt,name=priority,proto3" json:"priority,omitempty"`
+	// Share among upstreams of equal priority.
+	Weight float64 `protobuf:"fixed64,6,opt,name=weight,proto3" json:"weight,omitempty"`
+	// Its circuit breaker's state.
+	State BreakerState `protobuf:"varint,7,opt,name=state,proto3,enum=gptgrpc.v1.BreakerState" json:"state,omitempty"`
+	// Calls it is serving now.
+	InFlight int64 `protobuf:"varint,8,opt,name=in_flight,json=inFlight,proto3" json:"in_flight,omitempty"`
+	// Failed share of its attempts over the breaker's window, 0 to 1.
+	ErrorRate float64 `protobuf:"fixed64,9,opt,name=error_rate,json=errorRate,proto3" json:"error_rate,omitempty"`
+	// Attempts in that window.
+	RecentAttempts int64 `protobuf:"varint,10,opt,name=recent_attempts,json=recentAttempts,proto3" json:"recent_attempts,omitempty"`
+	// Until when it takes no calls (open, or busy after a Retry-After); zero
+	// when it takes them now.
+	RetryIn       *durationpb.Duration `protobuf:"bytes,11,opt,name=retry_in,json=retryIn,proto3" json:"retry_in,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpstreamStatus) Reset() {
+	*x = UpstreamStatus{}
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpstreamStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpstreamStatus) ProtoMessage() {}
+
+func (x *UpstreamStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpstreamStatus.ProtoReflect.Descriptor instead.
+func (*UpstreamStatus) Descriptor() ([]byte, []int) {
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *UpstreamStatus) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *UpstreamStatus) GetKind() UpstreamKind {
+	if x != nil {
+		return x.Kind
+	}
+	return UpstreamKind_UPSTREAM_KIND_UNSPECIFIED
+}
+
+func (x *UpstreamStatus) GetBaseUrl() string {
+	if x != nil {
+		return x.BaseUrl
+	}
+	return ""
+}
+
+func (x *UpstreamStatus) GetModels() []string {
+	if x != nil {
+		return x.Models
+	}
+	return nil
+}
+
+func (x *UpstreamStatus) GetPriority() int32 {
+	if x != nil {
+		return x.Priority
+	}
+	return 0
+}
+
+func (x *UpstreamStatus) GetWeight() float64 {
+	if x != nil {
+		return x.Weight
+	}
+	return 0
+}
+
+func (x *UpstreamStatus) GetState() BreakerState {
+	if x != nil {
+		return x.State
+	}
+	return BreakerState_BREAKER_STATE_UNSPECIFIED
+}
+
+func (x *UpstreamStatus) GetInFlight() int64 {
+	if x != nil {
+		return x.InFlight
+	}
+	return 0
+}
+
+func (x *UpstreamStatus) GetErrorRate() float64 {
+	if x != nil {
+		return x.ErrorRate
+	}
+	return 0
+}
+
+func (x *UpstreamStatus) GetRecentAttempts() int64 {
+	if x != nil {
+		return x.RecentAttempts
+	}
+	return 0
+}
+
+func (x *UpstreamStatus) GetRetryIn() *durationpb.Duration {
+	if x != nil {
+		return x.RetryIn
+	}
+	return nil
+}
+
+// ListUpstreamsResponse lists the upstreams in their configured order.
+type ListUpstreamsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The upstreams.
+	Upstreams []*UpstreamStatus `protobuf:"bytes,1,rep,name=upstreams,proto3" json:"upstreams,omitempty"`
+	// The fallback models.
+	Fallbacks     []*FallbackModels `protobuf:"bytes,2,rep,name=fallbacks,proto3" json:"fallbacks,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListUpstreamsResponse) Reset() {
+	*x = ListUpstreamsResponse{}
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListUpstreamsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListUpstreamsResponse) ProtoMessage() {}
+
+func (x *ListUpstreamsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListUpstreamsResponse.ProtoReflect.Descriptor instead.
+func (*ListUpstreamsResponse) Descriptor() ([]byte, []int) {
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *ListUpstreamsResponse) GetUpstreams() []*UpstreamStatus {
+	if x != nil {
+		return x.Upstreams
+	}
+	return nil
+}
+
+func (x *ListUpstreamsResponse) GetFallbacks() []*FallbackModels {
+	if x != nil {
+		return x.Fallbacks
+	}
+	return nil
+}
+
 // ContentPart is one piece of a message's content.
 type ContentPart struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -3899,7 +4696,7 @@ type ContentPart struct {
 
 func (x *ContentPart) Reset() {
 	*x = ContentPart{}
-	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[36]
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3911,7 +4708,7 @@ func (x *ContentPart) String() string {
 func (*ContentPart) ProtoMessage() {}
 
 func (x *ContentPart) ProtoReflect() protoreflect.Message {
-	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[36]
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3924,7 +4721,7 @@ func (x *ContentPart) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContentPart.ProtoReflect.Descriptor instead.
 func (*ContentPart) Descriptor() ([]byte, []int) {
-	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{36}
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *ContentPart) GetPart() isContentPart_Part {
@@ -4021,7 +4818,7 @@ type ImagePart struct {
 
 func (x *ImagePart) Reset() {
 	*x = ImagePart{}
-	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[37]
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4033,7 +4830,7 @@ func (x *ImagePart) String() string {
 func (*ImagePart) ProtoMessage() {}
 
 func (x *ImagePart) ProtoReflect() protoreflect.Message {
-	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[37]
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4046,7 +4843,7 @@ func (x *ImagePart) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImagePart.ProtoReflect.Descriptor instead.
 func (*ImagePart) Descriptor() ([]byte, []int) {
-	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{37}
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *ImagePart) GetUrl() string {
@@ -4090,7 +4887,7 @@ type AudioPart struct {
 
 func (x *AudioPart) Reset() {
 	*x = AudioPart{}
-	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[38]
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4102,7 +4899,7 @@ func (x *AudioPart) String() string {
 func (*AudioPart) ProtoMessage() {}
 
 func (x *AudioPart) ProtoReflect() protoreflect.Message {
-	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[38]
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4115,7 +4912,7 @@ func (x *AudioPart) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AudioPart.ProtoReflect.Descriptor instead.
 func (*AudioPart) Descriptor() ([]byte, []int) {
-	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{38}
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *AudioPart) GetData() []byte {
@@ -4148,7 +4945,7 @@ type FilePart struct {
 
 func (x *FilePart) Reset() {
 	*x = FilePart{}
-	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[39]
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4160,7 +4957,7 @@ func (x *FilePart) String() string {
 func (*FilePart) ProtoMessage() {}
 
 func (x *FilePart) ProtoReflect() protoreflect.Message {
-	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[39]
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4173,7 +4970,7 @@ func (x *FilePart) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FilePart.ProtoReflect.Descriptor instead.
 func (*FilePart) Descriptor() ([]byte, []int) {
-	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{39}
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *FilePart) GetData() []byte {
@@ -4213,7 +5010,7 @@ type TopLogprob struct {
 
 func (x *TopLogprob) Reset() {
 	*x = TopLogprob{}
-	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[40]
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4225,7 +5022,7 @@ func (x *TopLogprob) String() string {
 func (*TopLogprob) ProtoMessage() {}
 
 func (x *TopLogprob) ProtoReflect() protoreflect.Message {
-	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[40]
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4238,7 +5035,7 @@ func (x *TopLogprob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TopLogprob.ProtoReflect.Descriptor instead.
 func (*TopLogprob) Descriptor() ([]byte, []int) {
-	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{40}
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *TopLogprob) GetToken() string {
@@ -4280,7 +5077,7 @@ type TokenLogprob struct {
 
 func (x *TokenLogprob) Reset() {
 	*x = TokenLogprob{}
-	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[41]
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4292,7 +5089,7 @@ func (x *TokenLogprob) String() string {
 func (*TokenLogprob) ProtoMessage() {}
 
 func (x *TokenLogprob) ProtoReflect() protoreflect.Message {
-	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[41]
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4305,7 +5102,7 @@ func (x *TokenLogprob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenLogprob.ProtoReflect.Descriptor instead.
 func (*TokenLogprob) Descriptor() ([]byte, []int) {
-	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{41}
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *TokenLogprob) GetToken() string {
@@ -4353,7 +5150,7 @@ type UrlCitation struct {
 
 func (x *UrlCitation) Reset() {
 	*x = UrlCitation{}
-	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[42]
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4365,7 +5162,7 @@ func (x *UrlCitation) String() string {
 func (*UrlCitation) ProtoMessage() {}
 
 func (x *UrlCitation) ProtoReflect() protoreflect.Message {
-	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[42]
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4378,7 +5175,7 @@ func (x *UrlCitation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UrlCitation.ProtoReflect.Descriptor instead.
 func (*UrlCitation) Descriptor() ([]byte, []int) {
-	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{42}
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *UrlCitation) GetUrl() string {
@@ -4454,7 +5251,7 @@ type Conversation struct {
 
 func (x *Conversation) Reset() {
 	*x = Conversation{}
-	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[43]
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4466,7 +5263,7 @@ func (x *Conversation) String() string {
 func (*Conversation) ProtoMessage() {}
 
 func (x *Conversation) ProtoReflect() protoreflect.Message {
-	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[43]
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4479,7 +5276,7 @@ func (x *Conversation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Conversation.ProtoReflect.Descriptor instead.
 func (*Conversation) Descriptor() ([]byte, []int) {
-	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{43}
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *Conversation) GetId() string {
@@ -4613,7 +5410,7 @@ type CreateConversationRequest struct {
 
 func (x *CreateConversationRequest) Reset() {
 	*x = CreateConversationRequest{}
-	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[44]
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4625,7 +5422,7 @@ func (x *CreateConversationRequest) String() string {
 func (*CreateConversationRequest) ProtoMessage() {}
 
 func (x *CreateConversationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[44]
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4638,7 +5435,7 @@ func (x *CreateConversationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateConversationRequest.ProtoReflect.Descriptor instead.
 func (*CreateConversationRequest) Descriptor() ([]byte, []int) {
-	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{44}
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *CreateConversationRequest) GetModel() string {
@@ -4694,7 +5491,7 @@ type CreateConversationResponse struct {
 
 func (x *CreateConversationResponse) Reset() {
 	*x = CreateConversationResponse{}
-	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[45]
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4706,7 +5503,7 @@ func (x *CreateConversationResponse) String() string {
 func (*CreateConversationResponse) ProtoMessage() {}
 
 func (x *CreateConversationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[45]
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4719,7 +5516,7 @@ func (x *CreateConversationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateConversationResponse.ProtoReflect.Descriptor instead.
 func (*CreateConversationResponse) Descriptor() ([]byte, []int) {
-	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{45}
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *CreateConversationResponse) GetConversation() *Conversation {
@@ -4772,7 +5569,7 @@ type ConverseRequest struct {
 
 func (x *ConverseRequest) Reset() {
 	*x = ConverseRequest{}
-	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[46]
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4784,7 +5581,7 @@ func (x *ConverseRequest) String() string {
 func (*ConverseRequest) ProtoMessage() {}
 
 func (x *ConverseRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[46]
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4797,7 +5594,7 @@ func (x *ConverseRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConverseRequest.ProtoReflect.Descriptor instead.
 func (*ConverseRequest) Descriptor() ([]byte, []int) {
-	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{46}
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *ConverseRequest) GetConversationId() string {
@@ -4929,14 +5726,17 @@ type ConverseResponse struct {
 	// Cost in USD of that summary; unset when none was written or its price is unknown.
 	SummarizationCostUsd *float64 `protobuf:"fixed64,13,opt,name=summarization_cost_usd,json=summarizationCostUsd,proto3,oneof" json:"summarization_cost_usd,omitempty"`
 	// Messages the conversation holds after this turn.
-	MessageCount  int32 `protobuf:"varint,14,opt,name=message_count,json=messageCount,proto3" json:"message_count,omitempty"`
+	MessageCount int32 `protobuf:"varint,14,opt,name=message_count,json=messageCount,proto3" json:"message_count,omitempty"`
+	// The configured upstream that answered this turn, as in
+	// ChatCompletionResponse.upstream.
+	Upstream      string `protobuf:"bytes,15,opt,name=upstream,proto3" json:"upstream,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ConverseResponse) Reset() {
 	*x = ConverseResponse{}
-	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[47]
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4948,7 +5748,7 @@ func (x *ConverseResponse) String() string {
 func (*ConverseResponse) ProtoMessage() {}
 
 func (x *ConverseResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[47]
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4961,7 +5761,7 @@ func (x *ConverseResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConverseResponse.ProtoReflect.Descriptor instead.
 func (*ConverseResponse) Descriptor() ([]byte, []int) {
-	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{47}
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *ConverseResponse) GetContent() string {
@@ -5062,6 +5862,13 @@ func (x *ConverseResponse) GetMessageCount() int32 {
 	return 0
 }
 
+func (x *ConverseResponse) GetUpstream() string {
+	if x != nil {
+		return x.Upstream
+	}
+	return ""
+}
+
 // StreamConverseRequest has exactly the fields of ConverseRequest.
 type StreamConverseRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -5099,7 +5906,7 @@ type StreamConverseRequest struct {
 
 func (x *StreamConverseRequest) Reset() {
 	*x = StreamConverseRequest{}
-	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[48]
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5111,7 +5918,7 @@ func (x *StreamConverseRequest) String() string {
 func (*StreamConverseRequest) ProtoMessage() {}
 
 func (x *StreamConverseRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[48]
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5124,7 +5931,7 @@ func (x *StreamConverseRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamConverseRequest.ProtoReflect.Descriptor instead.
 func (*StreamConverseRequest) Descriptor() ([]byte, []int) {
-	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{48}
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *StreamConverseRequest) GetConversationId() string {
@@ -5251,14 +6058,17 @@ type ConverseSummary struct {
 	// Cost in USD of that summary; unset when none was written or its price is unknown.
 	SummarizationCostUsd *float64 `protobuf:"fixed64,11,opt,name=summarization_cost_usd,json=summarizationCostUsd,proto3,oneof" json:"summarization_cost_usd,omitempty"`
 	// Messages the conversation holds after this turn.
-	MessageCount  int32 `protobuf:"varint,12,opt,name=message_count,json=messageCount,proto3" json:"message_count,omitempty"`
+	MessageCount int32 `protobuf:"varint,12,opt,name=message_count,json=messageCount,proto3" json:"message_count,omitempty"`
+	// The configured upstream that answered this turn, as in
+	// ChatCompletionResponse.upstream.
+	Upstream      string `protobuf:"bytes,13,opt,name=upstream,proto3" json:"upstream,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ConverseSummary) Reset() {
 	*x = ConverseSummary{}
-	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[49]
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5270,7 +6080,7 @@ func (x *ConverseSummary) String() string {
 func (*ConverseSummary) ProtoMessage() {}
 
 func (x *ConverseSummary) ProtoReflect() protoreflect.Message {
-	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[49]
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5283,7 +6093,7 @@ func (x *ConverseSummary) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConverseSummary.ProtoReflect.Descriptor instead.
 func (*ConverseSummary) Descriptor() ([]byte, []int) {
-	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{49}
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *ConverseSummary) GetToolCalls() []*ToolCall {
@@ -5370,6 +6180,13 @@ func (x *ConverseSummary) GetMessageCount() int32 {
 	return 0
 }
 
+func (x *ConverseSummary) GetUpstream() string {
+	if x != nil {
+		return x.Upstream
+	}
+	return ""
+}
+
 // StreamConverseResponse is one event of a StreamConverse stream: deltas, then one summary.
 type StreamConverseResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -5386,7 +6203,7 @@ type StreamConverseResponse struct {
 
 func (x *StreamConverseResponse) Reset() {
 	*x = StreamConverseResponse{}
-	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[50]
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5398,7 +6215,7 @@ func (x *StreamConverseResponse) String() string {
 func (*StreamConverseResponse) ProtoMessage() {}
 
 func (x *StreamConverseResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[50]
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5411,7 +6228,7 @@ func (x *StreamConverseResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamConverseResponse.ProtoReflect.Descriptor instead.
 func (*StreamConverseResponse) Descriptor() ([]byte, []int) {
-	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{50}
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *StreamConverseResponse) GetEvent() isStreamConverseResponse_Event {
@@ -5468,7 +6285,7 @@ type GetConversationRequest struct {
 
 func (x *GetConversationRequest) Reset() {
 	*x = GetConversationRequest{}
-	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[51]
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5480,7 +6297,7 @@ func (x *GetConversationRequest) String() string {
 func (*GetConversationRequest) ProtoMessage() {}
 
 func (x *GetConversationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[51]
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5493,7 +6310,7 @@ func (x *GetConversationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetConversationRequest.ProtoReflect.Descriptor instead.
 func (*GetConversationRequest) Descriptor() ([]byte, []int) {
-	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{51}
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *GetConversationRequest) GetConversationId() string {
@@ -5519,7 +6336,7 @@ type GetConversationResponse struct {
 
 func (x *GetConversationResponse) Reset() {
 	*x = GetConversationResponse{}
-	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[52]
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5531,7 +6348,7 @@ func (x *GetConversationResponse) String() string {
 func (*GetConversationResponse) ProtoMessage() {}
 
 func (x *GetConversationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[52]
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5544,7 +6361,7 @@ func (x *GetConversationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetConversationResponse.ProtoReflect.Descriptor instead.
 func (*GetConversationResponse) Descriptor() ([]byte, []int) {
-	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{52}
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *GetConversationResponse) GetConversation() *Conversation {
@@ -5582,7 +6399,7 @@ type ListConversationsRequest struct {
 
 func (x *ListConversationsRequest) Reset() {
 	*x = ListConversationsRequest{}
-	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[53]
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5594,7 +6411,7 @@ func (x *ListConversationsRequest) String() string {
 func (*ListConversationsRequest) ProtoMessage() {}
 
 func (x *ListConversationsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[53]
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5607,7 +6424,7 @@ func (x *ListConversationsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListConversationsRequest.ProtoReflect.Descriptor instead.
 func (*ListConversationsRequest) Descriptor() ([]byte, []int) {
-	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{53}
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *ListConversationsRequest) GetPageSize() int32 {
@@ -5637,7 +6454,7 @@ type ListConversationsResponse struct {
 
 func (x *ListConversationsResponse) Reset() {
 	*x = ListConversationsResponse{}
-	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[54]
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5649,7 +6466,7 @@ func (x *ListConversationsResponse) String() string {
 func (*ListConversationsResponse) ProtoMessage() {}
 
 func (x *ListConversationsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[54]
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5662,7 +6479,7 @@ func (x *ListConversationsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListConversationsResponse.ProtoReflect.Descriptor instead.
 func (*ListConversationsResponse) Descriptor() ([]byte, []int) {
-	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{54}
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *ListConversationsResponse) GetConversations() []*Conversation {
@@ -5690,7 +6507,7 @@ type DeleteConversationRequest struct {
 
 func (x *DeleteConversationRequest) Reset() {
 	*x = DeleteConversationRequest{}
-	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[55]
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5702,7 +6519,7 @@ func (x *DeleteConversationRequest) String() string {
 func (*DeleteConversationRequest) ProtoMessage() {}
 
 func (x *DeleteConversationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[55]
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5715,7 +6532,7 @@ func (x *DeleteConversationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteConversationRequest.ProtoReflect.Descriptor instead.
 func (*DeleteConversationRequest) Descriptor() ([]byte, []int) {
-	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{55}
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *DeleteConversationRequest) GetConversationId() string {
@@ -5734,7 +6551,7 @@ type DeleteConversationResponse struct {
 
 func (x *DeleteConversationResponse) Reset() {
 	*x = DeleteConversationResponse{}
-	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[56]
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5746,7 +6563,7 @@ func (x *DeleteConversationResponse) String() string {
 func (*DeleteConversationResponse) ProtoMessage() {}
 
 func (x *DeleteConversationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[56]
+	mi := &file_gptgrpc_v1_gateway_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5759,7 +6576,7 @@ func (x *DeleteConversationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteConversationResponse.ProtoReflect.Descriptor instead.
 func (*DeleteConversationResponse) Descriptor() ([]byte, []int) {
-	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{56}
+	return file_gptgrpc_v1_gateway_proto_rawDescGZIP(), []int{63}
 }
 
 var File_gptgrpc_v1_gateway_proto protoreflect.FileDescriptor
@@ -5849,7 +6666,7 @@ const file_gptgrpc_v1_gateway_proto_rawDesc = "" +
 	"\ftotal_tokens\x18\x03 \x01(\x03R\vtotalTokens\x120\n" +
 	"\x14cached_prompt_tokens\x18\x04 \x01(\x03R\x12cachedPromptTokens\x12)\n" +
 	"\x10reasoning_tokens\x18\x05 \x01(\x03R\x0freasoningTokens\x12\x1c\n" +
-	"\testimated\x18\x06 \x01(\bR\testimated\"\x9b\x04\n" +
+	"\testimated\x18\x06 \x01(\bR\testimated\"\xb7\x04\n" +
 	"\x16ChatCompletionResponse\x12\x18\n" +
 	"\acontent\x18\x01 \x01(\tR\acontent\x123\n" +
 	"\n" +
@@ -5860,7 +6677,9 @@ const file_gptgrpc_v1_gateway_proto_rawDesc = "" +
 	"\x05usage\x18\x06 \x01(\v2\x11.gptgrpc.v1.UsageR\x05usage\x12\x1e\n" +
 	"\bcost_usd\x18\a \x01(\x01H\x00R\acostUsd\x88\x01\x01\x12\x1a\n" +
 	"\battempts\x18\b \x01(\x05R\battempts\x12\x18\n" +
-	"\arefusal\x18\t \x01(\tR\arefusal\x124\n" +
+	"\arefusal\x18\t \x01(\tR\arefusal\x12\x1a\n" +
+	"\bupstream\x18\n" +
+	" \x01(\tR\bupstream\x124\n" +
 	"\blogprobs\x18\f \x03(\v2\x18.gptgrpc.v1.TokenLogprobR\blogprobs\x12!\n" +
 	"\fservice_tier\x18\r \x01(\tR\vserviceTier\x12-\n" +
 	"\x12system_fingerprint\x18\x0e \x01(\tR\x11systemFingerprint\x129\n" +
@@ -5910,7 +6729,7 @@ const file_gptgrpc_v1_gateway_proto_rawDesc = "" +
 	"\x13ChatCompletionDelta\x12\x18\n" +
 	"\acontent\x18\x01 \x01(\tR\acontent\x12\x18\n" +
 	"\arefusal\x18\x02 \x01(\tR\arefusal\x124\n" +
-	"\blogprobs\x18\x03 \x03(\v2\x18.gptgrpc.v1.TokenLogprobR\blogprobs\"\xb0\x03\n" +
+	"\blogprobs\x18\x03 \x03(\v2\x18.gptgrpc.v1.TokenLogprobR\blogprobs\"\xcc\x03\n" +
 	"\x15ChatCompletionSummary\x123\n" +
 	"\n" +
 	"tool_calls\x18\x01 \x03(\v2\x14.gptgrpc.v1.ToolCallR\ttoolCalls\x12=\n" +
@@ -5919,7 +6738,8 @@ const file_gptgrpc_v1_gateway_proto_rawDesc = "" +
 	"\x02id\x18\x04 \x01(\tR\x02id\x12'\n" +
 	"\x05usage\x18\x05 \x01(\v2\x11.gptgrpc.v1.UsageR\x05usage\x12\x1e\n" +
 	"\bcost_usd\x18\x06 \x01(\x01H\x00R\acostUsd\x88\x01\x01\x12\x1a\n" +
-	"\battempts\x18\a \x01(\x05R\battempts\x12!\n" +
+	"\battempts\x18\a \x01(\x05R\battempts\x12\x1a\n" +
+	"\bupstream\x18\b \x01(\tR\bupstream\x12!\n" +
 	"\fservice_tier\x18\t \x01(\tR\vserviceTier\x12-\n" +
 	"\x12system_fingerprint\x18\n" +
 	" \x01(\tR\x11systemFingerprint\x129\n" +
@@ -5944,7 +6764,7 @@ const file_gptgrpc_v1_gateway_proto_rawDesc = "" +
 	"\x0finitial_backoff\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x0einitialBackoff\x12:\n" +
 	"\vmax_backoff\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\n" +
 	"maxBackoffB\x0f\n" +
-	"\r_max_attempts\"\x8b\x03\n" +
+	"\r_max_attempts\"\xeb\x03\n" +
 	"\x10ConfigureRequest\x12\x1c\n" +
 	"\aapi_key\x18\x01 \x01(\tH\x00R\x06apiKey\x88\x01\x01\x12\x1f\n" +
 	"\bendpoint\x18\x02 \x01(\tH\x01R\bendpoint\x88\x01\x01\x12'\n" +
@@ -5952,14 +6772,17 @@ const file_gptgrpc_v1_gateway_proto_rawDesc = "" +
 	"\aproject\x18\x04 \x01(\tH\x03R\aproject\x88\x01\x01\x12(\n" +
 	"\rdefault_model\x18\x05 \x01(\tH\x04R\fdefaultModel\x88\x01\x01\x12B\n" +
 	"\x0frequest_timeout\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\x0erequestTimeout\x12:\n" +
-	"\fretry_policy\x18\a \x01(\v2\x17.gptgrpc.v1.RetryPolicyR\vretryPolicyB\n" +
+	"\fretry_policy\x18\a \x01(\v2\x17.gptgrpc.v1.RetryPolicyR\vretryPolicy\x125\n" +
+	"\tupstreams\x18\n" +
+	" \x01(\v2\x17.gptgrpc.v1.UpstreamSetR\tupstreams\x12'\n" +
+	"\x0fclear_upstreams\x18\v \x01(\bR\x0eclearUpstreamsB\n" +
 	"\n" +
 	"\b_api_keyB\v\n" +
 	"\t_endpointB\x0f\n" +
 	"\r_organizationB\n" +
 	"\n" +
 	"\b_projectB\x10\n" +
-	"\x0e_default_model\"\xf4\x02\n" +
+	"\x0e_default_model\"\xd6\x03\n" +
 	"\rConfiguration\x12$\n" +
 	"\x0eapi_key_masked\x18\x01 \x01(\tR\fapiKeyMasked\x12\x1e\n" +
 	"\vapi_key_set\x18\x02 \x01(\bR\tapiKeySet\x12\x1a\n" +
@@ -5971,7 +6794,10 @@ const file_gptgrpc_v1_gateway_proto_rawDesc = "" +
 	"\fretry_policy\x18\b \x01(\v2\x17.gptgrpc.v1.RetryPolicyR\vretryPolicy\x12\x1e\n" +
 	"\n" +
 	"generation\x18\t \x01(\x03R\n" +
-	"generation\"T\n" +
+	"generation\x125\n" +
+	"\tupstreams\x18\n" +
+	" \x01(\v2\x17.gptgrpc.v1.UpstreamSetR\tupstreams\x12)\n" +
+	"\x10upstreams_source\x18\v \x01(\tR\x0fupstreamsSource\"T\n" +
 	"\x11ConfigureResponse\x12?\n" +
 	"\rconfiguration\x18\x01 \x01(\v2\x19.gptgrpc.v1.ConfigurationR\rconfiguration\"\x19\n" +
 	"\x17GetConfigurationRequest\"[\n" +
@@ -6057,7 +6883,70 @@ const file_gptgrpc_v1_gateway_proto_rawDesc = "" +
 	"\x13RevokeClientRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"B\n" +
 	"\x14RevokeClientResponse\x12*\n" +
-	"\x06client\x18\x01 \x01(\v2\x12.gptgrpc.v1.ClientR\x06client\"\xb5\x01\n" +
+	"\x06client\x18\x01 \x01(\v2\x12.gptgrpc.v1.ClientR\x06client\"\xf0\x03\n" +
+	"\rBreakerPolicy\x120\n" +
+	"\x11failure_threshold\x18\x01 \x01(\x05H\x00R\x10failureThreshold\x88\x01\x01\x12(\n" +
+	"\rfailure_ratio\x18\x02 \x01(\x01H\x01R\ffailureRatio\x88\x01\x01\x121\n" +
+	"\x06window\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x06window\x12 \n" +
+	"\tmin_calls\x18\x04 \x01(\x05H\x02R\bminCalls\x88\x01\x01\x12@\n" +
+	"\x0eprobe_interval\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\rprobeInterval\x12$\n" +
+	"\vclose_after\x18\x06 \x01(\x05H\x03R\n" +
+	"closeAfter\x88\x01\x01\x12@\n" +
+	"\x0equota_cooldown\x18\a \x01(\v2\x19.google.protobuf.DurationR\rquotaCooldown\x12>\n" +
+	"\rauth_cooldown\x18\b \x01(\v2\x19.google.protobuf.DurationR\fauthCooldownB\x14\n" +
+	"\x12_failure_thresholdB\x10\n" +
+	"\x0e_failure_ratioB\f\n" +
+	"\n" +
+	"_min_callsB\x0e\n" +
+	"\f_close_after\"\xc2\x04\n" +
+	"\bUpstream\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12,\n" +
+	"\x04kind\x18\x02 \x01(\x0e2\x18.gptgrpc.v1.UpstreamKindR\x04kind\x12\x19\n" +
+	"\bbase_url\x18\x03 \x01(\tR\abaseUrl\x12\x1c\n" +
+	"\aapi_key\x18\x04 \x01(\tH\x00R\x06apiKey\x88\x01\x01\x12$\n" +
+	"\x0eapi_key_masked\x18\x05 \x01(\tR\fapiKeyMasked\x12\x1f\n" +
+	"\bpriority\x18\x06 \x01(\x05H\x01R\bpriority\x88\x01\x01\x12\x1b\n" +
+	"\x06weight\x18\a \x01(\x01H\x02R\x06weight\x88\x01\x01\x12\x16\n" +
+	"\x06models\x18\b \x03(\tR\x06models\x12\x1f\n" +
+	"\vapi_version\x18\t \x01(\tR\n" +
+	"apiVersion\x12G\n" +
+	"\vdeployments\x18\n" +
+	" \x03(\v2%.gptgrpc.v1.Upstream.DeploymentsEntryR\vdeployments\x12\"\n" +
+	"\forganization\x18\v \x01(\tR\forganization\x12\x18\n" +
+	"\aproject\x18\f \x01(\tR\aproject\x123\n" +
+	"\abreaker\x18\r \x01(\v2\x19.gptgrpc.v1.BreakerPolicyR\abreaker\x1a>\n" +
+	"\x10DeploymentsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\n" +
+	"\n" +
+	"\b_api_keyB\v\n" +
+	"\t_priorityB\t\n" +
+	"\a_weight\"D\n" +
+	"\x0eFallbackModels\x12\x14\n" +
+	"\x05model\x18\x01 \x01(\tR\x05model\x12\x1c\n" +
+	"\tfallbacks\x18\x02 \x03(\tR\tfallbacks\"\xb0\x01\n" +
+	"\vUpstreamSet\x122\n" +
+	"\tupstreams\x18\x01 \x03(\v2\x14.gptgrpc.v1.UpstreamR\tupstreams\x128\n" +
+	"\tfallbacks\x18\x02 \x03(\v2\x1a.gptgrpc.v1.FallbackModelsR\tfallbacks\x123\n" +
+	"\abreaker\x18\x03 \x01(\v2\x19.gptgrpc.v1.BreakerPolicyR\abreaker\"\x16\n" +
+	"\x14ListUpstreamsRequest\"\x84\x03\n" +
+	"\x0eUpstreamStatus\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12,\n" +
+	"\x04kind\x18\x02 \x01(\x0e2\x18.gptgrpc.v1.UpstreamKindR\x04kind\x12\x19\n" +
+	"\bbase_url\x18\x03 \x01(\tR\abaseUrl\x12\x16\n" +
+	"\x06models\x18\x04 \x03(\tR\x06models\x12\x1a\n" +
+	"\bpriority\x18\x05 \x01(\x05R\bpriority\x12\x16\n" +
+	"\x06weight\x18\x06 \x01(\x01R\x06weight\x12.\n" +
+	"\x05state\x18\a \x01(\x0e2\x18.gptgrpc.v1.BreakerStateR\x05state\x12\x1b\n" +
+	"\tin_flight\x18\b \x01(\x03R\binFlight\x12\x1d\n" +
+	"\n" +
+	"error_rate\x18\t \x01(\x01R\terrorRate\x12'\n" +
+	"\x0frecent_attempts\x18\n" +
+	" \x01(\x03R\x0erecentAttempts\x124\n" +
+	"\bretry_in\x18\v \x01(\v2\x19.google.protobuf.DurationR\aretryIn\"\x8b\x01\n" +
+	"\x15ListUpstreamsResponse\x128\n" +
+	"\tupstreams\x18\x01 \x03(\v2\x1a.gptgrpc.v1.UpstreamStatusR\tupstreams\x128\n" +
+	"\tfallbacks\x18\x02 \x03(\v2\x1a.gptgrpc.v1.FallbackModelsR\tfallbacks\"\xb5\x01\n" +
 	"\vContentPart\x12\x14\n" +
 	"\x04text\x18\x01 \x01(\tH\x00R\x04text\x12-\n" +
 	"\x05image\x18\x02 \x01(\v2\x15.gptgrpc.v1.ImagePartH\x00R\x05image\x12-\n" +
@@ -6152,7 +7041,7 @@ const file_gptgrpc_v1_gateway_proto_rawDesc = "" +
 	"\x06_top_pB\a\n" +
 	"\x05_seedB\x13\n" +
 	"\x11_presence_penaltyB\x14\n" +
-	"\x12_frequency_penalty\"\xf4\x04\n" +
+	"\x12_frequency_penalty\"\x90\x05\n" +
 	"\x10ConverseResponse\x12\x18\n" +
 	"\acontent\x18\x01 \x01(\tR\acontent\x123\n" +
 	"\n" +
@@ -6170,7 +7059,8 @@ const file_gptgrpc_v1_gateway_proto_rawDesc = "" +
 	"\x10trimmed_messages\x18\v \x01(\x05R\x0ftrimmedMessages\x12B\n" +
 	"\x13summarization_usage\x18\f \x01(\v2\x11.gptgrpc.v1.UsageR\x12summarizationUsage\x129\n" +
 	"\x16summarization_cost_usd\x18\r \x01(\x01H\x01R\x14summarizationCostUsd\x88\x01\x01\x12#\n" +
-	"\rmessage_count\x18\x0e \x01(\x05R\fmessageCountB\v\n" +
+	"\rmessage_count\x18\x0e \x01(\x05R\fmessageCount\x12\x1a\n" +
+	"\bupstream\x18\x0f \x01(\tR\bupstreamB\v\n" +
 	"\t_cost_usdB\x19\n" +
 	"\x17_summarization_cost_usd\"\xa3\x05\n" +
 	"\x15StreamConverseRequest\x12'\n" +
@@ -6196,7 +7086,7 @@ const file_gptgrpc_v1_gateway_proto_rawDesc = "" +
 	"\x06_top_pB\a\n" +
 	"\x05_seedB\x13\n" +
 	"\x11_presence_penaltyB\x14\n" +
-	"\x12_frequency_penalty\"\xbf\x04\n" +
+	"\x12_frequency_penalty\"\xdb\x04\n" +
 	"\x0fConverseSummary\x123\n" +
 	"\n" +
 	"tool_calls\x18\x01 \x03(\v2\x14.gptgrpc.v1.ToolCallR\ttoolCalls\x12=\n" +
@@ -6212,7 +7102,8 @@ const file_gptgrpc_v1_gateway_proto_rawDesc = "" +
 	"\x13summarization_usage\x18\n" +
 	" \x01(\v2\x11.gptgrpc.v1.UsageR\x12summarizationUsage\x129\n" +
 	"\x16summarization_cost_usd\x18\v \x01(\x01H\x01R\x14summarizationCostUsd\x88\x01\x01\x12#\n" +
-	"\rmessage_count\x18\f \x01(\x05R\fmessageCountB\v\n" +
+	"\rmessage_count\x18\f \x01(\x05R\fmessageCount\x12\x1a\n" +
+	"\bupstream\x18\r \x01(\tR\bupstreamB\v\n" +
 	"\t_cost_usdB\x19\n" +
 	"\x17_summarization_cost_usd\"\x93\x01\n" +
 	"\x16StreamConverseResponse\x127\n" +
@@ -6262,7 +7153,16 @@ const file_gptgrpc_v1_gateway_proto_rawDesc = "" +
 	"\fBudgetPeriod\x12\x1d\n" +
 	"\x19BUDGET_PERIOD_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11BUDGET_PERIOD_DAY\x10\x01\x12\x17\n" +
-	"\x13BUDGET_PERIOD_MONTH\x10\x02*o\n" +
+	"\x13BUDGET_PERIOD_MONTH\x10\x02*`\n" +
+	"\fUpstreamKind\x12\x1d\n" +
+	"\x19UPSTREAM_KIND_UNSPECIFIED\x10\x00\x12\x18\n" +
+	"\x14UPSTREAM_KIND_OPENAI\x10\x01\x12\x17\n" +
+	"\x13UPSTREAM_KIND_AZURE\x10\x02*|\n" +
+	"\fBreakerState\x12\x1d\n" +
+	"\x19BREAKER_STATE_UNSPECIFIED\x10\x00\x12\x18\n" +
+	"\x14BREAKER_STATE_CLOSED\x10\x01\x12\x16\n" +
+	"\x12BREAKER_STATE_OPEN\x10\x02\x12\x1b\n" +
+	"\x17BREAKER_STATE_HALF_OPEN\x10\x03*o\n" +
 	"\vImageDetail\x12\x1c\n" +
 	"\x18IMAGE_DETAIL_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11IMAGE_DETAIL_AUTO\x10\x01\x12\x14\n" +
@@ -6286,7 +7186,7 @@ const file_gptgrpc_v1_gateway_proto_rawDesc = "" +
 	"\x0eTrimmingPolicy\x12\x1f\n" +
 	"\x1bTRIMMING_POLICY_UNSPECIFIED\x10\x00\x12\x0f\n" +
 	"\vTRIM_OLDEST\x10\x01\x12\r\n" +
-	"\tSUMMARIZE\x10\x02*\xb7\a\n" +
+	"\tSUMMARIZE\x10\x02*\xcd\a\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fINVALID_REQUEST\x10\x01\x12\x13\n" +
@@ -6322,11 +7222,12 @@ const file_gptgrpc_v1_gateway_proto_rawDesc = "" +
 	"\x15CLIENT_MODEL_UNPRICED\x10!\x12\x16\n" +
 	"\x12SECRET_KEY_MISSING\x10\"\x12\x1c\n" +
 	"\x18CLIENT_IN_FLIGHT_LIMITED\x10#\x12\x15\n" +
-	"\x11STORE_UNAVAILABLE\x10$\x12\x1a\n" +
+	"\x11STORE_UNAVAILABLE\x10$\x12\x14\n" +
+	"\x10MODEL_NOT_ROUTED\x101\x12\x1a\n" +
 	"\x16CONVERSATION_NOT_FOUND\x109\x12\x15\n" +
 	"\x11CONVERSATION_BUSY\x10:\x12\x15\n" +
 	"\x11CONVERSATION_FULL\x10;\x12!\n" +
-	"\x1dCONVERSATION_CONTEXT_EXCEEDED\x10<2\xd2\v\n" +
+	"\x1dCONVERSATION_CONTEXT_EXCEEDED\x10<2\xa8\f\n" +
 	"\n" +
 	"GPTService\x12W\n" +
 	"\x0eChatCompletion\x12!.gptgrpc.v1.ChatCompletionRequest\x1a\".gptgrpc.v1.ChatCompletionResponse\x12k\n" +
@@ -6346,7 +7247,8 @@ const file_gptgrpc_v1_gateway_proto_rawDesc = "" +
 	"\x0eStreamConverse\x12!.gptgrpc.v1.StreamConverseRequest\x1a\".gptgrpc.v1.StreamConverseResponse0\x01\x12Z\n" +
 	"\x0fGetConversation\x12\".gptgrpc.v1.GetConversationRequest\x1a#.gptgrpc.v1.GetConversationResponse\x12`\n" +
 	"\x11ListConversations\x12$.gptgrpc.v1.ListConversationsRequest\x1a%.gptgrpc.v1.ListConversationsResponse\x12c\n" +
-	"\x12DeleteConversation\x12%.gptgrpc.v1.DeleteConversationRequest\x1a&.gptgrpc.v1.DeleteConversationResponseB=Z;github.com/gpt-grpc/gpt-grpc/clients/go/gptgrpcv1;gptgrpcv1b\x06proto3"
+	"\x12DeleteConversation\x12%.gptgrpc.v1.DeleteConversationRequest\x1a&.gptgrpc.v1.DeleteConversationResponse\x12T\n" +
+	"\rListUpstreams\x12 .gptgrpc.v1.ListUpstreamsRequest\x1a!.gptgrpc.v1.ListUpstreamsResponseB=Z;github.com/gpt-grpc/gpt-grpc/clients/go/gptgrpcv1;gptgrpcv1b\x06proto3"
 
 var (
 	file_gptgrpc_v1_gateway_proto_rawDescOnce sync.Once
@@ -6360,215 +7262,244 @@ func file_gptgrpc_v1_gateway_proto_rawDescGZIP() []byte {
 	return file_gptgrpc_v1_gateway_proto_rawDescData
 }
 
-var file_gptgrpc_v1_gateway_proto_enumTypes = make([]protoimpl.EnumInfo, 11)
-var file_gptgrpc_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 61)
+var file_gptgrpc_v1_gateway_proto_enumTypes = make([]protoimpl.EnumInfo, 13)
+var file_gptgrpc_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 69)
 var file_gptgrpc_v1_gateway_proto_goTypes = []any{
 	(Role)(0),                            // 0: gptgrpc.v1.Role
 	(ToolChoiceMode)(0),                  // 1: gptgrpc.v1.ToolChoiceMode
 	(ResponseFormatType)(0),              // 2: gptgrpc.v1.ResponseFormatType
 	(FinishReason)(0),                    // 3: gptgrpc.v1.FinishReason
 	(BudgetPeriod)(0),                    // 4: gptgrpc.v1.BudgetPeriod
-	(ImageDetail)(0),                     // 5: gptgrpc.v1.ImageDetail
-	(AudioFormat)(0),                     // 6: gptgrpc.v1.AudioFormat
-	(ReasoningEffort)(0),                 // 7: gptgrpc.v1.ReasoningEffort
-	(Verbosity)(0),                       // 8: gptgrpc.v1.Verbosity
-	(TrimmingPolicy)(0),                  // 9: gptgrpc.v1.TrimmingPolicy
-	(ErrorReason)(0),                     // 10: gptgrpc.v1.ErrorReason
-	(*ChatMessage)(nil),                  // 11: gptgrpc.v1.ChatMessage
-	(*Tool)(nil),                         // 12: gptgrpc.v1.Tool
-	(*ToolCall)(nil),                     // 13: gptgrpc.v1.ToolCall
-	(*ToolChoice)(nil),                   // 14: gptgrpc.v1.ToolChoice
-	(*ResponseFormat)(nil),               // 15: gptgrpc.v1.ResponseFormat
-	(*ChatCompletionRequest)(nil),        // 16: gptgrpc.v1.ChatCompletionRequest
-	(*Usage)(nil),                        // 17: gptgrpc.v1.Usage
-	(*ChatCompletionResponse)(nil),       // 18: gptgrpc.v1.ChatCompletionResponse
-	(*StreamChatCompletionRequest)(nil),  // 19: gptgrpc.v1.StreamChatCompletionRequest
-	(*ChatCompletionDelta)(nil),          // 20: gptgrpc.v1.ChatCompletionDelta
-	(*ChatCompletionSummary)(nil),        // 21: gptgrpc.v1.ChatCompletionSummary
-	(*StreamChatCompletionResponse)(nil), // 22: gptgrpc.v1.StreamChatCompletionResponse
-	(*CountTokensRequest)(nil),           // 23: gptgrpc.v1.CountTokensRequest
-	(*CountTokensResponse)(nil),          // 24: gptgrpc.v1.CountTokensResponse
-	(*RetryPolicy)(nil),                  // 25: gptgrpc.v1.RetryPolicy
-	(*ConfigureRequest)(nil),             // 26: gptgrpc.v1.ConfigureRequest
-	(*Configuration)(nil),                // 27: gptgrpc.v1.Configuration
-	(*ConfigureResponse)(nil),            // 28: gptgrpc.v1.ConfigureResponse
-	(*GetConfigurationRequest)(nil),      // 29: gptgrpc.v1.GetConfigurationRequest
-	(*GetConfigurationResponse)(nil),     // 30: gptgrpc.v1.GetConfigurationResponse
-	(*ListModelsRequest)(nil),            // 31: gptgrpc.v1.ListModelsRequest
-	(*ModelInfo)(nil),                    // 32: gptgrpc.v1.ModelInfo
-	(*ListModelsResponse)(nil),           // 33: gptgrpc.v1.ListModelsResponse
-	(*GetUsageRequest)(nil),              // 34: gptgrpc.v1.GetUsageRequest
-	(*ModelUsage)(nil),                   // 35: gptgrpc.v1.ModelUsage
-	(*GetUsageResponse)(nil),             // 36: gptgrpc.v1.GetUsageResponse
-	(*ClientLimits)(nil),                 // 37: gptgrpc.v1.ClientLimits
-	(*Client)(nil),                       // 38: gptgrpc.v1.Client
-	(*CreateClientRequest)(nil),          // 39: gptgrpc.v1.CreateClientRequest
-	(*CreateClientResponse)(nil),         // 40: gptgrpc.v1.CreateClientResponse
-	(*ListClientsRequest)(nil),           // 41: gptgrpc.v1.ListClientsRequest
-	(*ListClientsResponse)(nil),          // 42: gptgrpc.v1.ListClientsResponse
-	(*UpdateClientRequest)(nil),          // 43: gptgrpc.v1.UpdateClientRequest
-	(*UpdateClientResponse)(nil),         // 44: gptgrpc.v1.UpdateClientResponse
-	(*RevokeClientRequest)(nil),          // 45: gptgrpc.v1.RevokeClientRequest
-	(*RevokeClientResponse)(nil),         // 46: gptgrpc.v1.RevokeClientResponse
-	(*ContentPart)(nil),                  // 47: gptgrpc.v1.ContentPart
-	(*ImagePart)(nil),                    // 48: gptgrpc.v1.ImagePart
-	(*AudioPart)(nil),                    // 49: gptgrpc.v1.AudioPart
-	(*FilePart)(nil),                     // 50: gptgrpc.v1.FilePart
-	(*TopLogprob)(nil),                   // 51: gptgrpc.v1.TopLogprob
-	(*TokenLogprob)(nil),                 // 52: gptgrpc.v1.TokenLogprob
-	(*UrlCitation)(nil),                  // 53: gptgrpc.v1.UrlCitation
-	(*Conversation)(nil),                 // 54: gptgrpc.v1.Conversation
-	(*CreateConversationRequest)(nil),    // 55: gptgrpc.v1.CreateConversationRequest
-	(*CreateConversationResponse)(nil),   // 56: gptgrpc.v1.CreateConversationResponse
-	(*ConverseRequest)(nil),              // 57: gptgrpc.v1.ConverseRequest
-	(*ConverseResponse)(nil),             // 58: gptgrpc.v1.ConverseResponse
-	(*StreamConverseRequest)(nil),        // 59: gptgrpc.v1.StreamConverseRequest
-	(*ConverseSummary)(nil),              // 60: gptgrpc.v1.ConverseSummary
-	(*StreamConverseResponse)(nil),       // 61: gptgrpc.v1.StreamConverseResponse
-	(*GetConversationRequest)(nil),       // 62: gptgrpc.v1.GetConversationRequest
-	(*GetConversationResponse)(nil),      // 63: gptgrpc.v1.GetConversationResponse
-	(*ListConversationsRequest)(nil),     // 64: gptgrpc.v1.ListConversationsRequest
-	(*ListConversationsResponse)(nil),    // 65: gptgrpc.v1.ListConversationsResponse
-	(*DeleteConversationRequest)(nil),    // 66: gptgrpc.v1.DeleteConversationRequest
-	(*DeleteConversationResponse)(nil),   // 67: gptgrpc.v1.DeleteConversationResponse
-	nil,                                  // 68: gptgrpc.v1.ChatCompletionRequest.MetadataEntry
-	nil,                                  // 69: gptgrpc.v1.StreamChatCompletionRequest.MetadataEntry
-	nil,                                  // 70: gptgrpc.v1.Conversation.LabelsEntry
-	nil,                                  // 71: gptgrpc.v1.CreateConversationRequest.LabelsEntry
-	(*durationpb.Duration)(nil),          // 72: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),        // 73: google.protobuf.Timestamp
+	(UpstreamKind)(0),                    // 5: gptgrpc.v1.UpstreamKind
+	(BreakerState)(0),                    // 6: gptgrpc.v1.BreakerState
+	(ImageDetail)(0),                     // 7: gptgrpc.v1.ImageDetail
+	(AudioFormat)(0),                     // 8: gptgrpc.v1.AudioFormat
+	(ReasoningEffort)(0),                 // 9: gptgrpc.v1.ReasoningEffort
+	(Verbosity)(0),                       // 10: gptgrpc.v1.Verbosity
+	(TrimmingPolicy)(0),                  // 11: gptgrpc.v1.TrimmingPolicy
+	(ErrorReason)(0),                     // 12: gptgrpc.v1.ErrorReason
+	(*ChatMessage)(nil),                  // 13: gptgrpc.v1.ChatMessage
+	(*Tool)(nil),                         // 14: gptgrpc.v1.Tool
+	(*ToolCall)(nil),                     // 15: gptgrpc.v1.ToolCall
+	(*ToolChoice)(nil),                   // 16: gptgrpc.v1.ToolChoice
+	(*ResponseFormat)(nil),               // 17: gptgrpc.v1.ResponseFormat
+	(*ChatCompletionRequest)(nil),        // 18: gptgrpc.v1.ChatCompletionRequest
+	(*Usage)(nil),                        // 19: gptgrpc.v1.Usage
+	(*ChatCompletionResponse)(nil),       // 20: gptgrpc.v1.ChatCompletionResponse
+	(*StreamChatCompletionRequest)(nil),  // 21: gptgrpc.v1.StreamChatCompletionRequest
+	(*ChatCompletionDelta)(nil),          // 22: gptgrpc.v1.ChatCompletionDelta
+	(*ChatCompletionSummary)(nil),        // 23: gptgrpc.v1.ChatCompletionSummary
+	(*StreamChatCompletionResponse)(nil), // 24: gptgrpc.v1.StreamChatCompletionResponse
+	(*CountTokensRequest)(nil),           // 25: gptgrpc.v1.CountTokensRequest
+	(*CountTokensResponse)(nil),          // 26: gptgrpc.v1.CountTokensResponse
+	(*RetryPolicy)(nil),                  // 27: gptgrpc.v1.RetryPolicy
+	(*ConfigureRequest)(nil),             // 28: gptgrpc.v1.ConfigureRequest
+	(*Configuration)(nil),                // 29: gptgrpc.v1.Configuration
+	(*ConfigureResponse)(nil),            // 30: gptgrpc.v1.ConfigureResponse
+	(*GetConfigurationRequest)(nil),      // 31: gptgrpc.v1.GetConfigurationRequest
+	(*GetConfigurationResponse)(nil),     // 32: gptgrpc.v1.GetConfigurationResponse
+	(*ListModelsRequest)(nil),            // 33: gptgrpc.v1.ListModelsRequest
+	(*ModelInfo)(nil),                    // 34: gptgrpc.v1.ModelInfo
+	(*ListModelsResponse)(nil),           // 35: gptgrpc.v1.ListModelsResponse
+	(*GetUsageRequest)(nil),              // 36: gptgrpc.v1.GetUsageRequest
+	(*ModelUsage)(nil),                   // 37: gptgrpc.v1.ModelUsage
+	(*GetUsageResponse)(nil),             // 38: gptgrpc.v1.GetUsageResponse
+	(*ClientLimits)(nil),                 // 39: gptgrpc.v1.ClientLimits
+	(*Client)(nil),                       // 40: gptgrpc.v1.Client
+	(*CreateClientRequest)(nil),          // 41: gptgrpc.v1.CreateClientRequest
+	(*CreateClientResponse)(nil),         // 42: gptgrpc.v1.CreateClientResponse
+	(*ListClientsRequest)(nil),           // 43: gptgrpc.v1.ListClientsRequest
+	(*ListClientsResponse)(nil),          // 44: gptgrpc.v1.ListClientsResponse
+	(*UpdateClientRequest)(nil),          // 45: gptgrpc.v1.UpdateClientRequest
+	(*UpdateClientResponse)(nil),         // 46: gptgrpc.v1.UpdateClientResponse
+	(*RevokeClientRequest)(nil),          // 47: gptgrpc.v1.RevokeClientRequest
+	(*RevokeClientResponse)(nil),         // 48: gptgrpc.v1.RevokeClientResponse
+	(*BreakerPolicy)(nil),                // 49: gptgrpc.v1.BreakerPolicy
+	(*Upstream)(nil),                     // 50: gptgrpc.v1.Upstream
+	(*FallbackModels)(nil),               // 51: gptgrpc.v1.FallbackModels
+	(*UpstreamSet)(nil),                  // 52: gptgrpc.v1.UpstreamSet
+	(*ListUpstreamsRequest)(nil),         // 53: gptgrpc.v1.ListUpstreamsRequest
+	(*UpstreamStatus)(nil),               // 54: gptgrpc.v1.UpstreamStatus
+	(*ListUpstreamsResponse)(nil),        // 55: gptgrpc.v1.ListUpstreamsResponse
+	(*ContentPart)(nil),                  // 56: gptgrpc.v1.ContentPart
+	(*ImagePart)(nil),                    // 57: gptgrpc.v1.ImagePart
+	(*AudioPart)(nil),                    // 58: gptgrpc.v1.AudioPart
+	(*FilePart)(nil),                     // 59: gptgrpc.v1.FilePart
+	(*TopLogprob)(nil),                   // 60: gptgrpc.v1.TopLogprob
+	(*TokenLogprob)(nil),                 // 61: gptgrpc.v1.TokenLogprob
+	(*UrlCitation)(nil),                  // 62: gptgrpc.v1.UrlCitation
+	(*Conversation)(nil),                 // 63: gptgrpc.v1.Conversation
+	(*CreateConversationRequest)(nil),    // 64: gptgrpc.v1.CreateConversationRequest
+	(*CreateConversationResponse)(nil),   // 65: gptgrpc.v1.CreateConversationResponse
+	(*ConverseRequest)(nil),              // 66: gptgrpc.v1.ConverseRequest
+	(*ConverseResponse)(nil),             // 67: gptgrpc.v1.ConverseResponse
+	(*StreamConverseRequest)(nil),        // 68: gptgrpc.v1.StreamConverseRequest
+	(*ConverseSummary)(nil),              // 69: gptgrpc.v1.ConverseSummary
+	(*StreamConverseResponse)(nil),       // 70: gptgrpc.v1.StreamConverseResponse
+	(*GetConversationRequest)(nil),       // 71: gptgrpc.v1.GetConversationRequest
+	(*GetConversationResponse)(nil),      // 72: gptgrpc.v1.GetConversationResponse
+	(*ListConversationsRequest)(nil),     // 73: gptgrpc.v1.ListConversationsRequest
+	(*ListConversationsResponse)(nil),    // 74: gptgrpc.v1.ListConversationsResponse
+	(*DeleteConversationRequest)(nil),    // 75: gptgrpc.v1.DeleteConversationRequest
+	(*DeleteConversationResponse)(nil),   // 76: gptgrpc.v1.DeleteConversationResponse
+	nil,                                  // 77: gptgrpc.v1.ChatCompletionRequest.MetadataEntry
+	nil,                                  // 78: gptgrpc.v1.StreamChatCompletionRequest.MetadataEntry
+	nil,                                  // 79: gptgrpc.v1.Upstream.DeploymentsEntry
+	nil,                                  // 80: gptgrpc.v1.Conversation.LabelsEntry
+	nil,                                  // 81: gptgrpc.v1.CreateConversationRequest.LabelsEntry
+	(*durationpb.Duration)(nil),          // 82: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),        // 83: google.protobuf.Timestamp
 }
 var file_gptgrpc_v1_gateway_proto_depIdxs = []int32{
 	0,   // 0: gptgrpc.v1.ChatMessage.role:type_name -> gptgrpc.v1.Role
-	13,  // 1: gptgrpc.v1.ChatMessage.tool_calls:type_name -> gptgrpc.v1.ToolCall
-	47,  // 2: gptgrpc.v1.ChatMessage.parts:type_name -> gptgrpc.v1.ContentPart
+	15,  // 1: gptgrpc.v1.ChatMessage.tool_calls:type_name -> gptgrpc.v1.ToolCall
+	56,  // 2: gptgrpc.v1.ChatMessage.parts:type_name -> gptgrpc.v1.ContentPart
 	1,   // 3: gptgrpc.v1.ToolChoice.mode:type_name -> gptgrpc.v1.ToolChoiceMode
 	2,   // 4: gptgrpc.v1.ResponseFormat.type:type_name -> gptgrpc.v1.ResponseFormatType
-	11,  // 5: gptgrpc.v1.ChatCompletionRequest.messages:type_name -> gptgrpc.v1.ChatMessage
-	15,  // 6: gptgrpc.v1.ChatCompletionRequest.response_format:type_name -> gptgrpc.v1.ResponseFormat
-	12,  // 7: gptgrpc.v1.ChatCompletionRequest.tools:type_name -> gptgrpc.v1.Tool
-	14,  // 8: gptgrpc.v1.ChatCompletionRequest.tool_choice:type_name -> gptgrpc.v1.ToolChoice
-	7,   // 9: gptgrpc.v1.ChatCompletionRequest.reasoning_effort:type_name -> gptgrpc.v1.ReasoningEffort
-	68,  // 10: gptgrpc.v1.ChatCompletionRequest.metadata:type_name -> gptgrpc.v1.ChatCompletionRequest.MetadataEntry
-	8,   // 11: gptgrpc.v1.ChatCompletionRequest.verbosity:type_name -> gptgrpc.v1.Verbosity
-	13,  // 12: gptgrpc.v1.ChatCompletionResponse.tool_calls:type_name -> gptgrpc.v1.ToolCall
+	13,  // 5: gptgrpc.v1.ChatCompletionRequest.messages:type_name -> gptgrpc.v1.ChatMessage
+	17,  // 6: gptgrpc.v1.ChatCompletionRequest.response_format:type_name -> gptgrpc.v1.ResponseFormat
+	14,  // 7: gptgrpc.v1.ChatCompletionRequest.tools:type_name -> gptgrpc.v1.Tool
+	16,  // 8: gptgrpc.v1.ChatCompletionRequest.tool_choice:type_name -> gptgrpc.v1.ToolChoice
+	9,   // 9: gptgrpc.v1.ChatCompletionRequest.reasoning_effort:type_name -> gptgrpc.v1.ReasoningEffort
+	77,  // 10: gptgrpc.v1.ChatCompletionRequest.metadata:type_name -> gptgrpc.v1.ChatCompletionRequest.MetadataEntry
+	10,  // 11: gptgrpc.v1.ChatCompletionRequest.verbosity:type_name -> gptgrpc.v1.Verbosity
+	15,  // 12: gptgrpc.v1.ChatCompletionResponse.tool_calls:type_name -> gptgrpc.v1.ToolCall
 	3,   // 13: gptgrpc.v1.ChatCompletionResponse.finish_reason:type_name -> gptgrpc.v1.FinishReason
-	17,  // 14: gptgrpc.v1.ChatCompletionResponse.usage:type_name -> gptgrpc.v1.Usage
-	52,  // 15: gptgrpc.v1.ChatCompletionResponse.logprobs:type_name -> gptgrpc.v1.TokenLogprob
-	53,  // 16: gptgrpc.v1.ChatCompletionResponse.annotations:type_name -> gptgrpc.v1.UrlCitation
-	11,  // 17: gptgrpc.v1.StreamChatCompletionRequest.messages:type_name -> gptgrpc.v1.ChatMessage
-	15,  // 18: gptgrpc.v1.StreamChatCompletionRequest.response_format:type_name -> gptgrpc.v1.ResponseFormat
-	12,  // 19: gptgrpc.v1.StreamChatCompletionRequest.tools:type_name -> gptgrpc.v1.Tool
-	14,  // 20: gptgrpc.v1.StreamChatCompletionRequest.tool_choice:type_name -> gptgrpc.v1.ToolChoice
-	7,   // 21: gptgrpc.v1.StreamChatCompletionRequest.reasoning_effort:type_name -> gptgrpc.v1.ReasoningEffort
-	69,  // 22: gptgrpc.v1.StreamChatCompletionRequest.metadata:type_name -> gptgrpc.v1.StreamChatCompletionRequest.MetadataEntry
-	8,   // 23: gptgrpc.v1.StreamChatCompletionRequest.verbosity:type_name -> gptgrpc.v1.Verbosity
-	52,  // 24: gptgrpc.v1.ChatCompletionDelta.logprobs:type_name -> gptgrpc.v1.TokenLogprob
-	13,  // 25: gptgrpc.v1.ChatCompletionSummary.tool_calls:type_name -> gptgrpc.v1.ToolCall
+	19,  // 14: gptgrpc.v1.ChatCompletionResponse.usage:type_name -> gptgrpc.v1.Usage
+	61,  // 15: gptgrpc.v1.ChatCompletionResponse.logprobs:type_name -> gptgrpc.v1.TokenLogprob
+	62,  // 16: gptgrpc.v1.ChatCompletionResponse.annotations:type_name -> gptgrpc.v1.UrlCitation
+	13,  // 17: gptgrpc.v1.StreamChatCompletionRequest.messages:type_name -> gptgrpc.v1.ChatMessage
+	17,  // 18: gptgrpc.v1.StreamChatCompletionRequest.response_format:type_name -> gptgrpc.v1.ResponseFormat
+	14,  // 19: gptgrpc.v1.StreamChatCompletionRequest.tools:type_name -> gptgrpc.v1.Tool
+	16,  // 20: gptgrpc.v1.StreamChatCompletionRequest.tool_choice:type_name -> gptgrpc.v1.ToolChoice
+	9,   // 21: gptgrpc.v1.StreamChatCompletionRequest.reasoning_effort:type_name -> gptgrpc.v1.ReasoningEffort
+	78,  // 22: gptgrpc.v1.StreamChatCompletionRequest.metadata:type_name -> gptgrpc.v1.StreamChatCompletionRequest.MetadataEntry
+	10,  // 23: gptgrpc.v1.StreamChatCompletionRequest.verbosity:type_name -> gptgrpc.v1.Verbosity
+	61,  // 24: gptgrpc.v1.ChatCompletionDelta.logprobs:type_name -> gptgrpc.v1.TokenLogprob
+	15,  // 25: gptgrpc.v1.ChatCompletionSummary.tool_calls:type_name -> gptgrpc.v1.ToolCall
 	3,   // 26: gptgrpc.v1.ChatCompletionSummary.finish_reason:type_name -> gptgrpc.v1.FinishReason
-	17,  // 27: gptgrpc.v1.ChatCompletionSummary.usage:type_name -> gptgrpc.v1.Usage
-	53,  // 28: gptgrpc.v1.ChatCompletionSummary.annotations:type_name -> gptgrpc.v1.UrlCitation
-	20,  // 29: gptgrpc.v1.StreamChatCompletionResponse.delta:type_name -> gptgrpc.v1.ChatCompletionDelta
-	21,  // 30: gptgrpc.v1.StreamChatCompletionResponse.summary:type_name -> gptgrpc.v1.ChatCompletionSummary
-	11,  // 31: gptgrpc.v1.CountTokensRequest.messages:type_name -> gptgrpc.v1.ChatMessage
-	72,  // 32: gptgrpc.v1.RetryPolicy.initial_backoff:type_name -> google.protobuf.Duration
-	72,  // 33: gptgrpc.v1.RetryPolicy.max_backoff:type_name -> google.protobuf.Duration
-	72,  // 34: gptgrpc.v1.ConfigureRequest.request_timeout:type_name -> google.protobuf.Duration
-	25,  // 35: gptgrpc.v1.ConfigureRequest.retry_policy:type_name -> gptgrpc.v1.RetryPolicy
-	72,  // 36: gptgrpc.v1.Configuration.request_timeout:type_name -> google.protobuf.Duration
-	25,  // 37: gptgrpc.v1.Configuration.retry_policy:type_name -> gptgrpc.v1.RetryPolicy
-	27,  // 38: gptgrpc.v1.ConfigureResponse.configuration:type_name -> gptgrpc.v1.Configuration
-	27,  // 39: gptgrpc.v1.GetConfigurationResponse.configuration:type_name -> gptgrpc.v1.Configuration
-	32,  // 40: gptgrpc.v1.ListModelsResponse.models:type_name -> gptgrpc.v1.ModelInfo
-	35,  // 41: gptgrpc.v1.GetUsageResponse.models:type_name -> gptgrpc.v1.ModelUsage
-	35,  // 42: gptgrpc.v1.GetUsageResponse.total:type_name -> gptgrpc.v1.ModelUsage
-	73,  // 43: gptgrpc.v1.GetUsageResponse.since:type_name -> google.protobuf.Timestamp
-	4,   // 44: gptgrpc.v1.ClientLimits.budget_period:type_name -> gptgrpc.v1.BudgetPeriod
-	37,  // 45: gptgrpc.v1.Client.limits:type_name -> gptgrpc.v1.ClientLimits
-	73,  // 46: gptgrpc.v1.Client.create_time:type_name -> google.protobuf.Timestamp
-	73,  // 47: gptgrpc.v1.Client.revoke_time:type_name -> google.protobuf.Timestamp
-	37,  // 48: gptgrpc.v1.CreateClientRequest.limits:type_name -> gptgrpc.v1.ClientLimits
-	38,  // 49: gptgrpc.v1.CreateClientResponse.client:type_name -> gptgrpc.v1.Client
-	38,  // 50: gptgrpc.v1.ListClientsResponse.clients:type_name -> gptgrpc.v1.Client
-	37,  // 51: gptgrpc.v1.UpdateClientRequest.limits:type_name -> gptgrpc.v1.ClientLimits
-	38,  // 52: gptgrpc.v1.UpdateClientResponse.client:type_name -> gptgrpc.v1.Client
-	38,  // 53: gptgrpc.v1.RevokeClientResponse.client:type_name -> gptgrpc.v1.Client
-	48,  // 54: gptgrpc.v1.ContentPart.image:type_name -> gptgrpc.v1.ImagePart
-	49,  // 55: gptgrpc.v1.ContentPart.audio:type_name -> gptgrpc.v1.AudioPart
-	50,  // 56: gptgrpc.v1.ContentPart.file:type_name -> gptgrpc.v1.FilePart
-	5,   // 57: gptgrpc.v1.ImagePart.detail:type_name -> gptgrpc.v1.ImageDetail
-	6,   // 58: gptgrpc.v1.AudioPart.format:type_name -> gptgrpc.v1.AudioFormat
-	51,  // 59: gptgrpc.v1.TokenLogprob.top_logprobs:type_name -> gptgrpc.v1.TopLogprob
-	9,   // 60: gptgrpc.v1.Conversation.trimming_policy:type_name -> gptgrpc.v1.TrimmingPolicy
-	70,  // 61: gptgrpc.v1.Conversation.labels:type_name -> gptgrpc.v1.Conversation.LabelsEntry
-	73,  // 62: gptgrpc.v1.Conversation.create_time:type_name -> google.protobuf.Timestamp
-	73,  // 63: gptgrpc.v1.Conversation.update_time:type_name -> google.protobuf.Timestamp
-	73,  // 64: gptgrpc.v1.Conversation.expire_time:type_name -> google.protobuf.Timestamp
-	72,  // 65: gptgrpc.v1.Conversation.ttl:type_name -> google.protobuf.Duration
-	9,   // 66: gptgrpc.v1.CreateConversationRequest.trimming_policy:type_name -> gptgrpc.v1.TrimmingPolicy
-	72,  // 67: gptgrpc.v1.CreateConversationRequest.ttl:type_name -> google.protobuf.Duration
-	71,  // 68: gptgrpc.v1.CreateConversationRequest.labels:type_name -> gptgrpc.v1.CreateConversationRequest.LabelsEntry
-	54,  // 69: gptgrpc.v1.CreateConversationResponse.conversation:type_name -> gptgrpc.v1.Conversation
-	11,  // 70: gptgrpc.v1.ConverseRequest.messages:type_name -> gptgrpc.v1.ChatMessage
-	15,  // 71: gptgrpc.v1.ConverseRequest.response_format:type_name -> gptgrpc.v1.ResponseFormat
-	12,  // 72: gptgrpc.v1.ConverseRequest.tools:type_name -> gptgrpc.v1.Tool
-	14,  // 73: gptgrpc.v1.ConverseRequest.tool_choice:type_name -> gptgrpc.v1.ToolChoice
-	13,  // 74: gptgrpc.v1.ConverseResponse.tool_calls:type_name -> gptgrpc.v1.ToolCall
-	3,   // 75: gptgrpc.v1.ConverseResponse.finish_reason:type_name -> gptgrpc.v1.FinishReason
-	17,  // 76: gptgrpc.v1.ConverseResponse.usage:type_name -> gptgrpc.v1.Usage
-	17,  // 77: gptgrpc.v1.ConverseResponse.summarization_usage:type_name -> gptgrpc.v1.Usage
-	11,  // 78: gptgrpc.v1.StreamConverseRequest.messages:type_name -> gptgrpc.v1.ChatMessage
-	15,  // 79: gptgrpc.v1.StreamConverseRequest.response_format:type_name -> gptgrpc.v1.ResponseFormat
-	12,  // 80: gptgrpc.v1.StreamConverseRequest.tools:type_name -> gptgrpc.v1.Tool
-	14,  // 81: gptgrpc.v1.StreamConverseRequest.tool_choice:type_name -> gptgrpc.v1.ToolChoice
-	13,  // 82: gptgrpc.v1.ConverseSummary.tool_calls:type_name -> gptgrpc.v1.ToolCall
-	3,   // 83: gptgrpc.v1.ConverseSummary.finish_reason:type_name -> gptgrpc.v1.FinishReason
-	17,  // 84: gptgrpc.v1.ConverseSummary.usage:type_name -> gptgrpc.v1.Usage
-	17,  // 85: gptgrpc.v1.ConverseSummary.summarization_usage:type_name -> gptgrpc.v1.Usage
-	20,  // 86: gptgrpc.v1.StreamConverseResponse.delta:type_name -> gptgrpc.v1.ChatCompletionDelta
-	60,  // 87: gptgrpc.v1.StreamConverseResponse.summary:type_name -> gptgrpc.v1.ConverseSummary
-	54,  // 88: gptgrpc.v1.GetConversationResponse.conversation:type_name -> gptgrpc.v1.Conversation
-	11,  // 89: gptgrpc.v1.GetConversationResponse.messages:type_name -> gptgrpc.v1.ChatMessage
-	54,  // 90: gptgrpc.v1.ListConversationsResponse.conversations:type_name -> gptgrpc.v1.Conversation
-	16,  // 91: gptgrpc.v1.GPTService.ChatCompletion:input_type -> gptgrpc.v1.ChatCompletionRequest
-	19,  // 92: gptgrpc.v1.GPTService.StreamChatCompletion:input_type -> gptgrpc.v1.StreamChatCompletionRequest
-	23,  // 93: gptgrpc.v1.GPTService.CountTokens:input_type -> gptgrpc.v1.CountTokensRequest
-	26,  // 94: gptgrpc.v1.GPTService.Configure:input_type -> gptgrpc.v1.ConfigureRequest
-	29,  // 95: gptgrpc.v1.GPTService.GetConfiguration:input_type -> gptgrpc.v1.GetConfigurationRequest
-	31,  // 96: gptgrpc.v1.GPTService.ListModels:input_type -> gptgrpc.v1.ListModelsRequest
-	34,  // 97: gptgrpc.v1.GPTService.GetUsage:input_type -> gptgrpc.v1.GetUsageRequest
-	39,  // 98: gptgrpc.v1.GPTService.CreateClient:input_type -> gptgrpc.v1.CreateClientRequest
-	41,  // 99: gptgrpc.v1.GPTService.ListClients:input_type -> gptgrpc.v1.ListClientsRequest
-	43,  // 100: gptgrpc.v1.GPTService.UpdateClient:input_type -> gptgrpc.v1.UpdateClientRequest
-	45,  // 101: gptgrpc.v1.GPTService.RevokeClient:input_type -> gptgrpc.v1.RevokeClientRequest
-	55,  // 102: gptgrpc.v1.GPTService.CreateConversation:input_type -> gptgrpc.v1.CreateConversationRequest
-	57,  // 103: gptgrpc.v1.GPTService.Converse:input_type -> gptgrpc.v1.ConverseRequest
-	59,  // 104: gptgrpc.v1.GPTService.StreamConverse:input_type -> gptgrpc.v1.StreamConverseRequest
-	62,  // 105: gptgrpc.v1.GPTService.GetConversation:input_type -> gptgrpc.v1.GetConversationRequest
-	64,  // 106: gptgrpc.v1.GPTService.ListConversations:input_type -> gptgrpc.v1.ListConversationsRequest
-	66,  // 107: gptgrpc.v1.GPTService.DeleteConversation:input_type -> gptgrpc.v1.DeleteConversationRequest
-	18,  // 108: gptgrpc.v1.GPTService.ChatCompletion:output_type -> gptgrpc.v1.ChatCompletionResponse
-	22,  // 109: gptgrpc.v1.GPTService.StreamChatCompletion:output_type -> gptgrpc.v1.StreamChatCompletionResponse
-	24,  // 110: gptgrpc.v1.GPTService.CountTokens:output_type -> gptgrpc.v1.CountTokensResponse
-	28,  // 111: gptgrpc.v1.GPTService.Configure:output_type -> gptgrpc.v1.ConfigureResponse
-	30,  // 112: gptgrpc.v1.GPTService.GetConfiguration:output_type -> gptgrpc.v1.GetConfigurationResponse
-	33,  // 113: gptgrpc.v1.GPTService.ListModels:output_type -> gptgrpc.v1.ListModelsResponse
-	36,  // 114: gptgrpc.v1.GPTService.GetUsage:output_type -> gptgrpc.v1.GetUsageResponse
-	40,  // 115: gptgrpc.v1.GPTService.CreateClient:output_type -> gptgrpc.v1.CreateClientResponse
-	42,  // 116: gptgrpc.v1.GPTService.ListClients:output_type -> gptgrpc.v1.ListClientsResponse
-	44,  // 117: gptgrpc.v1.GPTService.UpdateClient:output_type -> gptgrpc.v1.UpdateClientResponse
-	46,  // 118: gptgrpc.v1.GPTService.RevokeClient:output_type -> gptgrpc.v1.RevokeClientResponse
-	56,  // 119: gptgrpc.v1.GPTService.CreateConversation:output_type -> gptgrpc.v1.CreateConversationResponse
-	58,  // 120: gptgrpc.v1.GPTService.Converse:output_type -> gptgrpc.v1.ConverseResponse
-	61,  // 121: gptgrpc.v1.GPTService.StreamConverse:output_type -> gptgrpc.v1.StreamConverseResponse
-	63,  // 122: gptgrpc.v1.GPTService.GetConversation:output_type -> gptgrpc.v1.GetConversationResponse
-	65,  // 123: gptgrpc.v1.GPTService.ListConversations:output_type -> gptgrpc.v1.ListConversationsResponse
-	67,  // 124: gptgrpc.v1.GPTService.DeleteConversation:output_type -> gptgrpc.v1.DeleteConversationResponse
-	108, // [108:125] is the sub-list for method output_type
-	91,  // [91:108] is the sub-list for method input_type
-	91,  // [91:91] is the sub-list for extension type_name
-	91,  // [91:91] is the sub-list for extension extendee
-	0,   // [0:91] is the sub-list for field type_name
+	19,  // 27: gptgrpc.v1.ChatCompletionSummary.usage:type_name -> gptgrpc.v1.Usage
+	62,  // 28: gptgrpc.v1.ChatCompletionSummary.annotations:type_name -> gptgrpc.v1.UrlCitation
+	22,  // 29: gptgrpc.v1.StreamChatCompletionResponse.delta:type_name -> gptgrpc.v1.ChatCompletionDelta
+	23,  // 30: gptgrpc.v1.StreamChatCompletionResponse.summary:type_name -> gptgrpc.v1.ChatCompletionSummary
+	13,  // 31: gptgrpc.v1.CountTokensRequest.messages:type_name -> gptgrpc.v1.ChatMessage
+	82,  // 32: gptgrpc.v1.RetryPolicy.initial_backoff:type_name -> google.protobuf.Duration
+	82,  // 33: gptgrpc.v1.RetryPolicy.max_backoff:type_name -> google.protobuf.Duration
+	82,  // 34: gptgrpc.v1.ConfigureRequest.request_timeout:type_name -> google.protobuf.Duration
+	27,  // 35: gptgrpc.v1.ConfigureRequest.retry_policy:type_name -> gptgrpc.v1.RetryPolicy
+	52,  // 36: gptgrpc.v1.ConfigureRequest.upstreams:type_name -> gptgrpc.v1.UpstreamSet
+	82,  // 37: gptgrpc.v1.Configuration.request_timeout:type_name -> google.protobuf.Duration
+	27,  // 38: gptgrpc.v1.Configuration.retry_policy:type_name -> gptgrpc.v1.RetryPolicy
+	52,  // 39: gptgrpc.v1.Configuration.upstreams:type_name -> gptgrpc.v1.UpstreamSet
+	29,  // 40: gptgrpc.v1.ConfigureResponse.configuration:type_name -> gptgrpc.v1.Configuration
+	29,  // 41: gptgrpc.v1.GetConfigurationResponse.configuration:type_name -> gptgrpc.v1.Configuration
+	34,  // 42: gptgrpc.v1.ListModelsResponse.models:type_name -> gptgrpc.v1.ModelInfo
+	37,  // 43: gptgrpc.v1.GetUsageResponse.models:type_name -> gptgrpc.v1.ModelUsage
+	37,  // 44: gptgrpc.v1.GetUsageResponse.total:type_name -> gptgrpc.v1.ModelUsage
+	83,  // 45: gptgrpc.v1.GetUsageResponse.since:type_name -> google.protobuf.Timestamp
+	4,   // 46: gptgrpc.v1.ClientLimits.budget_period:type_name -> gptgrpc.v1.BudgetPeriod
+	39,  // 47: gptgrpc.v1.Client.limits:type_name -> gptgrpc.v1.ClientLimits
+	83,  // 48: gptgrpc.v1.Client.create_time:type_name -> google.protobuf.Timestamp
+	83,  // 49: gptgrpc.v1.Client.revoke_time:type_name -> google.protobuf.Timestamp
+	39,  // 50: gptgrpc.v1.CreateClientRequest.limits:type_name -> gptgrpc.v1.ClientLimits
+	40,  // 51: gptgrpc.v1.CreateClientResponse.client:type_name -> gptgrpc.v1.Client
+	40,  // 52: gptgrpc.v1.ListClientsResponse.clients:type_name -> gptgrpc.v1.Client
+	39,  // 53: gptgrpc.v1.UpdateClientRequest.limits:type_name -> gptgrpc.v1.ClientLimits
+	40,  // 54: gptgrpc.v1.UpdateClientResponse.client:type_name -> gptgrpc.v1.Client
+	40,  // 55: gptgrpc.v1.RevokeClientResponse.client:type_name -> gptgrpc.v1.Client
+	82,  // 56: gptgrpc.v1.BreakerPolicy.window:type_name -> google.protobuf.Duration
+	82,  // 57: gptgrpc.v1.BreakerPolicy.probe_interval:type_name -> google.protobuf.Duration
+	82,  // 58: gptgrpc.v1.BreakerPolicy.quota_cooldown:type_name -> google.protobuf.Duration
+	82,  // 59: gptgrpc.v1.BreakerPolicy.auth_cooldown:type_name -> google.protobuf.Duration
+	5,   // 60: gptgrpc.v1.Upstream.kind:type_name -> gptgrpc.v1.UpstreamKind
+	79,  // 61: gptgrpc.v1.Upstream.deployments:type_name -> gptgrpc.v1.Upstream.DeploymentsEntry
+	49,  // 62: gptgrpc.v1.Upstream.breaker:type_name -> gptgrpc.v1.BreakerPolicy
+	50,  // 63: gptgrpc.v1.UpstreamSet.upstreams:type_name -> gptgrpc.v1.Upstream
+	51,  // 64: gptgrpc.v1.UpstreamSet.fallbacks:type_name -> gptgrpc.v1.FallbackModels
+	49,  // 65: gptgrpc.v1.UpstreamSet.breaker:type_name -> gptgrpc.v1.BreakerPolicy
+	5,   // 66: gptgrpc.v1.UpstreamStatus.kind:type_name -> gptgrpc.v1.UpstreamKind
+	6,   // 67: gptgrpc.v1.UpstreamStatus.state:type_name -> gptgrpc.v1.BreakerState
+	82,  // 68: gptgrpc.v1.UpstreamStatus.retry_in:type_name -> google.protobuf.Duration
+	54,  // 69: gptgrpc.v1.ListUpstreamsResponse.upstreams:type_name -> gptgrpc.v1.UpstreamStatus
+	51,  // 70: gptgrpc.v1.ListUpstreamsResponse.fallbacks:type_name -> gptgrpc.v1.FallbackModels
+	57,  // 71: gptgrpc.v1.ContentPart.image:type_name -> gptgrpc.v1.ImagePart
+	58,  // 72: gptgrpc.v1.ContentPart.audio:type_name -> gptgrpc.v1.AudioPart
+	59,  // 73: gptgrpc.v1.ContentPart.file:type_name -> gptgrpc.v1.FilePart
+	7,   // 74: gptgrpc.v1.ImagePart.detail:type_name -> gptgrpc.v1.ImageDetail
+	8,   // 75: gptgrpc.v1.AudioPart.format:type_name -> gptgrpc.v1.AudioFormat
+	60,  // 76: gptgrpc.v1.TokenLogprob.top_logprobs:type_name -> gptgrpc.v1.TopLogprob
+	11,  // 77: gptgrpc.v1.Conversation.trimming_policy:type_name -> gptgrpc.v1.TrimmingPolicy
+	80,  // 78: gptgrpc.v1.Conversation.labels:type_name -> gptgrpc.v1.Conversation.LabelsEntry
+	83,  // 79: gptgrpc.v1.Conversation.create_time:type_name -> google.protobuf.Timestamp
+	83,  // 80: gptgrpc.v1.Conversation.update_time:type_name -> google.protobuf.Timestamp
+	83,  // 81: gptgrpc.v1.Conversation.expire_time:type_name -> google.protobuf.Timestamp
+	82,  // 82: gptgrpc.v1.Conversation.ttl:type_name -> google.protobuf.Duration
+	11,  // 83: gptgrpc.v1.CreateConversationRequest.trimming_policy:type_name -> gptgrpc.v1.TrimmingPolicy
+	82,  // 84: gptgrpc.v1.CreateConversationRequest.ttl:type_name -> google.protobuf.Duration
+	81,  // 85: gptgrpc.v1.CreateConversationRequest.labels:type_name -> gptgrpc.v1.CreateConversationRequest.LabelsEntry
+	63,  // 86: gptgrpc.v1.CreateConversationResponse.conversation:type_name -> gptgrpc.v1.Conversation
+	13,  // 87: gptgrpc.v1.ConverseRequest.messages:type_name -> gptgrpc.v1.ChatMessage
+	17,  // 88: gptgrpc.v1.ConverseRequest.response_format:type_name -> gptgrpc.v1.ResponseFormat
+	14,  // 89: gptgrpc.v1.ConverseRequest.tools:type_name -> gptgrpc.v1.Tool
+	16,  // 90: gptgrpc.v1.ConverseRequest.tool_choice:type_name -> gptgrpc.v1.ToolChoice
+	15,  // 91: gptgrpc.v1.ConverseResponse.tool_calls:type_name -> gptgrpc.v1.ToolCall
+	3,   // 92: gptgrpc.v1.ConverseResponse.finish_reason:type_name -> gptgrpc.v1.FinishReason
+	19,  // 93: gptgrpc.v1.ConverseResponse.usage:type_name -> gptgrpc.v1.Usage
+	19,  // 94: gptgrpc.v1.ConverseResponse.summarization_usage:type_name -> gptgrpc.v1.Usage
+	13,  // 95: gptgrpc.v1.StreamConverseRequest.messages:type_name -> gptgrpc.v1.ChatMessage
+	17,  // 96: gptgrpc.v1.StreamConverseRequest.response_format:type_name -> gptgrpc.v1.ResponseFormat
+	14,  // 97: gptgrpc.v1.StreamConverseRequest.tools:type_name -> gptgrpc.v1.Tool
+	16,  // 98: gptgrpc.v1.StreamConverseRequest.tool_choice:type_name -> gptgrpc.v1.ToolChoice
+	15,  // 99: gptgrpc.v1.ConverseSummary.tool_calls:type_name -> gptgrpc.v1.ToolCall
+	3,   // 100: gptgrpc.v1.ConverseSummary.finish_reason:type_name -> gptgrpc.v1.FinishReason
+	19,  // 101: gptgrpc.v1.ConverseSummary.usage:type_name -> gptgrpc.v1.Usage
+	19,  // 102: gptgrpc.v1.ConverseSummary.summarization_usage:type_name -> gptgrpc.v1.Usage
+	22,  // 103: gptgrpc.v1.StreamConverseResponse.delta:type_name -> gptgrpc.v1.ChatCompletionDelta
+	69,  // 104: gptgrpc.v1.StreamConverseResponse.summary:type_name -> gptgrpc.v1.ConverseSummary
+	63,  // 105: gptgrpc.v1.GetConversationResponse.conversation:type_name -> gptgrpc.v1.Conversation
+	13,  // 106: gptgrpc.v1.GetConversationResponse.messages:type_name -> gptgrpc.v1.ChatMessage
+	63,  // 107: gptgrpc.v1.ListConversationsResponse.conversations:type_name -> gptgrpc.v1.Conversation
+	18,  // 108: gptgrpc.v1.GPTService.ChatCompletion:input_type -> gptgrpc.v1.ChatCompletionRequest
+	21,  // 109: gptgrpc.v1.GPTService.StreamChatCompletion:input_type -> gptgrpc.v1.StreamChatCompletionRequest
+	25,  // 110: gptgrpc.v1.GPTService.CountTokens:input_type -> gptgrpc.v1.CountTokensRequest
+	28,  // 111: gptgrpc.v1.GPTService.Configure:input_type -> gptgrpc.v1.ConfigureRequest
+	31,  // 112: gptgrpc.v1.GPTService.GetConfiguration:input_type -> gptgrpc.v1.GetConfigurationRequest
+	33,  // 113: gptgrpc.v1.GPTService.ListModels:input_type -> gptgrpc.v1.ListModelsRequest
+	36,  // 114: gptgrpc.v1.GPTService.GetUsage:input_type -> gptgrpc.v1.GetUsageRequest
+	41,  // 115: gptgrpc.v1.GPTService.CreateClient:input_type -> gptgrpc.v1.CreateClientRequest
+	43,  // 116: gptgrpc.v1.GPTService.ListClients:input_type -> gptgrpc.v1.ListClientsRequest
+	45,  // 117: gptgrpc.v1.GPTService.UpdateClient:input_type -> gptgrpc.v1.UpdateClientRequest
+	47,  // 118: gptgrpc.v1.GPTService.RevokeClient:input_type -> gptgrpc.v1.RevokeClientRequest
+	64,  // 119: gptgrpc.v1.GPTService.CreateConversation:input_type -> gptgrpc.v1.CreateConversationRequest
+	66,  // 120: gptgrpc.v1.GPTService.Converse:input_type -> gptgrpc.v1.ConverseRequest
+	68,  // 121: gptgrpc.v1.GPTService.StreamConverse:input_type -> gptgrpc.v1.StreamConverseRequest
+	71,  // 122: gptgrpc.v1.GPTService.GetConversation:input_type -> gptgrpc.v1.GetConversationRequest
+	73,  // 123: gptgrpc.v1.GPTService.ListConversations:input_type -> gptgrpc.v1.ListConversationsRequest
+	75,  // 124: gptgrpc.v1.GPTService.DeleteConversation:input_type -> gptgrpc.v1.DeleteConversationRequest
+	53,  // 125: gptgrpc.v1.GPTService.ListUpstreams:input_type -> gptgrpc.v1.ListUpstreamsRequest
+	20,  // 126: gptgrpc.v1.GPTService.ChatCompletion:output_type -> gptgrpc.v1.ChatCompletionResponse
+	24,  // 127: gptgrpc.v1.GPTService.StreamChatCompletion:output_type -> gptgrpc.v1.StreamChatCompletionResponse
+	26,  // 128: gptgrpc.v1.GPTService.CountTokens:output_type -> gptgrpc.v1.CountTokensResponse
+	30,  // 129: gptgrpc.v1.GPTService.Configure:output_type -> gptgrpc.v1.ConfigureResponse
+	32,  // 130: gptgrpc.v1.GPTService.GetConfiguration:output_type -> gptgrpc.v1.GetConfigurationResponse
+	35,  // 131: gptgrpc.v1.GPTService.ListModels:output_type -> gptgrpc.v1.ListModelsResponse
+	38,  // 132: gptgrpc.v1.GPTService.GetUsage:output_type -> gptgrpc.v1.GetUsageResponse
+	42,  // 133: gptgrpc.v1.GPTService.CreateClient:output_type -> gptgrpc.v1.CreateClientResponse
+	44,  // 134: gptgrpc.v1.GPTService.ListClients:output_type -> gptgrpc.v1.ListClientsResponse
+	46,  // 135: gptgrpc.v1.GPTService.UpdateClient:output_type -> gptgrpc.v1.UpdateClientResponse
+	48,  // 136: gptgrpc.v1.GPTService.RevokeClient:output_type -> gptgrpc.v1.RevokeClientResponse
+	65,  // 137: gptgrpc.v1.GPTService.CreateConversation:output_type -> gptgrpc.v1.CreateConversationResponse
+	67,  // 138: gptgrpc.v1.GPTService.Converse:output_type -> gptgrpc.v1.ConverseResponse
+	70,  // 139: gptgrpc.v1.GPTService.StreamConverse:output_type -> gptgrpc.v1.StreamConverseResponse
+	72,  // 140: gptgrpc.v1.GPTService.GetConversation:output_type -> gptgrpc.v1.GetConversationResponse
+	74,  // 141: gptgrpc.v1.GPTService.ListConversations:output_type -> gptgrpc.v1.ListConversationsResponse
+	76,  // 142: gptgrpc.v1.GPTService.DeleteConversation:output_type -> gptgrpc.v1.DeleteConversationResponse
+	55,  // 143: gptgrpc.v1.GPTService.ListUpstreams:output_type -> gptgrpc.v1.ListUpstreamsResponse
+	126, // [126:144] is the sub-list for method output_type
+	108, // [108:126] is the sub-list for method input_type
+	108, // [108:108] is the sub-list for extension type_name
+	108, // [108:108] is the sub-list for extension extendee
+	0,   // [0:108] is the sub-list for field type_name
 }
 
 func init() { file_gptgrpc_v1_gateway_proto_init() }
@@ -6595,19 +7526,21 @@ func file_gptgrpc_v1_gateway_proto_init() {
 	file_gptgrpc_v1_gateway_proto_msgTypes[15].OneofWrappers = []any{}
 	file_gptgrpc_v1_gateway_proto_msgTypes[21].OneofWrappers = []any{}
 	file_gptgrpc_v1_gateway_proto_msgTypes[26].OneofWrappers = []any{}
-	file_gptgrpc_v1_gateway_proto_msgTypes[36].OneofWrappers = []any{
+	file_gptgrpc_v1_gateway_proto_msgTypes[36].OneofWrappers = []any{}
+	file_gptgrpc_v1_gateway_proto_msgTypes[37].OneofWrappers = []any{}
+	file_gptgrpc_v1_gateway_proto_msgTypes[43].OneofWrappers = []any{
 		(*ContentPart_Text)(nil),
 		(*ContentPart_Image)(nil),
 		(*ContentPart_Audio)(nil),
 		(*ContentPart_File)(nil),
 	}
-	file_gptgrpc_v1_gateway_proto_msgTypes[43].OneofWrappers = []any{}
-	file_gptgrpc_v1_gateway_proto_msgTypes[44].OneofWrappers = []any{}
-	file_gptgrpc_v1_gateway_proto_msgTypes[46].OneofWrappers = []any{}
-	file_gptgrpc_v1_gateway_proto_msgTypes[47].OneofWrappers = []any{}
-	file_gptgrpc_v1_gateway_proto_msgTypes[48].OneofWrappers = []any{}
-	file_gptgrpc_v1_gateway_proto_msgTypes[49].OneofWrappers = []any{}
-	file_gptgrpc_v1_gateway_proto_msgTypes[50].OneofWrappers = []any{
+	file_gptgrpc_v1_gateway_proto_msgTypes[50].OneofWrappers = []any{}
+	file_gptgrpc_v1_gateway_proto_msgTypes[51].OneofWrappers = []any{}
+	file_gptgrpc_v1_gateway_proto_msgTypes[53].OneofWrappers = []any{}
+	file_gptgrpc_v1_gateway_proto_msgTypes[54].OneofWrappers = []any{}
+	file_gptgrpc_v1_gateway_proto_msgTypes[55].OneofWrappers = []any{}
+	file_gptgrpc_v1_gateway_proto_msgTypes[56].OneofWrappers = []any{}
+	file_gptgrpc_v1_gateway_proto_msgTypes[57].OneofWrappers = []any{
 		(*StreamConverseResponse_Delta)(nil),
 		(*StreamConverseResponse_Summary)(nil),
 	}
@@ -6616,8 +7549,8 @@ func file_gptgrpc_v1_gateway_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_gptgrpc_v1_gateway_proto_rawDesc), len(file_gptgrpc_v1_gateway_proto_rawDesc)),
-			NumEnums:      11,
-			NumMessages:   61,
+			NumEnums:      13,
+			NumMessages:   69,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -43,6 +43,7 @@ const (
 	GPTService_GetConversation_FullMethodName      = "/gptgrpc.v1.GPTService/GetConversation"
 	GPTService_ListConversations_FullMethodName    = "/gptgrpc.v1.GPTService/ListConversations"
 	GPTService_DeleteConversation_FullMethodName   = "/gptgrpc.v1.GPTService/DeleteConversation"
+	GPTService_ListUpstreams_FullMethodName        = "/gptgrpc.v1.GPTService/ListUpstreams"
 )
 
 // GPTServiceClient is the client API for GPTService service.
@@ -114,6 +115,11 @@ type GPTServiceClient interface {
 	// DeleteConversation deletes one of the caller's conversations at once. The
 	// admin token may delete any conversation.
 	DeleteConversation(ctx context.Context, in *DeleteConversationRequest, opts ...grpc.CallOption) (*DeleteConversationResponse, error)
+	// ListUpstreams shows each configured upstream as this replica sees it now:
+	// name, base URL, models, circuit breaker state, calls in flight and recent
+	// error rate. Needs a client or the admin token once clients exist (like the
+	// other data-plane reads). Never shows a key.
+	ListUpstreams(ctx context.Context, in *ListUpstreamsRequest, opts ...grpc.CallOption) (*ListUpstreamsResponse, error)
 }
 
 type gPTServiceClient struct {
@@ -312,6 +318,16 @@ func (c *gPTServiceClient) DeleteConversation(ctx context.Context, in *DeleteCon
 	return out, nil
 }
 
+func (c *gPTServiceClient) ListUpstreams(ctx context.Context, in *ListUpstreamsRequest, opts ...grpc.CallOption) (*ListUpstreamsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListUpstreamsResponse)
+	err := c.cc.Invoke(ctx, GPTService_ListUpstreams_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // GPTServiceServer is the server API for GPTService service.
 // All implementations must embed UnimplementedGPTServiceServer
 // for forward compatibility.
@@ -381,6 +397,11 @@ type GPTServiceServer interface {
 	// DeleteConversation deletes one of the caller's conversations at once. The
 	// admin token may delete any conversation.
 	DeleteConversation(context.Context, *DeleteConversationRequest) (*DeleteConversationResponse, error)
+	// ListUpstreams shows each configured upstream as this replica sees it now:
+	// name, base URL, models, circuit breaker state, calls in flight and recent
+	// error rate. Needs a client or the admin token once clients exist (like the
+	// other data-plane reads). Never shows a key.
+	ListUpstreams(context.Context, *ListUpstreamsRequest) (*ListUpstreamsResponse, error)
 	mustEmbedUnimplementedGPTServiceServer()
 }
 
@@ -441,6 +462,9 @@ func (UnimplementedGPTServiceServer) ListConversations(context.Context, *ListCon
 }
 func (UnimplementedGPTServiceServer) DeleteConversation(context.Context, *DeleteConversationRequest) (*DeleteConversationResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeleteConversation not implemented")
+}
+func (UnimplementedGPTServiceServer) ListUpstreams(context.Context, *ListUpstreamsRequest) (*ListUpstreamsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListUpstreams not implemented")
 }
 func (UnimplementedGPTServiceServer) mustEmbedUnimplementedGPTServiceServer() {}
 func (UnimplementedGPTServiceServer) testEmbeddedByValue()                    {}
@@ -755,6 +779,24 @@ func _GPTService_DeleteConversation_Handler(srv interface{}, ctx context.Context
 	return interceptor(ctx, in, info, handler)
 }
 
+func _GPTService_ListUpstreams_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListUpstreamsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(GPTServiceServer).ListUpstreams(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: GPTService_ListUpstreams_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(GPTServiceServer).ListUpstreams(ctx, req.(*ListUpstreamsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // GPTService_ServiceDesc is the grpc.ServiceDesc for GPTService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -821,6 +863,10 @@ var GPTService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DeleteConversation",
 			Handler:    _GPTService_DeleteConversation_Handler,
+		},
+		{
+			MethodName: "ListUpstreams",
+			Handler:    _GPTService_ListUpstreams_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

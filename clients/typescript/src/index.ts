@@ -145,6 +145,7 @@ export const DATA_PLANE_RPCS: readonly string[] = [
   "GetConversation",
   "ListConversations",
   "DeleteConversation",
+  "ListUpstreams",
 ];
 
 /** Whether method is an admin RPC of GPTService (takes the admin token, not a client token). */

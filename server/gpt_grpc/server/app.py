@@ -1,7 +1,8 @@
-"""Server start-up, health, reflection and graceful shutdown.
+"""Server start-up, health, reflection, tracing and graceful shutdown.
 
 Settings come from flags, then the environment, then defaults. `Configure`
-changes the upstream settings at run time.
+changes the upstream settings at run time. Tracing is configured by the
+standard OpenTelemetry variables alone (`tracing_from_env`).
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ import resource
 import signal
 import ssl
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import overload
+from typing import TYPE_CHECKING, overload
 
 import grpc
 from gptgrpc.v1 import gateway_pb2 as pb
@@ -40,11 +41,16 @@ from ..settings_sync import SettingsRecordError, SettingsSync
 from ..state import StateFile, StateFileError
 from ..store import StoreError, store_from_url
 from ..store.secrets import Sealer, SecretKeyError, sealer_from_env
+from ..upstream.routing import Routers
+from ..upstreams import UpstreamsFileError, load_file, resolved_problems, summary
 from . import logs, reflection, registration, workers
 from .admission import Admission
 from .auth import AdminAuth, Authorizer
 from .metrics import Metrics
 from .servicer import GPTServicer, add_to_server
+
+if TYPE_CHECKING:
+    from .tracing import Tracing
 
 log = logging.getLogger("gpt_grpc.server")
 
@@ -65,6 +71,8 @@ DEFAULT_MAX_CONNECTION_AGE_GRACE = 600.0
 _MAX_GRPC_MS = 2**31 - 1  # gRPC's integer options are C ints
 # The admin token decides where prompts and the key go: a short one can be guessed.
 MIN_ADMIN_TOKEN_CHARS = 32
+# Tracing is on when one of these (the standard OpenTelemetry variables) names an OTLP endpoint.
+OTLP_ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
 
 
 @dataclass
@@ -77,6 +85,8 @@ class ServerConfig:
     max_in_flight: int = 10_000
     pricing_file: str | None = None
     upstream: SettingsUpdate = field(default_factory=SettingsUpdate)
+    # Several upstreams (--upstreams FILE, TOML; upstreams.py): the whole set, the shorthand ignored.
+    upstreams_file: str | None = None
     retry_budget: bool = True
     state_file: str | None = None
     # Where clients, limits, usage and settings live (store/__init__.py): None = in memory.
@@ -121,7 +131,7 @@ class GatewayServer:
         # egress policy; settings saved by Configure before a restart win over the
         # environment. (What the endpoint's name resolves to is checked in start.)
         self.egress = EgressPolicy.of(config.allow_insecure_upstream, config.allowed_upstream_hosts)
-        settings = apply(Settings(), config.upstream, self.egress)
+        settings = apply(Settings(), _with_upstreams_file(config, self.egress), self.egress)
         self.store = store_from_url(store_url(config), password=config.store_password)
         if config.state_file and self.store.shared:
             raise ConfigError(
@@ -130,15 +140,19 @@ class GatewayServer:
         self.state = StateFile(config.state_file) if config.state_file else None
         saved = self.state.load() if self.state else None
         if saved is not None:
-            settings = _revalidate(saved, self.egress)
+            settings = _revalidate(saved, self.egress, settings)
             log.info("restored settings from %s (generation %d)", config.state_file, settings.generation)
         self.metrics = Metrics()
+        self.tracing = tracing_from_env(os.environ)
         self.engine = engine or Engine(
             settings,
             models=Models(pricing=Pricing(config.pricing_file)),
             budget=RetryBudget() if config.retry_budget else None,
             observer=self.metrics,
+            router=Routers(observer=self.metrics),
         )
+        if self.tracing is not None and self.engine.tracer is None:
+            self.engine.tracer = self.tracing.attempts
         self.accounts = Accounts(self.store)
         sealer = Sealer(config.secret_key) if config.secret_key else None
         self.settings_sync = SettingsSync(
@@ -180,6 +194,7 @@ class GatewayServer:
             pricer=self.pricer,
             assistant=self.assistant,
             egress=self.egress,
+            tracing=self.tracing,
         )
         # Undecodable requests: INVALID_ARGUMENT, not UNKNOWN with a traceback (registration.py).
         add_to_server(self.servicer, self.server)
@@ -197,9 +212,7 @@ class GatewayServer:
         self._stopped = asyncio.Event()
 
     async def start(self) -> int:
-        problem = await resolved_problem(self.engine.settings.endpoint)
-        if problem:
-            raise invalid([FieldViolation("endpoint", problem)])
+        await _check_resolved(self.engine.settings)
         tokens.preload()  # readiness includes the encodings: no first-call stall
         self.store.on_degraded(self.metrics.store_degraded.set)
         await self.store.open()
@@ -238,10 +251,32 @@ class GatewayServer:
         await self.server.stop(0 if drained else 0.5)
         await self.engine.aclose()
         await self.store.close()
+        if self.tracing is not None:  # the spans still buffered go out now
+            await asyncio.to_thread(self.tracing.shutdown)
         self._stopped.set()
 
     async def wait(self) -> None:
         await self._stopped.wait()
+
+
+def tracing_from_env(env: Mapping[str, str]) -> Tracing | None:
+    """OpenTelemetry tracing when an OTLP endpoint variable is set (and OTEL_SDK_DISABLED is not true).
+
+    Otherwise None, and nothing of OpenTelemetry is even imported: the SDK and
+    the exporter load here, only when tracing is on.
+    """
+    if not any(env.get(name) for name in OTLP_ENDPOINT_VARIABLES):
+        return None
+    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return None
+    from .tracing import Tracing, TracingConfigError
+
+    try:
+        tracing = Tracing.from_env(env, SERVICE_NAME)
+    except TracingConfigError as exc:
+        raise ConfigError(str(exc)) from None
+    log.info("tracing on: spans exported over OTLP (%s)", ", ".join(n for n in OTLP_ENDPOINT_VARIABLES if env.get(n)))
+    return tracing
 
 
 def _connection_options(config: ServerConfig) -> list[tuple[str, int]]:
@@ -259,8 +294,45 @@ def _connection_options(config: ServerConfig) -> list[tuple[str, int]]:
     return out
 
 
-def _revalidate(saved: Settings, policy: EgressPolicy) -> Settings:
-    """Check a saved snapshot as strictly as a Configure call (the file may have been edited)."""
+def _with_upstreams_file(config: ServerConfig, policy: EgressPolicy) -> SettingsUpdate:
+    """The start-up settings, with the upstreams file's set when one is given (it is then the whole set)."""
+    if not config.upstreams_file:
+        return config.upstream
+    try:
+        upstreams = load_file(config.upstreams_file)
+    except UpstreamsFileError as exc:
+        raise ConfigError(str(exc)) from None
+    _, problems = upstreams.checked(policy, None, prefix="upstream")
+    if problems:
+        listed = "; ".join(f"{v.field}: {v.description}" for v in problems)
+        raise ConfigError(f"the upstreams file {config.upstreams_file} is invalid: {listed}")
+    if config.upstream.endpoint is not None:
+        log.warning(
+            "upstreams from %s; OPENAI_BASE_URL (--endpoint) is ignored: the file is the whole upstream set",
+            config.upstreams_file,
+        )
+    log.info("upstreams from %s: %s", config.upstreams_file, summary(upstreams.upstreams))
+    return dataclasses.replace(config.upstream, upstreams=upstreams)
+
+
+async def _check_resolved(settings: Settings) -> None:
+    """What each upstream's host name resolves to now, under the egress rules (egress.resolved_problem)."""
+    if settings.upstreams is None:
+        problem = await resolved_problem(settings.endpoint)
+        if problem:
+            raise invalid([FieldViolation("endpoint", problem)])
+        return
+    violations = await resolved_problems(settings.upstreams, "upstream")
+    if violations:
+        raise invalid(violations)
+
+
+def _revalidate(saved: Settings, policy: EgressPolicy, started: Settings) -> Settings:
+    """Check a saved snapshot as strictly as a Configure call (the file may have been edited).
+
+    An upstream set that Configure saved wins over the one the process was started
+    with (`started`, from the upstreams file); without one, the started one stays.
+    """
     update = SettingsUpdate(
         api_key=saved.api_key,
         endpoint=saved.endpoint,
@@ -271,9 +343,10 @@ def _revalidate(saved: Settings, policy: EgressPolicy) -> Settings:
         max_attempts=saved.retry.max_attempts,
         initial_backoff=saved.retry.initial_backoff,
         max_backoff=saved.retry.max_backoff,
+        upstreams=saved.upstreams,
     )
     try:
-        checked = apply(Settings(), update, policy)
+        checked = apply(Settings(upstreams=started.upstreams), update, policy)
     except GatewayError as exc:
         raise StateFileError(f"state file holds invalid settings: {exc.message}") from None
     return dataclasses.replace(checked, generation=saved.generation)
@@ -383,6 +456,12 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
         help="file holding the admin bearer token (or set GPT_GRPC_ADMIN_TOKEN)",
     )
     p.add_argument("--endpoint", default=env.get("OPENAI_BASE_URL"), help="upstream base URL")
+    p.add_argument(
+        "--upstreams",
+        default=env.get("GPT_GRPC_UPSTREAMS"),
+        metavar="FILE",
+        help="several upstreams (TOML: [[upstream]] tables, [fallbacks]); the whole set: --endpoint is then ignored",
+    )
     p.add_argument(
         "--api-key-file",
         default=env.get("OPENAI_API_KEY_FILE"),
@@ -526,6 +605,7 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
         max_in_flight=args.max_in_flight,
         pricing_file=args.pricing_file,
         upstream=upstream,
+        upstreams_file=args.upstreams,
         state_file=args.state_file,
         store_url=args.store,
         db_path=args.db,

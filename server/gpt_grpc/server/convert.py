@@ -39,6 +39,8 @@ from ..errors import FieldViolation, invalid
 from ..limits import Limits
 from ..settings import Settings, SettingsUpdate, mask_key
 from ..tokens import TokenCount
+from ..upstream.routing import UpstreamStatus
+from ..upstreams import BreakerPolicy, UpstreamSet, UpstreamSpec, parse_configured
 from ..usage import ModelTotals
 
 ROLE_NAMES: Mapping[int, str] = {
@@ -334,6 +336,7 @@ def chat_response(r: ChatResult) -> pb.ChatCompletionResponse:
         cost_usd=r.cost_usd,
         attempts=r.attempts,
         refusal=r.refusal,
+        upstream=r.upstream,
         service_tier=r.service_tier,
         system_fingerprint=r.system_fingerprint,
     )
@@ -360,6 +363,7 @@ def stream_event(event: Delta | ChatResult) -> pb.StreamChatCompletionResponse:
         attempts=event.attempts,
         service_tier=event.service_tier,
         system_fingerprint=event.system_fingerprint,
+        upstream=event.upstream,
     )
     if event.annotations:
         summary.annotations.extend(_citations(event.annotations))
@@ -397,6 +401,8 @@ def settings_update(req: pb.ConfigureRequest) -> SettingsUpdate:
             _seconds(policy.initial_backoff) if has_policy and policy.HasField("initial_backoff") else None
         ),
         max_backoff=_seconds(policy.max_backoff) if has_policy and policy.HasField("max_backoff") else None,
+        upstreams=upstream_set(req.upstreams) if req.HasField("upstreams") else None,
+        clear_upstreams=req.clear_upstreams,
     )
 
 
@@ -415,6 +421,135 @@ def configuration(s: Settings) -> pb.Configuration:
             max_backoff=_duration(s.retry.max_backoff),
         ),
         generation=s.generation,
+        upstreams=_upstream_set_view(s.upstreams) if s.upstreams is not None else None,
+        upstreams_source=s.upstreams.source if s.upstreams is not None else "",
+    )
+
+
+# -- the upstream set ------------------------------------------------------------------
+
+UPSTREAM_KINDS: Mapping[int, str] = {
+    pb.UPSTREAM_KIND_UNSPECIFIED: "openai",
+    pb.UPSTREAM_KIND_OPENAI: "openai",
+    pb.UPSTREAM_KIND_AZURE: "azure",
+}
+_KIND_NUMBERS: Mapping[str, int] = {"openai": pb.UPSTREAM_KIND_OPENAI, "azure": pb.UPSTREAM_KIND_AZURE}
+BREAKER_STATES: Mapping[str, int] = {
+    "closed": pb.BREAKER_STATE_CLOSED,
+    "open": pb.BREAKER_STATE_OPEN,
+    "half_open": pb.BREAKER_STATE_HALF_OPEN,
+}
+_BREAKER_COUNTS = ("failure_threshold", "failure_ratio", "min_calls", "close_after")
+_BREAKER_SECONDS = ("window", "probe_interval", "quota_cooldown", "auth_cooldown")
+
+
+def upstream_set(m: pb.UpstreamSet) -> UpstreamSet:
+    """A Configure's upstream set, in the file's shape, through the file's one validation (upstreams.parse)."""
+    data: dict[str, Any] = {
+        "upstream": [_upstream_table(u) for u in m.upstreams],
+        "fallbacks": {f.model: list(f.fallbacks) for f in m.fallbacks},
+    }
+    if m.HasField("breaker"):
+        data["breaker"] = _breaker_table(m.breaker)
+    return parse_configured(data)
+
+
+def _upstream_table(u: pb.Upstream) -> dict[str, Any]:
+    table: dict[str, Any] = {"name": u.name, "base_url": u.base_url}
+    # An unknown kind number stays unknown: the validation names it.
+    table["kind"] = UPSTREAM_KINDS.get(u.kind, f"kind number {u.kind}")
+    if u.HasField("api_key"):
+        table["api_key"] = u.api_key
+    if u.HasField("priority"):
+        table["priority"] = u.priority
+    if u.HasField("weight"):
+        table["weight"] = u.weight
+    if u.models:
+        table["models"] = list(u.models)
+    if u.api_version:
+        table["api_version"] = u.api_version
+    if u.deployments:
+        table["deployments"] = dict(u.deployments)
+    if u.organization:
+        table["organization"] = u.organization
+    if u.project:
+        table["project"] = u.project
+    if u.HasField("breaker"):
+        table["breaker"] = _breaker_table(u.breaker)
+    return table
+
+
+def _breaker_table(b: pb.BreakerPolicy) -> dict[str, Any]:
+    table: dict[str, Any] = {}
+    for name in _BREAKER_COUNTS:
+        if b.HasField(name):  # type: ignore[arg-type]
+            table[name] = getattr(b, name)
+    for name in _BREAKER_SECONDS:
+        if b.HasField(name):  # type: ignore[arg-type]
+            table[name] = _seconds(getattr(b, name))
+    return table
+
+
+def _breaker_view(b: BreakerPolicy) -> pb.BreakerPolicy:
+    return pb.BreakerPolicy(
+        failure_threshold=b.failure_threshold,
+        failure_ratio=b.failure_ratio,
+        window=_duration(b.window),
+        min_calls=b.min_calls,
+        probe_interval=_duration(b.probe_interval),
+        close_after=b.close_after,
+        quota_cooldown=_duration(b.quota_cooldown),
+        auth_cooldown=_duration(b.auth_cooldown),
+    )
+
+
+def _upstream_view(u: UpstreamSpec) -> pb.Upstream:
+    return pb.Upstream(
+        name=u.name,
+        kind=_KIND_NUMBERS[u.kind],  # type: ignore[arg-type]
+        base_url=u.base_url,
+        api_key_masked=mask_key(u.api_key),
+        priority=u.priority,
+        weight=u.weight,
+        models=u.models,
+        api_version=u.api_version or "",
+        deployments=dict(u.deployments),
+        organization=u.organization or "",
+        project=u.project or "",
+        breaker=_breaker_view(u.breaker),
+    )
+
+
+def _fallbacks(pairs: Sequence[tuple[str, Sequence[str]]]) -> list[pb.FallbackModels]:
+    return [pb.FallbackModels(model=m, fallbacks=f) for m, f in pairs]
+
+
+def _upstream_set_view(s: UpstreamSet) -> pb.UpstreamSet:
+    """The set as GetConfiguration shows it: keys masked."""
+    return pb.UpstreamSet(upstreams=[_upstream_view(u) for u in s.upstreams], fallbacks=_fallbacks(s.fallbacks))
+
+
+def upstreams(
+    statuses: Sequence[UpstreamStatus], fallbacks: Sequence[tuple[str, Sequence[str]]]
+) -> pb.ListUpstreamsResponse:
+    return pb.ListUpstreamsResponse(
+        upstreams=[
+            pb.UpstreamStatus(
+                name=u.name,
+                kind=_KIND_NUMBERS[u.kind],  # type: ignore[arg-type]
+                base_url=u.base_url,
+                models=u.models,
+                priority=u.priority,
+                weight=u.weight,
+                state=BREAKER_STATES[u.state],  # type: ignore[arg-type]
+                in_flight=u.in_flight,
+                error_rate=u.error_rate,
+                recent_attempts=u.attempts_in_window,
+                retry_in=_duration(u.retry_in),
+            )
+            for u in statuses
+        ],
+        fallbacks=_fallbacks(fallbacks),
     )
 
 
@@ -588,6 +723,7 @@ def _turn(r: ChatResult, turn: Turn) -> dict[str, Any]:
         "usage": _usage(r.usage),
         "cost_usd": r.cost_usd,
         "attempts": r.attempts,
+        "upstream": r.upstream,
         "context_tokens": turn.context_tokens,
         "trimmed_messages": turn.trimmed,
         "summarization_usage": None if s is None else _usage(s.usage),

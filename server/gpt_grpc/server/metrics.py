@@ -27,6 +27,8 @@ SAMPLE_SECONDS = 1.0
 OTHER = "other"
 ANONYMOUS = "anonymous"
 
+BREAKER_STATE_VALUES = {"closed": 0, "open": 1, "half_open": 2}
+
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 
@@ -105,6 +107,25 @@ class Metrics:
             registry=r,
             multiprocess_mode="livesum",
         )
+        # Per configured upstream (names from the operator's set: bounded by upstreams.MAX_UPSTREAMS).
+        self.upstream_attempts = Counter(
+            "gpt_grpc_upstream_attempts_by_upstream",
+            "Upstream attempts by configured upstream and outcome (ok or the failure reason).",
+            ["upstream", "outcome"],
+            registry=r,
+        )
+        self.upstream_breaker = Gauge(
+            "gpt_grpc_upstream_breaker_state",
+            "Circuit breaker state per upstream: 0 closed, 1 open, 2 half-open.",
+            ["upstream"],
+            registry=r,
+            multiprocess_mode="max",
+        )
+        self.upstream_breaker_opened = Counter(
+            "gpt_grpc_upstream_breaker_opened", "Times an upstream's circuit breaker opened.", ["upstream"], registry=r
+        )
+        self._breaker_states: dict[str, str] = {}
+        self._upstream_children: dict[tuple[str, str], Any] = {}
         self._sampler: asyncio.Task[None] | None = None
         self._models: set[str] = set()
         self._call_children: dict[tuple[str, str], tuple[Any, Any]] = {}
@@ -167,6 +188,20 @@ class Metrics:
 
     def retry(self, reason: str) -> None:
         self.retries.labels(reason).inc()
+
+    # UpstreamObserver (upstream/routing.py): attempts and breaker states per upstream.
+    def upstream_attempt(self, upstream: str, outcome: str) -> None:
+        key = (upstream, outcome)
+        child = self._upstream_children.get(key)
+        if child is None:  # cached as observe_call does: labels() costs a lock and a hash
+            child = self._upstream_children[key] = self.upstream_attempts.labels(upstream, outcome)
+        child.inc()
+
+    def upstream_state(self, upstream: str, state: str) -> None:
+        if state == "open" and self._breaker_states.get(upstream) != "open":
+            self.upstream_breaker_opened.labels(upstream).inc()
+        self._breaker_states[upstream] = state
+        self.upstream_breaker.labels(upstream).set(BREAKER_STATE_VALUES.get(state, 0))
 
     def observe_usage(self, model: str, client: str | None, usage: Usage, cost_usd: float | None) -> None:
         m, c = self.model_label(model), client or ANONYMOUS

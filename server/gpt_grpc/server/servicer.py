@@ -6,6 +6,8 @@ GatewayError into its status with details, turns anything unexpected into
 INTERNAL (logged with its traceback, never sent), lets cancellation through
 (recorded as DEADLINE_EXCEEDED when it is the caller's deadline passing, as
 CANCELLED otherwise), and finally writes one access-log line and the metrics.
+With tracing on (tracing.py), each call is a server span, ended there too,
+whose ids the access line carries.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 import grpc
 from google.protobuf import timestamp_pb2
@@ -44,6 +46,11 @@ from .auth import OPEN, Authorizer, Caller
 from .metrics import Metrics
 from .registration import Undecodable
 from .status import REASON_CODES, to_status
+
+if TYPE_CHECKING:  # OpenTelemetry is imported only when tracing is on (app.tracing_from_env)
+    from opentelemetry.trace import Span
+
+    from .tracing import Tracing
 
 log = logging.getLogger("gpt_grpc.server")
 
@@ -104,7 +111,9 @@ class Call:
     reason: str | None = None
     # Further fields for the access-log line (a conversation's id, its context tokens...).
     fields: dict[str, Any] = field(default_factory=dict)
+    upstream: str | None = None  # the configured upstream that answered (or failed last)
     extra_keys: tuple[str, ...] = ()  # extra_body_json's key names (never its values)
+    span: Span | None = None  # the call's server span, when tracing is on
     # The caller's deadline (a time.monotonic() instant) and the time it gave the call; None without one.
     deadline: float | None = None
     budget: float | None = None
@@ -119,11 +128,12 @@ class Call:
         self.code, self.reason = grpc.StatusCode.CANCELLED, None
 
     def took(self, result: ChatResult) -> None:
-        self.model, self.usage, self.cost_usd, self.attempts = (
+        self.model, self.usage, self.cost_usd, self.attempts, self.upstream = (
             result.model,
             result.usage,
             result.cost_usd,
             result.attempts,
+            result.upstream,
         )
 
 
@@ -258,9 +268,11 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
         pricer: Pricer,
         assistant: ContextAssistant,
         egress: EgressPolicy | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.engine = engine
         self.assistant = assistant
+        self.tracing = tracing
         self.egress = egress or EgressPolicy()
         self.authorizer = authorizer
         self.admission = admission
@@ -276,6 +288,8 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
         remaining = context.time_remaining()
         if remaining is not None:
             call.deadline, call.budget = time.monotonic() + remaining, remaining
+        if self.tracing is not None:
+            call.span = self.tracing.server_span(method, context.invocation_metadata(), call.request_id)
         context.set_trailing_metadata((("x-request-id", call.request_id),))
         return call
 
@@ -314,6 +328,7 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
         err = exc if isinstance(exc, GatewayError) else _internal(call.method)
         call.code, call.reason = REASON_CODES[err.reason], err.reason.value
         call.attempts = call.attempts or err.attempts
+        call.upstream = call.upstream or err.upstream
         await self._abort(context, call, err)
 
     def _leave(self) -> None:
@@ -362,9 +377,14 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
             fields["cost_usd"] = call.cost_usd
         if call.attempts:
             fields["attempts"] = call.attempts
+        if call.upstream:
+            fields["upstream"] = call.upstream
         if call.extra_keys:
             fields["extra_body_keys"] = logs.key_names(call.extra_keys)
         fields.update(call.fields)
+        if call.span is not None and self.tracing is not None:
+            fields.update(self.tracing.log_fields(call.span))
+            self.tracing.end_server_span(call.span, code, reason)
         logs.access(fields)
 
     def _cost(self, call: Call) -> float | None:
@@ -381,7 +401,7 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
         call.model = chat.model  # as asked, until the engine has resolved it
         if chat.extra:
             call.extra_keys = tuple(chat.extra)
-        prepared = self.engine.prepare(chat)
+        prepared = self.engine.prepare(chat, trace=call.span)
         call.model = prepared.model.name
         await self._meter(call, prepared)
         return prepared
@@ -480,6 +500,12 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
                 info.price_source = price.source
             models.append(info)
         return pb.ListModelsResponse(models=models)
+
+    @rpc(Access.OPEN)
+    async def ListUpstreams(
+        self, request: pb.ListUpstreamsRequest, context: Context, call: Call
+    ) -> pb.ListUpstreamsResponse:
+        return convert.upstreams(*self.engine.upstreams())
 
     @rpc(Access.OPEN)
     async def GetUsage(self, request: pb.GetUsageRequest, context: Context, call: Call) -> pb.GetUsageResponse:

@@ -51,6 +51,7 @@ REASON_CODES: Mapping[Reason, grpc.StatusCode] = {
     Reason.SECRET_KEY_MISSING: grpc.StatusCode.FAILED_PRECONDITION,
     Reason.CLIENT_IN_FLIGHT_LIMITED: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Reason.STORE_UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    Reason.MODEL_NOT_ROUTED: grpc.StatusCode.NOT_FOUND,
     Reason.CONVERSATION_NOT_FOUND: grpc.StatusCode.NOT_FOUND,
     Reason.CONVERSATION_BUSY: grpc.StatusCode.ABORTED,
     Reason.CONVERSATION_FULL: grpc.StatusCode.FAILED_PRECONDITION,
@@ -81,12 +82,23 @@ RETRY_LATER: Mapping[Reason, float] = {
 # INVALID_ARGUMENT: list the first violations and bound the message.
 MAX_FIELD_VIOLATIONS = 20
 MAX_MESSAGE_CHARS = 1024
+# The attempts of a call over several upstreams: one ErrorInfo entry per upstream
+# ("upstream.<name>"), each at most this long (attempts are at most 10, names 64 characters).
+MAX_ATTEMPTS_ENTRY_CHARS = 512
 
 
 def _pack(message: object) -> any_pb2.Any:
     packed = any_pb2.Any()
     packed.Pack(message)  # type: ignore[arg-type]
     return packed
+
+
+def _attempts_by_upstream(attempts: tuple[tuple[str, str, str], ...]) -> dict[str, str]:
+    """{"upstream.<name>": "<model> <outcome>, ..."} in the order the upstreams were first tried."""
+    out: dict[str, list[str]] = {}
+    for upstream, model, outcome in attempts:
+        out.setdefault(f"upstream.{upstream}", []).append(f"{model} {outcome}" if model else outcome)
+    return {key: ", ".join(entries)[:MAX_ATTEMPTS_ENTRY_CHARS] for key, entries in out.items()}
 
 
 def to_status(err: GatewayError) -> grpc.Status:
@@ -103,6 +115,9 @@ def to_status(err: GatewayError) -> grpc.Status:
         metadata["attempts"] = str(err.attempts)
     if err.retry_budget_exhausted:
         metadata["retry_budget_exhausted"] = "true"
+    if err.upstream:
+        metadata["upstream"] = err.upstream
+    metadata.update(_attempts_by_upstream(err.upstream_attempts))
     details = [_pack(error_details_pb2.ErrorInfo(reason=err.reason.value, domain=DOMAIN, metadata=metadata))]
     if err.reason in RETRY_LATER and not err.final:
         delay = err.retry_after if err.retry_after is not None else RETRY_LATER[err.reason]

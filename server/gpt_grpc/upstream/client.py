@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Sequence
 from types import TracebackType
 
 import httpx2
@@ -78,11 +79,23 @@ class UpstreamClient:
         """The pool's own one-line summary (active and idle connections), for the debug aid."""
         return getattr(getattr(self._http, "_transport", None), "_pool", None)
 
-    def post(self, endpoint: Endpoint, content: bytes, *, timeout: float, client_request_id: str | None) -> Exchange:
+    def post(
+        self,
+        endpoint: Endpoint,
+        content: bytes,
+        *,
+        timeout: float,
+        client_request_id: str | None,
+        trace_headers: Sequence[tuple[str, str]] = (),
+    ) -> Exchange:
         """`async with client.post(...) as response:` the streamed 2xx response of one attempt."""
         http = self.http()
         request = endpoint.request(
-            content, timeout=timeout, connect_timeout=CONNECT_TIMEOUT_SECONDS, client_request_id=client_request_id
+            content,
+            timeout=timeout,
+            connect_timeout=CONNECT_TIMEOUT_SECONDS,
+            client_request_id=client_request_id,
+            trace_headers=trace_headers,
         )
         cookies = http.cookies
         if cookies:  # what httpx2's build_request adds: cookies the upstream set earlier (Cloudflare's)

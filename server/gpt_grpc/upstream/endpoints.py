@@ -9,9 +9,11 @@ and adds its body, its length and its request id.
 `openai_endpoint` builds the OpenAI kind (also what every OpenAI-compatible
 server speaks): `POST <base_url>/chat/completions` with
 `Authorization: Bearer <key>`, `OpenAI-Organization` and `OpenAI-Project`
-when set, and the caller's request id as `X-Client-Request-Id`. Another kind
-(Azure OpenAI: a deployment URL with `api-version`, an `api-key` header) is
-another function returning an `Endpoint`.
+when set, the caller's request id as `X-Client-Request-Id`, and the attempt's trace context
+(`traceparent`, `tracestate`) when the gateway traces.
+`azure_endpoint` builds the Azure OpenAI kind: one endpoint per deployment,
+`POST <base_url>/openai/deployments/<deployment>/chat/completions?api-version=<v>`
+with the key in an `api-key` header.
 
 `chat_body` builds the JSON body every kind sends, once per call: a
 message's parts become OpenAI's content-part objects (inline bytes as base64:
@@ -25,11 +27,11 @@ they are.
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import httpx2
 
@@ -38,9 +40,13 @@ from ..catalog import adapt_request
 from ..chat import AudioPart, ChatRequest, FilePart, ImagePart, TextPart
 from ..models import ModelRecord
 from ..settings import Settings
+from ..upstreams import UpstreamSpec
 from .scrub import Scrubber
 
 CHAT_PATH = "/chat/completions"
+AZURE_CHAT_PATH = "/openai/deployments/{deployment}/chat/completions"
+# The upstream of the OPENAI_BASE_URL + OPENAI_API_KEY shorthand, as responses and logs name it.
+DEFAULT_UPSTREAM = "default"
 
 
 def _user_agent() -> str:
@@ -57,20 +63,32 @@ USER_AGENT = _user_agent()
 class Endpoint:
     """One upstream as an attempt sees it: where to send, with which headers, whose secrets to scrub."""
 
-    kind: str  # "openai"
+    kind: str  # "openai" or "azure"
     name: str  # the upstream's host: safe for logs, metrics and spans (never the key)
     url: httpx2.URL
     headers: httpx2.Headers  # every header but Content-Length and the per-call ones
     scrubber: Scrubber
+    upstream: str = DEFAULT_UPSTREAM  # the configured upstream's name (responses, logs, metrics)
 
     def request(
-        self, content: bytes, *, timeout: float, connect_timeout: float, client_request_id: str | None
+        self,
+        content: bytes,
+        *,
+        timeout: float,
+        connect_timeout: float,
+        client_request_id: str | None,
+        trace_headers: Sequence[tuple[str, str]] = (),
     ) -> httpx2.Request:
-        """The POST of one attempt; `timeout` bounds each read, write and the wait for a pooled connection."""
+        """The POST of one attempt; `timeout` bounds each read, write and the wait for a pooled connection.
+
+        `trace_headers`: the attempt's trace context (W3C `traceparent`, `tracestate`) when traced.
+        """
         headers = self.headers.copy()  # shares the entries: no per-call re-normalizing
         headers["Content-Length"] = str(len(content))
         if client_request_id:
             headers["X-Client-Request-Id"] = client_request_id
+        for name, value in trace_headers:
+            headers[name] = value
         request = httpx2.Request(
             "POST",
             self.url,
@@ -82,30 +100,65 @@ class Endpoint:
 
 
 def openai_endpoint(settings: Settings, scrubber: Scrubber) -> Endpoint:
-    """The endpoint of an OpenAI-compatible upstream from a settings snapshot with a key."""
+    """The endpoint of the shorthand's OpenAI-compatible upstream, from a settings snapshot with a key."""
     if not settings.api_key:
         raise ValueError("an endpoint needs an API key")
-    url = httpx2.URL(settings.endpoint.rstrip("/") + CHAT_PATH)
-    headers = [
+    return _openai(
+        settings.endpoint, settings.api_key, settings.organization, settings.project, scrubber, DEFAULT_UPSTREAM
+    )
+
+
+def upstream_endpoint(spec: UpstreamSpec, scrubber: Scrubber) -> Endpoint:
+    """The endpoint of an upstream of kind "openai" from the upstream set."""
+    return _openai(spec.base_url, spec.api_key, spec.organization, spec.project, scrubber, spec.name)
+
+
+def _openai(
+    base_url: str, api_key: str, organization: str | None, project: str | None, scrubber: Scrubber, upstream: str
+) -> Endpoint:
+    url = httpx2.URL(base_url.rstrip("/") + CHAT_PATH)
+    headers = _common_headers()
+    headers.append(("Authorization", f"Bearer {api_key}"))
+    if organization:
+        headers.append(("OpenAI-Organization", organization))
+    if project:
+        headers.append(("OpenAI-Project", project))
+    return _endpoint("openai", base_url, url, headers, scrubber, upstream)
+
+
+def azure_endpoint(spec: UpstreamSpec, deployment: str, scrubber: Scrubber) -> Endpoint:
+    """The endpoint of one deployment of an Azure OpenAI upstream: its URL names the deployment and api-version."""
+    if spec.kind != "azure" or not spec.api_version:
+        raise ValueError("an Azure endpoint needs an azure upstream with an api_version")
+    path = AZURE_CHAT_PATH.format(deployment=quote(deployment, safe=""))
+    url = httpx2.URL(spec.base_url.rstrip("/") + path, params={"api-version": spec.api_version})
+    headers = _common_headers()
+    headers.append(("api-key", spec.api_key))
+    return _endpoint("azure", spec.base_url, url, headers, scrubber, spec.name)
+
+
+def _common_headers() -> list[tuple[str, str]]:
+    return [
         ("Accept", "application/json"),
         ("Accept-Encoding", "gzip, deflate"),
         ("Connection", "keep-alive"),
         ("Content-Type", "application/json"),
         ("User-Agent", USER_AGENT),
-        ("Authorization", f"Bearer {settings.api_key}"),
     ]
-    if settings.organization:
-        headers.append(("OpenAI-Organization", settings.organization))
-    if settings.project:
-        headers.append(("OpenAI-Project", settings.project))
+
+
+def _endpoint(
+    kind: str, base_url: str, url: httpx2.URL, headers: list[tuple[str, str]], scrubber: Scrubber, upstream: str
+) -> Endpoint:
     # Host (and a Content-Length that each request replaces) as httpx2 derives them from the URL.
     template = httpx2.Request("POST", url, headers=headers, content=b"").headers
     return Endpoint(
-        kind="openai",
-        name=urlsplit(settings.endpoint).hostname or "",
+        kind=kind,
+        name=urlsplit(base_url).hostname or "",
         url=url,
         headers=template,
         scrubber=scrubber,
+        upstream=upstream,
     )
 
 

@@ -13,6 +13,7 @@ Examples::
     gpt-grpc --admin-token-file admin.token clients create billing --requests-per-minute 60 > billing.token
     gpt-grpc --token-file billing.token chat "Hello"
     gpt-grpc models
+    gpt-grpc upstreams
     gpt-grpc usage
 
 Errors print ``error: <CODE> <reason>: <message>`` on stderr and exit with status 1
@@ -131,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("config", help="show the current settings (API key masked)")
     commands.add_parser("models", help="list the known models")
+    commands.add_parser(
+        "upstreams", help="the upstreams: breaker state, calls in flight, recent error rate, fallback models"
+    )
     commands.add_parser("usage", help="requests, tokens and cost per model (with a client token: its own)")
     _add_clients_parser(commands)
     _add_conversations_parser(commands)
@@ -284,6 +288,11 @@ def _print_configuration(out: TextIO, config: gateway_pb2.Configuration) -> None
         ("max_backoff", _seconds(policy.max_backoff) if policy.HasField("max_backoff") else ""),
         ("generation", str(config.generation)),
     ]
+    if config.HasField("upstreams"):  # several upstreams: endpoint and api_key above are not used
+        rows.append(("upstreams", f"from the {config.upstreams_source}"))
+        for u in config.upstreams.upstreams:
+            kind = _UPSTREAM_KINDS.get(u.kind, "openai")
+            rows.append((f"  {u.name}", f"{kind} {u.base_url} key {u.api_key_masked} priority {u.priority}"))
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"{name.ljust(width)}  {value}", file=out)
@@ -302,6 +311,8 @@ def _summary_line(summary: gateway_pb2.ChatCompletionSummary | gateway_pb2.Conve
         parts.append(f"{usage.cached_prompt_tokens} cached")
     if usage.reasoning_tokens:
         parts.append(f"{usage.reasoning_tokens} reasoning")
+    if summary.upstream:
+        parts.append(f"upstream {summary.upstream}")
     parts.append(f"cost {_money(summary.cost_usd) if summary.HasField('cost_usd') else 'unknown'}")
     if summary.attempts > 1:
         parts.append(f"attempts {summary.attempts}")
@@ -691,12 +702,46 @@ def _clients(args: argparse.Namespace) -> int:
     return 0
 
 
+_BREAKER_STATES = {
+    gateway_pb2.BREAKER_STATE_CLOSED: "closed",
+    gateway_pb2.BREAKER_STATE_OPEN: "open",
+    gateway_pb2.BREAKER_STATE_HALF_OPEN: "half-open",
+}
+_UPSTREAM_KINDS = {gateway_pb2.UPSTREAM_KIND_AZURE: "azure"}
+
+
+def _upstreams(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        response = client.list_upstreams()
+    rows = [
+        (
+            u.name,
+            _UPSTREAM_KINDS.get(u.kind, "openai"),
+            u.base_url,
+            ",".join(u.models),
+            str(u.priority),
+            f"{u.weight:g}",
+            _BREAKER_STATES.get(u.state, "?"),
+            str(u.in_flight),
+            f"{u.error_rate:.0%} of {u.recent_attempts}",
+            f"{u.retry_in.ToTimedelta().total_seconds():g}s" if u.retry_in.seconds or u.retry_in.nanos else "-",
+        )
+        for u in response.upstreams
+    ]
+    header = ("NAME", "KIND", "BASE URL", "MODELS", "PRIORITY", "WEIGHT", "BREAKER", "IN FLIGHT", "ERRORS", "RETRY IN")
+    _print_table(sys.stdout, header, rows)
+    for fallback in response.fallbacks:
+        print(f"fallbacks of {fallback.model}: {', '.join(fallback.fallbacks)}")
+    return 0
+
+
 _COMMANDS = {
     "chat": _chat,
     "count-tokens": _count_tokens,
     "configure": _configure,
     "config": _config,
     "models": _models,
+    "upstreams": _upstreams,
     "usage": _usage,
     "clients": _clients,
     "conversations": _conversations,

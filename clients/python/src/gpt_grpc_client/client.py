@@ -20,6 +20,7 @@ from google.protobuf import duration_pb2
 from gptgrpc.v1 import gateway_pb2, gateway_pb2_grpc
 from grpc import aio
 
+from . import tracing
 from .balancing import balancing_options
 from .errors import GatewayError
 
@@ -669,6 +670,7 @@ class _BaseClient:
         timeout: Seconds | None = None,
         options: Sequence[tuple[str, Any]] = (),
         load_balancing: str | None = None,
+        trace_context: bool | None = None,
     ) -> None:
         if (private_key is None) != (certificate_chain is None):
             raise ValueError("private_key and certificate_chain go together (mutual TLS)")
@@ -690,6 +692,11 @@ class _BaseClient:
         self._admin_md: tuple[tuple[str, str | bytes], ...] = _with_bearer(pairs, admin_token, "admin_token")
         self._timeout = _seconds(timeout, "timeout")
         self._options = balancing_options(load_balancing, options)
+        # The application's OpenTelemetry context on every call (tracing.py): by default when
+        # opentelemetry-api is installed; trace_context=True without it is an error, not a no-op.
+        if trace_context and not tracing.AVAILABLE:
+            raise ValueError("trace_context=True needs opentelemetry-api: pip install 'gpt-grpc-client[otel]'")
+        self._trace_context = tracing.AVAILABLE if trace_context is None else trace_context
 
     @property
     def target(self) -> str:
@@ -720,7 +727,7 @@ class Client(_BaseClient):
 
     Tokens: ``token`` (a client token from :meth:`create_client`) is sent as
     ``authorization: Bearer <token>`` on every data-plane call (chat, streams,
-    ``count_tokens``, ``list_models``, ``get_configuration``, ``get_usage``), and
+    ``count_tokens``, ``list_models``, ``list_upstreams``, ``get_configuration``, ``get_usage``), and
     ``admin_token`` on the admin calls only (``configure`` and the client registry:
     ``create_client``, ``list_clients``, ``update_client``, ``revoke_client``); a call
     never carries both. The gateway needs a client token once a client exists.
@@ -729,6 +736,11 @@ class Client(_BaseClient):
     ``ipv4:10.0.0.1:50051,10.0.0.2:50051``) and ``load_balancing="round_robin"``, which
     spreads calls over every replica that is up and reports SERVING (see
     :mod:`gpt_grpc_client.balancing`).
+
+    Tracing: when ``opentelemetry-api`` is installed (the ``otel`` extra), every call carries
+    the application's current OpenTelemetry context (``traceparent``...), so the gateway's
+    spans join the application's trace (see :mod:`gpt_grpc_client.tracing`);
+    ``trace_context=False`` turns that off.
     """
 
     def __init__(
@@ -745,6 +757,7 @@ class Client(_BaseClient):
         timeout: Seconds | None = None,
         options: Sequence[tuple[str, Any]] = (),
         load_balancing: str | None = None,
+        trace_context: bool | None = None,
     ) -> None:
         super().__init__(
             target,
@@ -758,11 +771,14 @@ class Client(_BaseClient):
             timeout=timeout,
             options=options,
             load_balancing=load_balancing,
+            trace_context=trace_context,
         )
         if self._credentials is not None:
             self._channel: Any = grpc.secure_channel(target, self._credentials, options=self._options)
         else:
             self._channel = grpc.insecure_channel(target, options=self._options)
+        if self._trace_context:
+            self._channel = grpc.intercept_channel(self._channel, tracing.TraceContextInterceptor())
         self._stub: Any = gateway_pb2_grpc.GPTServiceStub(self._channel)
         self._assistant_id: str | None = None
         self._assistant_lock = threading.Lock()
@@ -938,6 +954,13 @@ class Client(_BaseClient):
         """The models the gateway knows, with encoding, context window and prices."""
         response: gateway_pb2.ListModelsResponse = self._unary(
             self._stub.ListModels, gateway_pb2.ListModelsRequest(), timeout
+        )
+        return response
+
+    def list_upstreams(self, *, timeout: Seconds | None = None) -> gateway_pb2.ListUpstreamsResponse:
+        """Each upstream as the replica answering sees it: breaker state, calls in flight, recent error rate."""
+        response: gateway_pb2.ListUpstreamsResponse = self._unary(
+            self._stub.ListUpstreams, gateway_pb2.ListUpstreamsRequest(), timeout
         )
         return response
 
@@ -1177,7 +1200,8 @@ class AsyncClient(_BaseClient):
     may be constructed anywhere. Every failed call raises :class:`GatewayError`;
     cancelling the awaiting task cancels the call and propagates ``CancelledError``.
     ``token`` and ``admin_token`` go on data-plane and admin calls as in :class:`Client`, and
-    ``load_balancing`` spreads calls over several replicas as there.
+    ``load_balancing`` spreads calls over several replicas and ``trace_context`` propagates the
+    application's trace as there.
     """
 
     def __init__(
@@ -1194,6 +1218,7 @@ class AsyncClient(_BaseClient):
         timeout: Seconds | None = None,
         options: Sequence[tuple[str, Any]] = (),
         load_balancing: str | None = None,
+        trace_context: bool | None = None,
     ) -> None:
         super().__init__(
             target,
@@ -1207,6 +1232,7 @@ class AsyncClient(_BaseClient):
             timeout=timeout,
             options=options,
             load_balancing=load_balancing,
+            trace_context=trace_context,
         )
         self._channel: Any = None
         self._stub: Any = None
@@ -1229,10 +1255,13 @@ class AsyncClient(_BaseClient):
         if self._closed:
             raise RuntimeError("the client is closed")
         if self._stub is None:
+            interceptors = tracing.async_interceptors() if self._trace_context else None
             if self._credentials is not None:
-                self._channel = aio.secure_channel(self._target, self._credentials, options=self._options)
+                self._channel = aio.secure_channel(
+                    self._target, self._credentials, options=self._options, interceptors=interceptors
+                )
             else:
-                self._channel = aio.insecure_channel(self._target, options=self._options)
+                self._channel = aio.insecure_channel(self._target, options=self._options, interceptors=interceptors)
             self._stub = gateway_pb2_grpc.GPTServiceStub(self._channel)
         return self._stub
 
@@ -1391,6 +1420,13 @@ class AsyncClient(_BaseClient):
         """The models the gateway knows, with encoding, context window and prices."""
         response: gateway_pb2.ListModelsResponse = await self._unary(
             "ListModels", gateway_pb2.ListModelsRequest(), timeout
+        )
+        return response
+
+    async def list_upstreams(self, *, timeout: Seconds | None = None) -> gateway_pb2.ListUpstreamsResponse:
+        """Each upstream as the replica answering sees it: breaker state, calls in flight, recent error rate."""
+        response: gateway_pb2.ListUpstreamsResponse = await self._unary(
+            "ListUpstreams", gateway_pb2.ListUpstreamsRequest(), timeout
         )
         return response
 

@@ -179,6 +179,66 @@ BUDGET_PERIOD_MONTH: BudgetPeriod.ValueType  # 2
 """Per UTC calendar month."""
 Global___BudgetPeriod: _TypeAlias = BudgetPeriod  # noqa: Y015
 
+class _UpstreamKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _UpstreamKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_UpstreamKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    UPSTREAM_KIND_UNSPECIFIED: _UpstreamKind.ValueType  # 0
+    """Not set: OPENAI."""
+    UPSTREAM_KIND_OPENAI: _UpstreamKind.ValueType  # 1
+    """OpenAI or any OpenAI-compatible server: POST <base_url>/chat/completions
+    with "Authorization: Bearer <key>".
+    """
+    UPSTREAM_KIND_AZURE: _UpstreamKind.ValueType  # 2
+    """Azure OpenAI: POST <base_url>/openai/deployments/<deployment>/chat/completions
+    ?api-version=<api_version> with an "api-key" header.
+    """
+
+class UpstreamKind(_UpstreamKind, metaclass=_UpstreamKindEnumTypeWrapper):
+    """UpstreamKind is the API an upstream speaks."""
+
+UPSTREAM_KIND_UNSPECIFIED: UpstreamKind.ValueType  # 0
+"""Not set: OPENAI."""
+UPSTREAM_KIND_OPENAI: UpstreamKind.ValueType  # 1
+"""OpenAI or any OpenAI-compatible server: POST <base_url>/chat/completions
+with "Authorization: Bearer <key>".
+"""
+UPSTREAM_KIND_AZURE: UpstreamKind.ValueType  # 2
+"""Azure OpenAI: POST <base_url>/openai/deployments/<deployment>/chat/completions
+?api-version=<api_version> with an "api-key" header.
+"""
+Global___UpstreamKind: _TypeAlias = UpstreamKind  # noqa: Y015
+
+class _BreakerState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _BreakerStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_BreakerState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    BREAKER_STATE_UNSPECIFIED: _BreakerState.ValueType  # 0
+    """Never sent."""
+    BREAKER_STATE_CLOSED: _BreakerState.ValueType  # 1
+    """Calls go to it."""
+    BREAKER_STATE_OPEN: _BreakerState.ValueType  # 2
+    """It failed: no calls until its next half-open probe."""
+    BREAKER_STATE_HALF_OPEN: _BreakerState.ValueType  # 3
+    """A probe call is testing it; it closes again after successful probes."""
+
+class BreakerState(_BreakerState, metaclass=_BreakerStateEnumTypeWrapper):
+    """BreakerState is an upstream's circuit breaker state."""
+
+BREAKER_STATE_UNSPECIFIED: BreakerState.ValueType  # 0
+"""Never sent."""
+BREAKER_STATE_CLOSED: BreakerState.ValueType  # 1
+"""Calls go to it."""
+BREAKER_STATE_OPEN: BreakerState.ValueType  # 2
+"""It failed: no calls until its next half-open probe."""
+BREAKER_STATE_HALF_OPEN: BreakerState.ValueType  # 3
+"""A probe call is testing it; it closes again after successful probes."""
+Global___BreakerState: _TypeAlias = BreakerState  # noqa: Y015
+
 class _ImageDetail:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -411,6 +471,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The shared store cannot be reached for an admin change (client or
     settings); nothing was changed. The data plane keeps serving. UNAVAILABLE.
     """
+    MODEL_NOT_ROUTED: _ErrorReason.ValueType  # 49
+    """No configured upstream serves the model (nor any of its fallback
+    models). NOT_FOUND.
+    """
     CONVERSATION_NOT_FOUND: _ErrorReason.ValueType  # 57
     """No conversation has that id for this caller: it never existed, was
     deleted, expired, or belongs to another client. NOT_FOUND.
@@ -511,6 +575,10 @@ RESOURCE_EXHAUSTED + RetryInfo.
 STORE_UNAVAILABLE: ErrorReason.ValueType  # 36
 """The shared store cannot be reached for an admin change (client or
 settings); nothing was changed. The data plane keeps serving. UNAVAILABLE.
+"""
+MODEL_NOT_ROUTED: ErrorReason.ValueType  # 49
+"""No configured upstream serves the model (nor any of its fallback
+models). NOT_FOUND.
 """
 CONVERSATION_NOT_FOUND: ErrorReason.ValueType  # 57
 """No conversation has that id for this caller: it never existed, was
@@ -992,6 +1060,7 @@ class ChatCompletionResponse(_message.Message):
     COST_USD_FIELD_NUMBER: _builtins.int
     ATTEMPTS_FIELD_NUMBER: _builtins.int
     REFUSAL_FIELD_NUMBER: _builtins.int
+    UPSTREAM_FIELD_NUMBER: _builtins.int
     LOGPROBS_FIELD_NUMBER: _builtins.int
     SERVICE_TIER_FIELD_NUMBER: _builtins.int
     SYSTEM_FINGERPRINT_FIELD_NUMBER: _builtins.int
@@ -1010,6 +1079,11 @@ class ChatCompletionResponse(_message.Message):
     """Upstream attempts it took (1 when the first attempt succeeded)."""
     refusal: _builtins.str
     """Refusal text when the model refused (structured outputs)."""
+    upstream: _builtins.str
+    """The configured upstream that answered (an [[upstream]] name of the
+    upstreams file or Configure; "default" for the single OPENAI_BASE_URL
+    upstream). With fallback models, `model` says which model answered.
+    """
     service_tier: _builtins.str
     """The processing tier that served the call, as the upstream reports it."""
     system_fingerprint: _builtins.str
@@ -1044,6 +1118,7 @@ class ChatCompletionResponse(_message.Message):
         cost_usd: _builtins.float | None = ...,
         attempts: _builtins.int = ...,
         refusal: _builtins.str = ...,
+        upstream: _builtins.str = ...,
         logprobs: _abc.Iterable[Global___TokenLogprob] | None = ...,
         service_tier: _builtins.str = ...,
         system_fingerprint: _builtins.str = ...,
@@ -1051,7 +1126,7 @@ class ChatCompletionResponse(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_cost_usd", b"_cost_usd", "cost_usd", b"cost_usd", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cost_usd", b"_cost_usd", "annotations", b"annotations", "attempts", b"attempts", "content", b"content", "cost_usd", b"cost_usd", "finish_reason", b"finish_reason", "id", b"id", "logprobs", b"logprobs", "model", b"model", "refusal", b"refusal", "service_tier", b"service_tier", "system_fingerprint", b"system_fingerprint", "tool_calls", b"tool_calls", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cost_usd", b"_cost_usd", "annotations", b"annotations", "attempts", b"attempts", "content", b"content", "cost_usd", b"cost_usd", "finish_reason", b"finish_reason", "id", b"id", "logprobs", b"logprobs", "model", b"model", "refusal", b"refusal", "service_tier", b"service_tier", "system_fingerprint", b"system_fingerprint", "tool_calls", b"tool_calls", "upstream", b"upstream", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__cost_usd: _TypeAlias = _typing.Literal["cost_usd"]  # noqa: Y015
     _WhichOneofArgType__cost_usd: _TypeAlias = _typing.Literal["_cost_usd", b"_cost_usd"]  # noqa: Y015
@@ -1313,6 +1388,7 @@ class ChatCompletionSummary(_message.Message):
     USAGE_FIELD_NUMBER: _builtins.int
     COST_USD_FIELD_NUMBER: _builtins.int
     ATTEMPTS_FIELD_NUMBER: _builtins.int
+    UPSTREAM_FIELD_NUMBER: _builtins.int
     SERVICE_TIER_FIELD_NUMBER: _builtins.int
     SYSTEM_FINGERPRINT_FIELD_NUMBER: _builtins.int
     ANNOTATIONS_FIELD_NUMBER: _builtins.int
@@ -1326,6 +1402,8 @@ class ChatCompletionSummary(_message.Message):
     """Cost in USD. Unset when the model's price is unknown."""
     attempts: _builtins.int
     """Upstream attempts it took."""
+    upstream: _builtins.str
+    """The configured upstream that answered (see ChatCompletionResponse.upstream)."""
     service_tier: _builtins.str
     """The processing tier that served the call, as the upstream reports it."""
     system_fingerprint: _builtins.str
@@ -1352,13 +1430,14 @@ class ChatCompletionSummary(_message.Message):
         usage: Global___Usage | None = ...,
         cost_usd: _builtins.float | None = ...,
         attempts: _builtins.int = ...,
+        upstream: _builtins.str = ...,
         service_tier: _builtins.str = ...,
         system_fingerprint: _builtins.str = ...,
         annotations: _abc.Iterable[Global___UrlCitation] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_cost_usd", b"_cost_usd", "cost_usd", b"cost_usd", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cost_usd", b"_cost_usd", "annotations", b"annotations", "attempts", b"attempts", "cost_usd", b"cost_usd", "finish_reason", b"finish_reason", "id", b"id", "model", b"model", "service_tier", b"service_tier", "system_fingerprint", b"system_fingerprint", "tool_calls", b"tool_calls", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cost_usd", b"_cost_usd", "annotations", b"annotations", "attempts", b"attempts", "cost_usd", b"cost_usd", "finish_reason", b"finish_reason", "id", b"id", "model", b"model", "service_tier", b"service_tier", "system_fingerprint", b"system_fingerprint", "tool_calls", b"tool_calls", "upstream", b"upstream", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__cost_usd: _TypeAlias = _typing.Literal["cost_usd"]  # noqa: Y015
     _WhichOneofArgType__cost_usd: _TypeAlias = _typing.Literal["_cost_usd", b"_cost_usd"]  # noqa: Y015
@@ -1521,6 +1600,8 @@ class ConfigureRequest(_message.Message):
     DEFAULT_MODEL_FIELD_NUMBER: _builtins.int
     REQUEST_TIMEOUT_FIELD_NUMBER: _builtins.int
     RETRY_POLICY_FIELD_NUMBER: _builtins.int
+    UPSTREAMS_FIELD_NUMBER: _builtins.int
+    CLEAR_UPSTREAMS_FIELD_NUMBER: _builtins.int
     api_key: _builtins.str
     """Upstream API key. For OpenAI's own endpoint it must look like "sk-..."."""
     endpoint: _builtins.str
@@ -1531,6 +1612,10 @@ class ConfigureRequest(_message.Message):
     """OpenAI project id; empty clears it."""
     default_model: _builtins.str
     """Model used when a request names none."""
+    clear_upstreams: _builtins.bool
+    """True: drop the upstream set and go back to the single upstream of
+    endpoint + api_key. Not together with upstreams.
+    """
     @_builtins.property
     def request_timeout(self) -> _duration_pb2.Duration:
         """Timeout of one upstream attempt."""
@@ -1538,6 +1623,15 @@ class ConfigureRequest(_message.Message):
     @_builtins.property
     def retry_policy(self) -> Global___RetryPolicy:
         """Retry policy; only its set fields change."""
+
+    @_builtins.property
+    def upstreams(self) -> Global___UpstreamSet:
+        """Replaces the whole upstream set at once, validated like the upstreams
+        file (every problem listed, nothing applied unless all pass). Each
+        upstream's api_key is given here, or left unset to keep the key of the
+        upstream of the same name in force (only while its base URL keeps its
+        origin). On a shared store the keys are kept encrypted.
+        """
 
     def __init__(
         self,
@@ -1549,10 +1643,12 @@ class ConfigureRequest(_message.Message):
         default_model: _builtins.str | None = ...,
         request_timeout: _duration_pb2.Duration | None = ...,
         retry_policy: Global___RetryPolicy | None = ...,
+        upstreams: Global___UpstreamSet | None = ...,
+        clear_upstreams: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_api_key", b"_api_key", "_default_model", b"_default_model", "_endpoint", b"_endpoint", "_organization", b"_organization", "_project", b"_project", "api_key", b"api_key", "default_model", b"default_model", "endpoint", b"endpoint", "organization", b"organization", "project", b"project", "request_timeout", b"request_timeout", "retry_policy", b"retry_policy"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_api_key", b"_api_key", "_default_model", b"_default_model", "_endpoint", b"_endpoint", "_organization", b"_organization", "_project", b"_project", "api_key", b"api_key", "default_model", b"default_model", "endpoint", b"endpoint", "organization", b"organization", "project", b"project", "request_timeout", b"request_timeout", "retry_policy", b"retry_policy", "upstreams", b"upstreams"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_api_key", b"_api_key", "_default_model", b"_default_model", "_endpoint", b"_endpoint", "_organization", b"_organization", "_project", b"_project", "api_key", b"api_key", "default_model", b"default_model", "endpoint", b"endpoint", "organization", b"organization", "project", b"project", "request_timeout", b"request_timeout", "retry_policy", b"retry_policy"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_api_key", b"_api_key", "_default_model", b"_default_model", "_endpoint", b"_endpoint", "_organization", b"_organization", "_project", b"_project", "api_key", b"api_key", "clear_upstreams", b"clear_upstreams", "default_model", b"default_model", "endpoint", b"endpoint", "organization", b"organization", "project", b"project", "request_timeout", b"request_timeout", "retry_policy", b"retry_policy", "upstreams", b"upstreams"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__api_key: _TypeAlias = _typing.Literal["api_key"]  # noqa: Y015
     _WhichOneofArgType__api_key: _TypeAlias = _typing.Literal["_api_key", b"_api_key"]  # noqa: Y015
@@ -1592,6 +1688,8 @@ class Configuration(_message.Message):
     REQUEST_TIMEOUT_FIELD_NUMBER: _builtins.int
     RETRY_POLICY_FIELD_NUMBER: _builtins.int
     GENERATION_FIELD_NUMBER: _builtins.int
+    UPSTREAMS_FIELD_NUMBER: _builtins.int
+    UPSTREAMS_SOURCE_FIELD_NUMBER: _builtins.int
     api_key_masked: _builtins.str
     """The API key masked as "sk-...wxyz"; empty when none is set."""
     api_key_set: _builtins.bool
@@ -1606,6 +1704,10 @@ class Configuration(_message.Message):
     """Model used when a request names none."""
     generation: _builtins.int
     """Increases by one with every applied Configure."""
+    upstreams_source: _builtins.str
+    """Where the upstream set came from: "file" (the server's --upstreams file)
+    or "configure"; empty without one.
+    """
     @_builtins.property
     def request_timeout(self) -> _duration_pb2.Duration:
         """Timeout of one upstream attempt."""
@@ -1613,6 +1715,12 @@ class Configuration(_message.Message):
     @_builtins.property
     def retry_policy(self) -> Global___RetryPolicy:
         """Retry policy."""
+
+    @_builtins.property
+    def upstreams(self) -> Global___UpstreamSet:
+        """The upstream set in force, keys masked (api_key_masked); unset when the
+        single upstream of endpoint + api_key serves every call.
+        """
 
     def __init__(
         self,
@@ -1626,10 +1734,12 @@ class Configuration(_message.Message):
         request_timeout: _duration_pb2.Duration | None = ...,
         retry_policy: Global___RetryPolicy | None = ...,
         generation: _builtins.int = ...,
+        upstreams: Global___UpstreamSet | None = ...,
+        upstreams_source: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["request_timeout", b"request_timeout", "retry_policy", b"retry_policy"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["request_timeout", b"request_timeout", "retry_policy", b"retry_policy", "upstreams", b"upstreams"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key_masked", b"api_key_masked", "api_key_set", b"api_key_set", "default_model", b"default_model", "endpoint", b"endpoint", "generation", b"generation", "organization", b"organization", "project", b"project", "request_timeout", b"request_timeout", "retry_policy", b"retry_policy"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key_masked", b"api_key_masked", "api_key_set", b"api_key_set", "default_model", b"default_model", "endpoint", b"endpoint", "generation", b"generation", "organization", b"organization", "project", b"project", "request_timeout", b"request_timeout", "retry_policy", b"retry_policy", "upstreams", b"upstreams", "upstreams_source", b"upstreams_source"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2267,6 +2377,377 @@ class RevokeClientResponse(_message.Message):
 Global___RevokeClientResponse: _TypeAlias = RevokeClientResponse  # noqa: Y015
 
 @_typing.final
+class BreakerPolicy(_message.Message):
+    """BreakerPolicy says when an upstream's circuit breaker opens and closes;
+    unset fields take the defaults (README "Several upstreams").
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FAILURE_THRESHOLD_FIELD_NUMBER: _builtins.int
+    FAILURE_RATIO_FIELD_NUMBER: _builtins.int
+    WINDOW_FIELD_NUMBER: _builtins.int
+    MIN_CALLS_FIELD_NUMBER: _builtins.int
+    PROBE_INTERVAL_FIELD_NUMBER: _builtins.int
+    CLOSE_AFTER_FIELD_NUMBER: _builtins.int
+    QUOTA_COOLDOWN_FIELD_NUMBER: _builtins.int
+    AUTH_COOLDOWN_FIELD_NUMBER: _builtins.int
+    failure_threshold: _builtins.int
+    """Failed attempts in a row that open it (default 5)."""
+    failure_ratio: _builtins.float
+    """Or this share of failed attempts over the window, 0 to 1 (default 0.5) ..."""
+    min_calls: _builtins.int
+    """... once it holds at least this many attempts (default 20)."""
+    close_after: _builtins.int
+    """Successful probes in a row that close it again (default 2)."""
+    @_builtins.property
+    def window(self) -> _duration_pb2.Duration:
+        """... of this length (default 30 s) ..."""
+
+    @_builtins.property
+    def probe_interval(self) -> _duration_pb2.Duration:
+        """While open, one half-open probe per interval (default 10 s)."""
+
+    @_builtins.property
+    def quota_cooldown(self) -> _duration_pb2.Duration:
+        """How long 429 insufficient_quota takes the upstream out (default 300 s)."""
+
+    @_builtins.property
+    def auth_cooldown(self) -> _duration_pb2.Duration:
+        """How long a refused key (401) takes the upstream out (default 60 s)."""
+
+    def __init__(
+        self,
+        *,
+        failure_threshold: _builtins.int | None = ...,
+        failure_ratio: _builtins.float | None = ...,
+        window: _duration_pb2.Duration | None = ...,
+        min_calls: _builtins.int | None = ...,
+        probe_interval: _duration_pb2.Duration | None = ...,
+        close_after: _builtins.int | None = ...,
+        quota_cooldown: _duration_pb2.Duration | None = ...,
+        auth_cooldown: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_close_after", b"_close_after", "_failure_ratio", b"_failure_ratio", "_failure_threshold", b"_failure_threshold", "_min_calls", b"_min_calls", "auth_cooldown", b"auth_cooldown", "close_after", b"close_after", "failure_ratio", b"failure_ratio", "failure_threshold", b"failure_threshold", "min_calls", b"min_calls", "probe_interval", b"probe_interval", "quota_cooldown", b"quota_cooldown", "window", b"window"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_close_after", b"_close_after", "_failure_ratio", b"_failure_ratio", "_failure_threshold", b"_failure_threshold", "_min_calls", b"_min_calls", "auth_cooldown", b"auth_cooldown", "close_after", b"close_after", "failure_ratio", b"failure_ratio", "failure_threshold", b"failure_threshold", "min_calls", b"min_calls", "probe_interval", b"probe_interval", "quota_cooldown", b"quota_cooldown", "window", b"window"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__close_after: _TypeAlias = _typing.Literal["close_after"]  # noqa: Y015
+    _WhichOneofArgType__close_after: _TypeAlias = _typing.Literal["_close_after", b"_close_after"]  # noqa: Y015
+    _WhichOneofReturnType__failure_ratio: _TypeAlias = _typing.Literal["failure_ratio"]  # noqa: Y015
+    _WhichOneofArgType__failure_ratio: _TypeAlias = _typing.Literal["_failure_ratio", b"_failure_ratio"]  # noqa: Y015
+    _WhichOneofReturnType__failure_threshold: _TypeAlias = _typing.Literal["failure_threshold"]  # noqa: Y015
+    _WhichOneofArgType__failure_threshold: _TypeAlias = _typing.Literal["_failure_threshold", b"_failure_threshold"]  # noqa: Y015
+    _WhichOneofReturnType__min_calls: _TypeAlias = _typing.Literal["min_calls"]  # noqa: Y015
+    _WhichOneofArgType__min_calls: _TypeAlias = _typing.Literal["_min_calls", b"_min_calls"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__close_after) -> _WhichOneofReturnType__close_after | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__failure_ratio) -> _WhichOneofReturnType__failure_ratio | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__failure_threshold) -> _WhichOneofReturnType__failure_threshold | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__min_calls) -> _WhichOneofReturnType__min_calls | None: ...
+
+Global___BreakerPolicy: _TypeAlias = BreakerPolicy  # noqa: Y015
+
+@_typing.final
+class Upstream(_message.Message):
+    """Upstream is one [[upstream]] of the upstream set."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class DeploymentsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    NAME_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    BASE_URL_FIELD_NUMBER: _builtins.int
+    API_KEY_FIELD_NUMBER: _builtins.int
+    API_KEY_MASKED_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
+    WEIGHT_FIELD_NUMBER: _builtins.int
+    MODELS_FIELD_NUMBER: _builtins.int
+    API_VERSION_FIELD_NUMBER: _builtins.int
+    DEPLOYMENTS_FIELD_NUMBER: _builtins.int
+    ORGANIZATION_FIELD_NUMBER: _builtins.int
+    PROJECT_FIELD_NUMBER: _builtins.int
+    BREAKER_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Unique name (1-64 letters, digits, ".", "_", "-"): shown in responses,
+    logs, metrics and ListUpstreams.
+    """
+    kind: Global___UpstreamKind.ValueType
+    """The API it speaks."""
+    base_url: _builtins.str
+    """Base URL, e.g. "https://api.openai.com/v1" or, for Azure,
+    "https://my-resource.openai.azure.com". Held to the egress policy.
+    """
+    api_key: _builtins.str
+    """ConfigureRequest only: the key. Unset keeps the key of the upstream of
+    the same name in force, if its base URL keeps its origin. Never returned.
+    """
+    api_key_masked: _builtins.str
+    """Configuration only: the key, masked."""
+    priority: _builtins.int
+    """Lower is tried first (default 1)."""
+    weight: _builtins.float
+    """Share of the calls among upstreams of equal priority (default 1)."""
+    api_version: _builtins.str
+    """Azure: the api-version (default "2024-10-21")."""
+    organization: _builtins.str
+    """OpenAI organization id sent with its calls (OpenAI kind)."""
+    project: _builtins.str
+    """OpenAI project id sent with its calls (OpenAI kind)."""
+    @_builtins.property
+    def models(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Models it serves: exact names or globs ("gpt-4o*"); empty: every model.
+        Azure upstreams serve the models of their deployments.
+        """
+
+    @_builtins.property
+    def deployments(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Azure: model -> deployment name."""
+
+    @_builtins.property
+    def breaker(self) -> Global___BreakerPolicy:
+        """Its circuit breaker; unset fields take the set's breaker, then the defaults."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        kind: Global___UpstreamKind.ValueType = ...,
+        base_url: _builtins.str = ...,
+        api_key: _builtins.str | None = ...,
+        api_key_masked: _builtins.str = ...,
+        priority: _builtins.int | None = ...,
+        weight: _builtins.float | None = ...,
+        models: _abc.Iterable[_builtins.str] | None = ...,
+        api_version: _builtins.str = ...,
+        deployments: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        organization: _builtins.str = ...,
+        project: _builtins.str = ...,
+        breaker: Global___BreakerPolicy | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_api_key", b"_api_key", "_priority", b"_priority", "_weight", b"_weight", "api_key", b"api_key", "breaker", b"breaker", "priority", b"priority", "weight", b"weight"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_api_key", b"_api_key", "_priority", b"_priority", "_weight", b"_weight", "api_key", b"api_key", "api_key_masked", b"api_key_masked", "api_version", b"api_version", "base_url", b"base_url", "breaker", b"breaker", "deployments", b"deployments", "kind", b"kind", "models", b"models", "name", b"name", "organization", b"organization", "priority", b"priority", "project", b"project", "weight", b"weight"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__api_key: _TypeAlias = _typing.Literal["api_key"]  # noqa: Y015
+    _WhichOneofArgType__api_key: _TypeAlias = _typing.Literal["_api_key", b"_api_key"]  # noqa: Y015
+    _WhichOneofReturnType__priority: _TypeAlias = _typing.Literal["priority"]  # noqa: Y015
+    _WhichOneofArgType__priority: _TypeAlias = _typing.Literal["_priority", b"_priority"]  # noqa: Y015
+    _WhichOneofReturnType__weight: _TypeAlias = _typing.Literal["weight"]  # noqa: Y015
+    _WhichOneofArgType__weight: _TypeAlias = _typing.Literal["_weight", b"_weight"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__api_key) -> _WhichOneofReturnType__api_key | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__priority) -> _WhichOneofReturnType__priority | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__weight) -> _WhichOneofReturnType__weight | None: ...
+
+Global___Upstream: _TypeAlias = Upstream  # noqa: Y015
+
+@_typing.final
+class FallbackModels(_message.Message):
+    """FallbackModels lists the models tried, in order, once every upstream of
+    a model failed or is open.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    FALLBACKS_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """The model asked for."""
+    @_builtins.property
+    def fallbacks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Models to try instead, in order (at most 8)."""
+
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        fallbacks: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fallbacks", b"fallbacks", "model", b"model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FallbackModels: _TypeAlias = FallbackModels  # noqa: Y015
+
+@_typing.final
+class UpstreamSet(_message.Message):
+    """UpstreamSet is every upstream and the fallback models, replaced as a whole."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UPSTREAMS_FIELD_NUMBER: _builtins.int
+    FALLBACKS_FIELD_NUMBER: _builtins.int
+    BREAKER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def upstreams(self) -> _containers.RepeatedCompositeFieldContainer[Global___Upstream]:
+        """The upstreams (1 to 32)."""
+
+    @_builtins.property
+    def fallbacks(self) -> _containers.RepeatedCompositeFieldContainer[Global___FallbackModels]:
+        """Fallback models per model."""
+
+    @_builtins.property
+    def breaker(self) -> Global___BreakerPolicy:
+        """Breaker defaults for every upstream (ConfigureRequest only)."""
+
+    def __init__(
+        self,
+        *,
+        upstreams: _abc.Iterable[Global___Upstream] | None = ...,
+        fallbacks: _abc.Iterable[Global___FallbackModels] | None = ...,
+        breaker: Global___BreakerPolicy | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["breaker", b"breaker"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["breaker", b"breaker", "fallbacks", b"fallbacks", "upstreams", b"upstreams"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpstreamSet: _TypeAlias = UpstreamSet  # noqa: Y015
+
+@_typing.final
+class ListUpstreamsRequest(_message.Message):
+    """ListUpstreamsRequest is empty."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListUpstreamsRequest: _TypeAlias = ListUpstreamsRequest  # noqa: Y015
+
+@_typing.final
+class UpstreamStatus(_message.Message):
+    """UpstreamStatus is one upstream as this replica sees it now."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    BASE_URL_FIELD_NUMBER: _builtins.int
+    MODELS_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
+    WEIGHT_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    IN_FLIGHT_FIELD_NUMBER: _builtins.int
+    ERROR_RATE_FIELD_NUMBER: _builtins.int
+    RECENT_ATTEMPTS_FIELD_NUMBER: _builtins.int
+    RETRY_IN_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Its name ("default" for the single OPENAI_BASE_URL upstream)."""
+    kind: Global___UpstreamKind.ValueType
+    """The API it speaks."""
+    base_url: _builtins.str
+    """Its base URL."""
+    priority: _builtins.int
+    """Lower is tried first."""
+    weight: _builtins.float
+    """Share among upstreams of equal priority."""
+    state: Global___BreakerState.ValueType
+    """Its circuit breaker's state."""
+    in_flight: _builtins.int
+    """Calls it is serving now."""
+    error_rate: _builtins.float
+    """Failed share of its attempts over the breaker's window, 0 to 1."""
+    recent_attempts: _builtins.int
+    """Attempts in that window."""
+    @_builtins.property
+    def models(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Models it serves ("*": every model)."""
+
+    @_builtins.property
+    def retry_in(self) -> _duration_pb2.Duration:
+        """Until when it takes no calls (open, or busy after a Retry-After); zero
+        when it takes them now.
+        """
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        kind: Global___UpstreamKind.ValueType = ...,
+        base_url: _builtins.str = ...,
+        models: _abc.Iterable[_builtins.str] | None = ...,
+        priority: _builtins.int = ...,
+        weight: _builtins.float = ...,
+        state: Global___BreakerState.ValueType = ...,
+        in_flight: _builtins.int = ...,
+        error_rate: _builtins.float = ...,
+        recent_attempts: _builtins.int = ...,
+        retry_in: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["retry_in", b"retry_in"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_url", b"base_url", "error_rate", b"error_rate", "in_flight", b"in_flight", "kind", b"kind", "models", b"models", "name", b"name", "priority", b"priority", "recent_attempts", b"recent_attempts", "retry_in", b"retry_in", "state", b"state", "weight", b"weight"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpstreamStatus: _TypeAlias = UpstreamStatus  # noqa: Y015
+
+@_typing.final
+class ListUpstreamsResponse(_message.Message):
+    """ListUpstreamsResponse lists the upstreams in their configured order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UPSTREAMS_FIELD_NUMBER: _builtins.int
+    FALLBACKS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def upstreams(self) -> _containers.RepeatedCompositeFieldContainer[Global___UpstreamStatus]:
+        """The upstreams."""
+
+    @_builtins.property
+    def fallbacks(self) -> _containers.RepeatedCompositeFieldContainer[Global___FallbackModels]:
+        """The fallback models."""
+
+    def __init__(
+        self,
+        *,
+        upstreams: _abc.Iterable[Global___UpstreamStatus] | None = ...,
+        fallbacks: _abc.Iterable[Global___FallbackModels] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fallbacks", b"fallbacks", "upstreams", b"upstreams"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListUpstreamsResponse: _TypeAlias = ListUpstreamsResponse  # noqa: Y015
+
+@_typing.final
 class ContentPart(_message.Message):
     """---------------------------------------------------------------------------
     Content parts, request options and answer details of the chat surface.
@@ -2871,6 +3352,7 @@ class ConverseResponse(_message.Message):
     SUMMARIZATION_USAGE_FIELD_NUMBER: _builtins.int
     SUMMARIZATION_COST_USD_FIELD_NUMBER: _builtins.int
     MESSAGE_COUNT_FIELD_NUMBER: _builtins.int
+    UPSTREAM_FIELD_NUMBER: _builtins.int
     content: _builtins.str
     """The answer text."""
     finish_reason: Global___FinishReason.ValueType
@@ -2895,6 +3377,10 @@ class ConverseResponse(_message.Message):
     """Cost in USD of that summary; unset when none was written or its price is unknown."""
     message_count: _builtins.int
     """Messages the conversation holds after this turn."""
+    upstream: _builtins.str
+    """The configured upstream that answered this turn, as in
+    ChatCompletionResponse.upstream.
+    """
     @_builtins.property
     def tool_calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___ToolCall]:
         """Tools the model called; answer them with ROLE_TOOL messages in the next turn."""
@@ -2924,10 +3410,11 @@ class ConverseResponse(_message.Message):
         summarization_usage: Global___Usage | None = ...,
         summarization_cost_usd: _builtins.float | None = ...,
         message_count: _builtins.int = ...,
+        upstream: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_cost_usd", b"_cost_usd", "_summarization_cost_usd", b"_summarization_cost_usd", "cost_usd", b"cost_usd", "summarization_cost_usd", b"summarization_cost_usd", "summarization_usage", b"summarization_usage", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cost_usd", b"_cost_usd", "_summarization_cost_usd", b"_summarization_cost_usd", "attempts", b"attempts", "content", b"content", "context_tokens", b"context_tokens", "cost_usd", b"cost_usd", "finish_reason", b"finish_reason", "message_count", b"message_count", "model", b"model", "refusal", b"refusal", "response_id", b"response_id", "summarization_cost_usd", b"summarization_cost_usd", "summarization_usage", b"summarization_usage", "tool_calls", b"tool_calls", "trimmed_messages", b"trimmed_messages", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cost_usd", b"_cost_usd", "_summarization_cost_usd", b"_summarization_cost_usd", "attempts", b"attempts", "content", b"content", "context_tokens", b"context_tokens", "cost_usd", b"cost_usd", "finish_reason", b"finish_reason", "message_count", b"message_count", "model", b"model", "refusal", b"refusal", "response_id", b"response_id", "summarization_cost_usd", b"summarization_cost_usd", "summarization_usage", b"summarization_usage", "tool_calls", b"tool_calls", "trimmed_messages", b"trimmed_messages", "upstream", b"upstream", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__cost_usd: _TypeAlias = _typing.Literal["cost_usd"]  # noqa: Y015
     _WhichOneofArgType__cost_usd: _TypeAlias = _typing.Literal["_cost_usd", b"_cost_usd"]  # noqa: Y015
@@ -3065,6 +3552,7 @@ class ConverseSummary(_message.Message):
     SUMMARIZATION_USAGE_FIELD_NUMBER: _builtins.int
     SUMMARIZATION_COST_USD_FIELD_NUMBER: _builtins.int
     MESSAGE_COUNT_FIELD_NUMBER: _builtins.int
+    UPSTREAM_FIELD_NUMBER: _builtins.int
     finish_reason: Global___FinishReason.ValueType
     """Why the model stopped."""
     model: _builtins.str
@@ -3083,6 +3571,10 @@ class ConverseSummary(_message.Message):
     """Cost in USD of that summary; unset when none was written or its price is unknown."""
     message_count: _builtins.int
     """Messages the conversation holds after this turn."""
+    upstream: _builtins.str
+    """The configured upstream that answered this turn, as in
+    ChatCompletionResponse.upstream.
+    """
     @_builtins.property
     def tool_calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___ToolCall]:
         """Tools the model called, assembled from the upstream's fragments."""
@@ -3110,10 +3602,11 @@ class ConverseSummary(_message.Message):
         summarization_usage: Global___Usage | None = ...,
         summarization_cost_usd: _builtins.float | None = ...,
         message_count: _builtins.int = ...,
+        upstream: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_cost_usd", b"_cost_usd", "_summarization_cost_usd", b"_summarization_cost_usd", "cost_usd", b"cost_usd", "summarization_cost_usd", b"summarization_cost_usd", "summarization_usage", b"summarization_usage", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cost_usd", b"_cost_usd", "_summarization_cost_usd", b"_summarization_cost_usd", "attempts", b"attempts", "context_tokens", b"context_tokens", "cost_usd", b"cost_usd", "finish_reason", b"finish_reason", "message_count", b"message_count", "model", b"model", "response_id", b"response_id", "summarization_cost_usd", b"summarization_cost_usd", "summarization_usage", b"summarization_usage", "tool_calls", b"tool_calls", "trimmed_messages", b"trimmed_messages", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cost_usd", b"_cost_usd", "_summarization_cost_usd", b"_summarization_cost_usd", "attempts", b"attempts", "context_tokens", b"context_tokens", "cost_usd", b"cost_usd", "finish_reason", b"finish_reason", "message_count", b"message_count", "model", b"model", "response_id", b"response_id", "summarization_cost_usd", b"summarization_cost_usd", "summarization_usage", b"summarization_usage", "tool_calls", b"tool_calls", "trimmed_messages", b"trimmed_messages", "upstream", b"upstream", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__cost_usd: _TypeAlias = _typing.Literal["cost_usd"]  # noqa: Y015
     _WhichOneofArgType__cost_usd: _TypeAlias = _typing.Literal["_cost_usd", b"_cost_usd"]  # noqa: Y015

@@ -120,6 +120,11 @@ class GPTServiceStub:
                 request_serializer=gptgrpc_dot_v1_dot_gateway__pb2.DeleteConversationRequest.SerializeToString,
                 response_deserializer=gptgrpc_dot_v1_dot_gateway__pb2.DeleteConversationResponse.FromString,
                 _registered_method=True)
+        self.ListUpstreams = channel.unary_unary(
+                '/gptgrpc.v1.GPTService/ListUpstreams',
+                request_serializer=gptgrpc_dot_v1_dot_gateway__pb2.ListUpstreamsRequest.SerializeToString,
+                response_deserializer=gptgrpc_dot_v1_dot_gateway__pb2.ListUpstreamsResponse.FromString,
+                _registered_method=True)
 
 
 class GPTServiceServicer:
@@ -274,6 +279,16 @@ class GPTServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListUpstreams(self, request, context):
+        """ListUpstreams shows each configured upstream as this replica sees it now:
+        name, base URL, models, circuit breaker state, calls in flight and recent
+        error rate. Needs a client or the admin token once clients exist (like the
+        other data-plane reads). Never shows a key.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GPTServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -361,6 +376,11 @@ def add_GPTServiceServicer_to_server(servicer, server):
                     servicer.DeleteConversation,
                     request_deserializer=gptgrpc_dot_v1_dot_gateway__pb2.DeleteConversationRequest.FromString,
                     response_serializer=gptgrpc_dot_v1_dot_gateway__pb2.DeleteConversationResponse.SerializeToString,
+            ),
+            'ListUpstreams': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListUpstreams,
+                    request_deserializer=gptgrpc_dot_v1_dot_gateway__pb2.ListUpstreamsRequest.FromString,
+                    response_serializer=gptgrpc_dot_v1_dot_gateway__pb2.ListUpstreamsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -823,6 +843,33 @@ class GPTService:
             '/gptgrpc.v1.GPTService/DeleteConversation',
             gptgrpc_dot_v1_dot_gateway__pb2.DeleteConversationRequest.SerializeToString,
             gptgrpc_dot_v1_dot_gateway__pb2.DeleteConversationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListUpstreams(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gptgrpc.v1.GPTService/ListUpstreams',
+            gptgrpc_dot_v1_dot_gateway__pb2.ListUpstreamsRequest.SerializeToString,
+            gptgrpc_dot_v1_dot_gateway__pb2.ListUpstreamsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -116,6 +116,12 @@ class GPTServiceStub:
     """DeleteConversation deletes one of the caller's conversations at once. The
     admin token may delete any conversation.
     """
+    ListUpstreams: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ListUpstreamsRequest, _gateway_pb2.ListUpstreamsResponse]
+    """ListUpstreams shows each configured upstream as this replica sees it now:
+    name, base URL, models, circuit breaker state, calls in flight and recent
+    error rate. Needs a client or the admin token once clients exist (like the
+    other data-plane reads). Never shows a key.
+    """
 
 @_typing.type_check_only
 class GPTServiceAsyncStub(GPTServiceStub):
@@ -198,6 +204,12 @@ class GPTServiceAsyncStub(GPTServiceStub):
     DeleteConversation: _aio.UnaryUnaryMultiCallable[_gateway_pb2.DeleteConversationRequest, _gateway_pb2.DeleteConversationResponse]  # type: ignore[assignment]
     """DeleteConversation deletes one of the caller's conversations at once. The
     admin token may delete any conversation.
+    """
+    ListUpstreams: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ListUpstreamsRequest, _gateway_pb2.ListUpstreamsResponse]  # type: ignore[assignment]
+    """ListUpstreams shows each configured upstream as this replica sees it now:
+    name, base URL, models, circuit breaker state, calls in flight and recent
+    error rate. Needs a client or the admin token once clients exist (like the
+    other data-plane reads). Never shows a key.
     """
 
 class GPTServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -380,6 +392,18 @@ class GPTServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_gateway_pb2.DeleteConversationResponse, _abc.Awaitable[_gateway_pb2.DeleteConversationResponse]]:
         """DeleteConversation deletes one of the caller's conversations at once. The
         admin token may delete any conversation.
+        """
+
+    @_abc_1.abstractmethod
+    def ListUpstreams(
+        self,
+        request: _gateway_pb2.ListUpstreamsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.ListUpstreamsResponse, _abc.Awaitable[_gateway_pb2.ListUpstreamsResponse]]:
+        """ListUpstreams shows each configured upstream as this replica sees it now:
+        name, base URL, models, circuit breaker state, calls in flight and recent
+        error rate. Needs a client or the admin token once clients exist (like the
+        other data-plane reads). Never shows a key.
         """
 
 def add_GPTServiceServicer_to_server(servicer: GPTServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

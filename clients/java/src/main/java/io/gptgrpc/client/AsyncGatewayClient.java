@@ -29,6 +29,8 @@ import gptgrpc.v1.Gateway.ListConversationsRequest;
 import gptgrpc.v1.Gateway.ListConversationsResponse;
 import gptgrpc.v1.Gateway.ListModelsRequest;
 import gptgrpc.v1.Gateway.ListModelsResponse;
+import gptgrpc.v1.Gateway.ListUpstreamsRequest;
+import gptgrpc.v1.Gateway.ListUpstreamsResponse;
 import gptgrpc.v1.Gateway.RevokeClientRequest;
 import gptgrpc.v1.Gateway.RevokeClientResponse;
 import gptgrpc.v1.Gateway.StreamChatCompletionRequest;
@@ -108,6 +110,11 @@ public final class AsyncGatewayClient {
   /** GetUsage. */
   public CompletableFuture<GetUsageResponse> getUsage(GetUsageRequest request) {
     return unary(stub::getUsage, request);
+  }
+
+  /** ListUpstreams: each upstream's breaker state, calls in flight and recent error rate. */
+  public CompletableFuture<ListUpstreamsResponse> listUpstreams(ListUpstreamsRequest request) {
+    return unary(stub::listUpstreams, request);
   }
 
   /** CreateClient (admin). */

@@ -28,6 +28,8 @@ import gptgrpc.v1.Gateway.ListConversationsRequest;
 import gptgrpc.v1.Gateway.ListConversationsResponse;
 import gptgrpc.v1.Gateway.ListModelsRequest;
 import gptgrpc.v1.Gateway.ListModelsResponse;
+import gptgrpc.v1.Gateway.ListUpstreamsRequest;
+import gptgrpc.v1.Gateway.ListUpstreamsResponse;
 import gptgrpc.v1.Gateway.RevokeClientRequest;
 import gptgrpc.v1.Gateway.RevokeClientResponse;
 import gptgrpc.v1.Gateway.StreamChatCompletionRequest;
@@ -156,6 +158,11 @@ public final class GatewayClient implements AutoCloseable {
   /** GetUsage: the caller's own usage with a client token, any client's with the admin token. */
   public GetUsageResponse getUsage(GetUsageRequest request) {
     return call(() -> stub.getUsage(request));
+  }
+
+  /** ListUpstreams: each upstream's breaker state, calls in flight and recent error rate. */
+  public ListUpstreamsResponse listUpstreams(ListUpstreamsRequest request) {
+    return call(() -> stub.listUpstreams(request));
   }
 
   /** CreateClient (admin): the response holds the client's token, shown once. */

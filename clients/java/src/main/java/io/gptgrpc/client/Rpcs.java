@@ -27,6 +27,7 @@ public final class Rpcs {
       GPTServiceGrpc.getGetConfigurationMethod().getFullMethodName(),
       GPTServiceGrpc.getListModelsMethod().getFullMethodName(),
       GPTServiceGrpc.getGetUsageMethod().getFullMethodName(),
+      GPTServiceGrpc.getListUpstreamsMethod().getFullMethodName(),
       // Conversations: with the admin token (withToken), ListConversations and DeleteConversation reach every
       // client's.
       GPTServiceGrpc.getCreateConversationMethod().getFullMethodName(),
