@@ -1,6 +1,7 @@
 """`make bench`: the gateway against the SDK called directly, side by side, in one run.
 
     .venv/bin/python bench/run.py [--smoke] [--out DIR] [--windows N] [--window S] [--transports | --tls-scale]
+                                  [--no-ghz | --only-ghz] ...
 
 It starts a fast stand-in upstream (bench/fast_upstream.py) and the gateway
 (`python -m gpt_grpc.server`), pins both to one core and the load generator
@@ -36,6 +37,14 @@ or more, and measures:
   upstream configured through an upstreams file (`--upstreams`) against the
   same gateway configured by the OPENAI_BASE_URL shorthand, windows
   alternating (`--only-upstreams` runs this row alone).
+- ghz (a Go gRPC load generator, built by `make grpc-tools`): unary calls
+  at concurrency 32 measured by ghz as well as by bench/load.py, then with
+  one thing changed at a time (ghz's connections 1/4/16, the aiohttp
+  stand-in `python -m tests.standin` as upstream, gateway + upstream + ghz on
+  one core, and the last two together), windows alternating; the gateway's
+  CPU per call as ghz sees it, the upstream's and ghz's own (`--only-ghz`
+  runs this row alone and writes ghz.md; `--no-ghz` skips it; --smoke runs
+  one window of 1 s of ghz over 1 connection).
 - the upstream transport (GPT_GRPC_UPSTREAM_TRANSPORT): one gateway per
   candidate in `TRANSPORTS` against the same stand-in, unary and streams at
   concurrency 32, the candidates' windows alternating. `--transports` runs
@@ -68,6 +77,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import ghz_load  # bench/ghz_load.py
+
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 PY = sys.executable
@@ -98,6 +109,34 @@ TRANSPORTS = ("fast", "httpx")
 TRANSPORT_NAMES = {"fast": "own pool", "httpx": "httpx2's transport (httpcore, h11)"}
 TRANSPORT_CONCURRENCY = 32
 TRACING_CONCURRENCY = 32
+GHZ_CONCURRENCY = 32
+
+
+@dataclass(frozen=True)
+class GhzVariant:
+    """One line of the ghz row: the load generator, its connections, the upstream, the pinning."""
+
+    generator: str  # "ghz", or "python": bench/load.py (grpc.aio, generated stubs)
+    connections: int
+    upstream: str  # "fast": bench/fast_upstream.py; "standin": python -m tests.standin (aiohttp)
+    one_core: bool  # gateway, upstream and load generator on one CPU (else pinned as the other rows)
+    shows: str  # what the line isolates, against ghz over 1 connection
+
+
+# Where the difference between an independent ghz run (upstream and gateway on one core, ~990-1,200 calls/s,
+# 0.8-0.9 ms of gateway CPU per call) and `make bench` (~1,700 calls/s, ~0.52 ms) goes (issue 12): the client,
+# the connections, the upstream's answer, the pinning, each changed alone against `ghz_1`, then all together.
+GHZ_VARIANTS: dict[str, GhzVariant] = {
+    "ghz_1": GhzVariant("ghz", 1, "fast", False, "the reference: pinned as the other rows, fast upstream"),
+    "python": GhzVariant("python", 1, "fast", False, "the client: the project's Python load generator instead"),
+    "ghz_4": GhzVariant("ghz", 4, "fast", False, "the connections: 4 instead of 1"),
+    "ghz_16": GhzVariant("ghz", 16, "fast", False, "the connections: 16 instead of 1"),
+    "ghz_standin": GhzVariant("ghz", 1, "standin", False, "the upstream: the aiohttp stand-in instead"),
+    "ghz_one_core": GhzVariant("ghz", 1, "fast", True, "the pinning: gateway, upstream and ghz on one core"),
+    "ghz_standin_one_core": GhzVariant(
+        "ghz", 1, "standin", True, "the independent run's set-up: aiohttp stand-in, everything on one core"
+    ),
+}
 
 
 @dataclass
@@ -116,6 +155,10 @@ class Plan:
     store: bool = True
     tracing: bool = True
     upstreams: bool = True
+    ghz: bool = True
+    ghz_variants: tuple[str, ...] = tuple(GHZ_VARIANTS)
+    ghz_windows: int | None = None  # None: `windows`
+    ghz_window: float | None = None  # None: `window`
 
 
 SMOKE = Plan(
@@ -132,6 +175,9 @@ SMOKE = Plan(
     scaling=False,
     store=False,
     tracing=False,
+    ghz_variants=("ghz_1",),
+    ghz_windows=1,
+    ghz_window=1.0,
 )
 
 
@@ -295,12 +341,27 @@ def start_upstream(stack: Stack, delay: float = 0.0, tls: Path | None = None, pi
     if tls is not None:
         argv += ["--tls-cert", str(tls / "server.pem"), "--tls-key", str(tls / "server.key")]
     proc = stack.spawn(f"upstream-delay{delay:g}", argv, pin=pin)
-    deadline = time.monotonic() + 20
-    while not port_file.exists():
+    port = wait_port_file(proc, port_file, "fast upstream")
+    return proc, f"{'https' if tls else 'http'}://127.0.0.1:{port}/v1"
+
+
+def start_aiohttp_standin(stack: Stack) -> tuple[Proc, str]:
+    """The project's stand-in upstream (`python -m tests.standin`, aiohttp: what an independent tester
+    would point the gateway at), on the servers' CPUs; its OpenAI base URL."""
+    port_file = stack.logs / f"standin-{time.monotonic_ns()}.port"
+    argv = [PY, "-m", "tests.standin", "--port", "0", "--port-file", str(port_file)]
+    proc = stack.spawn("standin", argv)
+    return proc, f"http://127.0.0.1:{wait_port_file(proc, port_file, 'stand-in')}/v1"
+
+
+def wait_port_file(proc: Proc, port_file: Path, what: str, timeout: float = 20.0) -> int:
+    """The port a child process writes to `port_file` once it listens."""
+    deadline = time.monotonic() + timeout
+    while not port_file.exists() or not port_file.read_text().strip():
         if proc.popen.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"fast upstream did not start; see {proc.log}")
+            raise RuntimeError(f"{what} did not start; see {proc.log}")
         time.sleep(0.01)
-    return proc, f"{'https' if tls else 'http'}://127.0.0.1:{int(port_file.read_text())}/v1"
+    return int(port_file.read_text())
 
 
 def wait_serving(target: str, deadline: float) -> None:
@@ -364,7 +425,9 @@ IN_PROCESS = False  # --smoke: run the load in this process (no interpreter star
 
 
 def load(spec: dict[str, Any], cpus: Cpus, timeout: float) -> dict[str, Any]:
-    """Run one bench/load.py process (pinned to the load generator's cores)."""
+    """Run one bench/load.py process (pinned to the load generator's cores), or one ghz window."""
+    if spec["kind"] == "ghz":
+        return ghz_load.run_window(spec, cpus.load, timeout)
     if IN_PROCESS:
         sys.path.insert(0, str(BENCH))
         import load as load_module  # bench/load.py
@@ -443,6 +506,7 @@ class Bench:
         self.stack = Stack(self.logs, cpus)
         self.results: dict[str, Any] = {}
         self.series: dict[str, Series] = {}
+        self.upstreams: dict[str, Proc] = {}  # the fast upstream by base URL (rows that read its CPU)
 
     def say(self, text: str) -> None:
         print(text, flush=True)
@@ -455,12 +519,16 @@ class Bench:
         return 120 + self.plan.warmup + self.plan.window
 
     def alternate(
-        self, name: str, specs: dict[str, dict[str, Any]], server: Proc | dict[str, Proc] | None
+        self,
+        name: str,
+        specs: dict[str, dict[str, Any]],
+        server: Proc | dict[str, Proc] | None,
+        rounds: int | None = None,
     ) -> dict[str, Series]:
-        """Run one window of each spec in turn, `windows` times; peak RSS of the server (of each
-        label's own server, when `server` maps labels to processes) per gateway window."""
+        """Run one window of each spec in turn, `rounds` (default: `windows`) times; peak RSS of the server
+        (of each label's own server, when `server` maps labels to processes) per gateway window."""
         series = {label: Series() for label in specs}
-        for round_ in range(self.plan.windows):
+        for round_ in range(rounds or self.plan.windows):
             for label, spec in specs.items():
                 if isinstance(server, dict):
                     spec = {**spec, "server_pids": tree_pids(server[label].pid)}
@@ -490,6 +558,7 @@ class Bench:
         """The fast upstream, and its own capacity measured (so it is known not to be the bottleneck)."""
         self.say(f"logs in {self.logs}")
         upstream, base_url = start_upstream(self.stack)
+        self.upstreams[base_url] = upstream
         self.say("stand-in capacity (raw keep-alive HTTP client, concurrency 32)")
         spec = {**self.base_spec("raw_http", 32), "base_url": base_url, "server_pids": [upstream.pid]}
         self.alternate("standin", {"raw": spec}, None)
@@ -570,6 +639,9 @@ class Bench:
             # 9. several upstreams: one from a file against the shorthand
             if p.upstreams:
                 self.upstreams_row(base_url)
+            # 10. ghz, a Go load generator: where the gateway's figures depend on the client and the set-up
+            if p.ghz:
+                self.ghz_row(base_url)
             self.stack.stop(upstream)
         finally:
             self.stack.close()
@@ -687,6 +759,7 @@ class Bench:
         try:
             self.say(f"logs in {self.logs}")
             upstream, base_url = start_upstream(self.stack)
+            self.upstreams[base_url] = upstream
             row(base_url)
             self.stack.stop(upstream)
         finally:
@@ -706,12 +779,7 @@ class Bench:
         receiver = self.stack.spawn(
             "otlp-receiver", [PY, "-m", "tests.otlp_receiver", "--port-file", str(port_file)], pin=False
         )
-        deadline = time.monotonic() + 20
-        while not port_file.exists():
-            if receiver.popen.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"OTLP receiver did not start; see {receiver.log}")
-            time.sleep(0.01)
-        endpoint = f"http://127.0.0.1:{int(port_file.read_text())}"
+        endpoint = f"http://127.0.0.1:{wait_port_file(receiver, port_file, 'OTLP receiver')}"
         traced_env = {
             "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
             "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
@@ -768,6 +836,79 @@ class Bench:
         ratio = paired_ratios(series["file"], series["shorthand"])
         self.results["upstreams"] = {"concurrency": c, "file_over_shorthand": ratio}
         self.say(f"  file / shorthand calls/s: {_fmt(ratio, 3)}")
+
+    def ghz_row(self, base_url: str) -> None:
+        """Unary at 32 measured by ghz (a Go load generator) as well as by the project's Python one.
+
+        The variants in GHZ_VARIANTS change one thing each against ghz over 1 connection, on the same
+        gateway where they can: the client, the connections, the upstream (the aiohttp stand-in in place
+        of the fast upstream: its own gateway), the pinning (gateway, upstream and ghz on one CPU: their
+        own gateway and upstream), then the last two together; every variant's windows alternate. ghz
+        runs on the load generator's CPU, as the Python load does, but for the one-core variants."""
+        p = self.plan
+        variants = {label: GHZ_VARIANTS[label] for label in p.ghz_variants}
+        rounds, window = p.ghz_windows or p.windows, p.ghz_window or p.window
+        one_cpu = {min(self.cpus.server)} if self.cpus.server else None
+        one_core = Stack(self.logs, Cpus(one_cpu, one_cpu))
+        self.say(f"ghz: unary calls at concurrency {GHZ_CONCURRENCY}, {len(variants)} variants, windows alternating")
+        gateways: dict[tuple[str, bool], tuple[Proc, str]] = {}
+        upstreams: dict[tuple[str, bool], Proc | None] = {}  # None: the caller's, when it is not known
+        try:
+            for v in variants.values():
+                key = (v.upstream, v.one_core)
+                if key in gateways:
+                    continue
+                stack = one_core if v.one_core else self.stack
+                if key == ("fast", False):
+                    upstreams[key], url = self.upstreams.get(base_url), base_url
+                elif v.upstream == "fast":
+                    upstreams[key], url = start_upstream(stack)
+                else:
+                    upstreams[key], url = start_aiohttp_standin(stack)
+                name = f"gateway-ghz-{v.upstream}" + ("-one-core" if v.one_core else "")
+                proc, target, _ = start_gateway(stack, url, name=name)
+                gateways[key] = (proc, target)
+            specs: dict[str, dict[str, Any]] = {}
+            servers: dict[str, Proc] = {}
+            for label, v in variants.items():
+                servers[label], target = gateways[(v.upstream, v.one_core)]
+                spec = {**self.base_spec("gateway_unary", GHZ_CONCURRENCY), "target": target, "window": window}
+                if v.generator == "ghz":
+                    spec |= {"kind": "ghz", "connections": v.connections, "warmup": 0.0}
+                    upstream = upstreams[(v.upstream, v.one_core)]
+                    if upstream is not None:  # its CPU per call too: on the gateway's core, it is the gateway's loss
+                        spec["upstream_pids"] = [upstream.pid]
+                    if v.one_core and one_cpu:
+                        spec["cpus"] = sorted(one_cpu)
+                specs[label] = spec
+            for _, target in gateways.values():  # a warm-up per gateway (the Python load warms up per window)
+                warmup = {**self.base_spec("ghz", GHZ_CONCURRENCY), "target": target, "warmup": 0.0, "window": p.warmup}
+                load(warmup, self.cpus, self.window_timeout())
+            series = self.alternate(f"ghz_{GHZ_CONCURRENCY}", specs, servers, rounds=rounds)
+        finally:
+            ours = [g for g, _ in gateways.values()] + [u for k, u in upstreams.items() if k != ("fast", False) and u]
+            for each in ours:
+                (one_core if each in one_core.procs else self.stack).stop(each)
+            one_core.close()
+        pinning = (
+            f"gateway and upstream on CPU {sorted(self.cpus.server)}, load generator on CPU {sorted(self.cpus.load)}"
+            if self.cpus.server and self.cpus.load
+            else "not pinned"
+        )
+        self.results["ghz"] = {
+            "concurrency": GHZ_CONCURRENCY,
+            "windows": rounds,
+            "window_s": window,
+            "pinning": pinning,
+            "one_core": f"all on CPU {sorted(one_cpu)}" if one_cpu else "not pinned",
+            "variants": {label: vars(v) for label, v in variants.items()},
+        }
+        reference = series.get("ghz_1")
+        for label, ser in series.items():
+            self.say(
+                f"  {label:<22} gateway CPU {_fmt(ser.stat('server_cpu_ms_per_call'), 3)} ms/call"
+                + (f"; calls/s vs ghz_1 {_fmt(paired_ratios(ser, reference), 2)}" if reference is not None else "")
+            )
 
     def store_row(self, base_url: str) -> None:
         """Unary at 32 with a client token: Redis store vs in-memory store; Redis commands per call."""
@@ -1020,7 +1161,7 @@ def markdown(bench: Bench, figures: dict[str, Any], meta: dict[str, Any]) -> str
             f"{_fmt(s[key + '/shorthand'].stat('rate'))} calls/s; file / shorthand per round "
             f"{_fmt(up['file_over_shorthand'], 3)}."
         )
-    lines += ["", *transport_section(bench), *tracing_section(bench)]
+    lines += ["", *transport_section(bench), *tracing_section(bench), *ghz_section(bench)]
     lines += ["## Ratios and targets", "", "| figure | target | value | met |", "| --- | --- | --- | --- |"]
     for t in figures["targets"].values():
         f = figures_key_value(t)
@@ -1084,6 +1225,54 @@ def tracing_section(bench: Bench) -> list[str]:
         )
     receiver = bench.results.get("tracing", {}).get("receiver", "")
     return [*lines, "", f"Receiver: {receiver}.", ""]
+
+
+def ghz_section(bench: Bench) -> list[str]:
+    """The ghz row: each variant's calls/s, latency and CPU per call (the gateway's, the load generator's)."""
+    ghz = bench.results.get("ghz")
+    if ghz is None:
+        return []
+    s = bench.series
+    c = ghz["concurrency"]
+    reference = s.get(f"ghz_{c}/ghz_1")
+    lines = [
+        f"## ghz (a Go gRPC load generator), unary ChatCompletion, concurrency {c}",
+        "",
+        f"{ghz['windows']} windows of {ghz['window_s']:g} s per line, every line's windows alternating; "
+        "median (min-max). One ghz process per window (`--duration`, `--duration-stop wait`: calls in flight at "
+        "the end complete and count). Gateway CPU = the gateway process's CPU from before ghz starts to after it "
+        "exits, over the calls OK; upstream CPU = the upstream process's, likewise (ghz lines); load generator CPU = "
+        "ghz's own (the Python client's: its process's over the window). "
+        f"Pinned: {ghz['pinning']}; one core: {ghz['one_core']}. vs ghz_1 = per round, over the "
+        "ghz_1 window of the same round.",
+        "",
+        "| variant | load generator | connections | upstream | pinning | calls/s | p50 ms | p99 ms "
+        "| gateway CPU ms/call | upstream CPU ms/call | load generator CPU ms/call | errors | calls/s vs ghz_1 "
+        "| gateway CPU vs ghz_1 |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    upstreams = {"fast": "fast upstream", "standin": "aiohttp stand-in"}
+    generators = {"ghz": "ghz", "python": "bench/load.py (grpc.aio)"}
+    for label, v in ghz["variants"].items():
+        ser = s[f"ghz_{c}/{label}"]
+        vs_rate = _fmt(paired_ratios(ser, reference), 2) if reference is not None else "-"
+        vs_cpu = _fmt(paired_ratios(ser, reference, key="server_cpu_ms_per_call"), 2) if reference is not None else "-"
+        lines.append(
+            f"| `{label}` | {generators[v['generator']]} | {v['connections']} | {upstreams[v['upstream']]} "
+            f"| {'one core' if v['one_core'] else 'pinned'} | {_fmt(ser.stat('rate'))} "
+            f"| {_fmt(ser.stat('p50_ms'), 2)} | {_fmt(ser.stat('p99_ms'), 2)} "
+            f"| {_fmt(ser.stat('server_cpu_ms_per_call'), 3)} | {_fmt(ser.stat('upstream_cpu_ms_per_call'), 3)} "
+            f"| {_fmt(ser.stat('client_cpu_ms_per_call'), 3)} | {_errors(ser)} | {vs_rate} | {vs_cpu} |"
+        )
+    lines += ["", "What each line changes, against `ghz_1`:", ""]
+    lines += [f"- `{label}`: {v['shows']}." for label, v in ghz["variants"].items()]
+    return [*lines, ""]
+
+
+def _errors(ser: Series) -> str:
+    """Errors over the windows, with their kinds (status codes) when there were any."""
+    count = sum(w["errors"] for w in ser.windows)
+    return f"{count} {ser.errors}" if ser.errors else str(count)
 
 
 def transports_report(bench: Bench, meta: dict[str, Any]) -> str:
@@ -1256,6 +1445,29 @@ def create_client(target: str, name: str) -> str:
     return str(reply.token)
 
 
+def write_row_report(
+    out: Path, name: str, section: list[str], bench: Bench, results: dict[str, Any], started: float
+) -> None:
+    """`--only-<row>`: the row's section as `<name>.md`, its windows as `<name>.json`."""
+    plan = bench.plan
+    meta = {
+        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
+        "machine": f"{os.cpu_count()} CPUs, {platform.machine()}, Python {platform.python_version()}",
+    }
+    head = [
+        f"# gpt-grpc benchmark: {name}",
+        "",
+        f"{meta['when']} · {meta['machine']} · {plan.windows} windows of {plan.window:g} s "
+        f"(after {plan.warmup:g} s warm-up); median (min-max).",
+        "",
+    ]
+    (out / f"{name}.md").write_text("\n".join([*head, *section]))
+    series = {k: v.to_json() for k, v in bench.series.items()}
+    report = {"meta": meta, "results": results, "series": series}
+    (out / f"{name}.json").write_text(json.dumps(report, indent=1))
+    print(f"report: {out / f'{name}.md'}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="gpt-grpc benchmark: direct SDK vs. gateway")
     ap.add_argument("--smoke", action="store_true", help="tiny counts, a few seconds (CI)")
@@ -1272,6 +1484,10 @@ def main(argv: list[str] | None = None) -> int:
         "--only-upstreams",
         action="store_true",
         help="run the upstreams-file row alone: one upstream from a file vs the shorthand (prints its figures)",
+    )
+    ap.add_argument("--no-ghz", action="store_true", help="skip the ghz row")
+    ap.add_argument(
+        "--only-ghz", action="store_true", help="run the ghz row alone: ghz vs the Python load and variants (ghz.md)"
     )
     ap.add_argument(
         "--transports", action="store_true", help="only the upstream transport comparison (writes transports.md)"
@@ -1291,6 +1507,7 @@ def main(argv: list[str] | None = None) -> int:
     plan.store = plan.store and not args.no_store
     plan.tracing = plan.tracing and not args.no_tracing
     plan.upstreams = plan.upstreams and not args.no_upstreams
+    plan.ghz = plan.ghz and not args.no_ghz
     cpus = plan_cpus()
     if cpus.load:
         os.sched_setaffinity(0, cpus.load)
@@ -1305,22 +1522,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.only_tracing:
         results = bench.run_alone(bench.tracing_row)
-        meta = {
-            "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
-            "machine": f"{os.cpu_count()} CPUs, {platform.machine()}, Python {platform.python_version()}",
-        }
-        head = [
-            "# gpt-grpc benchmark: tracing",
-            "",
-            f"{meta['when']} · {meta['machine']} · {plan.windows} windows of {plan.window:g} s "
-            f"(after {plan.warmup:g} s warm-up); median (min-max).",
-            "",
-        ]
-        (args.out / "tracing.md").write_text("\n".join([*head, *tracing_section(bench)]))
-        series = {k: v.to_json() for k, v in bench.series.items()}
-        report = {"meta": meta, "results": results, "series": series}
-        (args.out / "tracing.json").write_text(json.dumps(report, indent=1))
-        print(f"report: {args.out / 'tracing.md'}")
+        write_row_report(args.out, "tracing", tracing_section(bench), bench, results, started)
+        return 0
+    if args.only_ghz:
+        results = bench.run_alone(bench.ghz_row)
+        write_row_report(args.out, "ghz", ghz_section(bench), bench, results, started)
         return 0
     if args.only_upstreams:
         results = bench.run_alone(bench.upstreams_row)

@@ -37,3 +37,7 @@ def test_bench_smoke_writes_a_well_formed_report(tmp_path_factory: pytest.TempPa
     for target in targets.values():
         assert isinstance(target["met"], bool) and isinstance(target["value"], float)
     assert data["results"]["slow"]["rounds"] and "ratios" in run.stdout
+    # The ghz row (one variant, one window): ghz ran against the gateway and its calls were all OK.
+    assert "## ghz (a Go gRPC load generator)" in report and "| `ghz_1` | ghz | 1 |" in report
+    (window,) = data["series"]["ghz_32/ghz_1"]["windows"]
+    assert window["calls"] > 0 and window["errors"] == 0 and window["server_cpu_ms_per_call"] > 0
