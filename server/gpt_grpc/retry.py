@@ -200,30 +200,51 @@ async def call_with_retries(
     """
     if budget is not None:
         budget.record_first_attempt()
+    predicate = _retry_predicate(failover)
+    # The first attempt runs outside tenacity: almost every call succeeds at once, and
+    # tenacity's machinery (its state, statistics and action chain) costs ~15 us a call.
+    # A first failure that may be retried is handed to tenacity as its attempt 1, so every
+    # rule below (stop, wait, budget, failover) decides exactly as it would have.
+    first = await _attempt(attempt, 1, observer, "")
+    if not isinstance(first, GatewayError):
+        return first, 1
+    if not predicate(first):
+        raise first
     retrying = AsyncRetrying(
         sleep=sleep,
         stop=_Stop(policy, deadline, clock, budget),
         wait=_Wait(policy, rng, failover),
-        retry=tenacity.retry_if_exception(_retry_predicate(failover)),
+        retry=tenacity.retry_if_exception(predicate),
         reraise=True,
     )
-    number = 0
-    last_reason = ""
+    last_reason = first.reason.value
     async for state in retrying:
         with state:
             number = state.retry_state.attempt_number
-            if observer is not None and number > 1:
-                observer.retry(last_reason)
-            started = time.perf_counter()
-            try:
-                result = await attempt(number)
-            except GatewayError as exc:
-                exc.attempts = number
-                last_reason = exc.reason.value
-                if observer is not None:
-                    observer.attempt(last_reason, time.perf_counter() - started)
-                raise
-            if observer is not None:
-                observer.attempt("ok", time.perf_counter() - started)
-            return result, number
+            if number == 1:
+                raise first
+            outcome = await _attempt(attempt, number, observer, last_reason)
+            if isinstance(outcome, GatewayError):
+                last_reason = outcome.reason.value
+                raise outcome
+            return outcome, number
     raise AssertionError("unreachable: tenacity either returns or re-raises")  # pragma: no cover
+
+
+async def _attempt(
+    attempt: Callable[[int], Awaitable[T]], number: int, observer: AttemptObserver | None, last_reason: str
+) -> T | GatewayError:
+    """Attempt `number`: its result, or the GatewayError it failed with (its `attempts` set); observed."""
+    if observer is not None and number > 1:
+        observer.retry(last_reason)
+    started = time.perf_counter()
+    try:
+        result = await attempt(number)
+    except GatewayError as exc:
+        exc.attempts = number
+        if observer is not None:
+            observer.attempt(exc.reason.value, time.perf_counter() - started)
+        return exc
+    if observer is not None:
+        observer.attempt("ok", time.perf_counter() - started)
+    return result
