@@ -1,6 +1,6 @@
 """The pooled HTTP client every call to an upstream goes through.
 
-One httpx2 client per event loop, over the gateway's own HTTP/1.1 pool
+One transport per event loop: the gateway's own HTTP/1.1 pool
 (transport.FastTransport, behind the system's proxies if it has any) unless
 `GPT_GRPC_UPSTREAM_TRANSPORT=httpx` asks for httpx2's own. Redirects are not
 followed: they could carry prompts somewhere the operator did not choose.
@@ -23,7 +23,7 @@ import httpx2
 
 from .endpoints import Endpoint
 from .failures import AnswerTooLarge, StatusFailure
-from .transport import KEEPALIVE_EXPIRY, transport_for
+from .transport import KEEPALIVE_EXPIRY, behind_system_proxies, transport_for
 
 # Enough for thousands of slow calls in flight (httpx's default, 100, would make calls queue).
 DEFAULT_MAX_CONNECTIONS = 20_000
@@ -37,47 +37,55 @@ MAX_ANSWER_BYTES = 15 * 1024 * 1024
 MAX_ERROR_BODY_BYTES = 64 * 1024
 
 
-def _transport(limits: httpx2.Limits) -> httpx2.AsyncBaseTransport | None:
-    """The pool: FastTransport (httpx2's for requests a system proxy applies to), unless
-    GPT_GRPC_UPSTREAM_TRANSPORT=httpx asks for httpx2's own (None: httpx2 decides)."""
+def _transport(limits: httpx2.Limits) -> httpx2.AsyncBaseTransport:
+    """The pool: FastTransport, unless GPT_GRPC_UPSTREAM_TRANSPORT=httpx asks for httpx2's own;
+    either behind the system's proxies when it has any."""
+    fallback = httpx2.AsyncHTTPTransport(limits=limits)
     if os.environ.get("GPT_GRPC_UPSTREAM_TRANSPORT", "fast") == "httpx":
-        return None
-    return transport_for(limits, fallback=httpx2.AsyncHTTPTransport(limits=limits))
+        return behind_system_proxies(fallback, limits)
+    return transport_for(limits, fallback=fallback)
 
 
 class UpstreamClient:
-    """The shared connection pool; serves the event loop that first used it."""
+    """The shared connection pool; serves the event loop that first used it.
+
+    Requests go straight to the transport: an httpx2.AsyncClient's send would add
+    its auth and redirect machinery, event hooks and elapsed-time stream wrapper
+    (~20 us a call) for nothing the gateway uses (no auth flow, redirects never
+    followed). What it would still do is kept here: the cookies an upstream sets
+    (Cloudflare's) are stored and sent back.
+    """
 
     def __init__(
         self, max_connections: int = DEFAULT_MAX_CONNECTIONS, *, transport: httpx2.AsyncBaseTransport | None = None
     ) -> None:
         self._max_connections = max_connections
-        self._transport = transport  # a given one (a test double) instead of the pool
-        self._http: httpx2.AsyncClient | None = None
+        self._given = transport  # a given one (a test double) instead of the pool
+        self._transport: httpx2.AsyncBaseTransport | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.cookies = httpx2.Cookies()
 
     @property
     def started(self) -> bool:
-        return self._http is not None and self._loop is not None and not self._loop.is_closed()
+        return self._transport is not None and self._loop is not None and not self._loop.is_closed()
 
-    def http(self) -> httpx2.AsyncClient:
+    def transport(self) -> httpx2.AsyncBaseTransport:
         loop = asyncio.get_running_loop()
-        if self._http is None:
+        if self._transport is None:
             limits = httpx2.Limits(
                 max_connections=self._max_connections,
                 max_keepalive_connections=DEFAULT_KEEPALIVE_CONNECTIONS,
                 keepalive_expiry=KEEPALIVE_EXPIRY,  # below common servers' 5 s (see transport.py)
             )
-            transport = self._transport or _transport(limits)
-            self._http = httpx2.AsyncClient(limits=limits, follow_redirects=False, transport=transport)
+            self._transport = self._given or _transport(limits)
             self._loop = loop
         elif self._loop is not loop:
             raise RuntimeError("a GPT instance serves one event loop; use one GPT per loop")
-        return self._http
+        return self._transport
 
     def pool_summary(self) -> object:
         """The pool's own one-line summary (active and idle connections), for the debug aid."""
-        return getattr(getattr(self._http, "_transport", None), "_pool", None)
+        return getattr(self._transport, "_pool", None)
 
     def post(
         self,
@@ -89,7 +97,7 @@ class UpstreamClient:
         trace_headers: Sequence[tuple[str, str]] = (),
     ) -> Exchange:
         """`async with client.post(...) as response:` the streamed 2xx response of one attempt."""
-        http = self.http()
+        transport = self.transport()
         request = endpoint.request(
             content,
             timeout=timeout,
@@ -97,30 +105,34 @@ class UpstreamClient:
             client_request_id=client_request_id,
             trace_headers=trace_headers,
         )
-        cookies = http.cookies
-        if cookies:  # what httpx2's build_request adds: cookies the upstream set earlier (Cloudflare's)
-            httpx2.Cookies(cookies).set_cookie_header(request)
-        return Exchange(http, request)
+        if self.cookies:  # cookies the upstream set earlier (Cloudflare's), as httpx2's build_request adds them
+            httpx2.Cookies(self.cookies).set_cookie_header(request)
+        return Exchange(transport, self.cookies, request)
 
     async def aclose(self) -> None:
-        if self._http is not None:
-            await self._http.aclose()
-            self._http = None
+        if self._transport is not None:
+            await self._transport.aclose()
+            self._transport = None
             self._loop = None
 
 
 class Exchange:
     """One request and its response; the response is closed on the way out."""
 
-    __slots__ = ("http", "request", "response")
+    __slots__ = ("cookies", "request", "response", "transport")
 
-    def __init__(self, http: httpx2.AsyncClient, request: httpx2.Request) -> None:
-        self.http = http
+    def __init__(self, transport: httpx2.AsyncBaseTransport, cookies: httpx2.Cookies, request: httpx2.Request) -> None:
+        self.transport = transport
+        self.cookies = cookies
         self.request = request
         self.response: httpx2.Response | None = None
 
     async def __aenter__(self) -> httpx2.Response:
-        response = await self.http.send(self.request, stream=True)
+        request = self.request
+        response = await self.transport.handle_async_request(request)
+        response.request = request
+        if "set-cookie" in response.headers:
+            self.cookies.extract_cookies(response)
         if not response.is_success:
             try:
                 body, complete = await _read_up_to(response, MAX_ERROR_BODY_BYTES)
@@ -157,7 +169,15 @@ async def _read_up_to(response: httpx2.Response, limit: int) -> tuple[bytes, boo
     """(the body's first `limit` bytes, whether that is all of it)."""
     chunks: list[bytes] = []
     total = 0
-    async for chunk in response.aiter_bytes():
+    stream = response.stream
+    # Without a content coding the body is the bytes as they came: read them off the transport's
+    # stream, past httpx2's decoder and re-chunking layers (a few us an answer).
+    source = (
+        stream
+        if isinstance(stream, httpx2.AsyncByteStream) and "content-encoding" not in response.headers
+        else response.aiter_bytes()
+    )
+    async for chunk in source:
         total += len(chunk)
         if total > limit:
             chunks.append(chunk[: limit - (total - len(chunk))])

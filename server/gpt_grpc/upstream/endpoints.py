@@ -89,13 +89,16 @@ class Endpoint:
             headers["X-Client-Request-Id"] = client_request_id
         for name, value in trace_headers:
             headers[name] = value
+        # A given stream, not `content=`: httpx2 would derive Host and Content-Length headers
+        # again (they are set above) and encode the body through its generic path.
         request = httpx2.Request(
             "POST",
             self.url,
-            content=content,
+            stream=httpx2.ByteStream(content),
             extensions={"timeout": {"connect": connect_timeout, "read": timeout, "write": timeout, "pool": timeout}},
         )
         request.headers = headers
+        request.read()  # a ByteStream: no I/O; the transport sends `request.content` in one write
         return request
 
 

@@ -649,7 +649,12 @@ def transport_for(limits: httpx2.Limits, fallback: httpx2.AsyncBaseTransport) ->
         keepalive_expiry=KEEPALIVE_EXPIRY if limits.keepalive_expiry is None else limits.keepalive_expiry,
         fallback=fallback,
     )
+    return behind_system_proxies(pool, limits)
+
+
+def behind_system_proxies(direct: httpx2.AsyncBaseTransport, limits: httpx2.Limits) -> httpx2.AsyncBaseTransport:
+    """`direct`, or a router sending what the system's proxies apply to through httpx2's proxy transport."""
     proxies = system_proxies()
     if not proxies:
-        return pool
-    return ProxyRouter(pool, proxies, lambda proxy: httpx2.AsyncHTTPTransport(proxy=proxy, limits=limits))
+        return direct
+    return ProxyRouter(direct, proxies, lambda proxy: httpx2.AsyncHTTPTransport(proxy=proxy, limits=limits))
