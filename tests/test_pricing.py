@@ -290,17 +290,8 @@ def test_missing_override_file(tmp_path: Path) -> None:
 def test_date_dependent_prices_are_re_resolved_each_day(monkeypatch: pytest.MonkeyPatch) -> None:
     import datetime as dt
 
-    from gpt_grpc import pricing as pricing_module
-
     now = [dt.datetime(2026, 1, 1, 12, tzinfo=dt.UTC)]
-
-    class FakeDateTime(dt.datetime):
-        @classmethod
-        def now(cls, tz: dt.tzinfo | None = None) -> FakeDateTime:
-            return cls.fromtimestamp(now[0].timestamp(), tz)
-
-    monkeypatch.setattr(pricing_module, "datetime", FakeDateTime)
-    pricing = Pricing()
+    pricing = Pricing(clock=lambda: now[0].timestamp())
     calls: list[str] = []
     real = pricing._provider.find_model
 

@@ -169,7 +169,7 @@ class Accounts:
         """Account one finished call (usage, spend, token window); `client` None: no client token."""
         cost = cost_usd if cost_usd is not None and math.isfinite(cost_usd) and cost_usd > 0 else 0.0
         model = model[:MAX_MODEL_CHARS]
-        totals = replace(ModelTotals.of_call(model, usage, cost_usd, ok), cost_usd=cost)
+        totals = ModelTotals.of_call(model, usage, cost_usd, ok, spend=cost)
         tokens = 0
         if usage is not None:
             tokens = usage.total_tokens or (usage.prompt_tokens + usage.completion_tokens)

@@ -134,6 +134,16 @@ class Periods:
 
     @staticmethod
     def at(now: float) -> Periods:
+        global _last_periods
+        last = _last_periods
+        if last is not None and last.contains(now):
+            return last  # the same UTC day: every call of a day shares one (building one costs ~10 us)
+        periods = Periods._build(now)
+        _last_periods = periods
+        return periods
+
+    @staticmethod
+    def _build(now: float) -> Periods:
         t = datetime.fromtimestamp(now, UTC)
         day0 = datetime(t.year, t.month, t.day, tzinfo=UTC)
         month0 = datetime(t.year, t.month, 1, tzinfo=UTC)
@@ -158,6 +168,10 @@ class Periods:
 
     def bounds(self, period: Period | None) -> tuple[float, float]:
         return (self.month_start, self.month_end) if period == "month" else (self.day_start, self.day_end)
+
+
+# The Periods of the last instant asked about (Periods.at): reused until its day ends.
+_last_periods: Periods | None = None
 
 
 # ------------------------------------------------------------------ estimates

@@ -34,7 +34,9 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -46,6 +48,8 @@ from genai_prices import data_snapshot
 from genai_prices import types as gp_types
 
 from .chat import MAX_MODEL_CHARS
+
+SECONDS_PER_DAY = 86_400.0
 
 __all__ = ["ModelPrice", "PriceEntry", "Pricing", "PricingConfigError"]
 
@@ -113,7 +117,18 @@ def _rate(base: Decimal, tiers: _Tiers, prompt_tokens: int) -> Decimal:
 class Pricing:
     """Per-model prices: overrides (if any) first, then genai-prices' bundled data."""
 
-    def __init__(self, override_path: str | os.PathLike[str] | None = None, *, provider_id: str = "openai") -> None:
+    def __init__(
+        self,
+        override_path: str | os.PathLike[str] | None = None,
+        *,
+        provider_id: str = "openai",
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._clock = clock
+        # The UTC day prices are resolved for, and the instant it ends: a date-dependent
+        # price is looked up again from the next day on (one float compare a call until then).
+        self._today = date.min
+        self._today_ends = float("-inf")
         self._overrides: dict[str, PriceEntry] = {}
         if override_path is not None:
             self._overrides = _load_overrides(override_path)
@@ -153,7 +168,7 @@ class Pricing:
         override = self._overrides.get(model)
         if override is not None:
             return override
-        today = datetime.now(tz=UTC).date()
+        today = self._utc_today()
         with self._lock:
             if model in self._cache:
                 entry = self._cache[model]
@@ -169,6 +184,14 @@ class Pricing:
             while len(self._cache) > _CACHE_SIZE:
                 self._cache.popitem(last=False)
         return entry
+
+    def _utc_today(self) -> date:
+        now = self._clock()
+        if not self._today_ends - SECONDS_PER_DAY <= now < self._today_ends:
+            t = datetime.fromtimestamp(now, UTC)
+            self._today = t.date()
+            self._today_ends = datetime(t.year, t.month, t.day, tzinfo=UTC).timestamp() + SECONDS_PER_DAY
+        return self._today
 
     def _resolve(self, model: str, today: date) -> PriceEntry | None:
         info = self._provider.find_model(model, all_providers=self._snapshot.providers)

@@ -37,6 +37,14 @@ class ResultSink(Protocol):
     def record(self, outcome: CallOutcome) -> None: ...
 
 
+class DiscardResults:
+    """A sink that keeps nothing: for the server, whose envelope records each call once
+    (usage, spend and metrics: servicer._finish), so the engine's own tally would be dead weight."""
+
+    def record(self, outcome: CallOutcome) -> None:
+        return None
+
+
 # Distinct model names tracked one by one; calls naming further ones add to OTHER_MODELS.
 MAX_MODELS = 1000
 OTHER_MODELS = "(other)"
@@ -55,8 +63,12 @@ class ModelTotals:
     unpriced_requests: int = 0
 
     @classmethod
-    def of_call(cls, model: str, usage: Usage | None, cost_usd: float | None, ok: bool) -> ModelTotals:
-        """The totals one finished call adds; tokens of a failed call (a stream cut short) count too."""
+    def of_call(
+        cls, model: str, usage: Usage | None, cost_usd: float | None, ok: bool, spend: float | None = None
+    ) -> ModelTotals:
+        """The totals one finished call adds; tokens of a failed call (a stream cut short) count too.
+
+        `spend`: the cost to add when it is not `cost_usd` itself (a fallback price, say)."""
         return cls(
             model=model,
             requests=1 if ok else 0,
@@ -65,7 +77,7 @@ class ModelTotals:
             completion_tokens=usage.completion_tokens if usage else 0,
             cached_prompt_tokens=usage.cached_prompt_tokens if usage else 0,
             reasoning_tokens=usage.reasoning_tokens if usage else 0,
-            cost_usd=cost_usd or 0.0,
+            cost_usd=(cost_usd or 0.0) if spend is None else spend,
             unpriced_requests=1 if ok and cost_usd is None else 0,
         )
 

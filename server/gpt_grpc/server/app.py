@@ -43,6 +43,7 @@ from ..store import StoreError, store_from_url
 from ..store.secrets import Sealer, SecretKeyError, sealer_from_env
 from ..upstream.routing import Routers
 from ..upstreams import UpstreamsFileError, load_file, resolved_problems, summary
+from ..usage import DiscardResults
 from . import logs, reflection, registration, workers
 from .admission import Admission
 from .auth import AdminAuth, Authorizer
@@ -150,6 +151,7 @@ class GatewayServer:
             budget=RetryBudget() if config.retry_budget else None,
             observer=self.metrics,
             router=Routers(observer=self.metrics),
+            sink=DiscardResults(),
         )
         if self.tracing is not None and self.engine.tracer is None:
             self.engine.tracer = self.tracing.attempts

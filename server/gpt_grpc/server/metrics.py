@@ -22,6 +22,8 @@ from ..retry import RetryBudget
 from ..store.base import Store
 
 MAX_MODEL_LABELS = 200
+# (model, client) pairs whose usage counters are kept at hand (a shortcut past labels(), bounded).
+MAX_CACHED_USAGE_LABELS = 4096
 # Gauges a worker samples for the parent's scrape (multiprocess mode).
 SAMPLE_SECONDS = 1.0
 OTHER = "other"
@@ -129,6 +131,11 @@ class Metrics:
         self._sampler: asyncio.Task[None] | None = None
         self._models: set[str] = set()
         self._call_children: dict[tuple[str, str], tuple[Any, Any]] = {}
+        self._attempt_children: dict[str, tuple[Any, Any]] = {}
+        # (model label, client) -> its token counters (prompt, completion); the cost counter apart,
+        # made on the first cost (an unpriced model has no cost series).
+        self._usage_children: dict[tuple[str, str], tuple[Any, Any]] = {}
+        self._cost_children: dict[tuple[str, str], Any] = {}
         self._lock = threading.Lock()
 
     def watch(self, loop: asyncio.AbstractEventLoop, budget: RetryBudget | None, store: Store | None = None) -> None:
@@ -183,8 +190,14 @@ class Metrics:
 
     # AttemptObserver (retry.py): the engine reports each upstream attempt.
     def attempt(self, outcome: str, seconds: float) -> None:
-        self.attempts.labels(outcome).inc()
-        self.attempt_seconds.labels(outcome).observe(seconds)
+        children = self._attempt_children.get(outcome)
+        if children is None:  # outcomes are "ok" and the reasons: a few
+            children = self._attempt_children[outcome] = (
+                self.attempts.labels(outcome),
+                self.attempt_seconds.labels(outcome),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
 
     def retry(self, reason: str) -> None:
         self.retries.labels(reason).inc()
@@ -205,14 +218,28 @@ class Metrics:
 
     def observe_usage(self, model: str, client: str | None, usage: Usage, cost_usd: float | None) -> None:
         m, c = self.model_label(model), client or ANONYMOUS
-        self.tokens.labels(m, c, "prompt").inc(usage.prompt_tokens)
-        self.tokens.labels(m, c, "completion").inc(usage.completion_tokens)
+        key = (m, c)
+        children = self._usage_children.get(key)
+        if children is None:
+            if len(self._usage_children) >= MAX_CACHED_USAGE_LABELS:
+                # The counters stay; only the shortcuts to them are dropped.
+                self._usage_children.clear()
+                self._cost_children.clear()
+            children = self._usage_children[key] = (
+                self.tokens.labels(m, c, "prompt"),
+                self.tokens.labels(m, c, "completion"),
+            )
+        children[0].inc(usage.prompt_tokens)
+        children[1].inc(usage.completion_tokens)
         if usage.cached_prompt_tokens:
             self.tokens.labels(m, c, "cached_prompt").inc(usage.cached_prompt_tokens)
         if usage.reasoning_tokens:
             self.tokens.labels(m, c, "reasoning").inc(usage.reasoning_tokens)
         if cost_usd:
-            self.cost.labels(m, c).inc(cost_usd)
+            cost = self._cost_children.get(key)
+            if cost is None:
+                cost = self._cost_children[key] = self.cost.labels(m, c)
+            cost.inc(cost_usd)
 
     def serve(self, port: int, host: str = "127.0.0.1") -> int:
         """Expose /metrics over HTTP on a thread; returns the bound port."""
