@@ -593,3 +593,29 @@ def test_chunked_decoding_at_any_cut(chunks: list[bytes], cuts: list[int]) -> No
     points = sorted({c % (len(wire) + 1) for c in cuts} | {0, len(wire)})
     pieces = [wire[a:b] for a, b in itertools.pairwise(points)]
     assert _feed(Body("chunked"), pieces) == b"".join(chunks)
+
+
+# -- the request head --------------------------------------------------------------------
+
+
+def test_the_request_head_is_the_method_path_and_every_field() -> None:
+    from gpt_grpc.upstream.http1 import request_head
+
+    request = httpx2.Request(
+        "POST", "http://127.0.0.1:1/v1/chat/completions?x=1", headers=[("A", "1"), ("B", "two")], content=b"{}"
+    )
+    assert request_head(request) == (
+        b"POST /v1/chat/completions?x=1 HTTP/1.1\r\nHost: 127.0.0.1:1\r\nA: 1\r\nB: two\r\nContent-Length: 2\r\n\r\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("X-Ok", "a\r\nInjected: 1"), ("X-Ok", "a\nb"), ("X-Ok", "a\rb"), ("X-Bad:Name", "v"), ("X-Bad\r\nName", "v")],
+)
+def test_a_field_that_could_split_the_request_is_refused(name: str, value: str) -> None:
+    from gpt_grpc.upstream.http1 import request_head
+
+    request = httpx2.Request("POST", "http://127.0.0.1:1/v1/x", headers=[("Accept", "*/*"), (name, value)])
+    with pytest.raises(httpx2.LocalProtocolError, match="illegal header"):
+        request_head(request)

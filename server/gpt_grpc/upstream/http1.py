@@ -22,10 +22,16 @@ _FOLD = (32, 9)  # SP, HTAB: a line starting with one continues the previous fie
 
 
 def request_head(request: httpx2.Request) -> bytes:
+    fields = request.headers.raw
+    # One scan of all names and one of all values (not five per field): a CR or LF would let a
+    # header split the request, a colon in a name would forge another field.
+    names = b"\0".join([name for name, _ in fields])
+    values = b"\0".join([value for _, value in fields])
+    if b"\n" in values or b"\r" in values or b"\n" in names or b"\r" in names or b":" in names:
+        bad = next(n for n, v in fields if b"\n" in v or b"\r" in v or b"\n" in n or b"\r" in n or b":" in n)
+        raise httpx2.LocalProtocolError(f"illegal header {bad!r}")
     parts = [request.method.encode("ascii"), b" ", request.url.raw_path, b" HTTP/1.1\r\n"]
-    for name, value in request.headers.raw:
-        if b"\n" in value or b"\r" in value or b"\n" in name or b"\r" in name or b":" in name:
-            raise httpx2.LocalProtocolError(f"illegal header {name!r}")
+    for name, value in fields:
         parts += (name, b": ", value, _CRLF)
     parts.append(_CRLF)
     return b"".join(parts)
