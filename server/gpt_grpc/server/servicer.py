@@ -20,7 +20,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
@@ -96,6 +96,7 @@ class Call:
     method: str
     request_id: str
     peer: str
+    metadata: Sequence[tuple[str, str | bytes]] = ()  # the caller's, as the call began
     started: float = field(default_factory=time.perf_counter)
     caller: Caller = OPEN
     model: str = ""
@@ -143,8 +144,8 @@ _ID_PREFIX = secrets.token_hex(8)
 _ID_COUNTER = itertools.count(1)
 
 
-def _request_id(context: Context) -> str:
-    for key, value in context.invocation_metadata() or ():
+def _request_id(metadata: Sequence[tuple[str, str | bytes]]) -> str:
+    for key, value in metadata:
         if key == "x-request-id" and isinstance(value, str) and _REQUEST_ID.fullmatch(value):
             return value
     return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
@@ -284,17 +285,18 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
     # -- the call envelope ---------------------------------------------------------
 
     def _begin(self, method: str, context: Context) -> Call:
-        call = Call(method=method, request_id=_request_id(context), peer=context.peer() or "")
+        metadata = context.invocation_metadata() or ()  # read once: each read builds the tuple anew
+        call = Call(method=method, request_id=_request_id(metadata), peer=context.peer() or "", metadata=metadata)
         remaining = context.time_remaining()
         if remaining is not None:
             call.deadline, call.budget = time.monotonic() + remaining, remaining
         if self.tracing is not None:
-            call.span = self.tracing.server_span(method, context.invocation_metadata(), call.request_id)
+            call.span = self.tracing.server_span(method, metadata, call.request_id)
         context.set_trailing_metadata((("x-request-id", call.request_id),))
         return call
 
     async def _authorize(self, call: Call, access: Access, context: Context) -> None:
-        metadata = context.invocation_metadata()
+        metadata = call.metadata
         if access is Access.ADMIN:
             call.caller = self.authorizer.admin_call(metadata, call.peer)
         else:
