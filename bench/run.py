@@ -139,6 +139,13 @@ GHZ_VARIANTS: dict[str, GhzVariant] = {
 }
 
 
+# The gateway issue 12's speed targets are measured against: main when its bench/results were taken
+# (2026-11-26, before the transport, engine and store work). Its gateway runs from a git worktree of
+# this repository, with this checkout's virtualenv, beside the current one.
+BASELINE_REF = "b571015"
+BASELINE_CONCURRENCY = 32
+
+
 @dataclass
 class Plan:
     windows: int = 3
@@ -156,6 +163,7 @@ class Plan:
     tracing: bool = True
     upstreams: bool = True
     ghz: bool = True
+    baseline: str | None = BASELINE_REF  # a git ref whose gateway runs beside this one (None: no baseline row)
     ghz_variants: tuple[str, ...] = tuple(GHZ_VARIANTS)
     ghz_windows: int | None = None  # None: `windows`
     ghz_window: float | None = None  # None: `window`
@@ -175,6 +183,7 @@ SMOKE = Plan(
     scaling=False,
     store=False,
     tracing=False,
+    baseline=None,
     ghz_variants=("ghz_1",),
     ghz_windows=1,
     ghz_window=1.0,
@@ -639,7 +648,10 @@ class Bench:
             # 9. several upstreams: one from a file against the shorthand
             if p.upstreams:
                 self.upstreams_row(base_url)
-            # 10. ghz, a Go load generator: where the gateway's figures depend on the client and the set-up
+            # 10. this gateway against the baseline's (issue 12's targets)
+            if p.baseline:
+                self.baseline_row(base_url)
+            # 11. ghz, a Go load generator: where the gateway's figures depend on the client and the set-up
             if p.ghz:
                 self.ghz_row(base_url)
             self.stack.stop(upstream)
@@ -809,6 +821,59 @@ class Bench:
             f"  on / off calls/s: {_fmt(self.results['tracing']['ratio'], 3)}; gateway CPU per call on / off: "
             f"{_fmt(self.results['tracing']['server_cpu_ratio'], 3)}; {self.results['tracing']['receiver']}"
         )
+
+    def baseline_row(self, base_url: str) -> None:
+        """Unary and streams at 32: this gateway against the one of `plan.baseline` (a git ref), alternating.
+
+        The baseline's code is checked out into a temporary git worktree and run with this checkout's
+        virtualenv (PYTHONPATH first), on the same CPU, the same fast upstream and the same load."""
+        ref = self.plan.baseline
+        assert ref is not None
+        c = BASELINE_CONCURRENCY
+        tree = Path(tempfile.mkdtemp(prefix="gpt-grpc-baseline-")) / "tree"
+        added = subprocess.run(
+            ["git", "worktree", "add", "--detach", str(tree), ref], cwd=ROOT, capture_output=True, check=False
+        )
+        if added.returncode != 0:
+            self.say(f"  baseline {ref}: no worktree ({added.stderr.decode().strip()}); row skipped")
+            self.results["baseline_error"] = added.stderr.decode().strip()
+            return
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=tree, capture_output=True, check=False, text=True
+        ).stdout.strip()
+        self.say(f"baseline: gateway of {ref} ({commit}) against this one, unary and streams at concurrency {c}")
+        gateways: dict[str, Proc] = {}
+        targets: dict[str, str] = {}
+        try:
+            env = {"PYTHONPATH": str(tree / "server")}
+            gateways["baseline"], targets["baseline"], _ = start_gateway(
+                self.stack, base_url, name="gateway-baseline", extra_env=env
+            )
+            gateways["current"], targets["current"], _ = start_gateway(self.stack, base_url, name="gateway-current")
+            for kind in ("unary", "stream"):
+                specs = {
+                    label: {**self.base_spec(f"gateway_{kind}", c), "target": targets[label]}
+                    for label in ("baseline", "current")
+                }
+                series = self.alternate(f"baseline_{kind}", specs, gateways)
+                self.results[f"baseline_{kind}"] = {
+                    "ref": ref,
+                    "commit": commit,
+                    "rate_ratio": paired_ratios(series["current"], series["baseline"]),
+                    "server_cpu_ratio": paired_ratios(
+                        series["current"], series["baseline"], key="server_cpu_ms_per_call"
+                    ),
+                }
+                r = self.results[f"baseline_{kind}"]
+                self.say(
+                    f"  {kind}: current / baseline calls/s {_fmt(r['rate_ratio'], 3)}, "
+                    f"gateway CPU per call {_fmt(r['server_cpu_ratio'], 3)}"
+                )
+        finally:
+            for proc in gateways.values():
+                self.stack.stop(proc)
+            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, check=False)
+            shutil.rmtree(tree.parent, ignore_errors=True)
 
     def upstreams_row(self, base_url: str) -> None:
         """Unary at 32: one upstream through the upstreams file against the OPENAI_BASE_URL shorthand."""
@@ -1161,7 +1226,13 @@ def markdown(bench: Bench, figures: dict[str, Any], meta: dict[str, Any]) -> str
             f"{_fmt(s[key + '/shorthand'].stat('rate'))} calls/s; file / shorthand per round "
             f"{_fmt(up['file_over_shorthand'], 3)}."
         )
-    lines += ["", *transport_section(bench), *tracing_section(bench), *ghz_section(bench)]
+    lines += [
+        "",
+        *transport_section(bench),
+        *tracing_section(bench),
+        *baseline_section(bench),
+        *ghz_section(bench),
+    ]
     lines += ["## Ratios and targets", "", "| figure | target | value | met |", "| --- | --- | --- | --- |"]
     for t in figures["targets"].values():
         f = figures_key_value(t)
@@ -1225,6 +1296,34 @@ def tracing_section(bench: Bench) -> list[str]:
         )
     receiver = bench.results.get("tracing", {}).get("receiver", "")
     return [*lines, "", f"Receiver: {receiver}.", ""]
+
+
+def baseline_section(bench: Bench) -> list[str]:
+    """This gateway against the baseline's: calls/s and the gateway's CPU per call, unary and streams."""
+    s = bench.series
+    if "baseline_unary/current" not in s:
+        return []
+    info = bench.results["baseline_unary"]
+    lines = [
+        f"## Against the baseline ({info['ref']}, {info['commit']}), concurrency {BASELINE_CONCURRENCY}",
+        "",
+        "The gateway of the baseline commit (checked out into a git worktree, same virtualenv) and this one, "
+        "same fast upstream, same CPU, windows alternating. Gateway CPU = the gateway process's CPU per call "
+        "(the load generator's not included).",
+        "",
+        "| call | gateway | calls/s | p50 ms | gateway CPU ms/call | calls/s vs baseline | CPU/call vs baseline |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for kind, what in (("unary", "unary"), ("stream", "stream (20 chunks)")):
+        base = s[f"baseline_{kind}/baseline"]
+        for label in ("baseline", "current"):
+            ser = s[f"baseline_{kind}/{label}"]
+            lines.append(
+                f"| {what} | {label} | {_fmt(ser.stat('rate'))} | {_fmt(ser.stat('p50_ms'), 2)} "
+                f"| {_fmt(ser.stat('server_cpu_ms_per_call'), 3)} | {_fmt(paired_ratios(ser, base), 3)} "
+                f"| {_fmt(paired_ratios(ser, base, key='server_cpu_ms_per_call'), 3)} |"
+            )
+    return [*lines, ""]
 
 
 def ghz_section(bench: Bench) -> list[str]:
@@ -1489,6 +1588,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--only-ghz", action="store_true", help="run the ghz row alone: ghz vs the Python load and variants (ghz.md)"
     )
+    ap.add_argument("--baseline", default=None, help=f"git ref of the baseline gateway (default {BASELINE_REF})")
+    ap.add_argument("--no-baseline", action="store_true", help="skip the row against the baseline gateway")
+    ap.add_argument(
+        "--only-baseline", action="store_true", help="run the row against the baseline gateway alone (baseline.md)"
+    )
     ap.add_argument(
         "--transports", action="store_true", help="only the upstream transport comparison (writes transports.md)"
     )
@@ -1508,6 +1612,10 @@ def main(argv: list[str] | None = None) -> int:
     plan.tracing = plan.tracing and not args.no_tracing
     plan.upstreams = plan.upstreams and not args.no_upstreams
     plan.ghz = plan.ghz and not args.no_ghz
+    if args.no_baseline:
+        plan.baseline = None
+    elif args.baseline:
+        plan.baseline = args.baseline
     cpus = plan_cpus()
     if cpus.load:
         os.sched_setaffinity(0, cpus.load)
@@ -1523,6 +1631,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.only_tracing:
         results = bench.run_alone(bench.tracing_row)
         write_row_report(args.out, "tracing", tracing_section(bench), bench, results, started)
+        return 0
+    if args.only_baseline:
+        plan.baseline = plan.baseline or BASELINE_REF
+        results = bench.run_alone(bench.baseline_row)
+        write_row_report(args.out, "baseline", baseline_section(bench), bench, results, started)
         return 0
     if args.only_ghz:
         results = bench.run_alone(bench.ghz_row)
