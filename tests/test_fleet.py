@@ -179,6 +179,7 @@ async def test_a_rate_limit_holds_across_the_fleet(fleet: Fleet) -> None:
     for start in range(0, 120, 20):  # 120 calls, 20 at a time, spread over the 3 replicas
         outcomes += await asyncio.gather(*(one(i) for i in range(start, start + 20)))
     assert set(outcomes) == {"OK", "CLIENT_RATE_LIMITED"}
+    print(f"60 requests a minute, 120 calls over {REPLICAS} replicas: {outcomes.count('OK')} answered")
     assert 57 <= outcomes.count("OK") <= 63
 
 
@@ -197,7 +198,11 @@ async def test_a_budget_holds_across_the_fleet(fleet: Fleet) -> None:
     results = await asyncio.gather(*(one(i) for i in range(60)))
     served = [r for r in results if not isinstance(r, str)]
     assert served and {r for r in results if isinstance(r, str)} == {"CLIENT_BUDGET_EXCEEDED"}
-    assert sum(r.cost_usd for r in served) <= budget  # reserved at admission, fleet-wide: no overspend
+    spent = sum(r.cost_usd for r in served)
+    print(
+        f"budget ${budget}: {len(served)} of 60 calls served, ${spent:.6f} spent ({spent / budget:.0%} of the budget)"
+    )
+    assert spent <= budget  # reserved at admission, fleet-wide: no overspend
 
 
 async def test_usage_is_the_same_on_every_replica(fleet: Fleet) -> None:
@@ -217,6 +222,7 @@ async def test_usage_is_the_same_on_every_replica(fleet: Fleet) -> None:
         usage = await stub.GetUsage(pb.GetUsageRequest(client="counted"), metadata=ADMIN)
         assert (usage.total.requests, usage.total.prompt_tokens + usage.total.completion_tokens) == (30, tokens)
     assert await all_traffic(fleet) - before == 30  # every replica answers the same fleet-wide total
+    print(f"GetUsage on each of {REPLICAS} replicas: 30 requests, {tokens} tokens (as sent)")
 
 
 async def all_traffic(fleet: Fleet, timeout: float = 15.0) -> int:
@@ -276,6 +282,7 @@ async def test_redis_killed_for_5s_during_load(fleet: Fleet) -> None:
     finally:
         stop.set()
         await asyncio.gather(*workers)
+    print(f"redis-server killed for 5 s: {sent} calls sent ({during} before it came back), {len(failures)} failed")
     assert failures == []
     assert sent > during > 0
     await settled(fleet, "steady", sent, timeout=20)
