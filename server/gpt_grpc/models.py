@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from . import tokens
 from .catalog import Catalog, ImageBilling, ModelSpec, takes_reasoning, takes_verbosity
-from .chat import Usage
+from .chat import MAX_MODEL_CHARS, Usage
 from .pricing import PriceEntry, Pricing
 
 
@@ -35,15 +35,34 @@ class ModelRecord:
         return self.spec.image_tokens if self.spec is not None else None
 
 
+# Model names whose records are kept (Models.resolve); a full memo is emptied, not grown.
+MAX_LASTING_RECORDS = 1024
+
+
 class Models:
     """The catalog and the prices, asked once per call."""
 
     def __init__(self, catalog: Catalog | None = None, pricing: Pricing | None = None) -> None:
         self.catalog = catalog or Catalog()
         self.pricing = pricing or Pricing()
+        # Records whose prices hold whatever the date (most): built once, not on every call.
+        self._lasting: dict[str, ModelRecord] = {}
 
     def resolve(self, name: str, *, priced: bool = True) -> ModelRecord:
         """The record of `name` (the default model already filled in); without prices if not `priced`."""
+        if priced:
+            lasting = self._lasting.get(name)
+            if lasting is not None:
+                return lasting
+        record = self._build(name, priced)
+        price = record.price
+        if priced and (price is None or price.valid_on is None) and len(name) <= MAX_MODEL_CHARS:
+            if len(self._lasting) >= MAX_LASTING_RECORDS:
+                self._lasting.clear()  # names are the caller's: bounded
+            self._lasting[name] = record
+        return record
+
+    def _build(self, name: str, priced: bool) -> ModelRecord:
         spec = self.catalog.lookup(name)
         price = self.pricing.entry(name) if priced else None
         if spec is None:  # not catalogued: what the name's shape tells

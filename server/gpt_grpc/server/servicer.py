@@ -89,7 +89,7 @@ class Access(enum.Enum):
     ADMIN = "admin"  # the admin token
 
 
-@dataclass
+@dataclass(slots=True)
 class Call:
     """What one call did, for its log line and metrics."""
 

@@ -52,7 +52,7 @@ def _forms(key: str) -> set[str]:
 class Scrubber:
     """Removes a fixed set of secrets from text; `scrubber(text)` is the text without them."""
 
-    __slots__ = ("_forms", "_pattern")
+    __slots__ = ("_forms", "_pattern", "_shortest")
 
     def __init__(self, secrets: Iterable[str]) -> None:
         forms: set[str] = set()
@@ -65,6 +65,8 @@ class Scrubber:
         for form in self._forms:
             anchors.add(form[:PARTIAL_CHARS])
             anchors.add(form[-PARTIAL_CHARS:])
+        # A text shorter than every anchor holds none (ids, tiers: most of what is scrubbed).
+        self._shortest = min((len(a) for a in anchors), default=0)
         # One search tells whether any work is needed (the common case: none).
         self._pattern = (
             re.compile("|".join(re.escape(a) for a in sorted(anchors, key=len, reverse=True)), re.IGNORECASE)
@@ -73,7 +75,7 @@ class Scrubber:
         )
 
     def __call__(self, text: str) -> str:
-        if self._pattern is None or not text or self._pattern.search(text) is None:
+        if self._pattern is None or len(text) < self._shortest or self._pattern.search(text) is None:
             return text
         return _redact(text, self._spans(text.translate(_ASCII_LOWER)))
 
