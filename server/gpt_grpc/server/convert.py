@@ -325,26 +325,30 @@ def _citations(citations: Sequence[UrlCitation]) -> list[pb.UrlCitation]:
     ]
 
 
+def _answer_fields(r: ChatResult) -> dict[str, Any]:
+    """What a chat response and a stream's summary both say of the answer."""
+    return {
+        "tool_calls": _tool_calls(r.tool_calls),
+        "finish_reason": FINISH_REASONS.get(r.finish_reason or "", pb.FINISH_REASON_UNSPECIFIED),
+        "model": r.model,
+        "id": r.id,
+        "usage": _usage(r.usage),
+        "cost_usd": r.cost_usd,
+        "attempts": r.attempts,
+        "upstream": r.upstream,
+        "service_tier": r.service_tier,
+        "system_fingerprint": r.system_fingerprint,
+        "annotations": _citations(r.annotations) if r.annotations else (),
+    }
+
+
 def chat_response(r: ChatResult) -> pb.ChatCompletionResponse:
-    response = pb.ChatCompletionResponse(
+    return pb.ChatCompletionResponse(
         content=r.content,
-        tool_calls=_tool_calls(r.tool_calls),
-        finish_reason=FINISH_REASONS.get(r.finish_reason or "", pb.FINISH_REASON_UNSPECIFIED),  # type: ignore[arg-type]
-        model=r.model,
-        id=r.id,
-        usage=_usage(r.usage),
-        cost_usd=r.cost_usd,
-        attempts=r.attempts,
         refusal=r.refusal,
-        upstream=r.upstream,
-        service_tier=r.service_tier,
-        system_fingerprint=r.system_fingerprint,
+        logprobs=_logprobs(r.logprobs) if r.logprobs else (),
+        **_answer_fields(r),
     )
-    if r.logprobs:
-        response.logprobs.extend(_logprobs(r.logprobs))
-    if r.annotations:
-        response.annotations.extend(_citations(r.annotations))
-    return response
 
 
 def stream_event(event: Delta | ChatResult) -> pb.StreamChatCompletionResponse:
@@ -353,21 +357,7 @@ def stream_event(event: Delta | ChatResult) -> pb.StreamChatCompletionResponse:
         if event.logprobs:
             delta.logprobs.extend(_logprobs(event.logprobs))
         return pb.StreamChatCompletionResponse(delta=delta)
-    summary = pb.ChatCompletionSummary(
-        tool_calls=_tool_calls(event.tool_calls),
-        finish_reason=FINISH_REASONS.get(event.finish_reason or "", pb.FINISH_REASON_UNSPECIFIED),  # type: ignore[arg-type]
-        model=event.model,
-        id=event.id,
-        usage=_usage(event.usage),
-        cost_usd=event.cost_usd,
-        attempts=event.attempts,
-        service_tier=event.service_tier,
-        system_fingerprint=event.system_fingerprint,
-        upstream=event.upstream,
-    )
-    if event.annotations:
-        summary.annotations.extend(_citations(event.annotations))
-    return pb.StreamChatCompletionResponse(summary=summary)
+    return pb.StreamChatCompletionResponse(summary=pb.ChatCompletionSummary(**_answer_fields(event)))
 
 
 def token_count(c: TokenCount) -> pb.CountTokensResponse:
