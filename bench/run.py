@@ -72,12 +72,15 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ghz_load  # bench/ghz_load.py
+
+if TYPE_CHECKING:
+    from tests.redis_server import RedisServer
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -634,7 +637,7 @@ class Bench:
             # 7. workers (optional: a failure here is reported, the rest of the report stands)
             if p.scaling:
                 try:
-                    with RedisProc(self.logs) as redis:
+                    with redis_server() as redis:
                         self.scaling(base_url, redis.url)
                 except Exception as exc:
                     self.say(f"  scaling failed: {exc}")
@@ -978,7 +981,7 @@ class Bench:
     def store_row(self, base_url: str) -> None:
         """Unary at 32 with a client token: Redis store vs in-memory store; Redis commands per call."""
         self.say("store: unary calls at concurrency 32 with a client token, Redis store vs in-memory store")
-        with RedisProc(self.logs) as redis:
+        with redis_server() as redis:
             memory, memory_target, _ = start_gateway(self.stack, base_url, name="gateway-memory")
             metrics_port = free_port()
             shared, redis_target, _ = start_gateway(
@@ -1021,7 +1024,7 @@ class Bench:
                 self.series[f"store_32/{label}"] = s
             self.stack.stop(memory)
             self.stack.stop(shared)
-            stats = redis.commandstats()
+            stats = commandstats(redis)
         per_call = commands / counted_calls if counted_calls else float("nan")
         trips_per_call = trips / counted_calls if counted_calls else float("nan")
         self.results["store"] = {
@@ -1460,57 +1463,29 @@ def chart(bench: Bench, path: Path) -> bool:
     return True
 
 
-class RedisProc:
-    """A redis-server for the bench (loopback, no persistence), started and stopped with it."""
+@contextlib.contextmanager
+def redis_server() -> Iterator[RedisServer]:
+    """The tests' redis-server (tests/redis_server.py: loopback, no persistence) for one row."""
+    sys.path.insert(0, str(ROOT))
+    from tests.redis_server import RedisServer
 
-    def __init__(self, logs: Path) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.dir = logs
+    server = RedisServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
-    def __enter__(self) -> RedisProc:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise RuntimeError("redis-server is not installed (make debian-packages)")
-        args = ["--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        self.proc = subprocess.Popen(
-            [binary, *args, "--dir", str(self.dir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                if self.command("PING").startswith(b"+PONG"):
-                    return self
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("redis-server did not start")
-            time.sleep(0.05)
 
-    def __exit__(self, *exc: object) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
-
-    def command(self, *args: str) -> bytes:
-        payload = f"*{len(args)}\r\n" + "".join(f"${len(a.encode())}\r\n{a}\r\n" for a in args)
-        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as c:
-            c.sendall(payload.encode())
-            c.settimeout(0.3)
-            chunks = []
-            with contextlib.suppress(TimeoutError):
-                while chunk := c.recv(65536):
-                    chunks.append(chunk)
-        return b"".join(chunks)
-
-    def commandstats(self) -> dict[str, int]:
-        """Commands run since the last RESETSTAT, by name (INFO commandstats)."""
-        out: dict[str, int] = {}
-        for line in self.command("INFO", "commandstats").decode().splitlines():
-            if line.startswith("cmdstat_"):
-                name, _, rest = line.partition(":")
-                calls = dict(kv.split("=") for kv in rest.split(","))["calls"]
-                out[name.removeprefix("cmdstat_")] = int(calls)
-        return out
+def commandstats(redis: RedisServer) -> dict[str, int]:
+    """Commands run since the last RESETSTAT, by name (INFO commandstats)."""
+    out: dict[str, int] = {}
+    for line in redis.command("INFO", "commandstats").decode().splitlines():
+        if line.startswith("cmdstat_"):
+            name, _, rest = line.partition(":")
+            calls = dict(kv.split("=") for kv in rest.split(","))["calls"]
+            out[name.removeprefix("cmdstat_")] = int(calls)
+    return out
 
 
 def scrape_gauge(port: int, name: str) -> float:
@@ -1524,9 +1499,9 @@ def scrape_gauge(port: int, name: str) -> float:
     raise RuntimeError(f"{name} not in the metrics")
 
 
-def redis_commands(redis: RedisProc) -> int:
+def redis_commands(redis: RedisServer) -> int:
     """Commands Redis ran since RESETSTAT, but not the INFO / CONFIG of the bench itself."""
-    return sum(n for name, n in redis.commandstats().items() if name not in ("info", "config", "ping"))
+    return sum(n for name, n in commandstats(redis).items() if name not in ("info", "config", "ping"))
 
 
 def create_client(target: str, name: str) -> str:

@@ -10,7 +10,7 @@ import dataclasses
 import math
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from .egress import EgressPolicy, endpoint_problem, origin
@@ -83,6 +83,23 @@ class SettingsUpdate:
         fields["api_key"] = mask_key(self.api_key)
         shown = ", ".join(f"{k}={v!r}" for k, v in fields.items() if v is not None)
         return f"SettingsUpdate({shown})"
+
+
+def plain_fields(s: Settings) -> dict[str, Any]:
+    """The settings an operator chose, keys and the upstream set aside, as JSON: what the state
+    file (state.py) and the shared store's record (settings_sync.py) both keep, in one shape."""
+    return {
+        "endpoint": s.endpoint,
+        "organization": s.organization,
+        "project": s.project,
+        "default_model": s.default_model,
+        "request_timeout": s.request_timeout,
+        "retry": {
+            "max_attempts": s.retry.max_attempts,
+            "initial_backoff": s.retry.initial_backoff,
+            "max_backoff": s.retry.max_backoff,
+        },
+    }
 
 
 def mask_key(key: str | None) -> str:

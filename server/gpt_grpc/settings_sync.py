@@ -45,7 +45,7 @@ from typing import Any
 
 from .egress import EgressPolicy, origin, resolved_problem
 from .errors import FieldViolation, GatewayError, Reason, invalid
-from .settings import Settings, SettingsUpdate, apply
+from .settings import Settings, SettingsUpdate, apply, plain_fields
 from .state import StateFile
 from .store.base import SettingsDoc, Store
 from .store.secrets import Sealer, SecretKeyError
@@ -269,16 +269,6 @@ class SettingsSync:
 
 
 def _encode(s: Settings, key: dict[str, str] | None, upstreams: dict[str, Any] | None) -> bytes:
-    settings: dict[str, Any] = {
-        "endpoint": s.endpoint,
-        "organization": s.organization,
-        "project": s.project,
-        "default_model": s.default_model,
-        "request_timeout": s.request_timeout,
-        "retry": {
-            "max_attempts": s.retry.max_attempts,
-            "initial_backoff": s.retry.initial_backoff,
-            "max_backoff": s.retry.max_backoff,
-        },
-    }
-    return json.dumps({"version": DOC_VERSION, "settings": settings, "api_key": key, "upstreams": upstreams}).encode()
+    return json.dumps(
+        {"version": DOC_VERSION, "settings": plain_fields(s), "api_key": key, "upstreams": upstreams}
+    ).encode()

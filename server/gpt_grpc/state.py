@@ -17,7 +17,7 @@ from typing import Any
 
 from .errors import GatewayError
 from .retry import RetryPolicy
-from .settings import Settings
+from .settings import Settings, plain_fields
 from .upstreams import SOURCE_CONFIGURE, parse_configured
 
 FORMAT_VERSION = 1
@@ -92,16 +92,7 @@ def _settings_to_json(s: Settings) -> dict[str, Any]:
     return {
         "upstreams": upstreams.to_mapping(lambda u: u.api_key) if upstreams is not None else None,
         "api_key": s.api_key,
-        "endpoint": s.endpoint,
-        "organization": s.organization,
-        "project": s.project,
-        "default_model": s.default_model,
-        "request_timeout": s.request_timeout,
-        "retry": {
-            "max_attempts": s.retry.max_attempts,
-            "initial_backoff": s.retry.initial_backoff,
-            "max_backoff": s.retry.max_backoff,
-        },
+        **plain_fields(s),
         "generation": s.generation,
     }
 
