@@ -1018,6 +1018,8 @@ class Bench:
                     self.say(
                         f"  store    {label:<8} round {round_ + 1}: {last['rate']:8.1f}/s"
                         f"  p50 {last['p50_ms']:7.2f} ms  p99 {last['p99_ms']:7.2f} ms"
+                        f"  gateway CPU {last['server_cpu_ms_per_call']:.3f} ms/call"
+                        f"  load generator CPU {last['client_cpu_ms_per_call']:.3f} ms/call"
                         + (f"  errors {last['errors']}" if last["errors"] else "")
                     )
             for label, s in series.items():

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 
 from gpt_grpc.accounts import Accounts, ClientRecord
 from gpt_grpc.chat import Usage
@@ -606,5 +607,25 @@ async def test_admission_is_one_round_trip_and_settles_are_batched(redis_url: st
         await store.flush()
         assert store.trips["batch"] - before["batch"] == 1  # 20 settles, one batch
         assert (await acc.usage("carol"))[1].requests == 20
+    finally:
+        await store.close()
+
+
+async def test_admission_survives_a_script_flush(redis_url: str, clock: Clock) -> None:
+    # A Redis restarted (or SCRIPT FLUSH) forgets the admission script: the next EVALSHA is NOSCRIPT,
+    # and that admission loads it again instead of failing or counting the store unreachable.
+    store = RedisStore(redis_url, clock=clock)
+    await store.open()
+    try:
+        acc = Accounts(store, clock=clock)
+        row = await acc.authenticate((await acc.create("dave", Limits(requests_per_minute=1000)))[1])
+        assert row is not None
+        await acc.admit(row, Estimate(tokens=10))
+        flushed = aioredis.Redis.from_url(redis_url)
+        await flushed.script_flush()
+        await flushed.aclose()
+        assert await acc.admit(row, Estimate(tokens=10)) is not None
+        assert await acc.admit(row, Estimate(tokens=10)) is not None
+        assert not store.degraded
     finally:
         await store.close()

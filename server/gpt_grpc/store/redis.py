@@ -4,7 +4,8 @@ Round trips. A call's admission is one script (ADMIT): it reads the client's
 limits as stored (so a change on one replica holds on all at once), checks
 budget, request and token windows and calls in flight, and reserves the
 call's estimate, atomically. Calls of clients without limits need no round
-trip. The settle at a call's end is buffered and written by a background
+trip. Admissions are pipelined on one connection (store/pipelining.py): the
+pooled client's per-command machinery cost more CPU than the round trip. The settle at a call's end is buffered and written by a background
 task every FLUSH_SECONDS, many calls per pipelined batch.
 
 Keys (all under PREFIX):
@@ -88,6 +89,7 @@ from .base import (
     message_of,
     sorted_usage,
 )
+from .pipelining import PipelinedConnection
 
 log = logging.getLogger("gpt_grpc.store")
 
@@ -472,6 +474,7 @@ class RedisStore(Store):
         except (ValueError, RedisError):  # the parser's message may quote the URL, password and all
             raise StoreError(f"--store {self.description} is not a usable Redis URL") from None
         r = self._redis
+        self._pipelined = PipelinedConnection(r.connection_pool, timeout=COMMAND_TIMEOUT_SECONDS)
         self._admit_script = r.register_script(_ADMIT)
         self._add_script = r.register_script(_ADD_CLIENT)
         self._swap_script = r.register_script(_SWAP_CLIENT)
@@ -527,6 +530,7 @@ class RedisStore(Store):
                 await self.flush()
             if self._pending or self._unsent:
                 log.error("Redis unreachable at shutdown: usage of recent calls was not written")
+            await self._pipelined.aclose()
             await self._redis.aclose()
 
     async def flush(self) -> None:
@@ -802,7 +806,7 @@ class RedisStore(Store):
             "1" if requests_only else "0",
         ]
         try:
-            reply = await self._call(lambda r: self._admit_script(keys=keys, args=args, client=r), kind="admit")
+            reply = await self._call(lambda r: self._run_admit(r, keys, args), kind="admit")
         except GatewayError as exc:
             if exc.reason is not Reason.STORE_UNAVAILABLE:
                 raise
@@ -828,6 +832,13 @@ class RedisStore(Store):
                 why.append(f"{stored.limits.tokens_per_minute} tokens per minute")
             raise rate_refusal(name, why or ["its rate limits"], float(reply[1]))
         raise in_flight_refusal(name, int(reply[1]))
+
+    async def _run_admit(self, r: aioredis.Redis, keys: list[bytes], args: list[str | int]) -> Any:
+        """The admission script, pipelined on the shared connection (store/pipelining.py)."""
+        try:
+            return await self._pipelined.execute("EVALSHA", self._admit_script.sha, len(keys), *keys, *args)
+        except NoScriptError:  # Redis restarted or its scripts were flushed: redis-py's Script loads it again
+            return await self._admit_script(keys=keys, args=args, client=r)
 
     def _admit_keys(self, name: str, p: Periods) -> list[bytes]:
         """The admission script's keys for a client in a period, encoded once (not on every call)."""
