@@ -1235,6 +1235,7 @@ def markdown(bench: Bench, figures: dict[str, Any], meta: dict[str, Any]) -> str
         "",
         *transport_section(bench),
         *tracing_section(bench),
+        *store_section(bench),
         *baseline_section(bench),
         *ghz_section(bench),
     ]
@@ -1301,6 +1302,39 @@ def tracing_section(bench: Bench) -> list[str]:
         )
     receiver = bench.results.get("tracing", {}).get("receiver", "")
     return [*lines, "", f"Receiver: {receiver}.", ""]
+
+
+def store_section(bench: Bench) -> list[str]:
+    """The Redis store against the in-memory store: calls/s and the gateway's CPU per call, round trips."""
+    s = bench.series
+    if "store_32/redis" not in s:
+        return []
+    lines = [
+        "## Store (unary with a client token, concurrency 32)",
+        "",
+        "Two gateways against the same fast upstream, windows alternating: one on a Redis store "
+        "(redis-server on the load generator's CPU), one on the in-memory store. The client has a request "
+        "limit, so every call is admitted through the store. Gateway CPU = the gateway process's CPU per call.",
+        "",
+        "| store | calls/s | p50 ms | p99 ms | gateway CPU ms/call | calls/s vs in-memory |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for label in ("memory", "redis"):
+        ser = s[f"store_32/{label}"]
+        lines.append(
+            f"| {label} | {_fmt(ser.stat('rate'))} | {_fmt(ser.stat('p50_ms'), 2)} | {_fmt(ser.stat('p99_ms'), 2)} "
+            f"| {_fmt(ser.stat('server_cpu_ms_per_call'), 3)} "
+            f"| {_fmt(paired_ratios(ser, s['store_32/memory']), 3)} |"
+        )
+    store = bench.results.get("store", {})
+    if store:
+        lines += [
+            "",
+            f"Store round trips per call (the gateway's gpt_grpc_store_round_trips): "
+            f"{store['round_trips_per_call']:.3f}; Redis commands per call, those run inside scripts included "
+            f"(INFO commandstats): {store['commands_per_call']:.2f}; over {store['calls']} calls.",
+        ]
+    return [*lines, ""]
 
 
 def baseline_section(bench: Bench) -> list[str]:
@@ -1552,7 +1586,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--window", type=float, default=None, help="seconds per window")
     ap.add_argument("--no-scaling", action="store_true", help="skip the 1- and 2-worker measurement")
     ap.add_argument("--no-store", action="store_true", help="skip the Redis store row")
-    ap.add_argument("--only-store", action="store_true", help="run the Redis store row alone (prints its figures)")
+    ap.add_argument("--only-store", action="store_true", help="run the Redis store row alone (writes store.md)")
     ap.add_argument("--no-tracing", action="store_true", help="skip the tracing on/off row")
     ap.add_argument("--only-tracing", action="store_true", help="run the tracing on/off row alone (writes tracing.md)")
     ap.add_argument("--no-upstreams", action="store_true", help="skip the upstreams-file row")
@@ -1601,9 +1635,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     if args.only_store:
         results = bench.run_alone(bench.store_row)
-        (args.out / "store.json").write_text(
-            json.dumps({"results": results, "series": {k: v.to_json() for k, v in bench.series.items()}}, indent=1)
-        )
+        write_row_report(args.out, "store", store_section(bench), bench, results, started)
         return 0
     if args.only_tracing:
         results = bench.run_alone(bench.tracing_row)

@@ -5,8 +5,9 @@ limits as stored (so a change on one replica holds on all at once), checks
 budget, request and token windows and calls in flight, and reserves the
 call's estimate, atomically. Calls of clients without limits need no round
 trip. Admissions are pipelined on one connection (store/pipelining.py): the
-pooled client's per-command machinery cost more CPU than the round trip. The settle at a call's end is buffered and written by a background
-task every FLUSH_SECONDS, many calls per pipelined batch.
+pooled client's per-command machinery cost more CPU than the round trip.
+The settle at a call's end is buffered and written by a background task
+every FLUSH_SECONDS, many calls per pipelined batch.
 
 Keys (all under PREFIX):
   clients        hash name -> client JSON        tokens   hash sha256-hex -> name
