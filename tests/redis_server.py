@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -68,6 +69,15 @@ class RedisServer:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=10)
+
+    def pause(self) -> None:
+        """SIGSTOP: the connections stay open and nothing answers (a hung server, not a dead one)."""
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGCONT)
 
     def command(self, *args: str) -> bytes:
         """One command in RESP, its raw reply (enough for FLUSHALL and INFO)."""

@@ -7,6 +7,7 @@ calls in flight, usage and the settings record behave the same.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -22,9 +23,10 @@ from gpt_grpc.errors import GatewayError, Reason
 from gpt_grpc.limits import NO_ESTIMATE, Estimate, Limits, Ticket
 from gpt_grpc.store import sqlite as sqlite_module
 from gpt_grpc.store.base import ANY_OWNER, Appended, ClientRow, Lease, SettingsDoc, Store
-from gpt_grpc.store.redis import RedisStore
+from gpt_grpc.store.redis import COMMAND_TIMEOUT_SECONDS, RedisStore
 from gpt_grpc.store.sqlite import SqliteStore
 from gpt_grpc.usage import ModelTotals
+from tests.redis_server import RedisServer
 
 
 def ts(text: str) -> float:
@@ -629,3 +631,36 @@ async def test_admission_survives_a_script_flush(redis_url: str, clock: Clock) -
         assert not store.degraded
     finally:
         await store.close()
+
+
+async def test_a_hung_redis_is_degraded_mode_within_the_command_timeout(clock: Clock) -> None:
+    # SIGSTOP: the sockets stay open and nothing answers. An admission waits at most the command
+    # timeout (the pipelined connection's watchdog), then this replica serves on its own limits;
+    # when Redis answers again, admissions go through it again.
+    server = RedisServer()
+    server.start()
+    store = RedisStore(server.url, clock=clock)
+    await store.open()
+    try:
+        acc = Accounts(store, clock=clock)
+        row = await acc.authenticate((await acc.create("erin", Limits(requests_per_minute=1000)))[1])
+        assert row is not None
+        ticket = await acc.admit(row, Estimate(tokens=10))
+        assert ticket is not None and not ticket.local
+        server.pause()
+        started = time.monotonic()
+        ticket = await acc.admit(row, Estimate(tokens=10))
+        waited = time.monotonic() - started
+        assert ticket is not None and ticket.local and store.degraded
+        assert waited < COMMAND_TIMEOUT_SECONDS * 2.5, waited
+        server.resume()
+        deadline = time.monotonic() + 10
+        while store.degraded and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert not store.degraded
+        ticket = await acc.admit(row, Estimate(tokens=10))
+        assert ticket is not None and not ticket.local
+    finally:
+        server.resume()
+        await store.close()
+        server.stop()
