@@ -170,8 +170,8 @@ class PipelinedConnection:
             link.watchdog.cancel()
         while link.waiting:
             future = link.waiting.popleft()[0]
-            if not future.done():
-                future.set_exception(error)
+            if not future.done():  # an exception of its own each: tracebacks are not shared across tasks
+                future.set_exception(_copy(error))
         if link.reader is not None and link.reader is not asyncio.current_task():
             link.reader.cancel()
         # redis-py's disconnect() closes the socket and tidies its own state.
@@ -187,12 +187,18 @@ class PipelinedConnection:
     async def aclose(self) -> None:
         self._closed = True
         link = self._link
-        if link is None:
-            return
-        self._break(link, RedisConnectionError("the store is closed"))
-        if link.reader is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await link.reader
-        await self._disconnect(link.connection)
+        if link is not None:
+            self._break(link, RedisConnectionError("the store is closed"))
+            if link.reader is not None:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await link.reader
         if self._disconnecting:
             await asyncio.wait(self._disconnecting)
+
+
+def _copy(error: BaseException) -> BaseException:
+    """The same failure as a new exception (redis-py's errors take their message as their argument)."""
+    try:
+        return type(error)(*error.args)
+    except Exception:  # an exception type with another signature: a connection error
+        return RedisConnectionError(str(error))
