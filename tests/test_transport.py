@@ -619,3 +619,81 @@ def test_a_field_that_could_split_the_request_is_refused(name: str, value: str) 
     request = httpx2.Request("POST", "http://127.0.0.1:1/v1/x", headers=[("Accept", "*/*"), (name, value)])
     with pytest.raises(httpx2.LocalProtocolError, match="illegal header"):
         request_head(request)
+
+
+# -- the prepared head (http1.Prepared): what the own pool sends for an endpoint -----------------
+
+
+def _endpoints() -> list[Any]:
+    from gpt_grpc.settings import Settings
+    from gpt_grpc.upstream.endpoints import azure_endpoint, openai_endpoint
+    from gpt_grpc.upstream.scrub import NO_SECRETS
+    from gpt_grpc.upstreams import UpstreamSpec
+
+    azure = UpstreamSpec(
+        name="az", kind="azure", base_url="https://r.openai.azure.com", api_key="azkey-0123456789",
+        api_version="2024-10-21", deployments=(("gpt-4o", "prod-gpt4o"),),
+    )  # fmt: skip
+    private = Settings(
+        api_key="sk-test-0123456789", endpoint="https://api.example:8443/v1", organization="org-1", project="proj-1"
+    )
+    return [
+        openai_endpoint(Settings(api_key="sk-test-0123456789", endpoint="http://127.0.0.1:1/v1"), NO_SECRETS),
+        openai_endpoint(private, NO_SECRETS),
+        azure_endpoint(azure, "prod-gpt4o", NO_SECRETS),
+    ]
+
+
+@pytest.mark.parametrize("endpoint", range(3))
+@pytest.mark.parametrize("request_id", [None, "req-0123"])
+@pytest.mark.parametrize("trace", [(), (("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),)])
+def test_the_prepared_head_is_the_one_built_from_the_request(
+    endpoint: int, request_id: str | None, trace: tuple[tuple[str, str], ...]
+) -> None:
+    from gpt_grpc.upstream.http1 import PREPARED, request_head
+
+    ep = _endpoints()[endpoint]
+    body = b'{"model": "gpt-4o-mini", "messages": []}'
+    kwargs: dict[str, Any] = {"timeout": 12.5, "connect_timeout": 5.0, "client_request_id": request_id}
+    generic = ep.request(body, trace_headers=trace, **kwargs)
+    prepared = ep.prepared(body, trace_headers=trace, **kwargs)
+    assert prepared.extensions[PREPARED].head == request_head(generic)
+    assert prepared.extensions[PREPARED].content == generic.content == body
+    assert prepared.extensions["timeout"] == generic.extensions["timeout"]
+    assert prepared.url == generic.url
+
+
+@pytest.mark.parametrize("request_id", ["a\r\nInjected: 1", "a\nb", "a\rb"])
+def test_a_prepared_field_that_could_split_the_request_is_refused(request_id: str) -> None:
+    ep = _endpoints()[0]
+    with pytest.raises(httpx2.LocalProtocolError, match="illegal header"):
+        ep.prepared(b"{}", timeout=1.0, connect_timeout=1.0, client_request_id=request_id)
+    with pytest.raises(httpx2.LocalProtocolError, match="illegal header"):
+        ep.prepared(b"{}", timeout=1.0, connect_timeout=1.0, client_request_id=None, trace_headers=[("x:y", "v")])
+
+
+async def test_the_own_pool_sends_the_prepared_head_and_a_cookie_the_upstream_set() -> None:
+    # Through UpstreamClient with its own pool (no test double): the first request goes out as the
+    # endpoint prepared it; once the upstream has set a cookie, requests carry it (the generic path).
+    from gpt_grpc.settings import Settings
+    from gpt_grpc.upstream.client import UpstreamClient
+    from gpt_grpc.upstream.endpoints import openai_endpoint
+    from gpt_grpc.upstream.http1 import PREPARED
+    from gpt_grpc.upstream.scrub import NO_SECRETS
+
+    ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nSet-Cookie: __cf_bm=abc; path=/\r\n\r\n{}"
+    upstream = Upstream([ok, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"])
+    async with serving(upstream) as url:
+        base = url.removesuffix("/chat/completions")
+        ep = openai_endpoint(Settings(api_key="sk-test-0123456789", endpoint=base), NO_SECRETS)
+        client = UpstreamClient()
+        try:
+            for _ in range(2):
+                async with client.post(ep, b"{}", timeout=5.0, client_request_id="req-1") as response:
+                    assert await response.aread() == b"{}"
+        finally:
+            await client.aclose()
+    expected = ep.prepared(b"{}", timeout=5.0, connect_timeout=5.0, client_request_id="req-1")
+    assert upstream.requests[0] == expected.extensions[PREPARED].head + b"{}"
+    assert b"\r\nCookie: __cf_bm=abc\r\n" in upstream.requests[1]
+    assert b"\r\nCookie:" not in upstream.requests[0]

@@ -23,7 +23,7 @@ import httpx2
 
 from .endpoints import Endpoint
 from .failures import AnswerTooLarge, StatusFailure
-from .transport import KEEPALIVE_EXPIRY, behind_system_proxies, transport_for
+from .transport import KEEPALIVE_EXPIRY, FastTransport, behind_system_proxies, transport_for
 
 # Enough for thousands of slow calls in flight (httpx's default, 100, would make calls queue).
 DEFAULT_MAX_CONNECTIONS = 20_000
@@ -63,6 +63,8 @@ class UpstreamClient:
         self._given = transport  # a given one (a test double) instead of the pool
         self._transport: httpx2.AsyncBaseTransport | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        # The transport is the own pool itself (no proxy, no test double): it takes prepared heads.
+        self._own_pool = False
         self.cookies = httpx2.Cookies()
 
     @property
@@ -78,6 +80,7 @@ class UpstreamClient:
                 keepalive_expiry=KEEPALIVE_EXPIRY,  # below common servers' 5 s (see transport.py)
             )
             self._transport = self._given or _transport(limits)
+            self._own_pool = isinstance(self._transport, FastTransport)
             self._loop = loop
         elif self._loop is not loop:
             raise RuntimeError("a GPT instance serves one event loop; use one GPT per loop")
@@ -98,14 +101,18 @@ class UpstreamClient:
     ) -> Exchange:
         """`async with client.post(...) as response:` the streamed 2xx response of one attempt."""
         transport = self.transport()
-        request = endpoint.request(
+        cookies = bool(self.cookies)
+        # The own pool takes the head as the endpoint builds it, as bytes (http1.Prepared); a cookie
+        # the upstream set, a proxy or a test double take the request with its header fields.
+        build = endpoint.prepared if self._own_pool and not cookies else endpoint.request
+        request = build(
             content,
             timeout=timeout,
             connect_timeout=CONNECT_TIMEOUT_SECONDS,
             client_request_id=client_request_id,
             trace_headers=trace_headers,
         )
-        if self.cookies:  # cookies the upstream set earlier (Cloudflare's), as httpx2's build_request adds them
+        if cookies:  # cookies the upstream set earlier (Cloudflare's), as httpx2's build_request adds them
             httpx2.Cookies(self.cookies).set_cookie_header(request)
         return Exchange(transport, self.cookies, request)
 

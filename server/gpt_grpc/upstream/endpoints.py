@@ -4,7 +4,9 @@ An `Endpoint` holds everything that does not change between two calls to
 one upstream - the URL, the header template with its credentials, and the
 scrubber that removes its secrets (and every other key the gateway holds)
 from what the upstream says - so that each call only copies the template
-and adds its body, its length and its request id.
+and adds its body, its length and its request id. For the gateway's own
+pool, `prepared` goes further: the template's wire head is kept as bytes,
+checked once, and a call joins its length and its own fields into it.
 
 `openai_endpoint` builds the OpenAI kind (also what every OpenAI-compatible
 server speaks): `POST <base_url>/chat/completions` with
@@ -41,6 +43,7 @@ from ..chat import AudioPart, ChatRequest, FilePart, ImagePart, TextPart
 from ..models import ModelRecord
 from ..settings import Settings
 from ..upstreams import UpstreamSpec
+from .http1 import PREPARED, Prepared, check_fields, request_head
 from .scrub import Scrubber
 
 CHAT_PATH = "/chat/completions"
@@ -69,6 +72,9 @@ class Endpoint:
     headers: httpx2.Headers  # every header but Content-Length and the per-call ones
     scrubber: Scrubber
     upstream: str = DEFAULT_UPSTREAM  # the configured upstream's name (responses, logs, metrics)
+    # The wire head of `headers`, checked once (http1.Prepared): up to Content-Length's value, and after it.
+    head_start: bytes = b""
+    head_rest: bytes = b""
 
     def request(
         self,
@@ -95,11 +101,60 @@ class Endpoint:
             "POST",
             self.url,
             stream=httpx2.ByteStream(content),
-            extensions={"timeout": {"connect": connect_timeout, "read": timeout, "write": timeout, "pool": timeout}},
+            extensions={"timeout": _timeouts(timeout, connect_timeout)},
         )
         request.headers = headers
         request.read()  # a ByteStream: no I/O; the transport sends `request.content` in one write
         return request
+
+    def prepared(
+        self,
+        content: bytes,
+        *,
+        timeout: float,
+        connect_timeout: float,
+        client_request_id: str | None,
+        trace_headers: Sequence[tuple[str, str]] = (),
+    ) -> httpx2.Request:
+        """The same request as `request`, its head built here as bytes (http1.Prepared) for the own pool.
+
+        The head is byte for byte the one the pool would build from `request(...)`; the
+        Request itself carries no header fields, so it is for the own pool only (client.py).
+        """
+        try:
+            fields = [(b"X-Client-Request-Id", client_request_id.encode("ascii"))] if client_request_id else []
+            fields += [(name.encode("ascii"), value.encode("ascii")) for name, value in trace_headers]
+        except UnicodeEncodeError:  # httpx2's own encoding rules decide: the generic path
+            return self.request(
+                content,
+                timeout=timeout,
+                connect_timeout=connect_timeout,
+                client_request_id=client_request_id,
+                trace_headers=trace_headers,
+            )
+        parts = [self.head_start, b"%d" % len(content), self.head_rest]
+        if fields:
+            check_fields(fields)
+            for name, value in fields:
+                parts += (name, b": ", value, b"\r\n")
+        parts.append(b"\r\n")
+        return httpx2.Request(
+            "POST",
+            self.url,
+            stream=httpx2.ByteStream(content),
+            extensions={
+                "timeout": _timeouts(timeout, connect_timeout),
+                PREPARED: Prepared(b"".join(parts), content, _CONNECTION),
+            },
+        )
+
+
+# The Connection field every endpoint sends (_common_headers): the pool reads the response's framing by it.
+_CONNECTION = "keep-alive"
+
+
+def _timeouts(timeout: float, connect_timeout: float) -> dict[str, float]:
+    return {"connect": connect_timeout, "read": timeout, "write": timeout, "pool": timeout}
 
 
 def openai_endpoint(settings: Settings, scrubber: Scrubber) -> Endpoint:
@@ -144,7 +199,7 @@ def _common_headers() -> list[tuple[str, str]]:
     return [
         ("Accept", "application/json"),
         ("Accept-Encoding", "gzip, deflate"),
-        ("Connection", "keep-alive"),
+        ("Connection", _CONNECTION),
         ("Content-Type", "application/json"),
         ("User-Agent", USER_AGENT),
     ]
@@ -155,6 +210,7 @@ def _endpoint(
 ) -> Endpoint:
     # Host (and a Content-Length that each request replaces) as httpx2 derives them from the URL.
     template = httpx2.Request("POST", url, headers=headers, content=b"").headers
+    head_start, head_rest = _head_parts(url, template)
     return Endpoint(
         kind=kind,
         name=urlsplit(base_url).hostname or "",
@@ -162,7 +218,22 @@ def _endpoint(
         headers=template,
         scrubber=scrubber,
         upstream=upstream,
+        head_start=head_start,
+        head_rest=head_rest,
     )
+
+
+def _head_parts(url: httpx2.URL, template: httpx2.Headers) -> tuple[bytes, bytes]:
+    """The template's wire head (its fields checked here, once), cut around Content-Length's value.
+
+    (up to and including "Content-Length: ", from the CRLF after the value to the last field's CRLF)
+    """
+    probe = httpx2.Request("POST", url)
+    probe.headers = template
+    head = request_head(probe)
+    marker = b"\r\nContent-Length: 0\r\n"
+    at = head.index(marker)
+    return head[: at + len(marker) - 3], head[at + len(marker) - 2 : -2]
 
 
 # --------------------------------------------------------------------------- the body

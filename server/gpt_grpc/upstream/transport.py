@@ -52,7 +52,18 @@ from typing import Any
 import httpx2
 
 from .connect import DNS_TTL, HAPPY_EYEBALLS_DELAY, Resolver, open_connection
-from .http1 import MAX_HEAD, Body, Framing, Head, framing, head_end, parse_head, request_head
+from .http1 import (
+    MAX_HEAD,
+    PREPARED,
+    Body,
+    Framing,
+    Head,
+    Prepared,
+    framing,
+    head_end,
+    parse_head,
+    request_head,
+)
 from .proxies import ProxyRouter, system_proxies
 
 __all__ = ["KEEPALIVE_EXPIRY", "FastTransport", "transport_for"]
@@ -533,29 +544,34 @@ class FastTransport(httpx2.AsyncBaseTransport):
         url = request.url
         scheme = url.raw_scheme
         port = url.port or _DEFAULT_PORTS.get(scheme)
+        prepared: Prepared | None = request.extensions.get(PREPARED)
         content: bytes | None
-        try:
-            content = request.content
-        except httpx2.RequestNotRead:
-            content = None
+        if prepared is not None:  # the head built by its sender (endpoints.py): sent as it is
+            content, connection = prepared.content, prepared.connection
+        else:
+            connection = request.headers.get("connection", "")
+            try:
+                content = request.content
+            except httpx2.RequestNotRead:
+                content = None
         if port is None or content is None or self._pool.closed:
-            if self._fallback is None or self._pool.closed:
+            if self._fallback is None or self._pool.closed or prepared is not None:
                 raise httpx2.UnsupportedProtocol(f"FastTransport cannot send {url!r}")
             return await self._fallback.handle_async_request(request)
         origin: Origin = (scheme, url.raw_host, port)
         timeouts: dict[str, float | None] = request.extensions.get("timeout", {})
-        wire_head = request_head(request)
+        wire_head = prepared.head if prepared is not None else request_head(request)
         self._pool.active_requests += 1
         try:
             conn = await self._pool.acquire(origin, _timeout(timeouts, "pool"))
             if conn is None:
                 conn = await self._connect_in_slot(origin, timeouts)
             try:
-                response = await self._exchange(request, conn, wire_head, content, timeouts)
+                response = await self._exchange(request.method, connection, conn, wire_head, content, timeouts)
             except _Retry:
                 # The slot stays this request's; the connection in it is new.
                 conn = await self._connect_in_slot(origin, timeouts)
-                response = await self._exchange(request, conn, wire_head, content, timeouts)
+                response = await self._exchange(request.method, connection, conn, wire_head, content, timeouts)
         except BaseException:
             self._pool.active_requests -= 1
             raise
@@ -578,7 +594,8 @@ class FastTransport(httpx2.AsyncBaseTransport):
 
     async def _exchange(
         self,
-        request: httpx2.Request,
+        method: str,
+        connection: str,
         conn: _Connection,
         head: bytes,
         content: bytes,
@@ -598,7 +615,7 @@ class FastTransport(httpx2.AsyncBaseTransport):
                 await conn.write(head, write_timeout)
                 await conn.write(content, write_timeout)
             parsed = await _read_head(conn, _timeout(timeouts, "read"))
-            framed = framing(request.method, request.headers.get("connection", ""), parsed)
+            framed = framing(method, connection, parsed)
         except BaseException as exc:
             if reused and conn.eof and not conn.received and isinstance(exc, httpx2.TransportError):
                 conn.close()
