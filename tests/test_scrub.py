@@ -12,8 +12,10 @@ from hypothesis import strategies as st
 
 from gpt_grpc.upstream.failures import from_http
 from gpt_grpc.upstream.scrub import (
+    KNOWN_CLEAN_MAX_CHARS,
     MAX_CODE_CHARS,
     MAX_ID_CHARS,
+    MAX_KNOWN_CLEAN,
     MAX_MESSAGE_CHARS,
     MAX_REMEMBERED_KEYS,
     PARTIAL_CHARS,
@@ -107,3 +109,18 @@ def test_an_http_error_is_scrubbed_and_bounded_in_every_field() -> None:
         assert text.isprintable()
     assert len(err.upstream_code or "") <= MAX_CODE_CHARS + 3 and len(err.request_id or "") <= MAX_ID_CHARS + 3
     assert len(err.message) <= len("upstream returned HTTP 401: ") + MAX_MESSAGE_CHARS + 3
+
+
+def test_texts_found_clean_are_remembered_within_a_bound_and_secrets_never_are() -> None:
+    scrub = Scrubber([KEY])
+    for _ in range(3):  # a text with a key is scrubbed every time, never remembered as clean
+        assert scrub(f"model {KEY}") == f"model {REDACTED}"
+    assert scrub("gpt-4o-mini-2024-07-18") == "gpt-4o-mini-2024-07-18"
+    for i in range(MAX_KNOWN_CLEAN * 2):  # many distinct clean texts: the memory stays bounded
+        text = f"chatcmpl-{i:032d}"
+        assert scrub(text) == text
+    assert 0 < len(scrub._clean) <= MAX_KNOWN_CLEAN
+    long_clean = "x" * (KNOWN_CLEAN_MAX_CHARS + 1)
+    assert scrub(long_clean) == long_clean
+    assert long_clean not in scrub._clean
+    assert scrub(f"{KEY[:PARTIAL_CHARS]} after a clean call") == f"{REDACTED} after a clean call"

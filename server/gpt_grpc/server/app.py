@@ -233,7 +233,9 @@ class GatewayServer:
             if not _is_loopback(self.config.host):
                 log.warning("listening on %s without TLS: traffic is plain text", self.config.host)
         await self.server.start()
-        self.metrics.watch(asyncio.get_running_loop(), self.engine.budget, self.store)
+        self.metrics.watch(
+            asyncio.get_running_loop(), self.engine.budget, self.store, in_flight=lambda: self.admission.in_flight
+        )
         if self.config.metrics_port is not None:
             self.metrics_port = self.metrics.serve(self.config.metrics_port, self.config.metrics_host)
             log.info("metrics on http://%s:%d/metrics", self.config.metrics_host, self.metrics_port)

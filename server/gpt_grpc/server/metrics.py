@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -137,16 +138,29 @@ class Metrics:
         self._usage_children: dict[tuple[str, str], tuple[Any, Any]] = {}
         self._cost_children: dict[tuple[str, str], Any] = {}
         self._lock = threading.Lock()
+        # The calls-in-flight gauge follows call_began/call_ended until watch() gives it a function.
+        self._in_flight_counted = True
 
-    def watch(self, loop: asyncio.AbstractEventLoop, budget: RetryBudget | None, store: Store | None = None) -> None:
+    def watch(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        budget: RetryBudget | None,
+        store: Store | None = None,
+        in_flight: Callable[[], int] | None = None,
+    ) -> None:
         """Gauges read at scrape time (the scrape runs on another thread).
 
         In multiprocess mode the scrape happens in the parent, which cannot call
-        into a worker: each worker samples them every SAMPLE_SECONDS instead.
+        into a worker: each worker samples them every SAMPLE_SECONDS instead,
+        and counts its calls in flight as they begin and end (`call_began`).
         """
         if self.multiprocess:
             self._sampler = loop.create_task(self._sample(loop, budget, store))
             return
+        if in_flight is not None:
+            # Read from admission's own count at scrape time: two locked updates a call saved.
+            self._in_flight_counted = False
+            self.in_flight.set_function(in_flight)
         self.tasks.set_function(lambda: len(asyncio.all_tasks(loop)))
         if store is not None:
             self.store_round_trips.set_function(lambda: store.round_trips)
@@ -166,6 +180,14 @@ class Metrics:
                 self.budget_retries.set(retries)
                 self.budget_refused.set(budget.refused)
             await asyncio.sleep(SAMPLE_SECONDS)
+
+    def call_began(self) -> None:
+        if self._in_flight_counted:
+            self.in_flight.inc()
+
+    def call_ended(self) -> None:
+        if self._in_flight_counted:
+            self.in_flight.dec()
 
     def model_label(self, model: str) -> str:
         if model in self._models:

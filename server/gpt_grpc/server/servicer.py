@@ -302,7 +302,7 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
         else:
             call.caller = await self.authorizer.data_call(metadata, call.peer)
         self.admission.enter()
-        self.metrics.in_flight.inc()
+        self.metrics.call_began()
         call.started = time.perf_counter()
         if access is Access.COUNTED and call.caller.client is not None:
             try:  # free upstream: held to the client's request rate alone (CHARGED calls: _meter)
@@ -335,7 +335,7 @@ class GPTServicer(pb_grpc.GPTServiceServicer):
 
     def _leave(self) -> None:
         self.admission.leave()
-        self.metrics.in_flight.dec()
+        self.metrics.call_ended()
 
     async def _abort(self, context: Context, call: Call, err: GatewayError) -> None:
         status = to_status(err)

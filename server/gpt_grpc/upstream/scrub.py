@@ -38,6 +38,10 @@ MAX_REMEMBERED_KEYS = 16
 MAX_MESSAGE_CHARS = 500
 MAX_CODE_CHARS = 128
 MAX_ID_CHARS = 128
+# Short texts already found clean, kept per scrubber: a model name, a tier or a fingerprint comes
+# back on every answer, and looking it up costs less than the search. Bounded: cleared when full.
+MAX_KNOWN_CLEAN = 1024
+KNOWN_CLEAN_MAX_CHARS = 64
 
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
@@ -52,7 +56,7 @@ def _forms(key: str) -> set[str]:
 class Scrubber:
     """Removes a fixed set of secrets from text; `scrubber(text)` is the text without them."""
 
-    __slots__ = ("_forms", "_pattern", "_shortest")
+    __slots__ = ("_clean", "_forms", "_pattern", "_shortest")
 
     def __init__(self, secrets: Iterable[str]) -> None:
         forms: set[str] = set()
@@ -67,6 +71,7 @@ class Scrubber:
             anchors.add(form[-PARTIAL_CHARS:])
         # A text shorter than every anchor holds none (ids, tiers: most of what is scrubbed).
         self._shortest = min((len(a) for a in anchors), default=0)
+        self._clean: set[str] = set()
         # One search tells whether any work is needed (the common case: none).
         self._pattern = (
             re.compile("|".join(re.escape(a) for a in sorted(anchors, key=len, reverse=True)), re.IGNORECASE)
@@ -75,7 +80,13 @@ class Scrubber:
         )
 
     def __call__(self, text: str) -> str:
-        if self._pattern is None or len(text) < self._shortest or self._pattern.search(text) is None:
+        if self._pattern is None or len(text) < self._shortest or text in self._clean:
+            return text
+        if self._pattern.search(text) is None:
+            if len(text) <= KNOWN_CLEAN_MAX_CHARS:
+                if len(self._clean) >= MAX_KNOWN_CLEAN:
+                    self._clean.clear()
+                self._clean.add(text)  # a set: safe from any thread (the sync facade's)
             return text
         return _redact(text, self._spans(text.translate(_ASCII_LOWER)))
 
