@@ -1278,6 +1278,24 @@ def transport_section(bench: Bench) -> list[str]:
     return [*lines, ""]
 
 
+def _paired_table(
+    s: dict[str, Series], column: str, row: str, labels: tuple[str, str], reference_name: str
+) -> list[str]:
+    """Two gateways of one row, windows alternating: rate, latency, gateway CPU, calls/s against the first."""
+    reference = s[f"{row}/{labels[0]}"]
+    lines = [
+        f"| {column} | calls/s | p50 ms | p99 ms | gateway CPU ms/call | calls/s vs {reference_name} |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for label in labels:
+        ser = s[f"{row}/{label}"]
+        lines.append(
+            f"| {label} | {_fmt(ser.stat('rate'))} | {_fmt(ser.stat('p50_ms'), 2)} | {_fmt(ser.stat('p99_ms'), 2)} "
+            f"| {_fmt(ser.stat('server_cpu_ms_per_call'), 3)} | {_fmt(paired_ratios(ser, reference), 3)} |"
+        )
+    return lines
+
+
 def tracing_section(bench: Bench) -> list[str]:
     """Tracing on (every call sampled, exported over OTLP/gRPC) against off: calls/s and the gateway's CPU."""
     s = bench.series
@@ -1290,16 +1308,8 @@ def tracing_section(bench: Bench) -> list[str]:
         "(OTEL_TRACES_SAMPLER=always_on, a server span and an attempt span per call, batched), one with "
         "tracing off. Gateway CPU = the gateway process's CPU per call.",
         "",
-        "| tracing | calls/s | p50 ms | p99 ms | gateway CPU ms/call | calls/s vs off |",
-        "| --- | --- | --- | --- | --- | --- |",
+        *_paired_table(s, "tracing", "tracing_32", ("off", "on"), "off"),
     ]
-    for label in ("off", "on"):
-        ser = s[f"tracing_32/{label}"]
-        lines.append(
-            f"| {label} | {_fmt(ser.stat('rate'))} | {_fmt(ser.stat('p50_ms'), 2)} | {_fmt(ser.stat('p99_ms'), 2)} "
-            f"| {_fmt(ser.stat('server_cpu_ms_per_call'), 3)} "
-            f"| {_fmt(paired_ratios(ser, s['tracing_32/off']), 3)} |"
-        )
     receiver = bench.results.get("tracing", {}).get("receiver", "")
     return [*lines, "", f"Receiver: {receiver}.", ""]
 
@@ -1316,16 +1326,8 @@ def store_section(bench: Bench) -> list[str]:
         "(redis-server on the load generator's CPU), one on the in-memory store. The client has a request "
         "limit, so every call is admitted through the store. Gateway CPU = the gateway process's CPU per call.",
         "",
-        "| store | calls/s | p50 ms | p99 ms | gateway CPU ms/call | calls/s vs in-memory |",
-        "| --- | --- | --- | --- | --- | --- |",
+        *_paired_table(s, "store", "store_32", ("memory", "redis"), "in-memory"),
     ]
-    for label in ("memory", "redis"):
-        ser = s[f"store_32/{label}"]
-        lines.append(
-            f"| {label} | {_fmt(ser.stat('rate'))} | {_fmt(ser.stat('p50_ms'), 2)} | {_fmt(ser.stat('p99_ms'), 2)} "
-            f"| {_fmt(ser.stat('server_cpu_ms_per_call'), 3)} "
-            f"| {_fmt(paired_ratios(ser, s['store_32/memory']), 3)} |"
-        )
     store = bench.results.get("store", {})
     if store:
         lines += [
